@@ -1,0 +1,1 @@
+//! Differential-privacy mechanisms (filled by a later issue).

@@ -1,0 +1,1 @@
+//! Governance policies and budgets (filled by a later issue).

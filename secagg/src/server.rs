@@ -1,0 +1,652 @@
+//! The coordinator side of a round (Bonawitz et al. 2017, Fig. 4, "Server").
+//!
+//! The caller feeds partner messages to [`ServerRound::receive`] as they arrive and calls
+//! [`ServerRound::advance`] when a phase's deadline passes (or everyone has answered). Each
+//! `advance` closes the phase, checks the quorum, and returns what to send next; after
+//! Unmasking it returns the [`Aggregate`]. Masked vectors are summed on arrival, so the
+//! coordinator holds one running sum, not n vectors.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::error::SecAggError;
+use crate::graph::{Graph, Topology};
+use crate::identity::{Roster, Signature, advertise_transcript, survivors_transcript};
+use crate::kdf::{pairwise_mask_key, self_mask_key};
+use crate::messages::{
+    AdvertiseKeys, ClientMessage, ConsistencySignature, EncryptedShare, ForwardedShares, KeyRoster,
+    MaskedInput, Phase, RevealedShare, ShareKeys, SignedSurvivors, SurvivorList, UnmaskingShares,
+};
+use crate::prg::{Sign, apply_mask};
+use crate::ring::{RingVector, Width, add_words};
+use crate::round::{PartnerId, RoundConfig, RoundId};
+use crate::shamir::{LagrangeAtZero, SecretScalar, Share};
+use crate::share_encryption::CIPHERTEXT_LEN;
+
+/// The result of a successful round: the sum of the survivors' vectors, and who they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Aggregate {
+    /// The round.
+    pub round_id: RoundId,
+    /// U3: the partners whose vectors are in the sum.
+    pub survivors: Vec<PartnerId>,
+    /// Σ_{u ∈ U3} x_u over Z_{2^b}; decode with [`RingVector::to_signed`].
+    pub sum: RingVector,
+}
+
+/// What the coordinator sends when a phase closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerOutput {
+    /// After AdvertiseKeys: broadcast to every partner in the roster.
+    KeyRoster(KeyRoster),
+    /// After ShareKeys: each partner gets its own entry.
+    ForwardedShares(BTreeMap<PartnerId, ForwardedShares>),
+    /// After MaskedInputCollection: broadcast to the survivors.
+    SurvivorList(SurvivorList),
+    /// After ConsistencyCheck: broadcast to those who signed.
+    SignedSurvivors(SignedSurvivors),
+    /// After Unmasking: the result.
+    Aggregate(Aggregate),
+}
+
+/// The coordinator's state machine for one round. `Clone` so that a caller can snapshot it.
+#[derive(Clone, Debug)]
+pub struct ServerRound {
+    config: RoundConfig,
+    graph: Graph,
+    roster: Roster,
+    phase: Phase,
+    /// U1 with their keys.
+    advertised: BTreeMap<PartnerId, AdvertiseKeys>,
+    /// U2, and the shares waiting for each recipient.
+    shared: BTreeSet<PartnerId>,
+    outbox: BTreeMap<PartnerId, Vec<EncryptedShare>>,
+    /// U3 (while collecting), and the running sum of their masked vectors, unreduced.
+    masked: BTreeSet<PartnerId>,
+    sum: Vec<u64>,
+    /// U3 frozen when MaskedInputCollection closes.
+    survivors: Vec<PartnerId>,
+    /// U4 with their signatures.
+    signatures: BTreeMap<PartnerId, Signature>,
+    /// U5, and the revealed shares per owner.
+    unmasked: BTreeSet<PartnerId>,
+    self_mask_shares: BTreeMap<PartnerId, Vec<Share>>,
+    mask_key_shares: BTreeMap<PartnerId, Vec<Share>>,
+}
+
+impl ServerRound {
+    /// A round waiting for AdvertiseKeys. Every participant needs an identity key in `roster`.
+    pub fn new(config: RoundConfig, roster: Roster) -> Result<Self, SecAggError> {
+        config.validate()?;
+        if let Some(missing) = config.participants.iter().find(|p| !roster.contains_key(p)) {
+            return Err(SecAggError::InvalidConfig {
+                reason: format!("participant {missing} has no registered identity key"),
+            });
+        }
+        Ok(Self {
+            graph: Graph::new(&config),
+            sum: vec![0; config.vector_len],
+            config,
+            roster,
+            phase: Phase::AdvertiseKeys,
+            advertised: BTreeMap::new(),
+            shared: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            masked: BTreeSet::new(),
+            survivors: Vec::new(),
+            signatures: BTreeMap::new(),
+            unmasked: BTreeSet::new(),
+            self_mask_shares: BTreeMap::new(),
+            mask_key_shares: BTreeMap::new(),
+        })
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    /// The partners that have sent this phase's message so far.
+    pub fn responded(&self) -> Vec<PartnerId> {
+        match self.phase {
+            Phase::AdvertiseKeys => self.advertised.keys().copied().collect(),
+            Phase::ShareKeys => self.shared.iter().copied().collect(),
+            Phase::MaskedInputCollection => self.masked.iter().copied().collect(),
+            Phase::ConsistencyCheck => self.signatures.keys().copied().collect(),
+            Phase::Unmasking => self.unmasked.iter().copied().collect(),
+            Phase::Finished | Phase::Aborted => Vec::new(),
+        }
+    }
+
+    fn round(&self) -> RoundId {
+        self.config.round_id
+    }
+
+    /// Accepts one partner message for the current phase, or refuses it with nothing changed.
+    pub fn receive(&mut self, msg: ClientMessage) -> Result<(), SecAggError> {
+        let round = self.round();
+        match self.phase {
+            Phase::Finished => {
+                return Err(SecAggError::RoundClosed {
+                    round,
+                    state: "finished",
+                });
+            }
+            Phase::Aborted => {
+                return Err(SecAggError::RoundClosed {
+                    round,
+                    state: "aborted",
+                });
+            }
+            _ => {}
+        }
+        if msg.round_id() != round {
+            return Err(SecAggError::WrongRound {
+                expected: round,
+                got: msg.round_id(),
+            });
+        }
+        if msg.phase() != self.phase {
+            return Err(SecAggError::OutOfPhase {
+                round,
+                current: self.phase,
+                got: msg.phase(),
+            });
+        }
+        match msg {
+            ClientMessage::AdvertiseKeys(m) => self.receive_advertise(m),
+            ClientMessage::ShareKeys(m) => self.receive_share_keys(m),
+            ClientMessage::MaskedInput(m) => self.receive_masked_input(m),
+            ClientMessage::ConsistencySignature(m) => self.receive_signature(m),
+            ClientMessage::UnmaskingShares(m) => self.receive_unmasking(m),
+        }
+    }
+
+    fn check_sender(
+        &self,
+        sender: PartnerId,
+        eligible: bool,
+        expected: &'static str,
+        already: bool,
+    ) -> Result<(), SecAggError> {
+        if !eligible {
+            return Err(SecAggError::UnknownSender {
+                round: self.round(),
+                partner: sender,
+                expected,
+            });
+        }
+        if already {
+            return Err(SecAggError::Duplicate {
+                round: self.round(),
+                partner: sender,
+                phase: self.phase,
+            });
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, partner: PartnerId, reason: String) -> SecAggError {
+        SecAggError::Malformed {
+            round: self.round(),
+            partner,
+            reason,
+        }
+    }
+
+    fn receive_advertise(&mut self, m: AdvertiseKeys) -> Result<(), SecAggError> {
+        let sender = m.sender;
+        self.check_sender(
+            sender,
+            self.config.is_participant(sender),
+            "a participant",
+            self.advertised.contains_key(&sender),
+        )?;
+        let transcript = advertise_transcript(
+            self.round(),
+            sender,
+            &m.encryption_public_key,
+            &m.mask_public_key,
+        );
+        if !self.roster[&sender].verify(&transcript, &m.signature) {
+            return Err(SecAggError::BadSignature {
+                round: self.round(),
+                partner: sender,
+                what: "round keys",
+            });
+        }
+        self.advertised.insert(sender, m);
+        Ok(())
+    }
+
+    fn receive_share_keys(&mut self, m: ShareKeys) -> Result<(), SecAggError> {
+        let sender = m.sender;
+        self.check_sender(
+            sender,
+            self.advertised.contains_key(&sender),
+            "a partner that advertised keys",
+            self.shared.contains(&sender),
+        )?;
+        // Exactly one share for each neighbour in U1: a missing one would leave that neighbour
+        // unable to cancel the pairwise mask, and the sum would be wrong.
+        let expected: BTreeSet<PartnerId> = self
+            .graph
+            .neighbours(sender)
+            .into_iter()
+            .filter(|v| self.advertised.contains_key(v))
+            .collect();
+        let mut got = BTreeSet::new();
+        for share in &m.shares {
+            if share.sender != sender {
+                return Err(self.malformed(
+                    sender,
+                    format!("a share claims to come from partner {}", share.sender),
+                ));
+            }
+            if !expected.contains(&share.recipient) {
+                return Err(self.malformed(
+                    sender,
+                    format!(
+                        "a share for partner {}, who is not a neighbour that advertised keys",
+                        share.recipient
+                    ),
+                ));
+            }
+            if !got.insert(share.recipient) {
+                return Err(self.malformed(
+                    sender,
+                    format!("two shares for partner {}", share.recipient),
+                ));
+            }
+            if share.ciphertext.len() != CIPHERTEXT_LEN {
+                return Err(self.malformed(
+                    sender,
+                    format!(
+                        "a share ciphertext of {} bytes (expected {CIPHERTEXT_LEN})",
+                        share.ciphertext.len()
+                    ),
+                ));
+            }
+        }
+        if got != expected {
+            let missing: Vec<String> = expected.difference(&got).map(|p| p.to_string()).collect();
+            return Err(self.malformed(
+                sender,
+                format!("no share for neighbour(s) {}", missing.join(", ")),
+            ));
+        }
+        for share in m.shares {
+            self.outbox.entry(share.recipient).or_default().push(share);
+        }
+        self.shared.insert(sender);
+        Ok(())
+    }
+
+    fn receive_masked_input(&mut self, m: MaskedInput) -> Result<(), SecAggError> {
+        let sender = m.sender;
+        self.check_sender(
+            sender,
+            self.shared.contains(&sender),
+            "a partner that shared keys",
+            self.masked.contains(&sender),
+        )?;
+        if m.vector.width() != self.config.width || m.vector.len() != self.config.vector_len {
+            return Err(SecAggError::WrongVectorShape {
+                round: self.round(),
+                partner: sender,
+                expected_len: self.config.vector_len,
+                got_len: m.vector.len(),
+                expected_bits: self.config.width.bits(),
+                got_bits: m.vector.width().bits(),
+            });
+        }
+        add_words(&mut self.sum, m.vector.words());
+        self.masked.insert(sender);
+        Ok(())
+    }
+
+    fn receive_signature(&mut self, m: ConsistencySignature) -> Result<(), SecAggError> {
+        let sender = m.sender;
+        self.check_sender(
+            sender,
+            self.survivors.binary_search(&sender).is_ok(),
+            "in the survivor list",
+            self.signatures.contains_key(&sender),
+        )?;
+        let transcript = survivors_transcript(self.round(), &self.survivors);
+        if !self.roster[&sender].verify(&transcript, &m.signature) {
+            return Err(SecAggError::BadSignature {
+                round: self.round(),
+                partner: sender,
+                what: "survivor list",
+            });
+        }
+        self.signatures.insert(sender, m.signature);
+        Ok(())
+    }
+
+    fn receive_unmasking(&mut self, m: UnmaskingShares) -> Result<(), SecAggError> {
+        let sender = m.sender;
+        self.check_sender(
+            sender,
+            self.signatures.contains_key(&sender),
+            "a partner that confirmed the survivor list",
+            self.unmasked.contains(&sender),
+        )?;
+        // The sender holds shares from its neighbours in U2 and itself; it must reveal the
+        // self-mask share of each survivor among them and the mask-key share of each dropout.
+        let held = self
+            .graph
+            .holders(sender)
+            .into_iter()
+            .filter(|p| self.shared.contains(p));
+        let (expect_b, expect_sk): (BTreeSet<PartnerId>, BTreeSet<PartnerId>) =
+            held.partition(|p| self.survivors.binary_search(p).is_ok());
+        let b = self.parse_reveals(sender, &m.self_mask_shares, &expect_b, "self-mask")?;
+        let sk = self.parse_reveals(sender, &m.mask_key_shares, &expect_sk, "mask-key")?;
+        for (owner, value) in b {
+            self.self_mask_shares.entry(owner).or_default().push(Share {
+                holder: sender,
+                value,
+            });
+        }
+        for (owner, value) in sk {
+            self.mask_key_shares.entry(owner).or_default().push(Share {
+                holder: sender,
+                value,
+            });
+        }
+        self.unmasked.insert(sender);
+        Ok(())
+    }
+
+    fn parse_reveals(
+        &self,
+        sender: PartnerId,
+        reveals: &[RevealedShare],
+        expected: &BTreeSet<PartnerId>,
+        kind: &str,
+    ) -> Result<Vec<(PartnerId, SecretScalar)>, SecAggError> {
+        let mut out = Vec::with_capacity(reveals.len());
+        let mut owners = BTreeSet::new();
+        for r in reveals {
+            if !expected.contains(&r.owner) || !owners.insert(r.owner) {
+                return Err(self.malformed(
+                    sender,
+                    format!(
+                        "an unexpected or repeated {kind} share for partner {}",
+                        r.owner
+                    ),
+                ));
+            }
+            let value = SecretScalar::from_canonical_bytes(r.value).map_err(|_| {
+                self.malformed(
+                    sender,
+                    format!(
+                        "the {kind} share for partner {} is not a canonical scalar",
+                        r.owner
+                    ),
+                )
+            })?;
+            out.push((r.owner, value));
+        }
+        if owners.len() != expected.len() {
+            let missing: Vec<String> = expected
+                .difference(&owners)
+                .map(|p| p.to_string())
+                .collect();
+            return Err(self.malformed(
+                sender,
+                format!("no {kind} share for partner(s) {}", missing.join(", ")),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Closes the current phase: checks the quorum and returns what to send next, or aborts.
+    pub fn advance(&mut self) -> Result<ServerOutput, SecAggError> {
+        let round = self.round();
+        match self.phase {
+            Phase::AdvertiseKeys => {
+                let u1: BTreeSet<PartnerId> = self.advertised.keys().copied().collect();
+                self.check_quorum(&u1)?;
+                self.phase = Phase::ShareKeys;
+                Ok(ServerOutput::KeyRoster(KeyRoster {
+                    round_id: round,
+                    keys: self.advertised.values().cloned().collect(),
+                }))
+            }
+            Phase::ShareKeys => {
+                let u2 = self.shared.clone();
+                self.check_quorum(&u2)?;
+                let mut outbox = std::mem::take(&mut self.outbox);
+                let forwards = u2
+                    .iter()
+                    .map(|&v| {
+                        let shares = outbox
+                            .remove(&v)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|s| u2.contains(&s.sender))
+                            .collect();
+                        (
+                            v,
+                            ForwardedShares {
+                                round_id: round,
+                                recipient: v,
+                                shares,
+                            },
+                        )
+                    })
+                    .collect();
+                self.phase = Phase::MaskedInputCollection;
+                Ok(ServerOutput::ForwardedShares(forwards))
+            }
+            Phase::MaskedInputCollection => {
+                let u3 = self.masked.clone();
+                self.check_quorum(&u3)?;
+                self.survivors = u3.into_iter().collect();
+                self.phase = Phase::ConsistencyCheck;
+                Ok(ServerOutput::SurvivorList(SurvivorList {
+                    round_id: round,
+                    survivors: self.survivors.clone(),
+                }))
+            }
+            Phase::ConsistencyCheck => {
+                let u4: BTreeSet<PartnerId> = self.signatures.keys().copied().collect();
+                self.check_quorum(&u4)?;
+                self.phase = Phase::Unmasking;
+                Ok(ServerOutput::SignedSurvivors(SignedSurvivors {
+                    round_id: round,
+                    survivors: self.survivors.clone(),
+                    signatures: self.signatures.iter().map(|(p, s)| (*p, *s)).collect(),
+                }))
+            }
+            Phase::Unmasking => {
+                let u5 = self.unmasked.clone();
+                self.check_quorum(&u5)?;
+                match self.unmask() {
+                    Ok(sum) => {
+                        self.phase = Phase::Finished;
+                        Ok(ServerOutput::Aggregate(Aggregate {
+                            round_id: round,
+                            survivors: self.survivors.clone(),
+                            sum,
+                        }))
+                    }
+                    Err(e) => {
+                        self.phase = Phase::Aborted;
+                        Err(e)
+                    }
+                }
+            }
+            Phase::Finished => Err(SecAggError::RoundClosed {
+                round,
+                state: "finished",
+            }),
+            Phase::Aborted => Err(SecAggError::RoundClosed {
+                round,
+                state: "aborted",
+            }),
+        }
+    }
+
+    /// Aborts unless `present` is a quorum: at least `min_survivors`, and at least t of the
+    /// holders of every present partner's shares (in the complete graph, t overall).
+    fn check_quorum(&mut self, present: &BTreeSet<PartnerId>) -> Result<(), SecAggError> {
+        let t = self.config.threshold;
+        let thinnest = match self.config.topology {
+            Topology::Complete => present.len(),
+            Topology::Harary { .. } => present
+                .iter()
+                .map(|&u| {
+                    self.graph
+                        .holders(u)
+                        .iter()
+                        .filter(|h| present.contains(h))
+                        .count()
+                })
+                .min()
+                .unwrap_or(0),
+        };
+        let (survivors, needed) = if present.len() < self.config.min_survivors {
+            (present.len(), self.config.min_survivors)
+        } else {
+            (thinnest, t)
+        };
+        if survivors < needed {
+            let phase = self.phase;
+            self.phase = Phase::Aborted;
+            return Err(SecAggError::TooFewSurvivors {
+                round: self.round(),
+                phase,
+                survivors,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Recovers the survivors' self-mask seeds and the dropouts' mask keys, and removes their
+    /// masks from the running sum.
+    fn unmask(&self) -> Result<RingVector, SecAggError> {
+        let round = self.round();
+        let t = self.config.threshold;
+        let mut lagrange: HashMap<Vec<PartnerId>, LagrangeAtZero> = HashMap::new();
+        let mut recover = |shares: Option<&Vec<Share>>| -> Result<SecretScalar, SecAggError> {
+            let mut shares: Vec<&Share> = shares.map(|s| s.iter().collect()).unwrap_or_default();
+            if shares.len() < t {
+                return Err(SecAggError::TooFewSurvivors {
+                    round,
+                    phase: Phase::Unmasking,
+                    survivors: shares.len(),
+                    needed: t,
+                });
+            }
+            // The same t lowest holders for every owner where possible, so the O(t²)
+            // Lagrange coefficients are computed once, not once per owner.
+            shares.sort_by_key(|s| s.holder);
+            shares.truncate(t);
+            let holders: Vec<PartnerId> = shares.iter().map(|s| s.holder).collect();
+            let coefficients = match lagrange.entry(holders) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let c = LagrangeAtZero::new(e.key())?;
+                    e.insert(c)
+                }
+            };
+            coefficients.interpolate(shares.iter().map(|s| &s.value))
+        };
+        let mut seeds = Vec::with_capacity(self.survivors.len());
+        for &u in &self.survivors {
+            seeds.push((u, recover(self.self_mask_shares.get(&u))?));
+        }
+        let mut dropped = Vec::new();
+        for &u in self
+            .shared
+            .iter()
+            .filter(|u| self.survivors.binary_search(u).is_err())
+        {
+            let secret = recover(self.mask_key_shares.get(&u))?;
+            // The reconstructed key must match the key the partner signed; a wrong share from
+            // a misbehaving partner is caught here instead of corrupting the sum.
+            let public = PublicKey::from(&StaticSecret::from(secret.to_bytes())).to_bytes();
+            if public != self.advertised[&u].mask_public_key {
+                return Err(SecAggError::Shamir {
+                    reason: format!(
+                        "round {round}: the revealed mask-key shares of partner {u} do not reconstruct its advertised key"
+                    ),
+                });
+            }
+            dropped.push((u, secret));
+        }
+        let mask_public_keys: BTreeMap<PartnerId, [u8; 32]> = self
+            .advertised
+            .iter()
+            .map(|(p, a)| (*p, a.mask_public_key))
+            .collect();
+        let mut sum = self.sum.clone();
+        remove_masks(
+            &mut sum,
+            self.config.width,
+            round,
+            &self.graph,
+            &self.survivors,
+            &seeds,
+            &dropped,
+            &mask_public_keys,
+        )?;
+        Ok(RingVector::from_unreduced(self.config.width, sum))
+    }
+}
+
+/// Removes masks from a running sum: each survivor's self mask, and for each partner that
+/// dropped after sharing keys, the pairwise masks its surviving neighbours added for it.
+///
+/// This is the coordinator's bulk work: one mask expansion per survivor plus one per edge
+/// between a dropout and a survivor.
+#[allow(clippy::too_many_arguments)]
+pub fn remove_masks(
+    sum: &mut [u64],
+    width: Width,
+    round: RoundId,
+    graph: &Graph,
+    survivors: &[PartnerId],
+    self_mask_seeds: &[(PartnerId, SecretScalar)],
+    dropped_mask_keys: &[(PartnerId, SecretScalar)],
+    mask_public_keys: &BTreeMap<PartnerId, [u8; 32]>,
+) -> Result<(), SecAggError> {
+    for (u, seed) in self_mask_seeds {
+        apply_mask(
+            sum,
+            &self_mask_key(&seed.to_bytes(), round, *u),
+            width,
+            Sign::Subtract,
+        );
+    }
+    for (u, key) in dropped_mask_keys {
+        let secret = StaticSecret::from(key.to_bytes());
+        for v in graph.neighbours(*u) {
+            if survivors.binary_search(&v).is_err() {
+                continue;
+            }
+            let Some(public) = mask_public_keys.get(&v) else {
+                return Err(SecAggError::InvalidConfig {
+                    reason: format!("round {round}: no mask public key for survivor {v}"),
+                });
+            };
+            let shared = secret.diffie_hellman(&PublicKey::from(*public));
+            let pair_key = pairwise_mask_key(shared.as_bytes(), round, *u, v);
+            // v added +PRG(s_uv) if v < u and −PRG(s_uv) if v > u; undo exactly that.
+            let sign = if v < *u { Sign::Subtract } else { Sign::Add };
+            apply_mask(sum, &pair_key, width, sign);
+        }
+    }
+    Ok(())
+}

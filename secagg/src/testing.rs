@@ -1,0 +1,158 @@
+//! An in-memory round for tests and benches (feature `test-util`): real cryptography, no
+//! transport, with dropouts injected at any phase.
+
+use std::collections::BTreeMap;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::client::ClientRound;
+use crate::error::SecAggError;
+use crate::identity::{IdentityKey, Roster};
+use crate::messages::{ClientMessage, Phase};
+use crate::ring::RingVector;
+use crate::round::{PartnerId, RoundConfig};
+use crate::server::{Aggregate, ServerOutput, ServerRound};
+
+/// Identity keys for `participants`, derived from `seed`, and the roster of their public keys.
+pub fn identities(
+    participants: &[PartnerId],
+    seed: u64,
+) -> (BTreeMap<PartnerId, IdentityKey>, Roster) {
+    let keys: BTreeMap<PartnerId, IdentityKey> = participants
+        .iter()
+        .map(|&p| (p, IdentityKey::generate(&mut partner_rng(seed ^ 0x1d, p))))
+        .collect();
+    let roster = keys.iter().map(|(p, k)| (*p, k.public())).collect();
+    (keys, roster)
+}
+
+/// A deterministic per-partner RNG for simulations (never for production secrets).
+pub fn partner_rng(seed: u64, partner: PartnerId) -> ChaCha20Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..12].copy_from_slice(&partner.0.to_le_bytes());
+    key[12] = 1;
+    ChaCha20Rng::from_seed(key)
+}
+
+/// Runs a whole round. A partner listed in `drop_at` goes silent from that phase on: it does
+/// not send that phase's message or any later one. A partner that refuses to go on because
+/// too few peers are left (as a real agent would) also goes silent.
+///
+/// Returns the aggregate, or the coordinator's abort.
+pub fn run_round(
+    config: &RoundConfig,
+    inputs: &BTreeMap<PartnerId, RingVector>,
+    drop_at: &BTreeMap<PartnerId, Phase>,
+    seed: u64,
+) -> Result<Aggregate, SecAggError> {
+    let (keys, roster) = identities(&config.participants, seed);
+    let mut server = ServerRound::new(config.clone(), roster.clone())?;
+    let active = |p: PartnerId, phase: Phase| {
+        drop_at
+            .get(&p)
+            .is_none_or(|&d| phase_index(phase) < phase_index(d))
+    };
+    let mut rngs: BTreeMap<PartnerId, ChaCha20Rng> = config
+        .participants
+        .iter()
+        .map(|&p| (p, partner_rng(seed, p)))
+        .collect();
+
+    let mut clients = BTreeMap::new();
+    for &p in &config.participants {
+        let rng = rngs.get_mut(&p).expect("every participant has an rng");
+        let (client, advert) =
+            ClientRound::start(config.clone(), p, &keys[&p], roster.clone(), rng)?;
+        if active(p, Phase::AdvertiseKeys) {
+            server.receive(ClientMessage::AdvertiseKeys(advert))?;
+            clients.insert(p, client);
+        }
+    }
+    let ServerOutput::KeyRoster(key_roster) = server.advance()? else {
+        unreachable!("AdvertiseKeys closes with the key roster")
+    };
+
+    let mut next = BTreeMap::new();
+    for (p, client) in clients.iter_mut() {
+        if !active(*p, Phase::ShareKeys) {
+            continue;
+        }
+        let rng = rngs.get_mut(p).expect("every participant has an rng");
+        if let Some(msg) = quit_if_too_few(client.handle_key_roster(&key_roster, rng))? {
+            server.receive(ClientMessage::ShareKeys(msg))?;
+            next.insert(*p, ());
+        }
+    }
+    clients.retain(|p, _| next.contains_key(p));
+    let ServerOutput::ForwardedShares(mut forwards) = server.advance()? else {
+        unreachable!("ShareKeys closes with forwarded shares")
+    };
+
+    next.clear();
+    for (p, client) in clients.iter_mut() {
+        let Some(shares) = forwards.remove(p) else {
+            continue;
+        };
+        if !active(*p, Phase::MaskedInputCollection) {
+            continue;
+        }
+        if let Some(msg) = quit_if_too_few(client.handle_forwarded_shares(&shares, &inputs[p]))? {
+            server.receive(ClientMessage::MaskedInput(msg))?;
+            next.insert(*p, ());
+        }
+    }
+    clients.retain(|p, _| next.contains_key(p));
+    let ServerOutput::SurvivorList(survivors) = server.advance()? else {
+        unreachable!("MaskedInputCollection closes with the survivor list")
+    };
+
+    next.clear();
+    for (p, client) in clients.iter_mut() {
+        if !active(*p, Phase::ConsistencyCheck) {
+            continue;
+        }
+        if let Some(msg) = quit_if_too_few(client.handle_survivor_list(&survivors, &keys[p]))? {
+            server.receive(ClientMessage::ConsistencySignature(msg))?;
+            next.insert(*p, ());
+        }
+    }
+    clients.retain(|p, _| next.contains_key(p));
+    let ServerOutput::SignedSurvivors(signed) = server.advance()? else {
+        unreachable!("ConsistencyCheck closes with the signed survivor list")
+    };
+
+    for (p, client) in clients.iter_mut() {
+        if !active(*p, Phase::Unmasking) {
+            continue;
+        }
+        if let Some(msg) = quit_if_too_few(client.handle_signed_survivors(&signed))? {
+            server.receive(ClientMessage::UnmaskingShares(msg))?;
+        }
+    }
+    match server.advance()? {
+        ServerOutput::Aggregate(aggregate) => Ok(aggregate),
+        _ => unreachable!("Unmasking closes with the aggregate"),
+    }
+}
+
+fn quit_if_too_few<T>(result: Result<T, SecAggError>) -> Result<Option<T>, SecAggError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(SecAggError::TooFewSurvivors { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The order of the five protocol phases (Finished and Aborted come after all of them).
+pub fn phase_index(phase: Phase) -> usize {
+    match phase {
+        Phase::AdvertiseKeys => 0,
+        Phase::ShareKeys => 1,
+        Phase::MaskedInputCollection => 2,
+        Phase::ConsistencyCheck => 3,
+        Phase::Unmasking => 4,
+        Phase::Finished | Phase::Aborted => 5,
+    }
+}

@@ -1,0 +1,1 @@
+//! The Civic coordinator: REST API, store, rounds, budgets and audit log (filled by a later issue).

@@ -1,0 +1,1 @@
+//! Civic root package.
