@@ -90,7 +90,7 @@ impl Topology {
 /// If no k < n − 1 satisfies these, the complete graph is used (small n: the sparse graph saves
 /// nothing). Partners are treated as independent, as in Bell et al.'s analysis.
 pub fn derive_topology(n: usize, kind: GraphKind) -> Result<(Topology, usize), SecAggError> {
-    let complete = (Topology::Complete, n / 2 + 1);
+    let complete = (Topology::Complete, strict_majority(n));
     let GraphKind::Sparse {
         max_dropout_rate: delta,
         max_corrupt_fraction: gamma,
@@ -118,7 +118,7 @@ pub fn derive_topology(n: usize, kind: GraphKind) -> Result<(Topology, usize), S
     let correctness = -f64::from(CORRECTNESS_FAILURE_BITS) * std::f64::consts::LN_2;
     let mut k = 2;
     while k < n.saturating_sub(1) {
-        let t = (k + 1) / 2 + 1;
+        let t = strict_majority(k + 1);
         let recoverable = ln_n + ln_binomial_cdf_below(k, 1.0 - delta, t) <= correctness;
         let no_corrupt_quorum = ln_n + ln_binomial_tail_from(k, gamma, t) <= privacy;
         let connected = ln_n + (k / 2) as f64 * (delta + gamma).ln() <= privacy;
@@ -128,6 +128,12 @@ pub fn derive_topology(n: usize, kind: GraphKind) -> Result<(Topology, usize), S
         k += 2;
     }
     Ok(complete)
+}
+
+/// The smallest threshold above half of `holders`: what stops a coordinator from collecting
+/// t shares of one secret from one group of holders and t of the other from a disjoint group.
+pub fn strict_majority(holders: usize) -> usize {
+    holders / 2 + 1
 }
 
 /// ln P[Binomial(k, p) < t].
@@ -339,7 +345,7 @@ mod tests {
         assert!(ln_n + ln_binomial_tail_from(k, 0.1, t) <= -40.0 * std::f64::consts::LN_2);
         // And k − 2 would not have met them all.
         let smaller = k - 2;
-        let ts = (smaller + 1) / 2 + 1;
+        let ts = strict_majority(smaller + 1);
         let ok = ln_n + ln_binomial_cdf_below(smaller, 0.9, ts) <= -20.0 * std::f64::consts::LN_2
             && ln_n + ln_binomial_tail_from(smaller, 0.1, ts) <= -40.0 * std::f64::consts::LN_2
             && ln_n + (smaller / 2) as f64 * 0.2f64.ln() <= -40.0 * std::f64::consts::LN_2;

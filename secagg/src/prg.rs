@@ -98,7 +98,7 @@ mod tests {
     fn add_then_subtract_is_identity_across_chunk_boundaries() {
         for width in [Width::W32, Width::W64] {
             for len in [0, 1, 511, 512, 513, 1025, 3000] {
-                let original: Vec<u64> = (0..len as u64).map(|i| i * 31 & width.mask()).collect();
+                let original: Vec<u64> = (0..len as u64).map(|i| (i * 31) & width.mask()).collect();
                 let mut acc = original.clone();
                 apply_mask(&mut acc, &key(1), width, Sign::Add);
                 if len > 4 {

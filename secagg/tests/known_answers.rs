@@ -8,7 +8,9 @@ use civic_secagg::kdf::{Purpose, derive, share_encryption_key};
 use civic_secagg::prg::expand;
 use civic_secagg::ring::Width;
 use civic_secagg::round::{PartnerId, RoundId};
-use civic_secagg::shamir::{LagrangeAtZero, SecretScalar, Share, reconstruct, split_with_coefficients};
+use civic_secagg::shamir::{
+    LagrangeAtZero, SecretScalar, Share, reconstruct, split_with_coefficients,
+};
 use civic_secagg::share_encryption::{SharePair, associated_data, open, seal};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -19,7 +21,12 @@ fn vectors(text: &str) -> Value {
 }
 
 fn hex_of(v: &Value, field: &str) -> Vec<u8> {
-    hex::decode(v[field].as_str().unwrap_or_else(|| panic!("{field} is a string"))).expect("hex")
+    hex::decode(
+        v[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} is a string")),
+    )
+    .expect("hex")
 }
 
 fn arr32(v: &Value, field: &str) -> [u8; 32] {
@@ -27,7 +34,9 @@ fn arr32(v: &Value, field: &str) -> [u8; 32] {
 }
 
 fn num(v: &Value, field: &str) -> u64 {
-    v[field].as_u64().unwrap_or_else(|| panic!("{field} is a number"))
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} is a number"))
 }
 
 fn partner(v: &Value, field: &str) -> PartnerId {
@@ -68,12 +77,21 @@ fn kdf_matches_rfc5869_and_our_vectors() {
     let valid = v["valid"].as_array().expect("valid");
     assert!(valid.len() >= 6);
     for case in valid {
-        assert_eq!(hex::encode(kdf_of(case)), case["okm"].as_str().expect("okm"), "{case}");
+        assert_eq!(
+            hex::encode(kdf_of(case)),
+            case["okm"].as_str().expect("okm"),
+            "{case}"
+        );
     }
     let invalid = v["invalid"].as_array().expect("invalid");
     assert!(invalid.len() >= 3);
     for case in invalid {
-        assert_ne!(hex::encode(kdf_of(case)), case["okm"].as_str().expect("okm"), "{}", case["why"]);
+        assert_ne!(
+            hex::encode(kdf_of(case)),
+            case["okm"].as_str().expect("okm"),
+            "{}",
+            case["why"]
+        );
     }
 }
 
@@ -110,19 +128,35 @@ fn prg_words(case: &Value) -> Vec<u64> {
 fn prg_matches_rfc8439_chacha20_and_our_chacha12_vectors() {
     let v = vectors(include_str!("vectors/prg.json"));
     for case in v["rfc8439_chacha20"].as_array().expect("rfc") {
-        assert!(hex_of(case, "nonce").iter().all(|b| *b == 0), "rand_chacha's stream 0 is a zero nonce");
+        assert!(
+            hex_of(case, "nonce").iter().all(|b| *b == 0),
+            "rand_chacha's stream 0 is a zero nonce"
+        );
         let mut rng = ChaCha20Rng::from_seed(arr32(case, "key"));
         rng.set_word_pos(u128::from(num(case, "counter")) * 16);
         let mut block = [0u8; 64];
         rng.fill_bytes(&mut block);
-        assert_eq!(hex::encode(block), case["keystream"].as_str().expect("keystream"));
+        assert_eq!(
+            hex::encode(block),
+            case["keystream"].as_str().expect("keystream")
+        );
     }
     for case in v["valid"].as_array().expect("valid") {
-        let expected: Vec<u64> = case["words"].as_array().expect("words").iter().map(|w| w.as_str().expect("s").parse().expect("u64")).collect();
+        let expected: Vec<u64> = case["words"]
+            .as_array()
+            .expect("words")
+            .iter()
+            .map(|w| w.as_str().expect("s").parse().expect("u64"))
+            .collect();
         assert_eq!(prg_words(case), expected);
     }
     for case in v["invalid"].as_array().expect("invalid") {
-        let wrong: Vec<u64> = case["words"].as_array().expect("words").iter().map(|w| w.as_str().expect("s").parse().expect("u64")).collect();
+        let wrong: Vec<u64> = case["words"]
+            .as_array()
+            .expect("words")
+            .iter()
+            .map(|w| w.as_str().expect("s").parse().expect("u64"))
+            .collect();
         assert_ne!(prg_words(case), wrong, "{}", case["why"]);
     }
 }
@@ -130,12 +164,25 @@ fn prg_matches_rfc8439_chacha20_and_our_chacha12_vectors() {
 #[test]
 fn prg_expand_reads_the_keystream_as_little_endian_words() {
     // The mask generator itself, through a real derived key, against the raw keystream.
-    let key = derive(&[9; 32], Purpose::SelfMask, RoundId(1), PartnerId(2), PartnerId(2));
+    let key = derive(
+        &[9; 32],
+        Purpose::SelfMask,
+        RoundId(1),
+        PartnerId(2),
+        PartnerId(2),
+    );
     let mut rng = rand_chacha::ChaCha12Rng::from_seed(*key.as_bytes());
     let mut bytes = [0u8; 40 * 8];
     rng.fill_bytes(&mut bytes);
-    let w64: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect();
-    let w32: Vec<u64> = bytes.chunks_exact(4).take(40).map(|c| u64::from(u32::from_le_bytes(c.try_into().expect("4")))).collect();
+    let w64: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
+        .collect();
+    let w32: Vec<u64> = bytes
+        .chunks_exact(4)
+        .take(40)
+        .map(|c| u64::from(u32::from_le_bytes(c.try_into().expect("4"))))
+        .collect();
     assert_eq!(expand(&key, Width::W64, 40).words(), &w64[..]);
     assert_eq!(expand(&key, Width::W32, 40).words(), &w32[..]);
 }
@@ -151,29 +198,68 @@ fn aead_matches_rfc8439_and_our_vectors_and_rejects_tampering() {
         let cipher = ChaCha20Poly1305::new(&arr32(case, "key").into());
         let nonce: [u8; 12] = hex_of(case, "nonce").try_into().expect("12");
         let sealed = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: &hex_of(case, "plaintext"), aad: &hex_of(case, "aad") })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &hex_of(case, "plaintext"),
+                    aad: &hex_of(case, "aad"),
+                },
+            )
             .expect("encrypts");
-        assert_eq!(hex::encode(sealed), case["ciphertext_and_tag"].as_str().expect("ct"));
+        assert_eq!(
+            hex::encode(sealed),
+            case["ciphertext_and_tag"].as_str().expect("ct")
+        );
     }
     for case in v["valid"].as_array().expect("valid") {
-        let (round, sender, recipient) = (RoundId(num(case, "round_id")), partner(case, "sender"), partner(case, "recipient"));
+        let (round, sender, recipient) = (
+            RoundId(num(case, "round_id")),
+            partner(case, "sender"),
+            partner(case, "recipient"),
+        );
         let key = share_encryption_key(&arr32(case, "ikm"), round, sender, recipient);
-        assert_eq!(hex::encode(key.as_bytes()), case["key"].as_str().expect("key"));
-        assert_eq!(hex::encode(associated_data(round, sender, recipient)), case["aad"].as_str().expect("aad"));
-        let pair = SharePair { self_mask: scalar(case, "b_share"), mask_key: scalar(case, "sk_share") };
+        assert_eq!(
+            hex::encode(key.as_bytes()),
+            case["key"].as_str().expect("key")
+        );
+        assert_eq!(
+            hex::encode(associated_data(round, sender, recipient)),
+            case["aad"].as_str().expect("aad")
+        );
+        let pair = SharePair {
+            self_mask: scalar(case, "b_share"),
+            mask_key: scalar(case, "sk_share"),
+        };
         let nonce: [u8; 12] = hex_of(case, "nonce").try_into().expect("12");
         let ct = seal(&key, &nonce, round, sender, recipient, &pair);
-        assert_eq!(hex::encode(&ct), case["ciphertext_and_tag"].as_str().expect("ct"));
-        assert_eq!(open(&key, &nonce, round, sender, recipient, &ct).expect("opens"), pair);
+        assert_eq!(
+            hex::encode(&ct),
+            case["ciphertext_and_tag"].as_str().expect("ct")
+        );
+        assert_eq!(
+            open(&key, &nonce, round, sender, recipient, &ct).expect("opens"),
+            pair
+        );
     }
     let invalid = v["invalid"].as_array().expect("invalid");
     assert!(invalid.len() >= 4);
     for case in invalid {
-        let (round, sender, recipient) = (RoundId(num(case, "round_id")), partner(case, "sender"), partner(case, "recipient"));
+        let (round, sender, recipient) = (
+            RoundId(num(case, "round_id")),
+            partner(case, "sender"),
+            partner(case, "recipient"),
+        );
         let key = share_encryption_key(&arr32(case, "ikm"), round, sender, recipient);
         let nonce: [u8; 12] = hex_of(case, "nonce").try_into().expect("12");
-        let err = open(&key, &nonce, round, sender, recipient, &hex_of(case, "ciphertext_and_tag"))
-            .expect_err(case["why"].as_str().expect("why"));
+        let err = open(
+            &key,
+            &nonce,
+            round,
+            sender,
+            recipient,
+            &hex_of(case, "ciphertext_and_tag"),
+        )
+        .expect_err(case["why"].as_str().expect("why"));
         assert_eq!(err.code(), "secagg.bad_ciphertext", "{}", case["why"]);
     }
 }
@@ -200,16 +286,30 @@ fn shamir_matches_our_vectors_and_rejects_bad_shares() {
             .as_array()
             .expect("coefficients")
             .iter()
-            .map(|c| SecretScalar::from_canonical_bytes(hex::decode(c.as_str().expect("hex")).expect("hex").try_into().expect("32")).expect("canonical"))
+            .map(|c| {
+                SecretScalar::from_canonical_bytes(
+                    hex::decode(c.as_str().expect("hex"))
+                        .expect("hex")
+                        .try_into()
+                        .expect("32"),
+                )
+                .expect("canonical")
+            })
             .collect();
         assert_eq!(coefficients.len() + 1, num(case, "threshold") as usize);
         let expected = shares_of(case).expect("canonical shares");
         let holders: Vec<PartnerId> = expected.iter().map(|s| s.holder).collect();
-        assert_eq!(split_with_coefficients(&scalar(case, "secret"), &coefficients, &holders), expected);
+        assert_eq!(
+            split_with_coefficients(&scalar(case, "secret"), &coefficients, &holders),
+            expected
+        );
     }
     for case in v["reconstruct"].as_array().expect("reconstruct") {
         let shares = shares_of(case).expect("canonical shares");
-        assert_eq!(reconstruct(&shares, num(case, "threshold") as usize).expect("enough shares"), scalar(case, "secret"));
+        assert_eq!(
+            reconstruct(&shares, num(case, "threshold") as usize).expect("enough shares"),
+            scalar(case, "secret")
+        );
     }
     for case in v["invalid"].as_array().expect("invalid") {
         let why = case["why"].as_str().expect("why");
@@ -219,7 +319,10 @@ fn shamir_matches_our_vectors_and_rejects_bad_shares() {
                 let shares = shares_of(case).expect("canonical shares");
                 assert!(reconstruct(&shares, t).is_err(), "{why}");
                 let holders: Vec<PartnerId> = shares.iter().map(|s| s.holder).collect();
-                let guess = LagrangeAtZero::new(&holders).expect("distinct").interpolate(shares.iter().map(|s| &s.value)).expect("same count");
+                let guess = LagrangeAtZero::new(&holders)
+                    .expect("distinct")
+                    .interpolate(shares.iter().map(|s| &s.value))
+                    .expect("same count");
                 assert_ne!(guess, scalar(case, "secret"), "{why}");
             }
             "non_canonical" => {
@@ -227,8 +330,12 @@ fn shamir_matches_our_vectors_and_rejects_bad_shares() {
                 assert_eq!(err.code(), "secagg.shamir");
             }
             "duplicate_partner" => {
-                let err = reconstruct(&shares_of(case).expect("canonical shares"), t).expect_err(why);
-                assert!(err.to_string().contains("two shares come from partner"), "{why}: {err}");
+                let err =
+                    reconstruct(&shares_of(case).expect("canonical shares"), t).expect_err(why);
+                assert!(
+                    err.to_string().contains("two shares come from partner"),
+                    "{why}: {err}"
+                );
             }
             other => panic!("unknown expectation {other}"),
         }
