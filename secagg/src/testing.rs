@@ -9,7 +9,7 @@ use rand_core::SeedableRng;
 use crate::client::ClientRound;
 use crate::error::SecAggError;
 use crate::identity::{IdentityKey, Roster};
-use crate::messages::{ClientMessage, Phase};
+use crate::messages::{ClientMessage, MaskedInput, Phase};
 use crate::ring::RingVector;
 use crate::round::{PartnerId, RoundConfig};
 use crate::server::{Aggregate, ServerOutput, ServerRound};
@@ -36,17 +36,38 @@ pub fn partner_rng(seed: u64, partner: PartnerId) -> ChaCha20Rng {
     ChaCha20Rng::from_seed(key)
 }
 
-/// Runs a whole round. A partner listed in `drop_at` goes silent from that phase on: it does
-/// not send that phase's message or any later one. A partner that refuses to go on because
-/// too few peers are left (as a real agent would) also goes silent.
-///
-/// Returns the aggregate, or the coordinator's abort.
+/// Snapshots of the coordinator at the two points a benchmark times.
+#[derive(Clone, Debug)]
+pub struct RoundCapture {
+    /// The coordinator as MaskedInputCollection opens, before any masked vector arrives.
+    pub before_masked_inputs: ServerRound,
+    /// The masked vectors it then received, in order.
+    pub masked_inputs: Vec<MaskedInput>,
+    /// The coordinator with every reveal received, before the final `advance` unmasks.
+    pub before_unmask: ServerRound,
+}
+
+/// [`run_round_capturing`] without the snapshots.
 pub fn run_round(
     config: &RoundConfig,
     inputs: &BTreeMap<PartnerId, RingVector>,
     drop_at: &BTreeMap<PartnerId, Phase>,
     seed: u64,
 ) -> Result<Aggregate, SecAggError> {
+    run_round_capturing(config, inputs, drop_at, seed).map(|(aggregate, _)| aggregate)
+}
+
+/// Runs a whole round. A partner listed in `drop_at` goes silent from that phase on: it does
+/// not send that phase's message or any later one. A partner that refuses to go on because
+/// too few peers are left (as a real agent would) also goes silent.
+///
+/// Returns the aggregate and the coordinator's snapshots, or the coordinator's abort.
+pub fn run_round_capturing(
+    config: &RoundConfig,
+    inputs: &BTreeMap<PartnerId, RingVector>,
+    drop_at: &BTreeMap<PartnerId, Phase>,
+    seed: u64,
+) -> Result<(Aggregate, RoundCapture), SecAggError> {
     let (keys, roster) = identities(&config.participants, seed);
     let mut server = ServerRound::new(config.clone(), roster.clone())?;
     let active = |p: PartnerId, phase: Phase| {
@@ -91,6 +112,8 @@ pub fn run_round(
     };
 
     next.clear();
+    let before_masked_inputs = server.clone();
+    let mut masked_inputs = Vec::new();
     for (p, client) in clients.iter_mut() {
         let Some(shares) = forwards.remove(p) else {
             continue;
@@ -99,6 +122,7 @@ pub fn run_round(
             continue;
         }
         if let Some(msg) = quit_if_too_few(client.handle_forwarded_shares(&shares, &inputs[p]))? {
+            masked_inputs.push(msg.clone());
             server.receive(ClientMessage::MaskedInput(msg))?;
             next.insert(*p, ());
         }
@@ -131,8 +155,13 @@ pub fn run_round(
             server.receive(ClientMessage::UnmaskingShares(msg))?;
         }
     }
+    let capture = RoundCapture {
+        before_masked_inputs,
+        masked_inputs,
+        before_unmask: server.clone(),
+    };
     match server.advance()? {
-        ServerOutput::Aggregate(aggregate) => Ok(aggregate),
+        ServerOutput::Aggregate(aggregate) => Ok((aggregate, capture)),
         _ => unreachable!("Unmasking closes with the aggregate"),
     }
 }
