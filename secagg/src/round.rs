@@ -30,6 +30,10 @@ impl fmt::Display for RoundId {
     }
 }
 
+/// The longest vector a round may have: 2^26 elements (512 MiB at 64 bits). A bound on what
+/// a configuration can make either side allocate.
+pub const MAX_VECTOR_LEN: usize = 1 << 26;
+
 /// Everything both sides must agree on before a round starts.
 ///
 /// Built by the coordinator with [`RoundConfig::new`], sent to partners, and checked by each
@@ -96,8 +100,11 @@ impl RoundConfig {
         if self.participants.windows(2).any(|w| w[0] >= w[1]) {
             return invalid("participants must be sorted and distinct".into());
         }
-        if self.vector_len == 0 {
-            return invalid("vector_len must be at least 1".into());
+        if self.vector_len == 0 || self.vector_len > MAX_VECTOR_LEN {
+            return invalid(format!(
+                "vector_len {} must be between 1 and {MAX_VECTOR_LEN}",
+                self.vector_len
+            ));
         }
         let holders = self.topology.holders_per_partner(n)?;
         if 2 * self.threshold <= holders || self.threshold > holders {
@@ -118,5 +125,118 @@ impl RoundConfig {
     /// Whether `p` is invited.
     pub fn is_participant(&self, p: PartnerId) -> bool {
         self.participants.binary_search(&p).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> RoundConfig {
+        RoundConfig::new(
+            RoundId(1),
+            vec![PartnerId(3), PartnerId(1), PartnerId(2), PartnerId(4)],
+            10,
+            Width::W32,
+            GraphKind::Complete,
+            2,
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn new_sorts_participants_and_takes_a_strict_majority() {
+        let c = valid();
+        assert_eq!(
+            c.participants,
+            vec![PartnerId(1), PartnerId(2), PartnerId(3), PartnerId(4)]
+        );
+        assert_eq!(c.threshold, 3);
+    }
+
+    #[test]
+    fn unsafe_or_inconsistent_configs_are_refused_with_the_reason() {
+        let cases: Vec<(RoundConfig, &str)> = vec![
+            (
+                RoundConfig {
+                    threshold: 2,
+                    ..valid()
+                },
+                "more than half",
+            ),
+            (
+                RoundConfig {
+                    threshold: 5,
+                    ..valid()
+                },
+                "more than half",
+            ),
+            (
+                RoundConfig {
+                    vector_len: 0,
+                    ..valid()
+                },
+                "vector_len 0",
+            ),
+            (
+                RoundConfig {
+                    vector_len: MAX_VECTOR_LEN + 1,
+                    ..valid()
+                },
+                "vector_len",
+            ),
+            (
+                RoundConfig {
+                    min_survivors: 5,
+                    ..valid()
+                },
+                "min_survivors 5",
+            ),
+            (
+                RoundConfig {
+                    participants: vec![PartnerId(2), PartnerId(1), PartnerId(3), PartnerId(4)],
+                    ..valid()
+                },
+                "sorted and distinct",
+            ),
+            (
+                RoundConfig {
+                    participants: vec![PartnerId(1), PartnerId(1), PartnerId(3), PartnerId(4)],
+                    ..valid()
+                },
+                "sorted and distinct",
+            ),
+            (
+                RoundConfig {
+                    participants: vec![PartnerId(1)],
+                    threshold: 1,
+                    min_survivors: 1,
+                    ..valid()
+                },
+                "at least 2",
+            ),
+            (
+                RoundConfig {
+                    topology: Topology::Harary { degree: 3 },
+                    ..valid()
+                },
+                "even",
+            ),
+            (
+                RoundConfig {
+                    topology: Topology::Harary { degree: 4 },
+                    ..valid()
+                },
+                "below n",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().expect_err(needle);
+            assert_eq!(err.code(), "secagg.invalid_config");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle:?}"
+            );
+        }
     }
 }
