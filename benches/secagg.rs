@@ -78,15 +78,28 @@ fn report(what: &str, subject: Duration, baseline: Duration, target: &str) {
     );
 }
 
-fn client_masking(c: &mut Criterion) {
-    if !selected("client_masking") {
-        return;
+/// A group of 10 samples with the given measurement time, or None when the command line's
+/// filter leaves it out (so its ratio report is skipped too).
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    measurement: Duration,
+) -> Option<criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>> {
+    if !selected(name) {
+        return None;
     }
-    let mut group = c.benchmark_group("client_masking");
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+        .measurement_time(measurement);
+    Some(group)
+}
+
+fn client_masking(c: &mut Criterion) {
+    let Some(mut group) = group(c, "client_masking", Duration::from_secs(2)) else {
+        return;
+    };
     for n in [10u32, 100, 1000] {
         for m in [1_000usize, 100_000] {
             let width = Width::W64;
@@ -199,15 +212,10 @@ fn selected(group: &str) -> bool {
 }
 
 fn coordinator(c: &mut Criterion) {
-    if !selected("coordinator") {
-        return;
-    }
     let (n, m) = (100u32, 100_000usize);
-    let mut group = c.benchmark_group("coordinator");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    let Some(mut group) = group(c, "coordinator", Duration::from_secs(3)) else {
+        return;
+    };
     for dropout in [0.0, 0.1, 0.3] {
         let capture = captured_round(n, m, dropout);
         let vectors: Vec<Vec<u64>> = capture
@@ -375,11 +383,14 @@ fn sparse_vs_complete(c: &mut Criterion) {
         .expect("removes");
         black_box(sum);
     };
-    let mut group = c.benchmark_group("unmask_n1000_m1e5_10pct_dropouts");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(10));
+    // Ten runs of about 1.7 s each.
+    let Some(mut group) = group(
+        c,
+        "unmask_n1000_m1e5_10pct_dropouts",
+        Duration::from_secs(18),
+    ) else {
+        return;
+    };
     group.bench_function(format!("sparse_harary_k{degree}"), |b| {
         b.iter(|| run(&sparse))
     });
@@ -398,14 +409,9 @@ fn sparse_vs_complete(c: &mut Criterion) {
 }
 
 fn shamir(c: &mut Criterion) {
-    if !selected("shamir") {
+    let Some(mut group) = group(c, "shamir", Duration::from_secs(2)) else {
         return;
-    }
-    let mut group = c.benchmark_group("shamir");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
+    };
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     for n in [10u32, 100, 1000] {
         let holders: Vec<PartnerId> = (0..n).map(PartnerId).collect();

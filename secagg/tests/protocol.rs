@@ -374,37 +374,24 @@ fn coordinator_refuses_bad_messages_without_changing_state() {
     let p0 = h.config.participants[0];
     let good = masked.remove(&p0).expect("p0's input");
 
-    let mut wrong_round = good.clone();
-    wrong_round.round_id = RoundId(43);
-    refused(
-        &mut h.server,
-        ClientMessage::MaskedInput(wrong_round),
-        "secagg.wrong_round",
-    );
-
-    let mut unknown = good.clone();
-    unknown.sender = PartnerId(999);
-    refused(
-        &mut h.server,
-        ClientMessage::MaskedInput(unknown),
-        "secagg.unknown_sender",
-    );
-
-    let mut short = good.clone();
-    short.vector = RingVector::zeros(Width::W32, 4);
-    refused(
-        &mut h.server,
-        ClientMessage::MaskedInput(short),
-        "secagg.wrong_vector_shape",
-    );
-
-    let mut wide = good.clone();
-    wide.vector = RingVector::zeros(Width::W64, 5);
-    refused(
-        &mut h.server,
-        ClientMessage::MaskedInput(wide),
-        "secagg.wrong_vector_shape",
-    );
+    type Mutation = fn(&mut MaskedInput);
+    let mutations: [(Mutation, &str); 4] = [
+        (|m| m.round_id = RoundId(43), "secagg.wrong_round"),
+        (|m| m.sender = PartnerId(999), "secagg.unknown_sender"),
+        (
+            |m| m.vector = RingVector::zeros(Width::W32, 4),
+            "secagg.wrong_vector_shape",
+        ),
+        (
+            |m| m.vector = RingVector::zeros(Width::W64, 5),
+            "secagg.wrong_vector_shape",
+        ),
+    ];
+    for (mutate, code) in mutations {
+        let mut bad = good.clone();
+        mutate(&mut bad);
+        refused(&mut h.server, ClientMessage::MaskedInput(bad), code);
+    }
 
     h.server
         .receive(ClientMessage::MaskedInput(good.clone()))
