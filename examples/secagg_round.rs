@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use civic_secagg::messages::Phase;
 use civic_secagg::round::{PartnerId, RoundConfig, RoundId};
 use civic_secagg::testing::run_round_capturing;
-use civic_secagg::{GraphKind, RingVector, Width};
+use civic_secagg::{GraphKind, RingVector, Tolerances, Width};
 
 const PARTNERS: [&str; 12] = [
     "North GP federation",
@@ -37,6 +37,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         CELLS.len(),
         width,
         GraphKind::Complete,
+        // Withstand three dropouts, and one partner colluding with the coordinator.
+        Tolerances {
+            max_dropout_rate: 0.25,
+            max_corrupt_fraction: 0.1,
+        },
         3,
     )?;
 

@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 use civic_secagg::messages::ClientMessage;
 use civic_secagg::round::{PartnerId, RoundConfig, RoundId};
 use civic_secagg::testing::run_round_capturing;
-use civic_secagg::{GraphKind, RingVector, Width};
+use civic_secagg::{GraphKind, RingVector, Tolerances, Width};
+
+const TOLERANCES: Tolerances = Tolerances {
+    max_dropout_rate: 0.25,
+    max_corrupt_fraction: 0.0,
+};
 use proptest::prelude::*;
 
 fn fixed() -> impl bincode::config::Config {
@@ -21,6 +26,7 @@ fn sample_round() -> civic_secagg::testing::RoundCapture {
         1000,
         Width::W32,
         GraphKind::Complete,
+        TOLERANCES,
         3,
     )
     .expect("valid");
@@ -95,7 +101,7 @@ proptest! {
     #[test]
     fn decoding_mutated_messages_never_panics(flip in 0usize..4096, bit in 0u8..8) {
         let participants: Vec<PartnerId> = (1..=3).map(PartnerId).collect();
-        let config = RoundConfig::new(RoundId(1), participants.clone(), 8, Width::W64, GraphKind::Complete, 2).expect("valid");
+        let config = RoundConfig::new(RoundId(1), participants.clone(), 8, Width::W64, GraphKind::Complete, TOLERANCES, 2).expect("valid");
         let json = serde_json::to_vec(&config).expect("encodes");
         let mut mutated = json.clone();
         let i = flip % mutated.len();

@@ -11,7 +11,7 @@
 //! Each method checks its message completely and only then moves to the next phase, so an
 //! error leaves the round as it was. The partner never reveals both the self-mask share and
 //! the mask-key share of one peer: [`RevealLog`] records what was revealed, the agent
-//! persists it, and [`ClientRound::with_reveal_log`] restores it after a restart.
+//! persists it, and [`ClientRound::restore_reveal_log`] restores it after a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,7 +29,7 @@ use crate::messages::{
 };
 use crate::prg::{Sign, apply_mask};
 use crate::ring::RingVector;
-use crate::round::{PartnerId, RoundConfig, RoundId};
+use crate::round::{PartnerId, Requirements, RoundConfig, RoundId};
 use crate::shamir::{SecretScalar, split};
 use crate::share_encryption::{SharePair, open, seal};
 
@@ -53,14 +53,28 @@ impl RevealKind {
 }
 
 /// What this partner has revealed in one round, per peer. Persist it before sending the
-/// reveals; restore it with [`ClientRound::with_reveal_log`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// reveals; restore it with [`ClientRound::restore_reveal_log`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevealLog {
+    round_id: RoundId,
     revealed: BTreeMap<PartnerId, RevealKind>,
 }
 
 impl RevealLog {
+    /// An empty log for one round.
+    pub fn new(round_id: RoundId) -> Self {
+        Self {
+            round_id,
+            revealed: BTreeMap::new(),
+        }
+    }
+
+    /// The round the log belongs to.
+    pub fn round_id(&self) -> RoundId {
+        self.round_id
+    }
+
     /// What was revealed for `owner`, if anything.
     pub fn get(&self, owner: PartnerId) -> Option<RevealKind> {
         self.revealed.get(&owner).copied()
@@ -89,7 +103,8 @@ impl RevealLog {
     }
 }
 
-/// This partner's secrets for one round. Zeroized on drop (each field zeroizes itself).
+/// This partner's secrets for one round. Zeroized on drop (each field zeroizes itself), which
+/// happens as soon as the masked input is sent: nothing later needs them.
 struct RoundSecrets {
     /// c_u^SK: decrypts the shares peers send us.
     encryption: StaticSecret,
@@ -106,8 +121,11 @@ struct PeerKeys {
 
 /// Where a partner is in the round, with what it has learnt so far.
 enum ClientState {
-    Advertised,
+    Advertised {
+        secrets: RoundSecrets,
+    },
     SharedKeys {
+        secrets: RoundSecrets,
         peers: BTreeMap<PartnerId, PeerKeys>,
         pairwise: BTreeMap<PartnerId, DerivedKey>,
         own_shares: SharePair,
@@ -125,10 +143,10 @@ enum ClientState {
 /// One partner's state machine for one round.
 pub struct ClientRound {
     config: RoundConfig,
+    config_digest: [u8; 32],
     graph: Graph,
     me: PartnerId,
     roster: Roster,
-    secrets: RoundSecrets,
     state: ClientState,
     reveals: RevealLog,
 }
@@ -161,16 +179,22 @@ pub fn mask_vector<'a>(
 }
 
 impl ClientRound {
-    /// Checks the configuration and this partner's place in it, makes the round's key pairs
-    /// and returns the signed advertisement.
+    /// Checks the configuration against this partner's own requirements and its place in
+    /// it, makes the round's key pairs and returns the signed advertisement.
+    ///
+    /// A partner takes part in a round at most once: an agent that restarts must not start
+    /// a round again after sending its masked input (running one input through two rounds
+    /// with different survivors would expose it). It persists the round ids it has sent
+    /// inputs for, and the [`RevealLog`].
     pub fn start<R: CryptoRng + ?Sized>(
         config: RoundConfig,
         me: PartnerId,
         identity: &IdentityKey,
         roster: Roster,
+        required: &Requirements,
         rng: &mut R,
     ) -> Result<(Self, AdvertiseKeys), SecAggError> {
-        config.validate()?;
+        config.check_requirements(required)?;
         if !config.is_participant(me) {
             return Err(SecAggError::InvalidConfig {
                 reason: format!(
@@ -205,8 +229,9 @@ impl ClientRound {
         let encryption_public_key = PublicKey::from(&secrets.encryption).to_bytes();
         let mask_public_key = PublicKey::from(&secrets.mask).to_bytes();
         let round_id = config.round_id;
+        let config_digest = config.digest();
         let signature = identity.sign(&advertise_transcript(
-            round_id,
+            &config_digest,
             me,
             &encryption_public_key,
             &mask_public_key,
@@ -214,11 +239,11 @@ impl ClientRound {
         let client = Self {
             graph: Graph::new(&config),
             config,
+            config_digest,
             me,
             roster,
-            secrets,
-            state: ClientState::Advertised,
-            reveals: RevealLog::default(),
+            state: ClientState::Advertised { secrets },
+            reveals: RevealLog::new(round_id),
         };
         let advert = AdvertiseKeys {
             round_id,
@@ -231,10 +256,17 @@ impl ClientRound {
     }
 
     /// Restores what this partner revealed in this round before a restart, so that a replayed
-    /// request can never extract the other share of the same peer.
-    pub fn with_reveal_log(mut self, log: RevealLog) -> Self {
+    /// request can never extract the other share of the same peer. A log of another round is
+    /// refused and changes nothing.
+    pub fn restore_reveal_log(&mut self, log: RevealLog) -> Result<(), SecAggError> {
+        if log.round_id != self.round() {
+            return Err(SecAggError::WrongRound {
+                expected: self.round(),
+                got: log.round_id,
+            });
+        }
         self.reveals = log;
-        self
+        Ok(())
     }
 
     /// What this partner has revealed so far (persist it).
@@ -245,7 +277,7 @@ impl ClientRound {
     /// The last phase this partner completed.
     pub fn phase(&self) -> Phase {
         match self.state {
-            ClientState::Advertised => Phase::AdvertiseKeys,
+            ClientState::Advertised { .. } => Phase::AdvertiseKeys,
             ClientState::SharedKeys { .. } => Phase::ShareKeys,
             ClientState::SentMaskedInput { .. } => Phase::MaskedInputCollection,
             ClientState::SignedSurvivors { .. } => Phase::ConsistencyCheck,
@@ -308,6 +340,9 @@ impl ClientRound {
     ) -> Result<ShareKeys, SecAggError> {
         let round = self.round();
         self.expect(msg.round_id, Phase::AdvertiseKeys, Phase::ShareKeys)?;
+        let ClientState::Advertised { secrets } = &self.state else {
+            unreachable!("phase AdvertiseKeys is the Advertised state");
+        };
         let mut seen = BTreeSet::new();
         let mut peers = BTreeMap::new();
         let mut pairwise = BTreeMap::new();
@@ -339,7 +374,7 @@ impl ClientRound {
                 });
             }
             let transcript = advertise_transcript(
-                round,
+                &self.config_digest,
                 sender,
                 &entry.encryption_public_key,
                 &entry.mask_public_key,
@@ -353,8 +388,8 @@ impl ClientRound {
             }
             if sender == self.me {
                 let mine = (
-                    PublicKey::from(&self.secrets.encryption).to_bytes(),
-                    PublicKey::from(&self.secrets.mask).to_bytes(),
+                    PublicKey::from(&secrets.encryption).to_bytes(),
+                    PublicKey::from(&secrets.mask).to_bytes(),
                 );
                 if (entry.encryption_public_key, entry.mask_public_key) != mine {
                     return Err(self.inconsistent(
@@ -364,8 +399,7 @@ impl ClientRound {
                 }
                 saw_me = true;
             } else if self.graph.are_neighbours(self.me, sender) {
-                let shared = self
-                    .secrets
+                let shared = secrets
                     .mask
                     .diffie_hellman(&PublicKey::from(entry.mask_public_key));
                 if !shared.was_contributory() {
@@ -396,8 +430,8 @@ impl ClientRound {
         holders.push(self.me);
         holders.sort_unstable();
         let t = self.config.threshold;
-        let b_shares = split(&self.secrets.self_mask_seed, t, &holders, rng)?;
-        let sk_shares = split(&self.secrets.mask_scalar, t, &holders, rng)?;
+        let b_shares = split(&secrets.self_mask_seed, t, &holders, rng)?;
+        let sk_shares = split(&secrets.mask_scalar, t, &holders, rng)?;
         let mut shares = Vec::with_capacity(peers.len());
         let mut own_shares = None;
         for (b, sk) in b_shares.into_iter().zip(sk_shares) {
@@ -410,7 +444,7 @@ impl ClientRound {
                 own_shares = Some(pair);
                 continue;
             };
-            let shared = self.secrets.encryption.diffie_hellman(&peer.encryption);
+            let shared = secrets.encryption.diffie_hellman(&peer.encryption);
             if !shared.was_contributory() {
                 return Err(SecAggError::Malformed {
                     round,
@@ -431,7 +465,13 @@ impl ClientRound {
         let own_shares = own_shares.ok_or_else(|| SecAggError::Shamir {
             reason: "no share was made for the partner itself".into(),
         })?;
+        let ClientState::Advertised { secrets } =
+            std::mem::replace(&mut self.state, ClientState::Finished)
+        else {
+            unreachable!("checked above");
+        };
         self.state = ClientState::SharedKeys {
+            secrets,
             peers,
             pairwise,
             own_shares,
@@ -454,6 +494,7 @@ impl ClientRound {
         let round = self.round();
         self.expect(msg.round_id, Phase::ShareKeys, Phase::MaskedInputCollection)?;
         let ClientState::SharedKeys {
+            secrets,
             peers,
             pairwise,
             own_shares,
@@ -499,7 +540,7 @@ impl ClientRound {
                     phase: Phase::ShareKeys,
                 });
             }
-            let shared = self.secrets.encryption.diffie_hellman(&peer.encryption);
+            let shared = secrets.encryption.diffie_hellman(&peer.encryption);
             let key = share_encryption_key(shared.as_bytes(), round, share.sender, self.me);
             let pair = open(
                 &key,
@@ -514,7 +555,7 @@ impl ClientRound {
         held.insert(self.me, own_shares.clone());
         self.quorum(held.len(), Phase::MaskedInputCollection)?;
 
-        let self_key = self_mask_key(&self.secrets.self_mask_seed.to_bytes(), round, self.me);
+        let self_key = self_mask_key(&secrets.self_mask_seed.to_bytes(), round, self.me);
         let me = self.me;
         let masks = held.keys().filter(|&&v| v != me).map(|v| {
             (
@@ -555,6 +596,14 @@ impl ClientRound {
                 "the survivor list names partner {p}, who is not a participant"
             )));
         }
+        if survivors.len() < self.config.min_survivors {
+            return Err(SecAggError::TooFewSurvivors {
+                round,
+                phase: Phase::ConsistencyCheck,
+                survivors: survivors.len(),
+                needed: self.config.min_survivors,
+            });
+        }
         if survivors.binary_search(&self.me).is_err() {
             return Err(self.inconsistent(
                 "the survivor list leaves out this partner, which sent its masked input".into(),
@@ -573,7 +622,7 @@ impl ClientRound {
             local += 1;
         }
         self.quorum(local, Phase::ConsistencyCheck)?;
-        let signature = identity.sign(&survivors_transcript(round, survivors));
+        let signature = identity.sign(&survivors_transcript(&self.config_digest, survivors));
         let held = std::mem::take(match &mut self.state {
             ClientState::SentMaskedInput { held } => held,
             _ => unreachable!("checked above"),
@@ -606,7 +655,7 @@ impl ClientRound {
                 "the signed survivor list differs from the one this partner signed".into(),
             ));
         }
-        let transcript = survivors_transcript(round, survivors);
+        let transcript = survivors_transcript(&self.config_digest, survivors);
         let mut signers = BTreeSet::new();
         for (signer, signature) in &msg.signatures {
             if survivors.binary_search(signer).is_err() {

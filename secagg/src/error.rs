@@ -7,8 +7,8 @@ use crate::round::{PartnerId, RoundId};
 ///
 /// Each variant carries the round and partner it concerns, and [`SecAggError::code`] gives a
 /// stable string for logs, metrics and HTTP bodies. A method that returns an error has left
-/// its state machine unchanged, except [`SecAggError::TooFewSurvivors`] from
-/// [`crate::ServerRound::advance`], which moves the round to `Aborted`.
+/// its state machine unchanged, except [`crate::ServerRound::advance`], whose errors abort the
+/// round.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SecAggError {

@@ -12,7 +12,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::PROTOCOL_LABEL;
-use crate::round::{PartnerId, RoundId};
+use crate::round::PartnerId;
 
 /// A partner's long-term signing key. Zeroized on drop; `Debug` shows only the public key.
 pub struct IdentityKey(SigningKey);
@@ -44,7 +44,8 @@ impl IdentityKey {
         IdentityPublicKey(self.0.verifying_key().to_bytes())
     }
 
-    pub(crate) fn sign(&self, message: &[u8]) -> Signature {
+    /// Signs a message: in this crate, always one of the transcripts below.
+    pub fn sign(&self, message: &[u8]) -> Signature {
         Signature(self.0.sign(message).to_bytes())
     }
 }
@@ -87,23 +88,25 @@ impl std::fmt::Debug for Signature {
 /// The identity keys of every partner, as the coordinator serves them and agents pin them.
 pub type Roster = BTreeMap<PartnerId, IdentityPublicKey>;
 
-/// What a partner signs when it advertises its two round public keys.
+/// What a partner signs when it advertises its two round public keys. `config` is the
+/// round configuration's digest ([`crate::RoundConfig::digest`]), which covers the round id.
 pub fn advertise_transcript(
-    round: RoundId,
+    config: &[u8; 32],
     sender: PartnerId,
     encryption_public_key: &[u8; 32],
     mask_public_key: &[u8; 32],
 ) -> Vec<u8> {
-    let mut m = transcript_header(b"advertise-keys", round);
+    let mut m = transcript_header(b"advertise-keys", config);
     m.extend_from_slice(&sender.0.to_be_bytes());
     m.extend_from_slice(encryption_public_key);
     m.extend_from_slice(mask_public_key);
     m
 }
 
-/// What a partner signs in the consistency check: the round and the exact survivor list.
-pub fn survivors_transcript(round: RoundId, survivors: &[PartnerId]) -> Vec<u8> {
-    let mut m = transcript_header(b"consistency-check", round);
+/// What a partner signs in the consistency check: the round configuration's digest and the
+/// exact survivor list.
+pub fn survivors_transcript(config: &[u8; 32], survivors: &[PartnerId]) -> Vec<u8> {
+    let mut m = transcript_header(b"consistency-check", config);
     m.extend_from_slice(&(survivors.len() as u64).to_be_bytes());
     survivors
         .iter()
@@ -111,13 +114,13 @@ pub fn survivors_transcript(round: RoundId, survivors: &[PartnerId]) -> Vec<u8> 
     m
 }
 
-fn transcript_header(purpose: &[u8], round: RoundId) -> Vec<u8> {
+fn transcript_header(purpose: &[u8], config: &[u8; 32]) -> Vec<u8> {
     let mut m = Vec::with_capacity(128);
     m.extend_from_slice(PROTOCOL_LABEL);
     m.push(0);
     m.extend_from_slice(purpose);
     m.push(0);
-    m.extend_from_slice(&round.0.to_be_bytes());
+    m.extend_from_slice(config);
     m
 }
 
@@ -132,27 +135,27 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let key = IdentityKey::generate(&mut rng);
         let list = [PartnerId(1), PartnerId(2)];
-        let sig = key.sign(&survivors_transcript(RoundId(1), &list));
+        let sig = key.sign(&survivors_transcript(&[1; 32], &list));
         assert!(
             key.public()
-                .verify(&survivors_transcript(RoundId(1), &list), &sig)
+                .verify(&survivors_transcript(&[1; 32], &list), &sig)
         );
         assert!(
             !key.public()
-                .verify(&survivors_transcript(RoundId(2), &list), &sig)
+                .verify(&survivors_transcript(&[2; 32], &list), &sig)
         );
         assert!(
             !key.public()
-                .verify(&survivors_transcript(RoundId(1), &list[..1]), &sig)
+                .verify(&survivors_transcript(&[1; 32], &list[..1]), &sig)
         );
         let other = IdentityKey::generate(&mut rng);
         assert!(
             !other
                 .public()
-                .verify(&survivors_transcript(RoundId(1), &list), &sig)
+                .verify(&survivors_transcript(&[1; 32], &list), &sig)
         );
         // A signature on one kind of statement is not valid for another.
-        let adv = advertise_transcript(RoundId(1), PartnerId(1), &[0; 32], &[0; 32]);
+        let adv = advertise_transcript(&[1; 32], PartnerId(1), &[0; 32], &[0; 32]);
         assert!(!key.public().verify(&adv, &sig));
     }
 

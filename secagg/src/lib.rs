@@ -43,11 +43,11 @@ mod wire;
 
 pub use client::{ClientRound, RevealKind, RevealLog};
 pub use error::SecAggError;
-pub use graph::{Graph, GraphKind, Topology};
+pub use graph::{Graph, GraphKind, Tolerances, Topology};
 pub use identity::{IdentityKey, IdentityPublicKey, Roster, Signature};
 pub use messages::{ClientMessage, Phase};
 pub use ring::{RingVector, Width};
-pub use round::{PartnerId, RoundConfig, RoundId};
+pub use round::{PartnerId, Requirements, RoundConfig, RoundId};
 pub use server::{Aggregate, ServerOutput, ServerRound};
 
 /// Bound into every key derivation, signature and associated-data string, so that keys and

@@ -4,8 +4,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
+use crate::PROTOCOL_LABEL;
 use crate::error::SecAggError;
-use crate::graph::{GraphKind, Topology};
+use crate::graph::{
+    GraphKind, Tolerances, Topology, complete_threshold, derive_topology, sparse_parameters_hold,
+};
 use crate::ring::Width;
 
 /// A partner's id within the co-operative (stable across rounds).
@@ -30,6 +35,17 @@ impl fmt::Display for RoundId {
     }
 }
 
+/// What a partner insists on before it takes part in a round: its own local policy, checked
+/// with [`RoundConfig::check_requirements`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    /// The dropouts and corruption the round must withstand.
+    pub tolerances: Tolerances,
+    /// The fewest survivors whose sum this partner lets the coordinator learn.
+    pub min_survivors: usize,
+}
+
 /// The longest vector a round may have: 2^26 elements (512 MiB at 64 bits). A bound on what
 /// a configuration can make either side allocate.
 pub const MAX_VECTOR_LEN: usize = 1 << 26;
@@ -52,28 +68,28 @@ pub struct RoundConfig {
     pub width: Width,
     /// Who shares masks and secrets with whom.
     pub topology: Topology,
-    /// Shamir threshold t: shares needed to recover a secret, more than half of any holder set.
+    /// Shamir threshold t: shares needed to recover a secret; more than half of every holder
+    /// set, and more than that when corrupt partners are tolerated (see
+    /// [`crate::graph::derive_topology`]).
     pub threshold: usize,
     /// The governance floor: fewer survivors than this aborts the round, whatever t allows.
     pub min_survivors: usize,
 }
 
 impl RoundConfig {
-    /// A configuration whose topology and threshold follow from the graph choice.
-    ///
-    /// For [`GraphKind::Complete`] the threshold is ⌊n/2⌋ + 1; for [`GraphKind::Sparse`] the
-    /// degree and threshold are derived from n and the tolerated dropout and corruption rates
-    /// (see [`crate::graph::derive_topology`]).
+    /// A configuration whose topology and threshold follow from the graph choice and the
+    /// tolerances (see [`crate::graph::derive_topology`]).
     pub fn new(
         round_id: RoundId,
         mut participants: Vec<PartnerId>,
         vector_len: usize,
         width: Width,
         graph: GraphKind,
+        tolerances: Tolerances,
         min_survivors: usize,
     ) -> Result<Self, SecAggError> {
         participants.sort_unstable();
-        let (topology, threshold) = crate::graph::derive_topology(participants.len(), graph)?;
+        let (topology, threshold) = derive_topology(participants.len(), graph, tolerances)?;
         let config = Self {
             round_id,
             participants,
@@ -107,7 +123,7 @@ impl RoundConfig {
             ));
         }
         let holders = self.topology.holders_per_partner(n)?;
-        if 2 * self.threshold <= holders || self.threshold > holders {
+        if self.threshold <= holders / 2 || self.threshold > holders {
             return invalid(format!(
                 "threshold {} must be more than half of, and at most, the {holders} holders of each partner's shares",
                 self.threshold
@@ -120,6 +136,68 @@ impl RoundConfig {
             ));
         }
         Ok(())
+    }
+
+    /// A partner's own check of a proposed round against its local policy: defence in depth
+    /// against a coordinator that weakens the threshold, the graph or the survivor floor.
+    pub fn check_requirements(&self, required: &Requirements) -> Result<(), SecAggError> {
+        self.validate()?;
+        let refuse = |reason: String| Err(SecAggError::InvalidConfig { reason });
+        let n = self.participants.len();
+        if self.min_survivors < required.min_survivors {
+            return refuse(format!(
+                "round {} accepts results from {} survivors; this partner requires at least {}",
+                self.round_id, self.min_survivors, required.min_survivors
+            ));
+        }
+        required.tolerances.validate()?;
+        match self.topology {
+            Topology::Complete => {
+                let needed = complete_threshold(n, required.tolerances);
+                if self.threshold < needed {
+                    return refuse(format!(
+                        "round {} has threshold {}; tolerating {} corrupt partners among {n} needs {needed}",
+                        self.round_id,
+                        self.threshold,
+                        required.tolerances.corrupt_among(n)
+                    ));
+                }
+            }
+            Topology::Harary { degree } => {
+                if !sparse_parameters_hold(n, degree, self.threshold, required.tolerances) {
+                    return refuse(format!(
+                        "round {}'s sparse graph (degree {degree}, threshold {}) does not meet this \
+                         partner's tolerances ({:?}) for {n} partners",
+                        self.round_id, self.threshold, required.tolerances
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A digest of everything in the configuration, bound into every signature so that
+    /// partners shown different configurations under one round id reject each other.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(PROTOCOL_LABEL);
+        h.update(b"round-config\0");
+        h.update(self.round_id.0.to_be_bytes());
+        h.update((self.participants.len() as u64).to_be_bytes());
+        self.participants
+            .iter()
+            .for_each(|p| h.update(p.0.to_be_bytes()));
+        h.update((self.vector_len as u64).to_be_bytes());
+        h.update(self.width.bits().to_be_bytes());
+        let (tag, degree) = match self.topology {
+            Topology::Complete => (0u8, 0u64),
+            Topology::Harary { degree } => (1u8, degree as u64),
+        };
+        h.update([tag]);
+        h.update(degree.to_be_bytes());
+        h.update((self.threshold as u64).to_be_bytes());
+        h.update((self.min_survivors as u64).to_be_bytes());
+        h.finalize().into()
     }
 
     /// Whether `p` is invited.
@@ -139,6 +217,10 @@ mod tests {
             10,
             Width::W32,
             GraphKind::Complete,
+            Tolerances {
+                max_dropout_rate: 0.25,
+                max_corrupt_fraction: 0.0,
+            },
             2,
         )
         .expect("valid")

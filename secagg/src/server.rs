@@ -54,6 +54,7 @@ pub enum ServerOutput {
 #[derive(Clone, Debug)]
 pub struct ServerRound {
     config: RoundConfig,
+    config_digest: [u8; 32],
     graph: Graph,
     roster: Roster,
     phase: Phase,
@@ -86,6 +87,7 @@ impl ServerRound {
         }
         Ok(Self {
             graph: Graph::new(&config),
+            config_digest: config.digest(),
             sum: vec![0; config.vector_len],
             config,
             roster,
@@ -209,7 +211,7 @@ impl ServerRound {
             self.advertised.contains_key(&sender),
         )?;
         let transcript = advertise_transcript(
-            self.round(),
+            &self.config_digest,
             sender,
             &m.encryption_public_key,
             &m.mask_public_key,
@@ -220,6 +222,19 @@ impl ServerRound {
                 partner: sender,
                 what: "round keys",
             });
+        }
+        // A low-order key would make every neighbour refuse the key roster: refuse it here,
+        // so one partner cannot stall the round for everyone.
+        for (what, key) in [
+            ("encryption", &m.encryption_public_key),
+            ("mask", &m.mask_public_key),
+        ] {
+            if is_low_order(key) {
+                return Err(self.malformed(
+                    sender,
+                    format!("its {what} public key is a low-order point"),
+                ));
+            }
         }
         self.advertised.insert(sender, m);
         Ok(())
@@ -319,7 +334,7 @@ impl ServerRound {
             "in the survivor list",
             self.signatures.contains_key(&sender),
         )?;
-        let transcript = survivors_transcript(self.round(), &self.survivors);
+        let transcript = survivors_transcript(&self.config_digest, &self.survivors);
         if !self.roster[&sender].verify(&transcript, &m.signature) {
             return Err(SecAggError::BadSignature {
                 round: self.round(),
@@ -409,7 +424,10 @@ impl ServerRound {
         Ok(out)
     }
 
-    /// Closes the current phase: checks the quorum and returns what to send next, or aborts.
+    /// Closes the current phase: checks the quorum and returns what to send next.
+    ///
+    /// Any error from `advance` in an open round aborts it (moves it to `Aborted`, nothing
+    /// released): too few survivors, or, at Unmasking, shares that do not reconstruct.
     pub fn advance(&mut self) -> Result<ServerOutput, SecAggError> {
         let round = self.round();
         match self.phase {
@@ -604,6 +622,13 @@ impl ServerRound {
         )?;
         Ok(RingVector::from_unreduced(self.config.width, sum))
     }
+}
+
+/// Whether an X25519 public key is one of the low-order points, which give every secret the
+/// same (all-zero) shared secret. Clamping multiplies by 8, which sends exactly those points
+/// to zero, so any fixed secret tells them apart.
+fn is_low_order(public: &[u8; 32]) -> bool {
+    x25519_dalek::x25519([1; 32], *public) == [0; 32]
 }
 
 /// Removes masks from a running sum: each survivor's self mask, and for each partner that

@@ -8,10 +8,11 @@ use rand_core::SeedableRng;
 
 use crate::client::ClientRound;
 use crate::error::SecAggError;
+use crate::graph::Tolerances;
 use crate::identity::{IdentityKey, Roster};
 use crate::messages::{ClientMessage, MaskedInput, Phase};
 use crate::ring::RingVector;
-use crate::round::{PartnerId, RoundConfig};
+use crate::round::{PartnerId, Requirements, RoundConfig};
 use crate::server::{Aggregate, ServerOutput, ServerRound};
 
 /// Identity keys for `participants`, derived from `seed`, and the roster of their public keys.
@@ -34,6 +35,19 @@ pub fn partner_rng(seed: u64, partner: PartnerId) -> ChaCha20Rng {
     key[8..12].copy_from_slice(&partner.0.to_le_bytes());
     key[12] = 1;
     ChaCha20Rng::from_seed(key)
+}
+
+/// Requirements every simulated partner holds: no corruption or dropouts to plan for beyond
+/// the configuration's own survivor floor, so any configuration that passes
+/// [`RoundConfig::validate`] and keeps a sparse ring uncuttable is accepted.
+pub fn lenient_requirements(config: &RoundConfig) -> Requirements {
+    Requirements {
+        tolerances: Tolerances {
+            max_dropout_rate: 0.0,
+            max_corrupt_fraction: 0.0,
+        },
+        min_survivors: config.min_survivors,
+    }
 }
 
 /// Snapshots of the coordinator at the two points a benchmark times.
@@ -84,8 +98,14 @@ pub fn run_round_capturing(
     let mut clients = BTreeMap::new();
     for &p in &config.participants {
         let rng = rngs.get_mut(&p).expect("every participant has an rng");
-        let (client, advert) =
-            ClientRound::start(config.clone(), p, &keys[&p], roster.clone(), rng)?;
+        let (client, advert) = ClientRound::start(
+            config.clone(),
+            p,
+            &keys[&p],
+            roster.clone(),
+            &lenient_requirements(config),
+            rng,
+        )?;
         if active(p, Phase::AdvertiseKeys) {
             server.receive(ClientMessage::AdvertiseKeys(advert))?;
             clients.insert(p, client);

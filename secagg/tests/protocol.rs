@@ -8,10 +8,12 @@ use civic_secagg::messages::{
     ClientMessage, ForwardedShares, KeyRoster, MaskedInput, SignedSurvivors, SurvivorList,
 };
 use civic_secagg::round::{PartnerId, RoundId};
-use civic_secagg::testing::{identities, partner_rng, phase_index, run_round};
+use civic_secagg::testing::{
+    identities, lenient_requirements, partner_rng, phase_index, run_round,
+};
 use civic_secagg::{
-    ClientRound, GraphKind, IdentityKey, Phase, RevealKind, RevealLog, RingVector, Roster,
-    RoundConfig, SecAggError, ServerOutput, ServerRound, Topology, Width,
+    ClientRound, GraphKind, IdentityKey, Phase, Requirements, RevealKind, RevealLog, RingVector,
+    Roster, RoundConfig, SecAggError, ServerOutput, ServerRound, Tolerances, Topology, Width,
 };
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
@@ -21,8 +23,26 @@ fn ids(n: u32) -> Vec<PartnerId> {
     (0..n).map(|i| PartnerId(i * 7 + 3)).collect()
 }
 
+fn tolerances(max_dropout_rate: f64, max_corrupt_fraction: f64) -> Tolerances {
+    Tolerances {
+        max_dropout_rate,
+        max_corrupt_fraction,
+    }
+}
+
+/// A complete-graph round planned for no corrupt partners (t = ⌊n/2⌋ + 1). Dropouts beyond
+/// the plan still happen in these tests; the round then aborts when t is lost.
 fn complete(n: u32, len: usize, width: Width) -> RoundConfig {
-    RoundConfig::new(RoundId(42), ids(n), len, width, GraphKind::Complete, 2).expect("valid config")
+    RoundConfig::new(
+        RoundId(42),
+        ids(n),
+        len,
+        width,
+        GraphKind::Complete,
+        tolerances(0.0, 0.0),
+        2,
+    )
+    .expect("valid config")
 }
 
 fn plain_sum(
@@ -144,7 +164,7 @@ proptest! {
     #[test]
     fn sparse_graph_sums_the_survivors_or_aborts(
         n in 12u32..=40,
-        half_degree in 2usize..=4,
+        half_degree in 2usize..=5,
         len in 1usize..=16,
         values in prop::collection::vec(any::<i64>(), 1..64),
         drops in prop::collection::vec(prop_oneof![6 => Just(None), 1 => phase_strategy()], 40),
@@ -157,7 +177,8 @@ proptest! {
             vector_len: len,
             width: Width::W64,
             topology: Topology::Harary { degree },
-            threshold: civic_secagg::graph::strict_majority(degree + 1),
+            // The least threshold that keeps the ring uncuttable (see derive_topology).
+            threshold: degree / 2 + 2,
             min_survivors: 2,
         };
         config.validate().expect("valid sparse config");
@@ -176,10 +197,8 @@ fn derived_sparse_round_of_120_partners_with_dropouts_is_exact() {
         ids(120),
         8,
         Width::W32,
-        GraphKind::Sparse {
-            max_dropout_rate: 0.1,
-            max_corrupt_fraction: 0.05,
-        },
+        GraphKind::Sparse,
+        tolerances(0.1, 0.0),
         10,
     )
     .expect("valid");
@@ -227,7 +246,10 @@ struct Harness {
 
 impl Harness {
     fn new(n: u32, seed: u64) -> Self {
-        let config = complete(n, 5, Width::W32);
+        Self::with_config(complete(n, 5, Width::W32), seed)
+    }
+
+    fn with_config(config: RoundConfig, seed: u64) -> Self {
         let (keys, roster) = identities(&config.participants, seed);
         let rngs = config
             .participants
@@ -253,6 +275,7 @@ impl Harness {
                 p,
                 &self.keys[&p],
                 self.roster.clone(),
+                &lenient_requirements(&self.config),
                 self.rngs.get_mut(&p).expect("rng"),
             )
             .expect("starts");
@@ -441,6 +464,7 @@ fn advertisement_with_a_bad_signature_is_refused() {
         p,
         &h.keys[&p],
         h.roster.clone(),
+        &lenient_requirements(&h.config),
         &mut partner_rng(5, p),
     )
     .expect("starts");
@@ -599,14 +623,24 @@ fn reveal_log_survives_a_restart_and_blocks_the_other_share() {
     };
 
     // The log as the agent persisted it before the restart.
-    let json = format!(r#"{{"revealed":{{"{}":"mask_key"}}}}"#, b.0);
+    let json = format!(
+        r#"{{"round_id":{},"revealed":{{"{}":"mask_key"}}}}"#,
+        h.config.round_id, b.0
+    );
     let earlier: RevealLog = serde_json::from_str(&json).expect("a persisted log parses");
     assert_eq!(earlier.get(b), Some(RevealKind::MaskKey));
-    let mut client = h
-        .clients
-        .remove(&a)
-        .expect("client")
-        .with_reveal_log(earlier);
+    let mut client = h.clients.remove(&a).expect("client");
+    let err = client
+        .restore_reveal_log(RevealLog::new(RoundId(1)))
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        "secagg.wrong_round",
+        "a log of another round is refused"
+    );
+    client
+        .restore_reveal_log(earlier)
+        .expect("this round's log");
     let err = client.handle_signed_survivors(&signed).unwrap_err();
     assert_eq!(err.code(), "secagg.conflicting_reveal", "{err}");
     assert!(err.to_string().contains(&format!("partner {b}")), "{err}");
@@ -670,8 +704,15 @@ fn aborted_round_accepts_nothing_more() {
     let (keys, roster) = identities(&config.participants, 3);
     let mut server = ServerRound::new(config.clone(), roster.clone()).expect("valid");
     let p = config.participants[0];
-    let (_, advert) =
-        ClientRound::start(config, p, &keys[&p], roster, &mut partner_rng(3, p)).expect("starts");
+    let (_, advert) = ClientRound::start(
+        config.clone(),
+        p,
+        &keys[&p],
+        roster,
+        &lenient_requirements(&config),
+        &mut partner_rng(3, p),
+    )
+    .expect("starts");
     server
         .receive(ClientMessage::AdvertiseKeys(advert.clone()))
         .expect("accepted");
@@ -710,6 +751,7 @@ fn coordinator_view(inputs_of_p0: &[i64], seed: u64) -> (Vec<Vec<u8>>, RingVecto
             p,
             &keys[&p],
             roster.clone(),
+            &lenient_requirements(&config),
             rngs.get_mut(&p).expect("rng"),
         )
         .expect("start");
@@ -812,5 +854,212 @@ fn coordinator_without_honest_reveals_sees_a_view_independent_of_the_input() {
     assert_ne!(
         buckets(&[0; 64]),
         buckets(&[Width::W32.max_magnitude() / 3; 64])
+    );
+}
+
+#[test]
+fn partner_refuses_a_round_weaker_than_its_own_requirements() {
+    let mut h = Harness::new(10, 9);
+    let p = h.config.participants[0];
+    let strict = Requirements {
+        tolerances: tolerances(0.1, 0.2),
+        min_survivors: 5,
+    };
+    // The coordinator's round has t = 6; two corrupt partners among ten need t = 7.
+    let mut start = |config: RoundConfig| {
+        ClientRound::start(
+            config,
+            p,
+            &h.keys[&p],
+            h.roster.clone(),
+            &strict,
+            h.rngs.get_mut(&p).expect("rng"),
+        )
+        .map(|_| ())
+        .unwrap_err()
+    };
+    let err = start(RoundConfig {
+        min_survivors: 5,
+        ..h.config.clone()
+    });
+    assert!(
+        err.to_string().contains("threshold 6") && err.to_string().contains("needs 7"),
+        "{err}"
+    );
+    let err = start(RoundConfig {
+        threshold: 7,
+        min_survivors: 2,
+        ..h.config.clone()
+    });
+    assert!(err.to_string().contains("requires at least 5"), "{err}");
+    // A sparse graph of degree 4 is far below what these tolerances need.
+    let sparse = RoundConfig {
+        topology: Topology::Harary { degree: 4 },
+        threshold: 4,
+        min_survivors: 5,
+        ..h.config.clone()
+    };
+    let err = start(sparse);
+    assert!(
+        err.to_string()
+            .contains("does not meet this partner's tolerances"),
+        "{err}"
+    );
+    // What the partner asks for is accepted.
+    let ok = RoundConfig {
+        threshold: 7,
+        min_survivors: 5,
+        ..h.config.clone()
+    };
+    ClientRound::start(
+        ok,
+        p,
+        &h.keys[&p],
+        h.roster.clone(),
+        &strict,
+        h.rngs.get_mut(&p).expect("rng"),
+    )
+    .expect("accepted");
+}
+
+#[test]
+fn partners_shown_different_configurations_reject_each_others_keys() {
+    // Same round id, but one partner was told another threshold: the digest in every
+    // signature differs, so the others refuse its advertisement.
+    let mut h = Harness::new(5, 10);
+    let roster = h.advertise();
+    let p = h.config.participants[4];
+    assert_eq!(h.config.threshold, 3);
+    let weaker = RoundConfig {
+        threshold: 4,
+        ..h.config.clone()
+    };
+    weaker.validate().expect("still structurally valid");
+    let (_, advert) = ClientRound::start(
+        weaker,
+        p,
+        &h.keys[&p],
+        h.roster.clone(),
+        &lenient_requirements(&h.config),
+        &mut partner_rng(1, p),
+    )
+    .expect("starts");
+    let mut mixed = roster.clone();
+    mixed.keys.retain(|a| a.sender != p);
+    mixed.keys.push(advert);
+    let q = h.config.participants[0];
+    let err = h
+        .clients
+        .get_mut(&q)
+        .expect("client")
+        .handle_key_roster(&mixed, &mut partner_rng(2, q))
+        .unwrap_err();
+    assert_eq!(err.code(), "secagg.bad_signature", "{err}");
+}
+
+/// The two-list attack: the coordinator tells group A that `u` survived and group B that it
+/// dropped, and one corrupt partner signs both lists. Returns how many of `u`'s self-mask
+/// shares and mask-key shares the coordinator collects (honest reveals plus the corrupt
+/// partner's one of each).
+fn two_list_attack(config: RoundConfig) -> (usize, usize) {
+    let mut h = Harness::with_config(config, 12);
+    let roster = h.advertise();
+    let forwards = h.share_keys(&roster);
+    let masked = h.masked_inputs(&forwards);
+    let everyone = h.collect_inputs(masked);
+    let [u, a1, b1, b2, corrupt] = h.config.participants[..] else {
+        unreachable!("five partners")
+    };
+    let without_u = SurvivorList {
+        round_id: everyone.round_id,
+        survivors: everyone
+            .survivors
+            .iter()
+            .copied()
+            .filter(|p| *p != u)
+            .collect(),
+    };
+    let digest = h.config.digest();
+    let mut attack = |group: [PartnerId; 2], list: &SurvivorList| {
+        let mut signatures: Vec<(PartnerId, civic_secagg::Signature)> = group
+            .iter()
+            .map(|p| {
+                let c = h.clients.get_mut(p).expect("client");
+                (
+                    *p,
+                    c.handle_survivor_list(list, &h.keys[p])
+                        .expect("list is consistent with its view")
+                        .signature,
+                )
+            })
+            .collect();
+        let corrupt_signature = h.keys[&corrupt].sign(
+            &civic_secagg::identity::survivors_transcript(&digest, &list.survivors),
+        );
+        signatures.push((corrupt, corrupt_signature));
+        let signed = SignedSurvivors {
+            round_id: list.round_id,
+            survivors: list.survivors.clone(),
+            signatures,
+        };
+        let (mut b_shares, mut sk_shares) = (1, 1); // the corrupt partner's own
+        for p in group {
+            match h
+                .clients
+                .get_mut(&p)
+                .expect("client")
+                .handle_signed_survivors(&signed)
+            {
+                Ok(reveal) => {
+                    b_shares += reveal
+                        .self_mask_shares
+                        .iter()
+                        .filter(|s| s.owner == u)
+                        .count();
+                    sk_shares += reveal
+                        .mask_key_shares
+                        .iter()
+                        .filter(|s| s.owner == u)
+                        .count();
+                }
+                Err(err) => assert_eq!(err.code(), "secagg.too_few_survivors", "{err}"),
+            }
+        }
+        (b_shares, sk_shares)
+    };
+    let (b_from_a, _) = attack([u, a1], &everyone);
+    let (_, sk_from_b) = attack([b1, b2], &without_u);
+    (b_from_a, sk_from_b)
+}
+
+#[test]
+fn one_colluding_partner_breaks_a_bare_majority_threshold_but_not_the_derived_one() {
+    // t = 3 of 5 (no corruption planned for): the attack collects 3 shares of each secret,
+    // enough to unmask u's input. This is why t > n/2 alone is not enough.
+    let bare = complete(5, 5, Width::W32);
+    assert_eq!(bare.threshold, 3);
+    let (b, sk) = two_list_attack(bare);
+    assert!(
+        b >= 3 && sk >= 3,
+        "the attack should succeed against t = 3: {b} and {sk} shares"
+    );
+
+    // Planning for one corrupt partner among five gives t = 4: the honest partners see only
+    // three signatures on their list and reveal nothing.
+    let planned = RoundConfig::new(
+        RoundId(42),
+        ids(5),
+        5,
+        Width::W32,
+        GraphKind::Complete,
+        tolerances(0.0, 0.2),
+        2,
+    )
+    .expect("valid");
+    assert_eq!(planned.threshold, 4);
+    let (b, sk) = two_list_attack(planned);
+    assert!(
+        b < 4 && sk < 4,
+        "the attack must fail against t = 4: {b} and {sk} shares"
     );
 }
