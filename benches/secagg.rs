@@ -337,13 +337,7 @@ fn sparse_vs_complete(c: &mut Criterion) {
     let mask_public_keys: BTreeMap<PartnerId, [u8; 32]> = participants
         .iter()
         .zip(&mask_scalars)
-        .map(|(p, s)| {
-            (
-                *p,
-                x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(s.to_bytes()))
-                    .to_bytes(),
-            )
-        })
+        .map(|(p, s)| (*p, x25519_dalek::PublicKey::from(&s.to_x25519()).to_bytes()))
         .collect();
     let dropped_ids: Vec<PartnerId> = participants.iter().copied().step_by(10).collect();
     let survivors: Vec<PartnerId> = participants

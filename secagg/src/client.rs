@@ -22,7 +22,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use crate::error::SecAggError;
 use crate::graph::Graph;
 use crate::identity::{IdentityKey, Roster, advertise_transcript, survivors_transcript};
-use crate::kdf::{DerivedKey, pairwise_mask_key, self_mask_key, share_encryption_key};
+use crate::kdf::{DerivedKey, pairwise_mask_key, share_encryption_key};
 use crate::messages::{
     AdvertiseKeys, ConsistencySignature, EncryptedShare, ForwardedShares, KeyRoster, MaskedInput,
     Phase, RevealedShare, ShareKeys, SignedSurvivors, SurvivorList, UnmaskingShares,
@@ -219,7 +219,7 @@ impl ClientRound {
         rng.fill_bytes(seed.as_mut());
         let encryption = StaticSecret::from(*seed);
         let mask_scalar = SecretScalar::random(rng);
-        let mask = StaticSecret::from(mask_scalar.to_bytes());
+        let mask = mask_scalar.to_x25519();
         let secrets = RoundSecrets {
             encryption,
             mask_scalar,
@@ -555,7 +555,7 @@ impl ClientRound {
         held.insert(self.me, own_shares.clone());
         self.quorum(held.len(), Phase::MaskedInputCollection)?;
 
-        let self_key = self_mask_key(&secrets.self_mask_seed.to_bytes(), round, self.me);
+        let self_key = secrets.self_mask_seed.self_mask_key(round, self.me);
         let me = self.me;
         let masks = held.keys().filter(|&&v| v != me).map(|v| {
             (

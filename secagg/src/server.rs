@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::PublicKey;
 
 use crate::error::SecAggError;
 use crate::graph::{Graph, Topology};
 use crate::identity::{Roster, Signature, advertise_transcript, survivors_transcript};
-use crate::kdf::{pairwise_mask_key, self_mask_key};
+use crate::kdf::pairwise_mask_key;
 use crate::messages::{
     AdvertiseKeys, ClientMessage, ConsistencySignature, EncryptedShare, ForwardedShares, KeyRoster,
     MaskedInput, Phase, RevealedShare, ShareKeys, SignedSurvivors, SurvivorList, UnmaskingShares,
@@ -594,7 +594,7 @@ impl ServerRound {
             let secret = recover(self.mask_key_shares.get(&u))?;
             // The reconstructed key must match the key the partner signed; a wrong share from
             // a misbehaving partner is caught here instead of corrupting the sum.
-            let public = PublicKey::from(&StaticSecret::from(secret.to_bytes())).to_bytes();
+            let public = PublicKey::from(&secret.to_x25519()).to_bytes();
             if public != self.advertised[&u].mask_public_key {
                 return Err(SecAggError::Shamir {
                     reason: format!(
@@ -648,15 +648,10 @@ pub fn remove_masks(
     mask_public_keys: &BTreeMap<PartnerId, [u8; 32]>,
 ) -> Result<(), SecAggError> {
     for (u, seed) in self_mask_seeds {
-        apply_mask(
-            sum,
-            &self_mask_key(&seed.to_bytes(), round, *u),
-            width,
-            Sign::Subtract,
-        );
+        apply_mask(sum, &seed.self_mask_key(round, *u), width, Sign::Subtract);
     }
     for (u, key) in dropped_mask_keys {
-        let secret = StaticSecret::from(key.to_bytes());
+        let secret = key.to_x25519();
         for v in graph.neighbours(*u) {
             if survivors.binary_search(&v).is_err() {
                 continue;

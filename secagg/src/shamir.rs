@@ -7,10 +7,12 @@
 
 use curve25519_dalek::Scalar;
 use rand_core::CryptoRng;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use x25519_dalek::StaticSecret;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::SecAggError;
-use crate::round::PartnerId;
+use crate::kdf::DerivedKey;
+use crate::round::{PartnerId, RoundId};
 
 /// A secret scalar: zeroized on drop, never printed.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
@@ -45,6 +47,17 @@ impl SecretScalar {
     /// The canonical encoding (used as key material: never log it).
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
+    }
+
+    /// The X25519 secret key this scalar encodes (how a mask key s_u^SK is shared: as the
+    /// scalar whose bytes are the key).
+    pub fn to_x25519(&self) -> StaticSecret {
+        StaticSecret::from(*Zeroizing::new(self.0.to_bytes()))
+    }
+
+    /// The self-mask PRG key of `owner`, when this scalar is its seed b_u.
+    pub fn self_mask_key(&self, round: RoundId, owner: PartnerId) -> DerivedKey {
+        crate::kdf::self_mask_key(&Zeroizing::new(self.0.to_bytes()), round, owner)
     }
 }
 
