@@ -1,0 +1,378 @@
+//! The privacy-budget ledger as pure state transitions.
+//!
+//! Budgets nest: dataset total → project allocations → per-query cap. A query's cost is
+//! *reserved* when it is accepted (checked against all three levels in one step), *charged*
+//! when its release is about to leave the coordinator, or *refunded* if its round aborted
+//! before releasing anything. Every operation validates first and changes nothing on error;
+//! every change appends an entry, and the totals always equal the sum of the entries.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PolicyError;
+use crate::privacy::Rho;
+
+/// A research project's id.
+pub type ProjectId = String;
+/// A query's id (assigned by the coordinator's store).
+pub type QueryId = u64;
+
+/// Where a query's cost stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryBudget {
+    /// Held against the caps while the round runs.
+    Reserved(Rho),
+    /// Spent: the release exists.
+    Charged(Rho),
+    /// Returned: the round released nothing.
+    Refunded(Rho),
+}
+
+/// One line of the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The query.
+    pub query: QueryId,
+    /// Its project.
+    pub project: ProjectId,
+    /// What happened.
+    pub kind: EntryKind,
+    /// How much.
+    pub amount: Rho,
+}
+
+/// What a ledger entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A project's allocation was set.
+    Allocate,
+    /// A query's cost was reserved.
+    Reserve,
+    /// A reservation became a charge.
+    Charge,
+    /// A reservation was returned.
+    Refund,
+}
+
+/// A project's share of the dataset budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The most the project may spend.
+    pub cap: Rho,
+    /// Held by running queries.
+    pub reserved: Rho,
+    /// Spent by releases.
+    pub charged: Rho,
+}
+
+impl Allocation {
+    /// Reserved plus charged.
+    pub fn used(&self) -> Rho {
+        Rho::from_units(self.reserved.units() + self.charged.units())
+    }
+}
+
+/// One dataset's ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    dataset: String,
+    total: Rho,
+    per_query: Rho,
+    projects: BTreeMap<ProjectId, Allocation>,
+    queries: BTreeMap<QueryId, (ProjectId, QueryBudget)>,
+    entries: Vec<LedgerEntry>,
+}
+
+impl Ledger {
+    /// An empty ledger for a dataset with these caps.
+    pub fn new(dataset: &str, total: Rho, per_query: Rho) -> Self {
+        Self {
+            dataset: dataset.to_string(),
+            total,
+            per_query,
+            projects: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The dataset total.
+    pub fn total(&self) -> Rho {
+        self.total
+    }
+
+    /// Reserved plus charged over all projects.
+    pub fn used(&self) -> Rho {
+        Rho::from_units(self.projects.values().map(|a| a.used().units()).sum())
+    }
+
+    /// Charged over all projects.
+    pub fn charged(&self) -> Rho {
+        Rho::from_units(self.projects.values().map(|a| a.charged.units()).sum())
+    }
+
+    /// The dataset budget not yet reserved or charged.
+    pub fn remaining(&self) -> Rho {
+        self.total.checked_sub(self.used()).unwrap_or(Rho::ZERO)
+    }
+
+    /// A project's allocation.
+    pub fn project(&self, project: &str) -> Option<&Allocation> {
+        self.projects.get(project)
+    }
+
+    /// A query's state.
+    pub fn query(&self, query: QueryId) -> Option<QueryBudget> {
+        self.queries.get(&query).map(|(_, s)| *s)
+    }
+
+    /// Every entry, oldest first.
+    pub fn entries(&self) -> &[LedgerEntry] {
+        &self.entries
+    }
+
+    fn over(
+        &self,
+        level: &'static str,
+        spent: Rho,
+        requested: Rho,
+        cap: Rho,
+        project: &str,
+    ) -> PolicyError {
+        PolicyError::OverBudget {
+            level,
+            spent,
+            requested,
+            cap,
+            project: project.to_string(),
+            dataset: self.dataset.clone(),
+        }
+    }
+
+    /// Sets (or changes) a project's allocation. The allocations together may not exceed the
+    /// dataset total, and a project's cap may not drop below what it has already used.
+    pub fn allocate(&mut self, project: &str, cap: Rho) -> Result<(), PolicyError> {
+        let current = self.projects.get(project).copied().unwrap_or_default();
+        let others: u64 = self
+            .projects
+            .iter()
+            .filter(|(p, _)| p.as_str() != project)
+            .map(|(_, a)| a.cap.units())
+            .sum();
+        if others + cap.units() > self.total.units() {
+            return Err(self.over(
+                "dataset total",
+                Rho::from_units(others),
+                cap,
+                self.total,
+                project,
+            ));
+        }
+        if cap < current.used() {
+            return Err(self.over(
+                "project allocation",
+                current.used(),
+                Rho::ZERO,
+                cap,
+                project,
+            ));
+        }
+        self.projects
+            .insert(project.to_string(), Allocation { cap, ..current });
+        self.entries.push(LedgerEntry {
+            query: 0,
+            project: project.to_string(),
+            kind: EntryKind::Allocate,
+            amount: cap,
+        });
+        Ok(())
+    }
+
+    /// Reserves a query's cost against the per-query cap, the project's allocation and the
+    /// dataset total, all at once.
+    pub fn reserve(&mut self, query: QueryId, project: &str, cost: Rho) -> Result<(), PolicyError> {
+        if self.queries.contains_key(&query) {
+            return Err(PolicyError::Ledger {
+                query,
+                reason: "already has a reservation; a query is charged at most once".into(),
+            });
+        }
+        let Some(allocation) = self.projects.get(project).copied() else {
+            return Err(PolicyError::Ledger {
+                query,
+                reason: format!(
+                    "project \"{project}\" has no allocation on dataset {}",
+                    self.dataset
+                ),
+            });
+        };
+        if cost > self.per_query {
+            return Err(self.over("per-query cap", Rho::ZERO, cost, self.per_query, project));
+        }
+        let project_after = allocation.used().checked_add(cost);
+        if project_after.is_none_or(|after| after > allocation.cap) {
+            return Err(self.over(
+                "project allocation",
+                allocation.used(),
+                cost,
+                allocation.cap,
+                project,
+            ));
+        }
+        let used = self.used();
+        if used
+            .checked_add(cost)
+            .is_none_or(|after| after > self.total)
+        {
+            return Err(self.over("dataset total", used, cost, self.total, project));
+        }
+        let a = self.projects.get_mut(project).expect("checked above");
+        a.reserved = Rho::from_units(a.reserved.units() + cost.units());
+        self.queries
+            .insert(query, (project.to_string(), QueryBudget::Reserved(cost)));
+        self.entries.push(LedgerEntry {
+            query,
+            project: project.to_string(),
+            kind: EntryKind::Reserve,
+            amount: cost,
+        });
+        Ok(())
+    }
+
+    /// Turns a reservation into a charge (before the release leaves the coordinator).
+    pub fn charge(&mut self, query: QueryId) -> Result<Rho, PolicyError> {
+        self.settle(query, EntryKind::Charge)
+    }
+
+    /// Returns a reservation whose round released nothing. A charged query is never refunded.
+    pub fn refund(&mut self, query: QueryId) -> Result<Rho, PolicyError> {
+        self.settle(query, EntryKind::Refund)
+    }
+
+    fn settle(&mut self, query: QueryId, kind: EntryKind) -> Result<Rho, PolicyError> {
+        let (project, amount) = match self.queries.get(&query) {
+            Some((project, QueryBudget::Reserved(amount))) => (project.clone(), *amount),
+            Some((_, QueryBudget::Charged(_))) => {
+                return Err(PolicyError::Ledger {
+                    query,
+                    reason: "is already charged: its release exists, so it can be neither charged again nor refunded".into(),
+                });
+            }
+            Some((_, QueryBudget::Refunded(_))) => {
+                return Err(PolicyError::Ledger {
+                    query,
+                    reason: "was refunded; it has no reservation left".into(),
+                });
+            }
+            None => {
+                return Err(PolicyError::Ledger {
+                    query,
+                    reason: "has no reservation".into(),
+                });
+            }
+        };
+        let a = self
+            .projects
+            .get_mut(&project)
+            .expect("a reservation's project is allocated");
+        a.reserved = Rho::from_units(a.reserved.units() - amount.units());
+        let state = if kind == EntryKind::Charge {
+            a.charged = Rho::from_units(a.charged.units() + amount.units());
+            QueryBudget::Charged(amount)
+        } else {
+            QueryBudget::Refunded(amount)
+        };
+        self.queries.insert(query, (project.clone(), state));
+        self.entries.push(LedgerEntry {
+            query,
+            project,
+            kind,
+            amount,
+        });
+        Ok(amount)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rho(x: f64) -> Rho {
+        Rho::cap(x).unwrap()
+    }
+
+    fn ledger() -> Ledger {
+        let mut l = Ledger::new("falls", rho(1.0), rho(0.4));
+        l.allocate("p1", rho(0.6)).unwrap();
+        l.allocate("p2", rho(0.4)).unwrap();
+        l
+    }
+
+    #[test]
+    fn reserve_charge_and_refund_move_the_budget() {
+        let mut l = ledger();
+        l.reserve(1, "p1", rho(0.3)).unwrap();
+        l.reserve(2, "p1", rho(0.3)).unwrap();
+        assert_eq!(l.remaining(), rho(0.4));
+        assert_eq!(l.charge(1).unwrap(), rho(0.3));
+        assert_eq!(l.refund(2).unwrap(), rho(0.3));
+        assert_eq!(l.project("p1").unwrap().charged, rho(0.3));
+        assert_eq!(l.project("p1").unwrap().reserved, Rho::ZERO);
+        assert_eq!(l.remaining(), rho(0.7));
+        assert_eq!(l.query(2), Some(QueryBudget::Refunded(rho(0.3))));
+    }
+
+    #[test]
+    fn every_level_is_checked_and_named() {
+        let mut l = ledger();
+        let err = l.reserve(1, "p1", rho(0.5)).unwrap_err();
+        assert!(err.to_string().contains("per-query cap"), "{err}");
+        l.reserve(1, "p1", rho(0.4)).unwrap();
+        let err = l.reserve(2, "p1", rho(0.3)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "budget: project allocation: spent 0.4 + requested 0.3 > cap 0.6 (project p1, dataset falls)"
+        );
+        let err = l.reserve(3, "nobody", rho(0.1)).unwrap_err();
+        assert!(err.to_string().contains("no allocation"), "{err}");
+        let err = l.allocate("p3", rho(0.1)).unwrap_err();
+        assert!(err.to_string().contains("dataset total"), "{err}");
+        let before = l.clone();
+        assert!(
+            l.allocate("p1", rho(0.2)).is_err(),
+            "below what p1 already holds"
+        );
+        assert_eq!(l, before, "a refused operation changes nothing");
+    }
+
+    #[test]
+    fn no_double_charge_and_no_refund_after_charge() {
+        let mut l = ledger();
+        l.reserve(7, "p2", rho(0.2)).unwrap();
+        assert!(l.reserve(7, "p2", rho(0.1)).is_err());
+        l.charge(7).unwrap();
+        let before = l.clone();
+        assert!(
+            l.charge(7)
+                .unwrap_err()
+                .to_string()
+                .contains("already charged")
+        );
+        assert!(
+            l.refund(7)
+                .unwrap_err()
+                .to_string()
+                .contains("already charged")
+        );
+        assert!(
+            l.charge(8)
+                .unwrap_err()
+                .to_string()
+                .contains("no reservation")
+        );
+        assert_eq!(l, before);
+    }
+}

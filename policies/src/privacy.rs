@@ -1,0 +1,256 @@
+//! Privacy costs and caps, in zero-concentrated DP (Bun & Steinke, TCC 2016).
+//!
+//! The ledger composes in zCDP: costs add up in ρ. A pure ε-DP release counts as ρ = ε²/2
+//! (Bun & Steinke, Prop. 1.4). A cap written as (ε, δ) becomes the largest ρ whose standard
+//! conversion stays within it: ρ-zCDP implies (ρ + 2√(ρ ln(1/δ)), δ)-DP (Prop. 1.3), so
+//! ρ = (√(ln(1/δ) + ε) − √(ln(1/δ)))². OpenDP's own conversion is tighter, so this cap is
+//! safe and at most slightly conservative.
+//!
+//! ρ is held as an integer count of 10^-12 units, so sums are exact and no budget check
+//! depends on floating-point rounding. Costs round up and caps round down.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PolicyError;
+
+/// Units of ρ per 1.0.
+const UNITS: f64 = 1e12;
+/// The largest ρ accepted anywhere: far beyond any meaningful budget, far below u64's range.
+pub const MAX_RHO: f64 = 1e6;
+/// Relative slack covering the f64 rounding of a derived value (ε²/2, the (ε, δ) inversion),
+/// applied in the safe direction. Values a board writes directly need none: their only
+/// error is the decimal literal's, below half a unit.
+const SLACK: f64 = 4.0 * f64::EPSILON;
+
+/// A zCDP cost or cap ρ, exact to 10^-12.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Rho(u64);
+
+impl Rho {
+    /// No cost.
+    pub const ZERO: Rho = Rho(0);
+
+    /// A cost: rounded up, so a release is never charged less than it spends.
+    pub fn cost(rho: f64) -> Result<Rho, PolicyError> {
+        check_positive("rho", rho)?;
+        Ok(Rho((rho * UNITS).ceil() as u64))
+    }
+
+    /// A cap: rounded down, so a cap is never looser than stated.
+    pub fn cap(rho: f64) -> Result<Rho, PolicyError> {
+        check_positive("rho", rho)?;
+        Ok(Rho((rho * UNITS).floor() as u64))
+    }
+
+    fn derived_cost(rho: f64) -> Result<Rho, PolicyError> {
+        check_positive("rho", rho)?;
+        Ok(Rho((rho * UNITS * (1.0 + SLACK)).ceil() as u64))
+    }
+
+    fn derived_cap(rho: f64) -> Result<Rho, PolicyError> {
+        check_positive("rho", rho)?;
+        Ok(Rho((rho * UNITS * (1.0 - SLACK)).floor() as u64))
+    }
+
+    /// The cost of a pure ε-DP release: ρ = ε²/2.
+    pub fn cost_of_pure_epsilon(epsilon: f64) -> Result<Rho, PolicyError> {
+        check_positive("epsilon", epsilon)?;
+        Rho::derived_cost(epsilon * epsilon / 2.0)
+    }
+
+    /// The cap a pure ε statement sets: ρ = ε²/2, rounded down.
+    pub fn cap_from_pure_epsilon(epsilon: f64) -> Result<Rho, PolicyError> {
+        check_positive("epsilon", epsilon)?;
+        Rho::derived_cap(epsilon * epsilon / 2.0)
+    }
+
+    /// The largest ρ within an (ε, δ) cap (see the module docs).
+    pub fn cap_from_approx_dp(epsilon: f64, delta: f64) -> Result<Rho, PolicyError> {
+        check_positive("epsilon", epsilon)?;
+        check_delta(delta)?;
+        let l = (1.0 / delta).ln();
+        let root = (l + epsilon).sqrt() - l.sqrt();
+        Rho::derived_cap(root * root)
+    }
+
+    /// ρ as a float, for reports and for OpenDP.
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / UNITS
+    }
+
+    /// The raw count of 10^-12 units.
+    pub fn units(self) -> u64 {
+        self.0
+    }
+
+    /// From a raw count of units (as stored).
+    pub fn from_units(units: u64) -> Rho {
+        Rho(units)
+    }
+
+    /// `self + other`, or None on overflow.
+    pub fn checked_add(self, other: Rho) -> Option<Rho> {
+        self.0.checked_add(other.0).map(Rho)
+    }
+
+    /// `self − other`, or None if other is larger.
+    pub fn checked_sub(self, other: Rho) -> Option<Rho> {
+        self.0.checked_sub(other.0).map(Rho)
+    }
+}
+
+impl fmt::Display for Rho {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ρ={}", self.as_f64())
+    }
+}
+
+fn check_positive(name: &str, value: f64) -> Result<(), PolicyError> {
+    if !(value.is_finite() && value > 0.0 && value <= MAX_RHO) {
+        return Err(PolicyError::Privacy {
+            reason: format!("{name} must be a number above 0 and at most {MAX_RHO}, got {value}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_delta(delta: f64) -> Result<(), PolicyError> {
+    if !(delta.is_finite() && delta > 0.0 && delta < 1.0) {
+        return Err(PolicyError::Privacy {
+            reason: format!("delta must be a number strictly between 0 and 1, got {delta}"),
+        });
+    }
+    Ok(())
+}
+
+/// A privacy amount as a board writes it: `{ rho = 0.5 }`, `{ epsilon = 1.0 }` (pure) or
+/// `{ epsilon = 3.0, delta = 1e-6 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyStatement {
+    /// ε (pure, or with δ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// δ, only with ε.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    /// ρ (zCDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rho: Option<f64>,
+}
+
+impl PrivacyStatement {
+    /// The cap this statement sets, in ρ.
+    pub fn as_cap(&self) -> Result<Rho, PolicyError> {
+        match (self.epsilon, self.delta, self.rho) {
+            (None, None, Some(rho)) => Rho::cap(rho),
+            (Some(epsilon), None, None) => Rho::cap_from_pure_epsilon(epsilon),
+            (Some(epsilon), Some(delta), None) => Rho::cap_from_approx_dp(epsilon, delta),
+            _ => Err(PolicyError::Privacy {
+                reason: "write either rho, or epsilon (pure), or epsilon with delta".into(),
+            }),
+        }
+    }
+
+    /// Whether the statement is (ε, δ) or ρ: the forms that may bound a whole budget (a pure
+    /// ε total cannot be kept by composing in zCDP).
+    pub fn is_total_form(&self) -> bool {
+        matches!(
+            (self.epsilon, self.delta, self.rho),
+            (Some(_), Some(_), None) | (None, None, Some(_))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pure_epsilon_costs_half_its_square() {
+        let r = Rho::cost_of_pure_epsilon(1.0).unwrap();
+        assert_eq!(
+            r.units(),
+            500_000_000_000 + 1,
+            "rounded up past the exact 0.5"
+        );
+        assert!((Rho::cost_of_pure_epsilon(0.2).unwrap().as_f64() - 0.02).abs() < 1e-11);
+    }
+
+    #[test]
+    fn caps_round_down_and_costs_round_up() {
+        let third = 1.0 / 3.0;
+        assert_eq!(
+            Rho::cost(third).unwrap().units(),
+            Rho::cap(third).unwrap().units() + 1
+        );
+        assert!(Rho::cap(third).unwrap().as_f64() <= third);
+        assert!(Rho::cost(third).unwrap().as_f64() >= third);
+        // A value a board writes to 12 places is held exactly, as cap and as cost.
+        assert_eq!(Rho::cap(0.3).unwrap(), Rho::cost(0.3).unwrap());
+        assert_eq!(Rho::cap(0.3).unwrap().units(), 300_000_000_000);
+    }
+
+    #[test]
+    fn approx_dp_cap_converts_back_within_the_statement() {
+        for (eps, delta) in [(1.0, 1e-6), (3.0, 1e-9), (0.1, 1e-5), (10.0, 1e-7)] {
+            let rho = Rho::cap_from_approx_dp(eps, delta).unwrap().as_f64();
+            let back = rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt();
+            assert!(
+                back <= eps && back > eps * 0.999_999,
+                "eps {eps} -> rho {rho} -> {back}"
+            );
+        }
+        // A known value: ε = 1, δ = 1e-6: L = ln 1e6, ρ = (√(L + 1) − √L)² = 0.0174689047698…
+        let rho = Rho::cap_from_approx_dp(1.0, 1e-6).unwrap().as_f64();
+        assert!((rho - 0.017_468_904_769).abs() < 2e-12, "{rho}");
+    }
+
+    #[test]
+    fn bad_amounts_are_refused_with_the_name() {
+        for bad in [f64::NAN, 0.0, -1.0, f64::INFINITY, 2e6] {
+            let err = Rho::cost(bad).unwrap_err();
+            assert!(err.to_string().contains("rho must be"), "{err}");
+            assert!(
+                Rho::cost_of_pure_epsilon(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("epsilon")
+            );
+        }
+        for bad in [0.0, 1.0, -0.1, f64::NAN] {
+            let err = Rho::cap_from_approx_dp(1.0, bad).unwrap_err();
+            assert!(err.to_string().contains("delta must be"), "{err}");
+        }
+    }
+
+    #[test]
+    fn statements_take_exactly_one_form() {
+        let s = |e, d, r| PrivacyStatement {
+            epsilon: e,
+            delta: d,
+            rho: r,
+        };
+        assert!(s(Some(1.0), Some(1e-6), None).as_cap().is_ok());
+        assert!(s(None, None, Some(0.5)).as_cap().is_ok());
+        assert!(s(Some(1.0), None, None).as_cap().is_ok());
+        for bad in [
+            s(None, None, None),
+            s(Some(1.0), None, Some(0.5)),
+            s(None, Some(1e-6), None),
+        ] {
+            assert!(
+                bad.as_cap()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("write either")
+            );
+        }
+        assert!(!s(Some(1.0), None, None).is_total_form());
+    }
+}

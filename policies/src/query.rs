@@ -1,0 +1,341 @@
+//! What a researcher may ask: a statistic, an optional typed filter, and groups, validated
+//! against the dataset's schema. Queries are data (JSON through the API), never text to run.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{ColumnType, DatasetPolicy};
+use crate::error::PolicyError;
+
+/// The statistic asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Statistic {
+    /// Number of residents (rows) matching.
+    Count,
+    /// Sum of a clamped numeric column.
+    Sum {
+        /// The column.
+        column: String,
+    },
+    /// Noisy sum / noisy count of a clamped numeric column.
+    Mean {
+        /// The column.
+        column: String,
+    },
+    /// Counts over the cells of one or more groupable columns (a contingency table).
+    Histogram {
+        /// The columns, at least one.
+        columns: Vec<String>,
+    },
+    /// Quantiles of a numeric column, from a noisy histogram over its declared bins.
+    Quantiles {
+        /// The column (must declare bins).
+        column: String,
+        /// The probabilities, each in (0, 1).
+        probabilities: Vec<f64>,
+    },
+    /// Sufficient statistics XᵀX and Xᵀy of a linear model over clamped columns.
+    LinearRegression {
+        /// The regressors (an intercept is added).
+        features: Vec<String>,
+        /// The response.
+        target: String,
+    },
+}
+
+/// A comparison operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareOp {
+    /// =
+    Eq,
+    /// ≠
+    Ne,
+    /// <
+    Lt,
+    /// ≤
+    Le,
+    /// >
+    Gt,
+    /// ≥
+    Ge,
+}
+
+/// A literal in a filter; its type must match the column's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Literal {
+    /// true or false (boolean columns).
+    Boolean(bool),
+    /// A whole number (integer or decimal columns).
+    Integer(i64),
+    /// A number (decimal columns).
+    Decimal(f64),
+    /// A category value, from the column's domain.
+    Category(String),
+}
+
+/// A typed filter: comparisons of a column with a literal, combined with AND, OR and NOT.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Filter {
+    /// `column op value`.
+    Compare {
+        /// The column.
+        column: String,
+        /// The operator.
+        op: CompareOp,
+        /// The literal.
+        value: Literal,
+    },
+    /// All of these.
+    And(Vec<Filter>),
+    /// Any of these.
+    Or(Vec<Filter>),
+    /// Not this.
+    Not(Box<Filter>),
+}
+
+/// A query as a researcher submits it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    /// The dataset's id.
+    pub dataset: String,
+    /// What to compute.
+    pub statistic: Statistic,
+    /// Which rows count (all if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// Groupable columns to break the statistic down by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
+}
+
+/// A query that fits its dataset's schema. Only [`Query::validate`] makes one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedQuery {
+    query: Query,
+    cells: usize,
+}
+
+impl ValidatedQuery {
+    /// The query.
+    pub fn query(&self) -> &Query {
+        &self.query
+    }
+
+    /// The number of released groups (product of the group-by columns' cells; 1 without).
+    pub fn groups(&self) -> usize {
+        self.cells
+    }
+}
+
+/// The deepest filter accepted (bounds the work and recursion of evaluating one).
+pub const MAX_FILTER_DEPTH: usize = 16;
+/// The most comparisons a filter may hold.
+pub const MAX_FILTER_NODES: usize = 256;
+/// The most cells a query may release.
+pub const MAX_CELLS: usize = 1_000_000;
+
+impl Query {
+    /// Checks the query against the policy: the dataset, every column's existence and type,
+    /// literals of the right type within the domain, and the size of the result.
+    pub fn validate(self, policy: &DatasetPolicy) -> Result<ValidatedQuery, PolicyError> {
+        let err = |field: &str, reason: String| PolicyError::Query {
+            dataset: self.dataset.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        if self.dataset != policy.id() {
+            return Err(err(
+                "dataset",
+                format!("this policy is for dataset \"{}\"", policy.id()),
+            ));
+        }
+        let column = |field: &str, name: &str| {
+            policy.column(name).map(|c| &c.kind).ok_or_else(|| {
+                let known: Vec<&str> = policy.columns.iter().map(|c| c.name.as_str()).collect();
+                err(
+                    field,
+                    format!("no column \"{name}\"; the schema has {}", known.join(", ")),
+                )
+            })
+        };
+        let numeric = |field: &str, name: &str| {
+            let kind = column(field, name)?;
+            if !kind.is_numeric() {
+                return Err(err(
+                    field,
+                    format!("column \"{name}\" is not numeric (integer or decimal)"),
+                ));
+            }
+            Ok(kind)
+        };
+        let mut cells: usize = 1;
+        let mut add_cells = |field: &str, name: &str| -> Result<(), PolicyError> {
+            let kind = column(field, name)?;
+            let n = kind.cells().ok_or_else(|| {
+                err(
+                    field,
+                    format!("column \"{name}\" has no declared bins or domain to group by"),
+                )
+            })?;
+            cells = cells
+                .checked_mul(n)
+                .filter(|c| *c <= MAX_CELLS)
+                .ok_or_else(|| {
+                    err(
+                        field,
+                        format!("the result would have more than {MAX_CELLS} cells"),
+                    )
+                })?;
+            Ok(())
+        };
+        match &self.statistic {
+            Statistic::Count => {}
+            Statistic::Sum { column } | Statistic::Mean { column } => {
+                numeric("statistic.column", column)?;
+            }
+            Statistic::Histogram { columns } => {
+                if columns.is_empty() {
+                    return Err(err("statistic.columns", "name at least one column".into()));
+                }
+                for (i, c) in columns.iter().enumerate() {
+                    add_cells(&format!("statistic.columns[{i}]"), c)?;
+                }
+            }
+            Statistic::Quantiles {
+                column,
+                probabilities,
+            } => {
+                let kind = numeric("statistic.column", column)?;
+                if kind.cells().is_none() {
+                    return Err(err(
+                        "statistic.column",
+                        format!("column \"{column}\" declares no bins to take quantiles over"),
+                    ));
+                }
+                if probabilities.is_empty() || probabilities.len() > 99 {
+                    return Err(err(
+                        "statistic.probabilities",
+                        "give 1 to 99 probabilities".into(),
+                    ));
+                }
+                if let Some(p) = probabilities.iter().find(|p| !(**p > 0.0 && **p < 1.0)) {
+                    return Err(err(
+                        "statistic.probabilities",
+                        format!("{p} is not strictly between 0 and 1"),
+                    ));
+                }
+            }
+            Statistic::LinearRegression { features, target } => {
+                if features.is_empty() || features.len() > 32 {
+                    return Err(err("statistic.features", "give 1 to 32 features".into()));
+                }
+                for (i, f) in features.iter().enumerate() {
+                    numeric(&format!("statistic.features[{i}]"), f)?;
+                }
+                numeric("statistic.target", target)?;
+            }
+        }
+        for (i, g) in self.group_by.iter().enumerate() {
+            add_cells(&format!("group_by[{i}]"), g)?;
+        }
+        if let Some(filter) = &self.filter {
+            let mut nodes = 0;
+            check_filter(filter, policy, "filter", 1, &mut nodes)
+                .map_err(|(field, reason)| err(&field, reason))?;
+        }
+        Ok(ValidatedQuery { query: self, cells })
+    }
+}
+
+fn check_filter(
+    filter: &Filter,
+    policy: &DatasetPolicy,
+    path: &str,
+    depth: usize,
+    nodes: &mut usize,
+) -> Result<(), (String, String)> {
+    *nodes += 1;
+    if depth > MAX_FILTER_DEPTH || *nodes > MAX_FILTER_NODES {
+        return Err((
+            path.to_string(),
+            format!(
+                "filters may nest {MAX_FILTER_DEPTH} deep and hold {MAX_FILTER_NODES} terms at most"
+            ),
+        ));
+    }
+    match filter {
+        Filter::And(parts) | Filter::Or(parts) => {
+            let op = if matches!(filter, Filter::And(_)) {
+                "and"
+            } else {
+                "or"
+            };
+            if parts.is_empty() {
+                return Err((format!("{path}.{op}"), "needs at least one term".into()));
+            }
+            for (i, p) in parts.iter().enumerate() {
+                check_filter(p, policy, &format!("{path}.{op}[{i}]"), depth + 1, nodes)?;
+            }
+            Ok(())
+        }
+        Filter::Not(inner) => check_filter(inner, policy, &format!("{path}.not"), depth + 1, nodes),
+        Filter::Compare { column, op, value } => {
+            let here = |field: &str| format!("{path}.{field}");
+            let Some(col) = policy.column(column) else {
+                return Err((here("column"), format!("no column \"{column}\"")));
+            };
+            let ordered = !matches!(op, CompareOp::Eq | CompareOp::Ne);
+            let fits = match (&col.kind, value) {
+                (ColumnType::Integer { .. }, Literal::Integer(_)) => true,
+                (ColumnType::Decimal { .. }, Literal::Integer(_) | Literal::Decimal(_)) => {
+                    !matches!(value, Literal::Decimal(d) if !d.is_finite())
+                }
+                (ColumnType::Category { domain }, Literal::Category(v)) => {
+                    if ordered {
+                        return Err((
+                            here("op"),
+                            format!("category column \"{column}\" only takes eq and ne"),
+                        ));
+                    }
+                    if !domain.contains(v) {
+                        return Err((
+                            here("value"),
+                            format!(
+                                "\"{v}\" is not in the domain of \"{column}\": {}",
+                                domain.join(", ")
+                            ),
+                        ));
+                    }
+                    true
+                }
+                (ColumnType::Boolean, Literal::Boolean(_)) => {
+                    if ordered {
+                        return Err((
+                            here("op"),
+                            format!("boolean column \"{column}\" only takes eq and ne"),
+                        ));
+                    }
+                    true
+                }
+                _ => false,
+            };
+            if !fits {
+                let expected = match &col.kind {
+                    ColumnType::Integer { .. } => "a whole number",
+                    ColumnType::Decimal { .. } => "a number",
+                    ColumnType::Category { .. } => "a category value (string)",
+                    ColumnType::Boolean => "true or false",
+                };
+                return Err((
+                    here("value"),
+                    format!("column \"{column}\" takes {expected}, got {value:?}"),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
