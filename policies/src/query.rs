@@ -125,8 +125,9 @@ impl ValidatedQuery {
         &self.query
     }
 
-    /// The number of released groups (product of the group-by columns' cells; 1 without).
-    pub fn groups(&self) -> usize {
+    /// The number of released cells: the product of the cells of the histogram's columns and
+    /// of the group-by columns (1 for an ungrouped count, sum or mean).
+    pub fn cells(&self) -> usize {
         self.cells
     }
 }

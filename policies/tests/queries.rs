@@ -1,0 +1,177 @@
+//! Queries validated against the sample policies: what is accepted, and what is refused with
+//! the field named.
+
+use civic_policies::{DatasetPolicy, PolicyError, Query};
+
+fn policy(name: &str) -> DatasetPolicy {
+    let path = format!("{}/../examples/policies/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("sample policy");
+    DatasetPolicy::from_toml(&text, name).expect("valid sample")
+}
+
+fn query(json: &str) -> Query {
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+}
+
+fn refused(policy: &DatasetPolicy, json: &str) -> String {
+    let err: PolicyError = query(json).validate(policy).expect_err(json);
+    assert_eq!(err.code(), "policy.query");
+    err.to_string()
+}
+
+#[test]
+fn the_demo_questions_are_accepted() {
+    let falls = policy("falls-housing.toml");
+    let diabetes = policy("diabetes.toml");
+    let q = query(
+        r#"{"dataset":"falls-housing","statistic":{"sum":{"column":"falls_admissions"}},
+            "filter":{"compare":{"column":"age","op":"ge","value":65}},"group_by":["property_type"]}"#,
+    )
+    .validate(&falls)
+    .expect("falls by property type");
+    assert_eq!(q.cells(), 5);
+    let q = query(
+        r#"{"dataset":"diabetes","statistic":{"histogram":{"columns":["has_diabetes"]}},"group_by":["deprivation_decile"]}"#,
+    )
+    .validate(&diabetes)
+    .expect("prevalence by decile");
+    assert_eq!(q.cells(), 20, "diabetes yes/no by ten deciles");
+    query(
+        r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}},
+            "filter":{"and":[{"compare":{"column":"has_diabetes","op":"eq","value":true}},
+                             {"not":{"compare":{"column":"hba1c","op":"lt","value":20.5}}}]},
+            "group_by":["age"]}"#,
+    )
+    .validate(&diabetes)
+    .expect("mean HbA1c by age band");
+    query(
+        r#"{"dataset":"falls-housing","statistic":{"histogram":{"columns":["damp_mould_reports","respiratory_admissions"]}}}"#,
+    )
+    .validate(&falls)
+    .expect_err("integer columns without bins cannot index cells");
+    query(
+        r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["age","home_adaptations"],"target":"falls_admissions"}},
+            "filter":{"compare":{"column":"lives_alone","op":"eq","value":true}}}"#,
+    )
+    .validate(&falls)
+    .expect("falls on age and adaptations");
+    query(r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"hba1c","probabilities":[0.25,0.5,0.75]}}}"#)
+        .validate(&diabetes)
+        .expect("HbA1c quartiles");
+}
+
+#[test]
+fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
+    let falls = policy("falls-housing.toml");
+    let diabetes = policy("diabetes.toml");
+    let cases = [
+        (
+            &falls,
+            r#"{"dataset":"diabetes","statistic":"count"}"#,
+            "dataset: this policy is for dataset \"falls-housing\"",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"sum":{"column":"postcode"}}}"#,
+            "no column \"postcode\"; the schema has age, sex",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"mean":{"column":"sex"}}}"#,
+            "column \"sex\" is not numeric",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":"count","group_by":["falls_admissions"]}"#,
+            "group_by[0]: column \"falls_admissions\" has no declared bins or domain",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":"count","filter":{"compare":{"column":"age","op":"gt","value":"old"}}}"#,
+            "filter.value: column \"age\" takes a whole number",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":"count","filter":{"compare":{"column":"tenure","op":"eq","value":"council"}}}"#,
+            "\"council\" is not in the domain of \"tenure\": owner, social_rent",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":"count","filter":{"compare":{"column":"tenure","op":"lt","value":"owner"}}}"#,
+            "filter.op: category column \"tenure\" only takes eq and ne",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":"count","filter":{"and":[]}}"#,
+            "filter.and: needs at least one term",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":"count","filter":{"or":[{"compare":{"column":"lives_alone","op":"eq","value":1}}]}}"#,
+            "filter.or[0].value: column \"lives_alone\" takes true or false",
+        ),
+        (
+            &diabetes,
+            r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"hba1c","probabilities":[0.5,1.0]}}}"#,
+            "1 is not strictly between 0 and 1",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"quantiles":{"column":"falls_admissions","probabilities":[0.5]}}}"#,
+            "declares no bins to take quantiles over",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"histogram":{"columns":[]}}}"#,
+            "statistic.columns: name at least one column",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["sex"],"target":"falls_admissions"}}}"#,
+            "statistic.features[0]: column \"sex\" is not numeric",
+        ),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (policy, json, expected) in cases {
+        let message = refused(policy, json);
+        assert!(
+            message.contains(expected),
+            "{json}\n  expected {expected:?}\n  got {message:?}"
+        );
+        assert!(seen.insert(message), "messages are distinct");
+    }
+}
+
+#[test]
+fn deep_or_wide_filters_are_refused_not_evaluated() {
+    let falls = policy("falls-housing.toml");
+    let leaf = r#"{"compare":{"column":"age","op":"ge","value":65}}"#;
+    let mut deep = leaf.to_string();
+    for _ in 0..20 {
+        deep = format!(r#"{{"not":{deep}}}"#);
+    }
+    let message = refused(
+        &falls,
+        &format!(r#"{{"dataset":"falls-housing","statistic":"count","filter":{deep}}}"#),
+    );
+    assert!(message.contains("nest 16 deep"), "{message}");
+    let wide = vec![leaf; 300].join(",");
+    let message = refused(
+        &falls,
+        &format!(
+            r#"{{"dataset":"falls-housing","statistic":"count","filter":{{"and":[{wide}]}}}}"#
+        ),
+    );
+    assert!(message.contains("256 terms"), "{message}");
+}
+
+#[test]
+fn unknown_fields_and_statistics_do_not_parse() {
+    for json in [
+        r#"{"dataset":"d","statistic":"count","sql":"select 1"}"#,
+        r#"{"dataset":"d","statistic":{"median":{"column":"age"}}}"#,
+        r#"{"dataset":"d","statistic":"count","filter":{"raw":"age > 3"}}"#,
+    ] {
+        assert!(serde_json::from_str::<Query>(json).is_err(), "{json}");
+    }
+}
