@@ -1,1 +1,21 @@
-//! Differential-privacy mechanisms (filled by a later issue).
+//! Differential-privacy mechanisms for Civic, on OpenDP's exact integer samplers.
+//!
+//! - [`noise`]: discrete Laplace (pure ε) and discrete Gaussian (zCDP) noise on integer
+//!   vectors, calibrated from a sensitivity derived from public contribution bounds. The cost
+//!   is read from OpenDP's privacy map and checked against the budget *before* sampling.
+//! - [`accuracy`]: confidence-interval half-widths and their inverse (the budget a target
+//!   half-width needs), through OpenDP's accuracy functions.
+//! - [`accounting`]: zCDP totals reported as (ε, δ) through OpenDP's conversion.
+//!
+//! OpenDP's measurements are neither `Send` nor `Sync`, so they never leave the function that
+//! builds them: this crate's API is plain values, callable from any thread.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod accounting;
+pub mod accuracy;
+pub mod error;
+pub mod noise;
+
+pub use error::MechanismError;
+pub use noise::{NoiseKind, NoiseSpec};
