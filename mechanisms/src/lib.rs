@@ -16,6 +16,8 @@ pub mod accounting;
 pub mod accuracy;
 pub mod error;
 pub mod noise;
+pub mod plan;
 
 pub use error::MechanismError;
 pub use noise::{NoiseKind, NoiseSpec};
+pub use plan::{AggregationPlan, Block, BlockKind};

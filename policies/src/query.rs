@@ -229,6 +229,7 @@ impl Query {
                         format!("{p} is not strictly between 0 and 1"),
                     ));
                 }
+                add_cells("statistic.column", column)?;
             }
             Statistic::LinearRegression { features, target } => {
                 if features.is_empty() || features.len() > 32 {
