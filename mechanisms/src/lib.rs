@@ -17,7 +17,9 @@ pub mod accuracy;
 pub mod error;
 pub mod noise;
 pub mod plan;
+pub mod release;
 
 pub use error::MechanismError;
 pub use noise::{NoiseKind, NoiseSpec};
 pub use plan::{AggregationPlan, Block, BlockKind};
+pub use release::{PrivacyChoice, Release, ReleasePlan};

@@ -1,0 +1,540 @@
+//! From a summed vector to a released statistic: noise once per block group, post-processing
+//! (clamping, disclosure control, the statistic's own arithmetic), intervals and a receipt.
+//!
+//! [`ReleasePlan::new`] is the preview: it calibrates the noise and states the cost and the
+//! interval half-widths without touching data, so the cost can be reserved first.
+//! [`ReleasePlan::release`] samples, once; the caller stores the result and never samples
+//! again for the same query.
+
+use civic_policies::dataset::{ColumnType, DatasetPolicy};
+use civic_policies::query::Statistic;
+use civic_policies::{Disclosed, Rho};
+use serde::{Deserialize, Serialize};
+
+use crate::accounting::epsilon_at_delta;
+use crate::accuracy::half_width;
+use crate::error::MechanismError;
+use crate::noise::{NoiseKind, NoiseSpec};
+use crate::plan::{AggregationPlan, BlockKind};
+
+/// The privacy a researcher spends on one release.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrivacyChoice {
+    /// Pure ε-DP with discrete Laplace noise.
+    Epsilon(f64),
+    /// ρ-zCDP with discrete Gaussian noise.
+    Rho(f64),
+}
+
+/// Blocks noised together, with their mechanism and cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseGroup {
+    /// Indices into the plan's blocks.
+    pub blocks: Vec<usize>,
+    /// The calibrated noise (scale in fixed-point units).
+    pub spec: NoiseSpec,
+    /// Its ε (pure DP), if any.
+    pub epsilon: Option<f64>,
+    /// Its ρ, as charged.
+    pub rho: Rho,
+}
+
+/// The calibrated mechanisms of one release: what it costs and how accurate it will be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleasePlan {
+    /// The groups, each noised independently.
+    pub groups: Vec<NoiseGroup>,
+    /// Significance level of the intervals (0.05 for 95%).
+    pub alpha: f64,
+    /// What the release costs, charged before it leaves the coordinator.
+    pub cost: Rho,
+}
+
+/// One released cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// The value after post-processing (None where suppressed or undefined).
+    pub value: Option<f64>,
+    /// The interval, where one is stated: the true value lies inside with probability ≥ 1 − α
+    /// (before disclosure rounding).
+    pub interval: Option<(f64, f64)>,
+}
+
+/// A released statistic with its receipt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// What each output row is (e.g. "count", "mean(hba1c)", "q0.5(hba1c)", "beta(age)").
+    pub names: Vec<String>,
+    /// Cells per output row (one per group; histogram cells × groups for counts).
+    pub rows: Vec<Vec<Cell>>,
+    /// How it was made.
+    pub receipt: Receipt,
+}
+
+/// The privacy receipt of a release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Always "one resident".
+    pub privacy_unit: String,
+    /// Rows per resident per partner × partners per resident.
+    pub rows_per_resident: u64,
+    /// The mechanisms: name, scale, sensitivity and cost per group.
+    pub mechanisms: Vec<String>,
+    /// Total ρ charged.
+    pub rho: f64,
+    /// ε, for a pure-DP release.
+    pub epsilon: Option<f64>,
+    /// The charged ρ as (ε, δ) through OpenDP's conversion, at δ = 10⁻⁶: how this release
+    /// composes with others in the ledger (for one pure-ε release it reads looser than ε).
+    pub approx_dp: (f64, f64),
+    /// Partners whose data is in the sum.
+    pub survivors: usize,
+    /// Post-processing applied.
+    pub rules: Vec<String>,
+    /// Interval confidence (0.95 for α = 0.05).
+    pub confidence: f64,
+    /// Caveats a researcher must read (e.g. a ridge-regularised regression).
+    pub caveats: Vec<String>,
+}
+
+fn split(choice: PrivacyChoice, parts: usize) -> PrivacyChoice {
+    match choice {
+        PrivacyChoice::Epsilon(e) => PrivacyChoice::Epsilon(e / parts as f64),
+        PrivacyChoice::Rho(r) => PrivacyChoice::Rho(r / parts as f64),
+    }
+}
+
+impl ReleasePlan {
+    /// Calibrates the noise for `statistic` under `plan`: a mean splits the budget in half
+    /// between its sum and its count; everything else is one group.
+    pub fn new(
+        plan: &AggregationPlan,
+        statistic: &Statistic,
+        privacy: PrivacyChoice,
+        alpha: f64,
+    ) -> Result<Self, MechanismError> {
+        let groups_of_blocks: Vec<Vec<usize>> = match statistic {
+            Statistic::Mean { .. } => vec![vec![0], vec![1]],
+            _ => vec![(0..plan.blocks.len()).collect()],
+        };
+        let share = split(privacy, groups_of_blocks.len());
+        let mut groups = Vec::new();
+        for blocks in groups_of_blocks {
+            let members: Vec<_> = blocks.iter().map(|&i| plan.blocks[i].clone()).collect();
+            let (l1, l2) = plan.joint_sensitivity(&members);
+            let spec = match share {
+                PrivacyChoice::Epsilon(e) => NoiseSpec::laplace_for_epsilon(l1, e)?,
+                PrivacyChoice::Rho(r) => NoiseSpec::gaussian_for_rho(l2, r)?,
+            };
+            let cost = spec.cost()?;
+            groups.push(NoiseGroup {
+                blocks,
+                spec,
+                epsilon: cost.epsilon,
+                rho: cost.rho,
+            });
+        }
+        half_width(&groups[0].spec, alpha)?;
+        let cost = Rho::from_units(groups.iter().map(|g| g.rho.units()).sum());
+        Ok(Self {
+            groups,
+            alpha,
+            cost,
+        })
+    }
+
+    /// The (1 − α) half-width of each block's cells, in statistic units.
+    pub fn half_widths(&self, plan: &AggregationPlan) -> Result<Vec<f64>, MechanismError> {
+        let mut out = vec![0.0; plan.blocks.len()];
+        for g in &self.groups {
+            let a = half_width(&g.spec, self.alpha)?;
+            for &b in &g.blocks {
+                out[b] = a / plan.blocks[b].units_per_value;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Samples the noise (once), post-processes and assembles the statistic. Refuses, without
+    /// sampling, if the plan's cost exceeds `budget` (the reservation being charged).
+    pub fn release(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+        statistic: &Statistic,
+        summed: &[i64],
+        survivors: usize,
+        budget: Rho,
+    ) -> Result<Release, MechanismError> {
+        if self.cost > budget {
+            return Err(MechanismError::OverBudget {
+                stage: "release",
+                cost: self.cost.to_string(),
+                budget: budget.to_string(),
+            });
+        }
+        plan.decode(summed)?;
+        let mut noisy = vec![0i64; summed.len()];
+        for g in &self.groups {
+            let slots: Vec<usize> = g
+                .blocks
+                .iter()
+                .flat_map(|&b| plan.blocks[b].offset..plan.blocks[b].offset + plan.blocks[b].len)
+                .collect();
+            let values: Vec<i64> = slots.iter().map(|&i| summed[i]).collect();
+            let out = g.spec.release(&values, g.rho)?;
+            slots.iter().zip(out).for_each(|(&i, v)| noisy[i] = v);
+        }
+        let widths = self.half_widths(plan)?;
+        let block = |i: usize| -> Vec<f64> {
+            let b = &plan.blocks[i];
+            noisy[b.offset..b.offset + b.len]
+                .iter()
+                .map(|v| *v as f64 / b.units_per_value)
+                .collect()
+        };
+        let disclosure = policy.disclosure();
+        let mut rules = vec!["counts clamped at 0".to_string()];
+        let mut caveats = Vec::new();
+        let counts = |values: Vec<f64>, width: f64| -> Vec<Cell> {
+            values
+                .into_iter()
+                .map(|v| {
+                    let interval = Some(((v - width).max(0.0), v + width));
+                    match disclosure.apply(v.round() as i64) {
+                        Disclosed::Value(x) => Cell {
+                            value: Some(x as f64),
+                            interval,
+                        },
+                        Disclosed::Redacted => Cell {
+                            value: None,
+                            interval: None,
+                        },
+                    }
+                })
+                .collect()
+        };
+        let (names, rows) = match statistic {
+            Statistic::Count | Statistic::Histogram { .. } => {
+                rules.push(disclosure.describe());
+                (vec!["count".to_string()], vec![counts(block(0), widths[0])])
+            }
+            Statistic::Sum { column } => {
+                let cells = block(0)
+                    .into_iter()
+                    .map(|v| Cell {
+                        value: Some(v),
+                        interval: Some((v - widths[0], v + widths[0])),
+                    })
+                    .collect();
+                (vec![format!("sum({column})")], vec![cells])
+            }
+            Statistic::Mean { column } => {
+                let (lo, hi) = numeric_bounds(policy, column)?;
+                rules.push(format!(
+                    "means clamped to [{lo}, {hi}]; undefined where the noisy count is not positive"
+                ));
+                // Each of sum and count is within its half-width with probability ≥ 1 − α, so
+                // both are with ≥ 1 − 2α; the interval says so in the receipt.
+                caveats.push(format!(
+                    "mean intervals combine the sum's and the count's intervals: confidence at least {:.0}%",
+                    (1.0 - 2.0 * self.alpha) * 100.0
+                ));
+                let cells = block(0)
+                    .into_iter()
+                    .zip(block(1))
+                    .map(|(s, c)| mean_cell(s, c, widths[0], widths[1], lo, hi))
+                    .collect();
+                (vec![format!("mean({column})")], vec![cells])
+            }
+            Statistic::Quantiles {
+                column,
+                probabilities,
+            } => {
+                let edges = bin_edges(policy, column)?;
+                rules.push("quantiles from the noisy histogram's CDF, linear within a bin".into());
+                let bins = edges.len() - 1;
+                let hist: Vec<f64> = block(0).into_iter().map(|v| v.max(0.0)).collect();
+                let rows = probabilities
+                    .iter()
+                    .map(|p| {
+                        hist.chunks(bins)
+                            .map(|h| Cell {
+                                value: quantile(h, &edges, *p),
+                                interval: None,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (
+                    probabilities
+                        .iter()
+                        .map(|p| format!("q{p}({column})"))
+                        .collect(),
+                    rows,
+                )
+            }
+            Statistic::LinearRegression { features, target } => {
+                let (beta, ridge) = solve_regression(
+                    features.len() + 1,
+                    &(0..plan.blocks.len())
+                        .map(|i| block(i)[0])
+                        .collect::<Vec<_>>(),
+                );
+                if ridge > 0.0 {
+                    caveats.push(format!(
+                        "the noisy XᵀX was not positive definite; coefficients are ridge-regularised (λ = {ridge:.3e})"
+                    ));
+                }
+                caveats.push("regression coefficients are post-processed from noisy sufficient statistics; no intervals are stated".into());
+                let mut names = vec![format!("beta(intercept) for {target}")];
+                names.extend(features.iter().map(|f| format!("beta({f})")));
+                let rows = beta
+                    .into_iter()
+                    .map(|b| {
+                        vec![Cell {
+                            value: b,
+                            interval: None,
+                        }]
+                    })
+                    .collect();
+                (names, rows)
+            }
+        };
+        let epsilon = self.groups.iter().map(|g| g.epsilon).sum::<Option<f64>>();
+        let delta = 1e-6;
+        let receipt = Receipt {
+            privacy_unit: "one resident".into(),
+            rows_per_resident: plan.rows_per_resident,
+            mechanisms: self
+                .groups
+                .iter()
+                .map(|g| {
+                    let blocks: Vec<String> = g
+                        .blocks
+                        .iter()
+                        .map(|&b| describe(&plan.blocks[b].kind))
+                        .collect();
+                    let name = match g.spec.kind {
+                        NoiseKind::DiscreteLaplace => "discrete Laplace",
+                        NoiseKind::DiscreteGaussian => "discrete Gaussian",
+                    };
+                    format!(
+                        "{name} on {}: scale {} (fixed-point units), sensitivity {}, rho {}",
+                        blocks.join(", "),
+                        g.spec.scale,
+                        g.spec.sensitivity,
+                        g.rho.as_f64()
+                    )
+                })
+                .collect(),
+            rho: self.cost.as_f64(),
+            epsilon,
+            approx_dp: (epsilon_at_delta(self.cost, delta)?, delta),
+            survivors,
+            rules,
+            confidence: 1.0 - self.alpha,
+            caveats,
+        };
+        Ok(Release {
+            names,
+            rows,
+            receipt,
+        })
+    }
+}
+
+fn describe(kind: &BlockKind) -> String {
+    match kind {
+        BlockKind::Count => "count".into(),
+        BlockKind::Sum { column } => format!("sum({column})"),
+        BlockKind::Cross { left, right } => format!("Σ {left}·{right}"),
+    }
+}
+
+fn numeric_bounds(policy: &DatasetPolicy, column: &str) -> Result<(f64, f64), MechanismError> {
+    match policy.column(column).map(|c| &c.kind) {
+        Some(ColumnType::Integer { min, max, .. }) => Ok((*min as f64, *max as f64)),
+        Some(ColumnType::Decimal { min, max, .. }) => Ok((*min, *max)),
+        _ => Err(MechanismError::InvalidParameter {
+            stage: "release",
+            reason: format!("column \"{column}\" is not numeric"),
+        }),
+    }
+}
+
+fn bin_edges(policy: &DatasetPolicy, column: &str) -> Result<Vec<f64>, MechanismError> {
+    match policy.column(column).map(|c| &c.kind) {
+        Some(ColumnType::Integer { bins: Some(b), .. }) => {
+            Ok(b.iter().map(|e| *e as f64).collect())
+        }
+        Some(ColumnType::Decimal { bins: Some(b), .. }) => Ok(b.clone()),
+        _ => Err(MechanismError::InvalidParameter {
+            stage: "release",
+            reason: format!("column \"{column}\" has no bins"),
+        }),
+    }
+}
+
+/// Mean of one cell: noisy sum / noisy count, clamped to the bounds, with the interval from
+/// the extremes of both intervals (defined only where the count's interval excludes 0).
+fn mean_cell(sum: f64, count: f64, a_sum: f64, a_count: f64, lo: f64, hi: f64) -> Cell {
+    if count <= 0.0 {
+        return Cell {
+            value: None,
+            interval: None,
+        };
+    }
+    let value = (sum / count).clamp(lo, hi);
+    let interval = (count - a_count > 0.0).then(|| {
+        let candidates = [
+            (sum - a_sum) / (count - a_count),
+            (sum - a_sum) / (count + a_count),
+            (sum + a_sum) / (count - a_count),
+            (sum + a_sum) / (count + a_count),
+        ];
+        let low = candidates
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .clamp(lo, hi);
+        let high = candidates
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .clamp(lo, hi);
+        (low, high)
+    });
+    Cell {
+        value: Some(value),
+        interval,
+    }
+}
+
+/// The p-quantile from histogram counts over bins, interpolating linearly inside the bin.
+fn quantile(hist: &[f64], edges: &[f64], p: f64) -> Option<f64> {
+    let total: f64 = hist.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let target = p * total;
+    let mut below = 0.0;
+    for (i, &h) in hist.iter().enumerate() {
+        if below + h >= target && h > 0.0 {
+            let within = (target - below) / h;
+            return Some(edges[i] + within * (edges[i + 1] - edges[i]));
+        }
+        below += h;
+    }
+    edges.last().copied()
+}
+
+/// Solves (XᵀX + λI)β = Xᵀy from the packed upper triangle of XᵀX followed by Xᵀy. λ = 0 when
+/// Cholesky succeeds; otherwise the smallest λ of the form 10^k · trace/p that makes it succeed.
+// Index loops read as the textbook formulas.
+#[allow(clippy::needless_range_loop)]
+fn solve_regression(p: usize, packed: &[f64]) -> (Vec<Option<f64>>, f64) {
+    let mut xtx = vec![vec![0.0; p]; p];
+    let mut k = 0;
+    for i in 0..p {
+        for j in i..p {
+            xtx[i][j] = packed[k];
+            xtx[j][i] = packed[k];
+            k += 1;
+        }
+    }
+    let xty = &packed[k..k + p];
+    let scale = (0..p).map(|i| xtx[i][i].abs()).sum::<f64>() / p as f64;
+    for step in std::iter::once(0.0).chain((-8..=2).map(|e| 10f64.powi(e) * scale.max(1.0))) {
+        let mut a = xtx.clone();
+        (0..p).for_each(|i| a[i][i] += step);
+        if let Some(l) = cholesky(&a) {
+            return (
+                cholesky_solve(&l, xty).into_iter().map(Some).collect(),
+                step,
+            );
+        }
+    }
+    (vec![None; p], f64::INFINITY)
+}
+
+// Index loops read as the textbook formulas.
+#[allow(clippy::needless_range_loop)]
+fn cholesky(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
+    let n = a.len();
+    let mut l = vec![vec![0.0; n]; n];
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i][k] * l[j][k]).sum();
+            if i == j {
+                let d = a[i][i] - s;
+                // Near-zero pivots count as failure: the matrix is numerically singular.
+                if d <= 1e-12 * a[i][i].abs() || !d.is_finite() {
+                    return None;
+                }
+                l[i][j] = d.sqrt();
+            } else {
+                l[i][j] = (a[i][j] - s) / l[j][j];
+            }
+        }
+    }
+    Some(l)
+}
+
+// Index loops read as the textbook formulas.
+#[allow(clippy::needless_range_loop)]
+fn cholesky_solve(l: &[Vec<f64>], b: &[f64]) -> Vec<f64> {
+    let n = l.len();
+    let mut y = vec![0.0; n];
+    for i in 0..n {
+        y[i] = (b[i] - (0..i).map(|k| l[i][k] * y[k]).sum::<f64>()) / l[i][i];
+    }
+    let mut x = vec![0.0; n];
+    for i in (0..n).rev() {
+        x[i] = (y[i] - (i + 1..n).map(|k| l[k][i] * x[k]).sum::<f64>()) / l[i][i];
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_solves_exact_normal_equations() {
+        // y = 2 + 3x over x = 0..9: XᵀX = [[10, 45], [45, 285]], Xᵀy = [155, 945].
+        let (beta, ridge) = solve_regression(2, &[10.0, 45.0, 285.0, 155.0, 945.0]);
+        assert_eq!(ridge, 0.0);
+        assert!((beta[0].unwrap() - 2.0).abs() < 1e-9 && (beta[1].unwrap() - 3.0).abs() < 1e-9);
+        // A singular XᵀX (a repeated column) is ridge-regularised, and says so.
+        let (beta, ridge) = solve_regression(2, &[10.0, 10.0, 10.0, 20.0, 20.0]);
+        assert!(ridge > 0.0 && beta.iter().all(|b| b.is_some_and(f64::is_finite)));
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_bins() {
+        let edges = [0.0, 10.0, 20.0, 40.0];
+        let hist = [10.0, 10.0, 20.0];
+        assert_eq!(quantile(&hist, &edges, 0.25), Some(10.0));
+        assert_eq!(quantile(&hist, &edges, 0.5), Some(20.0));
+        assert_eq!(quantile(&hist, &edges, 0.75), Some(30.0));
+        assert_eq!(quantile(&[0.0, 0.0, 0.0], &edges, 0.5), None);
+    }
+
+    #[test]
+    fn mean_cells_clamp_and_bound_their_interval() {
+        let c = mean_cell(500.0, 10.0, 20.0, 2.0, 0.0, 100.0);
+        assert_eq!(c.value, Some(50.0));
+        let (lo, hi) = c.interval.unwrap();
+        assert!((lo - 480.0 / 12.0).abs() < 1e-12 && (hi - 520.0 / 8.0).abs() < 1e-12);
+        assert_eq!(mean_cell(5.0, 0.0, 1.0, 1.0, 0.0, 1.0).value, None);
+        assert_eq!(
+            mean_cell(5000.0, 1.0, 1.0, 2.0, 0.0, 100.0),
+            Cell {
+                value: Some(100.0),
+                interval: None
+            }
+        );
+    }
+}

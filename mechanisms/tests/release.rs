@@ -1,0 +1,229 @@
+//! Releases end to end from a summed vector: cost stated before sampling, post-processing,
+//! intervals and the receipt.
+
+use civic_mechanisms::{AggregationPlan, PrivacyChoice, ReleasePlan};
+use civic_policies::{DatasetPolicy, Query, Rho};
+
+fn policy(name: &str) -> DatasetPolicy {
+    let path = format!("{}/../examples/policies/{name}", env!("CARGO_MANIFEST_DIR"));
+    DatasetPolicy::from_toml(&std::fs::read_to_string(path).expect("sample"), name).expect("valid")
+}
+
+fn compile(policy: &DatasetPolicy, json: &str) -> (AggregationPlan, Query) {
+    let query: Query = serde_json::from_str(json).expect("parses");
+    let validated = query.clone().validate(policy).expect("valid");
+    (
+        AggregationPlan::compile(&validated, policy, 1_000_000).expect("compiles"),
+        query,
+    )
+}
+
+#[test]
+fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
+    let falls = policy("falls-housing.toml");
+    let (plan, query) = compile(
+        &falls,
+        r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
+    );
+    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Epsilon(0.5), 0.05)
+        .expect("calibrates");
+    // Δ₁ = 3 (one row in each of three partners), ε = 0.5: scale 6, ρ = ε²/2.
+    assert_eq!(release_plan.groups[0].spec.scale, 6.0);
+    assert_eq!(release_plan.cost, Rho::cost_of_pure_epsilon(0.5).unwrap());
+    let widths = release_plan.half_widths(&plan).unwrap();
+    assert!(widths[0] > 15.0 && widths[0] < 20.0, "{widths:?}");
+
+    let summed = [1200, 800, 450, 3, 0];
+    let err = release_plan
+        .release(
+            &plan,
+            &falls,
+            &query.statistic,
+            &summed,
+            3,
+            Rho::cost_of_pure_epsilon(0.4).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "mechanism.over_budget");
+
+    let release = release_plan
+        .release(
+            &plan,
+            &falls,
+            &query.statistic,
+            &summed,
+            3,
+            release_plan.cost,
+        )
+        .expect("releases");
+    assert_eq!(release.names, vec!["count"]);
+    let cells = &release.rows[0];
+    assert_eq!(cells.len(), 5);
+    for (cell, truth) in cells.iter().zip(summed) {
+        if let Some(v) = cell.value {
+            assert_eq!(v % 5.0, 0.0, "NHS rounding to 5");
+            assert!(v == 0.0 || v >= 10.0, "1-7 redacted and 8/9 round to 10");
+            assert!(
+                (v - truth as f64).abs() < 80.0,
+                "noise at scale 6 stays small: {v} vs {truth}"
+            );
+        }
+    }
+    let r = &release.receipt;
+    assert_eq!(
+        (r.privacy_unit.as_str(), r.rows_per_resident, r.survivors),
+        ("one resident", 3, 3)
+    );
+    assert_eq!(r.epsilon, Some(0.5));
+    assert!(
+        r.rules.iter().any(|x| x.contains("counts 1-7 redacted")),
+        "{:?}",
+        r.rules
+    );
+    assert!(
+        r.mechanisms[0].starts_with("discrete Laplace on count: scale 6"),
+        "{:?}",
+        r.mechanisms
+    );
+    // The ledger composes in ρ; as (ε, δ) one pure release reads looser than its own ε.
+    assert_eq!(r.approx_dp.1, 1e-6);
+    assert!(r.approx_dp.0 > 0.5 && r.approx_dp.0 < 0.125 + 2.0 * (0.125f64 * 1e6f64.ln()).sqrt());
+}
+
+#[test]
+fn a_mean_splits_its_budget_and_bounds_its_interval() {
+    let diabetes = policy("diabetes.toml");
+    let (plan, query) = compile(
+        &diabetes,
+        r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}},"group_by":["sex"]}"#,
+    );
+    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Rho(0.05), 0.05)
+        .expect("calibrates");
+    assert_eq!(
+        release_plan.groups.len(),
+        2,
+        "sum and count noised separately"
+    );
+    assert!(
+        (release_plan.cost.as_f64() - 0.05).abs() < 1e-11,
+        "the two halves add up to ρ"
+    );
+    // True means 53.0 and 61.5 over 20,000 and 18,000 people (in units of 0.1 for the sum).
+    let summed = [10_600_000, 11_070_000, 20_000, 18_000];
+    let release = release_plan
+        .release(
+            &plan,
+            &diabetes,
+            &query.statistic,
+            &summed,
+            5,
+            Rho::cost(0.05).unwrap(),
+        )
+        .expect("releases");
+    assert_eq!(release.names, vec!["mean(hba1c)"]);
+    for (cell, truth) in release.rows[0].iter().zip([53.0, 61.5]) {
+        let value = cell.value.expect("defined");
+        let (lo, hi) = cell.interval.expect("count interval excludes 0");
+        assert!(
+            lo <= value && value <= hi && hi - lo < 5.0,
+            "{lo} {value} {hi}"
+        );
+        assert!((value - truth).abs() < 2.5, "{value} vs {truth}");
+    }
+    assert!(
+        release
+            .receipt
+            .caveats
+            .iter()
+            .any(|c| c.contains("at least 90%"))
+    );
+    assert_eq!(release.receipt.epsilon, None);
+}
+
+#[test]
+fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
+    let falls = policy("falls-housing.toml");
+    let (plan, query) = compile(
+        &falls,
+        r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["home_adaptations"],"target":"falls_admissions"}}}"#,
+    );
+    // falls = 0.5 + 0.25 × adaptations, exactly, for 1,000 people at each of 0..=4 adaptations.
+    let xs: Vec<f64> = (0..5)
+        .flat_map(|x| std::iter::repeat_n(f64::from(x), 1000))
+        .collect();
+    let ys: Vec<f64> = xs.iter().map(|x| 0.5 + 0.25 * x).collect();
+    let n = xs.len() as f64;
+    let (sx, sxx) = (
+        xs.iter().sum::<f64>(),
+        xs.iter().map(|x| x * x).sum::<f64>(),
+    );
+    let (sy, sxy) = (
+        ys.iter().sum::<f64>(),
+        xs.iter().zip(&ys).map(|(x, y)| x * y).sum::<f64>(),
+    );
+    let summed: Vec<i64> = [n, sx, sxx, sy, sxy]
+        .iter()
+        .map(|v| v.round() as i64)
+        .collect();
+    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Rho(2.0), 0.05)
+        .expect("calibrates");
+    let release = release_plan
+        .release(
+            &plan,
+            &falls,
+            &query.statistic,
+            &summed,
+            3,
+            release_plan.cost,
+        )
+        .expect("releases");
+    assert_eq!(
+        release.names,
+        vec![
+            "beta(intercept) for falls_admissions",
+            "beta(home_adaptations)"
+        ]
+    );
+    let beta: Vec<f64> = release
+        .rows
+        .iter()
+        .map(|r| r[0].value.expect("solved"))
+        .collect();
+    assert!(
+        (beta[0] - 0.5).abs() < 0.1 && (beta[1] - 0.25).abs() < 0.05,
+        "{beta:?}"
+    );
+    assert!(
+        release
+            .receipt
+            .caveats
+            .iter()
+            .any(|c| c.contains("no intervals"))
+    );
+}
+
+#[test]
+fn quantiles_come_from_the_noisy_histogram() {
+    let diabetes = policy("diabetes.toml");
+    let (plan, query) = compile(
+        &diabetes,
+        r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"hba1c","probabilities":[0.5]}}}"#,
+    );
+    // Bins [20, 42, 48, 58, 75, 150]: 1,000 / 4,000 / 3,000 / 1,500 / 500 people.
+    let summed = [1000, 4000, 3000, 1500, 500];
+    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Epsilon(1.0), 0.05)
+        .expect("calibrates");
+    let release = release_plan
+        .release(
+            &plan,
+            &diabetes,
+            &query.statistic,
+            &summed,
+            5,
+            release_plan.cost,
+        )
+        .expect("releases");
+    // The median is the 5,000th person: 4,000 into the 4,000-person bin [42, 48): 48.0.
+    let median = release.rows[0][0].value.expect("defined");
+    assert!((median - 48.0).abs() < 0.5, "{median}");
+}
