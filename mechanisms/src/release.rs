@@ -221,11 +221,17 @@ impl ReleasePlan {
                 (vec!["count".to_string()], vec![counts(block(0), widths[0])])
             }
             Statistic::Sum { column } => {
+                // A sum of values clamped to [lo, hi] has the sign of the bounds when they
+                // share one: that is the feasible range known without data.
+                let (lo, hi) = numeric_bounds(policy, column)?;
+                let floor = if lo >= 0.0 { 0.0 } else { f64::NEG_INFINITY };
+                let ceiling = if hi <= 0.0 { 0.0 } else { f64::INFINITY };
+                rules.push(format!("sums clamped to [{floor}, {ceiling}]"));
                 let cells = block(0)
                     .into_iter()
                     .map(|v| Cell {
-                        value: Some(v),
-                        interval: Some((v - widths[0], v + widths[0])),
+                        value: Some(v.clamp(floor, ceiling)),
+                        interval: Some(((v - widths[0]).max(floor), (v + widths[0]).min(ceiling))),
                     })
                     .collect();
                 (vec![format!("sum({column})")], vec![cells])

@@ -1,0 +1,124 @@
+//! Mechanism benchmarks: noise throughput beside OpenDP's own vector measurement, and plan
+//! compile and decode for a 10⁴-cell contingency table.
+//!
+//! `cargo bench --bench mechanisms`; figures in `benches/README.md`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use civic_mechanisms::{AggregationPlan, NoiseKind, NoiseSpec};
+use civic_policies::{DatasetPolicy, Query, Rho};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::measurements::{make_gaussian, make_laplace};
+use opendp::measures::{MaxDivergence, ZeroConcentratedDivergence};
+use opendp::metrics::{L1Distance, L2Distance};
+
+/// OpenDP's own vector measurement, built and invoked directly: the baseline.
+fn opendp_direct(kind: NoiseKind, scale: f64, values: &Vec<i64>) -> Vec<i64> {
+    match kind {
+        NoiseKind::DiscreteLaplace => make_laplace::<_, _, MaxDivergence>(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L1Distance::<i64>::default(),
+            scale,
+            None,
+        )
+        .and_then(|m| m.invoke(values)),
+        NoiseKind::DiscreteGaussian => make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            VectorDomain::new(AtomDomain::<i64>::default()),
+            L2Distance::<f64>::default(),
+            scale,
+            None,
+        )
+        .and_then(|m| m.invoke(values)),
+    }
+    .expect("samples")
+}
+
+fn spec(kind: NoiseKind) -> NoiseSpec {
+    match kind {
+        NoiseKind::DiscreteLaplace => NoiseSpec::laplace_for_epsilon(3, 1.0).expect("valid"),
+        NoiseKind::DiscreteGaussian => NoiseSpec::gaussian_for_rho(3.0, 0.5).expect("valid"),
+    }
+}
+
+fn noise(c: &mut Criterion) {
+    let budget = Rho::cap(1e6).expect("valid");
+    let mut group = c.benchmark_group("noise");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    for kind in [NoiseKind::DiscreteLaplace, NoiseKind::DiscreteGaussian] {
+        let spec = spec(kind);
+        for n in [1_000usize, 10_000, 100_000, 1_000_000] {
+            let values = vec![100i64; n];
+            let id = format!("{kind:?}/{n}");
+            if n < 1_000_000 {
+                group.throughput(Throughput::Elements(n as u64));
+                group.bench_function(BenchmarkId::new("civic_release", &id), |b| {
+                    b.iter(|| black_box(spec.release(&values, budget).expect("samples")))
+                });
+                group.bench_function(BenchmarkId::new("opendp_direct", &id), |b| {
+                    b.iter(|| black_box(opendp_direct(kind, spec.scale, &values)))
+                });
+            }
+            // One timed run of each for the ratio line (10⁶ cells take seconds).
+            let t = Instant::now();
+            black_box(spec.release(&values, budget).expect("samples"));
+            let ours = t.elapsed();
+            let t = Instant::now();
+            black_box(opendp_direct(kind, spec.scale, &values));
+            let theirs = t.elapsed();
+            println!(
+                "RATE {kind:?} {n} cells: civic {:.0} samples/s, OpenDP direct {:.0} samples/s, ratio {:.2}x",
+                n as f64 / ours.as_secs_f64(),
+                n as f64 / theirs.as_secs_f64(),
+                ours.as_secs_f64() / theirs.as_secs_f64()
+            );
+        }
+    }
+    group.finish();
+}
+
+/// A policy whose four 10-value categories make a 10⁴-cell contingency table.
+fn wide_policy() -> DatasetPolicy {
+    let mut toml = String::from(
+        "[dataset]\nid = \"wide\"\ntitle = \"Wide\"\npartners = [\"a\", \"b\", \"c\"]\n\n\
+         [contribution]\nrows_per_resident_per_partner = 1\n\n",
+    );
+    for name in ["c1", "c2", "c3", "c4"] {
+        let domain: Vec<String> = (0..10).map(|v| format!("\"{v}\"")).collect();
+        toml += &format!(
+            "[[columns]]\nname = \"{name}\"\ntype = \"category\"\ndomain = [{}]\n\n",
+            domain.join(", ")
+        );
+    }
+    toml += "[budget]\ntotal = { rho = 1.0 }\nper_query = { rho = 0.5 }\n\n[governance]\nmin_partners = 2\n\n[disclosure]\nprofile = \"none\"\n";
+    DatasetPolicy::from_toml(&toml, "wide.toml").expect("valid")
+}
+
+fn plan(c: &mut Criterion) {
+    let policy = wide_policy();
+    let query: Query = serde_json::from_str(
+        r#"{"dataset":"wide","statistic":{"histogram":{"columns":["c1","c2","c3","c4"]}}}"#,
+    )
+    .expect("parses");
+    let validated = query.validate(&policy).expect("valid");
+    let mut group = c.benchmark_group("plan_10k_cells");
+    group.bench_function("compile", |b| {
+        b.iter(|| {
+            black_box(AggregationPlan::compile(&validated, &policy, 1_000_000).expect("compiles"))
+        })
+    });
+    let plan = AggregationPlan::compile(&validated, &policy, 1_000_000).expect("compiles");
+    assert_eq!(plan.vector_len, 10_000);
+    let summed = vec![7i64; plan.vector_len];
+    group.bench_function("decode", |b| {
+        b.iter(|| black_box(plan.decode(&summed).expect("decodes").len()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, noise, plan);
+criterion_main!(benches);
