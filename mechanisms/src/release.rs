@@ -79,6 +79,8 @@ pub struct Receipt {
     pub privacy_unit: String,
     /// Rows per resident per partner × partners per resident.
     pub rows_per_resident: u64,
+    /// The public clamping bounds of every column the statistic sums.
+    pub bounds: Vec<String>,
     /// The mechanisms: name, scale, sensitivity and cost per group.
     pub mechanisms: Vec<String>,
     /// Total ρ charged.
@@ -309,10 +311,26 @@ impl ReleasePlan {
             }
         };
         let epsilon = self.groups.iter().map(|g| g.epsilon).sum::<Option<f64>>();
+        let mut bounds: Vec<String> = Vec::new();
+        for b in &plan.blocks {
+            let columns: Vec<&str> = match &b.kind {
+                BlockKind::Count => Vec::new(),
+                BlockKind::Sum { column } => vec![column.as_str()],
+                BlockKind::Cross { left, right } => vec![left.as_str(), right.as_str()],
+            };
+            for c in columns.into_iter().filter(|c| *c != "1") {
+                let (lo, hi) = numeric_bounds(policy, c)?;
+                let line = format!("{c} clamped to [{lo}, {hi}]");
+                if !bounds.contains(&line) {
+                    bounds.push(line);
+                }
+            }
+        }
         let delta = 1e-6;
         let receipt = Receipt {
             privacy_unit: "one resident".into(),
             rows_per_resident: plan.rows_per_resident,
+            bounds,
             mechanisms: self
                 .groups
                 .iter()
