@@ -77,79 +77,79 @@ impl NoiseSpec {
     /// What the mechanism costs according to OpenDP's privacy map: ε for Laplace (with its ρ
     /// = ε²/2 for the ledger), ρ for Gaussian.
     pub fn cost(&self) -> Result<Cost, MechanismError> {
-        check("cost", "scale", self.scale)?;
-        match self.kind {
-            NoiseKind::DiscreteLaplace => {
-                let m = make_laplace::<_, _, MaxDivergence>(
-                    VectorDomain::new(AtomDomain::<i64>::default()),
-                    L1Distance::<i64>::default(),
-                    self.scale,
-                    None,
-                )
-                .map_err(MechanismError::opendp("cost"))?;
-                let epsilon = m
-                    .map(&(self.sensitivity as i64))
-                    .map_err(MechanismError::opendp("cost"))?;
-                let rho = Rho::cost_of_pure_epsilon(epsilon).map_err(|e| {
-                    MechanismError::InvalidParameter {
-                        stage: "cost",
-                        reason: e.to_string(),
-                    }
-                })?;
-                Ok(Cost {
-                    epsilon: Some(epsilon),
-                    rho,
-                })
-            }
-            NoiseKind::DiscreteGaussian => {
-                let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
-                    VectorDomain::new(AtomDomain::<i64>::default()),
-                    L2Distance::<f64>::default(),
-                    self.scale,
-                    None,
-                )
-                .map_err(MechanismError::opendp("cost"))?;
-                let rho = m
-                    .map(&self.sensitivity)
-                    .map_err(MechanismError::opendp("cost"))?;
-                let rho = Rho::cost(rho).map_err(|e| MechanismError::InvalidParameter {
-                    stage: "cost",
-                    reason: e.to_string(),
-                })?;
-                Ok(Cost { epsilon: None, rho })
-            }
-        }
+        self.measure("cost", None).map(|(cost, _)| cost)
     }
 
     /// Adds noise to `values` if the mechanism costs at most `budget`; otherwise refuses
     /// without sampling.
     pub fn release(&self, values: &[i64], budget: Rho) -> Result<Vec<i64>, MechanismError> {
-        let cost = self.cost()?;
-        if cost.rho > budget {
-            return Err(MechanismError::OverBudget {
-                stage: "release",
-                cost: cost.rho.to_string(),
-                budget: budget.to_string(),
-            });
-        }
-        let input = values.to_vec();
+        let (_, noisy) = self.measure("release", Some((values, budget)))?;
+        Ok(noisy.unwrap_or_default())
+    }
+
+    /// Builds the OpenDP measurement, reads its cost from its privacy map and, when asked to
+    /// sample, invokes that same measurement only if the cost is within the budget.
+    fn measure(
+        &self,
+        stage: &'static str,
+        sample: Option<(&[i64], Rho)>,
+    ) -> Result<(Cost, Option<Vec<i64>>), MechanismError> {
+        check(stage, "scale", self.scale)?;
+        let opendp = MechanismError::opendp(stage);
+        let ledger = |r: Result<Rho, civic_policies::PolicyError>| {
+            r.map_err(|e| MechanismError::InvalidParameter {
+                stage,
+                reason: e.to_string(),
+            })
+        };
+        // Samples with the measurement whose map was just read, and only within the budget.
+        let finish =
+            |cost: Cost, invoke: &dyn Fn(&Vec<i64>) -> opendp::error::Fallible<Vec<i64>>| {
+                let Some((values, budget)) = sample else {
+                    return Ok((cost, None));
+                };
+                if cost.rho > budget {
+                    return Err(MechanismError::OverBudget {
+                        stage,
+                        cost: cost.rho.to_string(),
+                        budget: budget.to_string(),
+                    });
+                }
+                Ok((cost, Some(invoke(&values.to_vec()).map_err(&opendp)?)))
+            };
+        let domain = VectorDomain::new(AtomDomain::<i64>::default());
         match self.kind {
-            NoiseKind::DiscreteLaplace => make_laplace::<_, _, MaxDivergence>(
-                VectorDomain::new(AtomDomain::<i64>::default()),
-                L1Distance::<i64>::default(),
-                self.scale,
-                None,
-            )
-            .and_then(|m| m.invoke(&input)),
-            NoiseKind::DiscreteGaussian => make_gaussian::<_, _, ZeroConcentratedDivergence>(
-                VectorDomain::new(AtomDomain::<i64>::default()),
-                L2Distance::<f64>::default(),
-                self.scale,
-                None,
-            )
-            .and_then(|m| m.invoke(&input)),
+            NoiseKind::DiscreteLaplace => {
+                let m = make_laplace::<_, _, MaxDivergence>(
+                    domain,
+                    L1Distance::<i64>::default(),
+                    self.scale,
+                    None,
+                )
+                .map_err(&opendp)?;
+                let epsilon = m.map(&(self.sensitivity as i64)).map_err(&opendp)?;
+                let cost = Cost {
+                    epsilon: Some(epsilon),
+                    rho: ledger(Rho::cost_of_pure_epsilon(epsilon))?,
+                };
+                finish(cost, &|v| m.invoke(v))
+            }
+            NoiseKind::DiscreteGaussian => {
+                let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+                    domain,
+                    L2Distance::<f64>::default(),
+                    self.scale,
+                    None,
+                )
+                .map_err(&opendp)?;
+                let rho = m.map(&self.sensitivity).map_err(&opendp)?;
+                let cost = Cost {
+                    epsilon: None,
+                    rho: ledger(Rho::cost(rho))?,
+                };
+                finish(cost, &|v| m.invoke(v))
+            }
         }
-        .map_err(MechanismError::opendp("release"))
     }
 }
 

@@ -114,26 +114,15 @@ impl AggregationPlan {
             Statistic::Count | Statistic::Histogram { .. } | Statistic::Quantiles { .. } => {
                 push(BlockKind::Count, 1.0, 1)
             }
-            Statistic::Sum { column } => {
+            Statistic::Sum { column } | Statistic::Mean { column } => {
                 let (units, max) = factor(column)?;
-                push(
-                    BlockKind::Sum {
-                        column: column.clone(),
-                    },
-                    units,
-                    max,
-                );
-            }
-            Statistic::Mean { column } => {
-                let (units, max) = factor(column)?;
-                push(
-                    BlockKind::Sum {
-                        column: column.clone(),
-                    },
-                    units,
-                    max,
-                );
-                push(BlockKind::Count, 1.0, 1);
+                let kind = BlockKind::Sum {
+                    column: column.clone(),
+                };
+                push(kind, units, max);
+                if matches!(query.query().statistic, Statistic::Mean { .. }) {
+                    push(BlockKind::Count, 1.0, 1);
+                }
             }
             Statistic::LinearRegression { features, target } => {
                 let mut names: Vec<&str> = vec!["1"];
