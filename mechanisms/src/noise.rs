@@ -51,11 +51,24 @@ fn check(stage: &'static str, name: &str, value: f64) -> Result<(), MechanismErr
     }
 }
 
+/// Sensitivities above 2^53 are refused: beyond it f64 (and the i64 OpenDP map) no longer
+/// hold them exactly, and a rounded-down sensitivity would under-noise.
+fn check_exact(name: &str, value: f64) -> Result<(), MechanismError> {
+    if value > crate::plan::MAX_SENSITIVITY as f64 {
+        return Err(MechanismError::InvalidParameter {
+            stage: "calibrate",
+            reason: format!("{name} {value} is above 2^53"),
+        });
+    }
+    Ok(())
+}
+
 impl NoiseSpec {
     /// Discrete Laplace for pure ε with L1 sensitivity Δ₁ (a whole number of units).
     pub fn laplace_for_epsilon(l1_sensitivity: u64, epsilon: f64) -> Result<Self, MechanismError> {
         check("calibrate", "epsilon", epsilon)?;
         check("calibrate", "L1 sensitivity", l1_sensitivity as f64)?;
+        check_exact("L1 sensitivity", l1_sensitivity as f64)?;
         Ok(Self {
             kind: NoiseKind::DiscreteLaplace,
             scale: l1_sensitivity as f64 / epsilon,
@@ -67,6 +80,7 @@ impl NoiseSpec {
     pub fn gaussian_for_rho(l2_sensitivity: f64, rho: f64) -> Result<Self, MechanismError> {
         check("calibrate", "rho", rho)?;
         check("calibrate", "L2 sensitivity", l2_sensitivity)?;
+        check_exact("L2 sensitivity", l2_sensitivity)?;
         Ok(Self {
             kind: NoiseKind::DiscreteGaussian,
             scale: l2_sensitivity / (2.0 * rho).sqrt(),

@@ -12,6 +12,10 @@
 //! | histogram / quantiles | `count` over the cells |
 //! | linear regression | `cross(i, j)` for the upper triangle of XᵀX with an intercept, then `cross(i, y)` for Xᵀy |
 //!
+//! Cells are ordered group-major: for each group (the group-by columns in order, the last
+//! varying fastest), the histogram's cells (its columns in order, the last varying fastest;
+//! a quantile column's bins in order). Agents and the coordinator both follow this order.
+//!
 //! Values are clamped to the column's public bounds and encoded in fixed point (a decimal
 //! column in units of its resolution). Sensitivities follow from the contribution bounds:
 //! adding or removing one resident changes at most K = rows per resident per partner ×
@@ -65,6 +69,8 @@ pub struct Block {
 pub struct AggregationPlan {
     /// The dataset.
     pub dataset: String,
+    /// The statistic the plan computes (kept with the layout so the two cannot diverge).
+    pub statistic: Statistic,
     /// The blocks, in vector order.
     pub blocks: Vec<Block>,
     /// Total number of slots.
@@ -149,7 +155,18 @@ impl AggregationPlan {
                 }
             }
         }
-        let vector_len = blocks.iter().map(|b| b.len).sum();
+        let vector_len: usize = blocks.iter().map(|b| b.len).sum();
+        let refuse = |reason: String| {
+            Err(MechanismError::InvalidParameter {
+                stage: "plan",
+                reason,
+            })
+        };
+        if vector_len > MAX_VECTOR_LEN {
+            return refuse(format!(
+                "the query needs {vector_len} slots; at most {MAX_VECTOR_LEN} are allowed: ask for fewer cells or features"
+            ));
+        }
         let rows_per_resident = u64::from(policy.rows_per_resident_per_partner())
             * u64::from(policy.max_partners_per_person);
         let max_slot_per_partner = blocks
@@ -157,35 +174,51 @@ impl AggregationPlan {
             .map(|b| u128::from(b.per_row_max) * u128::from(max_rows_per_partner))
             .max()
             .unwrap_or(0);
-        Ok(Self {
+        // The summed vector is decoded as i64: the largest possible sum must fit.
+        if max_slot_per_partner.saturating_mul(policy.partners().len() as u128) > i64::MAX as u128 {
+            return refuse(format!(
+                "{} partners × {max_slot_per_partner} per partner could overflow the sum: narrow the bounds or coarsen the resolution",
+                policy.partners().len()
+            ));
+        }
+        let plan = Self {
             dataset: policy.id().to_string(),
+            statistic: query.query().statistic.clone(),
             blocks,
             vector_len,
             cells,
             rows_per_resident,
             max_slot_per_partner,
-        })
+        };
+        // Every sensitivity the release may need must be exact: refuse the plan now if not.
+        plan.joint_sensitivity(&plan.blocks)?;
+        Ok(plan)
     }
 
     /// The L1 sensitivity of one block: K rows, each adding at most `per_row_max` to one slot
-    /// (a count or sum block) or to every slot of a regression's cross-product blocks.
-    pub fn l1_sensitivity(&self, block: &Block) -> u64 {
-        self.rows_per_resident.saturating_mul(block.per_row_max)
+    /// (a count or sum block) or to every slot of a regression's cross-product blocks. Refused
+    /// above 2^53, where the noise calibration in f64 would no longer be exact.
+    pub fn l1_sensitivity(&self, block: &Block) -> Result<u64, MechanismError> {
+        self.rows_per_resident
+            .checked_mul(block.per_row_max)
+            .filter(|s| *s <= MAX_SENSITIVITY)
+            .ok_or_else(|| too_sensitive(self.rows_per_resident, block.per_row_max))
     }
 
     /// The L1 and L2 sensitivities of a group of blocks released together (a regression's
     /// cross products, where one row touches a slot in every block).
-    pub fn joint_sensitivity(&self, blocks: &[Block]) -> (u64, f64) {
-        let l1 = blocks
-            .iter()
-            .map(|b| self.l1_sensitivity(b))
-            .fold(0u64, u64::saturating_add);
-        let l2 = blocks
-            .iter()
-            .map(|b| (self.l1_sensitivity(b) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        (l1, l2)
+    pub fn joint_sensitivity(&self, blocks: &[Block]) -> Result<(u64, f64), MechanismError> {
+        let mut l1: u64 = 0;
+        let mut squares = 0f64;
+        for b in blocks {
+            let s = self.l1_sensitivity(b)?;
+            l1 = l1
+                .checked_add(s)
+                .filter(|s| *s <= MAX_SENSITIVITY)
+                .ok_or_else(|| too_sensitive(self.rows_per_resident, b.per_row_max))?;
+            squares += (s as f64).powi(2);
+        }
+        Ok((l1, squares.sqrt()))
     }
 
     /// Splits a summed vector back into its blocks' values, in statistic units.
@@ -214,6 +247,20 @@ impl AggregationPlan {
                 (b, values)
             })
             .collect())
+    }
+}
+
+/// The longest vector a plan may have (as in the secure-aggregation layer).
+pub const MAX_VECTOR_LEN: usize = 1 << 26;
+/// The largest sensitivity calibrated: f64 holds every integer up to 2^53 exactly.
+pub const MAX_SENSITIVITY: u64 = 1 << 53;
+
+fn too_sensitive(rows: u64, per_row: u64) -> MechanismError {
+    MechanismError::InvalidParameter {
+        stage: "plan",
+        reason: format!(
+            "{rows} rows per resident × {per_row} per row makes a sensitivity above 2^53: narrow the bounds or coarsen the resolution"
+        ),
     }
 }
 

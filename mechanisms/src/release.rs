@@ -112,11 +112,10 @@ impl ReleasePlan {
     /// between its sum and its count; everything else is one group.
     pub fn new(
         plan: &AggregationPlan,
-        statistic: &Statistic,
         privacy: PrivacyChoice,
         alpha: f64,
     ) -> Result<Self, MechanismError> {
-        let groups_of_blocks: Vec<Vec<usize>> = match statistic {
+        let groups_of_blocks: Vec<Vec<usize>> = match plan.statistic {
             Statistic::Mean { .. } => vec![vec![0], vec![1]],
             _ => vec![(0..plan.blocks.len()).collect()],
         };
@@ -124,7 +123,7 @@ impl ReleasePlan {
         let mut groups = Vec::new();
         for blocks in groups_of_blocks {
             let members: Vec<_> = blocks.iter().map(|&i| plan.blocks[i].clone()).collect();
-            let (l1, l2) = plan.joint_sensitivity(&members);
+            let (l1, l2) = plan.joint_sensitivity(&members)?;
             let spec = match share {
                 PrivacyChoice::Epsilon(e) => NoiseSpec::laplace_for_epsilon(l1, e)?,
                 PrivacyChoice::Rho(r) => NoiseSpec::gaussian_for_rho(l2, r)?,
@@ -146,6 +145,63 @@ impl ReleasePlan {
         })
     }
 
+    /// Refuses a release whose stored calibration does not fit the plan (a block left out or
+    /// noised twice, a sensitivity below the plan's), a dataset mismatch, or fewer survivors
+    /// than the policy's quorum.
+    fn check_matches(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+        survivors: usize,
+    ) -> Result<(), MechanismError> {
+        let refuse = |reason: String| {
+            Err(MechanismError::InvalidParameter {
+                stage: "release",
+                reason,
+            })
+        };
+        if plan.dataset != policy.id() {
+            return refuse(format!(
+                "the plan is for dataset {}, the policy for {}",
+                plan.dataset,
+                policy.id()
+            ));
+        }
+        if survivors < policy.min_partners() as usize {
+            return refuse(format!(
+                "{survivors} partners survived; dataset {} releases nothing from fewer than {}",
+                policy.id(),
+                policy.min_partners()
+            ));
+        }
+        let mut covered: Vec<usize> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.blocks.iter().copied())
+            .collect();
+        covered.sort_unstable();
+        if covered != (0..plan.blocks.len()).collect::<Vec<_>>() {
+            return refuse(
+                "the calibration does not noise every block of the plan exactly once".into(),
+            );
+        }
+        for g in &self.groups {
+            let members: Vec<_> = g.blocks.iter().map(|&b| plan.blocks[b].clone()).collect();
+            let (l1, l2) = plan.joint_sensitivity(&members)?;
+            let needed = match g.spec.kind {
+                NoiseKind::DiscreteLaplace => l1 as f64,
+                NoiseKind::DiscreteGaussian => l2,
+            };
+            if g.spec.sensitivity < needed {
+                return refuse(format!(
+                    "the calibration assumed sensitivity {} where the plan needs {needed}",
+                    g.spec.sensitivity
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The (1 − α) half-width of each block's cells, in statistic units.
     pub fn half_widths(&self, plan: &AggregationPlan) -> Result<Vec<f64>, MechanismError> {
         let mut out = vec![0.0; plan.blocks.len()];
@@ -164,7 +220,6 @@ impl ReleasePlan {
         &self,
         plan: &AggregationPlan,
         policy: &DatasetPolicy,
-        statistic: &Statistic,
         summed: &[i64],
         survivors: usize,
         budget: Rho,
@@ -176,7 +231,9 @@ impl ReleasePlan {
                 budget: budget.to_string(),
             });
         }
+        self.check_matches(plan, policy, survivors)?;
         plan.decode(summed)?;
+        let statistic = &plan.statistic;
         let mut noisy = vec![0i64; summed.len()];
         for g in &self.groups {
             let slots: Vec<usize> = g
@@ -203,7 +260,7 @@ impl ReleasePlan {
             values
                 .into_iter()
                 .map(|v| {
-                    let interval = Some(((v - width).max(0.0), v + width));
+                    let interval = Some(((v - width).max(0.0), (v + width).max(0.0)));
                     match disclosure.apply(v.round() as i64) {
                         Disclosed::Value(x) => Cell {
                             value: Some(x as f64),
@@ -233,7 +290,10 @@ impl ReleasePlan {
                     .into_iter()
                     .map(|v| Cell {
                         value: Some(v.clamp(floor, ceiling)),
-                        interval: Some(((v - widths[0]).max(floor), (v + widths[0]).min(ceiling))),
+                        interval: Some((
+                            (v - widths[0]).clamp(floor, ceiling),
+                            (v + widths[0]).clamp(floor, ceiling),
+                        )),
                     })
                     .collect();
                 (vec![format!("sum({column})")], vec![cells])

@@ -26,7 +26,7 @@ fn a_grouped_count_is_one_block_and_its_sensitivity_counts_every_partner() {
     // A resident can be in all three partners' data, one row each: adding them changes the
     // counts by at most 3 in total.
     assert_eq!(p.rows_per_resident, 3);
-    assert_eq!(p.l1_sensitivity(&p.blocks[0]), 3);
+    assert_eq!(p.l1_sensitivity(&p.blocks[0]).unwrap(), 3);
     assert_eq!(p.max_slot_per_partner, 1_000_000);
 }
 
@@ -51,8 +51,8 @@ fn a_mean_of_a_decimal_column_is_a_fixed_point_sum_and_a_count() {
     );
     assert_eq!((count.kind.clone(), count.offset), (BlockKind::Count, 4));
     // Two practices per resident at most, one row each, HbA1c at most 150.0 = 1500 units.
-    assert_eq!(p.l1_sensitivity(sum), 3000);
-    assert_eq!(p.l1_sensitivity(count), 2);
+    assert_eq!(p.l1_sensitivity(sum).unwrap(), 3000);
+    assert_eq!(p.l1_sensitivity(count).unwrap(), 2);
 
     // In units of 0.1: 4215.0 and 5102.3.
     let summed = [42_150, 51_023, 0, 10, 900, 1000, 0, 1];
@@ -95,7 +95,7 @@ fn a_regression_carries_the_upper_triangle_of_xtx_and_xty() {
         .collect();
     assert_eq!(layout, expected);
     // One row touches every slot: L1 = K × Σ per-row maxima, L2 = K × √Σ maxima².
-    let (l1, l2) = p.joint_sensitivity(&p.blocks);
+    let (l1, l2) = p.joint_sensitivity(&p.blocks).unwrap();
     let maxima: Vec<f64> = expected.iter().map(|e| e.2 as f64).collect();
     assert_eq!(l1, 3 * expected.iter().map(|e| e.2).sum::<u64>());
     assert!((l2 - 3.0 * maxima.iter().map(|m| m * m).sum::<f64>().sqrt()).abs() < 1e-9);

@@ -1,6 +1,7 @@
 //! Releases end to end from a summed vector: cost stated before sampling, post-processing,
 //! intervals and the receipt.
 
+use civic_mechanisms::plan::MAX_SENSITIVITY;
 use civic_mechanisms::{AggregationPlan, PrivacyChoice, ReleasePlan};
 use civic_policies::{DatasetPolicy, Query, Rho};
 
@@ -9,24 +10,21 @@ fn policy(name: &str) -> DatasetPolicy {
     DatasetPolicy::from_toml(&std::fs::read_to_string(path).expect("sample"), name).expect("valid")
 }
 
-fn compile(policy: &DatasetPolicy, json: &str) -> (AggregationPlan, Query) {
+fn compile(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
     let query: Query = serde_json::from_str(json).expect("parses");
-    let validated = query.clone().validate(policy).expect("valid");
-    (
-        AggregationPlan::compile(&validated, policy, 1_000_000).expect("compiles"),
-        query,
-    )
+    let validated = query.validate(policy).expect("valid");
+    AggregationPlan::compile(&validated, policy, 1_000_000).expect("compiles")
 }
 
 #[test]
 fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
     let falls = policy("falls-housing.toml");
-    let (plan, query) = compile(
+    let plan = compile(
         &falls,
         r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
     );
-    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Epsilon(0.5), 0.05)
-        .expect("calibrates");
+    let release_plan =
+        ReleasePlan::new(&plan, PrivacyChoice::Epsilon(0.5), 0.05).expect("calibrates");
     // Δ₁ = 3 (one row in each of three partners), ε = 0.5: scale 6, ρ = ε²/2.
     assert_eq!(release_plan.groups[0].spec.scale, 6.0);
     assert_eq!(release_plan.cost, Rho::cost_of_pure_epsilon(0.5).unwrap());
@@ -38,7 +36,6 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
         .release(
             &plan,
             &falls,
-            &query.statistic,
             &summed,
             3,
             Rho::cost_of_pure_epsilon(0.4).unwrap(),
@@ -47,14 +44,7 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
     assert_eq!(err.code(), "mechanism.over_budget");
 
     let release = release_plan
-        .release(
-            &plan,
-            &falls,
-            &query.statistic,
-            &summed,
-            3,
-            release_plan.cost,
-        )
+        .release(&plan, &falls, &summed, 3, release_plan.cost)
         .expect("releases");
     assert_eq!(release.names, vec!["count"]);
     let cells = &release.rows[0];
@@ -93,12 +83,11 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
 #[test]
 fn a_mean_splits_its_budget_and_bounds_its_interval() {
     let diabetes = policy("diabetes.toml");
-    let (plan, query) = compile(
+    let plan = compile(
         &diabetes,
         r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}},"group_by":["sex"]}"#,
     );
-    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Rho(0.05), 0.05)
-        .expect("calibrates");
+    let release_plan = ReleasePlan::new(&plan, PrivacyChoice::Rho(0.05), 0.05).expect("calibrates");
     assert_eq!(
         release_plan.groups.len(),
         2,
@@ -111,14 +100,7 @@ fn a_mean_splits_its_budget_and_bounds_its_interval() {
     // True means 53.0 and 61.5 over 20,000 and 18,000 people (in units of 0.1 for the sum).
     let summed = [10_600_000, 11_070_000, 20_000, 18_000];
     let release = release_plan
-        .release(
-            &plan,
-            &diabetes,
-            &query.statistic,
-            &summed,
-            5,
-            Rho::cost(0.05).unwrap(),
-        )
+        .release(&plan, &diabetes, &summed, 5, release_plan.cost)
         .expect("releases");
     assert_eq!(release.names, vec!["mean(hba1c)"]);
     for (cell, truth) in release.rows[0].iter().zip([53.0, 61.5]) {
@@ -143,7 +125,7 @@ fn a_mean_splits_its_budget_and_bounds_its_interval() {
 #[test]
 fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
     let falls = policy("falls-housing.toml");
-    let (plan, query) = compile(
+    let plan = compile(
         &falls,
         r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["home_adaptations"],"target":"falls_admissions"}}}"#,
     );
@@ -153,17 +135,9 @@ fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
     // errors wide.
     let big_n = 100_000i64;
     let summed = [5 * big_n, 10 * big_n, 30 * big_n, 5 * big_n, 25 * big_n / 2];
-    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Rho(2.0), 0.05)
-        .expect("calibrates");
+    let release_plan = ReleasePlan::new(&plan, PrivacyChoice::Rho(2.0), 0.05).expect("calibrates");
     let release = release_plan
-        .release(
-            &plan,
-            &falls,
-            &query.statistic,
-            &summed,
-            3,
-            release_plan.cost,
-        )
+        .release(&plan, &falls, &summed, 3, release_plan.cost)
         .expect("releases");
     assert_eq!(
         release.names,
@@ -193,25 +167,79 @@ fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
 #[test]
 fn quantiles_come_from_the_noisy_histogram() {
     let diabetes = policy("diabetes.toml");
-    let (plan, query) = compile(
+    let plan = compile(
         &diabetes,
         r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"hba1c","probabilities":[0.5]}}}"#,
     );
     // Bins [20, 42, 48, 58, 75, 150]: 1,000 / 4,000 / 3,000 / 1,500 / 500 people.
     let summed = [1000, 4000, 3000, 1500, 500];
-    let release_plan = ReleasePlan::new(&plan, &query.statistic, PrivacyChoice::Epsilon(1.0), 0.05)
-        .expect("calibrates");
+    let release_plan =
+        ReleasePlan::new(&plan, PrivacyChoice::Epsilon(1.0), 0.05).expect("calibrates");
     let release = release_plan
-        .release(
-            &plan,
-            &diabetes,
-            &query.statistic,
-            &summed,
-            5,
-            release_plan.cost,
-        )
+        .release(&plan, &diabetes, &summed, 5, release_plan.cost)
         .expect("releases");
     // The median is the 5,000th person: 4,000 into the 4,000-person bin [42, 48): 48.0.
     let median = release.rows[0][0].value.expect("defined");
     assert!((median - 48.0).abs() < 0.5, "{median}");
+}
+
+#[test]
+fn a_release_below_the_quorum_or_off_its_plan_is_refused() {
+    let falls = policy("falls-housing.toml");
+    let plan = compile(
+        &falls,
+        r#"{"dataset":"falls-housing","statistic":"count","group_by":["sex"]}"#,
+    );
+    let release_plan =
+        ReleasePlan::new(&plan, PrivacyChoice::Epsilon(0.5), 0.05).expect("calibrates");
+    let err = release_plan
+        .release(&plan, &falls, &[10, 20], 2, release_plan.cost)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "2 partners survived; dataset falls-housing releases nothing from fewer than 3"
+        ),
+        "{err}"
+    );
+    // A calibration made for another plan (a sum, with a far larger sensitivity) is refused.
+    let other = compile(
+        &falls,
+        r#"{"dataset":"falls-housing","statistic":{"sum":{"column":"age"}},"group_by":["sex"]}"#,
+    );
+    let err = release_plan
+        .release(&other, &falls, &[10, 20], 3, release_plan.cost)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("assumed sensitivity 3 where the plan needs 315"),
+        "{err}"
+    );
+    let err = release_plan
+        .release(&plan, &falls, &[10, 20, 30], 3, release_plan.cost)
+        .unwrap_err();
+    assert!(err.to_string().contains("3 slots, the plan 2"), "{err}");
+}
+
+#[test]
+fn a_plan_whose_sensitivity_cannot_be_held_exactly_is_refused() {
+    // HbA1c up to 150.0 at resolution 10⁻⁶ is 1.5·10⁸ units per row; its square in a
+    // regression, 2.25·10¹⁶, is beyond 2^53 ≈ 9·10¹⁵.
+    let text = std::fs::read_to_string(format!(
+        "{}/../examples/policies/diabetes.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("sample")
+    .replace(
+        "min = 20.0\nmax = 150.0\nresolution = 0.1",
+        "min = 20.0\nmax = 150.0\nresolution = 0.000001",
+    );
+    let policy = DatasetPolicy::from_toml(&text, "fine.toml").expect("valid");
+    let query: Query = serde_json::from_str(
+        r#"{"dataset":"diabetes","statistic":{"linear_regression":{"features":["hba1c"],"target":"age"}}}"#,
+    )
+    .expect("parses");
+    let err =
+        AggregationPlan::compile(&query.validate(&policy).expect("valid"), &policy, 1).unwrap_err();
+    assert!(err.to_string().contains("above 2^53"), "{err}");
+    assert_eq!(MAX_SENSITIVITY, 1 << 53);
 }

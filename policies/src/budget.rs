@@ -162,7 +162,10 @@ impl Ledger {
             .filter(|(p, _)| p.as_str() != project)
             .map(|(_, a)| a.cap.units())
             .sum();
-        if others + cap.units() > self.total.units() {
+        if others
+            .checked_add(cap.units())
+            .is_none_or(|sum| sum > self.total.units())
+        {
             return Err(self.over(
                 "dataset total",
                 Rho::from_units(others),
@@ -274,13 +277,21 @@ impl Ledger {
                 });
             }
         };
-        let a = self
-            .projects
-            .get_mut(&project)
-            .expect("a reservation's project is allocated");
-        a.reserved = Rho::from_units(a.reserved.units() - amount.units());
+        // A reservation's project and amount are recorded together; a ledger loaded from a
+        // store where they disagree is refused rather than trusted.
+        let inconsistent = || PolicyError::Ledger {
+            query,
+            reason: format!(
+                "the ledger's record of project \"{project}\" does not cover this reservation"
+            ),
+        };
+        let a = self.projects.get(&project).ok_or_else(inconsistent)?;
+        let reserved = a.reserved.checked_sub(amount).ok_or_else(inconsistent)?;
+        let charged = a.charged.checked_add(amount).ok_or_else(inconsistent)?;
+        let a = self.projects.get_mut(&project).ok_or_else(inconsistent)?;
+        a.reserved = reserved;
         let state = if kind == EntryKind::Charge {
-            a.charged = Rho::from_units(a.charged.units() + amount.units());
+            a.charged = charged;
             QueryBudget::Charged(amount)
         } else {
             QueryBudget::Refunded(amount)

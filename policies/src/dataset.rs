@@ -465,16 +465,28 @@ fn validate_column(col: &ColumnFile) -> Result<Column, (String, String)> {
         }
     };
     let bounds = || -> Result<(f64, f64), (String, String)> {
-        let (Some(min), Some(max)) = (col.min, col.max) else {
-            return Err(named(
-                "min",
-                "numeric columns need public min and max bounds".into(),
-            ));
+        let (min, max) = match (col.min, col.max) {
+            (Some(min), Some(max)) => (min, max),
+            (None, _) => {
+                return Err(named(
+                    "min",
+                    "numeric columns need public min and max bounds".into(),
+                ));
+            }
+            (_, None) => {
+                return Err(named(
+                    "max",
+                    "numeric columns need public min and max bounds".into(),
+                ));
+            }
         };
-        if !(min.is_finite() && max.is_finite() && min < max) {
+        if !min.is_finite() {
+            return Err(named("min", format!("must be a finite number, got {min}")));
+        }
+        if !(max.is_finite() && min < max) {
             return Err(named(
                 "max",
-                format!("bounds must be finite with min < max, got [{min}, {max}]"),
+                format!("must be finite and above min, got [{min}, {max}]"),
             ));
         }
         Ok((min, max))
@@ -510,17 +522,13 @@ fn validate_column(col: &ColumnFile) -> Result<Column, (String, String)> {
                 ("domain", col.domain.is_some()),
             ])?;
             let (min, max) = bounds()?;
-            if min.fract() != 0.0
-                || max.fract() != 0.0
-                || min.abs() > 2f64.powi(53)
-                || max.abs() > 2f64.powi(53)
-            {
-                return Err(named(
-                    "min",
-                    format!(
-                        "integer bounds must be whole numbers within ±2^53, got [{min}, {max}]"
-                    ),
-                ));
+            for (field, v) in [("min", min), ("max", max)] {
+                if v.fract() != 0.0 || v.abs() > 2f64.powi(53) {
+                    return Err(named(
+                        field,
+                        format!("integer bounds must be whole numbers within ±2^53, got {v}"),
+                    ));
+                }
             }
             check_bins(&col.bins, min, max)?;
             if col
@@ -552,12 +560,12 @@ fn validate_column(col: &ColumnFile) -> Result<Column, (String, String)> {
                 ));
             };
             if !(resolution.is_finite() && resolution > 0.0)
-                || (max - min) / resolution > 2f64.powi(40)
+                || min.abs().max(max.abs()) / resolution > 2f64.powi(40)
             {
                 return Err(named(
                     "resolution",
                     format!(
-                        "must be above 0 and leave at most 2^40 steps between the bounds, got {resolution}"
+                        "must be above 0, with both bounds at most 2^40 steps from 0, got {resolution}"
                     ),
                 ));
             }

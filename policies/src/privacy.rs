@@ -35,10 +35,10 @@ impl Rho {
     /// No cost.
     pub const ZERO: Rho = Rho(0);
 
-    /// A cost: rounded up, so a release is never charged less than it spends.
+    /// A cost: rounded up (with slack for the f64 rounding of whatever computed it), so a
+    /// release is never charged less than it spends.
     pub fn cost(rho: f64) -> Result<Rho, PolicyError> {
-        check_positive("rho", rho)?;
-        Ok(Rho((rho * UNITS).ceil() as u64))
+        Rho::derived_cost(rho)
     }
 
     /// A cap: rounded down, so a cap is never looser than stated.
@@ -59,23 +59,24 @@ impl Rho {
 
     /// The cost of a pure ε-DP release: ρ = ε²/2.
     pub fn cost_of_pure_epsilon(epsilon: f64) -> Result<Rho, PolicyError> {
-        check_positive("epsilon", epsilon)?;
+        check_epsilon(epsilon)?;
         Rho::derived_cost(epsilon * epsilon / 2.0)
     }
 
     /// The cap a pure ε statement sets: ρ = ε²/2, rounded down.
     pub fn cap_from_pure_epsilon(epsilon: f64) -> Result<Rho, PolicyError> {
-        check_positive("epsilon", epsilon)?;
+        check_epsilon(epsilon)?;
         Rho::derived_cap(epsilon * epsilon / 2.0)
     }
 
     /// The largest ρ within an (ε, δ) cap (see the module docs).
     pub fn cap_from_approx_dp(epsilon: f64, delta: f64) -> Result<Rho, PolicyError> {
-        check_positive("epsilon", epsilon)?;
+        check_epsilon(epsilon)?;
         check_delta(delta)?;
         let l = (1.0 / delta).ln();
-        let root = (l + epsilon).sqrt() - l.sqrt();
-        Rho::derived_cap(root * root)
+        // (√(L+ε) − √L)² written without the cancelling subtraction: ε² / (√(L+ε) + √L)².
+        let denominator = (l + epsilon).sqrt() + l.sqrt();
+        Rho::derived_cap((epsilon / denominator).powi(2))
     }
 
     /// ρ as a float, for reports and for OpenDP.
@@ -114,6 +115,17 @@ fn check_positive(name: &str, value: f64) -> Result<(), PolicyError> {
     if !(value.is_finite() && value > 0.0 && value <= MAX_RHO) {
         return Err(PolicyError::Privacy {
             reason: format!("{name} must be a number above 0 and at most {MAX_RHO}, got {value}"),
+        });
+    }
+    Ok(())
+}
+
+/// ε in a range whose ρ = ε²/2 is representable: above 1e-6 and at most √(2 · MAX_RHO).
+fn check_epsilon(epsilon: f64) -> Result<(), PolicyError> {
+    let max = (2.0 * MAX_RHO).sqrt();
+    if !(epsilon.is_finite() && (1e-6..=max).contains(&epsilon)) {
+        return Err(PolicyError::Privacy {
+            reason: format!("epsilon must be a number from 0.000001 to {max}, got {epsilon}"),
         });
     }
     Ok(())
@@ -191,9 +203,10 @@ mod tests {
         );
         assert!(Rho::cap(third).unwrap().as_f64() <= third);
         assert!(Rho::cost(third).unwrap().as_f64() >= third);
-        // A value a board writes to 12 places is held exactly, as cap and as cost.
-        assert_eq!(Rho::cap(0.3).unwrap(), Rho::cost(0.3).unwrap());
+        // A cap a board writes to 12 places is held exactly; a computed cost of the same
+        // value rounds up past it.
         assert_eq!(Rho::cap(0.3).unwrap().units(), 300_000_000_000);
+        assert_eq!(Rho::cost(0.3).unwrap().units(), 300_000_000_001);
     }
 
     #[test]

@@ -241,6 +241,13 @@ impl Query {
                 numeric("statistic.target", target)?;
             }
         }
+        if matches!(self.statistic, Statistic::LinearRegression { .. }) && !self.group_by.is_empty()
+        {
+            return Err(err(
+                "group_by",
+                "a linear regression is fitted over all rows; filter instead of grouping".into(),
+            ));
+        }
         for (i, g) in self.group_by.iter().enumerate() {
             add_cells(&format!("group_by[{i}]"), g)?;
         }

@@ -130,6 +130,11 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
             r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["sex"],"target":"falls_admissions"}}}"#,
             "statistic.features[0]: column \"sex\" is not numeric",
         ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["age"],"target":"falls_admissions"}},"group_by":["sex"]}"#,
+            "group_by: a linear regression is fitted over all rows",
+        ),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (policy, json, expected) in cases {
