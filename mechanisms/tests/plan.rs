@@ -2,12 +2,8 @@
 //! sensitivities derived from the contribution bounds.
 
 use civic_mechanisms::{AggregationPlan, BlockKind};
+use civic_policies::samples;
 use civic_policies::{DatasetPolicy, Query};
-
-fn policy(name: &str) -> DatasetPolicy {
-    let path = format!("{}/../examples/policies/{name}", env!("CARGO_MANIFEST_DIR"));
-    DatasetPolicy::from_toml(&std::fs::read_to_string(path).expect("sample"), name).expect("valid")
-}
 
 fn plan(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
     let query: Query = serde_json::from_str(json).expect("query parses");
@@ -17,7 +13,7 @@ fn plan(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
 
 #[test]
 fn a_grouped_count_is_one_block_and_its_sensitivity_counts_every_partner() {
-    let falls = policy("falls-housing.toml");
+    let falls = samples::falls_housing();
     let p = plan(
         &falls,
         r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
@@ -32,7 +28,7 @@ fn a_grouped_count_is_one_block_and_its_sensitivity_counts_every_partner() {
 
 #[test]
 fn a_mean_of_a_decimal_column_is_a_fixed_point_sum_and_a_count() {
-    let diabetes = policy("diabetes.toml");
+    let diabetes = samples::diabetes();
     let p = plan(
         &diabetes,
         r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}},"group_by":["age"]}"#,
@@ -65,7 +61,7 @@ fn a_mean_of_a_decimal_column_is_a_fixed_point_sum_and_a_count() {
 
 #[test]
 fn a_regression_carries_the_upper_triangle_of_xtx_and_xty() {
-    let falls = policy("falls-housing.toml");
+    let falls = samples::falls_housing();
     let p = plan(
         &falls,
         r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["age","home_adaptations"],"target":"falls_admissions"}}}"#,
@@ -103,7 +99,7 @@ fn a_regression_carries_the_upper_triangle_of_xtx_and_xty() {
 
 #[test]
 fn histograms_and_quantiles_count_over_their_cells() {
-    let diabetes = policy("diabetes.toml");
+    let diabetes = samples::diabetes();
     let p = plan(
         &diabetes,
         r#"{"dataset":"diabetes","statistic":{"histogram":{"columns":["has_diabetes"]}},"group_by":["deprivation_decile"]}"#,

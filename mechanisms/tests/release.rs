@@ -3,12 +3,8 @@
 
 use civic_mechanisms::plan::MAX_SENSITIVITY;
 use civic_mechanisms::{AggregationPlan, PrivacyChoice, ReleasePlan};
+use civic_policies::samples;
 use civic_policies::{DatasetPolicy, Query, Rho};
-
-fn policy(name: &str) -> DatasetPolicy {
-    let path = format!("{}/../examples/policies/{name}", env!("CARGO_MANIFEST_DIR"));
-    DatasetPolicy::from_toml(&std::fs::read_to_string(path).expect("sample"), name).expect("valid")
-}
 
 fn compile(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
     let query: Query = serde_json::from_str(json).expect("parses");
@@ -18,7 +14,7 @@ fn compile(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
 
 #[test]
 fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
-    let falls = policy("falls-housing.toml");
+    let falls = samples::falls_housing();
     let plan = compile(
         &falls,
         r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
@@ -82,7 +78,7 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
 
 #[test]
 fn a_mean_splits_its_budget_and_bounds_its_interval() {
-    let diabetes = policy("diabetes.toml");
+    let diabetes = samples::diabetes();
     let plan = compile(
         &diabetes,
         r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}},"group_by":["sex"]}"#,
@@ -124,7 +120,7 @@ fn a_mean_splits_its_budget_and_bounds_its_interval() {
 
 #[test]
 fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
-    let falls = policy("falls-housing.toml");
+    let falls = samples::falls_housing();
     let plan = compile(
         &falls,
         r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["home_adaptations"],"target":"falls_admissions"}}}"#,
@@ -166,7 +162,7 @@ fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
 
 #[test]
 fn quantiles_come_from_the_noisy_histogram() {
-    let diabetes = policy("diabetes.toml");
+    let diabetes = samples::diabetes();
     let plan = compile(
         &diabetes,
         r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"hba1c","probabilities":[0.5]}}}"#,
@@ -185,7 +181,7 @@ fn quantiles_come_from_the_noisy_histogram() {
 
 #[test]
 fn a_release_below_the_quorum_or_off_its_plan_is_refused() {
-    let falls = policy("falls-housing.toml");
+    let falls = samples::falls_housing();
     let plan = compile(
         &falls,
         r#"{"dataset":"falls-housing","statistic":"count","group_by":["sex"]}"#,
@@ -224,12 +220,7 @@ fn a_release_below_the_quorum_or_off_its_plan_is_refused() {
 fn a_plan_whose_sensitivity_cannot_be_held_exactly_is_refused() {
     // HbA1c up to 150.0 at resolution 10⁻⁶ is 1.5·10⁸ units per row; its square in a
     // regression, 2.25·10¹⁶, is beyond 2^53 ≈ 9·10¹⁵.
-    let text = std::fs::read_to_string(format!(
-        "{}/../examples/policies/diabetes.toml",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("sample")
-    .replace(
+    let text = samples::DIABETES_TOML.replace(
         "min = 20.0\nmax = 150.0\nresolution = 0.1",
         "min = 20.0\nmax = 150.0\nresolution = 0.000001",
     );

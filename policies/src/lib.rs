@@ -20,6 +20,8 @@ pub mod disclosure;
 pub mod error;
 pub mod privacy;
 pub mod query;
+#[cfg(any(test, feature = "test-util"))]
+pub mod samples;
 
 pub use budget::{Ledger, ProjectId, QueryId};
 pub use dataset::{Column, ColumnType, DatasetPolicy};

@@ -1,13 +1,8 @@
 //! Queries validated against the sample policies: what is accepted, and what is refused with
 //! the field named.
 
+use civic_policies::samples;
 use civic_policies::{DatasetPolicy, PolicyError, Query};
-
-fn policy(name: &str) -> DatasetPolicy {
-    let path = format!("{}/../examples/policies/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).expect("sample policy");
-    DatasetPolicy::from_toml(&text, name).expect("valid sample")
-}
 
 fn query(json: &str) -> Query {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
@@ -21,8 +16,8 @@ fn refused(policy: &DatasetPolicy, json: &str) -> String {
 
 #[test]
 fn the_demo_questions_are_accepted() {
-    let falls = policy("falls-housing.toml");
-    let diabetes = policy("diabetes.toml");
+    let falls = samples::falls_housing();
+    let diabetes = samples::diabetes();
     let q = query(
         r#"{"dataset":"falls-housing","statistic":{"sum":{"column":"falls_admissions"}},
             "filter":{"compare":{"column":"age","op":"ge","value":65}},"group_by":["property_type"]}"#,
@@ -62,8 +57,8 @@ fn the_demo_questions_are_accepted() {
 
 #[test]
 fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
-    let falls = policy("falls-housing.toml");
-    let diabetes = policy("diabetes.toml");
+    let falls = samples::falls_housing();
+    let diabetes = samples::diabetes();
     let cases = [
         (
             &falls,
@@ -149,7 +144,7 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
 
 #[test]
 fn deep_or_wide_filters_are_refused_not_evaluated() {
-    let falls = policy("falls-housing.toml");
+    let falls = samples::falls_housing();
     let leaf = r#"{"compare":{"column":"age","op":"ge","value":65}}"#;
     let mut deep = leaf.to_string();
     for _ in 0..20 {
