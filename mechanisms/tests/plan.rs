@@ -1,15 +1,11 @@
 //! Aggregation plans compiled from the sample policies: layouts, fixed-point units and
 //! sensitivities derived from the contribution bounds.
 
-use civic_mechanisms::{AggregationPlan, BlockKind};
+use civic_mechanisms::BlockKind;
 use civic_policies::samples;
-use civic_policies::{DatasetPolicy, Query};
 
-fn plan(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
-    let query: Query = serde_json::from_str(json).expect("query parses");
-    let validated = query.validate(policy).expect("query is valid");
-    AggregationPlan::compile(&validated, policy, 1_000_000).expect("compiles")
-}
+mod common;
+use common::plan;
 
 #[test]
 fn a_grouped_count_is_one_block_and_its_sensitivity_counts_every_partner() {

@@ -6,11 +6,8 @@ use civic_mechanisms::{AggregationPlan, PrivacyChoice, ReleasePlan};
 use civic_policies::samples;
 use civic_policies::{DatasetPolicy, Query, Rho};
 
-fn compile(policy: &DatasetPolicy, json: &str) -> AggregationPlan {
-    let query: Query = serde_json::from_str(json).expect("parses");
-    let validated = query.validate(policy).expect("valid");
-    AggregationPlan::compile(&validated, policy, 1_000_000).expect("compiles")
-}
+mod common;
+use common::plan as compile;
 
 #[test]
 fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
