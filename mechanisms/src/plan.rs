@@ -221,6 +221,40 @@ impl AggregationPlan {
         Ok((l1, squares.sqrt()))
     }
 
+    /// Checks that the layout is what [`AggregationPlan::compile`] makes for the plan's
+    /// statistic (a plan read back from a store is input like any other): the number of
+    /// blocks, contiguous offsets, one slot per cell.
+    pub fn check_layout(&self) -> Result<(), MechanismError> {
+        let expected_blocks = match &self.statistic {
+            Statistic::Count
+            | Statistic::Histogram { .. }
+            | Statistic::Quantiles { .. }
+            | Statistic::Sum { .. } => 1,
+            Statistic::Mean { .. } => 2,
+            Statistic::LinearRegression { features, .. } => {
+                let p = features.len() + 1;
+                p * (p + 1) / 2 + p
+            }
+        };
+        let mut offset = 0;
+        for b in &self.blocks {
+            if b.offset != offset || b.len != self.cells {
+                return Err(layout_error(
+                    "blocks are not contiguous with one slot per cell",
+                ));
+            }
+            offset += b.len;
+        }
+        if self.blocks.len() != expected_blocks || offset != self.vector_len {
+            return Err(layout_error(&format!(
+                "{} blocks of {} slots in all, where the statistic needs {expected_blocks} blocks",
+                self.blocks.len(),
+                offset
+            )));
+        }
+        Ok(())
+    }
+
     /// Splits a summed vector back into its blocks' values, in statistic units.
     pub fn decode<'a>(
         &'a self,
@@ -254,6 +288,13 @@ impl AggregationPlan {
 pub const MAX_VECTOR_LEN: usize = 1 << 26;
 /// The largest sensitivity calibrated: f64 holds every integer up to 2^53 exactly.
 pub const MAX_SENSITIVITY: u64 = 1 << 53;
+
+fn layout_error(reason: &str) -> MechanismError {
+    MechanismError::InvalidParameter {
+        stage: "plan",
+        reason: format!("inconsistent plan: {reason}"),
+    }
+}
 
 fn too_sensitive(rows: u64, per_row: u64) -> MechanismError {
     MechanismError::InvalidParameter {

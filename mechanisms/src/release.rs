@@ -115,6 +115,7 @@ impl ReleasePlan {
         privacy: PrivacyChoice,
         alpha: f64,
     ) -> Result<Self, MechanismError> {
+        plan.check_layout()?;
         let groups_of_blocks: Vec<Vec<usize>> = match plan.statistic {
             Statistic::Mean { .. } => vec![vec![0], vec![1]],
             _ => vec![(0..plan.blocks.len()).collect()],
@@ -160,6 +161,7 @@ impl ReleasePlan {
                 reason,
             })
         };
+        plan.check_layout()?;
         if plan.dataset != policy.id() {
             return refuse(format!(
                 "the plan is for dataset {}, the policy for {}",

@@ -231,3 +231,19 @@ fn a_plan_whose_sensitivity_cannot_be_held_exactly_is_refused() {
     assert!(err.to_string().contains("above 2^53"), "{err}");
     assert_eq!(MAX_SENSITIVITY, 1 << 53);
 }
+
+#[test]
+fn a_tampered_plan_is_refused_not_panicked_on() {
+    let diabetes = samples::diabetes();
+    let mut plan = compile(
+        &diabetes,
+        r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}}}"#,
+    );
+    plan.blocks.pop();
+    let err = ReleasePlan::new(&plan, PrivacyChoice::Rho(0.05), 0.05).unwrap_err();
+    assert!(err.to_string().contains("inconsistent plan"), "{err}");
+    let mut plan = compile(&diabetes, r#"{"dataset":"diabetes","statistic":"count"}"#);
+    plan.blocks[0].len = 2;
+    let err = ReleasePlan::new(&plan, PrivacyChoice::Rho(0.05), 0.05).unwrap_err();
+    assert!(err.to_string().contains("one slot per cell"), "{err}");
+}
