@@ -18,6 +18,21 @@ fn everything() -> Rho {
     Rho::cap(1e6).expect("valid")
 }
 
+fn spec(kind: NoiseKind, scale: f64) -> NoiseSpec {
+    NoiseSpec {
+        kind,
+        scale,
+        sensitivity: 1.0,
+    }
+}
+
+/// `n` draws of the noise alone (released on zeros).
+fn draw(kind: NoiseKind, scale: f64, n: usize) -> Vec<i64> {
+    spec(kind, scale)
+        .release(&vec![0; n], everything())
+        .expect("samples")
+}
+
 #[test]
 fn privacy_maps_give_the_stated_cost_exactly() {
     // One resident, one row: Δ₁ = 1, ε = 0.5 → scale 2.
@@ -133,13 +148,7 @@ fn chi_square(samples: &[i64], pmf: impl Fn(i64) -> f64, k: i64) -> (f64, usize)
 #[test]
 fn discrete_laplace_samples_follow_the_exact_pmf() {
     let b = 2.0f64;
-    let noise = NoiseSpec {
-        kind: NoiseKind::DiscreteLaplace,
-        scale: b,
-        sensitivity: 1.0,
-    }
-    .release(&vec![0; 50_000], everything())
-    .unwrap();
+    let noise = draw(NoiseKind::DiscreteLaplace, b, 50_000);
     let q = (-1.0 / b).exp();
     let (chi2, df) = chi_square(
         &noise,
@@ -154,13 +163,7 @@ fn discrete_laplace_samples_follow_the_exact_pmf() {
 #[test]
 fn discrete_gaussian_samples_follow_the_exact_pmf() {
     let sigma = 3.0f64;
-    let noise = NoiseSpec {
-        kind: NoiseKind::DiscreteGaussian,
-        scale: sigma,
-        sensitivity: 1.0,
-    }
-    .release(&vec![0; 50_000], everything())
-    .unwrap();
+    let noise = draw(NoiseKind::DiscreteGaussian, sigma, 50_000);
     let weight = |x: i64| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp();
     let norm: f64 = (-200..=200).map(weight).sum();
     let (chi2, df) = chi_square(&noise, |x| weight(x) / norm, 9);
@@ -176,11 +179,7 @@ fn the_95_percent_interval_covers_95_percent_of_the_time() {
     // coverage 95.07% Laplace, 95.12% Gaussian); with a binomial standard error of 0.11%,
     // [94%, 96%] is at least 8 standard errors from either (p < 10⁻¹⁵).
     for kind in [NoiseKind::DiscreteLaplace, NoiseKind::DiscreteGaussian] {
-        let spec = NoiseSpec {
-            kind,
-            scale: 50.0,
-            sensitivity: 1.0,
-        };
+        let spec = spec(kind, 50.0);
         let a = half_width(&spec, 0.05).unwrap();
         let noise = spec.release(&vec![0; 40_000], everything()).unwrap();
         let covered = noise.iter().filter(|x| (x.abs() as f64) < a).count() as f64 / 4e4;
@@ -198,13 +197,7 @@ fn noise_has_mean_zero_within_its_standard_error() {
     let b = 10.0f64;
     let q = (-1.0 / b).exp();
     let sd = (2.0 * q).sqrt() / (1.0 - q);
-    let noise = NoiseSpec {
-        kind: NoiseKind::DiscreteLaplace,
-        scale: b,
-        sensitivity: 1.0,
-    }
-    .release(&vec![0; 100_000], everything())
-    .unwrap();
+    let noise = draw(NoiseKind::DiscreteLaplace, b, 100_000);
     let mean = noise.iter().sum::<i64>() as f64 / 1e5;
     let se = sd / 1e5f64.sqrt();
     assert!(mean.abs() < 5.0 * se, "mean {mean}, standard error {se}");
