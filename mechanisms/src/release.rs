@@ -146,6 +146,52 @@ impl ReleasePlan {
         })
     }
 
+    /// The cheapest calibration (to within 1%) whose every half-width, in statistic units,
+    /// is at most `target`: what a researcher who asks for accuracy instead of a cost gets.
+    /// Half-widths fall as 1/ε for Laplace and as 1/√ρ for Gaussian noise, so one probe
+    /// gives the estimate; OpenDP's discrete accuracy is not exactly that smooth, so the
+    /// estimate is then raised until it holds.
+    pub fn for_target_half_width(
+        plan: &AggregationPlan,
+        kind: NoiseKind,
+        target: f64,
+        alpha: f64,
+    ) -> Result<Self, MechanismError> {
+        if !(target.is_finite() && target > 0.0) {
+            return Err(MechanismError::InvalidParameter {
+                stage: "accuracy",
+                reason: format!("the target half-width must be positive and finite, got {target}"),
+            });
+        }
+        let choice = |amount: f64| match kind {
+            NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon(amount),
+            NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(amount),
+        };
+        let widest = |p: &ReleasePlan| -> Result<f64, MechanismError> {
+            Ok(p.half_widths(plan)?.into_iter().fold(0.0, f64::max))
+        };
+        let probe = widest(&Self::new(plan, choice(1.0), alpha)?)?;
+        let ratio = probe / target;
+        let mut amount = match kind {
+            NoiseKind::DiscreteLaplace => ratio,
+            NoiseKind::DiscreteGaussian => ratio * ratio,
+        };
+        for _ in 0..200 {
+            let candidate = Self::new(plan, choice(amount), alpha)?;
+            if widest(&candidate)? <= target {
+                return Ok(candidate);
+            }
+            amount *= 1.01;
+        }
+        Err(MechanismError::InvalidParameter {
+            stage: "accuracy",
+            reason: format!(
+                "no affordable calibration reaches a half-width of {target}: noise on integers \
+                 cannot be made narrower than one unit"
+            ),
+        })
+    }
+
     /// Refuses a release whose stored calibration does not fit the plan (a block left out or
     /// noised twice, a sensitivity below the plan's), a dataset mismatch, or fewer survivors
     /// than the policy's quorum.

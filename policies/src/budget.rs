@@ -152,6 +152,36 @@ impl Ledger {
         }
     }
 
+    /// Applies a new policy version's caps. Existing reservations and charges stand; the new
+    /// caps bind every later reservation. Refused if the project allocations already exceed
+    /// the new total: lower them first, so that no allocation is silently unbacked.
+    pub fn set_caps(&mut self, total: Rho, per_query: Rho) -> Result<(), PolicyError> {
+        let allocated: u64 = self.projects.values().map(|a| a.cap.units()).sum();
+        if allocated > total.units() {
+            return Err(PolicyError::OverBudget {
+                level: "dataset total",
+                spent: Rho::from_units(allocated),
+                requested: Rho::ZERO,
+                cap: total,
+                project: "(all project allocations)".into(),
+                dataset: self.dataset.clone(),
+            });
+        }
+        self.total = total;
+        self.per_query = per_query;
+        Ok(())
+    }
+
+    /// The per-query cap.
+    pub fn per_query(&self) -> Rho {
+        self.per_query
+    }
+
+    /// Every project's allocation.
+    pub fn projects(&self) -> impl Iterator<Item = (&str, &Allocation)> {
+        self.projects.iter().map(|(p, a)| (p.as_str(), a))
+    }
+
     /// Sets (or changes) a project's allocation. The allocations together may not exceed the
     /// dataset total, and a project's cap may not drop below what it has already used.
     pub fn allocate(&mut self, project: &str, cap: Rho) -> Result<(), PolicyError> {

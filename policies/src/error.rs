@@ -63,6 +63,14 @@ pub enum PolicyError {
         /// The dataset.
         dataset: String,
     },
+    /// An audit log that does not verify: an entry altered, removed, reordered or inserted.
+    #[error("audit log: entry {seq}: {reason}")]
+    Audit {
+        /// The first entry that does not verify.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A budget operation in the wrong state (charge without reservation, refund after charge).
     #[error("budget: query {query}: {reason}")]
     Ledger {
@@ -83,6 +91,7 @@ impl PolicyError {
             Self::Query { .. } => "policy.query",
             Self::OverBudget { .. } => "policy.over_budget",
             Self::Ledger { .. } => "policy.ledger",
+            Self::Audit { .. } => "policy.audit",
         }
     }
 }

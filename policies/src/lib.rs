@@ -6,6 +6,7 @@
 //!   bounds and domains, partners, contribution bounds, budget, governance, disclosure control.
 //! - [`budget`]: the ledger as pure state transitions: reserve, charge, refund, checked
 //!   against the dataset total, the project allocation and the per-query cap in one step.
+//! - [`audit`]: the hash-chained audit log's entries and their verification.
 //! - [`query`]: the statistics a researcher may ask for and the typed filter AST, validated
 //!   against a policy. No query text is ever executed.
 //!
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod budget;
 pub mod dataset;
 pub mod disclosure;

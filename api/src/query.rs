@@ -1,0 +1,232 @@
+//! Researchers' queries: preview, submission, status and result; the public register.
+
+use civic_policies::Query;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// How much privacy to spend, or how accurate the answer must be.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PrivacyRequest {
+    /// Pure ε-DP (discrete Laplace noise).
+    Epsilon(f64),
+    /// ρ-zCDP (discrete Gaussian noise).
+    Rho(f64),
+    /// The smallest cost whose confidence interval half-width is at most this, per cell.
+    TargetHalfWidth {
+        /// The half-width, in the statistic's units (for a mean: of its sum and count).
+        half_width: f64,
+        /// Which noise: Laplace (pure ε) or Gaussian (ρ).
+        mechanism: MechanismChoice,
+    },
+}
+
+/// The noise family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MechanismChoice {
+    /// Discrete Laplace, pure ε.
+    Laplace,
+    /// Discrete Gaussian, ρ-zCDP.
+    Gaussian,
+}
+
+/// `POST /v1/queries/preview` and `POST /v1/queries`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// The project whose allocation pays.
+    pub project: String,
+    /// The question.
+    #[schema(value_type = Object)]
+    pub query: Query,
+    /// Its privacy cost or target accuracy.
+    pub privacy: PrivacyRequest,
+    /// Confidence level of the intervals (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+}
+
+/// A cost in every form a board reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CostView {
+    /// zCDP ρ, as the ledger charges it.
+    pub rho: f64,
+    /// Pure ε, when the mechanism is Laplace.
+    pub epsilon: Option<f64>,
+    /// (ε, δ) at δ = 10⁻⁶ (or the policy's δ).
+    pub approx_dp: (f64, f64),
+}
+
+/// What is left to spend, in ρ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RemainingView {
+    /// On the dataset.
+    pub dataset_rho: f64,
+    /// On the project's allocation (0 if it has none).
+    pub project_rho: f64,
+    /// The per-query cap.
+    pub per_query_rho: f64,
+}
+
+/// `POST /v1/queries/preview`: what a submission would cost and how accurate it would be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Preview {
+    /// The dataset.
+    pub dataset: String,
+    /// The policy version it was checked against.
+    pub dataset_version: i64,
+    /// Cells in the result.
+    pub cells: usize,
+    /// What each half-width is for: `count`, `sum(column)`, `left·right`.
+    pub blocks: Vec<String>,
+    /// The cost.
+    pub cost: CostView,
+    /// Confidence level of the half-widths.
+    pub confidence: f64,
+    /// The confidence-interval half-width of each block's cells, in its own units.
+    pub half_widths: Vec<f64>,
+    /// The budget left.
+    pub remaining: RemainingView,
+    /// Whether the cost fits every cap now.
+    pub affordable: bool,
+    /// Why not, if not.
+    pub refusal: Option<String>,
+    /// Board approvals a submission would need.
+    pub approvals_required: u32,
+    /// An identical release already exists and would be re-served at no cost.
+    pub reuses_release: Option<i64>,
+}
+
+/// Where a query is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryState {
+    /// Cost reserved; waiting for board approvals.
+    AwaitingApproval,
+    /// Cost reserved; a round is collecting partners' masked vectors.
+    Running,
+    /// Charged and released.
+    Released,
+    /// The round released nothing (too few partners); the reservation was refunded.
+    Aborted,
+    /// A board member rejected it; the reservation was refunded.
+    Rejected,
+}
+
+impl QueryState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryState::AwaitingApproval => "awaiting_approval",
+            QueryState::Running => "running",
+            QueryState::Released => "released",
+            QueryState::Aborted => "aborted",
+            QueryState::Rejected => "rejected",
+        }
+    }
+
+    /// Parses [`QueryState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        use QueryState::*;
+        [AwaitingApproval, Running, Released, Aborted, Rejected]
+            .into_iter()
+            .find(|q| q.as_str() == s)
+    }
+}
+
+/// A board member's decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalView {
+    /// Who.
+    pub member: String,
+    /// Approved or rejected.
+    pub approve: bool,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: String,
+}
+
+/// One released cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CellView {
+    /// The value (absent where disclosure control suppressed it or it is undefined).
+    pub value: Option<f64>,
+    /// The confidence interval, where one is stated.
+    pub interval: Option<(f64, f64)>,
+}
+
+/// A stored release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseView {
+    /// The release.
+    pub release_id: i64,
+    /// When it was sampled.
+    pub released_at: String,
+    /// True when this query was answered from an earlier identical release, at no cost.
+    pub reused: bool,
+    /// Column names.
+    pub names: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<CellView>>,
+    /// The privacy receipt: privacy unit, bounds, mechanism, scale, ε/δ/ρ, survivors,
+    /// disclosure rules and caveats.
+    #[schema(value_type = Object)]
+    pub receipt: serde_json::Value,
+}
+
+/// `GET /v1/queries/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueryView {
+    /// The query id.
+    pub id: i64,
+    /// The paying project.
+    pub project: String,
+    /// The dataset and policy version.
+    pub dataset: String,
+    /// The version.
+    pub dataset_version: i64,
+    /// Who submitted it.
+    pub submitted_by: String,
+    /// When.
+    pub submitted_at: String,
+    /// The request as submitted.
+    pub request: QueryRequest,
+    /// Where it is.
+    pub state: QueryState,
+    /// Why it was aborted or rejected.
+    pub reason: Option<String>,
+    /// Its cost (0 when re-served).
+    pub cost: CostView,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// Decisions so far.
+    pub approvals: Vec<ApprovalView>,
+    /// The round, once opened.
+    pub round_id: Option<i64>,
+    /// The result, once released.
+    pub result: Option<ReleaseView>,
+}
+
+/// One line of the public register.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterEntry {
+    /// The query.
+    pub query_id: i64,
+    /// The dataset.
+    pub dataset: String,
+    /// The project and its title.
+    pub project: String,
+    /// The project's title.
+    pub project_title: String,
+    /// What was asked.
+    #[schema(value_type = Object)]
+    pub query: Query,
+    /// When it was released.
+    pub released_at: String,
+    /// What it cost.
+    pub cost: CostView,
+    /// The released values.
+    pub release: ReleaseView,
+}

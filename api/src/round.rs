@@ -1,0 +1,84 @@
+//! What partner agents see of rounds.
+
+use civic_policies::Query;
+use civic_secagg::messages::{ForwardedShares, KeyRoster, SignedSurvivors, SurvivorList};
+use civic_secagg::{Phase, RoundConfig};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::query::PrivacyRequest;
+
+/// Media type of the binary protocol bodies (bincode, fixed-width integers).
+pub const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// `PUT /v1/partner/identity`: the partner's long-term Ed25519 public key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterIdentity {
+    /// 32 bytes, hex.
+    pub public_key: String,
+}
+
+/// One partner in the roster agents verify signatures against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RosterEntry {
+    /// Id in rounds.
+    pub partner_id: u32,
+    /// Name in policies.
+    pub name: String,
+    /// Ed25519 public key, hex, once registered.
+    pub identity_key: Option<String>,
+}
+
+/// A round a partner is invited to, with everything it needs to check before taking part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RoundAnnouncement {
+    /// The round.
+    pub round_id: i64,
+    /// The query it answers.
+    pub query_id: i64,
+    /// The dataset and the policy version the plan was compiled under (fetch it from
+    /// `GET /v1/datasets/{id}/versions/{version}` and compile the plan locally).
+    pub dataset: String,
+    /// The version.
+    pub dataset_version: i64,
+    /// The query.
+    #[schema(value_type = Object)]
+    pub query: Query,
+    /// Its privacy request.
+    pub privacy: PrivacyRequest,
+    /// The public bound on rows per partner the ring was sized for.
+    pub max_rows_per_partner: u64,
+    /// The secure-aggregation configuration: check it against local requirements.
+    #[schema(value_type = Object)]
+    pub config: RoundConfig,
+    /// The phase now open.
+    #[schema(value_type = String)]
+    pub phase: Phase,
+    /// When it closes (RFC 3339).
+    pub phase_deadline: String,
+}
+
+/// `GET /v1/partner/rounds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PartnerRounds {
+    /// Open rounds this partner is invited to.
+    pub rounds: Vec<RoundAnnouncement>,
+}
+
+/// `GET /v1/partner/rounds/{id}/inbox` (binary): what the coordinator sent when the last
+/// phase closed, addressed to the caller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inbox {
+    /// Nothing yet: the round is in AdvertiseKeys.
+    Nothing,
+    /// AdvertiseKeys closed.
+    KeyRoster(KeyRoster),
+    /// ShareKeys closed.
+    ForwardedShares(ForwardedShares),
+    /// MaskedInputCollection closed.
+    SurvivorList(SurvivorList),
+    /// ConsistencyCheck closed.
+    SignedSurvivors(SignedSurvivors),
+}

@@ -1,0 +1,97 @@
+//! Bearer-token authentication and role checks.
+//!
+//! A missing or unknown token is 401; a known token whose role the endpoint does not admit
+//! is 403. Every handler names its roles with [`Caller::require`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use civic_api::Role;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::{Account, accounts};
+
+/// The authenticated account behind a request.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Account);
+
+impl Caller {
+    /// Refuses (403) unless the caller holds one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<&Account, ApiError> {
+        if roles.contains(&self.0.role) {
+            Ok(&self.0)
+        } else {
+            let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            Err(ApiError::forbidden(format!(
+                "this endpoint is for {}; the token belongs to {} ({})",
+                allowed.join(" or "),
+                self.0.name,
+                self.0.role.as_str()
+            )))
+        }
+    }
+
+    /// A partner's id in rounds (403 for anyone else).
+    pub fn partner_id(&self) -> Result<u32, ApiError> {
+        let account = self.require(&[Role::Partner])?;
+        u32::try_from(account.id)
+            .map_err(|_| ApiError::internal("reading a partner id", account.id))
+    }
+}
+
+fn unauthorized(code: &str, detail: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
+}
+
+/// The token in `Authorization: Bearer <token>`.
+fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| {
+            unauthorized(
+                "auth.missing_token",
+                "send the account's token as 'Authorization: Bearer <token>'",
+            )
+        })?;
+    let value = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            unauthorized(
+                "auth.malformed_header",
+                "the Authorization header must read 'Bearer <token>'",
+            )
+        })?;
+    Ok(value.to_string())
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = bearer(req);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let token = zeroize::Zeroizing::new(token?);
+            let state = state.ok_or_else(|| ApiError::internal("authenticating", "no state"))?;
+            let mut conn = state.store.pool().acquire().await?;
+            let account = accounts::by_token(&mut conn, &token)
+                .await?
+                .ok_or_else(|| {
+                    unauthorized(
+                        "auth.bad_token",
+                        "the token is not valid for this coordinator",
+                    )
+                })?;
+            Ok(Caller(account))
+        })
+    }
+}

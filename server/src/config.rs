@@ -1,0 +1,133 @@
+//! `coordinator.toml`: every key optional; the defaults run a coordinator on 127.0.0.1 with
+//! a SQLite file in the working directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The coordinator's configuration.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// `sqlite://civic.db` (created if missing) or `postgres://user@host/db`.
+    pub store_url: String,
+    /// TLS (rustls): PEM certificate chain and private key. Plain HTTP without.
+    pub tls: Option<TlsConfig>,
+    /// Largest JSON body, bytes.
+    pub json_limit: usize,
+    /// Largest binary protocol message (a masked vector), bytes.
+    pub binary_limit: usize,
+    /// How long each secure-aggregation phase stays open, seconds.
+    pub phase_deadline_secs: u64,
+    /// How often the round driver checks deadlines, milliseconds.
+    pub tick_millis: u64,
+    /// The public bound on rows one partner holds, used only to size the ring.
+    pub max_rows_per_partner: u64,
+    /// Dropouts each round must survive (fraction of partners).
+    pub max_dropout_rate: f64,
+    /// Colluding partners each round must withstand (fraction of partners).
+    pub max_corrupt_fraction: f64,
+    /// δ at which costs are also stated as (ε, δ).
+    pub reporting_delta: f64,
+}
+
+/// Certificate and key files.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8440)),
+            store_url: "sqlite://civic.db".into(),
+            tls: None,
+            json_limit: 256 * 1024,
+            binary_limit: 64 * 1024 * 1024,
+            phase_deadline_secs: 60,
+            tick_millis: 200,
+            max_rows_per_partner: 10_000_000,
+            max_dropout_rate: 0.0,
+            max_corrupt_fraction: 0.0,
+            reporting_delta: 1e-6,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and checks a configuration file's text; errors name the file and the key.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self, String> {
+        let config: Config = toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
+        config.check().map_err(|e| format!("{source}: {e}"))?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.store_url.starts_with("sqlite:") || self.store_url.starts_with("postgres")) {
+            return Err(format!(
+                "store_url must start with sqlite: or postgres://, got {:?}",
+                self.store_url
+            ));
+        }
+        if self.json_limit < 1024 || self.binary_limit < 1024 {
+            return Err("json_limit and binary_limit must be at least 1024 bytes".into());
+        }
+        if self.phase_deadline_secs == 0 || self.tick_millis == 0 {
+            return Err("phase_deadline_secs and tick_millis must be positive".into());
+        }
+        if self.max_rows_per_partner == 0 {
+            return Err("max_rows_per_partner must be positive".into());
+        }
+        for (name, v) in [
+            ("max_dropout_rate", self.max_dropout_rate),
+            ("max_corrupt_fraction", self.max_corrupt_fraction),
+        ] {
+            if !(0.0..0.5).contains(&v) {
+                return Err(format!("{name} must be in [0, 0.5), got {v}"));
+            }
+        }
+        if !(self.reporting_delta > 0.0 && self.reporting_delta < 1.0) {
+            return Err(format!(
+                "reporting_delta must be in (0, 1), got {}",
+                self.reporting_delta
+            ));
+        }
+        Ok(())
+    }
+
+    /// The phase deadline.
+    pub fn phase_deadline(&self) -> Duration {
+        Duration::from_secs(self.phase_deadline_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_and_the_defaults_parse_and_bad_values_are_named() {
+        let sample = include_str!("../../examples/coordinator.toml");
+        let c = Config::from_toml(sample, "coordinator.toml").unwrap();
+        assert_eq!(c.bind.port(), 8440);
+        assert_eq!(Config::from_toml("", "empty").unwrap(), Config::default());
+        let e = Config::from_toml("bind = \"nowhere\"", "c.toml").unwrap_err();
+        assert!(e.contains("c.toml") && e.contains("bind"), "{e}");
+        let e = Config::from_toml("colour = 1", "c.toml").unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+        let e = Config::from_toml("store_url = \"mysql://x\"", "c.toml").unwrap_err();
+        assert!(e.contains("store_url"), "{e}");
+        let e = Config::from_toml("max_dropout_rate = 0.7", "c.toml").unwrap_err();
+        assert!(e.contains("max_dropout_rate"), "{e}");
+    }
+}

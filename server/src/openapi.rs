@@ -1,0 +1,40 @@
+//! The OpenAPI document, generated from the handlers' annotations and the wire types.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{governance, ops, partner, research};
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Civic coordinator", description = "Privacy-preserving analytics for data co-operatives. Errors are RFC 9457 problem+json with a stable `code`."),
+    modifiers(&BearerAuth),
+    paths(
+        ops::healthz, ops::metrics, ops::openapi,
+        governance::create_account, governance::create_partner, governance::list_datasets,
+        governance::get_dataset, governance::get_dataset_version, governance::put_dataset,
+        governance::create_project, governance::set_allocation, governance::get_budget,
+        governance::get_audit, governance::verify_audit, governance::decide,
+        research::preview, research::submit, research::get_query, research::register,
+        partner::register_identity, partner::list_rounds, partner::inbox, partner::post_message, partner::roster,
+    ),
+    components(schemas(civic_api::Problem))
+)]
+struct ApiDoc;
+
+/// The document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

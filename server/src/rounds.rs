@@ -1,0 +1,564 @@
+//! The round driver: opens a round for each running query, feeds partners' messages to
+//! civic-secagg's server state machine, closes each phase when everyone expected has
+//! answered or its deadline passes, and on the aggregate charges, samples the noise once,
+//! stores the release and audits it, all in one transaction. A round that loses its quorum
+//! is aborted and its reservation refunded.
+//!
+//! Every accepted message is stored before the in-memory round takes it, so a restarted
+//! coordinator rebuilds each open round by replaying its messages.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use civic_api::query::{CellView, QueryState, ReleaseView};
+use civic_api::round::{Inbox, RoundAnnouncement};
+use civic_api::{decode_binary, encode_binary};
+use civic_mechanisms::Release;
+use civic_policies::Rho;
+use civic_policies::audit::AuditEvent;
+use civic_secagg::{
+    Aggregate, ClientMessage, GraphKind, PartnerId, Phase, RoundConfig, RoundId, ServerOutput,
+    ServerRound, Tolerances, Width,
+};
+use serde_json::json;
+use tokio::sync::{Mutex, Notify};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::service::pricing::{Priced, price};
+use crate::store::{
+    RoundSetup, Store, Tx, accounts, audit, budgets, datasets, queries, rfc3339, rounds,
+};
+
+/// Above this many partners a round uses the sparse (Harary) graph.
+const COMPLETE_GRAPH_MAX: usize = 100;
+
+/// One round in memory.
+struct LiveRound {
+    setup: RoundSetup,
+    server: ServerRound,
+    /// Who must answer the open phase: everyone who answered the last one.
+    expected: BTreeSet<PartnerId>,
+    deadline: Instant,
+    deadline_at: SystemTime,
+    /// What the last closed phase produced, for partners' inboxes.
+    last_output: Option<ServerOutput>,
+}
+
+/// The open rounds of this coordinator.
+#[derive(Default)]
+pub struct Rounds {
+    live: SyncMutex<HashMap<i64, Arc<Mutex<LiveRound>>>>,
+    wake: Notify,
+    halted: std::sync::atomic::AtomicBool,
+}
+
+impl Rounds {
+    fn get(&self, id: i64) -> Option<Arc<Mutex<LiveRound>>> {
+        self.live.lock().ok()?.get(&id).cloned()
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.live
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn insert(&self, id: i64, round: LiveRound) {
+        if self.halted() {
+            return;
+        }
+        if let Ok(mut m) = self.live.lock() {
+            m.insert(id, Arc::new(Mutex::new(round)));
+        }
+        self.wake.notify_one();
+    }
+
+    fn remove(&self, id: i64) {
+        if let Ok(mut m) = self.live.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// Stops driving rounds and forgets them, as if the process died: what is in the store
+    /// stays, and the next coordinator on the same store resumes it.
+    pub fn halt(&self) {
+        self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut m) = self.live.lock() {
+            m.clear();
+        }
+        self.wake.notify_one();
+    }
+
+    fn halted(&self) -> bool {
+        self.halted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Open rounds in memory.
+    pub fn count(&self) -> usize {
+        self.live.lock().map(|m| m.len()).unwrap_or_default()
+    }
+}
+
+fn deadline(state: &AppState) -> (Instant, SystemTime) {
+    let d = state.config.phase_deadline();
+    (Instant::now() + d, SystemTime::now() + d)
+}
+
+/// Builds the round for a query about to run, inside the caller's transaction: checks that
+/// every partner of the dataset is registered with an identity key, sizes the ring, and
+/// stores the setup. Returns the setup; call [`start`] after the commit.
+pub async fn open(
+    state: &AppState,
+    tx: &mut Tx<'_>,
+    query: i64,
+    priced: &Priced,
+    policy: &civic_policies::DatasetPolicy,
+) -> ApiResult<RoundSetup> {
+    let all = accounts::partners(tx).await?;
+    let mut participants = Vec::new();
+    let mut roster = civic_secagg::Roster::new();
+    for name in policy.partners() {
+        let account = all.iter().find(|a| &a.name == name).ok_or_else(|| {
+            ApiError::conflict(
+                "round.partner_unknown",
+                format!(
+                    "dataset {} lists partner {name:?}, which has no account on this coordinator",
+                    policy.id()
+                ),
+            )
+        })?;
+        let key = account.identity_key.ok_or_else(|| {
+            ApiError::conflict(
+                "round.partner_unregistered",
+                format!(
+                    "partner {name:?} has not registered its identity key yet (civic-agent keygen, \
+                     then PUT /v1/partner/identity); no round can start without it"
+                ),
+            )
+        })?;
+        let id = PartnerId(
+            u32::try_from(account.id)
+                .map_err(|_| ApiError::internal("numbering partners", account.id))?,
+        );
+        participants.push(id);
+        roster.insert(id, civic_secagg::IdentityPublicKey(key));
+    }
+    let width = Width::for_layout(priced.plan.max_slot_per_partner, participants.len(), 0)?;
+    let graph = if participants.len() > COMPLETE_GRAPH_MAX {
+        GraphKind::Sparse
+    } else {
+        GraphKind::Complete
+    };
+    let tolerances = Tolerances {
+        max_dropout_rate: state.config.max_dropout_rate,
+        max_corrupt_fraction: state.config.max_corrupt_fraction,
+    };
+    let config = RoundConfig::new(
+        RoundId(query as u64),
+        participants,
+        priced.plan.vector_len,
+        width,
+        graph,
+        tolerances,
+        policy.min_partners() as usize,
+    )?;
+    let setup = RoundSetup {
+        config,
+        roster,
+        max_rows_per_partner: state.config.max_rows_per_partner,
+    };
+    rounds::insert(tx, query, &setup).await?;
+    queries::set_round(tx, query, query).await?;
+    Ok(setup)
+}
+
+/// Puts a committed round in memory and wakes the driver.
+pub fn start(state: &AppState, id: i64, setup: RoundSetup) -> ApiResult<()> {
+    let server = ServerRound::new(setup.config.clone(), setup.roster.clone())?;
+    let (deadline, deadline_at) = deadline(state);
+    state.rounds.insert(
+        id,
+        LiveRound {
+            expected: setup.config.participants.iter().copied().collect(),
+            setup,
+            server,
+            deadline,
+            deadline_at,
+            last_output: None,
+        },
+    );
+    crate::metrics::ROUNDS_OPENED.inc();
+    Ok(())
+}
+
+/// Rebuilds every open round from the store after a restart, replaying its messages; a
+/// round that cannot be rebuilt is aborted and refunded.
+pub async fn recover(state: &AppState) -> ApiResult<usize> {
+    let open = {
+        let mut conn = state.store.pool().acquire().await?;
+        rounds::open(&mut conn).await?
+    };
+    let mut resumed = 0;
+    for row in open {
+        match replay(&state.store, &row).await {
+            Ok((server, expected, last_output)) => {
+                let (deadline, deadline_at) = deadline(state);
+                tracing::info!(round = row.id, phase = %server.phase(), "resumed round after restart");
+                state.rounds.insert(
+                    row.id,
+                    LiveRound {
+                        setup: row.setup,
+                        server,
+                        expected,
+                        deadline,
+                        deadline_at,
+                        last_output,
+                    },
+                );
+                resumed += 1;
+            }
+            Err(e) => {
+                abort(
+                    state,
+                    row.id,
+                    &format!("could not be resumed after a restart: {e}"),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(resumed)
+}
+
+type Replayed = (ServerRound, BTreeSet<PartnerId>, Option<ServerOutput>);
+
+async fn replay(store: &Store, row: &crate::store::RoundRow) -> Result<Replayed, String> {
+    let mut server = ServerRound::new(row.setup.config.clone(), row.setup.roster.clone())
+        .map_err(|e| e.to_string())?;
+    let mut expected: BTreeSet<PartnerId> = row.setup.config.participants.iter().copied().collect();
+    let mut last = None;
+    let mut conn = store.pool().acquire().await.map_err(|e| e.to_string())?;
+    for phase in [
+        Phase::AdvertiseKeys,
+        Phase::ShareKeys,
+        Phase::MaskedInputCollection,
+        Phase::ConsistencyCheck,
+        Phase::Unmasking,
+    ] {
+        for body in rounds::messages(&mut conn, row.id, phase)
+            .await
+            .map_err(|e| e.detail)?
+        {
+            let msg: ClientMessage = decode_binary(&body)?;
+            server.receive(msg).map_err(|e| e.to_string())?;
+        }
+        if phase == row.phase {
+            return Ok((server, expected, last));
+        }
+        expected = server.responded().into_iter().collect();
+        last = Some(server.advance().map_err(|e| e.to_string())?);
+    }
+    Err(format!(
+        "stored phase {} cannot be replayed",
+        rounds::phase_name(row.phase)
+    ))
+}
+
+/// The rounds `partner` is still part of, as announcements.
+pub async fn announcements(
+    state: &AppState,
+    partner: PartnerId,
+) -> ApiResult<Vec<RoundAnnouncement>> {
+    let mut out = Vec::new();
+    let mut ids = state.rounds.ids();
+    ids.sort_unstable();
+    for id in ids {
+        let Some(round) = state.rounds.get(id) else {
+            continue;
+        };
+        let (setup, phase, deadline_at) = {
+            let r = round.lock().await;
+            if !r.expected.contains(&partner)
+                || matches!(r.server.phase(), Phase::Finished | Phase::Aborted)
+            {
+                continue;
+            }
+            (r.setup.clone(), r.server.phase(), r.deadline_at)
+        };
+        let mut conn = state.store.pool().acquire().await?;
+        let q = queries::get(&mut conn, id).await?;
+        out.push(RoundAnnouncement {
+            round_id: id,
+            query_id: id,
+            dataset: q.dataset,
+            dataset_version: q.dataset_version,
+            query: q.request.query,
+            privacy: q.request.privacy,
+            max_rows_per_partner: setup.max_rows_per_partner,
+            config: setup.config,
+            phase,
+            phase_deadline: rfc3339(deadline_at),
+        });
+    }
+    Ok(out)
+}
+
+fn live(state: &AppState, id: i64) -> ApiResult<Arc<Mutex<LiveRound>>> {
+    state.rounds.get(id).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "round {id} is not open on this coordinator (finished, aborted or unknown)"
+        ))
+    })
+}
+
+/// What the last closed phase sent to `partner`.
+pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> ApiResult<Inbox> {
+    let round = live(state, id)?;
+    let r = round.lock().await;
+    if !r.setup.config.is_participant(partner) {
+        return Err(ApiError::forbidden(format!(
+            "partner {partner} is not invited to round {id}"
+        )));
+    }
+    if !r.expected.contains(&partner) {
+        return Err(ApiError::conflict(
+            "round.dropped",
+            format!("partner {partner} missed a phase of round {id} and is no longer part of it"),
+        ));
+    }
+    Ok(match &r.last_output {
+        None => Inbox::Nothing,
+        Some(ServerOutput::KeyRoster(k)) => Inbox::KeyRoster(k.clone()),
+        Some(ServerOutput::ForwardedShares(map)) => match map.get(&partner) {
+            Some(f) => Inbox::ForwardedShares(f.clone()),
+            None => {
+                return Err(ApiError::conflict(
+                    "round.dropped",
+                    format!("no shares for partner {partner} in round {id}"),
+                ));
+            }
+        },
+        Some(ServerOutput::SurvivorList(s)) => Inbox::SurvivorList(s.clone()),
+        Some(ServerOutput::SignedSurvivors(s)) => Inbox::SignedSurvivors(s.clone()),
+        Some(ServerOutput::Aggregate(_)) => Inbox::Nothing,
+    })
+}
+
+/// Accepts one protocol message from `partner`: checked by the state machine on a copy,
+/// stored, and only then taken into the round, so a refused or unstored message changes
+/// nothing.
+pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8]) -> ApiResult<()> {
+    let msg: ClientMessage = decode_binary(body)
+        .map_err(|e| ApiError::bad_request("protocol.malformed", format!("round {id}: {e}")))?;
+    if msg.sender() != partner {
+        return Err(ApiError::forbidden(format!(
+            "the message claims to come from partner {} but the token is partner {partner}'s",
+            msg.sender()
+        )));
+    }
+    if msg.round_id() != RoundId(id as u64) {
+        return Err(ApiError::bad_request(
+            "protocol.wrong_round",
+            format!(
+                "a message for round {} was posted to round {id}",
+                msg.round_id()
+            ),
+        ));
+    }
+    let round = live(state, id)?;
+    let mut r = round.lock().await;
+    let phase = msg.phase();
+    let mut next = r.server.clone();
+    next.receive(msg)?;
+    let mut conn = state.store.pool().acquire().await?;
+    rounds::insert_message(&mut conn, id, phase, partner.0, body).await?;
+    r.server = next;
+    let complete = r.server.responded().len() >= r.expected.len();
+    drop(r);
+    if complete {
+        state.rounds.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// The driver: closes phases whose deadline passed or whose partners all answered.
+pub async fn drive(state: actix_web::web::Data<AppState>) {
+    let tick = Duration::from_millis(state.config.tick_millis);
+    while !state.rounds.halted() {
+        let _ = tokio::time::timeout(tick, state.rounds.wake.notified()).await;
+        for id in state.rounds.ids() {
+            if let Err(e) = step(&state, id).await {
+                tracing::error!(round = id, error = %e, "round step failed");
+            }
+        }
+    }
+}
+
+async fn step(state: &AppState, id: i64) -> ApiResult<()> {
+    let Some(round) = state.rounds.get(id) else {
+        return Ok(());
+    };
+    let mut r = round.lock().await;
+    let responded: BTreeSet<PartnerId> = r.server.responded().into_iter().collect();
+    if responded.len() < r.expected.len() && Instant::now() < r.deadline {
+        return Ok(());
+    }
+    let closing = r.server.phase();
+    match r.server.advance() {
+        Ok(ServerOutput::Aggregate(aggregate)) => {
+            drop(r);
+            state.rounds.remove(id);
+            if let Err(e) = finish(state, id, aggregate).await {
+                abort(state, id, &format!("the release failed: {}", e.detail)).await?;
+            }
+        }
+        Ok(output) => {
+            let mut conn = state.store.pool().acquire().await?;
+            rounds::set_phase(&mut conn, id, r.server.phase()).await?;
+            let (deadline, deadline_at) = deadline(state);
+            r.expected = responded;
+            r.deadline = deadline;
+            r.deadline_at = deadline_at;
+            r.last_output = Some(output);
+            tracing::info!(round = id, closed = %closing, opened = %r.server.phase(), "phase closed");
+        }
+        Err(e) => {
+            drop(r);
+            state.rounds.remove(id);
+            abort(
+                state,
+                id,
+                &format!("{closing} closed with too few partners: {e}"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Charges, samples once, stores and audits, in one transaction.
+async fn finish(state: &AppState, id: i64, aggregate: Aggregate) -> ApiResult<()> {
+    let (query, policy) = {
+        let mut conn = state.store.pool().acquire().await?;
+        let q = queries::get(&mut conn, id).await?;
+        let v = datasets::get(&mut conn, &q.dataset, q.dataset_version).await?;
+        (q, v.policy)
+    };
+    let max_rows = state.config.max_rows_per_partner;
+    let delta = state.config.reporting_delta;
+    let survivors = aggregate.survivors.len();
+    let summed = aggregate.sum.to_signed();
+    let budget = Rho::from_units(query.cost_units);
+    let (request, version, policy_for_release) =
+        (query.request.clone(), query.dataset_version, policy.clone());
+    let released_at = crate::store::now_rfc3339();
+    // OpenDP's measurements are neither Send nor Sync: build and sample on one blocking thread.
+    let release: Release = actix_web::web::block(move || -> ApiResult<Release> {
+        let priced = price(&policy_for_release, version, &request, max_rows, delta)?;
+        Ok(priced.release_plan.release(
+            &priced.plan,
+            &policy_for_release,
+            &summed,
+            survivors,
+            budget,
+        )?)
+    })
+    .await
+    .map_err(|e| ApiError::internal("sampling a release", e))??;
+    let view = release_view(release, released_at)?;
+    let mut tx = state.store.begin().await?;
+    let charged = budgets::update(&mut tx, &query.dataset, |l| Ok(l.charge(id as u64)?)).await?;
+    let release_id = queries::insert_release(&mut tx, &query, &view).await?;
+    rounds::set_phase(&mut tx, id, Phase::Finished).await?;
+    rounds::delete_messages(&mut tx, id).await?;
+    audit::append(
+        &mut tx,
+        AuditEvent {
+            actor: "coordinator".into(),
+            action: "query.release".into(),
+            subject: format!("query:{id}"),
+            details: json!({
+                "release": release_id,
+                "dataset": query.dataset,
+                "dataset_version": query.dataset_version,
+                "project": query.project,
+                "charged_rho": charged.as_f64(),
+                "survivors": survivors,
+                "names": view.names,
+                "values": view.rows,
+            }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    crate::metrics::RELEASES.inc();
+    tracing::info!(round = id, release = release_id, survivors, "released");
+    Ok(())
+}
+
+fn release_view(release: Release, released_at: String) -> ApiResult<ReleaseView> {
+    Ok(ReleaseView {
+        release_id: 0,
+        released_at,
+        reused: false,
+        names: release.names,
+        rows: release
+            .rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|c| CellView {
+                        value: c.value,
+                        interval: c.interval,
+                    })
+                    .collect()
+            })
+            .collect(),
+        receipt: serde_json::to_value(&release.receipt)
+            .map_err(|e| ApiError::internal("encoding a receipt", e))?,
+    })
+}
+
+/// Aborts a round and refunds its query, in one transaction.
+pub async fn abort(state: &AppState, id: i64, reason: &str) -> ApiResult<()> {
+    state.rounds.remove(id);
+    let mut tx = state.store.begin().await?;
+    // The write comes first: it takes the lock (see the store's module comment).
+    if !queries::transition(
+        &mut tx,
+        id,
+        QueryState::Running,
+        QueryState::Aborted,
+        Some(reason),
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let query = queries::get(&mut tx, id).await?;
+    let refunded = budgets::update(&mut tx, &query.dataset, |l| Ok(l.refund(id as u64)?)).await?;
+    rounds::set_phase(&mut tx, id, Phase::Aborted).await?;
+    rounds::delete_messages(&mut tx, id).await?;
+    audit::append(
+        &mut tx,
+        AuditEvent {
+            actor: "coordinator".into(),
+            action: "round.abort".into(),
+            subject: format!("query:{id}"),
+            details: json!({ "reason": reason, "refunded_rho": refunded.as_f64() }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    crate::metrics::ROUNDS_ABORTED.inc();
+    tracing::warn!(round = id, reason, "round aborted; reservation refunded");
+    Ok(())
+}
+
+/// Encodes an inbox for the wire.
+pub fn encode_inbox(inbox: &Inbox) -> Vec<u8> {
+    encode_binary(inbox)
+}

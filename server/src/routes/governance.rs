@@ -1,0 +1,183 @@
+//! Admin and governance endpoints.
+
+use actix_web::{HttpResponse, get, post, put, web};
+use civic_api::Role::{Admin, Governance, Partner, Researcher};
+use civic_api::governance::{
+    AuditPage, AuditVerification, BudgetView, CreateAccount, CreatePartner, CreateProject,
+    CreatedAccount, DatasetView, Decision, ProjectView, SetAllocation, UploadPolicy,
+};
+use civic_api::query::QueryView;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::service::governance as svc;
+
+/// Creates an admin, governance or researcher account. Roles: admin.
+#[utoipa::path(post, path = "/v1/admin/accounts", tag = "admin", request_body = CreateAccount,
+    security(("bearer" = [])), responses((status = 201, body = CreatedAccount)))]
+#[post("/v1/admin/accounts")]
+pub async fn create_account(
+    s: web::Data<AppState>,
+    c: Caller,
+    body: web::Json<CreateAccount>,
+) -> ApiResult<HttpResponse> {
+    let created = svc::create_account(&s, c.require(&[Admin])?, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// Creates a partner organisation's account. Roles: admin.
+#[utoipa::path(post, path = "/v1/admin/partners", tag = "admin", request_body = CreatePartner,
+    security(("bearer" = [])), responses((status = 201, body = CreatedAccount)))]
+#[post("/v1/admin/partners")]
+pub async fn create_partner(
+    s: web::Data<AppState>,
+    c: Caller,
+    body: web::Json<CreatePartner>,
+) -> ApiResult<HttpResponse> {
+    let created = svc::create_partner(&s, c.require(&[Admin])?, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// The latest version of every dataset. Roles: all.
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DatasetView>)))]
+#[get("/v1/datasets")]
+pub async fn list_datasets(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+    c.require(&[Admin, Governance, Researcher, Partner])?;
+    Ok(HttpResponse::Ok().json(svc::datasets(&s).await?))
+}
+
+/// A dataset's latest policy. Roles: all.
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", security(("bearer" = [])),
+    responses((status = 200, body = DatasetView)))]
+#[get("/v1/datasets/{id}")]
+pub async fn get_dataset(
+    s: web::Data<AppState>,
+    c: Caller,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    c.require(&[Admin, Governance, Researcher, Partner])?;
+    Ok(HttpResponse::Ok().json(svc::dataset(&s, &id).await?))
+}
+
+/// One version of a dataset's policy (agents compile plans against it). Roles: all.
+#[utoipa::path(get, path = "/v1/datasets/{id}/versions/{version}", tag = "datasets", security(("bearer" = [])),
+    responses((status = 200, body = DatasetView)))]
+#[get("/v1/datasets/{id}/versions/{version}")]
+pub async fn get_dataset_version(
+    s: web::Data<AppState>,
+    c: Caller,
+    p: web::Path<(String, i64)>,
+) -> ApiResult<HttpResponse> {
+    c.require(&[Admin, Governance, Researcher, Partner])?;
+    Ok(HttpResponse::Ok().json(svc::dataset_version(&s, &p.0, p.1).await?))
+}
+
+/// Uploads a new version of a dataset's policy (TOML or JSON). Roles: governance.
+#[utoipa::path(put, path = "/v1/datasets/{id}", tag = "datasets", request_body = UploadPolicy,
+    security(("bearer" = [])), responses((status = 201, body = DatasetView)))]
+#[put("/v1/datasets/{id}")]
+pub async fn put_dataset(
+    s: web::Data<AppState>,
+    c: Caller,
+    id: web::Path<String>,
+    body: web::Json<UploadPolicy>,
+) -> ApiResult<HttpResponse> {
+    let view = svc::upload_policy(&s, c.require(&[Governance])?, &id, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(view))
+}
+
+/// Creates a research project. Roles: governance.
+#[utoipa::path(post, path = "/v1/projects", tag = "governance", request_body = CreateProject,
+    security(("bearer" = [])), responses((status = 201, body = ProjectView)))]
+#[post("/v1/projects")]
+pub async fn create_project(
+    s: web::Data<AppState>,
+    c: Caller,
+    body: web::Json<CreateProject>,
+) -> ApiResult<HttpResponse> {
+    let view = svc::create_project(&s, c.require(&[Governance])?, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(view))
+}
+
+/// Sets a project's allocation of a dataset's budget. Roles: governance.
+#[utoipa::path(put, path = "/v1/projects/{project}/allocations/{dataset}", tag = "governance",
+    request_body = SetAllocation, security(("bearer" = [])), responses((status = 200, body = BudgetView)))]
+#[put("/v1/projects/{project}/allocations/{dataset}")]
+pub async fn set_allocation(
+    s: web::Data<AppState>,
+    c: Caller,
+    p: web::Path<(String, String)>,
+    body: web::Json<SetAllocation>,
+) -> ApiResult<HttpResponse> {
+    let view =
+        svc::set_allocation(&s, c.require(&[Governance])?, &p.0, &p.1, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// A dataset's budget: total, used, charged, per project. Roles: governance.
+#[utoipa::path(get, path = "/v1/budgets/{dataset}", tag = "governance", security(("bearer" = [])),
+    responses((status = 200, body = BudgetView)))]
+#[get("/v1/budgets/{dataset}")]
+pub async fn get_budget(
+    s: web::Data<AppState>,
+    c: Caller,
+    dataset: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    c.require(&[Governance])?;
+    Ok(HttpResponse::Ok().json(svc::budget(&s, &dataset).await?))
+}
+
+/// Paging through the audit log.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries after this seq (0 for the start).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default 1000, at most 10000).
+    #[serde(default = "default_limit")]
+    pub limit: u64,
+}
+
+fn default_limit() -> u64 {
+    1000
+}
+
+/// Reads (exports) the hash-chained audit log. Roles: governance, admin.
+#[utoipa::path(get, path = "/v1/audit", tag = "governance", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, body = AuditPage)))]
+#[get("/v1/audit")]
+pub async fn get_audit(
+    s: web::Data<AppState>,
+    c: Caller,
+    q: web::Query<AuditQuery>,
+) -> ApiResult<HttpResponse> {
+    c.require(&[Governance, Admin])?;
+    Ok(HttpResponse::Ok().json(svc::audit_page(&s, q.after, q.limit).await?))
+}
+
+/// Verifies the audit log's hash chain. Roles: governance, admin.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "governance", security(("bearer" = [])),
+    responses((status = 200, body = AuditVerification)))]
+#[get("/v1/audit/verify")]
+pub async fn verify_audit(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+    c.require(&[Governance, Admin])?;
+    Ok(HttpResponse::Ok().json(svc::verify_audit(&s).await?))
+}
+
+/// Approves or rejects a query awaiting approval. Roles: governance.
+#[utoipa::path(post, path = "/v1/queries/{id}/decision", tag = "governance", request_body = Decision,
+    security(("bearer" = [])), responses((status = 200, body = QueryView)))]
+#[post("/v1/queries/{id}/decision")]
+pub async fn decide(
+    s: web::Data<AppState>,
+    c: Caller,
+    id: web::Path<i64>,
+    body: web::Json<Decision>,
+) -> ApiResult<HttpResponse> {
+    let view = svc::decide(&s, c.require(&[Governance])?, *id, body.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(view))
+}

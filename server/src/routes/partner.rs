@@ -1,0 +1,101 @@
+//! Partner agents' endpoints. Protocol messages are bincode (fixed-width integers).
+
+use actix_web::{HttpResponse, get, post, put, web};
+use civic_api::Role::{Admin, Governance, Partner};
+use civic_api::round::{BINARY_CONTENT_TYPE, PartnerRounds, RegisterIdentity, RosterEntry};
+use civic_secagg::PartnerId;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::rounds;
+use crate::store::accounts;
+
+/// Registers the partner's long-term Ed25519 identity key (once; it is pinned). Roles: partner.
+#[utoipa::path(put, path = "/v1/partner/identity", tag = "partners", request_body = RegisterIdentity,
+    security(("bearer" = [])), responses((status = 200, body = RosterEntry)))]
+#[put("/v1/partner/identity")]
+pub async fn register_identity(
+    s: web::Data<AppState>,
+    c: Caller,
+    body: web::Json<RegisterIdentity>,
+) -> ApiResult<HttpResponse> {
+    let id = c.partner_id()?;
+    let key: [u8; 32] = hex::decode(body.public_key.trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "partner.identity_key",
+                "public_key must be 32 bytes as 64 hex digits (civic-agent keygen prints it)",
+            )
+        })?;
+    crate::service::governance::register_identity(&s, &c.0, key).await?;
+    Ok(HttpResponse::Ok().json(RosterEntry {
+        partner_id: id,
+        name: c.0.name.clone(),
+        identity_key: Some(hex::encode(key)),
+    }))
+}
+
+/// Open rounds this partner is part of. Roles: partner.
+#[utoipa::path(get, path = "/v1/partner/rounds", tag = "partners", security(("bearer" = [])),
+    responses((status = 200, body = PartnerRounds)))]
+#[get("/v1/partner/rounds")]
+pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+    let me = PartnerId(c.partner_id()?);
+    Ok(HttpResponse::Ok().json(PartnerRounds {
+        rounds: rounds::announcements(&s, me).await?,
+    }))
+}
+
+/// What the last closed phase sent this partner (binary `Inbox`). Roles: partner.
+#[utoipa::path(get, path = "/v1/partner/rounds/{id}/inbox", tag = "partners", security(("bearer" = [])),
+    responses((status = 200, description = "bincode Inbox", content_type = "application/octet-stream")))]
+#[get("/v1/partner/rounds/{id}/inbox")]
+pub async fn inbox(
+    s: web::Data<AppState>,
+    c: Caller,
+    id: web::Path<i64>,
+) -> ApiResult<HttpResponse> {
+    let inbox = rounds::inbox(&s, *id, PartnerId(c.partner_id()?)).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(BINARY_CONTENT_TYPE)
+        .body(rounds::encode_inbox(&inbox)))
+}
+
+/// Posts one protocol message (binary `ClientMessage`). Roles: partner (as itself).
+#[utoipa::path(post, path = "/v1/partner/rounds/{id}/messages", tag = "partners", security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "bincode ClientMessage"),
+    responses((status = 204, description = "Accepted")))]
+#[post("/v1/partner/rounds/{id}/messages")]
+pub async fn post_message(
+    s: web::Data<AppState>,
+    c: Caller,
+    id: web::Path<i64>,
+    body: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let me = PartnerId(c.partner_id()?);
+    let bytes = super::read_limited(body, s.config.binary_limit).await?;
+    rounds::receive(&s, *id, me, &bytes).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Every partner with its identity key, for verifying signatures. Roles: partner, governance, admin.
+#[utoipa::path(get, path = "/v1/partners/roster", tag = "partners", security(("bearer" = [])),
+    responses((status = 200, body = Vec<RosterEntry>)))]
+#[get("/v1/partners/roster")]
+pub async fn roster(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+    c.require(&[Partner, Governance, Admin])?;
+    let mut conn = s.store.pool().acquire().await?;
+    let entries: Vec<RosterEntry> = accounts::partners(&mut conn)
+        .await?
+        .into_iter()
+        .map(|a| RosterEntry {
+            partner_id: a.id as u32,
+            name: a.name,
+            identity_key: a.identity_key.map(hex::encode),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(entries))
+}

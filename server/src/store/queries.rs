@@ -1,0 +1,305 @@
+//! Queries, approvals and releases.
+
+use civic_api::query::{ApprovalView, CostView, QueryRequest, QueryState, ReleaseView};
+use sqlx::{AnyConnection, Row};
+
+use super::now_rfc3339;
+use crate::error::{ApiError, ApiResult};
+
+/// A query as stored.
+#[derive(Clone, Debug)]
+pub struct QueryRow {
+    /// Id.
+    pub id: i64,
+    /// Paying project.
+    pub project: String,
+    /// Dataset and policy version.
+    pub dataset: String,
+    /// Version.
+    pub dataset_version: i64,
+    /// Submitter.
+    pub submitted_by: String,
+    /// When.
+    pub submitted_at: String,
+    /// The request.
+    pub request: QueryRequest,
+    /// Identity of (dataset, version, query, privacy, confidence), for re-serving.
+    pub fingerprint: String,
+    /// Cost as shown.
+    pub cost: CostView,
+    /// Cost as reserved (ρ units).
+    pub cost_units: u64,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// State.
+    pub state: QueryState,
+    /// Why aborted or rejected.
+    pub reason: Option<String>,
+    /// Round, once opened.
+    pub round_id: Option<i64>,
+    /// Release, once made or re-served.
+    pub release_id: Option<i64>,
+    /// Re-served from an earlier release.
+    pub reused: bool,
+}
+
+/// What a submission stores.
+#[derive(Clone, Debug)]
+pub struct NewQuery<'a> {
+    /// Paying project.
+    pub project: &'a str,
+    /// Dataset.
+    pub dataset: &'a str,
+    /// Version.
+    pub dataset_version: i64,
+    /// Submitter.
+    pub submitted_by: &'a str,
+    /// Request.
+    pub request: &'a QueryRequest,
+    /// Fingerprint.
+    pub fingerprint: &'a str,
+    /// Cost.
+    pub cost: &'a CostView,
+    /// Cost in ρ units.
+    pub cost_units: u64,
+    /// Approvals needed.
+    pub approvals_required: u32,
+    /// Initial state.
+    pub state: QueryState,
+    /// For a re-served query, the release.
+    pub release_id: Option<i64>,
+}
+
+const COLUMNS: &str = "id, project, dataset, dataset_version, submitted_by, submitted_at, request, \
+    fingerprint, cost, cost_units, approvals_required, state, reason, round_id, release_id, reused";
+
+fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> ApiResult<T> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|e| ApiError::internal("reading a stored query", e))
+}
+
+fn query_row(row: &sqlx::any::AnyRow) -> ApiResult<QueryRow> {
+    let state: String = row.try_get("state")?;
+    Ok(QueryRow {
+        id: row.try_get("id")?,
+        project: row.try_get("project")?,
+        dataset: row.try_get("dataset")?,
+        dataset_version: row.try_get("dataset_version")?,
+        submitted_by: row.try_get("submitted_by")?,
+        submitted_at: row.try_get("submitted_at")?,
+        request: json(row, "request")?,
+        fingerprint: row.try_get("fingerprint")?,
+        cost: json(row, "cost")?,
+        cost_units: row.try_get::<i64, _>("cost_units")? as u64,
+        approvals_required: row.try_get::<i64, _>("approvals_required")? as u32,
+        state: QueryState::parse(&state)
+            .ok_or_else(|| ApiError::internal("reading a query", format!("state {state}")))?,
+        reason: row.try_get("reason")?,
+        round_id: row.try_get("round_id")?,
+        release_id: row.try_get("release_id")?,
+        reused: row.try_get::<i64, _>("reused")? != 0,
+    })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> ApiResult<String> {
+    serde_json::to_string(v).map_err(|e| ApiError::internal("encoding a query", e))
+}
+
+/// Inserts a query and returns its id.
+pub async fn insert(conn: &mut AnyConnection, q: &NewQuery<'_>) -> ApiResult<i64> {
+    let row = sqlx::query(
+        "INSERT INTO queries (project, dataset, dataset_version, submitted_by, submitted_at,
+            request, fingerprint, cost, cost_units, approvals_required, state, release_id, reused)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+    )
+    .bind(q.project)
+    .bind(q.dataset)
+    .bind(q.dataset_version)
+    .bind(q.submitted_by)
+    .bind(now_rfc3339())
+    .bind(encode(q.request)?)
+    .bind(q.fingerprint)
+    .bind(encode(q.cost)?)
+    .bind(q.cost_units as i64)
+    .bind(i64::from(q.approvals_required))
+    .bind(q.state.as_str())
+    .bind(q.release_id)
+    .bind(i64::from(q.release_id.is_some()))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// A query, or a 404.
+pub async fn get(conn: &mut AnyConnection, id: i64) -> ApiResult<QueryRow> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM queries WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no query {id}")))?;
+    query_row(&row)
+}
+
+/// Queries in one state, oldest first.
+pub async fn in_state(conn: &mut AnyConnection, state: QueryState) -> ApiResult<Vec<QueryRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM queries WHERE state = $1 ORDER BY id"
+    ))
+    .bind(state.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(query_row).collect()
+}
+
+/// Moves a query from `from` to `to`; false if it was no longer in `from` (someone else
+/// moved it first), which callers treat as "nothing to do".
+pub async fn transition(
+    conn: &mut AnyConnection,
+    id: i64,
+    from: QueryState,
+    to: QueryState,
+    reason: Option<&str>,
+) -> ApiResult<bool> {
+    let n = sqlx::query("UPDATE queries SET state = $1, reason = $2 WHERE id = $3 AND state = $4")
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+/// Records the round of a query.
+pub async fn set_round(conn: &mut AnyConnection, id: i64, round_id: i64) -> ApiResult<()> {
+    sqlx::query("UPDATE queries SET round_id = $1 WHERE id = $2")
+        .bind(round_id)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a board member's decision; a member decides once.
+pub async fn decide(
+    conn: &mut AnyConnection,
+    query_id: i64,
+    member: &str,
+    approve: bool,
+    reason: &str,
+) -> ApiResult<()> {
+    let n = sqlx::query(
+        "INSERT INTO approvals (query_id, member, approve, reason, at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (query_id, member) DO NOTHING",
+    )
+    .bind(query_id)
+    .bind(member)
+    .bind(i64::from(approve))
+    .bind(reason)
+    .bind(now_rfc3339())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(ApiError::conflict(
+            "query.already_decided",
+            format!("{member} has already decided on query {query_id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Decisions on a query, in order.
+pub async fn approvals(conn: &mut AnyConnection, query_id: i64) -> ApiResult<Vec<ApprovalView>> {
+    let rows = sqlx::query(
+        "SELECT member, approve, reason, at FROM approvals WHERE query_id = $1 ORDER BY at, member",
+    )
+    .bind(query_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ApprovalView {
+                member: r.try_get("member")?,
+                approve: r.try_get::<i64, _>("approve")? != 0,
+                reason: r.try_get("reason")?,
+                at: r.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+/// Stores a release and links it to its query (state → released).
+pub async fn insert_release(
+    conn: &mut AnyConnection,
+    query: &QueryRow,
+    release: &ReleaseView,
+) -> ApiResult<i64> {
+    let row = sqlx::query(
+        "INSERT INTO releases (query_id, dataset, fingerprint, body, released_at)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .bind(query.id)
+    .bind(&query.dataset)
+    .bind(&query.fingerprint)
+    .bind(encode(release)?)
+    .bind(&release.released_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    let id: i64 = row.try_get("id")?;
+    sqlx::query("UPDATE queries SET state = 'released', release_id = $1 WHERE id = $2")
+        .bind(id)
+        .bind(query.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}
+
+/// A stored release, with its id filled in.
+pub async fn release(conn: &mut AnyConnection, id: i64) -> ApiResult<ReleaseView> {
+    let row = sqlx::query("SELECT id, body FROM releases WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no release {id}")))?;
+    let mut view: ReleaseView = json(&row, "body")?;
+    view.release_id = row.try_get("id")?;
+    Ok(view)
+}
+
+/// The release with this fingerprint, if one exists.
+pub async fn release_by_fingerprint(
+    conn: &mut AnyConnection,
+    fingerprint: &str,
+) -> ApiResult<Option<i64>> {
+    let row = sqlx::query("SELECT id FROM releases WHERE fingerprint = $1 ORDER BY id LIMIT 1")
+        .bind(fingerprint)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("id")).transpose()?)
+}
+
+/// Every original (not re-served) release with its query, newest first: the public register.
+pub async fn register(
+    conn: &mut AnyConnection,
+    limit: i64,
+) -> ApiResult<Vec<(QueryRow, ReleaseView, String)>> {
+    let rows = sqlx::query(&format!(
+        "SELECT q.{}, r.body AS body, p.title AS project_title FROM queries q
+         JOIN releases r ON r.query_id = q.id JOIN projects p ON p.id = q.project
+         ORDER BY r.id DESC LIMIT $1",
+        COLUMNS.replace(", ", ", q.")
+    ))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let q = query_row(r)?;
+            let mut release: ReleaseView = json(r, "body")?;
+            release.release_id = q.release_id.unwrap_or_default();
+            Ok((q, release, r.try_get("project_title")?))
+        })
+        .collect()
+}

@@ -1,0 +1,191 @@
+//! The authorisation matrix: every endpoint × every role, plus no token and a bad token.
+//! A role outside an endpoint's list gets 403, a missing or unknown token 401, and a role
+//! inside it never gets either.
+
+mod common;
+
+use common::{Coordinator, fresh_store_url};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    Admin,
+    Governance,
+    Researcher,
+    Partner,
+}
+use Who::*;
+
+#[actix_web::test]
+async fn every_endpoint_admits_exactly_its_roles() {
+    let c = Coordinator::start(&fresh_store_url("authz")).await;
+    let count = json!({ "project": "falls", "query": { "dataset": "city", "statistic": "count" }, "privacy": { "epsilon": 1.0 } });
+    let matrix: Vec<(Method, &str, Option<serde_json::Value>, Vec<Who>)> = vec![
+        (
+            Method::POST,
+            "/v1/admin/accounts",
+            Some(json!({ "name": "new-user", "role": "researcher" })),
+            vec![Admin],
+        ),
+        (
+            Method::POST,
+            "/v1/admin/partners",
+            Some(json!({ "name": "new-partner" })),
+            vec![Admin],
+        ),
+        (
+            Method::GET,
+            "/v1/datasets",
+            None,
+            vec![Admin, Governance, Researcher, Partner],
+        ),
+        (
+            Method::GET,
+            "/v1/datasets/city",
+            None,
+            vec![Admin, Governance, Researcher, Partner],
+        ),
+        (
+            Method::GET,
+            "/v1/datasets/city/versions/1",
+            None,
+            vec![Admin, Governance, Researcher, Partner],
+        ),
+        (
+            Method::PUT,
+            "/v1/datasets/city",
+            Some(json!({ "policy": common::CITY_TOML })),
+            vec![Governance],
+        ),
+        (
+            Method::POST,
+            "/v1/projects",
+            Some(json!({ "id": "p2", "title": "Second", "members": [] })),
+            vec![Governance],
+        ),
+        (
+            Method::PUT,
+            "/v1/projects/falls/allocations/city",
+            Some(json!({ "cap": { "rho": 8000.0 } })),
+            vec![Governance],
+        ),
+        (Method::GET, "/v1/budgets/city", None, vec![Governance]),
+        (Method::GET, "/v1/audit", None, vec![Governance, Admin]),
+        (
+            Method::GET,
+            "/v1/audit/verify",
+            None,
+            vec![Governance, Admin],
+        ),
+        (
+            Method::POST,
+            "/v1/queries/1/decision",
+            Some(json!({ "approve": true, "reason": "ok" })),
+            vec![Governance],
+        ),
+        (
+            Method::POST,
+            "/v1/queries/preview",
+            Some(count.clone()),
+            vec![Researcher],
+        ),
+        (Method::POST, "/v1/queries", Some(count), vec![Researcher]),
+        (
+            Method::GET,
+            "/v1/queries/1",
+            None,
+            vec![Researcher, Governance],
+        ),
+        (
+            Method::PUT,
+            "/v1/partner/identity",
+            Some(json!({ "public_key": "11".repeat(32) })),
+            vec![Partner],
+        ),
+        (Method::GET, "/v1/partner/rounds", None, vec![Partner]),
+        (
+            Method::GET,
+            "/v1/partner/rounds/1/inbox",
+            None,
+            vec![Partner],
+        ),
+        (
+            Method::POST,
+            "/v1/partner/rounds/1/messages",
+            None,
+            vec![Partner],
+        ),
+        (
+            Method::GET,
+            "/v1/partners/roster",
+            None,
+            vec![Partner, Governance, Admin],
+        ),
+    ];
+    let tokens = [
+        (Admin, c.admin.clone()),
+        (Governance, c.board[0].clone()),
+        (Researcher, c.researcher.clone()),
+        (Partner, c.partners[0].2.clone()),
+    ];
+    for (method, path, body, allowed) in &matrix {
+        for token in [None, Some("not-a-token"), Some("Bearer")] {
+            let (s, v) = c.call(method.clone(), path, token, body.clone()).await;
+            assert_eq!(
+                s,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}: {v}"
+            );
+            assert!(v["code"].as_str().unwrap().starts_with("auth."), "{v}");
+        }
+        for (who, token) in &tokens {
+            let (s, v) = c
+                .call(method.clone(), path, Some(token), body.clone())
+                .await;
+            if allowed.contains(who) {
+                assert!(
+                    s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN,
+                    "{method} {path} as {who:?}: {s} {v}"
+                );
+                assert!(s.as_u16() < 500, "{method} {path} as {who:?}: {s} {v}");
+            } else {
+                assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path} as {who:?}: {v}");
+                assert_eq!(v["code"], "auth.forbidden");
+            }
+        }
+    }
+    // Public endpoints need no token.
+    for path in ["/healthz", "/metrics", "/openapi.json", "/v1/register"] {
+        let (s, v) = c.call(Method::GET, path, None, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
+    // The OpenAPI document lists every endpoint of the matrix.
+    let (_, doc) = c.call(Method::GET, "/openapi.json", None, None).await;
+    for (_, path, _, _) in &matrix {
+        let templated = path
+            .replace("/1/", "/{id}/")
+            .replace("/city/versions/1", "/{id}/versions/{version}");
+        let templated = if templated.ends_with("/queries/1") {
+            templated.replace("/1", "/{id}")
+        } else {
+            templated
+        };
+        let templated = templated
+            .replace("/datasets/city", "/datasets/{id}")
+            .replace(
+                "/projects/falls/allocations/{id}",
+                "/projects/{project}/allocations/{dataset}",
+            )
+            .replace(
+                "/projects/falls/allocations/city",
+                "/projects/{project}/allocations/{dataset}",
+            )
+            .replace("/budgets/city", "/budgets/{dataset}");
+        assert!(
+            doc["paths"].get(&templated).is_some(),
+            "{templated} missing from /openapi.json"
+        );
+    }
+    c.stop().await;
+}

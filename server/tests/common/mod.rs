@@ -1,0 +1,279 @@
+//! A coordinator on loopback with a fresh store, accounts bootstrapped, and an HTTP client.
+#![allow(dead_code)]
+
+pub mod partner;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use actix_web::web;
+use civic_api::Role;
+use civic_server::{AppState, Config};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A three-partner test dataset with a budget large enough for near-exact releases
+/// (ε = 60 on a count of sensitivity 1 leaves P(noise ≠ 0) ≈ 2e⁻⁶⁰).
+pub const CITY_TOML: &str = r#"
+[dataset]
+id = "city"
+title = "City test cohort"
+partners = ["trust-a", "council-b", "housing-c"]
+
+[contribution]
+rows_per_resident_per_partner = 1
+max_partners_per_person = 1
+
+[[columns]]
+name = "age"
+type = "integer"
+min = 0
+max = 119
+bins = [0, 65, 80, 119]
+
+[[columns]]
+name = "fell"
+type = "boolean"
+
+[budget]
+total = { rho = 10000.0 }
+per_query = { rho = 5000.0 }
+
+[governance]
+min_partners = 2
+
+[governance.approval]
+above = { rho = 2500.0 }
+approvals_required = 2
+
+[disclosure]
+profile = "none"
+"#;
+
+/// Where the store lives: a fresh SQLite file, or a fresh schema on PostgreSQL.
+pub fn fresh_store_url(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("civic-test-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("sqlite://{}", dir.join("civic.db").display())
+}
+
+/// A fresh SQLite file, and a fresh PostgreSQL schema if `CIVIC_TEST_POSTGRES_URL` is set.
+pub async fn backends(tag: &str) -> Vec<String> {
+    let mut urls = vec![fresh_store_url(tag)];
+    if let Ok(base) = std::env::var("CIVIC_TEST_POSTGRES_URL") {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let schema = format!(
+            "civic_{}_{}_{}",
+            tag.replace('-', "_"),
+            std::process::id(),
+            nanos % 1_000_000_000
+        );
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&base)
+            .await
+            .expect("connect to CIVIC_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        urls.push(format!("{base}{sep}options[search_path]={schema}"));
+    } else {
+        eprintln!("CIVIC_TEST_POSTGRES_URL is not set: this test runs on SQLite only");
+    }
+    urls
+}
+
+/// Drops a test's PostgreSQL schema (a no-op for SQLite URLs).
+pub async fn drop_schema(url: &str) {
+    let Some((base, schema)) = url.split_once("options[search_path]=") else {
+        return;
+    };
+    let base = base.trim_end_matches(['?', '&']);
+    if let Ok(pool) = sqlx::AnyPool::connect(base).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+}
+
+/// A running coordinator and the tokens of its bootstrap accounts.
+pub struct Coordinator {
+    pub base: String,
+    pub state: web::Data<AppState>,
+    pub handle: actix_web::dev::ServerHandle,
+    pub http: reqwest::Client,
+    pub admin: String,
+    pub board: Vec<String>,
+    pub researcher: String,
+    pub outsider: String,
+    pub partners: Vec<(String, u32, String)>,
+}
+
+pub fn test_config(store_url: &str) -> Config {
+    Config {
+        store_url: store_url.to_string(),
+        phase_deadline_secs: 20,
+        tick_millis: 20,
+        max_rows_per_partner: 1_000_000,
+        ..Config::default()
+    }
+}
+
+/// Starts a coordinator on `config`'s store and serves it on an ephemeral loopback port.
+pub async fn serve(config: Config) -> (String, web::Data<AppState>, actix_web::dev::ServerHandle) {
+    let state = AppState::open(config).await.expect("open the coordinator");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = civic_server::serve_listener(state.clone(), listener).unwrap();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (base, state, handle)
+}
+
+async fn create(state: &AppState, name: &str, role: Role) -> (String, Option<u32>) {
+    let c = civic_server::service::governance::create(state, "test", name, role)
+        .await
+        .unwrap();
+    (c.token, c.partner_id)
+}
+
+impl Coordinator {
+    /// A coordinator with an admin, two board members, a researcher in project "falls",
+    /// a researcher in no project, three partners, and the "city" dataset with an allocation.
+    pub async fn start(store_url: &str) -> Self {
+        Self::start_with(test_config(store_url)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let (base, state, handle) = serve(config).await;
+        let (admin, _) = create(&state, "root", Role::Admin).await;
+        let board = vec![
+            create(&state, "board-1", Role::Governance).await.0,
+            create(&state, "board-2", Role::Governance).await.0,
+        ];
+        let (researcher, _) = create(&state, "rita", Role::Researcher).await;
+        let (outsider, _) = create(&state, "oscar", Role::Researcher).await;
+        let mut partners = Vec::new();
+        for name in ["trust-a", "council-b", "housing-c"] {
+            let (token, id) = create(&state, name, Role::Partner).await;
+            partners.push((name.to_string(), id.unwrap(), token));
+        }
+        let c = Coordinator {
+            base,
+            state,
+            handle,
+            http: reqwest::Client::new(),
+            admin,
+            board,
+            researcher,
+            outsider,
+            partners,
+        };
+        let (s, body) = c
+            .call(
+                Method::PUT,
+                "/v1/datasets/city",
+                Some(&c.board[0]),
+                Some(json!({ "policy": CITY_TOML })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let (s, body) = c
+            .call(
+                Method::POST,
+                "/v1/projects",
+                Some(&c.board[0]),
+                Some(json!({ "id": "falls", "title": "Falls prevention", "members": ["rita"] })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let (s, body) = c
+            .call(
+                Method::PUT,
+                "/v1/projects/falls/allocations/city",
+                Some(&c.board[0]),
+                Some(json!({ "cap": { "rho": 8000.0 } })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        c
+    }
+
+    /// One JSON call: status and body (JSON, or the text as a JSON string).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Waits until query `id` leaves `running`, and returns its view.
+    pub async fn wait_done(&self, id: i64) -> Value {
+        for _ in 0..600 {
+            let (s, v) = self
+                .call(
+                    Method::GET,
+                    &format!("/v1/queries/{id}"),
+                    Some(&self.researcher),
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            if v["state"] != "running" && v["state"] != "awaiting_approval" {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("query {id} did not finish");
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// A count query on "city" for project "falls" at ε.
+pub fn count_query(epsilon: f64) -> Value {
+    json!({ "project": "falls", "query": { "dataset": "city", "statistic": "count" }, "privacy": { "epsilon": epsilon } })
+}
+
+/// A histogram of age bands (3 cells).
+pub fn age_histogram(epsilon: f64) -> Value {
+    json!({
+        "project": "falls",
+        "query": { "dataset": "city", "statistic": { "histogram": { "columns": ["age"] } } },
+        "privacy": { "epsilon": epsilon }
+    })
+}
+
+/// Costs are rounded up to the ledger's 10⁻¹² unit with a little slack, never down: compare
+/// them to a relative 10⁻⁹.
+pub fn close(actual: &Value, expected: f64) -> bool {
+    let a = actual.as_f64().unwrap_or(f64::NAN);
+    (a - expected).abs() <= 1e-9 * expected.abs().max(1.0)
+}

@@ -1,0 +1,122 @@
+//! A coordinator killed mid-round restarts from the same SQLite file into a consistent
+//! state: the round resumes from its stored messages, the release is made once, and the
+//! budget is charged once.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use civic_server::AppState;
+use common::partner::{StopAt, TestPartner};
+use common::{Coordinator, count_query, fresh_store_url, test_config};
+use reqwest::{Method, StatusCode};
+
+#[actix_web::test]
+async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
+    let url = fresh_store_url("restart");
+    let c = Coordinator::start(&url).await;
+    let mut ps = Vec::new();
+    for (i, (_, id, token)) in c.partners.iter().enumerate() {
+        ps.push(TestPartner::register(&c.base, token, *id, i as u8 + 1).await);
+    }
+    let (s, q) = c
+        .call(
+            Method::POST,
+            "/v1/queries",
+            Some(&c.researcher),
+            Some(count_query(60.0)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let id = q["id"].as_i64().unwrap();
+
+    let partners = actix_web::rt::spawn(async move {
+        let inputs = [vec![3], vec![4], vec![5]];
+        let futures = ps
+            .iter()
+            .zip(inputs.iter())
+            .map(|(p, x)| p.take_part(id, x, StopAt::Never));
+        futures_util::future::join_all(futures).await
+    });
+    // Kill the coordinator once the masked vectors are in (the round is past
+    // MaskedInputCollection), with no graceful shutdown.
+    let partner_token = c.partners[0].2.clone();
+    loop {
+        let (_, rounds) = c
+            .call(
+                Method::GET,
+                "/v1/partner/rounds",
+                Some(&partner_token),
+                None,
+            )
+            .await;
+        let phase = rounds["rounds"][0]["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if phase == "consistency_check" || phase == "unmasking" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = c.base.trim_start_matches("http://").to_string();
+    c.state.rounds.halt();
+    c.handle.stop(false).await;
+    let (researcher, board) = (c.researcher.clone(), c.board[0].clone());
+
+    // A new coordinator on the same file and port.
+    let state = AppState::open(test_config(&url)).await.unwrap();
+    assert_eq!(
+        state.rounds.count(),
+        1,
+        "the open round is rebuilt from the store"
+    );
+    let listener = TcpListener::bind(&addr).unwrap();
+    let server = civic_server::serve_listener(state.clone(), listener).unwrap();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+
+    let results = partners.await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let http = reqwest::Client::new();
+    let get = |path: String, token: String| {
+        let http = http.clone();
+        let addr = addr.clone();
+        async move {
+            http.get(format!("http://{addr}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let mut view = serde_json::Value::Null;
+    for _ in 0..400 {
+        view = get(format!("/v1/queries/{id}"), researcher.clone()).await;
+        if view["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(view["state"], "released", "{view}");
+    assert_eq!(
+        view["result"]["rows"][0][0]["value"].as_f64().unwrap(),
+        12.0
+    );
+    let budget = get("/v1/budgets/city".into(), board.clone()).await;
+    assert!(
+        common::close(&budget["charged_rho"], 1800.0),
+        "charged once: {budget}"
+    );
+    assert!(
+        common::close(&budget["used_rho"], 1800.0),
+        "no reservation leaked: {budget}"
+    );
+    let verify = get("/v1/audit/verify".into(), board).await;
+    assert_eq!(verify["verified"], true, "{verify}");
+    handle.stop(true).await;
+}

@@ -1,0 +1,341 @@
+//! Whole queries over loopback HTTP: three partners run real secure aggregation through the
+//! coordinator; releases, re-serving, dropouts, aborts with refunds, approvals.
+
+mod common;
+
+use common::partner::{StopAt, TestPartner};
+use common::{Coordinator, age_histogram, count_query, fresh_store_url, test_config};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn partners(c: &Coordinator) -> Vec<TestPartner> {
+    let mut out = Vec::new();
+    for (i, (_, id, token)) in c.partners.iter().enumerate() {
+        out.push(TestPartner::register(&c.base, token, *id, i as u8 + 1).await);
+    }
+    out
+}
+
+async fn submit(c: &Coordinator, body: Value) -> (StatusCode, Value) {
+    c.call(Method::POST, "/v1/queries", Some(&c.researcher), Some(body))
+        .await
+}
+
+async fn budget(c: &Coordinator) -> Value {
+    let (s, b) = c
+        .call(Method::GET, "/v1/budgets/city", Some(&c.board[0]), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b
+}
+
+/// Runs the partners on `values` (one vector each) concurrently.
+async fn run_partners(
+    ps: &[TestPartner],
+    round: i64,
+    values: &[Vec<i64>],
+    stops: &[StopAt],
+) -> Vec<Result<(), String>> {
+    let futures = ps
+        .iter()
+        .zip(values)
+        .zip(stops)
+        .map(|((p, v), s)| p.take_part(round, v, *s));
+    futures_util::future::join_all(futures).await
+}
+
+#[actix_web::test]
+async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
+    let c = Coordinator::start(&fresh_store_url("release")).await;
+    let ps = partners(&c).await;
+
+    // Preview: cost and accuracy, nothing spent.
+    let (s, preview) = c
+        .call(
+            Method::POST,
+            "/v1/queries/preview",
+            Some(&c.researcher),
+            Some(count_query(60.0)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{preview}");
+    assert!(common::close(&preview["cost"]["rho"], 1800.0));
+    assert_eq!(preview["affordable"], true);
+    assert_eq!(preview["approvals_required"], 0);
+    assert!(
+        preview["half_widths"][0].as_f64().unwrap() <= 1.0,
+        "{preview}"
+    );
+    assert!(common::close(&budget(&c).await["used_rho"], 0.0));
+
+    // Count: 10 + 20 + 12 residents.
+    let (s, q) = submit(&c, count_query(60.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    assert_eq!(q["state"], "running");
+    let id = q["id"].as_i64().unwrap();
+    assert!(
+        common::close(&budget(&c).await["used_rho"], 1800.0),
+        "reserved at submission"
+    );
+    let results = run_partners(
+        &ps,
+        id,
+        &[vec![10], vec![20], vec![12]],
+        &[StopAt::Never; 3],
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    let result = &done["result"];
+    // ε = 60 at sensitivity 1: the noise is 0 except with probability ~1e-26.
+    assert_eq!(
+        result["rows"][0][0]["value"].as_f64().unwrap(),
+        42.0,
+        "{result}"
+    );
+    assert_eq!(result["receipt"]["survivors"], 3);
+    assert_eq!(result["reused"], false);
+    let b = budget(&c).await;
+    assert!(common::close(&b["charged_rho"], 1800.0), "{b}");
+    assert!(common::close(&b["used_rho"], 1800.0), "{b}");
+
+    // The identical question is answered from the store at no cost, with the same value.
+    let (s, again) = submit(&c, count_query(60.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    assert_eq!(again["state"], "released");
+    assert_eq!(again["result"]["reused"], true);
+    assert_eq!(again["result"]["rows"], result["rows"]);
+    assert!(common::close(&again["cost"]["rho"], 0.0));
+    assert!(common::close(&budget(&c).await["charged_rho"], 1800.0));
+
+    // A histogram of three age bands.
+    let (s, h) = submit(&c, age_histogram(60.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{h}");
+    let hid = h["id"].as_i64().unwrap();
+    let values = [vec![1, 2, 3], vec![4, 5, 6], vec![0, 10, 1]];
+    let results = run_partners(&ps, hid, &values, &[StopAt::Never; 3]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(hid).await;
+    assert_eq!(done["state"], "released", "{done}");
+    let cells: Vec<f64> = done["result"]["rows"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(cells, vec![5.0, 17.0, 10.0], "{done}");
+
+    // The public register shows both releases without a token; the audit log verifies.
+    let (s, register) = c.call(Method::GET, "/v1/register", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(register.as_array().unwrap().len(), 2, "{register}");
+    assert_eq!(register[0]["project_title"], "Falls prevention");
+    let (s, v) = c
+        .call(Method::GET, "/v1/audit/verify", Some(&c.board[1]), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["verified"], true, "{v}");
+    let (_, log) = c
+        .call(Method::GET, "/v1/audit?limit=1000", Some(&c.board[1]), None)
+        .await;
+    let actions: Vec<&str> = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "query.release").count(),
+        2,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"query.reserve_reused"), "{actions:?}");
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_refunds() {
+    let mut config = test_config(&fresh_store_url("dropout"));
+    config.phase_deadline_secs = 2;
+    let c = Coordinator::start_with(config).await;
+    let ps = partners(&c).await;
+
+    // One of three drops before sending its masked vector: t = 2 survive, and the sum is
+    // theirs alone.
+    let (_, q) = submit(&c, count_query(60.0)).await;
+    let id = q["id"].as_i64().unwrap();
+    let stops = [StopAt::Never, StopAt::BeforeMaskedInput, StopAt::Never];
+    let results = run_partners(&ps, id, &[vec![10], vec![20], vec![12]], &stops).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(
+        done["result"]["rows"][0][0]["value"].as_f64().unwrap(),
+        22.0
+    );
+    assert_eq!(done["result"]["receipt"]["survivors"], 2);
+
+    // Two of three drop: too few survivors; the reservation comes back.
+    let before = budget(&c).await;
+    let (_, q) = submit(&c, age_histogram(60.0)).await;
+    let id = q["id"].as_i64().unwrap();
+    let stops = [
+        StopAt::Never,
+        StopAt::BeforeMaskedInput,
+        StopAt::BeforeMaskedInput,
+    ];
+    let _ = run_partners(
+        &ps,
+        id,
+        &[vec![1, 1, 1], vec![2, 2, 2], vec![3, 3, 3]],
+        &stops,
+    )
+    .await;
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "aborted", "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("too few"),
+        "{done}"
+    );
+    assert!(done["result"].is_null());
+    let after = budget(&c).await;
+    assert_eq!(after["used_rho"], before["used_rho"], "refunded: {after}");
+    assert_eq!(after["charged_rho"], before["charged_rho"]);
+    let (_, v) = c
+        .call(Method::GET, "/v1/audit/verify", Some(&c.board[0]), None)
+        .await;
+    assert_eq!(v["verified"], true, "{v}");
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn a_query_above_the_threshold_needs_two_distinct_board_members() {
+    let c = Coordinator::start(&fresh_store_url("approval")).await;
+    let ps = partners(&c).await;
+    // ε = 75: ρ = 2812.5, above the policy's 2500 threshold.
+    let (s, q) = submit(&c, count_query(75.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    assert_eq!(q["state"], "awaiting_approval");
+    assert_eq!(q["approvals_required"], 2);
+    let id = q["id"].as_i64().unwrap();
+    let path = format!("/v1/queries/{id}/decision");
+    let yes = json!({ "approve": true, "reason": "protocol reviewed" });
+    let (s, v) = c
+        .call(Method::POST, &path, Some(&c.board[0]), Some(yes.clone()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "awaiting_approval");
+    // The same member twice still counts once.
+    let (s, v) = c
+        .call(Method::POST, &path, Some(&c.board[0]), Some(yes.clone()))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["code"], "query.already_decided");
+    let (s, v) = c
+        .call(Method::POST, &path, Some(&c.board[1]), Some(yes))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "running");
+    let results = run_partners(&ps, id, &[vec![1], vec![2], vec![3]], &[StopAt::Never; 3]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(id).await;
+    assert_eq!(
+        done["result"]["rows"][0][0]["value"].as_f64().unwrap(),
+        6.0,
+        "{done}"
+    );
+    assert_eq!(done["approvals"].as_array().unwrap().len(), 2);
+
+    // A rejection ends a query and refunds it.
+    let used = budget(&c).await["used_rho"].as_f64().unwrap();
+    let (_, q) = submit(&c, age_histogram(75.0)).await;
+    let id = q["id"].as_i64().unwrap();
+    assert!(
+        common::close(&budget(&c).await["used_rho"], used + 2812.5),
+        "reserved on submission"
+    );
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &format!("/v1/queries/{id}/decision"),
+            Some(&c.board[1]),
+            Some(json!({ "approve": false, "reason": "too broad" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "rejected");
+    assert!(common::close(&budget(&c).await["used_rho"], used));
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn concurrent_submissions_that_together_overspend_admit_exactly_the_affordable_ones() {
+    let c = Coordinator::start(&fresh_store_url("concurrent")).await;
+    let _ps = partners(&c).await;
+    // Project cap 8000, each query ρ = 1800: four fit, whatever the interleaving.
+    let futures = (0..10).map(|i| {
+        let body = json!({
+            "project": "falls",
+            "query": { "dataset": "city", "statistic": "count", "filter": { "compare": { "column": "age", "op": "ge", "value": i } } },
+            "privacy": { "epsilon": 60.0 }
+        });
+        c.call(Method::POST, "/v1/queries", Some(&c.researcher), Some(body))
+    });
+    let results = futures_util::future::join_all(futures).await;
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CONFLICT)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(created, 4, "{results:?}");
+    assert_eq!(refused.len(), 6, "{results:?}");
+    assert!(
+        refused.iter().all(|v| v["code"] == "policy.over_budget"),
+        "{refused:?}"
+    );
+    let b = budget(&c).await;
+    assert!(common::close(&b["used_rho"], 4.0 * 1800.0), "{b}");
+    // One more is refused too, and says which cap.
+    let (s, v) = submit(&c, count_query(60.0)).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(
+        v["detail"].as_str().unwrap().contains("project allocation"),
+        "{v}"
+    );
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn a_release_on_each_backend_is_stored_charged_and_audited() {
+    // The HTTP path over PostgreSQL too (when CIVIC_TEST_POSTGRES_URL is set).
+    for url in common::backends("release-backend").await {
+        let c = Coordinator::start(&url).await;
+        let ps = partners(&c).await;
+        let (_, q) = submit(&c, count_query(60.0)).await;
+        let id = q["id"].as_i64().unwrap();
+        let results =
+            run_partners(&ps, id, &[vec![7], vec![8], vec![9]], &[StopAt::Never; 3]).await;
+        assert!(results.iter().all(Result::is_ok), "{url}: {results:?}");
+        let done = c.wait_done(id).await;
+        assert_eq!(
+            done["result"]["rows"][0][0]["value"].as_f64().unwrap(),
+            24.0,
+            "{url}: {done}"
+        );
+        assert!(
+            common::close(&budget(&c).await["charged_rho"], 1800.0),
+            "{url}"
+        );
+        let (_, v) = c
+            .call(Method::GET, "/v1/audit/verify", Some(&c.board[0]), None)
+            .await;
+        assert_eq!(v["verified"], true, "{url}: {v}");
+        c.stop().await;
+        common::drop_schema(&url).await;
+    }
+}
