@@ -146,11 +146,12 @@ impl ReleasePlan {
         })
     }
 
-    /// The cheapest calibration (to within 1%) whose every half-width, in statistic units,
-    /// is at most `target`: what a researcher who asks for accuracy instead of a cost gets.
-    /// Half-widths fall as 1/ε for Laplace and as 1/√ρ for Gaussian noise, so one probe
-    /// gives the estimate; OpenDP's discrete accuracy is not exactly that smooth, so the
-    /// estimate is then raised until it holds.
+    /// The cheapest calibration whose every half-width, in statistic units, is at most
+    /// `target`: what a researcher who asks for accuracy instead of a cost gets. Half-widths
+    /// fall as 1/ε for Laplace and as 1/√ρ for Gaussian noise, so one probe gives an
+    /// estimate; discrete noise has integer half-widths, flat over ranges of ε, so the
+    /// estimate is then bracketed and bisected to the cheapest amount that meets the target
+    /// (to a relative 10⁻⁶).
     pub fn for_target_half_width(
         plan: &AggregationPlan,
         kind: NoiseKind,
@@ -163,33 +164,69 @@ impl ReleasePlan {
                 reason: format!("the target half-width must be positive and finite, got {target}"),
             });
         }
-        let choice = |amount: f64| match kind {
-            NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon(amount),
-            NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(amount),
+        let calibrate = |amount: f64| {
+            let choice = match kind {
+                NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon(amount),
+                NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(amount),
+            };
+            let candidate = Self::new(plan, choice, alpha)?;
+            let widest = candidate.half_widths(plan)?.into_iter().fold(0.0, f64::max);
+            Ok::<_, MechanismError>((widest <= target, candidate))
         };
-        let widest = |p: &ReleasePlan| -> Result<f64, MechanismError> {
-            Ok(p.half_widths(plan)?.into_iter().fold(0.0, f64::max))
+        let unreachable = || MechanismError::InvalidParameter {
+            stage: "accuracy",
+            reason: format!(
+                "no calibration reaches a half-width of {target}: noise on integers cannot be \
+                 made narrower than one unit"
+            ),
         };
-        let probe = widest(&Self::new(plan, choice(1.0), alpha)?)?;
-        let ratio = probe / target;
-        let mut amount = match kind {
+        let (_, probe) = calibrate(1.0)?;
+        let widest = probe.half_widths(plan)?.into_iter().fold(0.0, f64::max);
+        let ratio = widest / target;
+        let estimate = match kind {
             NoiseKind::DiscreteLaplace => ratio,
             NoiseKind::DiscreteGaussian => ratio * ratio,
         };
-        for _ in 0..200 {
-            let candidate = Self::new(plan, choice(amount), alpha)?;
-            if widest(&candidate)? <= target {
-                return Ok(candidate);
-            }
-            amount *= 1.01;
+        if !(estimate.is_finite() && estimate > 0.0) {
+            return Err(unreachable());
         }
-        Err(MechanismError::InvalidParameter {
-            stage: "accuracy",
-            reason: format!(
-                "no affordable calibration reaches a half-width of {target}: noise on integers \
-                 cannot be made narrower than one unit"
-            ),
-        })
+        // Bracket: `low` misses the target, `high` meets it.
+        let (mut low, mut high) = (estimate, estimate);
+        let mut best = None;
+        for _ in 0..64 {
+            match calibrate(high) {
+                Ok((true, c)) => {
+                    best = Some(c);
+                    break;
+                }
+                Ok((false, _)) => {
+                    low = high;
+                    high *= 1.25;
+                }
+                Err(_) => return Err(unreachable()),
+            }
+        }
+        let mut best = best.ok_or_else(unreachable)?;
+        if low >= high {
+            low = high;
+            for _ in 0..64 {
+                low /= 1.25;
+                if !calibrate(low)?.0 {
+                    break;
+                }
+            }
+        }
+        while (high - low) / high > 1e-6 {
+            let mid = (low * high).sqrt();
+            match calibrate(mid)? {
+                (true, c) => {
+                    high = mid;
+                    best = c;
+                }
+                (false, _) => low = mid,
+            }
+        }
+        Ok(best)
     }
 
     /// Refuses a release whose stored calibration does not fit the plan (a block left out or

@@ -2,7 +2,7 @@
 //! intervals and the receipt.
 
 use civic_mechanisms::plan::MAX_SENSITIVITY;
-use civic_mechanisms::{AggregationPlan, PrivacyChoice, ReleasePlan};
+use civic_mechanisms::{AggregationPlan, NoiseKind, PrivacyChoice, ReleasePlan};
 use civic_policies::samples;
 use civic_policies::{DatasetPolicy, Query, Rho};
 
@@ -246,4 +246,62 @@ fn a_tampered_plan_is_refused_not_panicked_on() {
     plan.blocks[0].len = 2;
     let err = ReleasePlan::new(&plan, PrivacyChoice::Rho(0.05), 0.05).unwrap_err();
     assert!(err.to_string().contains("one slot per cell"), "{err}");
+}
+
+#[test]
+fn a_target_accuracy_buys_the_cheapest_calibration_that_meets_it() {
+    let policy = civic_policies::samples::diabetes();
+    for (json, target) in [
+        (r#"{"dataset":"diabetes","statistic":"count"}"#, 25.0),
+        (
+            r#"{"dataset":"diabetes","statistic":{"histogram":{"columns":["sex"]}}}"#,
+            10.0,
+        ),
+        (
+            r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}}}"#,
+            400.0,
+        ),
+    ] {
+        let plan = compile(&policy, json);
+        for kind in [NoiseKind::DiscreteLaplace, NoiseKind::DiscreteGaussian] {
+            let chosen = ReleasePlan::for_target_half_width(&plan, kind, target, 0.05).unwrap();
+            let widest = |p: &ReleasePlan| {
+                p.half_widths(&plan)
+                    .unwrap()
+                    .into_iter()
+                    .fold(0.0, f64::max)
+            };
+            assert!(
+                widest(&chosen) <= target,
+                "{json} {kind:?}: {} > {target}",
+                widest(&chosen)
+            );
+            // 0.1% less privacy loss no longer meets the target: the choice is the cheapest,
+            // to the search's precision.
+            let amount = match kind {
+                NoiseKind::DiscreteLaplace => chosen
+                    .groups
+                    .iter()
+                    .map(|g| g.epsilon.unwrap())
+                    .sum::<f64>(),
+                NoiseKind::DiscreteGaussian => chosen.cost.as_f64(),
+            };
+            let cheaper = match kind {
+                NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon(amount * 0.999),
+                NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(amount * 0.999),
+            };
+            let cheaper = ReleasePlan::new(&plan, cheaper, 0.05).unwrap();
+            assert!(
+                widest(&cheaper) > target,
+                "{json} {kind:?}: a cheaper calibration also meets {target}"
+            );
+        }
+    }
+    let plan = compile(&policy, r#"{"dataset":"diabetes","statistic":"count"}"#);
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(
+            ReleasePlan::for_target_half_width(&plan, NoiseKind::DiscreteLaplace, bad, 0.05)
+                .is_err()
+        );
+    }
 }

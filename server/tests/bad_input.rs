@@ -6,7 +6,7 @@ mod common;
 use civic_api::encode_binary;
 use civic_secagg::messages::{ClientMessage, MaskedInput};
 use civic_secagg::{PartnerId, RingVector, RoundId, Width};
-use common::partner::TestPartner;
+use common::partner::{StopAt, TestPartner};
 use common::{Coordinator, count_query, fresh_store_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

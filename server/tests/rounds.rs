@@ -67,6 +67,25 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
         "{preview}"
     );
     assert!(common::close(&budget(&c).await["used_rho"], 0.0));
+    // Or ask for an accuracy and be told the cost.
+    let mut target = count_query(1.0);
+    target["privacy"] =
+        json!({ "target_half_width": { "half_width": 5.0, "mechanism": "laplace" } });
+    let (s, p) = c
+        .call(
+            Method::POST,
+            "/v1/queries/preview",
+            Some(&c.researcher),
+            Some(target),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert!(p["half_widths"][0].as_f64().unwrap() <= 5.0, "{p}");
+    let eps = p["cost"]["epsilon"].as_f64().unwrap();
+    assert!(
+        eps > 0.3 && eps < 1.0,
+        "a ±5 count at 95% needs ε ≈ ln(20)/5 ≈ 0.6: {p}"
+    );
 
     // Count: 10 + 20 + 12 residents.
     let (s, q) = submit(&c, count_query(60.0)).await;
@@ -151,6 +170,13 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
         "{actions:?}"
     );
     assert!(actions.contains(&"query.reserve_reused"), "{actions:?}");
+    let (_, metrics) = c.call(Method::GET, "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("# TYPE civic_releases_total counter"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("civic_releases_total 0\n"), "{metrics}");
     c.stop().await;
 }
 

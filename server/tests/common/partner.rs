@@ -24,6 +24,9 @@ pub struct TestPartner {
 pub enum StopAt {
     Never,
     BeforeMaskedInput,
+    /// Goes on to the end, but first replays its AdvertiseKeys and sends a vector of the
+    /// wrong length, and checks that both are refused.
+    NeverButMisbehave,
 }
 
 impl TestPartner {
@@ -135,7 +138,10 @@ impl TestPartner {
                 Err(format!("{} {}", r.status(), r.text().await.unwrap()))
             }
         };
-        ok(self.post(round, ClientMessage::AdvertiseKeys(adv)).await).await?;
+        ok(self
+            .post(round, ClientMessage::AdvertiseKeys(adv.clone()))
+            .await)
+        .await?;
         let Inbox::KeyRoster(keys) = self
             .inbox(round, |i| matches!(i, Inbox::KeyRoster(_)))
             .await?

@@ -1,0 +1,119 @@
+//! The `civic-coordinator` binary as an operator runs it: bootstrap an admin from the
+//! command line, serve from a config file, answer on /healthz, shut down on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod common;
+
+#[test]
+fn bootstrap_serve_and_shut_down_gracefully() {
+    let url = common::fresh_store_url("cli");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("civic-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!("bind = \"127.0.0.1:{port}\"\nstore_url = \"{url}\"\n"),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_civic-coordinator");
+
+    let out = Command::new(bin)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "admin",
+            "create-account",
+            "root",
+            "--role",
+            "admin",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("token (shown once; store it now): "))
+        .expect("token printed")
+        .to_string();
+    assert_eq!(token.len(), 64);
+
+    let bad = Command::new(bin)
+        .args(["admin", "create-account", "x", "--role", "emperor"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown role"));
+    let missing = Command::new(bin)
+        .args(["--config", "/nonexistent/c.toml", "serve"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/c.toml"));
+
+    let mut server = Command::new(bin)
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
+    assert!(health.contains("\"ok\""), "{health}");
+    let who = http_get(&format!("http://127.0.0.1:{port}/v1/audit"), &token);
+    assert!(who.contains("account.create"), "{who}");
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = server.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exited = exited.unwrap_or_else(|| {
+        let _ = server.kill();
+        panic!("no exit within 10 s of SIGTERM")
+    });
+    assert!(exited.success(), "{exited:?}");
+}
+
+/// A GET over a plain TCP socket (this test has no async runtime), retried while the
+/// server starts.
+fn http_get(url: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(host) {
+            let auth = if token.is_empty() {
+                String::new()
+            } else {
+                format!("Authorization: Bearer {token}\r\n")
+            };
+            write!(
+                s,
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never answered");
+}
