@@ -407,6 +407,7 @@ async fn step(state: &AppState, id: i64) -> ApiResult<()> {
         return Ok(());
     }
     let closing = r.server.phase();
+    tracing::debug!(round = id, phase = %closing, responded = responded.len(), expected = r.expected.len(), "closing phase");
     match r.server.advance() {
         Ok(ServerOutput::Aggregate(aggregate)) => {
             drop(r);

@@ -91,6 +91,97 @@ fn bootstrap_serve_and_shut_down_gracefully() {
     assert!(exited.success(), "{exited:?}");
 }
 
+#[test]
+fn serves_https_with_the_configured_certificate() {
+    // A self-signed certificate for 127.0.0.1 from the openssl command line.
+    let dir = std::env::temp_dir().join(format!("civic-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=civic-test",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ])
+        .output()
+        .expect("the openssl command line makes the test certificate");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("coordinator.toml");
+    let toml = format!(
+        "bind = \"127.0.0.1:{port}\"\nstore_url = \"{}\"\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        common::fresh_store_url("tls"),
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_civic-coordinator"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut answer = String::new();
+    for _ in 0..100 {
+        let Ok(tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn =
+            rustls::ClientConnection::new(std::sync::Arc::new(client.clone()), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        use std::io::{Read, Write};
+        write!(
+            tls,
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let _ = tls.read_to_string(&mut answer);
+        break;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"ok\""), "{answer}");
+}
+
 /// A GET over a plain TCP socket (this test has no async runtime), retried while the
 /// server starts.
 fn http_get(url: &str, token: &str) -> String {
