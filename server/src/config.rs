@@ -33,6 +33,10 @@ pub struct Config {
     pub max_corrupt_fraction: f64,
     /// δ at which costs are also stated as (ε, δ).
     pub reporting_delta: f64,
+    /// Whether this coordinator drives secure-aggregation rounds. With several coordinators
+    /// on one PostgreSQL database exactly one drives rounds (and partners' traffic must reach
+    /// it); the others serve everything else and leave rounds they open to it.
+    pub drive_rounds: bool,
 }
 
 /// Certificate and key files.
@@ -59,6 +63,7 @@ impl Default for Config {
             max_dropout_rate: 0.0,
             max_corrupt_fraction: 0.0,
             reporting_delta: 1e-6,
+            drive_rounds: true,
         }
     }
 }
@@ -74,10 +79,7 @@ impl Config {
     /// Checks the values serde cannot.
     pub fn check(&self) -> Result<(), String> {
         if !(self.store_url.starts_with("sqlite:") || self.store_url.starts_with("postgres")) {
-            return Err(format!(
-                "store_url must start with sqlite: or postgres://, got {:?}",
-                self.store_url
-            ));
+            return Err("store_url must start with sqlite: or postgres://".into());
         }
         if self.json_limit < 1024 || self.binary_limit < 1024 {
             return Err("json_limit and binary_limit must be at least 1024 bytes".into());

@@ -36,17 +36,25 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Connects the store, rebuilds open rounds, and returns the state ready to serve.
-    pub async fn open(config: Config) -> Result<web::Data<AppState>, String> {
+    /// Connects the store without touching rounds (administration from the command line).
+    pub async fn connect(config: Config) -> Result<web::Data<AppState>, String> {
         let store = Store::connect(&config.store_url).await?;
-        let state = web::Data::new(AppState {
+        Ok(web::Data::new(AppState {
             store,
             config,
             rounds: rounds::Rounds::default(),
-        });
-        let resumed = rounds::recover(&state).await.map_err(|e| e.to_string())?;
-        if resumed > 0 {
-            tracing::info!(resumed, "resumed open rounds from the store");
+        }))
+    }
+
+    /// Connects the store and, on a coordinator that drives rounds, rebuilds the open rounds
+    /// from it: the state ready to serve.
+    pub async fn open(config: Config) -> Result<web::Data<AppState>, String> {
+        let state = Self::connect(config).await?;
+        if state.config.drive_rounds {
+            let resumed = rounds::adopt(&state).await.map_err(|e| e.to_string())?;
+            if resumed > 0 {
+                tracing::info!(resumed, "resumed open rounds from the store");
+            }
         }
         Ok(state)
     }
@@ -92,7 +100,9 @@ macro_rules! app {
 /// stops the round driver; open rounds stay in the store and resume at the next start.
 pub async fn serve(config: Config) -> Result<(), String> {
     let state = AppState::open(config.clone()).await?;
-    let driver = tokio::spawn(rounds::drive(state.clone()));
+    let driver = config
+        .drive_rounds
+        .then(|| tokio::spawn(rounds::drive(state.clone())));
     let app_state = state.clone();
     let server = HttpServer::new(move || app!(app_state)).shutdown_timeout(30);
     let server = match &config.tls {
@@ -105,7 +115,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     tracing::info!(bind = %config.bind, tls = config.tls.is_some(), "civic-coordinator listening");
     let result = server.run().await.map_err(|e| e.to_string());
-    driver.abort();
+    if let Some(driver) = driver {
+        driver.abort();
+    }
     result
 }
 
@@ -114,8 +126,9 @@ pub fn serve_listener(
     state: web::Data<AppState>,
     listener: std::net::TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let driver_state = state.clone();
-    actix_web::rt::spawn(rounds::drive(driver_state));
+    if state.config.drive_rounds {
+        actix_web::rt::spawn(rounds::drive(state.clone()));
+    }
     Ok(HttpServer::new(move || app!(state))
         .workers(2)
         .listen(listener)?

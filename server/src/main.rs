@@ -70,7 +70,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Serve => civic_server::serve(config).await,
         Command::Admin { action } => {
             let Admin::CreateAccount { name, role } = action;
-            let state = AppState::open(config).await?;
+            let state = AppState::connect(config).await?;
             let created =
                 civic_server::service::governance::create(&state, "admin-cli", &name, role)
                     .await

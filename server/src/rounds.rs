@@ -31,6 +31,9 @@ use crate::store::{
     RoundSetup, Store, Tx, accounts, audit, budgets, datasets, queries, rfc3339, rounds,
 };
 
+/// How often the driver looks in the store for open rounds it does not hold.
+const ADOPT_EVERY: Duration = Duration::from_secs(1);
+
 /// Above this many partners a round uses the sparse (Harary) graph.
 const COMPLETE_GRAPH_MAX: usize = 100;
 
@@ -44,6 +47,9 @@ struct LiveRound {
     deadline_at: SystemTime,
     /// What the last closed phase produced, for partners' inboxes.
     last_output: Option<ServerOutput>,
+    /// Being released or aborted: kept in memory (so it is not adopted again) but no longer
+    /// driven.
+    closing: bool,
 }
 
 /// The open rounds of this coordinator.
@@ -71,9 +77,18 @@ impl Rounds {
             return;
         }
         if let Ok(mut m) = self.live.lock() {
-            m.insert(id, Arc::new(Mutex::new(round)));
+            // A round already in memory is never replaced: it may hold messages the store
+            // copy also holds, but its phase bookkeeping is the live one.
+            m.entry(id).or_insert_with(|| Arc::new(Mutex::new(round)));
         }
         self.wake.notify_one();
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.live
+            .lock()
+            .map(|m| m.contains_key(&id))
+            .unwrap_or(true)
     }
 
     fn remove(&self, id: i64) {
@@ -107,17 +122,17 @@ fn deadline(state: &AppState) -> (Instant, SystemTime) {
     (Instant::now() + d, SystemTime::now() + d)
 }
 
-/// Builds the round for a query about to run, inside the caller's transaction: checks that
-/// every partner of the dataset is registered with an identity key, sizes the ring, and
-/// stores the setup. Returns the setup; call [`start`] after the commit.
-pub async fn open(
+/// The round a query would run as: checks that every partner of the dataset has an account
+/// and a registered identity key, and sizes the ring. Called at submission (so a query that
+/// could never run is refused before anything is reserved) and again when it starts.
+pub async fn plan(
     state: &AppState,
-    tx: &mut Tx<'_>,
+    conn: &mut sqlx::AnyConnection,
     query: i64,
     priced: &Priced,
     policy: &civic_policies::DatasetPolicy,
 ) -> ApiResult<RoundSetup> {
-    let all = accounts::partners(tx).await?;
+    let all = accounts::partners(conn).await?;
     let mut participants = Vec::new();
     let mut roster = civic_secagg::Roster::new();
     for name in policy.partners() {
@@ -165,18 +180,25 @@ pub async fn open(
         tolerances,
         policy.min_partners() as usize,
     )?;
-    let setup = RoundSetup {
+    Ok(RoundSetup {
         config,
         roster,
         max_rows_per_partner: state.config.max_rows_per_partner,
-    };
-    rounds::insert(tx, query, &setup).await?;
-    queries::set_round(tx, query, query).await?;
-    Ok(setup)
+    })
 }
 
-/// Puts a committed round in memory and wakes the driver.
+/// Stores a round inside the caller's transaction; call [`start`] after the commit.
+pub async fn open(tx: &mut Tx<'_>, query: i64, setup: &RoundSetup) -> ApiResult<()> {
+    rounds::insert(tx, query, setup).await?;
+    queries::set_round(tx, query, query).await
+}
+
+/// Puts a committed round in memory and wakes the driver. On a coordinator that does not
+/// drive rounds this does nothing: the driving coordinator adopts the round from the store.
 pub fn start(state: &AppState, id: i64, setup: RoundSetup) -> ApiResult<()> {
+    if !state.config.drive_rounds {
+        return Ok(());
+    }
     let server = ServerRound::new(setup.config.clone(), setup.roster.clone())?;
     let (deadline, deadline_at) = deadline(state);
     state.rounds.insert(
@@ -188,25 +210,32 @@ pub fn start(state: &AppState, id: i64, setup: RoundSetup) -> ApiResult<()> {
             deadline,
             deadline_at,
             last_output: None,
+            closing: false,
         },
     );
     crate::metrics::ROUNDS_OPENED.inc();
     Ok(())
 }
 
-/// Rebuilds every open round from the store after a restart, replaying its messages; a
-/// round that cannot be rebuilt is aborted and refunded.
-pub async fn recover(state: &AppState) -> ApiResult<usize> {
+/// Takes into memory every open round in the store that is not there yet: at start-up
+/// (after a restart, by replaying each round's stored messages) and then on every few
+/// ticks (rounds opened by a coordinator that does not drive rounds, or whose start was
+/// lost). A round that cannot be rebuilt is aborted and refunded. Returns how many rounds
+/// were adopted.
+pub async fn adopt(state: &AppState) -> ApiResult<usize> {
     let open = {
         let mut conn = state.store.pool().acquire().await?;
         rounds::open(&mut conn).await?
     };
-    let mut resumed = 0;
+    let mut adopted = 0;
     for row in open {
+        if state.rounds.contains(row.id) {
+            continue;
+        }
         match replay(&state.store, &row).await {
             Ok((server, expected, last_output)) => {
                 let (deadline, deadline_at) = deadline(state);
-                tracing::info!(round = row.id, phase = %server.phase(), "resumed round after restart");
+                tracing::info!(round = row.id, phase = %server.phase(), "adopted an open round from the store");
                 state.rounds.insert(
                     row.id,
                     LiveRound {
@@ -216,21 +245,20 @@ pub async fn recover(state: &AppState) -> ApiResult<usize> {
                         deadline,
                         deadline_at,
                         last_output,
+                        closing: false,
                     },
                 );
-                resumed += 1;
+                adopted += 1;
             }
             Err(e) => {
-                abort(
-                    state,
-                    row.id,
-                    &format!("could not be resumed after a restart: {e}"),
-                )
-                .await?;
+                let reason = format!("could not be rebuilt from the store: {e}");
+                if let Err(e) = abort(state, row.id, &reason).await {
+                    tracing::error!(round = row.id, error = %e, "could not abort a round that cannot be rebuilt");
+                }
             }
         }
     }
-    Ok(resumed)
+    Ok(adopted)
 }
 
 type Replayed = (ServerRound, BTreeSet<PartnerId>, Option<ServerOutput>);
@@ -281,7 +309,8 @@ pub async fn announcements(
         };
         let (setup, phase, deadline_at) = {
             let r = round.lock().await;
-            if !r.expected.contains(&partner)
+            if r.closing
+                || !r.expected.contains(&partner)
                 || matches!(r.server.phase(), Phase::Finished | Phase::Aborted)
             {
                 continue;
@@ -387,8 +416,15 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
 /// The driver: closes phases whose deadline passed or whose partners all answered.
 pub async fn drive(state: actix_web::web::Data<AppState>) {
     let tick = Duration::from_millis(state.config.tick_millis);
+    let mut last_adoption = Instant::now();
     while !state.rounds.halted() {
         let _ = tokio::time::timeout(tick, state.rounds.wake.notified()).await;
+        if last_adoption.elapsed() >= ADOPT_EVERY {
+            last_adoption = Instant::now();
+            if let Err(e) = adopt(&state).await {
+                tracing::error!(error = %e, "adopting open rounds failed");
+            }
+        }
         for id in state.rounds.ids() {
             if let Err(e) = step(&state, id).await {
                 tracing::error!(round = id, error = %e, "round step failed");
@@ -402,70 +438,81 @@ async fn step(state: &AppState, id: i64) -> ApiResult<()> {
         return Ok(());
     };
     let mut r = round.lock().await;
+    if r.closing {
+        return Ok(());
+    }
     let responded: BTreeSet<PartnerId> = r.server.responded().into_iter().collect();
     if responded.len() < r.expected.len() && Instant::now() < r.deadline {
         return Ok(());
     }
     let closing = r.server.phase();
     tracing::debug!(round = id, phase = %closing, responded = responded.len(), expected = r.expected.len(), "closing phase");
-    match r.server.advance() {
-        Ok(ServerOutput::Aggregate(aggregate)) => {
-            drop(r);
-            state.rounds.remove(id);
-            if let Err(e) = finish(state, id, aggregate).await {
-                abort(state, id, &format!("the release failed: {}", e.detail)).await?;
-            }
-        }
+    // Advance a copy, store the new phase, and only then take it: memory never runs ahead
+    // of the store.
+    let mut next = r.server.clone();
+    let outcome = match next.advance() {
+        Ok(ServerOutput::Aggregate(aggregate)) => Ok(Some(aggregate)),
         Ok(output) => {
             let mut conn = state.store.pool().acquire().await?;
-            rounds::set_phase(&mut conn, id, r.server.phase()).await?;
+            rounds::set_phase(&mut conn, id, next.phase()).await?;
             let (deadline, deadline_at) = deadline(state);
+            r.server = next;
             r.expected = responded;
             r.deadline = deadline;
             r.deadline_at = deadline_at;
             r.last_output = Some(output);
             tracing::info!(round = id, closed = %closing, opened = %r.server.phase(), "phase closed");
+            Ok(None)
         }
+        Err(e) => Err(e),
+    };
+    let (Ok(Some(_)) | Err(_)) = &outcome else {
+        return Ok(());
+    };
+    // The round ends: keep it in memory, marked, until the store says so.
+    r.closing = true;
+    let max_rows = r.setup.max_rows_per_partner;
+    drop(r);
+    let result = match outcome {
+        Ok(Some(aggregate)) => match finish(state, id, aggregate, max_rows).await {
+            Ok(()) => Ok(()),
+            Err(e) => abort(state, id, &format!("the release failed: {}", e.detail)).await,
+        },
         Err(e) => {
-            drop(r);
-            state.rounds.remove(id);
             abort(
                 state,
                 id,
                 &format!("{closing} closed with too few partners: {e}"),
             )
-            .await?;
+            .await
         }
-    }
-    Ok(())
+        Ok(None) => Ok(()),
+    };
+    state.rounds.remove(id);
+    result
 }
 
 /// Charges, samples once, stores and audits, in one transaction.
-async fn finish(state: &AppState, id: i64, aggregate: Aggregate) -> ApiResult<()> {
+async fn finish(state: &AppState, id: i64, aggregate: Aggregate, max_rows: u64) -> ApiResult<()> {
     let (query, policy) = {
         let mut conn = state.store.pool().acquire().await?;
         let q = queries::get(&mut conn, id).await?;
         let v = datasets::get(&mut conn, &q.dataset, q.dataset_version).await?;
         (q, v.policy)
     };
-    let max_rows = state.config.max_rows_per_partner;
     let delta = state.config.reporting_delta;
     let survivors = aggregate.survivors.len();
     let summed = aggregate.sum.to_signed();
     let budget = Rho::from_units(query.cost_units);
-    let (request, version, policy_for_release) =
-        (query.request.clone(), query.dataset_version, policy.clone());
+    let (request, version) = (query.request.clone(), query.dataset_version);
     let released_at = crate::store::now_rfc3339();
+    // The plan is recompiled with the row bound the ring was sized for, not today's config.
     // OpenDP's measurements are neither Send nor Sync: build and sample on one blocking thread.
     let release: Release = actix_web::web::block(move || -> ApiResult<Release> {
-        let priced = price(&policy_for_release, version, &request, max_rows, delta)?;
-        Ok(priced.release_plan.release(
-            &priced.plan,
-            &policy_for_release,
-            &summed,
-            survivors,
-            budget,
-        )?)
+        let priced = price(&policy, version, &request, max_rows, delta)?;
+        Ok(priced
+            .release_plan
+            .release(&priced.plan, &policy, &summed, survivors, budget)?)
     })
     .await
     .map_err(|e| ApiError::internal("sampling a release", e))??;
@@ -523,39 +570,42 @@ fn release_view(release: Release, released_at: String) -> ApiResult<ReleaseView>
     })
 }
 
-/// Aborts a round and refunds its query, in one transaction.
+/// Aborts a round and, if its query was still running, refunds it: one transaction. The
+/// round is closed and its messages dropped whatever state the query is in.
 pub async fn abort(state: &AppState, id: i64, reason: &str) -> ApiResult<()> {
-    state.rounds.remove(id);
     let mut tx = state.store.begin().await?;
     // The write comes first: it takes the lock (see the store's module comment).
-    if !queries::transition(
+    let was_running = queries::transition(
         &mut tx,
         id,
         QueryState::Running,
         QueryState::Aborted,
         Some(reason),
     )
-    .await?
-    {
-        return Ok(());
-    }
-    let query = queries::get(&mut tx, id).await?;
-    let refunded = budgets::update(&mut tx, &query.dataset, |l| Ok(l.refund(id as u64)?)).await?;
+    .await?;
     rounds::set_phase(&mut tx, id, Phase::Aborted).await?;
     rounds::delete_messages(&mut tx, id).await?;
+    let mut refunded = 0.0;
+    if was_running {
+        let query = queries::get(&mut tx, id).await?;
+        refunded = budgets::update(&mut tx, &query.dataset, |l| Ok(l.refund(id as u64)?))
+            .await?
+            .as_f64();
+    }
     audit::append(
         &mut tx,
         AuditEvent {
             actor: "coordinator".into(),
             action: "round.abort".into(),
             subject: format!("query:{id}"),
-            details: json!({ "reason": reason, "refunded_rho": refunded.as_f64() }),
+            details: json!({ "reason": reason, "refunded_rho": refunded }),
         },
     )
     .await?;
     tx.commit().await?;
+    state.rounds.remove(id);
     crate::metrics::ROUNDS_ABORTED.inc();
-    tracing::warn!(round = id, reason, "round aborted; reservation refunded");
+    tracing::warn!(round = id, reason, refunded, "round aborted");
     Ok(())
 }
 

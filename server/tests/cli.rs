@@ -93,39 +93,77 @@ fn bootstrap_serve_and_shut_down_gracefully() {
 
 #[test]
 fn serves_https_with_the_configured_certificate() {
-    // A self-signed certificate for 127.0.0.1 from the openssl command line.
+    // A test CA and a certificate for 127.0.0.1 signed by it, from the openssl command line.
     let dir = std::env::temp_dir().join(format!("civic-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=civic-test",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ])
-        .output()
-        .expect("the openssl command line makes the test certificate");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("cert.pem"), path("key.pem"));
+    std::fs::write(
+        path("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let openssl = |args: Vec<&str>| {
+        let out = Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("the openssl command line makes the test certificates");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (ca_key, csr, ext) = (path("ca.key"), path("leaf.csr"), path("leaf.ext"));
+    openssl(
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=civic-test-ca",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+            ],
+        ]
+        .concat(),
     );
+    openssl(
+        [
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr],
+        ]
+        .concat(),
+    );
+    openssl(vec![
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -135,20 +173,23 @@ fn serves_https_with_the_configured_certificate() {
     let toml = format!(
         "bind = \"127.0.0.1:{port}\"\nstore_url = \"{}\"\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         common::fresh_store_url("tls"),
-        cert.display(),
-        key.display()
+        cert,
+        key
     );
     std::fs::write(&config, toml).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_civic-coordinator"))
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_civic-coordinator"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap())
+        .add(rustls_pki_types::CertificateDer::from_pem_file(&ca).unwrap())
         .unwrap();
     let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -176,10 +217,20 @@ fn serves_https_with_the_configured_certificate() {
         let _ = tls.read_to_string(&mut answer);
         break;
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"ok\""), "{answer}");
+}
+
+/// A server process killed when the test ends, even by a panic (it would otherwise hold the
+/// test harness's output pipe open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A GET over a plain TCP socket (this test has no async runtime), retried while the

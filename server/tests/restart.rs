@@ -61,8 +61,9 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let addr = c.base.trim_start_matches("http://").to_string();
-    c.state.rounds.halt();
+    // Stop answering first (a dead process answers nothing), then stop driving rounds.
     c.handle.stop(false).await;
+    c.state.rounds.halt();
     let (researcher, board) = (c.researcher.clone(), c.board[0].clone());
 
     // A new coordinator on the same file and port.
@@ -119,4 +120,59 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let verify = get("/v1/audit/verify".into(), board).await;
     assert_eq!(verify["verified"], true, "{verify}");
     handle.stop(true).await;
+}
+
+#[actix_web::test]
+async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_does() {
+    let url = fresh_store_url("replicas");
+    let driver = Coordinator::start(&url).await;
+    let mut ps = Vec::new();
+    for (i, (_, id, token)) in driver.partners.iter().enumerate() {
+        ps.push(TestPartner::register(&driver.base, token, *id, i as u8 + 1).await);
+    }
+    // A second coordinator on the same store, serving researchers only.
+    let mut config = test_config(&url);
+    config.drive_rounds = false;
+    let (replica, replica_state, replica_handle) = common::serve(config).await;
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{replica}/v1/queries"))
+        .bearer_auth(&driver.researcher)
+        .json(&count_query(60.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let q: serde_json::Value = res.json().await.unwrap();
+    let id = q["id"].as_i64().unwrap();
+    assert_eq!(
+        replica_state.rounds.count(),
+        0,
+        "the replica does not drive the round"
+    );
+    // The driving coordinator adopts it from the store; partners talk to it.
+    let inputs = [vec![1], vec![2], vec![3]];
+    let futures = ps
+        .iter()
+        .zip(inputs.iter())
+        .map(|(p, x)| p.take_part(id, x, StopAt::Never));
+    let results = futures_util::future::join_all(futures).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = driver.wait_done(id).await;
+    assert_eq!(
+        done["result"]["rows"][0][0]["value"].as_f64().unwrap(),
+        6.0,
+        "{done}"
+    );
+    // Both coordinators serve the same result.
+    let res = http
+        .get(format!("{replica}/v1/queries/{id}"))
+        .bearer_auth(&driver.researcher)
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(seen["result"]["rows"], done["result"]["rows"]);
+    replica_handle.stop(true).await;
+    driver.stop().await;
 }

@@ -281,9 +281,9 @@ pub async fn decide(
         ));
     }
     let mut tx = state.store.begin().await?;
-    queries::decide(&mut tx, id, &by.name, req.approve, &req.reason).await?;
-    let query = queries::get(&mut tx, id).await?;
-    if query.state != QueryState::AwaitingApproval {
+    // Lock the query first: decisions on one query queue, and each sees the others'.
+    if !queries::lock_awaiting_approval(&mut tx, id).await? {
+        let query = queries::get(&mut tx, id).await?;
         return Err(ApiError::conflict(
             "query.not_awaiting_approval",
             format!(
@@ -292,16 +292,30 @@ pub async fn decide(
             ),
         ));
     }
+    queries::decide(&mut tx, id, &by.name, req.approve, &req.reason).await?;
+    let query = queries::get(&mut tx, id).await?;
+    let moved = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::internal(
+                "deciding on a query",
+                format!("query {id} changed state under its lock"),
+            ))
+        }
+    };
     let mut started = None;
     if !req.approve {
-        queries::transition(
-            &mut tx,
-            id,
-            QueryState::AwaitingApproval,
-            QueryState::Rejected,
-            Some(&req.reason),
-        )
-        .await?;
+        moved(
+            queries::transition(
+                &mut tx,
+                id,
+                QueryState::AwaitingApproval,
+                QueryState::Rejected,
+                Some(&req.reason),
+            )
+            .await?,
+        )?;
         budgets::update(&mut tx, &query.dataset, |l| Ok(l.refund(id as u64)?)).await?;
         audit::append(
             &mut tx,
@@ -325,14 +339,16 @@ pub async fn decide(
         )
         .await?;
         if approvals as u32 >= query.approvals_required {
-            queries::transition(
-                &mut tx,
-                id,
-                QueryState::AwaitingApproval,
-                QueryState::Running,
-                None,
-            )
-            .await?;
+            moved(
+                queries::transition(
+                    &mut tx,
+                    id,
+                    QueryState::AwaitingApproval,
+                    QueryState::Running,
+                    None,
+                )
+                .await?,
+            )?;
             let version = datasets::get(&mut tx, &query.dataset, query.dataset_version).await?;
             let priced = priced_for(
                 state,
@@ -341,7 +357,9 @@ pub async fn decide(
                 &query.request,
             )
             .await?;
-            started = Some(rounds::open(state, &mut tx, id, &priced, &version.policy).await?);
+            let setup = rounds::plan(state, &mut tx, id, &priced, &version.policy).await?;
+            rounds::open(&mut tx, id, &setup).await?;
+            started = Some(setup);
         }
     }
     tx.commit().await?;

@@ -96,14 +96,29 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> ApiR
 /// Submits a query: re-served at no cost if an identical release exists; otherwise its cost
 /// is reserved (atomically against every cap) and it waits for approval or runs.
 pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> ApiResult<QueryView> {
-    let (dataset, priced, reuse) = {
+    let (dataset, priced) = {
         let mut conn = state.store.pool().acquire().await?;
         check_member(&mut conn, who, &req.project).await?;
         let dataset = datasets::require_latest(&mut conn, &req.query.dataset).await?;
         let priced = priced_for(state, &dataset.policy, dataset.version, &req).await?;
-        let reuse = queries::release_by_fingerprint(&mut conn, &priced.fingerprint).await?;
-        (dataset, priced, reuse)
+        (dataset, priced)
     };
+    let mut tx = state.store.begin().await?;
+    // Hold the dataset's budget lock while deciding: two identical submissions queue, and the
+    // second sees the first (one sample per question, guarantee 3).
+    budgets::lock(&mut tx, &dataset.id).await?;
+    let reuse = queries::release_by_fingerprint(&mut tx, &priced.fingerprint).await?;
+    if reuse.is_none()
+        && let Some((other, other_state)) = queries::in_flight(&mut tx, &priced.fingerprint).await?
+    {
+        return Err(ApiError::conflict(
+            "query.identical_in_flight",
+            format!(
+                "an identical query ({other}) is already {other_state}; once it is released, \
+                 submitting again re-serves its result at no cost (GET /v1/queries/{other})"
+            ),
+        ));
+    }
     let state_now = match (reuse, priced.approvals_required) {
         (Some(_), _) => QueryState::Released,
         (None, 0) => QueryState::Running,
@@ -114,7 +129,6 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> ApiRe
     } else {
         priced.cost.clone()
     };
-    let mut tx = state.store.begin().await?;
     let id = queries::insert(
         &mut tx,
         &NewQuery {
@@ -146,8 +160,12 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> ApiRe
             Ok(l.reserve(id as u64, &req.project, priced.release_plan.cost)?)
         })
         .await?;
+        // Checked now even when approval comes first: a query that could never run (a
+        // partner without an identity key, a ring too narrow) is refused before it waits.
+        let planned = rounds::plan(state, &mut tx, id, &priced, &dataset.policy).await?;
         if state_now == QueryState::Running {
-            setup = Some(rounds::open(state, &mut tx, id, &priced, &dataset.policy).await?);
+            rounds::open(&mut tx, id, &planned).await?;
+            setup = Some(planned);
         }
     }
     audit::append(

@@ -57,6 +57,22 @@ pub async fn update<T>(
     Ok(out)
 }
 
+/// Takes the dataset's budget lock for the rest of the transaction without changing the
+/// ledger: what a submission holds while it looks for an identical query.
+pub async fn lock(conn: &mut AnyConnection, dataset: &str) -> ApiResult<()> {
+    let n = sqlx::query("UPDATE budgets SET writes = writes + 1 WHERE dataset = $1")
+        .bind(dataset)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::not_found(format!(
+            "no budget for dataset {dataset:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// The ledger as it stands (a snapshot, for reading).
 pub async fn read(conn: &mut AnyConnection, dataset: &str) -> ApiResult<Ledger> {
     let row = sqlx::query("SELECT ledger FROM budgets WHERE dataset = $1")

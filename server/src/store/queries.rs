@@ -171,6 +171,35 @@ pub async fn transition(
     Ok(n == 1)
 }
 
+/// Locks a query awaiting approval for the rest of the transaction (decisions on one query
+/// queue); false if it is not awaiting approval.
+pub async fn lock_awaiting_approval(conn: &mut AnyConnection, id: i64) -> ApiResult<bool> {
+    let n = sqlx::query(
+        "UPDATE queries SET state = state WHERE id = $1 AND state = 'awaiting_approval'",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// A query with this fingerprint that is running or awaiting approval, with its state.
+pub async fn in_flight(
+    conn: &mut AnyConnection,
+    fingerprint: &str,
+) -> ApiResult<Option<(i64, String)>> {
+    let row = sqlx::query(
+        "SELECT id, state FROM queries WHERE fingerprint = $1
+         AND state IN ('running', 'awaiting_approval') ORDER BY id LIMIT 1",
+    )
+    .bind(fingerprint)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| Ok((r.try_get("id")?, r.try_get("state")?)))
+        .transpose()
+}
+
 /// Records the round of a query.
 pub async fn set_round(conn: &mut AnyConnection, id: i64, round_id: i64) -> ApiResult<()> {
     sqlx::query("UPDATE queries SET round_id = $1 WHERE id = $2")
