@@ -37,6 +37,9 @@ pub struct Config {
     /// on one PostgreSQL database exactly one drives rounds (and partners' traffic must reach
     /// it); the others serve everything else and leave rounds they open to it.
     pub drive_rounds: bool,
+    /// How long the round driver's lease lasts without renewal (renewed every second). A
+    /// second coordinator set to drive rounds waits until it lapses.
+    pub driver_lease_secs: u64,
 }
 
 /// Certificate and key files.
@@ -64,6 +67,7 @@ impl Default for Config {
             max_corrupt_fraction: 0.0,
             reporting_delta: 1e-6,
             drive_rounds: true,
+            driver_lease_secs: 10,
         }
     }
 }
@@ -86,6 +90,11 @@ impl Config {
         }
         if self.phase_deadline_secs == 0 || self.tick_millis == 0 {
             return Err("phase_deadline_secs and tick_millis must be positive".into());
+        }
+        if self.driver_lease_secs < 2 {
+            return Err(
+                "driver_lease_secs must be at least 2 (the lease is renewed every second)".into(),
+            );
         }
         if self.max_rows_per_partner == 0 {
             return Err("max_rows_per_partner must be positive".into());

@@ -51,9 +51,18 @@ impl AppState {
     pub async fn open(config: Config) -> Result<web::Data<AppState>, String> {
         let state = Self::connect(config).await?;
         if state.config.drive_rounds {
-            let resumed = rounds::adopt(&state).await.map_err(|e| e.to_string())?;
-            if resumed > 0 {
-                tracing::info!(resumed, "resumed open rounds from the store");
+            if rounds::renew_lease(&state)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let resumed = rounds::adopt(&state).await.map_err(|e| e.to_string())?;
+                if resumed > 0 {
+                    tracing::info!(resumed, "resumed open rounds from the store");
+                }
+            } else {
+                tracing::warn!(
+                    "another coordinator holds the round-driver lease; this one takes over only if it lapses"
+                );
             }
         }
         Ok(state)

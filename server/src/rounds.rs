@@ -18,8 +18,8 @@ use civic_mechanisms::Release;
 use civic_policies::Rho;
 use civic_policies::audit::AuditEvent;
 use civic_secagg::{
-    Aggregate, ClientMessage, GraphKind, PartnerId, Phase, RoundConfig, RoundId, ServerOutput,
-    ServerRound, Tolerances, Width,
+    Aggregate, ClientMessage, GraphKind, PartnerId, Phase, RoundConfig, RoundId, SecAggError,
+    ServerOutput, ServerRound, Tolerances, Width,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, Notify};
@@ -31,7 +31,8 @@ use crate::store::{
     RoundSetup, Store, Tx, accounts, audit, budgets, datasets, queries, rfc3339, rounds,
 };
 
-/// How often the driver looks in the store for open rounds it does not hold.
+/// How often the driver renews its lease and looks in the store for open rounds it does
+/// not hold.
 const ADOPT_EVERY: Duration = Duration::from_secs(1);
 
 /// Above this many partners a round uses the sparse (Harary) graph.
@@ -53,14 +54,37 @@ struct LiveRound {
 }
 
 /// The open rounds of this coordinator.
-#[derive(Default)]
 pub struct Rounds {
     live: SyncMutex<HashMap<i64, Arc<Mutex<LiveRound>>>>,
     wake: Notify,
     halted: std::sync::atomic::AtomicBool,
+    /// This process's name in the driver lease.
+    owner: String,
+    holds_lease: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Self {
+            live: SyncMutex::default(),
+            wake: Notify::new(),
+            halted: Default::default(),
+            owner: format!("coordinator-{}-{nanos}", std::process::id()),
+            holds_lease: Default::default(),
+        }
+    }
 }
 
 impl Rounds {
+    /// Whether this coordinator holds the driver lease.
+    pub fn drives(&self) -> bool {
+        self.holds_lease.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn get(&self, id: i64) -> Option<Arc<Mutex<LiveRound>>> {
         self.live.lock().ok()?.get(&id).cloned()
     }
@@ -196,7 +220,7 @@ pub async fn open(tx: &mut Tx<'_>, query: i64, setup: &RoundSetup) -> ApiResult<
 /// Puts a committed round in memory and wakes the driver. On a coordinator that does not
 /// drive rounds this does nothing: the driving coordinator adopts the round from the store.
 pub fn start(state: &AppState, id: i64, setup: RoundSetup) -> ApiResult<()> {
-    if !state.config.drive_rounds {
+    if !state.rounds.drives() {
         return Ok(());
     }
     let server = ServerRound::new(setup.config.clone(), setup.roster.clone())?;
@@ -215,6 +239,37 @@ pub fn start(state: &AppState, id: i64, setup: RoundSetup) -> ApiResult<()> {
     );
     crate::metrics::ROUNDS_OPENED.inc();
     Ok(())
+}
+
+/// Takes or renews the lease that makes this coordinator the one that drives rounds. A
+/// coordinator that loses it (it stalled past the lease and another took over) forgets its
+/// rounds at once; the new holder has adopted them from the store.
+pub async fn renew_lease(state: &AppState) -> ApiResult<bool> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let ttl = (state.config.driver_lease_secs * 1000) as i64;
+    let mut conn = state.store.pool().acquire().await?;
+    let held = rounds::claim_driver_lease(&mut conn, &state.rounds.owner, now, ttl).await?;
+    let had = state
+        .rounds
+        .holds_lease
+        .swap(held, std::sync::atomic::Ordering::SeqCst);
+    if had && !held {
+        if let Ok(mut m) = state.rounds.live.lock() {
+            m.clear();
+        }
+        tracing::error!(
+            "lost the round-driver lease to another coordinator; its rounds are now driven there"
+        );
+    } else if !had && held {
+        tracing::info!(owner = %state.rounds.owner, "holding the round-driver lease");
+    } else if !held {
+        let (owner, until) = rounds::driver_lease(&mut conn).await?;
+        tracing::debug!(%owner, until, "another coordinator drives rounds");
+    }
+    Ok(held)
 }
 
 /// Takes into memory every open round in the store that is not there yet: at start-up
@@ -335,17 +390,32 @@ pub async fn announcements(
     Ok(out)
 }
 
-fn live(state: &AppState, id: i64) -> ApiResult<Arc<Mutex<LiveRound>>> {
-    state.rounds.get(id).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "round {id} is not open on this coordinator (finished, aborted or unknown)"
-        ))
-    })
+/// The round in memory; or 503 (retry) if it is open in the store but not driven here yet
+/// (a coordinator taking over after a restart, or a replica that does not drive rounds);
+/// or 404 if it is closed or unknown.
+async fn live(state: &AppState, id: i64) -> ApiResult<Arc<Mutex<LiveRound>>> {
+    if let Some(round) = state.rounds.get(id) {
+        return Ok(round);
+    }
+    let mut conn = state.store.pool().acquire().await?;
+    if rounds::is_open(&mut conn, id).await? {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "round.not_driven_here",
+            format!(
+                "round {id} is open but not driven by this coordinator yet (the round driver is \
+                 taking over, or this is a replica that does not drive rounds); retry shortly"
+            ),
+        ));
+    }
+    Err(ApiError::not_found(format!(
+        "round {id} is not open (finished, aborted or unknown)"
+    )))
 }
 
 /// What the last closed phase sent to `partner`.
 pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> ApiResult<Inbox> {
-    let round = live(state, id)?;
+    let round = live(state, id).await?;
     let r = round.lock().await;
     if !r.setup.config.is_participant(partner) {
         return Err(ApiError::forbidden(format!(
@@ -397,11 +467,20 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
             ),
         ));
     }
-    let round = live(state, id)?;
+    let round = live(state, id).await?;
     let mut r = round.lock().await;
     let phase = msg.phase();
     let mut next = r.server.clone();
-    next.receive(msg)?;
+    match next.receive(msg) {
+        Ok(()) => {}
+        // The same message again (a retry after a lost reply): already taken, so accepted.
+        Err(SecAggError::Duplicate { .. })
+            if stored_already(state, id, phase, partner, body).await? =>
+        {
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     let mut conn = state.store.pool().acquire().await?;
     rounds::insert_message(&mut conn, id, phase, partner.0, body).await?;
     r.server = next;
@@ -413,6 +492,20 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
     Ok(())
 }
 
+async fn stored_already(
+    state: &AppState,
+    id: i64,
+    phase: Phase,
+    partner: PartnerId,
+    body: &[u8],
+) -> ApiResult<bool> {
+    let mut conn = state.store.pool().acquire().await?;
+    Ok(rounds::messages_of(&mut conn, id, phase, partner.0)
+        .await?
+        .as_deref()
+        == Some(body))
+}
+
 /// The driver: closes phases whose deadline passed or whose partners all answered.
 pub async fn drive(state: actix_web::web::Data<AppState>) {
     let tick = Duration::from_millis(state.config.tick_millis);
@@ -421,9 +514,18 @@ pub async fn drive(state: actix_web::web::Data<AppState>) {
         let _ = tokio::time::timeout(tick, state.rounds.wake.notified()).await;
         if last_adoption.elapsed() >= ADOPT_EVERY {
             last_adoption = Instant::now();
-            if let Err(e) = adopt(&state).await {
-                tracing::error!(error = %e, "adopting open rounds failed");
+            match renew_lease(&state).await {
+                Ok(true) => {
+                    if let Err(e) = adopt(&state).await {
+                        tracing::error!(error = %e, "adopting open rounds failed");
+                    }
+                }
+                Ok(false) => continue,
+                Err(e) => tracing::error!(error = %e, "renewing the round-driver lease failed"),
             }
+        }
+        if !state.rounds.drives() {
+            continue;
         }
         for id in state.rounds.ids() {
             if let Err(e) = step(&state, id).await {

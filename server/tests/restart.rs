@@ -66,17 +66,21 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     c.state.rounds.halt();
     let (researcher, board) = (c.researcher.clone(), c.board[0].clone());
 
-    // A new coordinator on the same file and port.
+    // A new coordinator on the same file and port. It takes over once the dead one's driver
+    // lease lapses, and rebuilds the open round from the store.
     let state = AppState::open(test_config(&url)).await.unwrap();
-    assert_eq!(
-        state.rounds.count(),
-        1,
-        "the open round is rebuilt from the store"
-    );
     let listener = TcpListener::bind(&addr).unwrap();
     let server = civic_server::serve_listener(state.clone(), listener).unwrap();
     let handle = server.handle();
     actix_web::rt::spawn(server);
+    for attempt in 0.. {
+        assert!(attempt < 200, "the new coordinator never adopted the round");
+        if state.rounds.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(state.rounds.drives());
 
     let results = partners.await.unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -150,6 +154,18 @@ async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_do
         0,
         "the replica does not drive the round"
     );
+    // A second coordinator configured to drive rounds defers to the lease holder.
+    let (_, rival, rival_handle) = common::serve(test_config(&url)).await;
+    assert!(driver.state.rounds.drives());
+    assert!(
+        !rival.rounds.drives(),
+        "two coordinators drive rounds at once"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !rival.rounds.drives() && rival.rounds.count() == 0,
+        "the rival took rounds from a live driver"
+    );
     // The driving coordinator adopts it from the store; partners talk to it.
     let inputs = [vec![1], vec![2], vec![3]];
     let futures = ps
@@ -174,5 +190,7 @@ async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_do
     let seen: serde_json::Value = res.json().await.unwrap();
     assert_eq!(seen["result"]["rows"], done["result"]["rows"]);
     replica_handle.stop(true).await;
+    rival_handle.stop(true).await;
+    rival.rounds.halt();
     driver.stop().await;
 }

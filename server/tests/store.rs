@@ -20,11 +20,21 @@ async fn migrations_apply_once_and_a_second_start_finds_them_done() {
     for url in backends("migrate").await {
         let a = Store::connect(&url).await.unwrap();
         let b = Store::connect(&url).await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(b.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            versions,
+            vec![1, 2],
+            "each migration applied exactly once: {url}"
+        );
+        let lease: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM driver_lease")
             .fetch_one(b.pool())
             .await
             .unwrap();
-        assert_eq!(n, 1, "{url}");
+        assert_eq!(lease, 1, "{url}");
         assert!(a.ping().await);
         drop_schema(&url).await;
     }

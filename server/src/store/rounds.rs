@@ -95,7 +95,9 @@ pub async fn set_phase(conn: &mut AnyConnection, id: i64, phase: Phase) -> ApiRe
     Ok(())
 }
 
-/// Keeps an accepted protocol message (bincode, as received).
+/// Keeps an accepted protocol message (bincode, as received). A partner's retry of a message
+/// already stored (its first attempt's reply was lost) is accepted as the same message; a
+/// different message for the same phase is refused.
 pub async fn insert_message(
     conn: &mut AnyConnection,
     round: i64,
@@ -103,16 +105,32 @@ pub async fn insert_message(
     partner: u32,
     body: &[u8],
 ) -> ApiResult<()> {
-    sqlx::query(
-        "INSERT INTO round_messages (round_id, phase, partner, body) VALUES ($1, $2, $3, $4)",
+    let inserted = sqlx::query(
+        "INSERT INTO round_messages (round_id, phase, partner, body) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (round_id, phase, partner) DO NOTHING",
     )
     .bind(round)
     .bind(phase_name(phase))
     .bind(i64::from(partner))
     .bind(body.to_vec())
     .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(());
+    }
+    let stored = messages_of(conn, round, phase, partner).await?;
+    if stored.as_deref() == Some(body) {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(
+            "protocol.duplicate",
+            format!(
+                "partner {partner} already sent a different {} message in round {round}",
+                phase_name(phase)
+            ),
+        ))
+    }
 }
 
 /// The accepted messages of one phase, by partner.
@@ -131,6 +149,24 @@ pub async fn messages(
     rows.iter().map(|r| Ok(r.try_get("body")?)).collect()
 }
 
+/// One partner's stored message for one phase.
+pub async fn messages_of(
+    conn: &mut AnyConnection,
+    round: i64,
+    phase: Phase,
+    partner: u32,
+) -> ApiResult<Option<Vec<u8>>> {
+    let row = sqlx::query(
+        "SELECT body FROM round_messages WHERE round_id = $1 AND phase = $2 AND partner = $3",
+    )
+    .bind(round)
+    .bind(phase_name(phase))
+    .bind(i64::from(partner))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("body")).transpose()?)
+}
+
 /// Drops a closed round's messages (the masked vectors are the bulk of the store).
 pub async fn delete_messages(conn: &mut AnyConnection, round: i64) -> ApiResult<()> {
     sqlx::query("DELETE FROM round_messages WHERE round_id = $1")
@@ -138,6 +174,15 @@ pub async fn delete_messages(conn: &mut AnyConnection, round: i64) -> ApiResult<
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// Whether a round is open in the store.
+pub async fn is_open(conn: &mut AnyConnection, id: i64) -> ApiResult<bool> {
+    let row = sqlx::query("SELECT 1 AS one FROM rounds WHERE id = $1 AND state = 'open'")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Every open round.
@@ -156,4 +201,34 @@ pub async fn open(conn: &mut AnyConnection) -> ApiResult<Vec<RoundRow>> {
             })
         })
         .collect()
+}
+
+/// Takes or renews the lease that lets one coordinator drive rounds: granted if it is free,
+/// expired, or already `owner`'s. Returns whether `owner` holds it until `now_ms + ttl_ms`.
+pub async fn claim_driver_lease(
+    conn: &mut AnyConnection,
+    owner: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> ApiResult<bool> {
+    let n = sqlx::query(
+        "UPDATE driver_lease SET owner = $1, expires_ms = $2
+         WHERE id = 1 AND (owner = $3 OR expires_ms < $4)",
+    )
+    .bind(owner)
+    .bind(now_ms + ttl_ms)
+    .bind(owner)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Who holds the driver lease, and until when.
+pub async fn driver_lease(conn: &mut AnyConnection) -> ApiResult<(String, i64)> {
+    let row = sqlx::query("SELECT owner, expires_ms FROM driver_lease WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((row.try_get("owner")?, row.try_get("expires_ms")?))
 }

@@ -3,8 +3,18 @@
 //! inside one transaction each, and recorded in `schema_migrations`.
 
 /// (version, description, SQLite text, PostgreSQL text).
-pub(super) const MIGRATIONS: &[(i64, &str, &str, &str)] =
-    &[(1, "initial schema", V1_SQLITE, V1_POSTGRES)];
+pub(super) const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (1, "initial schema", V1_SQLITE, V1_POSTGRES),
+    (2, "round driver lease", V2, V2),
+];
+
+/// Which coordinator drives rounds, until when (milliseconds since the Unix epoch).
+const V2: &str = "CREATE TABLE driver_lease (
+        id BIGINT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    INSERT INTO driver_lease (id, owner, expires_ms) VALUES (1, '', 0)";
 
 macro_rules! v1 {
     ($id:literal, $blob:literal) => {

@@ -124,6 +124,7 @@ pub fn test_config(store_url: &str) -> Config {
         phase_deadline_secs: 20,
         tick_millis: 20,
         max_rows_per_partner: 1_000_000,
+        driver_lease_secs: 2,
         ..Config::default()
     }
 }

@@ -75,8 +75,9 @@ impl TestPartner {
     async fn send(&self, req: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
         for _ in 0..400 {
             match req().bearer_auth(&self.token).send().await {
-                Ok(res) => return res,
-                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+                // 503: the round is open but its driver is taking over; retry, as agents do.
+                Ok(res) if res.status() != 503 => return res,
+                _ => tokio::time::sleep(Duration::from_millis(25)).await,
             }
         }
         panic!("the coordinator stayed unreachable");
