@@ -6,7 +6,7 @@ mod common;
 use civic_api::encode_binary;
 use civic_secagg::messages::{ClientMessage, MaskedInput};
 use civic_secagg::{PartnerId, RingVector, RoundId, Width};
-use common::partner::{StopAt, TestPartner};
+use common::partner::StopAt;
 use common::{Coordinator, count_query, fresh_store_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -162,10 +162,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
 #[actix_web::test]
 async fn bad_protocol_messages_are_refused_and_the_round_goes_on() {
     let c = Coordinator::start(&fresh_store_url("bad-protocol")).await;
-    let mut ps = Vec::new();
-    for (i, (_, id, token)) in c.partners.iter().enumerate() {
-        ps.push(TestPartner::register(&c.base, token, *id, i as u8 + 1).await);
-    }
+    let ps = c.register_partners().await;
     // A partner cannot swap its pinned identity key.
     let (s, v) = c
         .call(

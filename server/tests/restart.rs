@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use civic_server::AppState;
-use common::partner::{StopAt, TestPartner};
+use common::partner::StopAt;
 use common::{Coordinator, count_query, fresh_store_url, test_config};
 use reqwest::{Method, StatusCode};
 
@@ -16,10 +16,7 @@ use reqwest::{Method, StatusCode};
 async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let url = fresh_store_url("restart");
     let c = Coordinator::start(&url).await;
-    let mut ps = Vec::new();
-    for (i, (_, id, token)) in c.partners.iter().enumerate() {
-        ps.push(TestPartner::register(&c.base, token, *id, i as u8 + 1).await);
-    }
+    let ps = c.register_partners().await;
     let (s, q) = c
         .call(
             Method::POST,
@@ -130,10 +127,7 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
 async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_does() {
     let url = fresh_store_url("replicas");
     let driver = Coordinator::start(&url).await;
-    let mut ps = Vec::new();
-    for (i, (_, id, token)) in driver.partners.iter().enumerate() {
-        ps.push(TestPartner::register(&driver.base, token, *id, i as u8 + 1).await);
-    }
+    let ps = driver.register_partners().await;
     // A second coordinator on the same store, serving researchers only.
     let mut config = test_config(&url);
     config.drive_rounds = false;

@@ -9,11 +9,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn partners(c: &Coordinator) -> Vec<TestPartner> {
-    let mut out = Vec::new();
-    for (i, (_, id, token)) in c.partners.iter().enumerate() {
-        out.push(TestPartner::register(&c.base, token, *id, i as u8 + 1).await);
-    }
-    out
+    c.register_partners().await
 }
 
 async fn submit(c: &Coordinator, body: Value) -> (StatusCode, Value) {

@@ -253,6 +253,15 @@ impl Coordinator {
         panic!("query {id} did not finish");
     }
 
+    /// The three partners, each with a registered identity key, ready to take part.
+    pub async fn register_partners(&self) -> Vec<partner::TestPartner> {
+        let mut out = Vec::new();
+        for (i, (_, id, token)) in self.partners.iter().enumerate() {
+            out.push(partner::TestPartner::register(&self.base, token, *id, i as u8 + 1).await);
+        }
+        out
+    }
+
     pub async fn stop(self) {
         self.handle.stop(true).await;
     }
