@@ -183,14 +183,7 @@ async fn bad_protocol_messages_are_refused_and_the_round_goes_on() {
         .await;
     problem(s, &v, 400, "partner.identity_key", "64 hex");
 
-    let (_, q) = c
-        .call(
-            Method::POST,
-            "/v1/queries",
-            Some(&c.researcher),
-            Some(count_query(60.0)),
-        )
-        .await;
+    let (_, q) = c.submit(count_query(60.0)).await;
     let id = q["id"].as_i64().unwrap();
     let me = PartnerId(c.partners[0].1);
     let post = |token: String, body: Vec<u8>| {

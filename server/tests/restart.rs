@@ -17,14 +17,7 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let url = fresh_store_url("restart");
     let c = Coordinator::start(&url).await;
     let ps = c.register_partners().await;
-    let (s, q) = c
-        .call(
-            Method::POST,
-            "/v1/queries",
-            Some(&c.researcher),
-            Some(count_query(60.0)),
-        )
-        .await;
+    let (s, q) = c.submit(count_query(60.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     let id = q["id"].as_i64().unwrap();
 

@@ -12,11 +12,6 @@ async fn partners(c: &Coordinator) -> Vec<TestPartner> {
     c.register_partners().await
 }
 
-async fn submit(c: &Coordinator, body: Value) -> (StatusCode, Value) {
-    c.call(Method::POST, "/v1/queries", Some(&c.researcher), Some(body))
-        .await
-}
-
 async fn budget(c: &Coordinator) -> Value {
     let (s, b) = c
         .call(Method::GET, "/v1/budgets/city", Some(&c.board[0]), None)
@@ -84,7 +79,7 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
     );
 
     // Count: 10 + 20 + 12 residents.
-    let (s, q) = submit(&c, count_query(60.0)).await;
+    let (s, q) = c.submit(count_query(60.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     assert_eq!(q["state"], "running");
     let id = q["id"].as_i64().unwrap();
@@ -116,7 +111,7 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
     assert!(common::close(&b["used_rho"], 1800.0), "{b}");
 
     // The identical question is answered from the store at no cost, with the same value.
-    let (s, again) = submit(&c, count_query(60.0)).await;
+    let (s, again) = c.submit(count_query(60.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{again}");
     assert_eq!(again["state"], "released");
     assert_eq!(again["result"]["reused"], true);
@@ -125,7 +120,7 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
     assert!(common::close(&budget(&c).await["charged_rho"], 1800.0));
 
     // A histogram of three age bands.
-    let (s, h) = submit(&c, age_histogram(60.0)).await;
+    let (s, h) = c.submit(age_histogram(60.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{h}");
     let hid = h["id"].as_i64().unwrap();
     let values = [vec![1, 2, 3], vec![4, 5, 6], vec![0, 10, 1]];
@@ -185,7 +180,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
 
     // One of three drops before sending its masked vector: t = 2 survive, and the sum is
     // theirs alone.
-    let (_, q) = submit(&c, count_query(60.0)).await;
+    let (_, q) = c.submit(count_query(60.0)).await;
     let id = q["id"].as_i64().unwrap();
     let stops = [StopAt::Never, StopAt::BeforeMaskedInput, StopAt::Never];
     let results = run_partners(&ps, id, &[vec![10], vec![20], vec![12]], &stops).await;
@@ -200,7 +195,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
 
     // Two of three drop: too few survivors; the reservation comes back.
     let before = budget(&c).await;
-    let (_, q) = submit(&c, age_histogram(60.0)).await;
+    let (_, q) = c.submit(age_histogram(60.0)).await;
     let id = q["id"].as_i64().unwrap();
     let stops = [
         StopAt::Never,
@@ -236,7 +231,7 @@ async fn a_query_above_the_threshold_needs_two_distinct_board_members() {
     let c = Coordinator::start(&fresh_store_url("approval")).await;
     let ps = partners(&c).await;
     // ε = 75: ρ = 2812.5, above the policy's 2500 threshold.
-    let (s, q) = submit(&c, count_query(75.0)).await;
+    let (s, q) = c.submit(count_query(75.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     assert_eq!(q["state"], "awaiting_approval");
     assert_eq!(q["approvals_required"], 2);
@@ -271,7 +266,7 @@ async fn a_query_above_the_threshold_needs_two_distinct_board_members() {
 
     // A rejection ends a query and refunds it.
     let used = budget(&c).await["used_rho"].as_f64().unwrap();
-    let (_, q) = submit(&c, age_histogram(75.0)).await;
+    let (_, q) = c.submit(age_histogram(75.0)).await;
     let id = q["id"].as_i64().unwrap();
     assert!(
         common::close(&budget(&c).await["used_rho"], used + 2812.5),
@@ -323,7 +318,7 @@ async fn concurrent_submissions_that_together_overspend_admit_exactly_the_afford
     let b = budget(&c).await;
     assert!(common::close(&b["used_rho"], 4.0 * 1800.0), "{b}");
     // One more is refused too, and says which cap.
-    let (s, v) = submit(&c, count_query(60.0)).await;
+    let (s, v) = c.submit(count_query(60.0)).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert!(
         v["detail"].as_str().unwrap().contains("project allocation"),
@@ -338,7 +333,7 @@ async fn a_release_on_each_backend_is_stored_charged_and_audited() {
     for url in common::backends("release-backend").await {
         let c = Coordinator::start(&url).await;
         let ps = partners(&c).await;
-        let (_, q) = submit(&c, count_query(60.0)).await;
+        let (_, q) = c.submit(count_query(60.0)).await;
         let id = q["id"].as_i64().unwrap();
         let results =
             run_partners(&ps, id, &[vec![7], vec![8], vec![9]], &[StopAt::Never; 3]).await;

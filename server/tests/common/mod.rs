@@ -253,6 +253,17 @@ impl Coordinator {
         panic!("query {id} did not finish");
     }
 
+    /// Submits a query as the researcher.
+    pub async fn submit(&self, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/queries",
+            Some(&self.researcher),
+            Some(body),
+        )
+        .await
+    }
+
     /// The three partners, each with a registered identity key, ready to take part.
     pub async fn register_partners(&self) -> Vec<partner::TestPartner> {
         let mut out = Vec::new();
