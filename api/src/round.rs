@@ -47,6 +47,10 @@ pub struct RoundAnnouncement {
     pub query: Query,
     /// Its privacy request.
     pub privacy: PrivacyRequest,
+    /// The confidence of its intervals (0.95 if absent): a target half-width's cost depends
+    /// on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
     /// The public bound on rows per partner the ring was sized for.
     pub max_rows_per_partner: u64,
     /// The secure-aggregation configuration: check it against local requirements.
@@ -57,6 +61,14 @@ pub struct RoundAnnouncement {
     pub phase: Phase,
     /// When it closes (RFC 3339).
     pub phase_deadline: String,
+}
+
+/// `POST /v1/partner/rounds/{id}/decline`: a partner's refusal under its local policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeclineRound {
+    /// Why, for the audit log (at most 1000 characters).
+    pub reason: String,
 }
 
 /// `GET /v1/partner/rounds`.

@@ -1,1 +1,20 @@
-//! The Civic partner agent: data sources, local policy and the secagg client driver (filled by a later issue).
+//! The Civic partner agent: reads a partner's data where it lives (CSV, SQLite, PostgreSQL),
+//! evaluates a query's aggregation plan locally, checks the partner's own limits, and takes
+//! part in secure aggregation over HTTP. Raw rows never leave this process; only masked
+//! vectors do.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod check;
+pub mod config;
+pub mod error;
+pub mod evaluate;
+pub mod http;
+pub mod identity;
+pub mod pushdown;
+mod pushdown_stub;
+pub mod schema;
+pub mod source;
+pub mod state;

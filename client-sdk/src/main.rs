@@ -1,6 +1,157 @@
-//! `civic-agent`: placeholder until the partner agent issue lands.
+//! `civic-agent`: the partner agent. `keygen`, `check`, `run`, `once`.
 
-fn main() {
-    eprintln!("civic-agent is not built yet: see the partner agent issue");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use civic_client_sdk::agent::{Agent, RoundOutcome};
+use civic_client_sdk::config::AgentConfig;
+use civic_client_sdk::error::AgentError;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "civic-agent",
+    version,
+    about = "The Civic partner agent: raw data stays here; only masked vectors leave."
+)]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    json_logs: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a new Ed25519 identity key (mode 0600; never overwrites) and prints the
+    /// public key to register.
+    Keygen {
+        /// Where to write it.
+        #[arg(long, default_value = "identity.key")]
+        out: PathBuf,
+    },
+    /// Checks the configuration, the mappings and the data; non-zero exit on any problem.
+    Check {
+        /// The agent's configuration.
+        #[arg(long, default_value = "partner.toml")]
+        config: PathBuf,
+        /// Use the local policy copies only; do not contact the coordinator.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Polls the coordinator and takes part in rounds until stopped.
+    Run {
+        /// The agent's configuration.
+        #[arg(long, default_value = "partner.toml")]
+        config: PathBuf,
+    },
+    /// Takes part in the rounds open now, then exits (for cron and tests).
+    Once {
+        /// The agent's configuration.
+        #[arg(long, default_value = "partner.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CIVIC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("civic-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("civic-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<ExitCode, AgentError> {
+    match command {
+        Command::Keygen { out } => {
+            let public = civic_client_sdk::identity::generate(&out)?;
+            println!("identity key written to {} (mode 0600)", out.display());
+            println!("public key (register it; `civic-agent run` does so on start): {public}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, offline } => {
+            let config = AgentConfig::load(&config)?;
+            let client = if offline {
+                None
+            } else {
+                Some(civic_client_sdk::agent::connect(
+                    &config,
+                    std::time::Duration::from_secs(10),
+                )?)
+            };
+            let report = civic_client_sdk::check::check(&config, client.as_ref()).await;
+            print!("{}", report.text);
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Run { config } => {
+            let agent = Arc::new(Agent::new(AgentConfig::load(&config)?)?);
+            tokio::select! {
+                _ = agent.run() => {}
+                _ = shutdown() => tracing::info!("stopping"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Once { config } => {
+            let agent = Arc::new(Agent::new(AgentConfig::load(&config)?)?);
+            let outcomes = agent.once().await?;
+            if outcomes.is_empty() {
+                println!("no open rounds");
+            }
+            let mut failed = false;
+            for (id, outcome) in outcomes {
+                failed |= matches!(outcome, RoundOutcome::Abandoned(_));
+                println!("round {id}: {outcome:?}");
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

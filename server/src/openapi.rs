@@ -28,7 +28,7 @@ impl Modify for BearerAuth {
         governance::create_project, governance::set_allocation, governance::get_budget,
         governance::get_audit, governance::verify_audit, governance::decide,
         research::preview, research::submit, research::get_query, research::register,
-        partner::register_identity, partner::list_rounds, partner::inbox, partner::post_message, partner::roster,
+        partner::register_identity, partner::list_rounds, partner::inbox, partner::post_message, partner::decline, partner::roster,
     ),
     components(schemas(civic_api::Problem))
 )]

@@ -61,6 +61,9 @@ pub struct Rounds {
     /// This process's name in the driver lease.
     owner: String,
     holds_lease: std::sync::atomic::AtomicBool,
+    /// The un-noised sum of each released round, for tests only (feature `test-util`).
+    #[cfg(feature = "test-util")]
+    exact_sums: SyncMutex<HashMap<i64, Vec<i64>>>,
 }
 
 impl Default for Rounds {
@@ -75,6 +78,8 @@ impl Default for Rounds {
             halted: Default::default(),
             owner: format!("coordinator-{}-{nanos}", std::process::id()),
             holds_lease: Default::default(),
+            #[cfg(feature = "test-util")]
+            exact_sums: SyncMutex::default(),
         }
     }
 }
@@ -133,6 +138,14 @@ impl Rounds {
 
     fn halted(&self) -> bool {
         self.halted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The secure aggregate of round `id` before noise, if it was released here. A test hook
+    /// (feature `test-util`): lets a whole-system test check partners' local aggregation
+    /// exactly without any switch that could turn noise off.
+    #[cfg(feature = "test-util")]
+    pub fn exact_sum(&self, id: i64) -> Option<Vec<i64>> {
+        self.exact_sums.lock().ok()?.get(&id).cloned()
     }
 
     /// Open rounds in memory.
@@ -381,6 +394,7 @@ pub async fn announcements(
             dataset_version: q.dataset_version,
             query: q.request.query,
             privacy: q.request.privacy,
+            confidence: q.request.confidence,
             max_rows_per_partner: setup.max_rows_per_partner,
             config: setup.config,
             phase,
@@ -484,8 +498,54 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
     let mut conn = state.store.pool().acquire().await?;
     rounds::insert_message(&mut conn, id, phase, partner.0, body).await?;
     r.server = next;
-    let complete = r.server.responded().len() >= r.expected.len();
+    let responded = r.server.responded();
+    let complete = r.expected.iter().all(|p| responded.contains(p));
     drop(r);
+    if complete {
+        state.rounds.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Records that `partner` declines round `id` under its local policy, before advertising
+/// keys: it leaves the round at once (the phase need not wait for it) and the reason goes
+/// into the audit log. Declining twice is accepted.
+pub async fn decline(state: &AppState, id: i64, partner: PartnerId, reason: &str) -> ApiResult<()> {
+    let round = live(state, id).await?;
+    let mut r = round.lock().await;
+    if !r.setup.config.is_participant(partner) {
+        return Err(ApiError::forbidden(format!(
+            "partner {partner} is not invited to round {id}"
+        )));
+    }
+    if !r.expected.contains(&partner) {
+        return Ok(());
+    }
+    if r.server.phase() != Phase::AdvertiseKeys || r.server.responded().contains(&partner) {
+        return Err(ApiError::conflict(
+            "round.already_joined",
+            format!(
+                "partner {partner} already took part in round {id}; stop answering and it \
+                 drops out at the phase deadline"
+            ),
+        ));
+    }
+    let mut tx = state.store.begin().await?;
+    audit::append(
+        &mut tx,
+        AuditEvent {
+            actor: format!("partner:{partner}"),
+            action: "round.declined".into(),
+            subject: format!("query:{id}"),
+            details: json!({ "partner": partner.0, "reason": reason }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    r.expected.remove(&partner);
+    let complete = r.expected.iter().all(|p| r.server.responded().contains(p));
+    drop(r);
+    tracing::warn!(round = id, %partner, reason, "partner declined the round");
     if complete {
         state.rounds.wake.notify_one();
     }
@@ -544,7 +604,7 @@ async fn step(state: &AppState, id: i64) -> ApiResult<()> {
         return Ok(());
     }
     let responded: BTreeSet<PartnerId> = r.server.responded().into_iter().collect();
-    if responded.len() < r.expected.len() && Instant::now() < r.deadline {
+    if !r.expected.is_subset(&responded) && Instant::now() < r.deadline {
         return Ok(());
     }
     let closing = r.server.phase();
@@ -605,6 +665,10 @@ async fn finish(state: &AppState, id: i64, aggregate: Aggregate, max_rows: u64) 
     let delta = state.config.reporting_delta;
     let survivors = aggregate.survivors.len();
     let summed = aggregate.sum.to_signed();
+    #[cfg(feature = "test-util")]
+    if let Ok(mut sums) = state.rounds.exact_sums.lock() {
+        sums.insert(id, summed.clone());
+    }
     let budget = Rho::from_units(query.cost_units);
     let (request, version) = (query.request.clone(), query.dataset_version);
     let released_at = crate::store::now_rfc3339();

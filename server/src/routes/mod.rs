@@ -96,5 +96,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(partner::list_rounds)
         .service(partner::inbox)
         .service(partner::post_message)
+        .service(partner::decline)
         .service(partner::roster);
 }

@@ -2,7 +2,9 @@
 
 use actix_web::{HttpResponse, get, post, put, web};
 use civic_api::Role::{Admin, Governance, Partner};
-use civic_api::round::{BINARY_CONTENT_TYPE, PartnerRounds, RegisterIdentity, RosterEntry};
+use civic_api::round::{
+    BINARY_CONTENT_TYPE, DeclineRound, PartnerRounds, RegisterIdentity, RosterEntry,
+};
 use civic_secagg::PartnerId;
 
 use crate::AppState;
@@ -78,6 +80,29 @@ pub async fn post_message(
     let me = PartnerId(c.partner_id()?);
     let bytes = super::read_limited(body, s.config.binary_limit).await?;
     rounds::receive(&s, *id, me, &bytes).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Declines a round under the partner's local policy, before taking part; the reason is
+/// audited. Roles: partner.
+#[utoipa::path(post, path = "/v1/partner/rounds/{id}/decline", tag = "partners", security(("bearer" = [])),
+    request_body = DeclineRound, responses((status = 204, description = "Declined")))]
+#[post("/v1/partner/rounds/{id}/decline")]
+pub async fn decline(
+    s: web::Data<AppState>,
+    c: Caller,
+    id: web::Path<i64>,
+    body: web::Json<DeclineRound>,
+) -> ApiResult<HttpResponse> {
+    let me = PartnerId(c.partner_id()?);
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        return Err(ApiError::bad_request(
+            "round.decline_reason",
+            "reason must be 1 to 1000 characters",
+        ));
+    }
+    rounds::decline(&s, *id, me, reason).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

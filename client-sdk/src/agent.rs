@@ -1,0 +1,748 @@
+//! The agent: polls the coordinator, decides each round under the partner's own policy,
+//! aggregates the local data and takes part in secure aggregation.
+//!
+//! A round goes: check (dataset served, plan compiled from the announced query and the
+//! policy version it names, statistic allowed, cost within the per-query and total local
+//! limits, the round's survivor floor and threshold acceptable, peers' keys as pinned) →
+//! aggregate the local rows → advertise keys → share keys → charge the local ledger and send
+//! the masked vector → sign the survivor list → reveal shares (the reveal log saved first).
+//! A refusal before advertising is sent to the coordinator as a decline with the reason.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::Duration;
+
+use civic_api::query::{MechanismChoice, PrivacyRequest};
+use civic_api::round::{Inbox, RoundAnnouncement};
+use civic_mechanisms::{AggregationPlan, NoiseKind, PrivacyChoice, ReleasePlan};
+use civic_policies::Rho;
+use civic_policies::dataset::DatasetPolicy;
+use civic_policies::query::Statistic;
+use civic_secagg::messages::ClientMessage;
+use civic_secagg::{
+    ClientRound, IdentityKey, IdentityPublicKey, PartnerId, Requirements, RingVector, Roster,
+    Tolerances, Width,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::config::{AgentConfig, DatasetMapping, LocalLimits, SourceConfig};
+use crate::error::AgentError;
+use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
+use crate::http::{CallError, CoordinatorClient};
+use crate::schema::ColumnReader;
+use crate::state::{RoundRecord, RoundStatus, StateFile};
+
+/// How a round ended for this partner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoundOutcome {
+    /// Took part to the end.
+    Finished,
+    /// Refused under the local policy (and told the coordinator).
+    Declined(String),
+    /// Left part-way (dropped by the coordinator, the round aborted, or an error).
+    Abandoned(String),
+    /// Already handled earlier (per the journal).
+    Skipped,
+}
+
+/// A round checked and aggregated, ready to take part in.
+struct Prepared {
+    dataset: String,
+    cost: Rho,
+    vector: Vec<i64>,
+    requirements: Requirements,
+}
+
+/// One partner's agent.
+pub struct Agent {
+    config: AgentConfig,
+    identity: IdentityKey,
+    client: CoordinatorClient,
+    state: Mutex<StateFile>,
+    policies: SyncMutex<HashMap<(String, i64), Arc<DatasetPolicy>>>,
+    /// Inbox polling interval.
+    phase_poll: Duration,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("coordinator", &self.client.base())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Loads the identity key, the token and the local state named by `config`.
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let identity = crate::identity::load(&config.identity_key)?;
+        let poll = Duration::from_secs_f64(config.coordinator.poll_seconds);
+        let client = connect(&config, Duration::from_secs(30))?;
+        let state = StateFile::open(&config.state_dir, client.base())?;
+        Ok(Self {
+            phase_poll: (poll / 10).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+            config,
+            identity,
+            client,
+            state: Mutex::new(state),
+            policies: SyncMutex::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Registers the identity key with the coordinator (accepted again if unchanged; refused
+    /// if a different key is registered).
+    pub async fn register(&self) -> Result<(), AgentError> {
+        let public = hex::encode(self.identity.public().0);
+        Ok(self.client.register_identity(&public).await?)
+    }
+
+    /// Takes part in every round open now and returns when each has ended for this partner.
+    pub async fn once(self: &Arc<Self>) -> Result<Vec<(i64, RoundOutcome)>, AgentError> {
+        self.register().await?;
+        let rounds = self.client.rounds().await?.rounds;
+        // The rounds run concurrently, owned by this future: dropping it stops them all.
+        let mut tasks = tokio::task::JoinSet::new();
+        for ann in rounds {
+            let me = Arc::clone(self);
+            tasks.spawn(async move { (ann.round_id, me.handle(ann).await) });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (id, outcome) =
+                joined.map_err(|e| AgentError::Protocol(format!("a round's task failed: {e}")))?;
+            out.push((id, outcome?));
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Polls for ever, with back-off and jitter after errors; each round runs in its own
+    /// task, so a slow one does not hold up the next.
+    pub async fn run(self: Arc<Self>) {
+        let poll = Duration::from_secs_f64(self.config.coordinator.poll_seconds);
+        let max_backoff = Duration::from_secs_f64(self.config.coordinator.max_backoff_seconds);
+        let mut backoff = poll;
+        let mut active = std::collections::HashSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut registered = false;
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(id) = done {
+                    active.remove(&id);
+                }
+            }
+            let result = async {
+                if !registered {
+                    self.register().await?;
+                    registered = true;
+                    tracing::info!(coordinator = self.client.base(), "registered; polling");
+                }
+                self.client.rounds().await.map_err(AgentError::from)
+            }
+            .await;
+            match result {
+                Ok(list) => {
+                    backoff = poll;
+                    for ann in list.rounds {
+                        let id = ann.round_id;
+                        if !active.insert(id) {
+                            continue;
+                        }
+                        let me = Arc::clone(&self);
+                        tasks.spawn(async move {
+                            match me.handle(ann).await {
+                                Ok(o) => tracing::info!(round = id, outcome = ?o, "round ended"),
+                                Err(e) => tracing::warn!(round = id, error = %e, "round failed"),
+                            }
+                            id
+                        });
+                    }
+                    tokio::time::sleep(jitter(poll)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "coordinator unavailable");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    /// Decides one announced round and, if accepted, takes part.
+    pub async fn handle(&self, ann: RoundAnnouncement) -> Result<RoundOutcome, AgentError> {
+        let id = ann.round_id;
+        let known = self.state.lock().await.state.rounds.get(&id).cloned();
+        if let Some(record) = known {
+            if let RoundStatus::Declined { reason } = record.status {
+                // Announced again (the coordinator restarted): say no again.
+                self.client.decline(id, &reason).await.ok();
+            }
+            return Ok(RoundOutcome::Skipped);
+        }
+        let prepared = match self.prepare(&ann).await {
+            Ok(p) => p,
+            Err(AgentError::Coordinator(e)) => return Err(AgentError::Coordinator(e)),
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                tracing::warn!(round = id, reason = %reason, "declining");
+                self.record(
+                    id,
+                    &ann.dataset,
+                    0,
+                    RoundStatus::Declined {
+                        reason: reason.clone(),
+                    },
+                )
+                .await?;
+                self.client.decline(id, &reason).await?;
+                return Ok(RoundOutcome::Declined(reason));
+            }
+        };
+        match self.take_part(&ann, prepared).await {
+            Ok(()) => Ok(RoundOutcome::Finished),
+            Err(e) => {
+                let reason = e.to_string();
+                let mut state = self.state.lock().await;
+                let joined = state
+                    .state
+                    .rounds
+                    .get(&id)
+                    .is_some_and(|r| r.status == RoundStatus::Joined);
+                if joined {
+                    state.update(|s| {
+                        if let Some(r) = s.rounds.get_mut(&id) {
+                            r.status = RoundStatus::Abandoned {
+                                reason: reason.clone(),
+                            };
+                        }
+                        Ok(())
+                    })?;
+                }
+                tracing::warn!(round = id, reason = %reason, "left the round");
+                Ok(RoundOutcome::Abandoned(reason))
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        id: i64,
+        dataset: &str,
+        cost_rho_units: u64,
+        status: RoundStatus,
+    ) -> Result<(), AgentError> {
+        self.state.lock().await.update(|s| {
+            s.rounds.insert(
+                id,
+                RoundRecord {
+                    dataset: dataset.to_string(),
+                    cost_rho_units,
+                    status,
+                    reveals: None,
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// The policy version a round was compiled under (cached: versions never change).
+    async fn policy(&self, dataset: &str, version: i64) -> Result<Arc<DatasetPolicy>, AgentError> {
+        let key = (dataset.to_string(), version);
+        if let Some(p) = self.policies.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(p);
+        }
+        let view = self.client.dataset_version(dataset, version).await?;
+        let name = format!("dataset {dataset} version {version}");
+        let policy = Arc::new(DatasetPolicy::validate(view.policy, &name).map_err(|e| {
+            AgentError::Refused(format!("the coordinator's policy is invalid: {e}"))
+        })?);
+        if let Ok(mut m) = self.policies.lock() {
+            m.insert(key, Arc::clone(&policy));
+        }
+        Ok(policy)
+    }
+
+    /// Every check before taking part, then the local aggregation.
+    async fn prepare(&self, ann: &RoundAnnouncement) -> Result<Prepared, AgentError> {
+        let mapping = self.config.dataset(&ann.dataset).ok_or_else(|| {
+            AgentError::Refused(format!(
+                "this partner does not serve dataset {}",
+                ann.dataset
+            ))
+        })?;
+        let policy = self.policy(&ann.dataset, ann.dataset_version).await?;
+        let checked = check_round(ann, &policy, &self.config.limits)?;
+        let spent = self.state.lock().await.spent(&ann.dataset);
+        check_total(&self.config.limits, &ann.dataset, spent, checked.cost)?;
+        let roster = self.roster().await?;
+        let me = self.me(&roster)?;
+        if !ann.config.is_participant(me) {
+            return Err(AgentError::Refused(format!(
+                "the round's participants do not include this partner ({me})"
+            )));
+        }
+        let (vector, counts) = aggregate(mapping, &policy, &checked.compiled).await?;
+        tracing::info!(
+            round = ann.round_id,
+            rows = counts.rows,
+            aggregated = counts.aggregated,
+            truncated = counts.truncated,
+            "aggregated locally"
+        );
+        if counts.aggregated > ann.max_rows_per_partner {
+            return Err(AgentError::Refused(format!(
+                "{} rows would be aggregated, above the round's public bound of {} rows per partner (the ring was sized for it)",
+                counts.aggregated, ann.max_rows_per_partner
+            )));
+        }
+        Ok(Prepared {
+            dataset: ann.dataset.clone(),
+            cost: checked.cost,
+            vector,
+            requirements: checked.requirements,
+        })
+    }
+
+    /// The roster, with keys checked against those pinned on first use.
+    async fn roster(&self) -> Result<Roster, AgentError> {
+        let keys = self.client.roster().await?;
+        self.state.lock().await.pin_keys(&keys)?;
+        keys.iter()
+            .map(|(id, hex_key)| {
+                let mut k = [0u8; 32];
+                hex::decode_to_slice(hex_key, &mut k).map_err(|_| {
+                    AgentError::Protocol(format!(
+                        "partner {id}'s roster key is not 32 bytes of hex"
+                    ))
+                })?;
+                Ok((PartnerId(*id), IdentityPublicKey(k)))
+            })
+            .collect()
+    }
+
+    fn me(&self, roster: &Roster) -> Result<PartnerId, AgentError> {
+        let mine = self.identity.public();
+        roster
+            .iter()
+            .find(|(_, k)| **k == mine)
+            .map(|(p, _)| *p)
+            .ok_or_else(|| {
+                AgentError::Refused(
+                    "the coordinator's roster does not hold this agent's identity key".into(),
+                )
+            })
+    }
+
+    async fn take_part(&self, ann: &RoundAnnouncement, p: Prepared) -> Result<(), AgentError> {
+        let id = ann.round_id;
+        let roster = self.roster().await?;
+        let me = self.me(&roster)?;
+        let input = RingVector::from_signed(ann.config.width, &p.vector).map_err(|e| {
+            AgentError::Refused(format!("the local aggregate does not fit the ring: {e}"))
+        })?;
+        let mut rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
+            .map_err(|e| AgentError::Protocol(format!("the OS random source failed: {e}")))?;
+        let (mut round, advert) = ClientRound::start(
+            ann.config.clone(),
+            me,
+            &self.identity,
+            roster,
+            &p.requirements,
+            &mut rng,
+        )
+        .map_err(|e| AgentError::Refused(e.to_string()))?;
+        // Journal first: a restart after this point never joins the round again.
+        self.record(id, &p.dataset, p.cost.units(), RoundStatus::Joined)
+            .await?;
+        self.client
+            .post(id, &ClientMessage::AdvertiseKeys(advert))
+            .await?;
+        let Inbox::KeyRoster(keys) = self.wait(id, |i| matches!(i, Inbox::KeyRoster(_))).await?
+        else {
+            unreachable!("wait returns what it was asked for")
+        };
+        let shares = round.handle_key_roster(&keys, &mut rng).map_err(protocol)?;
+        self.client
+            .post(id, &ClientMessage::ShareKeys(shares))
+            .await?;
+        let Inbox::ForwardedShares(forwarded) = self
+            .wait(id, |i| matches!(i, Inbox::ForwardedShares(_)))
+            .await?
+        else {
+            unreachable!("wait returns what it was asked for")
+        };
+        let masked = round
+            .handle_forwarded_shares(&forwarded, &input)
+            .map_err(protocol)?;
+        // Charge the local ledger before the vector leaves.
+        self.state.lock().await.update(|s| {
+            let spent = s.spent.entry(p.dataset.clone()).or_insert(0);
+            *spent = spent.saturating_add(p.cost.units());
+            if let Some(r) = s.rounds.get_mut(&id) {
+                r.status = RoundStatus::InputSent;
+            }
+            Ok(())
+        })?;
+        self.client
+            .post(id, &ClientMessage::MaskedInput(masked))
+            .await?;
+        let Inbox::SurvivorList(list) = self
+            .wait(id, |i| matches!(i, Inbox::SurvivorList(_)))
+            .await?
+        else {
+            unreachable!("wait returns what it was asked for")
+        };
+        let signature = round
+            .handle_survivor_list(&list, &self.identity)
+            .map_err(protocol)?;
+        self.client
+            .post(id, &ClientMessage::ConsistencySignature(signature))
+            .await?;
+        let Inbox::SignedSurvivors(signed) = self
+            .wait(id, |i| matches!(i, Inbox::SignedSurvivors(_)))
+            .await?
+        else {
+            unreachable!("wait returns what it was asked for")
+        };
+        let reveal = round.handle_signed_survivors(&signed).map_err(protocol)?;
+        let log = round.reveal_log().clone();
+        self.state.lock().await.update(|s| {
+            if let Some(r) = s.rounds.get_mut(&id) {
+                r.reveals = Some(log);
+            }
+            Ok(())
+        })?;
+        self.client
+            .post(id, &ClientMessage::UnmaskingShares(reveal))
+            .await?;
+        self.state.lock().await.update(|s| {
+            if let Some(r) = s.rounds.get_mut(&id) {
+                r.status = RoundStatus::Finished;
+            }
+            Ok(())
+        })
+    }
+
+    /// Polls the inbox until the coordinator has closed the phase this partner waits on.
+    async fn wait(&self, id: i64, ready: fn(&Inbox) -> bool) -> Result<Inbox, AgentError> {
+        let give_up = std::time::Instant::now() + Duration::from_secs(3600);
+        loop {
+            match self.client.inbox(id).await {
+                Ok(inbox) if ready(&inbox) => return Ok(inbox),
+                Ok(_) => {}
+                Err(CallError::Refused {
+                    status,
+                    code,
+                    detail,
+                }) => {
+                    return Err(AgentError::Coordinator(format!(
+                        "{status} {code}: {detail}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if std::time::Instant::now() > give_up {
+                return Err(AgentError::Coordinator(format!(
+                    "round {id} made no progress for an hour"
+                )));
+            }
+            tokio::time::sleep(self.phase_poll).await;
+        }
+    }
+}
+
+fn protocol(e: civic_secagg::SecAggError) -> AgentError {
+    AgentError::Protocol(e.to_string())
+}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    // ±20%, from the clock's low bits: spreads agents' polls without another RNG.
+    let factor = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+    d.mul_f64(factor)
+}
+
+/// A client for the configured coordinator, with the token and any extra CA; calls retry on
+/// unavailability for `retry_for`.
+pub fn connect(config: &AgentConfig, retry_for: Duration) -> Result<CoordinatorClient, AgentError> {
+    let token = read_token(config)?;
+    let ca = match &config.coordinator.ca_certificate {
+        Some(p) => Some(std::fs::read(p).map_err(|e| AgentError::local(p, e))?),
+        None => None,
+    };
+    CoordinatorClient::new(&config.coordinator.url, token, ca.as_deref(), retry_for)
+}
+
+fn read_token(config: &AgentConfig) -> Result<Zeroizing<String>, AgentError> {
+    if let Ok(t) = std::env::var("CIVIC_AGENT_TOKEN") {
+        return Ok(Zeroizing::new(t.trim().to_string()));
+    }
+    let path: &PathBuf =
+        config
+            .coordinator
+            .token_file
+            .as_ref()
+            .ok_or_else(|| AgentError::Config {
+                file: "partner.toml".into(),
+                field: "coordinator.token_file".into(),
+                reason: "set token_file (or the CIVIC_AGENT_TOKEN environment variable)".into(),
+            })?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| AgentError::local(path, format!("cannot read the token: {e}")))?,
+    );
+    Ok(Zeroizing::new(text.trim().to_string()))
+}
+
+/// A round that passed the local policy.
+pub struct CheckedRound {
+    /// The plan compiled locally.
+    pub plan: AggregationPlan,
+    /// The plan against the row layout.
+    pub compiled: CompiledPlan,
+    /// What the round costs, as this agent computes it.
+    pub cost: Rho,
+    /// What this partner requires of the round's secure aggregation.
+    pub requirements: Requirements,
+}
+
+/// The statistic's name as `allowed_statistics` spells it.
+pub fn statistic_name(s: &Statistic) -> &'static str {
+    match s {
+        Statistic::Count => "count",
+        Statistic::Sum { .. } => "sum",
+        Statistic::Mean { .. } => "mean",
+        Statistic::Histogram { .. } => "histogram",
+        Statistic::Quantiles { .. } => "quantiles",
+        Statistic::LinearRegression { .. } => "linear_regression",
+    }
+}
+
+/// The checks that need no data and no state: the query fits the policy, the plan is the
+/// one the round was configured for, the statistic is allowed, the cost is within the
+/// per-query limits, and the round's secure aggregation meets this partner's requirements.
+pub fn check_round(
+    ann: &RoundAnnouncement,
+    policy: &DatasetPolicy,
+    limits: &LocalLimits,
+) -> Result<CheckedRound, AgentError> {
+    let refuse = |m: String| AgentError::Refused(m);
+    let validated = ann
+        .query
+        .clone()
+        .validate(policy)
+        .map_err(|e| refuse(format!("the query does not fit the policy: {e}")))?;
+    let name = statistic_name(&validated.query().statistic);
+    if let Some(allowed) = &limits.allowed_statistics
+        && !allowed.iter().any(|a| a == name)
+    {
+        return Err(refuse(format!(
+            "statistic {name} is not among those this partner answers ({})",
+            allowed.join(", ")
+        )));
+    }
+    let plan = AggregationPlan::compile(&validated, policy, ann.max_rows_per_partner)
+        .map_err(|e| refuse(e.to_string()))?;
+    let (cost, epsilon) = price(ann, &plan)?;
+    if let (Some(max), Some(eps)) = (limits.max_epsilon_per_query, epsilon)
+        && eps > max * (1.0 + 1e-12)
+    {
+        return Err(refuse(format!(
+            "the query spends ε = {eps}, above this partner's limit of {max} per query"
+        )));
+    }
+    if let Some(max) = limits.max_rho_per_query {
+        let cap = Rho::cap(max).map_err(|e| refuse(e.to_string()))?;
+        if cost > cap {
+            return Err(refuse(format!(
+                "the query spends ρ = {cost}, above this partner's limit of {max} per query"
+            )));
+        }
+    } else if epsilon.is_none() {
+        return Err(refuse(
+            "the query is ρ-zCDP and this partner sets only max_epsilon_per_query".into(),
+        ));
+    }
+    let c = &ann.config;
+    if c.round_id.0 != ann.round_id as u64 || c.vector_len != plan.vector_len {
+        return Err(refuse(format!(
+            "the round's configuration (round {}, {} slots) does not match the plan compiled here (round {}, {} slots)",
+            c.round_id, c.vector_len, ann.round_id, plan.vector_len
+        )));
+    }
+    let needed = Width::for_layout(plan.max_slot_per_partner, c.participants.len(), 0)
+        .map_err(|e| refuse(e.to_string()))?;
+    if c.width.max_magnitude() < needed.max_magnitude() {
+        return Err(refuse(format!(
+            "the round's ring ({:?}) is too narrow for the plan's sums (needs {needed:?})",
+            c.width
+        )));
+    }
+    let requirements = Requirements {
+        tolerances: Tolerances {
+            max_dropout_rate: limits.max_dropout_rate,
+            max_corrupt_fraction: limits.max_corrupt_fraction,
+        },
+        min_survivors: limits.min_survivors.max(policy.min_partners() as usize),
+    };
+    c.check_requirements(&requirements)
+        .map_err(|e| refuse(e.to_string()))?;
+    let compiled = CompiledPlan::new(&validated, policy, &plan).map_err(refuse)?;
+    Ok(CheckedRound {
+        plan,
+        compiled,
+        cost,
+        requirements,
+    })
+}
+
+/// Refuses a round that would take the dataset's local spending past `limits.total_rho`.
+pub fn check_total(
+    limits: &LocalLimits,
+    dataset: &str,
+    spent: Rho,
+    cost: Rho,
+) -> Result<(), AgentError> {
+    let total = Rho::cap(limits.total_rho).map_err(|e| AgentError::Refused(e.to_string()))?;
+    match spent.checked_add(cost) {
+        Some(after) if after <= total => Ok(()),
+        _ => Err(AgentError::Refused(format!(
+            "dataset {dataset}: this partner has spent ρ = {spent} of its local total {}; the query's ρ = {cost} would exceed it",
+            limits.total_rho
+        ))),
+    }
+}
+
+/// The cost of the announced privacy request, computed here rather than taken from the
+/// coordinator: (ρ charged, ε if pure).
+fn price(
+    ann: &RoundAnnouncement,
+    plan: &AggregationPlan,
+) -> Result<(Rho, Option<f64>), AgentError> {
+    let alpha = 1.0 - ann.confidence.unwrap_or(0.95);
+    let refuse = |e: civic_mechanisms::MechanismError| AgentError::Refused(e.to_string());
+    let release = match ann.privacy {
+        PrivacyRequest::Epsilon(e) => ReleasePlan::new(plan, PrivacyChoice::Epsilon(e), alpha),
+        PrivacyRequest::Rho(r) => ReleasePlan::new(plan, PrivacyChoice::Rho(r), alpha),
+        PrivacyRequest::TargetHalfWidth {
+            half_width,
+            mechanism,
+        } => {
+            let kind = match mechanism {
+                MechanismChoice::Laplace => NoiseKind::DiscreteLaplace,
+                MechanismChoice::Gaussian => NoiseKind::DiscreteGaussian,
+            };
+            ReleasePlan::for_target_half_width(plan, kind, half_width, alpha)
+        }
+    }
+    .map_err(refuse)?;
+    let epsilon = release
+        .groups
+        .iter()
+        .map(|g| g.epsilon)
+        .sum::<Option<f64>>();
+    Ok((release.cost, epsilon))
+}
+
+/// The readers for the plan's columns, in slot order, from the dataset mapping.
+pub fn readers(
+    mapping: &DatasetMapping,
+    policy: &DatasetPolicy,
+    columns: &[String],
+) -> Result<Vec<ColumnReader>, AgentError> {
+    columns
+        .iter()
+        .map(|name| {
+            let column = policy
+                .column(name)
+                .cloned()
+                .ok_or_else(|| AgentError::Refused(format!("the policy has no column {name}")))?;
+            let (local, values) = mapping
+                .columns
+                .get(name)
+                .ok_or_else(|| AgentError::Config {
+                    file: "partner.toml".into(),
+                    field: format!("datasets ({}).columns.{name}", mapping.id),
+                    reason: "the query needs this federated column and it is not mapped".into(),
+                })?
+                .parts();
+            ColumnReader::new(column, local.to_string(), values).map_err(|reason| {
+                AgentError::Config {
+                    file: "partner.toml".into(),
+                    field: format!("datasets ({}).columns.{name}", mapping.id),
+                    reason,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Evaluates the plan over the dataset's rows: pushed down as SQL where configured,
+/// otherwise streamed through [`Aggregator`].
+pub async fn aggregate(
+    mapping: &DatasetMapping,
+    policy: &DatasetPolicy,
+    compiled: &CompiledPlan,
+) -> Result<(Vec<i64>, ScanCounts), AgentError> {
+    let readers = readers(mapping, policy, &compiled.columns)?;
+    if mapping.pushdown {
+        return pushdown(mapping, compiled, &readers).await;
+    }
+    let mut aggregator = Aggregator::new(compiled);
+    crate::source::scan(mapping, &readers, &mut |cells, resident| {
+        aggregator.push(cells, resident)
+    })
+    .await?;
+    Ok(aggregator.finish())
+}
+
+async fn pushdown(
+    mapping: &DatasetMapping,
+    compiled: &CompiledPlan,
+    readers: &[ColumnReader],
+) -> Result<(Vec<i64>, ScanCounts), AgentError> {
+    use crate::pushdown_stub::{Dialect, build, run_postgres, run_sqlite};
+    let name = crate::source::source_name(&mapping.source);
+    let err = |reason: String| AgentError::Source {
+        source_name: name.clone(),
+        reason,
+    };
+    let resident = mapping.resident_column.as_deref();
+    let order = mapping.order_by.as_deref();
+    let (vector, aggregated) = match &mapping.source {
+        SourceConfig::Sqlite { path, table } => {
+            let q =
+                build(compiled, readers, table, resident, order, Dialect::Sqlite).map_err(&err)?;
+            let pool = crate::source::open_sqlite(path).await?;
+            let out = run_sqlite(&pool, &q, compiled).await.map_err(&err);
+            pool.close().await;
+            out?
+        }
+        SourceConfig::Postgres { url, table } => {
+            let q = build(compiled, readers, table, resident, order, Dialect::Postgres)
+                .map_err(&err)?;
+            let pool = crate::source::open_postgres(url, table).await?;
+            let out = run_postgres(&pool, &q, compiled).await.map_err(&err);
+            pool.close().await;
+            out?
+        }
+        SourceConfig::Csv { .. } => return Err(err("pushdown needs a SQL source".into())),
+    };
+    let counts = ScanCounts {
+        aggregated,
+        ..ScanCounts::default()
+    };
+    Ok((vector, counts))
+}

@@ -1,0 +1,329 @@
+//! The agent's configuration (`partner.toml`): where the coordinator is, where the identity
+//! key and local state live, the partner's own limits, and each dataset's mapping to a local
+//! source. Every error names the file and the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `[coordinator]`.
+    pub coordinator: CoordinatorConfig,
+    /// Path of the Ed25519 identity key written by `civic-agent keygen`.
+    pub identity_key: PathBuf,
+    /// Directory for the agent's own records: ledger, pinned keys, round journal.
+    pub state_dir: PathBuf,
+    /// `[limits]`: the partner's own policy.
+    pub limits: LocalLimits,
+    /// `[[datasets]]`: what this partner serves.
+    #[serde(default)]
+    pub datasets: Vec<DatasetMapping>,
+}
+
+/// `[coordinator]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Base URL, e.g. `https://civic.example.org:8440`.
+    pub url: String,
+    /// File holding the partner's API token (mode 0600). `CIVIC_AGENT_TOKEN` overrides it.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust, for a coordinator with a private CA.
+    #[serde(default)]
+    pub ca_certificate: Option<PathBuf>,
+    /// Seconds between polls when idle (default 5).
+    #[serde(default = "default_poll")]
+    pub poll_seconds: f64,
+    /// The longest back-off after errors, in seconds (default 300).
+    #[serde(default = "default_backoff")]
+    pub max_backoff_seconds: f64,
+}
+
+fn default_poll() -> f64 {
+    5.0
+}
+
+fn default_backoff() -> f64 {
+    300.0
+}
+
+/// `[limits]`: refused rounds are declined, with the reason sent to the coordinator.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalLimits {
+    /// The most ε one pure-DP query may spend.
+    #[serde(default)]
+    pub max_epsilon_per_query: Option<f64>,
+    /// The most ρ one query may spend (pure-ε queries count ε²/2).
+    #[serde(default)]
+    pub max_rho_per_query: Option<f64>,
+    /// The most ρ all queries together may spend on this partner's data, per dataset.
+    pub total_rho: f64,
+    /// Statistics this partner answers: `count`, `sum`, `mean`, `histogram`, `quantiles`,
+    /// `linear_regression` (all if absent).
+    #[serde(default)]
+    pub allowed_statistics: Option<Vec<String>>,
+    /// The fewest surviving partners whose sum this partner lets the coordinator learn
+    /// (at least the policy's `min_partners`; default 3).
+    #[serde(default = "default_min_survivors")]
+    pub min_survivors: usize,
+    /// Dropout fraction the round's threshold must withstand (default 0).
+    #[serde(default)]
+    pub max_dropout_rate: f64,
+    /// Fraction of corrupt partners the round's threshold must withstand (default 0).
+    #[serde(default)]
+    pub max_corrupt_fraction: f64,
+}
+
+fn default_min_survivors() -> usize {
+    3
+}
+
+/// `[[datasets]]`: one federated dataset and where this partner keeps it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetMapping {
+    /// The federated dataset's id.
+    pub id: String,
+    /// A local copy of the dataset policy (TOML), for `check` without the coordinator.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    /// The source.
+    pub source: SourceConfig,
+    /// A local column identifying the resident (a pseudonym), for contribution bounding.
+    /// Without it the agent relies on the extract holding at most the policy's rows per
+    /// resident, and `check` says so.
+    #[serde(default)]
+    pub resident_column: Option<String>,
+    /// SQL sources with a resident column: a unique column giving the rows' order, so that
+    /// "the first K rows of each resident" is well defined.
+    #[serde(default)]
+    pub order_by: Option<String>,
+    /// SQL sources: aggregate inside the database with parameterised SQL generated from the
+    /// plan (values of the wrong type then count as missing instead of stopping the round:
+    /// run `civic-agent check` after each load).
+    #[serde(default)]
+    pub pushdown: bool,
+    /// Federated column → local column (a name, or `{ column, values }` with a value mapping).
+    pub columns: BTreeMap<String, ColumnMapping>,
+}
+
+/// Where a federated column comes from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ColumnMapping {
+    /// The local column's name.
+    Name(String),
+    /// The local column with a value mapping.
+    Mapped {
+        /// The local column's name.
+        column: String,
+        /// Local spelling → federated spelling.
+        #[serde(default)]
+        values: BTreeMap<String, String>,
+    },
+}
+
+impl ColumnMapping {
+    /// The local column and its value mapping.
+    pub fn parts(&self) -> (&str, BTreeMap<String, String>) {
+        match self {
+            ColumnMapping::Name(n) => (n, BTreeMap::new()),
+            ColumnMapping::Mapped { column, values } => (column, values.clone()),
+        }
+    }
+}
+
+/// A local source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A CSV file with a header row.
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// Field delimiter (default `,`).
+        #[serde(default)]
+        delimiter: Option<char>,
+    },
+    /// A table or view in a SQLite file (opened read-only).
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// Table or view.
+        table: String,
+    },
+    /// A table or view in PostgreSQL.
+    Postgres {
+        /// `postgres://…` (use a read-only role).
+        url: String,
+        /// Table or view, optionally `schema.table`.
+        table: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads and checks the file; relative paths are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Self, AgentError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            file: name.clone(),
+            field: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let mut config: AgentConfig = toml::from_str(&text).map_err(|e| AgentError::Config {
+            file: name.clone(),
+            field: "-".into(),
+            reason: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.check(&name)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.identity_key);
+        fix(&mut self.state_dir);
+        if let Some(p) = self.coordinator.token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.coordinator.ca_certificate.as_mut() {
+            fix(p);
+        }
+        for d in &mut self.datasets {
+            if let Some(p) = d.policy.as_mut() {
+                fix(p);
+            }
+            match &mut d.source {
+                SourceConfig::Csv { path, .. } | SourceConfig::Sqlite { path, .. } => fix(path),
+                SourceConfig::Postgres { .. } => {}
+            }
+        }
+    }
+
+    fn check(&self, file: &str) -> Result<(), AgentError> {
+        let bad = |field: &str, reason: String| {
+            Err(AgentError::Config {
+                file: file.into(),
+                field: field.into(),
+                reason,
+            })
+        };
+        let url = &self.coordinator.url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad(
+                "coordinator.url",
+                format!("{url:?} must start with https:// (or http:// on loopback)"),
+            );
+        }
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.coordinator.poll_seconds)
+            || !positive(self.coordinator.max_backoff_seconds)
+        {
+            return bad(
+                "coordinator.poll_seconds",
+                "poll_seconds and max_backoff_seconds must be positive".into(),
+            );
+        }
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.max_epsilon_per_query", l.max_epsilon_per_query),
+            ("limits.max_rho_per_query", l.max_rho_per_query),
+            ("limits.total_rho", Some(l.total_rho)),
+        ] {
+            if let Some(v) = v.filter(|v| !positive(*v)) {
+                return bad(field, format!("must be a positive number, got {v}"));
+            }
+        }
+        if l.max_epsilon_per_query.is_none() && l.max_rho_per_query.is_none() {
+            return bad(
+                "limits",
+                "set max_epsilon_per_query or max_rho_per_query (or both)".into(),
+            );
+        }
+        if let Some(stats) = &l.allowed_statistics
+            && let Some(s) = stats.iter().find(|s| !STATISTICS.contains(&s.as_str()))
+        {
+            return bad(
+                "limits.allowed_statistics",
+                format!("unknown statistic {s:?}; known: {}", STATISTICS.join(", ")),
+            );
+        }
+        if l.min_survivors < 2 {
+            return bad(
+                "limits.min_survivors",
+                "must be at least 2: one partner's vector alone is never unmasked".into(),
+            );
+        }
+        for (field, v) in [
+            ("limits.max_dropout_rate", l.max_dropout_rate),
+            ("limits.max_corrupt_fraction", l.max_corrupt_fraction),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(field, format!("must be in [0, 1), got {v}"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, d) in self.datasets.iter().enumerate() {
+            let at = |f: &str| format!("datasets[{i}] ({}).{f}", d.id);
+            if !seen.insert(&d.id) {
+                return bad(&at("id"), "the dataset is listed twice".into());
+            }
+            if d.columns.is_empty() {
+                return bad(&at("columns"), "map at least one column".into());
+            }
+            let sql = !matches!(d.source, SourceConfig::Csv { .. });
+            if sql && d.resident_column.is_some() && d.order_by.is_none() {
+                return bad(
+                    &at("order_by"),
+                    "a SQL source with a resident column needs a unique order_by column, so the first rows of each resident are well defined".into(),
+                );
+            }
+            if !sql && d.pushdown {
+                return bad(
+                    &at("pushdown"),
+                    "pushdown is for SQLite and PostgreSQL sources".into(),
+                );
+            }
+            if let SourceConfig::Csv {
+                delimiter: Some(c), ..
+            } = d.source
+                && (!c.is_ascii() || c == '"' || c == '\n')
+            {
+                return bad(
+                    &at("source.delimiter"),
+                    format!("{c:?} cannot delimit CSV fields"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The mapping of dataset `id`, if this partner serves it.
+    pub fn dataset(&self, id: &str) -> Option<&DatasetMapping> {
+        self.datasets.iter().find(|d| d.id == id)
+    }
+}
+
+/// The statistics a query can ask for, as named in `allowed_statistics`.
+pub const STATISTICS: [&str; 6] = [
+    "count",
+    "sum",
+    "mean",
+    "histogram",
+    "quantiles",
+    "linear_regression",
+];

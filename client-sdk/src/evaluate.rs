@@ -1,0 +1,469 @@
+//! Local aggregation: the aggregation plan from civic-mechanisms evaluated over a partner's
+//! rows, streaming, in memory bounded by the plan (plus one counter per resident when
+//! contributions are bounded by a resident column).
+//!
+//! The rules, which the SQL pushdown (`crate::pushdown`) follows exactly:
+//! - The filter uses SQL's three-valued logic: a comparison with a missing value (or a
+//!   category outside the domain) is unknown, `not unknown` is unknown, and only rows for
+//!   which the filter is true count. Numbers are compared unclamped.
+//! - A row counts for the statistic only if every column the plan needs (grouping, histogram,
+//!   summed or regression columns) has a value and every grouping value falls in a cell.
+//! - Numbers are clamped to the column's public bounds, then binned: bin i holds
+//!   `[edge_i, edge_{i+1})`, the last bin also its upper edge. Booleans have cells
+//!   `[false, true]`; categories their domain's order.
+//! - Decimals are encoded in fixed point: `v = clamped / resolution`, rounded half away from
+//!   zero as `trunc(v + 0.5)` (or `-trunc(0.5 - v)` below zero), so SQL computes the same.
+//! - Contribution bounding: of the rows that count, each resident's first K (in source order:
+//!   file order for CSV, the `order_by` column for SQL) are kept, K being the policy's rows
+//!   per resident per partner; later ones are dropped and counted.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use civic_mechanisms::{AggregationPlan, BlockKind};
+use civic_policies::dataset::{ColumnType, DatasetPolicy};
+use civic_policies::query::{CompareOp, Filter, Literal, Statistic, ValidatedQuery};
+
+use crate::schema::{Cell, Value};
+
+/// A filter compiled against the row layout.
+#[derive(Clone, Debug)]
+pub(crate) enum Test {
+    Compare {
+        slot: usize,
+        op: CompareOp,
+        lit: Lit,
+    },
+    And(Vec<Test>),
+    Or(Vec<Test>),
+    Not(Box<Test>),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lit {
+    Int(i64),
+    Dec(f64),
+    Cat(u32),
+    Bool(bool),
+}
+
+/// How a grouping or histogram column picks its cell.
+#[derive(Clone, Debug)]
+pub(crate) enum Binning {
+    /// The category's domain index.
+    Category,
+    /// false → 0, true → 1.
+    Boolean,
+    /// Integer bins over the clamped value.
+    IntBins { min: i64, max: i64, edges: Vec<i64> },
+    /// Decimal bins over the clamped value.
+    DecBins { min: f64, max: f64, edges: Vec<f64> },
+}
+
+/// How a numeric column is encoded in fixed point.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Encoding {
+    Int { min: i64, max: i64 },
+    Dec { min: f64, max: f64, resolution: f64 },
+}
+
+/// A block's per-row value.
+#[derive(Clone, Debug)]
+pub(crate) enum Term {
+    /// 1 per row.
+    One,
+    /// The encoded value of a slot.
+    Column(usize, Encoding),
+    /// The product of two terms (a regression's cross product).
+    Product(Box<Term>, Box<Term>),
+}
+
+/// The plan compiled against a row layout: which federated columns are read, in which slot.
+#[derive(Clone, Debug)]
+pub struct CompiledPlan {
+    /// Federated columns read, in slot order.
+    pub columns: Vec<String>,
+    pub(crate) filter: Option<Test>,
+    /// Grouping then histogram columns, most significant first: (slot, cells, binning).
+    pub(crate) cells: Vec<(usize, usize, Binning)>,
+    /// One term per block, in plan order, each repeated over the block's cells.
+    pub(crate) terms: Vec<Term>,
+    pub(crate) cells_per_block: usize,
+    /// K, the rows a resident may contribute at this partner.
+    pub rows_per_resident: u32,
+}
+
+impl CompiledPlan {
+    /// Compiles `plan` (made by `AggregationPlan::compile` from `query` and `policy`).
+    pub fn new(
+        query: &ValidatedQuery,
+        policy: &DatasetPolicy,
+        plan: &AggregationPlan,
+    ) -> Result<Self, String> {
+        plan.check_layout().map_err(|e| e.to_string())?;
+        let mut columns: Vec<String> = Vec::new();
+        let mut slot = |name: &str| -> usize {
+            if let Some(i) = columns.iter().position(|c| c == name) {
+                return i;
+            }
+            columns.push(name.to_string());
+            columns.len() - 1
+        };
+        let kind = |name: &str| -> Result<ColumnType, String> {
+            policy
+                .column(name)
+                .map(|c| c.kind.clone())
+                .ok_or_else(|| format!("the plan names column \"{name}\", which the policy lacks"))
+        };
+        let q = query.query();
+        let mut grouping: Vec<&str> = q.group_by.iter().map(String::as_str).collect();
+        match &q.statistic {
+            Statistic::Histogram { columns } => grouping.extend(columns.iter().map(String::as_str)),
+            Statistic::Quantiles { column, .. } => grouping.push(column),
+            _ => {}
+        }
+        let mut cells = Vec::new();
+        for name in grouping {
+            let k = kind(name)?;
+            let n = k
+                .cells()
+                .ok_or_else(|| format!("column \"{name}\" cannot be grouped"))?;
+            cells.push((slot(name), n, binning(&k)?));
+        }
+        let mut terms = Vec::new();
+        for block in &plan.blocks {
+            let mut term = |name: &str| -> Result<Term, String> {
+                if name == "1" {
+                    return Ok(Term::One);
+                }
+                Ok(Term::Column(slot(name), encoding(&kind(name)?)?))
+            };
+            terms.push(match &block.kind {
+                BlockKind::Count => Term::One,
+                BlockKind::Sum { column } => term(column)?,
+                BlockKind::Cross { left, right } => {
+                    Term::Product(Box::new(term(left)?), Box::new(term(right)?))
+                }
+            });
+        }
+        let filter = match &q.filter {
+            Some(f) => Some(compile_filter(f, policy, &mut slot)?),
+            None => None,
+        };
+        let cells_per_block = cells.iter().map(|c| c.1).product::<usize>();
+        if cells_per_block != plan.cells {
+            return Err(format!(
+                "the plan has {} cells, the query {cells_per_block}",
+                plan.cells
+            ));
+        }
+        Ok(Self {
+            columns,
+            filter,
+            cells,
+            terms,
+            cells_per_block,
+            rows_per_resident: policy.rows_per_resident_per_partner(),
+        })
+    }
+
+    /// Whether the row passes the filter (true, not unknown).
+    fn passes(&self, row: &[Cell]) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| evaluate(f, row) == Some(true))
+    }
+
+    /// The row's cell, if every grouping value falls in one.
+    fn cell(&self, row: &[Cell]) -> Option<usize> {
+        let mut index = 0usize;
+        for (slot, n, binning) in &self.cells {
+            let Cell::Value(v) = row[*slot] else {
+                return None;
+            };
+            index = index * n + bin(binning, v)?;
+        }
+        Some(index)
+    }
+}
+
+fn binning(kind: &ColumnType) -> Result<Binning, String> {
+    Ok(match kind {
+        ColumnType::Category { .. } => Binning::Category,
+        ColumnType::Boolean => Binning::Boolean,
+        ColumnType::Integer {
+            min,
+            max,
+            bins: Some(edges),
+        } => Binning::IntBins {
+            min: *min,
+            max: *max,
+            edges: edges.clone(),
+        },
+        ColumnType::Decimal {
+            min,
+            max,
+            bins: Some(edges),
+            ..
+        } => Binning::DecBins {
+            min: *min,
+            max: *max,
+            edges: edges.clone(),
+        },
+        _ => return Err("a numeric column without bins cannot be grouped".into()),
+    })
+}
+
+fn encoding(kind: &ColumnType) -> Result<Encoding, String> {
+    Ok(match kind {
+        ColumnType::Integer { min, max, .. } => Encoding::Int {
+            min: *min,
+            max: *max,
+        },
+        ColumnType::Decimal {
+            min,
+            max,
+            resolution,
+            ..
+        } => Encoding::Dec {
+            min: *min,
+            max: *max,
+            resolution: *resolution,
+        },
+        _ => return Err("only numeric columns are summed".into()),
+    })
+}
+
+fn compile_filter(
+    f: &Filter,
+    policy: &DatasetPolicy,
+    slot: &mut dyn FnMut(&str) -> usize,
+) -> Result<Test, String> {
+    let mut all = |parts: &[Filter]| -> Result<Vec<Test>, String> {
+        parts
+            .iter()
+            .map(|p| compile_filter(p, policy, slot))
+            .collect()
+    };
+    Ok(match f {
+        Filter::And(parts) => Test::And(all(parts)?),
+        Filter::Or(parts) => Test::Or(all(parts)?),
+        Filter::Not(inner) => Test::Not(Box::new(compile_filter(inner, policy, slot)?)),
+        Filter::Compare { column, op, value } => {
+            let kind = &policy
+                .column(column)
+                .ok_or_else(|| format!("the filter names unknown column \"{column}\""))?
+                .kind;
+            let lit =
+                match (kind, value) {
+                    (ColumnType::Integer { .. }, Literal::Integer(i)) => Lit::Int(*i),
+                    (ColumnType::Decimal { .. }, Literal::Integer(i)) => Lit::Dec(*i as f64),
+                    (ColumnType::Decimal { .. }, Literal::Decimal(d)) => Lit::Dec(*d),
+                    (ColumnType::Boolean, Literal::Boolean(b)) => Lit::Bool(*b),
+                    (ColumnType::Category { domain }, Literal::Category(c)) => {
+                        Lit::Cat(domain.iter().position(|d| d == c).ok_or_else(|| {
+                            format!("\"{c}\" is not in the domain of \"{column}\"")
+                        })? as u32)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "the filter's literal for \"{column}\" has the wrong type"
+                        ));
+                    }
+                };
+            Test::Compare {
+                slot: slot(column),
+                op: *op,
+                lit,
+            }
+        }
+    })
+}
+
+/// SQL's three-valued logic: None is unknown.
+fn evaluate(t: &Test, row: &[Cell]) -> Option<bool> {
+    match t {
+        Test::Compare { slot, op, lit } => {
+            let Cell::Value(v) = row[*slot] else {
+                return None;
+            };
+            let ordering = match (v, lit) {
+                (Value::Int(a), Lit::Int(b)) => a.cmp(b),
+                (Value::Dec(a), Lit::Dec(b)) => a.partial_cmp(b)?,
+                (Value::Cat(a), Lit::Cat(b)) => a.cmp(b),
+                (Value::Bool(a), Lit::Bool(b)) => a.cmp(b),
+                _ => return None,
+            };
+            use std::cmp::Ordering::*;
+            Some(match op {
+                CompareOp::Eq => ordering == Equal,
+                CompareOp::Ne => ordering != Equal,
+                CompareOp::Lt => ordering == Less,
+                CompareOp::Le => ordering != Greater,
+                CompareOp::Gt => ordering == Greater,
+                CompareOp::Ge => ordering != Less,
+            })
+        }
+        Test::Not(inner) => evaluate(inner, row).map(|b| !b),
+        Test::And(parts) => {
+            let mut unknown = false;
+            for p in parts {
+                match evaluate(p, row) {
+                    Some(false) => return Some(false),
+                    None => unknown = true,
+                    Some(true) => {}
+                }
+            }
+            if unknown { None } else { Some(true) }
+        }
+        Test::Or(parts) => {
+            let mut unknown = false;
+            for p in parts {
+                match evaluate(p, row) {
+                    Some(true) => return Some(true),
+                    None => unknown = true,
+                    Some(false) => {}
+                }
+            }
+            if unknown { None } else { Some(false) }
+        }
+    }
+}
+
+fn bin(binning: &Binning, v: Value) -> Option<usize> {
+    fn find<T: PartialOrd + Copy>(edges: &[T], x: T) -> Option<usize> {
+        let last = edges.len() - 1;
+        if x < edges[0] || x > edges[last] {
+            return None;
+        }
+        // The largest i with edges[i] ≤ x, the top edge falling in the last bin.
+        Some(
+            edges
+                .partition_point(|e| *e <= x)
+                .saturating_sub(1)
+                .min(last - 1),
+        )
+    }
+    match (binning, v) {
+        (Binning::Category, Value::Cat(i)) => Some(i as usize),
+        (Binning::Boolean, Value::Bool(b)) => Some(usize::from(b)),
+        (Binning::IntBins { min, max, edges }, Value::Int(x)) => find(edges, x.clamp(*min, *max)),
+        (Binning::DecBins { min, max, edges }, Value::Dec(x)) => find(edges, x.clamp(*min, *max)),
+        _ => None,
+    }
+}
+
+/// Fixed-point encoding of a clamped value (see the module comment for the rounding).
+pub(crate) fn encode(encoding: Encoding, v: Value) -> Option<i64> {
+    match (encoding, v) {
+        (Encoding::Int { min, max }, Value::Int(x)) => Some(x.clamp(min, max)),
+        (
+            Encoding::Dec {
+                min,
+                max,
+                resolution,
+            },
+            Value::Dec(x),
+        ) => {
+            let v = x.clamp(min, max) / resolution;
+            let rounded = if v >= 0.0 {
+                (v + 0.5).trunc()
+            } else {
+                -(0.5 - v).trunc()
+            };
+            Some(rounded as i64)
+        }
+        _ => None,
+    }
+}
+
+fn term_value(term: &Term, row: &[Cell]) -> Option<i64> {
+    match term {
+        Term::One => Some(1),
+        Term::Column(slot, enc) => match row[*slot] {
+            Cell::Value(v) => encode(*enc, v),
+            _ => None,
+        },
+        Term::Product(a, b) => term_value(a, row)?.checked_mul(term_value(b, row)?),
+    }
+}
+
+/// What a scan saw, for logs and `civic-agent check` (counts only, never values).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanCounts {
+    /// Rows read.
+    pub rows: u64,
+    /// Rows that passed the filter and had every value the plan needs.
+    pub eligible: u64,
+    /// Of those, rows dropped by contribution bounding.
+    pub truncated: u64,
+    /// Rows aggregated.
+    pub aggregated: u64,
+}
+
+/// The aggregation in progress.
+#[derive(Debug)]
+pub struct Aggregator<'p> {
+    plan: &'p CompiledPlan,
+    vector: Vec<i64>,
+    per_resident: HashMap<u64, u32>,
+    values: Vec<i64>,
+    /// What was seen so far.
+    pub counts: ScanCounts,
+}
+
+impl<'p> Aggregator<'p> {
+    /// An empty aggregate.
+    pub fn new(plan: &'p CompiledPlan) -> Self {
+        Self {
+            plan,
+            vector: vec![0; plan.terms.len() * plan.cells_per_block],
+            per_resident: HashMap::new(),
+            values: Vec::with_capacity(plan.terms.len()),
+            counts: ScanCounts::default(),
+        }
+    }
+
+    /// Adds one row (`row` in the plan's slot order). `resident` identifies the resident when
+    /// the mapping names a resident column.
+    pub fn push(&mut self, row: &[Cell], resident: Option<&[u8]>) {
+        self.counts.rows += 1;
+        if !self.plan.passes(row) {
+            return;
+        }
+        let Some(cell) = self.plan.cell(row) else {
+            return;
+        };
+        self.values.clear();
+        for t in &self.plan.terms {
+            match term_value(t, row) {
+                Some(v) => self.values.push(v),
+                None => return,
+            }
+        }
+        self.counts.eligible += 1;
+        if let Some(id) = resident {
+            // Keyed by a 64-bit hash to keep memory at ~16 bytes a resident; a collision
+            // (about 3 in a million at 10^7 residents) can only drop a row, never add one.
+            let mut h = DefaultHasher::new();
+            id.hash(&mut h);
+            let seen = self.per_resident.entry(h.finish()).or_insert(0);
+            if *seen >= self.plan.rows_per_resident {
+                self.counts.truncated += 1;
+                return;
+            }
+            *seen += 1;
+        }
+        self.counts.aggregated += 1;
+        let n = self.plan.cells_per_block;
+        for (b, v) in self.values.iter().enumerate() {
+            let slot = &mut self.vector[b * n + cell];
+            *slot = slot.wrapping_add(*v);
+        }
+    }
+
+    /// The partner's vector, in the plan's layout.
+    pub fn finish(self) -> (Vec<i64>, ScanCounts) {
+        (self.vector, self.counts)
+    }
+}

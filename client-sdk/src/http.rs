@@ -1,0 +1,222 @@
+//! The coordinator's partner endpoints over HTTP(S). Outbound only; the token never appears
+//! in `Debug` or logs. Calls retry on connection errors and 503 (a coordinator restarting or
+//! handing rounds to another driver) for a bounded time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use civic_api::Problem;
+use civic_api::governance::DatasetView;
+use civic_api::round::{DeclineRound, Inbox, PartnerRounds, RegisterIdentity, RosterEntry};
+use civic_api::{decode_binary, encode_binary};
+use civic_secagg::messages::ClientMessage;
+use zeroize::Zeroizing;
+
+use crate::error::AgentError;
+
+/// A connection to the coordinator as one partner.
+pub struct CoordinatorClient {
+    base: String,
+    token: Zeroizing<String>,
+    http: reqwest::Client,
+    retry_for: Duration,
+}
+
+impl std::fmt::Debug for CoordinatorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call's failure: whether retrying later could help.
+#[derive(Debug)]
+pub enum CallError {
+    /// The coordinator refused (4xx): the problem's code and detail.
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Stable problem code.
+        code: String,
+        /// Explanation.
+        detail: String,
+    },
+    /// Unreachable, or 5xx, for longer than the retry window.
+    Unavailable(String),
+}
+
+impl From<CallError> for AgentError {
+    fn from(e: CallError) -> Self {
+        AgentError::Coordinator(match e {
+            CallError::Refused {
+                status,
+                code,
+                detail,
+            } => format!("{status} {code}: {detail}"),
+            CallError::Unavailable(m) => m,
+        })
+    }
+}
+
+impl CoordinatorClient {
+    /// A client for `base` with `token`; `ca_pem` adds a CA to trust.
+    pub fn new(
+        base: &str,
+        token: Zeroizing<String>,
+        ca_pem: Option<&[u8]>,
+        retry_for: Duration,
+    ) -> Result<Self, AgentError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .user_agent(concat!("civic-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                AgentError::Coordinator(format!("the CA certificate is not usable PEM: {e}"))
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| AgentError::Coordinator(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+            retry_for,
+        })
+    }
+
+    /// The coordinator's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn call(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, CallError> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let outcome = build(&self.http)
+                .bearer_auth(self.token.as_str())
+                .send()
+                .await;
+            let last = match outcome {
+                Ok(res) if res.status().is_success() => return Ok(res),
+                Ok(res) if res.status().is_client_error() => {
+                    let status = res.status().as_u16();
+                    let text = res.text().await.unwrap_or_default();
+                    let (code, detail) = match serde_json::from_str::<Problem>(&text) {
+                        Ok(p) => (p.code, p.detail),
+                        Err(_) => ("http".into(), text.chars().take(300).collect()),
+                    };
+                    return Err(CallError::Refused {
+                        status,
+                        code,
+                        detail,
+                    });
+                }
+                Ok(res) => format!("{} answered {}", self.base, res.status()),
+                Err(e) => format!("{} unreachable: {e}", self.base),
+            };
+            if started.elapsed() >= self.retry_for {
+                return Err(CallError::Unavailable(last));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Registers this partner's identity public key (hex).
+    pub async fn register_identity(&self, public_key_hex: &str) -> Result<(), CallError> {
+        let body = RegisterIdentity {
+            public_key: public_key_hex.to_string(),
+        };
+        let url = format!("{}/v1/partner/identity", self.base);
+        self.call(|h| h.put(&url).json(&body)).await.map(|_| ())
+    }
+
+    /// Open rounds this partner is invited to.
+    pub async fn rounds(&self) -> Result<PartnerRounds, CallError> {
+        let url = format!("{}/v1/partner/rounds", self.base);
+        let res = self.call(|h| h.get(&url)).await?;
+        res.json()
+            .await
+            .map_err(|e| CallError::Unavailable(format!("unreadable round list: {e}")))
+    }
+
+    /// One version of a dataset's policy.
+    pub async fn dataset_version(&self, id: &str, version: i64) -> Result<DatasetView, CallError> {
+        let url = format!("{}/v1/datasets/{id}/versions/{version}", self.base);
+        self.dataset(&url).await
+    }
+
+    /// The latest version of a dataset's policy.
+    pub async fn latest_dataset(&self, id: &str) -> Result<DatasetView, CallError> {
+        let url = format!("{}/v1/datasets/{id}", self.base);
+        self.dataset(&url).await
+    }
+
+    async fn dataset(&self, url: &str) -> Result<DatasetView, CallError> {
+        let res = self.call(|h| h.get(url)).await?;
+        res.json()
+            .await
+            .map_err(|e| CallError::Unavailable(format!("unreadable dataset: {e}")))
+    }
+
+    /// Every registered partner's identity key (hex), by partner id.
+    pub async fn roster(&self) -> Result<BTreeMap<u32, String>, CallError> {
+        let url = format!("{}/v1/partners/roster", self.base);
+        let entries: Vec<RosterEntry> = self
+            .call(|h| h.get(&url))
+            .await?
+            .json()
+            .await
+            .map_err(|e| CallError::Unavailable(format!("unreadable roster: {e}")))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| Some((e.partner_id, e.identity_key?)))
+            .collect())
+    }
+
+    /// What the last closed phase of `round` sent this partner.
+    pub async fn inbox(&self, round: i64) -> Result<Inbox, CallError> {
+        let url = format!("{}/v1/partner/rounds/{round}/inbox", self.base);
+        let bytes = self
+            .call(|h| h.get(&url))
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| CallError::Unavailable(format!("inbox of round {round}: {e}")))?;
+        decode_binary(&bytes).map_err(|e| CallError::Refused {
+            status: 200,
+            code: "protocol.malformed".into(),
+            detail: format!("the inbox of round {round} does not decode: {e}"),
+        })
+    }
+
+    /// Posts one protocol message.
+    pub async fn post(&self, round: i64, message: &ClientMessage) -> Result<(), CallError> {
+        let url = format!("{}/v1/partner/rounds/{round}/messages", self.base);
+        let body = encode_binary(message);
+        self.call(|h| {
+            h.post(&url)
+                .header("content-type", civic_api::round::BINARY_CONTENT_TYPE)
+                .body(body.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Declines `round`, telling the coordinator why.
+    pub async fn decline(&self, round: i64, reason: &str) -> Result<(), CallError> {
+        let url = format!("{}/v1/partner/rounds/{round}/decline", self.base);
+        let body = DeclineRound {
+            reason: reason.chars().take(1000).collect(),
+        };
+        self.call(|h| h.post(&url).json(&body)).await.map(|_| ())
+    }
+}

@@ -1,0 +1,399 @@
+//! Reading a dataset where the partner keeps it: CSV (streamed record by record), SQLite
+//! (opened read-only) and PostgreSQL. Every source yields rows of [`Cell`]s in the order of
+//! the readers it is given, and the resident id when the mapping names one; memory does not
+//! grow with the number of rows.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use sqlx::{Column as _, Row, TypeInfo, ValueRef};
+
+use crate::config::{DatasetMapping, SourceConfig};
+use crate::error::AgentError;
+use crate::schema::{Cell, ColumnReader, Raw};
+
+/// A sink for rows: the cells in reader order, and the resident id if mapped.
+pub type RowSink<'a> = dyn FnMut(&[Cell], Option<&[u8]>) + Send + 'a;
+
+/// How a scan reports progress: a bar on a terminal, log lines otherwise.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    started: Instant,
+    last_log: Instant,
+}
+
+/// Log a line this often when not on a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    /// Starts reporting a scan of `label`; `total` is the size in bytes, when known.
+    pub fn start(label: &str, total: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total {
+                Some(t) => indicatif::ProgressBar::new(t).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} ({eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                ),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_message(label.to_string());
+            bar
+        });
+        tracing::info!(source = label, "scan started");
+        Self {
+            bar,
+            label: label.to_string(),
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self, rows: u64, position: Option<u64>) {
+        if let Some(bar) = &self.bar {
+            match position {
+                Some(p) => bar.set_position(p),
+                None => bar.set_message(format!("{} ({rows} rows)", self.label)),
+            }
+        } else if self.last_log.elapsed() >= LOG_EVERY {
+            self.last_log = Instant::now();
+            tracing::info!(source = %self.label, rows, "scanning");
+        }
+    }
+
+    fn finish(self, rows: u64) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::info!(source = %self.label, rows, seconds, "scan finished");
+    }
+}
+
+/// A human name for the source (file or table; never a database URL, which may hold a
+/// password).
+pub fn source_name(source: &SourceConfig) -> String {
+    match source {
+        SourceConfig::Csv { path, .. } => path.display().to_string(),
+        SourceConfig::Sqlite { path, table } => format!("{} table {table}", path.display()),
+        SourceConfig::Postgres { table, .. } => format!("PostgreSQL table {table}"),
+    }
+}
+
+/// Reads every row of the mapping's source, handing each to `sink`. Stops at the first
+/// value that cannot be read, naming the row and column. Returns the rows read.
+pub async fn scan(
+    mapping: &DatasetMapping,
+    readers: &[ColumnReader],
+    sink: &mut RowSink<'_>,
+) -> Result<u64, AgentError> {
+    match &mapping.source {
+        SourceConfig::Csv { path, delimiter } => {
+            let delimiter = delimiter.unwrap_or(',') as u8;
+            let resident = mapping.resident_column.as_deref();
+            // CSV reading is blocking file I/O: keep it off the async workers' toes.
+            tokio::task::block_in_place(|| scan_csv(path, delimiter, readers, resident, sink))
+        }
+        SourceConfig::Sqlite { path, table } => {
+            let pool = open_sqlite(path).await?;
+            let rows = scan_sql(&pool, mapping, table, readers, sink, false).await;
+            pool.close().await;
+            rows
+        }
+        SourceConfig::Postgres { url, table } => {
+            let pool = open_postgres(url, table).await?;
+            let rows = scan_sql(&pool, mapping, table, readers, sink, true).await;
+            pool.close().await;
+            rows
+        }
+    }
+}
+
+/// Streams a CSV file with a header row.
+pub fn scan_csv(
+    path: &Path,
+    delimiter: u8,
+    readers: &[ColumnReader],
+    resident: Option<&str>,
+    sink: &mut RowSink<'_>,
+) -> Result<u64, AgentError> {
+    let name = path.display().to_string();
+    let source_err = |reason: String| AgentError::Source {
+        source_name: name.clone(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| source_err(format!("cannot open: {e}")))?;
+    let size = file.metadata().ok().map(|m| m.len());
+    let mut csv = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let headers = csv
+        .byte_headers()
+        .map_err(|e| source_err(format!("cannot read the header row: {e}")))?
+        .clone();
+    let index_of = |local: &str| -> Result<usize, AgentError> {
+        headers
+            .iter()
+            .position(|h| h == local.as_bytes())
+            .ok_or_else(|| {
+                let found: Vec<String> = headers
+                    .iter()
+                    .map(|h| String::from_utf8_lossy(h).into_owned())
+                    .collect();
+                source_err(format!(
+                    "no column \"{local}\" in the header row (found: {})",
+                    found.join(", ")
+                ))
+            })
+    };
+    let indices = readers
+        .iter()
+        .map(|r| index_of(&r.local))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resident_index = resident.map(index_of).transpose()?;
+    let mut progress = Progress::start(&name, size);
+    let mut record = csv::ByteRecord::new();
+    let mut cells = vec![Cell::Missing; readers.len()];
+    let mut rows = 0u64;
+    loop {
+        match csv.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let row = e.position().map(|p| p.record()).unwrap_or(rows + 1);
+                return Err(AgentError::Data {
+                    source_name: name,
+                    row,
+                    column: "-".into(),
+                    reason: format!("malformed CSV: {}", csv_reason(&e)),
+                });
+            }
+        }
+        rows += 1;
+        for ((reader, &i), cell) in readers.iter().zip(&indices).zip(cells.iter_mut()) {
+            let field = record.get(i).unwrap_or_default();
+            let data_err = |reason: String| AgentError::Data {
+                source_name: name.clone(),
+                row: rows,
+                column: format!("{} (federated {})", reader.local, reader.column.name),
+                reason,
+            };
+            let text =
+                std::str::from_utf8(field).map_err(|_| data_err("not valid UTF-8".into()))?;
+            *cell = reader.read(Raw::Text(text)).map_err(data_err)?;
+        }
+        let resident = resident_index.map(|i| record.get(i).unwrap_or_default());
+        sink(&cells, resident);
+        if rows.is_multiple_of(65_536) {
+            progress.tick(rows, Some(record.position().map(|p| p.byte()).unwrap_or(0)));
+        }
+    }
+    progress.finish(rows);
+    Ok(rows)
+}
+
+/// The csv crate's error without the record's contents.
+fn csv_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("{len} fields where the header has {expected_len}"),
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => "cannot parse the record".into(),
+    }
+}
+
+/// Opens a SQLite file read-only (the agent never writes to a partner's database).
+pub async fn open_sqlite(path: &Path) -> Result<sqlx::SqlitePool, AgentError> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|e| AgentError::Source {
+            source_name: path.display().to_string(),
+            reason: format!("cannot open the SQLite database: {e}"),
+        })
+}
+
+/// Connects to PostgreSQL (the error names the table, not the URL).
+pub async fn open_postgres(url: &str, table: &str) -> Result<sqlx::PgPool, AgentError> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .map_err(|e| AgentError::Source {
+            source_name: format!("PostgreSQL table {table}"),
+            reason: format!("cannot connect: {e}"),
+        })
+}
+
+/// `"name"` with embedded quotes doubled; `schema.table` quotes each part. Names come from
+/// the partner's own configuration, never from the network.
+pub fn quote_identifier(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(format!("{name:?} is not a usable column or table name"));
+    }
+    Ok(name
+        .split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+async fn scan_sql<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    mapping: &DatasetMapping,
+    table: &str,
+    readers: &[ColumnReader],
+    sink: &mut RowSink<'_>,
+    postgres: bool,
+) -> Result<u64, AgentError>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    i64: for<'r> sqlx::Decode<'r, DB>,
+    f64: for<'r> sqlx::Decode<'r, DB>,
+    String: for<'r> sqlx::Decode<'r, DB>,
+{
+    let name = source_name(&mapping.source);
+    let config_err = |reason: String| AgentError::Source {
+        source_name: name.clone(),
+        reason,
+    };
+    // PostgreSQL's text output is exact (shortest round-trip floats, exact numerics), so
+    // every column is read as text there; SQLite values are read by their storage class.
+    let select = |col: &str| -> Result<String, AgentError> {
+        let q = quote_identifier(col).map_err(&config_err)?;
+        Ok(if postgres {
+            format!("CAST({q} AS TEXT)")
+        } else {
+            q
+        })
+    };
+    let mut columns = readers
+        .iter()
+        .map(|r| select(&r.local))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(r) = &mapping.resident_column {
+        columns.push(select(r)?);
+    }
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        columns.join(", "),
+        quote_identifier(table).map_err(&config_err)?
+    );
+    if let Some(o) = &mapping.order_by {
+        sql.push_str(&format!(
+            " ORDER BY {}",
+            quote_identifier(o).map_err(&config_err)?
+        ));
+    }
+    let mut progress = Progress::start(&name, None);
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| config_err(format!("cannot connect: {e}")))?;
+    let mut stream = sqlx::raw_sql(&sql).fetch(&mut *conn);
+    let mut cells = vec![Cell::Missing; readers.len()];
+    let mut rows = 0u64;
+    let mut resident_buf: Vec<u8> = Vec::new();
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| config_err(format!("reading failed: {e}")))?
+    {
+        rows += 1;
+        for (i, (reader, cell)) in readers.iter().zip(cells.iter_mut()).enumerate() {
+            let data_err = |reason: String| AgentError::Data {
+                source_name: name.clone(),
+                row: rows,
+                column: format!("{} (federated {})", reader.local, reader.column.name),
+                reason,
+            };
+            let text: String;
+            let raw = match sql_raw(&row, i).map_err(&data_err)? {
+                SqlValue::Null => Raw::Null,
+                SqlValue::Int(v) => Raw::Int(v),
+                SqlValue::Real(v) => Raw::Real(v),
+                SqlValue::Text(t) => {
+                    text = t;
+                    Raw::Text(&text)
+                }
+            };
+            *cell = reader.read(raw).map_err(data_err)?;
+        }
+        let resident = if mapping.resident_column.is_some() {
+            resident_buf.clear();
+            match sql_raw(&row, readers.len()) {
+                Ok(SqlValue::Text(t)) => resident_buf.extend_from_slice(t.as_bytes()),
+                Ok(SqlValue::Int(v)) => resident_buf.extend_from_slice(v.to_string().as_bytes()),
+                Ok(SqlValue::Real(v)) => resident_buf.extend_from_slice(v.to_string().as_bytes()),
+                // A row without a resident id cannot be bounded: it counts as its own resident.
+                Ok(SqlValue::Null) => resident_buf.extend_from_slice(&rows.to_le_bytes()),
+                Err(reason) => {
+                    return Err(AgentError::Data {
+                        source_name: name,
+                        row: rows,
+                        column: mapping.resident_column.clone().unwrap_or_default(),
+                        reason,
+                    });
+                }
+            }
+            Some(resident_buf.as_slice())
+        } else {
+            None
+        };
+        sink(&cells, resident);
+        if rows.is_multiple_of(65_536) {
+            progress.tick(rows, None);
+        }
+    }
+    progress.finish(rows);
+    Ok(rows)
+}
+
+enum SqlValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// One column of a row by its storage type (SQLite) or as text (PostgreSQL, which is cast).
+fn sql_raw<R: Row>(row: &R, i: usize) -> Result<SqlValue, String>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database>,
+    f64: for<'r> sqlx::Decode<'r, R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database>,
+{
+    let value = row.try_get_raw(i).map_err(|e| e.to_string())?;
+    if value.is_null() {
+        return Ok(SqlValue::Null);
+    }
+    let kind = value.type_info().name().to_ascii_uppercase();
+    let decode =
+        |e: sqlx::Error| format!("cannot read the value ({}): {e}", row.columns()[i].name());
+    Ok(match kind.as_str() {
+        "INTEGER" | "INT" | "INT8" | "BIGINT" => {
+            SqlValue::Int(row.try_get_unchecked::<i64, _>(i).map_err(decode)?)
+        }
+        "REAL" | "FLOAT" | "FLOAT8" | "DOUBLE" | "NUMERIC" => {
+            SqlValue::Real(row.try_get_unchecked::<f64, _>(i).map_err(decode)?)
+        }
+        "TEXT" | "VARCHAR" => {
+            SqlValue::Text(row.try_get_unchecked::<String, _>(i).map_err(decode)?)
+        }
+        other => return Err(format!("unsupported storage type {other}")),
+    })
+}

@@ -1,0 +1,376 @@
+//! Three partner agents reading their own CSV files take part in real rounds with a real
+//! coordinator on loopback. The un-noised secure-aggregation sum is read through the
+//! coordinator's test hook (feature `test-util`) and checked exactly against the truth
+//! computed here straight from the rows.
+
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use civic_client_sdk::agent::{Agent, RoundOutcome};
+use civic_client_sdk::config::AgentConfig;
+use common::{Coordinator, fresh_store_url, test_config};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// One synthetic person in a partner's extract.
+#[derive(Clone, Debug)]
+struct Person {
+    pid: u32,
+    age: Option<i64>,
+    fell: bool,
+}
+
+/// How each partner spells its columns: (header for pid, age, fell; true and false codes).
+const SPELLINGS: [(&str, &str, &str, &str, &str); 3] = [
+    ("pid", "patient_age", "fall_flag", "Y", "N"),
+    ("person", "age", "fell", "true", "false"),
+    ("ref", "AGE", "FALL", "1", "0"),
+];
+
+fn people(site: usize, n: u32) -> Vec<Person> {
+    let mut x: u64 = 0x9e37_79b9 ^ site as u64;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) as u32
+    };
+    (0..n)
+        .map(|i| {
+            // Every tenth row repeats an earlier resident: the agent keeps only the first.
+            let pid = if i % 10 == 9 { next() % i.max(1) } else { i };
+            let age = match next() % 20 {
+                0 => None,
+                1 => Some(130 + i64::from(next() % 10)), // above the public bound: clamped
+                _ => Some(i64::from(next() % 100)),
+            };
+            Person {
+                pid: pid + 100_000 * site as u32,
+                age,
+                fell: next() % 3 == 0,
+            }
+        })
+        .collect()
+}
+
+fn write_csv(path: &Path, site: usize, rows: &[Person]) {
+    let (pid, age, fell, yes, no) = SPELLINGS[site];
+    let mut text = format!("{pid},{age},{fell},notes\n");
+    for p in rows {
+        let a = p.age.map(|a| a.to_string()).unwrap_or_default();
+        let f = if p.fell { yes } else { no };
+        text.push_str(&format!("{},{a},{f},\"free text, never read\"\n", p.pid));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// What the agent should aggregate: of the rows that count for a statistic, each
+/// resident's first; (count of all rows, falls by age band).
+fn truth(rows: &[Person]) -> (i64, [i64; 3]) {
+    let first = |eligible: &dyn Fn(&Person) -> bool| -> Vec<&Person> {
+        let mut seen = std::collections::HashSet::new();
+        rows.iter()
+            .filter(|p| eligible(p) && seen.insert(p.pid))
+            .collect()
+    };
+    let count = first(&|_| true).len() as i64;
+    let mut bands = [0i64; 3];
+    for p in first(&|p| p.fell && p.age.is_some()) {
+        let a = p.age.unwrap_or_default().clamp(0, 119);
+        bands[if a < 65 {
+            0
+        } else if a < 80 {
+            1
+        } else {
+            2
+        }] += 1;
+    }
+    (count, bands)
+}
+
+struct Site {
+    dir: PathBuf,
+    rows: Vec<Person>,
+}
+
+impl Site {
+    fn create(root: &Path, site: usize, base: &str, token: &str, max_epsilon: f64) -> Site {
+        let dir = root.join(format!("site-{site}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows = people(site, 300 + 50 * site as u32);
+        write_csv(&dir.join("city.csv"), site, &rows);
+        std::fs::write(dir.join("token"), token).unwrap();
+        civic_client_sdk::identity::generate(&dir.join("identity.key")).unwrap();
+        let (pid, age, fell, yes, no) = SPELLINGS[site];
+        let config = format!(
+            r#"
+identity_key = "identity.key"
+state_dir = "state"
+
+[coordinator]
+url = "{base}"
+token_file = "token"
+poll_seconds = 0.2
+
+[limits]
+max_epsilon_per_query = {max_epsilon}
+total_rho = 100000.0
+min_survivors = 2
+
+[[datasets]]
+id = "city"
+resident_column = "{pid}"
+
+[datasets.source]
+kind = "csv"
+path = "city.csv"
+
+[datasets.columns]
+age = "{age}"
+fell = {{ column = "{fell}", values = {{ "{yes}" = "true", "{no}" = "false" }} }}
+"#
+        );
+        std::fs::write(dir.join("partner.toml"), config).unwrap();
+        Site { dir, rows }
+    }
+
+    fn agent(&self) -> Arc<Agent> {
+        let config = AgentConfig::load(&self.dir.join("partner.toml")).unwrap();
+        Arc::new(Agent::new(config).unwrap())
+    }
+
+    fn journal(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.join("state/agent-state.json"))
+            .unwrap_or_else(|_| "{}".into());
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// A coordinator on its own thread with its own actix system, as in production, so the
+/// agents can run on this multi-threaded runtime.
+fn start_coordinator(config: civic_server::Config) -> Coordinator {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            tx.send(Coordinator::start_with(config).await).unwrap();
+            std::future::pending::<()>().await;
+        })
+    });
+    tokio::task::block_in_place(|| rx.recv().unwrap())
+}
+
+async fn setup(
+    c: &Coordinator,
+    root: &Path,
+    max_epsilon: [f64; 3],
+) -> (Vec<Site>, Vec<Arc<Agent>>) {
+    let mut sites = Vec::new();
+    let mut agents = Vec::new();
+    for (i, (_, _, token)) in c.partners.iter().enumerate() {
+        let site = Site::create(root, i, &c.base, token, max_epsilon[i]);
+        let agent = site.agent();
+        agent.register().await.unwrap();
+        sites.push(site);
+        agents.push(agent);
+    }
+    (sites, agents)
+}
+
+fn histogram_of_falls(epsilon: f64) -> Value {
+    json!({
+        "project": "falls",
+        "query": {
+            "dataset": "city",
+            "statistic": { "histogram": { "columns": ["age"] } },
+            "filter": { "compare": { "column": "fell", "op": "eq", "value": true } }
+        },
+        "privacy": { "epsilon": epsilon }
+    })
+}
+
+async fn submit(c: &Coordinator, body: Value) -> i64 {
+    let (s, q) = c.submit(body).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    q["id"].as_i64().unwrap()
+}
+
+async fn all_once(agents: &[Arc<Agent>]) -> Vec<Vec<(i64, RoundOutcome)>> {
+    let tasks: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let a = Arc::clone(a);
+            tokio::spawn(async move { a.once().await.unwrap() })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn released_values(done: &Value) -> Vec<f64> {
+    done["result"]["rows"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"].as_f64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
+    let c = start_coordinator(test_config(&fresh_store_url("agents-happy")));
+    let root = tempfile::tempdir().unwrap();
+    let (sites, agents) = setup(&c, root.path(), [100.0; 3]).await;
+    let truths: Vec<(i64, [i64; 3])> = sites.iter().map(|s| truth(&s.rows)).collect();
+
+    let id = submit(&c, common::count_query(60.0)).await;
+    let outcomes = all_once(&agents).await;
+    for o in &outcomes {
+        assert_eq!(o, &vec![(id, RoundOutcome::Finished)]);
+    }
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    let exact: i64 = truths.iter().map(|t| t.0).sum();
+    assert_eq!(c.state.rounds.exact_sum(id), Some(vec![exact]));
+    // ε = 60 at sensitivity 1: the noise is 0 except with probability ~1e-26.
+    assert_eq!(released_values(&done), vec![exact as f64]);
+
+    let hid = submit(&c, histogram_of_falls(60.0)).await;
+    let outcomes = all_once(&agents).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o == &vec![(hid, RoundOutcome::Finished)]),
+        "{outcomes:?}"
+    );
+    let done = c.wait_done(hid).await;
+    assert_eq!(done["state"], "released", "{done}");
+    let bands: Vec<i64> = (0..3)
+        .map(|b| truths.iter().map(|t| t.1[b]).sum())
+        .collect();
+    assert!(
+        bands.iter().all(|b| *b > 0),
+        "the data exercise every band: {bands:?}"
+    );
+    assert_eq!(c.state.rounds.exact_sum(hid), Some(bands));
+
+    // Each agent charged its own ledger and kept a journal with the shares it revealed.
+    for site in &sites {
+        let j = site.journal();
+        assert_eq!(j["rounds"][id.to_string()]["status"], "finished", "{j}");
+        assert!(j["rounds"][hid.to_string()]["reveals"].is_object(), "{j}");
+        assert!(j["spent"]["city"].as_u64().unwrap() > 0, "{j}");
+        assert_eq!(j["pinned_keys"].as_object().unwrap().len(), 3, "{j}");
+    }
+    // Nothing more to do: a second pass finds no open rounds.
+    assert!(all_once(&agents).await.iter().all(Vec::is_empty));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
+    let config = civic_server::Config {
+        phase_deadline_secs: 2,
+        ..test_config(&fresh_store_url("agents-killed"))
+    };
+    let c = start_coordinator(config);
+    let root = tempfile::tempdir().unwrap();
+    let (sites, agents) = setup(&c, root.path(), [100.0; 3]).await;
+    let id = submit(&c, common::count_query(60.0)).await;
+
+    let survivors: Vec<_> = agents[..2]
+        .iter()
+        .map(|a| {
+            let a = Arc::clone(a);
+            tokio::spawn(async move { a.once().await.unwrap() })
+        })
+        .collect();
+    let victim = {
+        let a = Arc::clone(&agents[2]);
+        tokio::spawn(async move { a.once().await })
+    };
+    // Kill the third agent once it has joined the round (journal written, keys advertised
+    // or about to be), before it can send its masked vector.
+    let key = id.to_string();
+    for _ in 0..500 {
+        if sites[2].journal()["rounds"][&key]["status"] == "joined" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    victim.abort();
+    assert_eq!(sites[2].journal()["rounds"][&key]["status"], "joined");
+    for s in survivors {
+        assert_eq!(s.await.unwrap(), vec![(id, RoundOutcome::Finished)]);
+    }
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(done["result"]["receipt"]["survivors"], 2, "{done}");
+    let exact: i64 = sites[..2].iter().map(|s| truth(&s.rows).0).sum();
+    assert_eq!(c.state.rounds.exact_sum(id), Some(vec![exact]));
+
+    // Restarted on the same state directory, the agent knows it lost the round's secrets.
+    let restarted = sites[2].agent();
+    assert!(restarted.once().await.unwrap().is_empty());
+    let j = sites[2].journal();
+    assert_eq!(j["rounds"][&key]["status"], "abandoned", "{j}");
+    assert!(
+        j["spent"].get("city").is_none(),
+        "nothing sent, nothing charged: {j}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
+    let c = start_coordinator(test_config(&fresh_store_url("agents-refuse")));
+    let root = tempfile::tempdir().unwrap();
+    // The third partner answers at most ε = 1 per query.
+    let (sites, agents) = setup(&c, root.path(), [100.0, 100.0, 1.0]).await;
+    let id = submit(&c, histogram_of_falls(60.0)).await;
+    let started = std::time::Instant::now();
+    let outcomes = all_once(&agents).await;
+    assert_eq!(outcomes[0], vec![(id, RoundOutcome::Finished)]);
+    let RoundOutcome::Declined(reason) = &outcomes[2][0].1 else {
+        panic!("{outcomes:?}");
+    };
+    assert!(
+        reason.contains("ε = 60") && reason.contains("limit of 1"),
+        "{reason}"
+    );
+    // The decline lets the phase close at once rather than at its 20 s deadline.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    let bands: Vec<i64> = (0..3)
+        .map(|b| sites[..2].iter().map(|s| truth(&s.rows).1[b]).sum())
+        .collect();
+    assert_eq!(c.state.rounds.exact_sum(id), Some(bands));
+    // The board sees why in the audit log.
+    let (s, log) = c
+        .call(Method::GET, "/v1/audit?limit=1000", Some(&c.board[0]), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let declined: Vec<&Value> = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "round.declined")
+        .collect();
+    assert_eq!(declined.len(), 1, "{log}");
+    assert!(
+        declined[0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1")
+    );
+    // Nothing was charged locally for the declined round.
+    assert!(sites[2].journal()["spent"].get("city").is_none());
+    c.stop().await;
+}
