@@ -713,7 +713,7 @@ async fn pushdown(
     compiled: &CompiledPlan,
     readers: &[ColumnReader],
 ) -> Result<(Vec<i64>, ScanCounts), AgentError> {
-    use crate::pushdown_stub::{Dialect, build, run_postgres, run_sqlite};
+    use crate::pushdown::{Dialect, build, run_postgres, run_sqlite};
     let name = crate::source::source_name(&mapping.source);
     let err = |reason: String| AgentError::Source {
         source_name: name.clone(),

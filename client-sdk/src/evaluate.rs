@@ -467,3 +467,188 @@ impl<'p> Aggregator<'p> {
         (self.vector, self.counts)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use civic_policies::Query;
+    use civic_policies::samples::diabetes;
+    use serde_json::json;
+
+    /// Compiles a query on the sample diabetes policy (rows per resident 1).
+    fn compile(query: serde_json::Value) -> CompiledPlan {
+        let policy = diabetes();
+        let q: Query = serde_json::from_value(query).unwrap();
+        let validated = q.validate(&policy).unwrap();
+        let plan = AggregationPlan::compile(&validated, &policy, 1000).unwrap();
+        CompiledPlan::new(&validated, &policy, &plan).unwrap()
+    }
+
+    /// A row in the plan's slot order, from (column, cell) pairs.
+    fn row(plan: &CompiledPlan, cells: &[(&str, Cell)]) -> Vec<Cell> {
+        plan.columns
+            .iter()
+            .map(|c| {
+                cells
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .map(|(_, v)| *v)
+                    .unwrap_or(Cell::Missing)
+            })
+            .collect()
+    }
+
+    fn v(x: Value) -> Cell {
+        Cell::Value(x)
+    }
+
+    #[test]
+    fn filters_use_three_valued_logic() {
+        // not (age >= 60): a missing age is unknown, and so is its negation.
+        let plan = compile(json!({
+            "dataset": "diabetes", "statistic": "count",
+            "filter": { "not": { "compare": { "column": "age", "op": "ge", "value": 60 } } }
+        }));
+        let mut agg = Aggregator::new(&plan);
+        for age in [Some(30), Some(70), None, Some(59), Some(60)] {
+            let cell = age.map_or(Cell::Missing, |a| v(Value::Int(a)));
+            agg.push(&row(&plan, &[("age", cell)]), None);
+        }
+        assert_eq!(agg.finish().0, vec![2], "30 and 59 only");
+
+        // copd = true OR age < 40: true wins over unknown; false OR unknown is unknown.
+        let plan = compile(json!({
+            "dataset": "diabetes", "statistic": "count",
+            "filter": { "or": [
+                { "compare": { "column": "copd", "op": "eq", "value": true } },
+                { "compare": { "column": "age", "op": "lt", "value": 40 } }
+            ] }
+        }));
+        let mut agg = Aggregator::new(&plan);
+        agg.push(&row(&plan, &[("copd", v(Value::Bool(true)))]), None);
+        agg.push(&row(&plan, &[("copd", v(Value::Bool(false)))]), None);
+        agg.push(
+            &row(
+                &plan,
+                &[("copd", v(Value::Bool(false))), ("age", v(Value::Int(20)))],
+            ),
+            None,
+        );
+        assert_eq!(agg.finish().0, vec![2]);
+    }
+
+    #[test]
+    fn values_are_clamped_then_binned_group_major() {
+        // Histogram of age (4 bins over [18, 100]) grouped by sex: cell = sex × 4 + band.
+        let plan = compile(json!({
+            "dataset": "diabetes",
+            "statistic": { "histogram": { "columns": ["age"] } },
+            "group_by": ["sex"]
+        }));
+        let mut agg = Aggregator::new(&plan);
+        let female = v(Value::Cat(0));
+        let male = v(Value::Cat(1));
+        for (sex, age) in [
+            (female, 5),
+            (female, 40),
+            (male, 79),
+            (male, 100),
+            (male, 140),
+        ] {
+            agg.push(
+                &row(&plan, &[("sex", sex), ("age", v(Value::Int(age)))]),
+                None,
+            );
+        }
+        // Out of domain or missing grouping values count nowhere.
+        agg.push(
+            &row(
+                &plan,
+                &[("sex", Cell::OutOfDomain), ("age", v(Value::Int(50)))],
+            ),
+            None,
+        );
+        agg.push(&row(&plan, &[("sex", female)]), None);
+        let (vector, counts) = agg.finish();
+        // 5 → 18 (first bin); 40 → [40, 60); 79 → [60, 80); 100 and 140 → 100, the top edge.
+        assert_eq!(vector, vec![1, 1, 0, 0, 0, 0, 1, 2]);
+        assert_eq!((counts.rows, counts.aggregated), (7, 5));
+    }
+
+    #[test]
+    fn decimals_are_fixed_point_rounded_half_away_from_zero() {
+        let enc = Encoding::Dec {
+            min: -10.0,
+            max: 10.0,
+            resolution: 0.1,
+        };
+        let cases = [
+            (7.3, 73),
+            (0.25, 3),
+            (-0.25, -3),
+            (0.04, 0),
+            (99.0, 100),
+            (-99.0, -100),
+        ];
+        for (x, want) in cases {
+            assert_eq!(encode(enc, Value::Dec(x)), Some(want), "{x}");
+        }
+        assert_eq!(
+            encode(Encoding::Int { min: 0, max: 5 }, Value::Int(-3)),
+            Some(0)
+        );
+        // A mean of HbA1c: Σ in tenths (clamped to [20, 150]) and the count.
+        let plan = compile(json!({
+            "dataset": "diabetes", "statistic": { "mean": { "column": "hba1c" } }
+        }));
+        let mut agg = Aggregator::new(&plan);
+        for x in [48.0, 52.35, 200.0] {
+            agg.push(&row(&plan, &[("hba1c", v(Value::Dec(x)))]), None);
+        }
+        agg.push(&row(&plan, &[]), None);
+        assert_eq!(agg.finish().0, vec![480 + 524 + 1500, 3]);
+    }
+
+    #[test]
+    fn each_resident_contributes_at_most_k_eligible_rows() {
+        let plan = compile(json!({
+            "dataset": "diabetes", "statistic": "count",
+            "filter": { "compare": { "column": "copd", "op": "eq", "value": true } }
+        }));
+        let mut agg = Aggregator::new(&plan);
+        let copd = |b| row(&plan, &[("copd", v(Value::Bool(b)))]);
+        // Resident a's first row is filtered out, so its second (eligible) row is kept.
+        agg.push(&copd(false), Some(b"a"));
+        agg.push(&copd(true), Some(b"a"));
+        agg.push(&copd(true), Some(b"a"));
+        agg.push(&copd(true), Some(b"b"));
+        let (vector, counts) = agg.finish();
+        assert_eq!(vector, vec![2]);
+        assert_eq!((counts.eligible, counts.truncated), (3, 1));
+    }
+
+    #[test]
+    fn a_regression_sums_cross_products_with_an_intercept() {
+        let plan = compile(json!({
+            "dataset": "diabetes",
+            "statistic": { "linear_regression": { "features": ["age"], "target": "hba1c" } }
+        }));
+        let mut agg = Aggregator::new(&plan);
+        for (age, h) in [(30, 40.0), (50, 60.5)] {
+            agg.push(
+                &row(
+                    &plan,
+                    &[("age", v(Value::Int(age))), ("hba1c", v(Value::Dec(h)))],
+                ),
+                None,
+            );
+        }
+        // A row missing the target counts nowhere.
+        agg.push(&row(&plan, &[("age", v(Value::Int(70)))]), None);
+        // Blocks: 1·1, 1·age, age·age, then 1·y, age·y (y in tenths).
+        assert_eq!(
+            agg.finish().0,
+            vec![2, 80, 900 + 2500, 400 + 605, 30 * 400 + 50 * 605]
+        );
+    }
+}

@@ -14,7 +14,6 @@ pub mod evaluate;
 pub mod http;
 pub mod identity;
 pub mod pushdown;
-mod pushdown_stub;
 pub mod schema;
 pub mod source;
 pub mod state;

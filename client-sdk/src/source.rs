@@ -397,3 +397,150 @@ where
         other => return Err(format!("unsupported storage type {other}")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use civic_policies::samples::diabetes;
+    use std::collections::BTreeMap;
+
+    use crate::schema::Value;
+
+    /// Readers for age, sex (local codes M/F) and hba1c from local columns.
+    fn readers() -> Vec<ColumnReader> {
+        let policy = diabetes();
+        let col = |n: &str| policy.column(n).unwrap().clone();
+        let sex: BTreeMap<String, String> =
+            [("F".into(), "female".into()), ("M".into(), "male".into())].into();
+        vec![
+            ColumnReader::new(col("age"), "age_years".into(), BTreeMap::new()).unwrap(),
+            ColumnReader::new(col("sex"), "gender".into(), sex).unwrap(),
+            ColumnReader::new(col("hba1c"), "hba1c_mmol".into(), BTreeMap::new()).unwrap(),
+        ]
+    }
+
+    fn collect_csv(text: &str) -> Result<Vec<(Vec<Cell>, Option<Vec<u8>>)>, AgentError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extract.csv");
+        std::fs::write(&path, text).unwrap();
+        let mut rows = Vec::new();
+        scan_csv(&path, b',', &readers(), Some("nhs_pseudo"), &mut |c, r| {
+            rows.push((c.to_vec(), r.map(<[u8]>::to_vec)))
+        })?;
+        Ok(rows)
+    }
+
+    #[test]
+    fn csv_rows_are_mapped_by_header_in_any_order() {
+        let rows = collect_csv(
+            "gender,notes,nhs_pseudo,hba1c_mmol,age_years\n\
+             F,\"a, b\",p1,48.5,67\n\
+             M,,p2,,30\n\
+             X,,p3,51,\n",
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows[0].0,
+            vec![
+                Cell::Value(Value::Int(67)),
+                Cell::Value(Value::Cat(0)),
+                Cell::Value(Value::Dec(48.5))
+            ]
+        );
+        assert_eq!(rows[0].1.as_deref(), Some(&b"p1"[..]));
+        assert_eq!(rows[1].0[2], Cell::Missing);
+        assert_eq!(rows[2].0[0], Cell::Missing);
+        assert_eq!(rows[2].0[1], Cell::OutOfDomain);
+    }
+
+    #[test]
+    fn csv_errors_name_the_file_row_and_column_but_not_the_value() {
+        let header = "nhs_pseudo,age_years,gender,hba1c_mmol\n";
+        let e = collect_csv(&format!("{header}p1,67,F,48\np2,sixty,M,50\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("extract.csv, row 2, column age_years (federated age)")
+                && e.contains("whole number")
+                && !e.contains("sixty"),
+            "{e}"
+        );
+        let e = collect_csv(&format!("{header}p1,67,F\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 1") && e.contains("3 fields where the header has 4"),
+            "{e}"
+        );
+        let e = collect_csv("nhs_pseudo,age,gender,hba1c_mmol\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no column \"age_years\"") && e.contains("found: nhs_pseudo, age"),
+            "{e}"
+        );
+        let e = collect_csv(&format!("{header}p1,67,F,4\u{fffd}8\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hba1c_mmol") && e.contains("number"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_values_are_read_by_storage_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gp.db");
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for sql in [
+            "CREATE TABLE extract (id INTEGER PRIMARY KEY, nhs_pseudo TEXT, age_years INTEGER, gender TEXT, hba1c_mmol REAL)",
+            "INSERT INTO extract VALUES (1, 'p1', 67, 'F', 48.5), (2, 'p2', 30, 'M', NULL), (3, 'p1', '41', 'M', 50)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+        let mapping: DatasetMapping = toml::from_str(&format!(
+            r#"id = "diabetes"
+            resident_column = "nhs_pseudo"
+            order_by = "id"
+            source = {{ kind = "sqlite", path = "{}", table = "extract" }}
+            columns = {{ age = "age_years" }}"#,
+            path.display()
+        ))
+        .unwrap();
+        let mut rows = Vec::new();
+        let n = scan(&mapping, &readers(), &mut |c, r| {
+            rows.push((c.to_vec(), r.map(<[u8]>::to_vec)))
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(rows[0].0[2], Cell::Value(Value::Dec(48.5)));
+        assert_eq!(rows[1].0[2], Cell::Missing);
+        // Text '41' in an INTEGER column (SQLite's type affinity stored it as 41) and an
+        // integer 50 read as a decimal.
+        assert_eq!(rows[2].0[0], Cell::Value(Value::Int(41)));
+        assert_eq!(rows[2].0[2], Cell::Value(Value::Dec(50.0)));
+        assert_eq!(rows[2].1.as_deref(), Some(&b"p1"[..]));
+
+        // A value of the wrong type names the table, row and column.
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO extract VALUES (4, 'p4', 'old', 'F', 40)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let e = scan(&mapping, &readers(), &mut |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("table extract, row 4, column age_years"), "{e}");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("a\"b").unwrap(), "\"a\"\"b\"");
+        assert_eq!(quote_identifier("s.t").unwrap(), "\"s\".\"t\"");
+        assert!(quote_identifier("a\0").is_err());
+    }
+}
