@@ -419,7 +419,10 @@ mod tests {
         ]
     }
 
-    fn collect_csv(text: &str) -> Result<Vec<(Vec<Cell>, Option<Vec<u8>>)>, AgentError> {
+    /// Rows as read: cells and resident id.
+    type Rows = Vec<(Vec<Cell>, Option<Vec<u8>>)>;
+
+    fn collect_csv(text: &str) -> Result<Rows, AgentError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("extract.csv");
         std::fs::write(&path, text).unwrap();
