@@ -746,3 +746,151 @@ async fn pushdown(
     };
     Ok((vector, counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use civic_policies::samples::diabetes;
+    use civic_secagg::{GraphKind, RoundConfig, RoundId};
+    use serde_json::json;
+
+    fn limits() -> LocalLimits {
+        toml::from_str(
+            "max_epsilon_per_query = 1.0\nmax_rho_per_query = 0.1\ntotal_rho = 0.3\nmin_survivors = 3",
+        )
+        .unwrap()
+    }
+
+    /// An announcement for a diabetes query, configured as the coordinator would.
+    fn announcement(
+        query: serde_json::Value,
+        privacy: PrivacyRequest,
+        min_survivors: usize,
+    ) -> RoundAnnouncement {
+        let policy = diabetes();
+        let q: civic_policies::Query = serde_json::from_value(query.clone()).unwrap();
+        let plan =
+            AggregationPlan::compile(&q.validate(&policy).unwrap(), &policy, 10_000).unwrap();
+        let participants: Vec<PartnerId> = (1..=5).map(PartnerId).collect();
+        let width = Width::for_layout(plan.max_slot_per_partner, 5, 0).unwrap();
+        let tolerances = Tolerances {
+            max_dropout_rate: 0.0,
+            max_corrupt_fraction: 0.0,
+        };
+        let config = RoundConfig::new(
+            RoundId(7),
+            participants,
+            plan.vector_len,
+            width,
+            GraphKind::Complete,
+            tolerances,
+            min_survivors,
+        )
+        .unwrap();
+        serde_json::from_value(json!({
+            "round_id": 7, "query_id": 7, "dataset": "diabetes", "dataset_version": 1,
+            "query": query, "privacy": privacy, "max_rows_per_partner": 10_000,
+            "config": config, "phase": "advertise_keys", "phase_deadline": "2026-11-23T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    fn count() -> serde_json::Value {
+        json!({ "dataset": "diabetes", "statistic": "count" })
+    }
+
+    fn refusal(r: Result<CheckedRound, AgentError>) -> String {
+        match r {
+            Err(AgentError::Refused(m)) => m,
+            Err(e) => panic!("not a refusal: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn a_round_within_the_local_limits_is_accepted_and_costed_here() {
+        let policy = diabetes();
+        let ann = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);
+        let checked = check_round(&ann, &policy, &limits()).unwrap();
+        // ρ = ε²/2 for pure ε, rounded up to the ledger unit.
+        assert!(
+            (checked.cost.as_f64() - 0.08).abs() < 1e-9,
+            "{}",
+            checked.cost
+        );
+        assert_eq!(checked.requirements.min_survivors, 3);
+        // The local total: 0.3 allows three such queries, not four.
+        let spent = Rho::cap(0.2).unwrap();
+        assert!(check_total(&limits(), "diabetes", spent, checked.cost).is_ok());
+        let spent = Rho::cap(0.24).unwrap();
+        let e = check_total(&limits(), "diabetes", spent, checked.cost).unwrap_err();
+        assert!(e.to_string().contains("local total 0.3"), "{e}");
+    }
+
+    #[test]
+    fn rounds_over_a_local_limit_are_refused_with_the_reason() {
+        let policy = diabetes();
+        let e = refusal(check_round(
+            &announcement(count(), PrivacyRequest::Epsilon(2.0), 3),
+            &policy,
+            &limits(),
+        ));
+        assert!(
+            e.contains("ε = 2") && e.contains("limit of 1 per query"),
+            "{e}"
+        );
+        let e = refusal(check_round(
+            &announcement(count(), PrivacyRequest::Rho(0.2), 3),
+            &policy,
+            &limits(),
+        ));
+        assert!(e.contains("limit of 0.1 per query"), "{e}");
+        let sum = json!({ "dataset": "diabetes", "statistic": { "sum": { "column": "hba1c" } } });
+        let mut only_counts = limits();
+        only_counts.allowed_statistics = Some(vec!["count".into()]);
+        let e = refusal(check_round(
+            &announcement(sum, PrivacyRequest::Rho(0.01), 3),
+            &policy,
+            &only_counts,
+        ));
+        assert!(e.contains("statistic sum is not among"), "{e}");
+        // A coordinator that would release from fewer survivors than this partner requires.
+        let mut strict = limits();
+        strict.min_survivors = 4;
+        let e = refusal(check_round(
+            &announcement(count(), PrivacyRequest::Rho(0.01), 3),
+            &policy,
+            &strict,
+        ));
+        assert!(e.contains("requires at least 4"), "{e}");
+    }
+
+    #[test]
+    fn a_round_whose_configuration_does_not_match_the_plan_is_refused() {
+        let policy = diabetes();
+        let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
+        ann.config.vector_len = 2;
+        let e = refusal(check_round(&ann, &policy, &limits()));
+        assert!(e.contains("does not match the plan"), "{e}");
+        let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
+        ann.query = serde_json::from_value(
+            json!({ "dataset": "diabetes", "statistic": { "sum": { "column": "nhs_number" } } }),
+        )
+        .unwrap();
+        let e = refusal(check_round(&ann, &policy, &limits()));
+        assert!(e.contains("does not fit the policy"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_coordinator_is_named() {
+        let client = CoordinatorClient::new(
+            "http://127.0.0.1:9",
+            Zeroizing::new("t".into()),
+            None,
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let e = AgentError::from(client.rounds().await.unwrap_err()).to_string();
+        assert!(e.contains("http://127.0.0.1:9 unreachable"), "{e}");
+    }
+}
