@@ -52,7 +52,11 @@ fn keygen_prints_the_public_key_and_never_overwrites() {
     assert_eq!(public.len(), 64, "{out}");
     let again = agent(&["keygen", "--out", "id.key"], dir.path());
     assert!(!again.status.success());
-    assert!(text(&again).contains("refusing to overwrite"), "{}", text(&again));
+    assert!(
+        text(&again).contains("refusing to overwrite"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[test]
@@ -64,7 +68,11 @@ fn check_reports_counts_and_refusals_and_fails_on_problems() {
     assert!(!o.status.success());
     assert!(text(&o).contains("identity.key"), "{}", text(&o));
 
-    assert!(agent(&["keygen", "--out", "identity.key"], dir.path()).status.success());
+    assert!(
+        agent(&["keygen", "--out", "identity.key"], dir.path())
+            .status
+            .success()
+    );
     let o = agent(&["check", "--config", config, "--offline"], dir.path());
     let out = text(&o);
     assert!(o.status.success(), "{out}");
@@ -102,10 +110,26 @@ fn a_bad_configuration_is_named_by_field() {
     let (dir, config) = sample();
     let original = std::fs::read_to_string(&config).unwrap();
     for (from, to, expected) in [
-        ("total_rho = 1.0", "total_rho = -1.0", "limits.total_rho: must be a positive number"),
-        ("min_survivors = 3", "min_survivors = 1", "limits.min_survivors"),
-        ("\"linear_regression\"]", "\"median\"]", "unknown statistic \"median\""),
-        ("kind = \"csv\"", "kind = \"excel\"", "unknown variant `excel`"),
+        (
+            "total_rho = 1.0",
+            "total_rho = -1.0",
+            "limits.total_rho: must be a positive number",
+        ),
+        (
+            "min_survivors = 3",
+            "min_survivors = 1",
+            "limits.min_survivors",
+        ),
+        (
+            "\"linear_regression\"]",
+            "\"median\"]",
+            "unknown statistic \"median\"",
+        ),
+        (
+            "kind = \"csv\"",
+            "kind = \"excel\"",
+            "unknown variant `excel`",
+        ),
         ("url = \"http://", "url = \"ftp://", "coordinator.url"),
     ] {
         std::fs::write(&config, original.replace(from, to)).unwrap();

@@ -117,6 +117,12 @@ async fn every_endpoint_admits_exactly_its_roles() {
             vec![Partner],
         ),
         (
+            Method::POST,
+            "/v1/partner/rounds/1/decline",
+            Some(json!({ "reason": "over the local limit" })),
+            vec![Partner],
+        ),
+        (
             Method::GET,
             "/v1/partners/roster",
             None,
