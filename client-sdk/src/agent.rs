@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 use crate::config::{AgentConfig, DatasetMapping, LocalLimits, SourceConfig};
 use crate::error::AgentError;
 use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
-use crate::http::{CallError, CoordinatorClient};
+use crate::http::CoordinatorClient;
 use crate::schema::ColumnReader;
 use crate::state::{RoundRecord, RoundStatus, StateFile};
 
@@ -211,22 +211,16 @@ impl Agent {
             Ok(()) => Ok(RoundOutcome::Finished),
             Err(e) => {
                 let reason = e.to_string();
-                let mut state = self.state.lock().await;
-                let joined = state
-                    .state
-                    .rounds
-                    .get(&id)
-                    .is_some_and(|r| r.status == RoundStatus::Joined);
-                if joined {
-                    state.update(|s| {
-                        if let Some(r) = s.rounds.get_mut(&id) {
-                            r.status = RoundStatus::Abandoned {
-                                reason: reason.clone(),
-                            };
-                        }
-                        Ok(())
-                    })?;
-                }
+                // Left before the vector went: the journal says why. After it went, the
+                // entry stays `input_sent` (its cost is charged either way).
+                self.journal(id, |r| {
+                    if r.status == RoundStatus::Joined {
+                        r.status = RoundStatus::Abandoned {
+                            reason: reason.clone(),
+                        };
+                    }
+                })
+                .await?;
                 tracing::warn!(round = id, reason = %reason, "left the round");
                 Ok(RoundOutcome::Abandoned(reason))
             }
@@ -366,20 +360,22 @@ impl Agent {
         self.client
             .post(id, &ClientMessage::AdvertiseKeys(advert))
             .await?;
-        let Inbox::KeyRoster(keys) = self.wait(id, |i| matches!(i, Inbox::KeyRoster(_))).await?
-        else {
-            unreachable!("wait returns what it was asked for")
-        };
+        let keys = self
+            .wait(id, |i| match i {
+                Inbox::KeyRoster(x) => Some(x),
+                _ => None,
+            })
+            .await?;
         let shares = round.handle_key_roster(&keys, &mut rng).map_err(protocol)?;
         self.client
             .post(id, &ClientMessage::ShareKeys(shares))
             .await?;
-        let Inbox::ForwardedShares(forwarded) = self
-            .wait(id, |i| matches!(i, Inbox::ForwardedShares(_)))
-            .await?
-        else {
-            unreachable!("wait returns what it was asked for")
-        };
+        let forwarded = self
+            .wait(id, |i| match i {
+                Inbox::ForwardedShares(x) => Some(x),
+                _ => None,
+            })
+            .await?;
         let masked = round
             .handle_forwarded_shares(&forwarded, &input)
             .map_err(protocol)?;
@@ -395,60 +391,40 @@ impl Agent {
         self.client
             .post(id, &ClientMessage::MaskedInput(masked))
             .await?;
-        let Inbox::SurvivorList(list) = self
-            .wait(id, |i| matches!(i, Inbox::SurvivorList(_)))
-            .await?
-        else {
-            unreachable!("wait returns what it was asked for")
-        };
+        let list = self
+            .wait(id, |i| match i {
+                Inbox::SurvivorList(x) => Some(x),
+                _ => None,
+            })
+            .await?;
         let signature = round
             .handle_survivor_list(&list, &self.identity)
             .map_err(protocol)?;
         self.client
             .post(id, &ClientMessage::ConsistencySignature(signature))
             .await?;
-        let Inbox::SignedSurvivors(signed) = self
-            .wait(id, |i| matches!(i, Inbox::SignedSurvivors(_)))
-            .await?
-        else {
-            unreachable!("wait returns what it was asked for")
-        };
+        let signed = self
+            .wait(id, |i| match i {
+                Inbox::SignedSurvivors(x) => Some(x),
+                _ => None,
+            })
+            .await?;
         let reveal = round.handle_signed_survivors(&signed).map_err(protocol)?;
         let log = round.reveal_log().clone();
-        self.state.lock().await.update(|s| {
-            if let Some(r) = s.rounds.get_mut(&id) {
-                r.reveals = Some(log);
-            }
-            Ok(())
-        })?;
+        self.journal(id, |r| r.reveals = Some(log)).await?;
         self.client
             .post(id, &ClientMessage::UnmaskingShares(reveal))
             .await?;
-        self.state.lock().await.update(|s| {
-            if let Some(r) = s.rounds.get_mut(&id) {
-                r.status = RoundStatus::Finished;
-            }
-            Ok(())
-        })
+        self.journal(id, |r| r.status = RoundStatus::Finished).await
     }
 
-    /// Polls the inbox until the coordinator has closed the phase this partner waits on.
-    async fn wait(&self, id: i64, ready: fn(&Inbox) -> bool) -> Result<Inbox, AgentError> {
+    /// Polls the inbox until the coordinator has closed the phase this partner waits on,
+    /// and returns what `pick` takes from it.
+    async fn wait<T>(&self, id: i64, pick: fn(Inbox) -> Option<T>) -> Result<T, AgentError> {
         let give_up = std::time::Instant::now() + Duration::from_secs(3600);
         loop {
-            match self.client.inbox(id).await {
-                Ok(inbox) if ready(&inbox) => return Ok(inbox),
-                Ok(_) => {}
-                Err(CallError::Refused {
-                    status,
-                    code,
-                    detail,
-                }) => {
-                    return Err(AgentError::Coordinator(format!(
-                        "{status} {code}: {detail}"
-                    )));
-                }
-                Err(e) => return Err(e.into()),
+            if let Some(wanted) = pick(self.client.inbox(id).await?) {
+                return Ok(wanted);
             }
             if std::time::Instant::now() > give_up {
                 return Err(AgentError::Coordinator(format!(
@@ -457,6 +433,20 @@ impl Agent {
             }
             tokio::time::sleep(self.phase_poll).await;
         }
+    }
+
+    /// Changes this partner's journal entry for round `id` (saved before returning).
+    async fn journal(
+        &self,
+        id: i64,
+        change: impl FnOnce(&mut RoundRecord),
+    ) -> Result<(), AgentError> {
+        self.state.lock().await.update(|s| {
+            if let Some(r) = s.rounds.get_mut(&id) {
+                change(r);
+            }
+            Ok(())
+        })
     }
 }
 
