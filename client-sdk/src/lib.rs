@@ -17,3 +17,4 @@ pub mod pushdown;
 pub mod schema;
 pub mod source;
 pub mod state;
+pub mod synth;

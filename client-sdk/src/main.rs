@@ -47,6 +47,22 @@ enum Command {
         #[arg(long, default_value = "partner.toml")]
         config: PathBuf,
     },
+    /// Writes a partner's extract of a synthetic city population as CSV, to rehearse with.
+    Synth {
+        /// The partner: gp-north, gp-central, gp-south, gp-east, gp-west (diabetes), or
+        /// acute-trust, community-mh-trust, council-asc (falls and housing).
+        #[arg(long)]
+        partner: String,
+        /// Where to write the CSV.
+        #[arg(long)]
+        out: PathBuf,
+        /// Residents in the whole population.
+        #[arg(long, default_value_t = 200_000)]
+        residents: u32,
+        /// The population's seed (the same seed gives the same people).
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
     /// Takes part in the rounds open now, then exits (for cron and tests).
     Once {
         /// The agent's configuration.
@@ -92,6 +108,28 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
             let public = civic_client_sdk::identity::generate(&out)?;
             println!("identity key written to {} (mode 0600)", out.display());
             println!("public key (register it; `civic-agent run` does so on start): {public}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth {
+            partner,
+            out,
+            residents,
+            seed,
+        } => {
+            use civic_client_sdk::synth;
+            if !synth::GP_FEDERATIONS.contains(&partner.as_str())
+                && !synth::FALLS_PARTNERS.contains(&partner.as_str())
+            {
+                return Err(AgentError::Refused(format!(
+                    "unknown partner {partner:?}: one of {}, {}",
+                    synth::GP_FEDERATIONS.join(", "),
+                    synth::FALLS_PARTNERS.join(", ")
+                )));
+            }
+            let people = synth::population(seed, residents);
+            let rows = synth::write_extract(&partner, &people, &out)
+                .map_err(|e| AgentError::local(&out, e))?;
+            println!("{rows} rows for {partner} written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, offline } => {

@@ -1,0 +1,323 @@
+//! A synthetic city-region population, deterministic from a seed, and each partner's
+//! extract of it as a CSV: for rehearsing a deployment (`civic-agent synth`) and for the
+//! Liverpool demo. The numbers are invented; the shapes follow what partners hold (GP
+//! federations register adults; the acute trust sees admissions; the community and
+//! mental-health trust holds housing records linked to its patients; council adult social
+//! care holds care packages), and a resident appears in several partners' data.
+
+use std::io::Write;
+use std::path::Path;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+/// One synthetic resident.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resident {
+    /// Pseudonymous id.
+    pub id: u32,
+    /// Age in years.
+    pub age: u32,
+    /// "female" or "male".
+    pub sex: &'static str,
+    /// Index of Multiple Deprivation decile of the neighbourhood, 1 (most deprived) to 10.
+    pub decile: u32,
+    /// The GP federation the resident is registered with (index into [`GP_FEDERATIONS`]).
+    pub gp: usize,
+    /// On the diabetes register.
+    pub diabetes: bool,
+    /// Latest HbA1c (mmol/mol), if measured.
+    pub hba1c: Option<f64>,
+    /// On the COPD register.
+    pub copd: bool,
+    /// Lives alone.
+    pub lives_alone: bool,
+    /// Home adaptations installed.
+    pub home_adaptations: u32,
+    /// Property type.
+    pub property_type: &'static str,
+    /// Tenure.
+    pub tenure: &'static str,
+    /// Damp and mould reports in the last year.
+    pub damp_mould_reports: u32,
+    /// Emergency respiratory admissions in the last year.
+    pub respiratory_admissions: u32,
+    /// Emergency admissions for a fall in the last year.
+    pub falls_admissions: u32,
+    /// Receives a council care package.
+    pub care_package: bool,
+}
+
+/// The GP federations, each registering the adults of its neighbourhoods.
+pub const GP_FEDERATIONS: [&str; 5] = ["gp-north", "gp-central", "gp-south", "gp-east", "gp-west"];
+/// The partners holding the falls-and-housing dataset.
+pub const FALLS_PARTNERS: [&str; 3] = ["acute-trust", "community-mh-trust", "council-asc"];
+
+/// `n` residents from `seed`.
+pub fn population(seed: u64, n: u32) -> Vec<Resident> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    (0..n).map(|id| resident(&mut rng, id)).collect()
+}
+
+fn unit(rng: &mut ChaCha20Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn chance(rng: &mut ChaCha20Rng, p: f64) -> bool {
+    unit(rng) < p.clamp(0.0, 1.0)
+}
+
+/// A small count with mean `mean` (Poisson by inversion), capped at `cap`.
+fn count(rng: &mut ChaCha20Rng, mean: f64, cap: u32) -> u32 {
+    let (mut k, mut p, mut cdf) = (0u32, (-mean).exp(), 0.0);
+    let u = unit(rng);
+    loop {
+        cdf += p;
+        if u < cdf || k >= cap {
+            return k;
+        }
+        k += 1;
+        p *= mean / f64::from(k);
+    }
+}
+
+fn normal(rng: &mut ChaCha20Rng, mean: f64, sd: f64) -> f64 {
+    let (u1, u2) = (unit(rng).max(1e-12), unit(rng));
+    mean + sd * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn resident(rng: &mut ChaCha20Rng, id: u32) -> Resident {
+    // Ages: a young-skewed city with a long tail to 100.
+    let age = if chance(rng, 0.3) {
+        50 + (unit(rng) * 51.0) as u32
+    } else {
+        (unit(rng) * 80.0) as u32
+    };
+    let sex = if chance(rng, 0.51) { "female" } else { "male" };
+    // Liverpool has many of England's most deprived neighbourhoods: skew towards decile 1.
+    let decile = 1 + (unit(rng).powf(1.6) * 10.0) as u32;
+    let gp = ((decile - 1) as usize * GP_FEDERATIONS.len() / 10 + (id as usize % 2))
+        % GP_FEDERATIONS.len();
+    let deprivation = f64::from(10 - decile) / 9.0; // 1 in the most deprived decile
+    let years = f64::from(age.saturating_sub(18));
+    let diabetes = age >= 18 && chance(rng, 0.01 + 0.0016 * years + 0.04 * deprivation);
+    let hba1c = if diabetes {
+        Some(normal(rng, 56.0 + 8.0 * deprivation, 11.0).clamp(30.0, 140.0))
+    } else if age >= 18 && chance(rng, 0.35) {
+        Some(normal(rng, 37.0, 3.5).clamp(25.0, 47.0))
+    } else {
+        None
+    }
+    .map(|h| (h * 10.0).round() / 10.0);
+    let copd = age >= 35 && chance(rng, 0.004 + 0.0009 * years + 0.03 * deprivation);
+    let older = f64::from(age.saturating_sub(50));
+    let lives_alone = chance(rng, 0.12 + 0.006 * older);
+    let property_type = match unit(rng) {
+        u if u < 0.52 => "house",
+        u if u < 0.52 + 0.08 + 0.004 * older => "bungalow",
+        u if u < 0.85 => "flat",
+        u if u < 0.95 => "maisonette",
+        _ => "other",
+    };
+    let tenure = match unit(rng) + 0.25 * deprivation {
+        u if u < 0.55 => "owner",
+        u if u < 0.95 => "social_rent",
+        u if u < 1.2 => "private_rent",
+        _ => "other",
+    };
+    let rented = tenure != "owner";
+    let damp_mould_reports = count(
+        rng,
+        0.1 + 0.5 * deprivation + if rented { 0.4 } else { 0.0 },
+        4,
+    );
+    let respiratory_admissions = count(
+        rng,
+        0.01 + 0.05 * f64::from(damp_mould_reports) + if copd { 0.5 } else { 0.0 },
+        5,
+    );
+    let home_adaptations = if age >= 60 {
+        count(rng, 0.02 * older, 6)
+    } else {
+        0
+    };
+    let falls_mean = if age >= 60 {
+        (0.01 + 0.004 * older) * if lives_alone { 1.6 } else { 1.0 }
+            / (1.0 + 0.35 * f64::from(home_adaptations))
+    } else {
+        0.002
+    };
+    let falls_admissions = count(rng, falls_mean, 5);
+    let care_package = age >= 50
+        && chance(
+            rng,
+            0.01 + 0.004 * older + 0.05 * f64::from(falls_admissions),
+        );
+    Resident {
+        id,
+        age,
+        sex,
+        decile,
+        gp,
+        diabetes,
+        hba1c,
+        copd,
+        lives_alone,
+        home_adaptations,
+        property_type,
+        tenure,
+        damp_mould_reports,
+        respiratory_admissions,
+        falls_admissions,
+        care_package,
+    }
+}
+
+/// Whether `partner` holds a row for `r`, and so which residents its extract has.
+pub fn holds(partner: &str, r: &Resident) -> bool {
+    // A stable per-resident, per-partner draw: the same resident is in the same extracts
+    // however often they are generated.
+    let draw = |salt: u32| {
+        let mut x = u64::from(r.id) ^ (u64::from(salt) << 40) ^ 0x9e37_79b9_7f4a_7c15;
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 29;
+        (x % 1000) as f64 / 1000.0
+    };
+    match partner {
+        p if GP_FEDERATIONS.contains(&p) => r.age >= 18 && GP_FEDERATIONS[r.gp] == p,
+        _ if r.age < 50 => false,
+        "acute-trust" => r.falls_admissions + r.respiratory_admissions > 0 || draw(1) < 0.3,
+        "community-mh-trust" => {
+            r.copd || r.damp_mould_reports > 0 && draw(2) < 0.6 || draw(3) < 0.25
+        }
+        "council-asc" => r.care_package || r.home_adaptations > 0 || draw(4) < 0.2,
+        _ => false,
+    }
+}
+
+/// The CSV header of `partner`'s extract. GP federations hold the diabetes dataset; the
+/// trusts and the council the falls-and-housing one. gp-north codes sex as F/M and
+/// registers as Y/N, as a local system might; the others use the federated spellings.
+pub fn header(partner: &str) -> &'static str {
+    if GP_FEDERATIONS.contains(&partner) {
+        "patient_id,age,sex,deprivation_decile,has_diabetes,hba1c,copd"
+    } else {
+        "person_id,age,sex,deprivation_decile,falls_admissions,lives_alone,home_adaptations,property_type,tenure,damp_mould_reports,respiratory_admissions,care_package"
+    }
+}
+
+/// Writes `partner`'s extract of `people` to `path`; returns the rows written.
+pub fn write_extract(partner: &str, people: &[Resident], path: &Path) -> std::io::Result<u64> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "{}", header(partner))?;
+    let local = partner == "gp-north";
+    let yn = |b: bool| match (local, b) {
+        (true, true) => "Y",
+        (true, false) => "N",
+        (false, b) => {
+            if b {
+                "true"
+            } else {
+                "false"
+            }
+        }
+    };
+    let mut rows = 0;
+    for r in people.iter().filter(|r| holds(partner, r)) {
+        rows += 1;
+        if GP_FEDERATIONS.contains(&partner) {
+            let sex = if local {
+                &r.sex[..1].to_uppercase()
+            } else {
+                r.sex
+            };
+            let h = r.hba1c.map(|h| format!("{h:.1}")).unwrap_or_default();
+            writeln!(
+                out,
+                "{},{},{sex},{},{},{h},{}",
+                r.id,
+                r.age,
+                r.decile,
+                yn(r.diabetes),
+                yn(r.copd)
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                r.id,
+                r.age,
+                r.sex,
+                r.decile,
+                r.falls_admissions,
+                u32::from(r.lives_alone),
+                r.home_adaptations,
+                r.property_type,
+                r.tenure,
+                r.damp_mould_reports,
+                r.respiratory_admissions,
+                yn(r.care_package)
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_population_is_deterministic_and_plausible() {
+        let a = population(7, 20_000);
+        assert_eq!(a, population(7, 20_000));
+        assert_ne!(a, population(8, 20_000));
+        let adults: Vec<&Resident> = a.iter().filter(|r| r.age >= 18).collect();
+        let prevalence = adults.iter().filter(|r| r.diabetes).count() as f64 / adults.len() as f64;
+        assert!(
+            (0.04..0.15).contains(&prevalence),
+            "diabetes prevalence {prevalence}"
+        );
+        // Deprivation raises prevalence.
+        let rate = |lo: u32, hi: u32| {
+            let group: Vec<_> = adults
+                .iter()
+                .filter(|r| (lo..=hi).contains(&r.decile))
+                .collect();
+            group.iter().filter(|r| r.diabetes).count() as f64 / group.len() as f64
+        };
+        assert!(rate(1, 3) > rate(8, 10));
+        // Every adult is with exactly one GP federation; residents appear in several trusts.
+        for r in &adults {
+            assert_eq!(GP_FEDERATIONS.iter().filter(|p| holds(p, r)).count(), 1);
+        }
+        let multi = a
+            .iter()
+            .filter(|r| FALLS_PARTNERS.iter().filter(|p| holds(p, r)).count() > 1)
+            .count();
+        assert!(
+            multi > 500,
+            "{multi} residents in more than one trust or council extract"
+        );
+    }
+
+    #[test]
+    fn extracts_have_their_header_and_local_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let people = population(3, 2_000);
+        let path = dir.path().join("gp-north.csv");
+        let rows = write_extract("gp-north", &people, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count() as u64, rows + 1);
+        assert!(text.starts_with(header("gp-north")));
+        assert!(
+            text.lines()
+                .skip(1)
+                .all(|l| l.contains(",F,") || l.contains(",M,"))
+        );
+        let rows = write_extract("council-asc", &people, &dir.path().join("c.csv")).unwrap();
+        assert!(rows > 50);
+    }
+}
