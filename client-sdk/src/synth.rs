@@ -203,7 +203,7 @@ pub fn header(partner: &str) -> &'static str {
     if GP_FEDERATIONS.contains(&partner) {
         "patient_id,age,sex,deprivation_decile,has_diabetes,hba1c,copd"
     } else {
-        "person_id,age,sex,deprivation_decile,falls_admissions,lives_alone,home_adaptations,property_type,tenure,damp_mould_reports,respiratory_admissions,care_package"
+        "person_id,age,decades_over_65,sex,deprivation_decile,falls_admissions,lives_alone,home_adaptations,property_type,tenure,damp_mould_reports,respiratory_admissions,care_package"
     }
 }
 
@@ -245,9 +245,10 @@ pub fn write_extract(partner: &str, people: &[Resident], path: &Path) -> std::io
         } else {
             writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 r.id,
                 r.age,
+                decades_over_65(r.age),
                 r.sex,
                 r.decile,
                 r.falls_admissions,
@@ -263,6 +264,11 @@ pub fn write_extract(partner: &str, people: &[Resident], path: &Path) -> std::io
     }
     out.flush()?;
     Ok(rows)
+}
+
+/// Whole decades of age past 65 (0 below 75), capped at 4.
+pub fn decades_over_65(age: u32) -> u32 {
+    (age.saturating_sub(65) / 10).min(4)
 }
 
 #[cfg(test)]
