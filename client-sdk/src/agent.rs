@@ -274,6 +274,21 @@ impl Agent {
             ))
         })?;
         let policy = self.policy(&ann.dataset, ann.dataset_version).await?;
+        if let Some(path) = &mapping.policy {
+            // Defence in depth: the board's policy as this partner has it must be the one the
+            // coordinator compiled the round under.
+            let text = std::fs::read_to_string(path).map_err(|e| AgentError::local(path, e))?;
+            let local = DatasetPolicy::from_toml(&text, &path.display().to_string())
+                .map_err(|e| AgentError::local(path, e))?;
+            if local.file != policy.file {
+                return Err(AgentError::Refused(format!(
+                    "the coordinator's policy for {} (version {}) differs from the local copy {}",
+                    ann.dataset,
+                    ann.dataset_version,
+                    path.display()
+                )));
+            }
+        }
         let checked = check_round(ann, &policy, &self.config.limits)?;
         let spent = self.state.lock().await.spent(&ann.dataset);
         check_total(&self.config.limits, &ann.dataset, spent, checked.cost)?;
@@ -379,8 +394,12 @@ impl Agent {
         let masked = round
             .handle_forwarded_shares(&forwarded, &input)
             .map_err(protocol)?;
-        // Charge the local ledger before the vector leaves.
+        // Charge the local ledger before the vector leaves, checking the total again under
+        // the lock: another round of the same dataset may have been charged meanwhile.
+        let limits = &self.config.limits;
         self.state.lock().await.update(|s| {
+            let before = Rho::from_units(s.spent.get(&p.dataset).copied().unwrap_or(0));
+            check_total(limits, &p.dataset, before, p.cost)?;
             let spent = s.spent.entry(p.dataset.clone()).or_insert(0);
             *spent = spent.saturating_add(p.cost.units());
             if let Some(r) = s.rounds.get_mut(&id) {

@@ -374,3 +374,35 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
     assert!(sites[2].journal()["spent"].get("city").is_none());
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_refuses_a_round_under_a_policy_unlike_its_local_copy() {
+    let c = start_coordinator(test_config(&fresh_store_url("agents-policy")));
+    let root = tempfile::tempdir().unwrap();
+    let (sites, mut agents) = setup(&c, root.path(), [100.0; 3]).await;
+    // The third partner keeps its own copy of the board's policy, and it says K = 2.
+    let copy = sites[2].dir.join("city.toml");
+    let local = common::CITY_TOML.replace(
+        "rows_per_resident_per_partner = 1",
+        "rows_per_resident_per_partner = 2",
+    );
+    std::fs::write(&copy, local).unwrap();
+    let config = sites[2].dir.join("partner.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "id = \"city\"\n",
+        &format!("id = \"city\"\npolicy = {:?}\n", copy.display().to_string()),
+    );
+    std::fs::write(&config, text).unwrap();
+    agents[2] = sites[2].agent();
+
+    let id = submit(&c, common::count_query(60.0)).await;
+    let outcomes = all_once(&agents).await;
+    let RoundOutcome::Declined(reason) = &outcomes[2][0].1 else {
+        panic!("{outcomes:?}");
+    };
+    assert!(reason.contains("differs from the local copy"), "{reason}");
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(done["result"]["receipt"]["survivors"], 2);
+    c.stop().await;
+}
