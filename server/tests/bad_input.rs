@@ -227,6 +227,26 @@ async fn bad_protocol_messages_are_refused_and_the_round_goes_on() {
     // Oversized body.
     let (s, v) = post(token.clone(), vec![0u8; 70 * 1024 * 1024]).await;
     problem(s, &v, 413, "request.too_large", "limit");
+    // Declines need a reason, and an unknown round is 404; neither changes the round.
+    let path = format!("/v1/partner/rounds/{id}/decline");
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &path,
+            Some(&token),
+            Some(json!({ "reason": "  " })),
+        )
+        .await;
+    problem(s, &v, 400, "round.decline_reason", "1 to 1000");
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/v1/partner/rounds/999/decline",
+            Some(&token),
+            Some(json!({ "reason": "no" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     // The round is untouched: it still completes with the exact sum, even though one
     // partner replays an earlier phase's message and sends a vector of the wrong length on
