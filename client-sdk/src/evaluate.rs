@@ -443,8 +443,9 @@ impl<'p> Aggregator<'p> {
         }
         self.counts.eligible += 1;
         if let Some(id) = resident {
-            // Keyed by a 64-bit hash to keep memory at ~16 bytes a resident; a collision
-            // (about 3 in a million at 10^7 residents) can only drop a row, never add one.
+            // Keyed by a 64-bit hash rather than the id (about 40 bytes a resident in the
+            // table, 56 at its peak while it grows: benches/README.md); a collision (about 3 in
+            // a million at 10^7 residents) can only drop a row, never add one.
             let mut h = DefaultHasher::new();
             id.hash(&mut h);
             let seen = self.per_resident.entry(h.finish()).or_insert(0);

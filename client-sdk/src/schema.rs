@@ -196,10 +196,11 @@ impl ColumnReader {
 }
 
 fn spelled_bool(text: &str) -> Option<bool> {
-    let lower = text.to_ascii_lowercase();
-    if TRUE_SPELLINGS.contains(&lower.as_str()) {
+    // Compared in place: this runs once per row and should not allocate.
+    let spelled = |list: &[&str]| list.iter().any(|s| s.eq_ignore_ascii_case(text));
+    if spelled(&TRUE_SPELLINGS) {
         Some(true)
-    } else if FALSE_SPELLINGS.contains(&lower.as_str()) {
+    } else if spelled(&FALSE_SPELLINGS) {
         Some(false)
     } else {
         None
