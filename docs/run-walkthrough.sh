@@ -4,7 +4,10 @@
 # stopped at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --quiet --manifest-path "$repo/Cargo.toml" -p civic-server -p civic-client-sdk --bins
+# `cargo test --workspace` has built both binaries already in CI; build them if not.
+if [ ! -x "$repo/target/debug/civic-coordinator" ] || [ ! -x "$repo/target/debug/civic-agent" ]; then
+    cargo build --quiet --manifest-path "$repo/Cargo.toml" -p civic-server -p civic-client-sdk --bins
+fi
 work=$(mktemp -d)
 cleanup() {
     pkill -P $$ 2>/dev/null || true

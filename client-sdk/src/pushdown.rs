@@ -77,8 +77,9 @@ fn max_params(dialect: Dialect) -> usize {
     }
 }
 
-/// `"name"` with embedded quotes doubled; refuses an empty name or one holding a NUL.
-fn quote_identifier(name: &str) -> Result<String, String> {
+/// `"name"` with embedded quotes doubled; refuses an empty name or one holding a NUL. Names
+/// come from the partner's own configuration, never from the network.
+pub(crate) fn quote_identifier(name: &str) -> Result<String, String> {
     if name.is_empty() || name.contains('\0') {
         return Err(format!("{name:?} is not a usable column or table name"));
     }
@@ -86,7 +87,7 @@ fn quote_identifier(name: &str) -> Result<String, String> {
 }
 
 /// A table name, `schema.table` quoting each part (as the scan does).
-fn quote_table(name: &str) -> Result<String, String> {
+pub(crate) fn quote_table(name: &str) -> Result<String, String> {
     if name.is_empty() || name.contains('\0') {
         return Err(format!("{name:?} is not a usable table name"));
     }

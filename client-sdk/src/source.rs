@@ -12,6 +12,7 @@ use sqlx::{Column as _, Row, TypeInfo, ValueRef};
 
 use crate::config::{DatasetMapping, SourceConfig};
 use crate::error::AgentError;
+use crate::pushdown::{quote_identifier, quote_table};
 use crate::schema::{Cell, ColumnReader, Raw};
 
 /// A sink for rows: the cells in reader order, and the resident id if mapped.
@@ -236,19 +237,6 @@ pub async fn open_postgres(url: &str, table: &str) -> Result<sqlx::PgPool, Agent
         })
 }
 
-/// `"name"` with embedded quotes doubled; `schema.table` quotes each part. Names come from
-/// the partner's own configuration, never from the network.
-pub fn quote_identifier(name: &str) -> Result<String, String> {
-    if name.is_empty() || name.contains('\0') {
-        return Err(format!("{name:?} is not a usable column or table name"));
-    }
-    Ok(name
-        .split('.')
-        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join("."))
-}
-
 async fn scan_sql<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
     mapping: &DatasetMapping,
@@ -290,7 +278,7 @@ where
     let mut sql = format!(
         "SELECT {} FROM {}",
         columns.join(", "),
-        quote_identifier(table).map_err(&config_err)?
+        quote_table(table).map_err(&config_err)?
     );
     if let Some(o) = &mapping.order_by {
         sql.push_str(&format!(
@@ -538,12 +526,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("table extract, row 4, column age_years"), "{e}");
-    }
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_identifier("a\"b").unwrap(), "\"a\"\"b\"");
-        assert_eq!(quote_identifier("s.t").unwrap(), "\"s\".\"t\"");
-        assert!(quote_identifier("a\0").is_err());
     }
 }
