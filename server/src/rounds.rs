@@ -487,8 +487,9 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
     let mut next = r.server.clone();
     match next.receive(msg) {
         Ok(()) => {}
-        // The same message again (a retry after a lost reply): already taken, so accepted.
-        Err(SecAggError::Duplicate { .. })
+        // The same message again (a retry after a lost reply, even one arriving after its
+        // phase closed): already taken, so accepted.
+        Err(SecAggError::Duplicate { .. } | SecAggError::OutOfPhase { .. })
             if stored_already(state, id, phase, partner, body).await? =>
         {
             return Ok(());
