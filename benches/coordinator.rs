@@ -11,236 +11,36 @@
 //! The server and the load generator share this machine's two cores, so absolute rates are
 //! lower bounds; the ratio is what the target is stated in.
 
+mod common;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use civic_api::Role;
-use civic_api::round::{Inbox, PartnerRounds};
-use civic_api::{decode_binary, encode_binary};
+use civic_api::encode_binary;
+use civic_api::round::Inbox;
 use civic_secagg::messages::ClientMessage;
-use civic_secagg::{ClientRound, IdentityKey, PartnerId, RingVector, Roster};
+use civic_secagg::{ClientRound, RingVector};
 use civic_server::store::{Store, rounds};
-use civic_server::{AppState, Config};
+use common::{Bench, announcement, call, inbox, post, start_coordinator, temp_store};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PARTNERS: usize = 100;
 const CELLS: usize = 10_000;
 const SENDERS: usize = 8;
 const CLIENTS: usize = 64;
 const REPEATS: usize = 5;
-
-fn policy_toml() -> String {
-    let partners: Vec<String> = (0..PARTNERS).map(|i| format!("\"p{i:03}\"")).collect();
-    // Two columns of 100 bins each: a 100 × 100 contingency table of CELLS cells (one column
-    // may declare at most 10^4 edges).
-    let side = CELLS.isqrt();
-    let bins: Vec<String> = (0..=side).map(|i| i.to_string()).collect();
-    let bins = bins.join(", ");
-    format!(
-        "[dataset]\nid = \"bench\"\ntitle = \"Bench\"\npartners = [{}]\n\n\
-         [contribution]\nrows_per_resident_per_partner = 1\nmax_partners_per_person = 1\n\n\
-         [[columns]]\nname = \"a\"\ntype = \"integer\"\nmin = 0\nmax = {side}\nbins = [{bins}]\n\n\
-         [[columns]]\nname = \"b\"\ntype = \"integer\"\nmin = 0\nmax = {side}\nbins = [{bins}]\n\n\
-         [budget]\ntotal = {{ rho = 1000000.0 }}\nper_query = {{ rho = 100000.0 }}\n\n\
-         [governance]\nmin_partners = 2\n\n[disclosure]\nprofile = \"none\"\n",
-        partners.join(", "),
-    )
-}
-
-struct Partner {
-    id: PartnerId,
-    token: String,
-    key: IdentityKey,
-}
-
-struct Bench {
-    base: String,
-    http: reqwest::Client,
-    researcher: String,
-    partners: Vec<Partner>,
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut req = http.request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status();
-    let v: Value = res.json().await.unwrap();
-    assert!(status.is_success(), "{status} {v}");
-    v
-}
-
-/// Starts a coordinator on its own actix system thread and bootstraps the accounts.
-fn start_coordinator(store_url: String) -> (String, web::Data<AppState>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let config = Config {
-                store_url,
-                json_limit: 1 << 20,
-                tick_millis: 10,
-                max_rows_per_partner: 1_000_000,
-                ..Config::default()
-            };
-            let state = AppState::open(config).await.unwrap();
-            let server = civic_server::serve_listener(state.clone(), listener).unwrap();
-            tx.send(state).unwrap();
-            server.await.unwrap();
-        })
-    });
-    (base, rx.recv().unwrap())
-}
-
-async fn setup(base: String, state: &web::Data<AppState>) -> Bench {
-    use civic_server::service::governance::create;
-    let board = create(state, "bench", "board", Role::Governance)
-        .await
-        .unwrap()
-        .token;
-    let researcher = create(state, "bench", "rita", Role::Researcher)
-        .await
-        .unwrap()
-        .token;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
-        .build()
-        .unwrap();
-    call(
-        &http,
-        reqwest::Method::PUT,
-        format!("{base}/v1/datasets/bench"),
-        &board,
-        Some(json!({ "policy": policy_toml() })),
-    )
-    .await;
-    call(
-        &http,
-        reqwest::Method::POST,
-        format!("{base}/v1/projects"),
-        &board,
-        Some(json!({ "id": "b", "title": "Bench", "members": ["rita"] })),
-    )
-    .await;
-    call(
-        &http,
-        reqwest::Method::PUT,
-        format!("{base}/v1/projects/b/allocations/bench"),
-        &board,
-        Some(json!({ "cap": { "rho": 1000000.0 } })),
-    )
-    .await;
-    let mut partners = Vec::new();
-    for i in 0..PARTNERS {
-        let created = create(state, "bench", &format!("p{i:03}"), Role::Partner)
-            .await
-            .unwrap();
-        let key = IdentityKey::from_seed(&[i as u8 + 1; 32]);
-        call(
-            &http,
-            reqwest::Method::PUT,
-            format!("{base}/v1/partner/identity"),
-            &created.token,
-            Some(json!({ "public_key": hex::encode(key.public().0) })),
-        )
-        .await;
-        partners.push(Partner {
-            id: PartnerId(created.partner_id.unwrap()),
-            token: created.token,
-            key,
-        });
-    }
-    Bench {
-        base,
-        http,
-        researcher,
-        partners,
-    }
-}
-
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>) {
-    let res = http
-        .post(url)
-        .bearer_auth(token)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        res.status().is_success(),
-        "{} {}",
-        res.status(),
-        res.text().await.unwrap()
-    );
-}
-
-/// Polls until the inbox holds what `want` accepts.
-async fn inbox(b: &Bench, round: i64, p: &Partner, want: fn(&Inbox) -> bool) -> Inbox {
-    loop {
-        let res = b
-            .http
-            .get(format!("{}/v1/partner/rounds/{round}/inbox", b.base))
-            .bearer_auth(&p.token)
-            .send()
-            .await
-            .unwrap();
-        if !res.status().is_success() {
-            let text = res.text().await.unwrap();
-            let q = call(
-                &b.http,
-                reqwest::Method::GET,
-                format!("{}/v1/queries/{round}", b.base),
-                &b.researcher,
-                None,
-            )
-            .await;
-            panic!(
-                "round {round}, partner {}: {text}; query {} {}",
-                p.id, q["state"], q["reason"]
-            );
-        }
-        let inbox: Inbox = decode_binary(&res.bytes().await.unwrap()).unwrap();
-        if want(&inbox) {
-            return inbox;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+const POLL: Duration = Duration::from_millis(5);
 
 /// Runs a round to the point where every partner has its masked vector ready, and returns
 /// the partners' clients with their encoded MaskedInput bodies.
 async fn prepare_round(b: &Bench, query: i64) -> Vec<(ClientRound, Vec<u8>)> {
-    let token = &b.partners[0].token;
-    let ann = loop {
-        let rounds: PartnerRounds = b
-            .http
-            .get(format!("{}/v1/partner/rounds", b.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(a) = rounds.rounds.into_iter().find(|a| a.round_id == query) {
-            break a;
-        }
-    };
+    let ann = announcement(b, query, &b.partners[0], Duration::ZERO).await;
     let config = ann.config;
-    let roster: Roster = b.partners.iter().map(|p| (p.id, p.key.public())).collect();
+    let roster = b.roster();
     let requirements = civic_secagg::testing::lenient_requirements(&config);
     let url = format!("{}/v1/partner/rounds/{query}/messages", b.base);
     let mut clients = Vec::new();
@@ -266,7 +66,9 @@ async fn prepare_round(b: &Bench, query: i64) -> Vec<(ClientRound, Vec<u8>)> {
     }
     let mut next = Vec::new();
     for (p, (mut client, mut rng)) in b.partners.iter().zip(clients) {
-        let Inbox::KeyRoster(keys) = inbox(b, query, p, |i| matches!(i, Inbox::KeyRoster(_))).await
+        let Inbox::KeyRoster(keys) = inbox(b, query, p, |i| matches!(i, Inbox::KeyRoster(_)), POLL)
+            .await
+            .0
         else {
             unreachable!()
         };
@@ -282,8 +84,15 @@ async fn prepare_round(b: &Bench, query: i64) -> Vec<(ClientRound, Vec<u8>)> {
     }
     let mut out = Vec::new();
     for (i, (p, mut client)) in b.partners.iter().zip(next).enumerate() {
-        let Inbox::ForwardedShares(fwd) =
-            inbox(b, query, p, |i| matches!(i, Inbox::ForwardedShares(_))).await
+        let Inbox::ForwardedShares(fwd) = inbox(
+            b,
+            query,
+            p,
+            |i| matches!(i, Inbox::ForwardedShares(_)),
+            POLL,
+        )
+        .await
+        .0
         else {
             unreachable!()
         };
@@ -408,13 +217,6 @@ async fn load(
     )
 }
 
-fn temp_store(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("civic-bench-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    format!("sqlite://{}", dir.join("civic.db").display())
-}
-
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: only run when benched.
     if !std::env::args().any(|a| a == "--bench") {
@@ -426,7 +228,7 @@ fn main() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let (base, state) = start_coordinator(temp_store("coordinator"));
+    let (base, state) = start_coordinator(temp_store("coordinator"), 10);
     let baseline_store = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(Store::connect(&temp_store("baseline")))
@@ -437,7 +239,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let b = setup(base, &state).await;
+        let policy = common::policy_toml(PARTNERS, &[("a", CELLS.isqrt()), ("b", CELLS.isqrt())]);
+        let b = common::setup(base, &state, policy, PARTNERS).await;
         let histogram = |e: f64| json!({ "project": "b", "query": { "dataset": "bench", "statistic": { "histogram": { "columns": ["a", "b"] } } }, "privacy": { "epsilon": e } });
         let mut ratios = Vec::new();
         let mut released = None;
@@ -501,7 +304,9 @@ async fn finish_round(b: &Bench, id: i64, ready: Vec<(ClientRound, Vec<u8>)>) {
     let mut clients = Vec::new();
     for (p, (client, _)) in b.partners.iter().zip(ready) {
         let Inbox::SurvivorList(list) =
-            inbox(b, id, p, |i| matches!(i, Inbox::SurvivorList(_))).await
+            inbox(b, id, p, |i| matches!(i, Inbox::SurvivorList(_)), POLL)
+                .await
+                .0
         else {
             unreachable!()
         };
@@ -518,7 +323,9 @@ async fn finish_round(b: &Bench, id: i64, ready: Vec<(ClientRound, Vec<u8>)>) {
     }
     for (p, mut client) in b.partners.iter().zip(clients) {
         let Inbox::SignedSurvivors(signed) =
-            inbox(b, id, p, |i| matches!(i, Inbox::SignedSurvivors(_))).await
+            inbox(b, id, p, |i| matches!(i, Inbox::SignedSurvivors(_)), POLL)
+                .await
+                .0
         else {
             unreachable!()
         };
@@ -531,19 +338,5 @@ async fn finish_round(b: &Bench, id: i64, ready: Vec<(ClientRound, Vec<u8>)>) {
         )
         .await;
     }
-    loop {
-        let v = call(
-            &b.http,
-            reqwest::Method::GET,
-            format!("{}/v1/queries/{id}", b.base),
-            &b.researcher,
-            None,
-        )
-        .await;
-        if v["state"] == "released" {
-            return;
-        }
-        assert_eq!(v["state"], "running", "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_released(b, id, Duration::from_millis(20)).await;
 }

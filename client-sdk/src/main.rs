@@ -9,6 +9,12 @@ use civic_client_sdk::config::AgentConfig;
 use civic_client_sdk::error::AgentError;
 use clap::{Parser, Subcommand};
 
+// The benchmark's switch that turns masking off must never reach a deployable binary.
+const _: () = assert!(
+    !civic_secagg::MASKING_SWITCH_COMPILED,
+    "civic-agent must not be built with civic-secagg's `bench-unmasked` feature"
+);
+
 #[derive(Parser)]
 #[command(
     name = "civic-agent",

@@ -169,6 +169,10 @@ pub fn mask_vector<'a>(
     self_mask: &DerivedKey,
     pairwise: impl IntoIterator<Item = (&'a DerivedKey, Sign)>,
 ) -> RingVector {
+    #[cfg(feature = "bench-unmasked")]
+    if crate::baseline::masking_off() {
+        return input.clone();
+    }
     let width = input.width();
     let mut words = input.words().to_vec();
     apply_mask(&mut words, self_mask, width, Sign::Add);

@@ -6,7 +6,8 @@
 //! (CCS 2017), with the sparse neighbour graph of Bell et al., *Secure Single-Server
 //! Aggregation with (Poly)Logarithmic Overhead* (CCS 2020) as an option.
 //!
-//! It is a pure library: no I/O, no clock, no globals. Randomness is passed in as a
+//! It is a pure library: no I/O, no clock, no globals (bar a benchmark's switch, compiled only
+//! with feature `bench-unmasked`: see [`MASKING_SWITCH_COMPILED`]). Randomness is passed in as a
 //! [`rand_core::CryptoRng`]; the caller decides when a phase's deadline has passed and
 //! calls [`ServerRound::advance`].
 //!
@@ -25,6 +26,8 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "bench-unmasked")]
+pub mod baseline;
 pub mod client;
 pub mod error;
 pub mod graph;
@@ -53,3 +56,7 @@ pub use server::{Aggregate, ServerOutput, ServerRound};
 /// Bound into every key derivation, signature and associated-data string, so that keys and
 /// signatures from another protocol, or another version of this one, are never accepted.
 pub const PROTOCOL_LABEL: &[u8] = b"civic-secagg/v1";
+
+/// Whether this build holds the benchmark's switch that turns masking off (feature
+/// `bench-unmasked`). Shipped binaries assert at compile time that it does not.
+pub const MASKING_SWITCH_COMPILED: bool = cfg!(feature = "bench-unmasked");

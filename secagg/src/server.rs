@@ -647,6 +647,10 @@ pub fn remove_masks(
     dropped_mask_keys: &[(PartnerId, SecretScalar)],
     mask_public_keys: &BTreeMap<PartnerId, [u8; 32]>,
 ) -> Result<(), SecAggError> {
+    #[cfg(feature = "bench-unmasked")]
+    if crate::baseline::masking_off() {
+        return Ok(());
+    }
     for (u, seed) in self_mask_seeds {
         apply_mask(sum, &seed.self_mask_key(round, *u), width, Sign::Subtract);
     }

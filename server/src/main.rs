@@ -7,6 +7,12 @@ use civic_api::Role;
 use civic_server::{AppState, Config};
 use clap::{Parser, Subcommand};
 
+// The benchmark's switch that turns masking off must never reach a deployable binary.
+const _: () = assert!(
+    !civic_secagg::MASKING_SWITCH_COMPILED,
+    "civic-coordinator must not be built with civic-secagg's `bench-unmasked` feature"
+);
+
 #[derive(Parser)]
 #[command(
     name = "civic-coordinator",

@@ -1,0 +1,350 @@
+//! A whole secure-aggregation round over loopback HTTP, against the same round with masking
+//! switched off.
+//!
+//! `cargo bench --features bench-unmasked --bench round` (about 2 minutes once built; the
+//! feature compiles civic-secagg's masking switch, see `secagg/src/baseline.rs`).
+//! `cargo test --features bench-unmasked --bench round` runs one small case of each kind
+//! once, as a check (CI does).
+//!
+//! For n ∈ {5, 20, 100} partners and m ∈ {10, 10^4} cells: a researcher posts a histogram
+//! query; n partners, each a tokio task speaking HTTP to a real coordinator (SQLite store) as
+//! `civic-agent` does, run AdvertiseKeys → ShareKeys → MaskedInput → ConsistencyCheck →
+//! Unmasking with the real secagg client; the coordinator unmasks, adds discrete Laplace
+//! noise and stores the release. Latency is from the query's POST until the researcher's
+//! poll (every 2 ms) sees the release.
+//!
+//! The baseline ("plain") is the same round with masking off: the same partners, phases,
+//! requests and message sizes, but partners add no masks and the coordinator removes none.
+//! Key agreement, Shamir sharing, share encryption and signatures run in both, as they are
+//! what the flow's messages carry; so the ratio is the cost of the masks themselves.
+//!
+//! Both arms are checked: the coordinator's un-noised sum (test hook) must equal the sum of
+//! the partners' inputs, and a plain partner's vector must go out equal to its input while a
+//! masked one must not.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use civic_api::encode_binary;
+use civic_api::round::Inbox;
+use civic_secagg::messages::ClientMessage;
+use civic_secagg::{ClientRound, RingVector};
+use civic_server::AppState;
+use common::{Bench, announcement, call, inbox, post, start_coordinator, temp_store};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use serde_json::json;
+
+const PARTNERS: [usize; 3] = [5, 20, 100];
+const CELLS: [usize; 2] = [10, 10_000];
+const REPEATS: usize = 5;
+/// How often a partner polls for the next phase (real agents poll every few seconds; here the
+/// poll bounds the latency each phase adds, equally in both arms).
+const POLL: Duration = Duration::from_millis(5);
+/// The target: masked / plain latency at n = 20, m = 10^4.
+const TARGET_RATIO: f64 = 1.5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    Masked,
+    Plain,
+}
+
+/// Request bodies one partner sent in one round, by message, and what it read back.
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    advertise: usize,
+    share_keys: usize,
+    vector: usize,
+    signature: usize,
+    unmasking: usize,
+    /// The inbox bodies it used (one per phase; repeated polls not counted).
+    received: usize,
+}
+
+impl Traffic {
+    fn sent(&self) -> usize {
+        self.advertise + self.share_keys + self.vector + self.signature + self.unmasking
+    }
+}
+
+struct Outcome {
+    latency: Duration,
+    /// Until the last partner's unmasking shares were accepted.
+    protocol: Duration,
+    traffic: Vec<Traffic>,
+    vector_len: usize,
+    width_bytes: usize,
+    threshold: usize,
+}
+
+async fn send(b: &Bench, round: i64, idx: usize, msg: ClientMessage) -> usize {
+    let p = &b.partners[idx];
+    let body = encode_binary(&msg);
+    let len = body.len();
+    let url = format!("{}/v1/partner/rounds/{round}/messages", b.base);
+    post(&b.http, &url, &p.token, body).await;
+    len
+}
+
+/// What one partner did in a round.
+struct PartnerRun {
+    traffic: Traffic,
+    finished: Instant,
+    input: Vec<i64>,
+    width_bytes: usize,
+    threshold: usize,
+}
+
+/// One partner's side of a round.
+async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRun {
+    let p = &b.partners[idx];
+    let config = announcement(&b, round, p, POLL).await.config;
+    let (width_bytes, threshold) = (config.width.bits() as usize / 8, config.threshold);
+    let values: Vec<i64> = (0..config.vector_len)
+        .map(|c| ((c * 7 + idx * 3 + round as usize) % 5) as i64)
+        .collect();
+    let input = RingVector::from_signed(config.width, &values).unwrap();
+    let requirements = civic_secagg::testing::lenient_requirements(&config);
+    let mut rng = ChaCha20Rng::seed_from_u64(((round as u64) << 16) | idx as u64);
+    let (mut client, adv) =
+        ClientRound::start(config, p.id, &p.key, b.roster(), &requirements, &mut rng).unwrap();
+    let mut t = Traffic {
+        advertise: send(&b, round, idx, ClientMessage::AdvertiseKeys(adv)).await,
+        ..Traffic::default()
+    };
+
+    let (Inbox::KeyRoster(keys), n) =
+        inbox(&b, round, p, |i| matches!(i, Inbox::KeyRoster(_)), POLL).await
+    else {
+        unreachable!()
+    };
+    t.received += n;
+    let shares = client.handle_key_roster(&keys, &mut rng).unwrap();
+    t.share_keys = send(&b, round, idx, ClientMessage::ShareKeys(shares)).await;
+
+    let (Inbox::ForwardedShares(fwd), n) = inbox(
+        &b,
+        round,
+        p,
+        |i| matches!(i, Inbox::ForwardedShares(_)),
+        POLL,
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    t.received += n;
+    let masked = client.handle_forwarded_shares(&fwd, &input).unwrap();
+    match arm {
+        Arm::Plain => assert_eq!(masked.vector, input, "masking off sends the input"),
+        Arm::Masked => assert_ne!(masked.vector, input, "masking on hides the input"),
+    }
+    t.vector = send(&b, round, idx, ClientMessage::MaskedInput(masked)).await;
+
+    let (Inbox::SurvivorList(list), n) =
+        inbox(&b, round, p, |i| matches!(i, Inbox::SurvivorList(_)), POLL).await
+    else {
+        unreachable!()
+    };
+    t.received += n;
+    let sig = client.handle_survivor_list(&list, &p.key).unwrap();
+    t.signature = send(&b, round, idx, ClientMessage::ConsistencySignature(sig)).await;
+
+    let (Inbox::SignedSurvivors(signed), n) = inbox(
+        &b,
+        round,
+        p,
+        |i| matches!(i, Inbox::SignedSurvivors(_)),
+        POLL,
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    t.received += n;
+    let reveal = client.handle_signed_survivors(&signed).unwrap();
+    t.unmasking = send(&b, round, idx, ClientMessage::UnmaskingShares(reveal)).await;
+    PartnerRun {
+        traffic: t,
+        finished: Instant::now(),
+        input: values,
+        width_bytes,
+        threshold,
+    }
+}
+
+/// Runs one round of an m-cell histogram in `arm`; `seq` makes each query distinct (an
+/// identical query would be answered from the store).
+async fn run_round(
+    b: &Arc<Bench>,
+    state: &web::Data<AppState>,
+    cells: usize,
+    arm: Arm,
+    seq: usize,
+) -> Outcome {
+    civic_secagg::baseline::set_masking_off(arm == Arm::Plain);
+    let columns = if cells == 10 {
+        vec!["c"]
+    } else {
+        vec!["a", "b"]
+    };
+    let query = json!({
+        "project": "b",
+        "query": { "dataset": "bench", "statistic": { "histogram": { "columns": columns } } },
+        "privacy": { "epsilon": 1.0 + seq as f64 * 1e-3 },
+    });
+    let start = Instant::now();
+    let q = call(
+        &b.http,
+        reqwest::Method::POST,
+        format!("{}/v1/queries", b.base),
+        &b.researcher,
+        Some(query),
+    )
+    .await;
+    let id = q["id"].as_i64().unwrap();
+    let tasks: Vec<_> = (0..b.partners.len())
+        .map(|i| tokio::spawn(take_part(b.clone(), i, id, arm)))
+        .collect();
+    common::wait_released(b, id, Duration::from_millis(2)).await;
+    let latency = start.elapsed();
+
+    let runs: Vec<PartnerRun> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut expected = vec![0i64; cells];
+    for r in &runs {
+        assert_eq!(r.input.len(), cells, "the plan's vector is the histogram");
+        expected.iter_mut().zip(&r.input).for_each(|(e, v)| *e += v);
+    }
+    assert_eq!(
+        state.rounds.exact_sum(id).as_deref(),
+        Some(&expected[..]),
+        "{arm:?} round {id}: the aggregate is the sum of the inputs"
+    );
+    Outcome {
+        latency,
+        protocol: runs.iter().map(|r| r.finished - start).max().unwrap(),
+        traffic: runs.iter().map(|r| r.traffic).collect(),
+        vector_len: cells,
+        width_bytes: runs[0].width_bytes,
+        threshold: runs[0].threshold,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --bench round` passes nothing: a quick check.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (partners, repeats): (&[usize], usize) = if full {
+        (&PARTNERS, REPEATS)
+    } else {
+        (&PARTNERS[..1], 1)
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CIVIC_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut seq = 0;
+    let mut summary = Vec::new();
+    for &n in partners {
+        let (base, state) = start_coordinator(temp_store(&format!("round-n{n}")), 5);
+        rt.block_on(async {
+            let policy = common::policy_toml(n, &[("a", 100), ("b", 100), ("c", 10)]);
+            let b = Arc::new(common::setup(base, &state, policy, n).await);
+            for &m in &CELLS {
+                let mut pairs = Vec::new();
+                for rep in 0..repeats {
+                    // Alternate which arm goes first, so neither always meets a cold pool.
+                    let order = if rep % 2 == 0 {
+                        [Arm::Masked, Arm::Plain]
+                    } else {
+                        [Arm::Plain, Arm::Masked]
+                    };
+                    let mut masked = None;
+                    let mut plain = None;
+                    for arm in order {
+                        seq += 1;
+                        let o = run_round(&b, &state, m, arm, seq).await;
+                        println!(
+                            "n = {n:3}, m = {m:5}, rep {rep}, {arm:?}: {:.1} ms (protocol {:.1} ms, release after it {:.1} ms)",
+                            ms(o.latency),
+                            ms(o.protocol),
+                            ms(o.latency.saturating_sub(o.protocol))
+                        );
+                        match arm {
+                            Arm::Masked => masked = Some(o),
+                            Arm::Plain => plain = Some(o),
+                        }
+                    }
+                    pairs.push((masked.unwrap(), plain.unwrap()));
+                }
+                summary.push(report(n, m, &pairs));
+            }
+        });
+    }
+    println!();
+    println!(
+        "| n | m | masked | plain | ratio | bytes sent per partner | masked vector message | plain vector | vector ratio | other messages |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for line in &summary {
+        println!("{line}");
+    }
+}
+
+/// One summary row: median latencies, the median of the paired ratios, and bytes.
+fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> String {
+    let masked = median(pairs.iter().map(|(a, _)| ms(a.latency)).collect());
+    let plain = median(pairs.iter().map(|(_, b)| ms(b.latency)).collect());
+    let ratio = median(
+        pairs
+            .iter()
+            .map(|(a, b)| a.latency.as_secs_f64() / b.latency.as_secs_f64())
+            .collect(),
+    );
+    let (a, b) = &pairs[0];
+    let sent: usize = a.traffic.iter().map(Traffic::sent).sum::<usize>() / n;
+    let vector: usize = a.traffic.iter().map(|t| t.vector).sum::<usize>() / n;
+    let received: usize = a.traffic.iter().map(|t| t.received).sum::<usize>() / n;
+    let plain_sent: usize = b.traffic.iter().map(Traffic::sent).sum::<usize>() / n;
+    assert_eq!(sent, plain_sent, "both arms send the same bytes");
+    let plain_vector = a.vector_len * a.width_bytes;
+    if n == 20 && m == 10_000 {
+        println!(
+            "RATIO round n=20 m=10^4 (masked / plain latency, median of {} paired runs): {ratio:.2} (target ≤ {TARGET_RATIO})",
+            pairs.len()
+        );
+    }
+    println!(
+        "BYTES n={n} m={m} (t = {}, {}-bit ring): per partner sent {sent} B (vector message {vector} B for a {plain_vector} B plain vector; other messages {} B), received {received} B",
+        a.threshold,
+        a.width_bytes * 8,
+        sent - vector
+    );
+    format!(
+        "| {n} | {m} | {masked:.1} ms | {plain:.1} ms | {ratio:.2} | {sent} B | {vector} B | {plain_vector} B | {:.3} | {} B |",
+        vector as f64 / plain_vector.max(1) as f64,
+        sent - vector
+    )
+}
