@@ -363,11 +363,20 @@ async fn replay(store: &Store, row: &crate::store::RoundRow) -> Result<Replayed,
     ))
 }
 
-/// The rounds `partner` is still part of, as announcements.
+/// The rounds `partner` is still part of, as announcements; or 503 (retry) while a round
+/// open in the store is not driven here yet, so that a partner polling just after a restart
+/// is told to come back rather than handed a list with the round missing.
 pub async fn announcements(
     state: &AppState,
     partner: PartnerId,
 ) -> ApiResult<Vec<RoundAnnouncement>> {
+    let open = {
+        let mut conn = state.store.pool().acquire().await?;
+        rounds::open_ids(&mut conn).await?
+    };
+    if let Some(id) = open.into_iter().find(|id| !state.rounds.contains(*id)) {
+        return Err(not_driven_here(id));
+    }
     let mut out = Vec::new();
     let mut ids = state.rounds.ids();
     ids.sort_unstable();
@@ -413,18 +422,22 @@ async fn live(state: &AppState, id: i64) -> ApiResult<Arc<Mutex<LiveRound>>> {
     }
     let mut conn = state.store.pool().acquire().await?;
     if rounds::is_open(&mut conn, id).await? {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "round.not_driven_here",
-            format!(
-                "round {id} is open but not driven by this coordinator yet (the round driver is \
-                 taking over, or this is a replica that does not drive rounds); retry shortly"
-            ),
-        ));
+        return Err(not_driven_here(id));
     }
     Err(ApiError::not_found(format!(
         "round {id} is not open (finished, aborted or unknown)"
     )))
+}
+
+fn not_driven_here(id: i64) -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+        "round.not_driven_here",
+        format!(
+            "round {id} is open but not driven by this coordinator yet (the round driver is \
+             taking over, or this is a replica that does not drive rounds); retry shortly"
+        ),
+    )
 }
 
 /// What the last closed phase sent to `partner`.

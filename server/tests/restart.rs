@@ -63,8 +63,26 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let server = civic_server::serve_listener(state.clone(), listener).unwrap();
     let handle = server.handle();
     actix_web::rt::spawn(server);
+    let http = reqwest::Client::new();
     for attempt in 0.. {
         assert!(attempt < 200, "the new coordinator never adopted the round");
+        // Until it has, a partner polling for rounds is told to retry (503), never handed a
+        // list without the open round (a cron `civic-agent once` would then miss it).
+        let res = http
+            .get(format!("http://{addr}/v1/partner/rounds"))
+            .bearer_auth(&partner_token)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: serde_json::Value = res.json().await.unwrap();
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["code"], "round.not_driven_here", "{body}")
+            }
+            StatusCode::OK => assert_eq!(body["rounds"][0]["round_id"], id, "{body}"),
+            other => panic!("{other} {body}"),
+        }
         if state.rounds.count() == 1 {
             break;
         }
@@ -74,7 +92,6 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
 
     let results = partners.await.unwrap();
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let http = reqwest::Client::new();
     let get = |path: String, token: String| {
         let http = http.clone();
         let addr = addr.clone();
@@ -141,6 +158,16 @@ async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_do
         0,
         "the replica does not drive the round"
     );
+    // A partner asking the replica for its rounds is told to retry, not handed an empty list.
+    let res = http
+        .get(format!("{replica}/v1/partner/rounds"))
+        .bearer_auth(&ps[0].token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "round.not_driven_here", "{body}");
     // A second coordinator configured to drive rounds defers to the lease holder.
     let (_, rival, rival_handle) = common::serve(test_config(&url)).await;
     assert!(driver.state.rounds.drives());

@@ -185,6 +185,14 @@ pub async fn is_open(conn: &mut AnyConnection, id: i64) -> ApiResult<bool> {
     Ok(row.is_some())
 }
 
+/// The ids of every open round.
+pub async fn open_ids(conn: &mut AnyConnection) -> ApiResult<Vec<i64>> {
+    let rows = sqlx::query("SELECT id FROM rounds WHERE state = 'open' ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+}
+
 /// Every open round.
 pub async fn open(conn: &mut AnyConnection) -> ApiResult<Vec<RoundRow>> {
     let rows = sqlx::query("SELECT id, setup, phase FROM rounds WHERE state = 'open' ORDER BY id")
