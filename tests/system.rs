@@ -1742,9 +1742,9 @@ async fn the_coordinator_killed_in_each_phase_resumes_and_releases_exactly_once(
 /// (`SecAggError::Duplicate`, then `stored_already`). Once the phase has closed (and it
 /// closes at once when that message was the last one expected) the copy meets
 /// `SecAggError::OutOfPhase` and is refused with 409 `secagg.out_of_phase` (404 once the
-/// round has ended), and the agent abandons a round it is still part of: it drops out at the
-/// next phase, or, for its unmasking shares, reports a round released with its input as
-/// abandoned. Seen in the restart test under CPU load before the proxy: the coordinator was
+/// round had ended: now 409 `round.finished`, which the agent takes as its part done), and
+/// the agent abandons a round it is still part of: it drops out at the next phase, or, for
+/// its unmasking shares, reports a round released with its input as abandoned. Seen in the restart test under CPU load before the proxy: the coordinator was
 /// SIGKILLed after storing council-b's AdvertiseKeys but before replying; the agent retried
 /// after the restarted coordinator had closed AdvertiseKeys, got "409 secagg.out_of_phase:
 /// round 1: got a AdvertiseKeys message while in phase ShareKeys", left, and the round was

@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 use crate::config::{AgentConfig, DatasetMapping, LocalLimits, SourceConfig};
 use crate::error::AgentError;
 use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
-use crate::http::CoordinatorClient;
+use crate::http::{CallError, CoordinatorClient};
 use crate::schema::ColumnReader;
 use crate::state::{RoundRecord, RoundStatus, StateFile};
 
@@ -431,9 +431,22 @@ impl Agent {
         let reveal = round.handle_signed_survivors(&signed).map_err(protocol)?;
         let log = round.reveal_log().clone();
         self.journal(id, |r| r.reveals = Some(log)).await?;
-        self.client
+        match self
+            .client
             .post(id, &ClientMessage::UnmaskingShares(reveal))
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // The round closed before this post landed: a retry whose first attempt was
+            // taken, or shares the coordinator no longer needed. This partner's part is done.
+            Err(CallError::Refused { code, .. }) if code == "round.finished" => {
+                tracing::info!(
+                    round = id,
+                    "the round finished as the unmasking shares went"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.journal(id, |r| r.status = RoundStatus::Finished).await
     }
 

@@ -415,18 +415,25 @@ pub async fn announcements(
 
 /// The round in memory; or 503 (retry) if it is open in the store but not driven here yet
 /// (a coordinator taking over after a restart, or a replica that does not drive rounds);
-/// or 404 if it is closed or unknown.
+/// 409 `round.finished` or `round.aborted` once it has closed (so that an agent whose last
+/// message was retried after the close knows its part is over); 404 if unknown.
 async fn live(state: &AppState, id: i64) -> ApiResult<Arc<Mutex<LiveRound>>> {
     if let Some(round) = state.rounds.get(id) {
         return Ok(round);
     }
     let mut conn = state.store.pool().acquire().await?;
-    if rounds::is_open(&mut conn, id).await? {
-        return Err(not_driven_here(id));
+    match rounds::state(&mut conn, id).await?.as_deref() {
+        Some("open") => Err(not_driven_here(id)),
+        Some("finished") => Err(ApiError::conflict(
+            "round.finished",
+            format!("round {id} has finished and released; it takes no more messages"),
+        )),
+        Some("aborted") => Err(ApiError::conflict(
+            "round.aborted",
+            format!("round {id} was aborted; it takes no more messages"),
+        )),
+        _ => Err(ApiError::not_found(format!("round {id} is unknown"))),
     }
-    Err(ApiError::not_found(format!(
-        "round {id} is not open (finished, aborted or unknown)"
-    )))
 }
 
 fn not_driven_here(id: i64) -> ApiError {

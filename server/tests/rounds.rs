@@ -192,6 +192,14 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
         22.0
     );
     assert_eq!(done["result"]["receipt"]["survivors"], 2);
+    // A partner asking after the close (a retry whose reply was lost) learns it is over.
+    let inbox = format!("/v1/partner/rounds/{id}/inbox");
+    let (s, v) = c.call(Method::GET, &inbox, Some(&ps[0].token), None).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::CONFLICT, &json!("round.finished")),
+        "{v}"
+    );
 
     // Two of three drop: too few survivors; the reservation comes back.
     let before = budget(&c).await;
@@ -216,6 +224,26 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
         "{done}"
     );
     assert!(done["result"].is_null());
+    let inbox = format!("/v1/partner/rounds/{id}/inbox");
+    let (s, v) = c.call(Method::GET, &inbox, Some(&ps[0].token), None).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::CONFLICT, &json!("round.aborted")),
+        "{v}"
+    );
+    let (s, v) = c
+        .call(
+            Method::GET,
+            "/v1/partner/rounds/999999/inbox",
+            Some(&ps[0].token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found")),
+        "{v}"
+    );
     let after = budget(&c).await;
     assert_eq!(after["used_rho"], before["used_rho"], "refunded: {after}");
     assert_eq!(after["charged_rho"], before["charged_rho"]);

@@ -176,13 +176,13 @@ pub async fn delete_messages(conn: &mut AnyConnection, round: i64) -> ApiResult<
     Ok(())
 }
 
-/// Whether a round is open in the store.
-pub async fn is_open(conn: &mut AnyConnection, id: i64) -> ApiResult<bool> {
-    let row = sqlx::query("SELECT 1 AS one FROM rounds WHERE id = $1 AND state = 'open'")
+/// A round's state in the store (`open`, `finished` or `aborted`), if it exists.
+pub async fn state(conn: &mut AnyConnection, id: i64) -> ApiResult<Option<String>> {
+    let row = sqlx::query("SELECT state FROM rounds WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.is_some())
+    Ok(row.map(|r| r.try_get("state")).transpose()?)
 }
 
 /// The ids of every open round.
