@@ -73,8 +73,9 @@ impl Traffic {
 
 struct Outcome {
     latency: Duration,
-    /// Until the last partner's unmasking shares were accepted.
-    protocol: Duration,
+    /// When each of `STAGES` ended for the last partner, from the query's POST; the last is
+    /// when the last partner's unmasking shares were accepted.
+    stage_ends: [Duration; 6],
     traffic: Vec<Traffic>,
     vector_len: usize,
     width_bytes: usize,
@@ -90,10 +91,22 @@ async fn send(b: &Bench, round: i64, idx: usize, msg: ClientMessage) -> usize {
     len
 }
 
+/// The phases, as a partner sees them: each ends when the partner has what the next needs.
+const STAGES: [&str; 6] = [
+    "announce",
+    "advertise keys",
+    "share keys",
+    "masked input",
+    "consistency",
+    "unmasking",
+];
+
 /// What one partner did in a round.
 struct PartnerRun {
     traffic: Traffic,
-    finished: Instant,
+    /// When each of `STAGES` ended for it: announced, key roster, forwarded shares, survivor
+    /// list and signed survivors received, unmasking shares accepted.
+    marks: [Instant; 6],
     input: Vec<i64>,
     width_bytes: usize,
     threshold: usize,
@@ -103,6 +116,7 @@ struct PartnerRun {
 async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRun {
     let p = &b.partners[idx];
     let config = announcement(&b, round, p, POLL).await.config;
+    let mut marks = [Instant::now(); 6];
     let (width_bytes, threshold) = (config.width.bits() as usize / 8, config.threshold);
     let values: Vec<i64> = (0..config.vector_len)
         .map(|c| ((c * 7 + idx * 3 + round as usize) % 5) as i64)
@@ -123,6 +137,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         unreachable!()
     };
     t.received += n;
+    marks[1] = Instant::now();
     let shares = client.handle_key_roster(&keys, &mut rng).unwrap();
     t.share_keys = send(&b, round, idx, ClientMessage::ShareKeys(shares)).await;
 
@@ -138,6 +153,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         unreachable!()
     };
     t.received += n;
+    marks[2] = Instant::now();
     let masked = client.handle_forwarded_shares(&fwd, &input).unwrap();
     match arm {
         Arm::Plain => assert_eq!(masked.vector, input, "masking off sends the input"),
@@ -151,6 +167,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         unreachable!()
     };
     t.received += n;
+    marks[3] = Instant::now();
     let sig = client.handle_survivor_list(&list, &p.key).unwrap();
     t.signature = send(&b, round, idx, ClientMessage::ConsistencySignature(sig)).await;
 
@@ -166,11 +183,13 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         unreachable!()
     };
     t.received += n;
+    marks[4] = Instant::now();
     let reveal = client.handle_signed_survivors(&signed).unwrap();
     t.unmasking = send(&b, round, idx, ClientMessage::UnmaskingShares(reveal)).await;
+    marks[5] = Instant::now();
     PartnerRun {
         traffic: t,
-        finished: Instant::now(),
+        marks,
         input: values,
         width_bytes,
         threshold,
@@ -230,12 +249,27 @@ async fn run_round(
     );
     Outcome {
         latency,
-        protocol: runs.iter().map(|r| r.finished - start).max().unwrap(),
+        stage_ends: std::array::from_fn(|i| runs.iter().map(|r| r.marks[i] - start).max().unwrap()),
         traffic: runs.iter().map(|r| r.traffic).collect(),
         vector_len: cells,
         width_bytes: runs[0].width_bytes,
         threshold: runs[0].threshold,
     }
+}
+
+/// Everything after the last partner's unmasking shares: recovering the seeds, removing the
+/// masks, sampling noise, storing and auditing, and the researcher's next poll.
+const STAGE_NAMES: [&str; 7] = [
+    STAGES[0], STAGES[1], STAGES[2], STAGES[3], STAGES[4], STAGES[5], "release",
+];
+
+/// How long each stage took (ms), the last partner's view, then the release.
+fn stages(o: &Outcome) -> [f64; 7] {
+    std::array::from_fn(|i| match i {
+        0 => ms(o.stage_ends[0]),
+        6 => ms(o.latency.saturating_sub(o.stage_ends[5])),
+        _ => ms(o.stage_ends[i].saturating_sub(o.stage_ends[i - 1])),
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -286,11 +320,16 @@ fn main() {
                     for arm in order {
                         seq += 1;
                         let o = run_round(&b, &state, m, arm, seq).await;
+                        let st = stages(&o);
                         println!(
-                            "n = {n:3}, m = {m:5}, rep {rep}, {arm:?}: {:.1} ms (protocol {:.1} ms, release after it {:.1} ms)",
+                            "n = {n:3}, m = {m:5}, rep {rep}, {arm:?}: {:.1} ms; {}",
                             ms(o.latency),
-                            ms(o.protocol),
-                            ms(o.latency.saturating_sub(o.protocol))
+                            STAGE_NAMES
+                                .iter()
+                                .zip(st)
+                                .map(|(name, t)| format!("{name} {t:.1}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         );
                         match arm {
                             Arm::Masked => masked = Some(o),
@@ -308,13 +347,37 @@ fn main() {
         "| n | m | masked | plain | ratio | bytes sent per partner | masked vector message | plain vector | vector ratio | other messages |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for line in &summary {
+    for (line, _) in &summary {
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "Median time per stage (ms), masked / plain: | n | m | {} |",
+        STAGE_NAMES.join(" | ")
+    );
+    for (_, line) in &summary {
         println!("{line}");
     }
 }
 
-/// One summary row: median latencies, the median of the paired ratios, and bytes.
-fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> String {
+/// One summary row (median latencies, the median of the paired ratios, and bytes) and one
+/// row of median stage times.
+fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> (String, String) {
+    let stage_medians = |pick: fn(&(Outcome, Outcome)) -> &Outcome| -> Vec<f64> {
+        (0..STAGE_NAMES.len())
+            .map(|i| median(pairs.iter().map(|p| stages(pick(p))[i]).collect()))
+            .collect()
+    };
+    let (masked_stages, plain_stages) = (stage_medians(|p| &p.0), stage_medians(|p| &p.1));
+    let stage_row = format!(
+        "| {n} | {m} | {} |",
+        masked_stages
+            .iter()
+            .zip(&plain_stages)
+            .map(|(a, b)| format!("{a:.0} / {b:.0}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let masked = median(pairs.iter().map(|(a, _)| ms(a.latency)).collect());
     let plain = median(pairs.iter().map(|(_, b)| ms(b.latency)).collect());
     let ratio = median(
@@ -342,9 +405,10 @@ fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> String {
         a.width_bytes * 8,
         sent - vector
     );
-    format!(
+    let row = format!(
         "| {n} | {m} | {masked:.1} ms | {plain:.1} ms | {ratio:.2} | {sent} B | {vector} B | {plain_vector} B | {:.3} | {} B |",
         vector as f64 / plain_vector.max(1) as f64,
         sent - vector
-    )
+    );
+    (row, stage_row)
 }
