@@ -42,8 +42,15 @@ const PARTNERS: [usize; 3] = [5, 20, 100];
 const CELLS: [usize; 2] = [10, 10_000];
 const REPEATS: usize = 5;
 /// How often a partner polls for the next phase (real agents poll every few seconds; here the
-/// poll bounds the latency each phase adds, equally in both arms).
-const POLL: Duration = Duration::from_millis(5);
+/// poll bounds the latency each phase adds, equally in both arms). `CIVIC_BENCH_POLL_MS`
+/// overrides it.
+fn poll() -> Duration {
+    let ms = std::env::var("CIVIC_BENCH_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    Duration::from_millis(ms)
+}
 /// The target: masked / plain latency at n = 20, m = 10^4.
 const TARGET_RATIO: f64 = 1.5;
 
@@ -115,7 +122,8 @@ struct PartnerRun {
 /// One partner's side of a round.
 async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRun {
     let p = &b.partners[idx];
-    let config = announcement(&b, round, p, POLL).await.config;
+    let poll = poll();
+    let config = announcement(&b, round, p, poll).await.config;
     let mut marks = [Instant::now(); 6];
     let (width_bytes, threshold) = (config.width.bits() as usize / 8, config.threshold);
     let values: Vec<i64> = (0..config.vector_len)
@@ -132,7 +140,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
     };
 
     let (Inbox::KeyRoster(keys), n) =
-        inbox(&b, round, p, |i| matches!(i, Inbox::KeyRoster(_)), POLL).await
+        inbox(&b, round, p, |i| matches!(i, Inbox::KeyRoster(_)), poll).await
     else {
         unreachable!()
     };
@@ -146,7 +154,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         round,
         p,
         |i| matches!(i, Inbox::ForwardedShares(_)),
-        POLL,
+        poll,
     )
     .await
     else {
@@ -162,7 +170,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
     t.vector = send(&b, round, idx, ClientMessage::MaskedInput(masked)).await;
 
     let (Inbox::SurvivorList(list), n) =
-        inbox(&b, round, p, |i| matches!(i, Inbox::SurvivorList(_)), POLL).await
+        inbox(&b, round, p, |i| matches!(i, Inbox::SurvivorList(_)), poll).await
     else {
         unreachable!()
     };
@@ -176,7 +184,7 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         round,
         p,
         |i| matches!(i, Inbox::SignedSurvivors(_)),
-        POLL,
+        poll,
     )
     .await
     else {
@@ -284,10 +292,14 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --bench round` passes nothing: a quick check.
     let full = std::env::args().any(|a| a == "--bench");
-    let (partners, repeats): (&[usize], usize) = if full {
-        (&PARTNERS, REPEATS)
-    } else {
-        (&PARTNERS[..1], 1)
+    // `CIVIC_BENCH_N=100` runs one number of partners only.
+    let only: Option<usize> = std::env::var("CIVIC_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let (partners, repeats) = match (only, full) {
+        (Some(n), _) => (vec![n], if full { REPEATS } else { 1 }),
+        (None, true) => (PARTNERS.to_vec(), REPEATS),
+        (None, false) => (vec![PARTNERS[0]], 1),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -301,7 +313,7 @@ fn main() {
         .unwrap();
     let mut seq = 0;
     let mut summary = Vec::new();
-    for &n in partners {
+    for &n in &partners {
         let (base, state) = start_coordinator(temp_store(&format!("round-n{n}")), 5);
         rt.block_on(async {
             let policy = common::policy_toml(n, &[("a", 100), ("b", 100), ("c", 10)]);
@@ -399,11 +411,16 @@ fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> (String, String) 
             pairs.len()
         );
     }
+    let first = a.traffic[0];
     println!(
-        "BYTES n={n} m={m} (t = {}, {}-bit ring): per partner sent {sent} B (vector message {vector} B for a {plain_vector} B plain vector; other messages {} B), received {received} B",
+        "BYTES n={n} m={m} (t = {}, {}-bit ring): per partner sent {sent} B (vector message {vector} B for a {plain_vector} B plain vector; other messages {} B: advertise {}, share keys {}, signature {}, unmasking {}), received {received} B",
         a.threshold,
         a.width_bytes * 8,
-        sent - vector
+        sent - vector,
+        first.advertise,
+        first.share_keys,
+        first.signature,
+        first.unmasking,
     );
     let row = format!(
         "| {n} | {m} | {masked:.1} ms | {plain:.1} ms | {ratio:.2} | {sent} B | {vector} B | {plain_vector} B | {:.3} | {} B |",
