@@ -80,8 +80,7 @@ impl Traffic {
 
 struct Outcome {
     latency: Duration,
-    /// When each of `STAGES` ended for the last partner, from the query's POST; the last is
-    /// when the last partner's unmasking shares were accepted.
+    /// When each of the first six `STAGES` ended for the last partner, from the query's POST.
     stage_ends: [Duration; 6],
     traffic: Vec<Traffic>,
     vector_len: usize,
@@ -98,21 +97,10 @@ async fn send(b: &Bench, round: i64, idx: usize, msg: ClientMessage) -> usize {
     len
 }
 
-/// The phases, as a partner sees them: each ends when the partner has what the next needs.
-const STAGES: [&str; 6] = [
-    "announce",
-    "advertise keys",
-    "share keys",
-    "masked input",
-    "consistency",
-    "unmasking",
-];
-
 /// What one partner did in a round.
 struct PartnerRun {
     traffic: Traffic,
-    /// When each of `STAGES` ended for it: announced, key roster, forwarded shares, survivor
-    /// list and signed survivors received, unmasking shares accepted.
+    /// When each of the first six `STAGES` ended for it.
     marks: [Instant; 6],
     input: Vec<i64>,
     width_bytes: usize,
@@ -265,10 +253,18 @@ async fn run_round(
     }
 }
 
-/// Everything after the last partner's unmasking shares: recovering the seeds, removing the
-/// masks, sampling noise, storing and auditing, and the researcher's next poll.
-const STAGE_NAMES: [&str; 7] = [
-    STAGES[0], STAGES[1], STAGES[2], STAGES[3], STAGES[4], STAGES[5], "release",
+/// The stages of a round. The first six end when the last partner has what the next needs
+/// (announced; key roster, forwarded shares, survivor list and signed survivors received;
+/// unmasking shares accepted). "release" is everything after: recovering the seeds, removing
+/// the masks, sampling noise, storing and auditing, and the researcher's next poll.
+const STAGES: [&str; 7] = [
+    "announce",
+    "advertise keys",
+    "share keys",
+    "masked input",
+    "consistency",
+    "unmasking",
+    "release",
 ];
 
 /// How long each stage took (ms), the last partner's view, then the release.
@@ -336,7 +332,7 @@ fn main() {
                         println!(
                             "n = {n:3}, m = {m:5}, rep {rep}, {arm:?}: {:.1} ms; {}",
                             ms(o.latency),
-                            STAGE_NAMES
+                            STAGES
                                 .iter()
                                 .zip(st)
                                 .map(|(name, t)| format!("{name} {t:.1}"))
@@ -365,7 +361,7 @@ fn main() {
     println!();
     println!(
         "Median time per stage (ms), masked / plain: | n | m | {} |",
-        STAGE_NAMES.join(" | ")
+        STAGES.join(" | ")
     );
     for (_, line) in &summary {
         println!("{line}");
@@ -376,7 +372,7 @@ fn main() {
 /// row of median stage times.
 fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> (String, String) {
     let stage_medians = |pick: fn(&(Outcome, Outcome)) -> &Outcome| -> Vec<f64> {
-        (0..STAGE_NAMES.len())
+        (0..STAGES.len())
             .map(|i| median(pairs.iter().map(|p| stages(pick(p))[i]).collect()))
             .collect()
     };
