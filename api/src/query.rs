@@ -4,32 +4,7 @@ use civic_policies::Query;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// How much privacy to spend, or how accurate the answer must be.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PrivacyRequest {
-    /// Pure ε-DP (discrete Laplace noise).
-    Epsilon(f64),
-    /// ρ-zCDP (discrete Gaussian noise).
-    Rho(f64),
-    /// The smallest cost whose confidence interval half-width is at most this, per cell.
-    TargetHalfWidth {
-        /// The half-width, in the statistic's units (for a mean: of its sum and count).
-        half_width: f64,
-        /// Which noise: Laplace (pure ε) or Gaussian (ρ).
-        mechanism: MechanismChoice,
-    },
-}
-
-/// The noise family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MechanismChoice {
-    /// Discrete Laplace, pure ε.
-    Laplace,
-    /// Discrete Gaussian, ρ-zCDP.
-    Gaussian,
-}
+pub use civic_policies::privacy::{MechanismChoice, PrivacyRequest};
 
 /// `POST /v1/queries/preview` and `POST /v1/queries`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -40,7 +15,10 @@ pub struct QueryRequest {
     /// The question.
     #[schema(value_type = Object)]
     pub query: Query,
-    /// Its privacy cost or target accuracy.
+    /// Its privacy cost or target accuracy: `{"epsilon": 0.5}` (pure ε, discrete Laplace),
+    /// `{"rho": 0.05}` (zCDP, discrete Gaussian) or `{"target_half_width": {"half_width": 10,
+    /// "mechanism": "laplace" | "gaussian"}}`.
+    #[schema(value_type = Object)]
     pub privacy: PrivacyRequest,
     /// Confidence level of the intervals (default 0.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]

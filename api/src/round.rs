@@ -46,6 +46,7 @@ pub struct RoundAnnouncement {
     #[schema(value_type = Object)]
     pub query: Query,
     /// Its privacy request.
+    #[schema(value_type = Object)]
     pub privacy: PrivacyRequest,
     /// The confidence of its intervals (0.95 if absent): a target half-width's cost depends
     /// on it.
@@ -53,6 +54,10 @@ pub struct RoundAnnouncement {
     pub confidence: Option<f64>,
     /// The public bound on rows per partner the ring was sized for.
     pub max_rows_per_partner: u64,
+    /// The δ at which the coordinator states ρ costs as (ε, δ) (10⁻⁶ if absent): part of the
+    /// pricing context, so an agent prices the round exactly as the coordinator did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reporting_delta: Option<f64>,
     /// The secure-aggregation configuration: check it against local requirements.
     #[schema(value_type = Object)]
     pub config: RoundConfig,

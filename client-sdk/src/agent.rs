@@ -13,23 +13,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
-use civic_api::query::{MechanismChoice, PrivacyRequest};
 use civic_api::round::{Inbox, RoundAnnouncement};
-use civic_mechanisms::{AggregationPlan, NoiseKind, PrivacyChoice, ReleasePlan};
 use civic_policies::Rho;
 use civic_policies::dataset::DatasetPolicy;
-use civic_policies::query::Statistic;
 use civic_secagg::messages::ClientMessage;
 use civic_secagg::{
     ClientRound, IdentityKey, IdentityPublicKey, PartnerId, Requirements, RingVector, Roster,
-    Tolerances, Width,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::config::{AgentConfig, DatasetMapping, LocalLimits, SourceConfig};
+use crate::config::{AgentConfig, DatasetMapping, SourceConfig};
+use crate::decide::{check_round, check_total};
 use crate::error::AgentError;
 use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
 use crate::http::{CallError, CoordinatorClient};
@@ -528,156 +525,6 @@ fn read_token(config: &AgentConfig) -> Result<Zeroizing<String>, AgentError> {
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
-/// A round that passed the local policy.
-pub struct CheckedRound {
-    /// The plan compiled locally.
-    pub plan: AggregationPlan,
-    /// The plan against the row layout.
-    pub compiled: CompiledPlan,
-    /// What the round costs, as this agent computes it.
-    pub cost: Rho,
-    /// What this partner requires of the round's secure aggregation.
-    pub requirements: Requirements,
-}
-
-/// The statistic's name as `allowed_statistics` spells it.
-pub fn statistic_name(s: &Statistic) -> &'static str {
-    match s {
-        Statistic::Count => "count",
-        Statistic::Sum { .. } => "sum",
-        Statistic::Mean { .. } => "mean",
-        Statistic::Histogram { .. } => "histogram",
-        Statistic::Quantiles { .. } => "quantiles",
-        Statistic::LinearRegression { .. } => "linear_regression",
-    }
-}
-
-/// The checks that need no data and no state: the query fits the policy, the plan is the
-/// one the round was configured for, the statistic is allowed, the cost is within the
-/// per-query limits, and the round's secure aggregation meets this partner's requirements.
-pub fn check_round(
-    ann: &RoundAnnouncement,
-    policy: &DatasetPolicy,
-    limits: &LocalLimits,
-) -> Result<CheckedRound, AgentError> {
-    let refuse = |m: String| AgentError::Refused(m);
-    let validated = ann
-        .query
-        .clone()
-        .validate(policy)
-        .map_err(|e| refuse(format!("the query does not fit the policy: {e}")))?;
-    let name = statistic_name(&validated.query().statistic);
-    if let Some(allowed) = &limits.allowed_statistics
-        && !allowed.iter().any(|a| a == name)
-    {
-        return Err(refuse(format!(
-            "statistic {name} is not among those this partner answers ({})",
-            allowed.join(", ")
-        )));
-    }
-    let plan = AggregationPlan::compile(&validated, policy, ann.max_rows_per_partner)
-        .map_err(|e| refuse(e.to_string()))?;
-    let (cost, epsilon) = price(ann, &plan)?;
-    if let (Some(max), Some(eps)) = (limits.max_epsilon_per_query, epsilon)
-        && eps > max * (1.0 + 1e-12)
-    {
-        return Err(refuse(format!(
-            "the query spends ε = {eps}, above this partner's limit of {max} per query"
-        )));
-    }
-    if let Some(max) = limits.max_rho_per_query {
-        let cap = Rho::cap(max).map_err(|e| refuse(e.to_string()))?;
-        if cost > cap {
-            return Err(refuse(format!(
-                "the query spends ρ = {cost}, above this partner's limit of {max} per query"
-            )));
-        }
-    } else if epsilon.is_none() {
-        return Err(refuse(
-            "the query is ρ-zCDP and this partner sets only max_epsilon_per_query".into(),
-        ));
-    }
-    let c = &ann.config;
-    if c.round_id.0 != ann.round_id as u64 || c.vector_len != plan.vector_len {
-        return Err(refuse(format!(
-            "the round's configuration (round {}, {} slots) does not match the plan compiled here (round {}, {} slots)",
-            c.round_id, c.vector_len, ann.round_id, plan.vector_len
-        )));
-    }
-    let needed = Width::for_layout(plan.max_slot_per_partner, c.participants.len(), 0)
-        .map_err(|e| refuse(e.to_string()))?;
-    if c.width.max_magnitude() < needed.max_magnitude() {
-        return Err(refuse(format!(
-            "the round's ring ({:?}) is too narrow for the plan's sums (needs {needed:?})",
-            c.width
-        )));
-    }
-    let requirements = Requirements {
-        tolerances: Tolerances {
-            max_dropout_rate: limits.max_dropout_rate,
-            max_corrupt_fraction: limits.max_corrupt_fraction,
-        },
-        min_survivors: limits.min_survivors.max(policy.min_partners() as usize),
-    };
-    c.check_requirements(&requirements)
-        .map_err(|e| refuse(e.to_string()))?;
-    let compiled = CompiledPlan::new(&validated, policy, &plan).map_err(refuse)?;
-    Ok(CheckedRound {
-        plan,
-        compiled,
-        cost,
-        requirements,
-    })
-}
-
-/// Refuses a round that would take the dataset's local spending past `limits.total_rho`.
-pub fn check_total(
-    limits: &LocalLimits,
-    dataset: &str,
-    spent: Rho,
-    cost: Rho,
-) -> Result<(), AgentError> {
-    let total = Rho::cap(limits.total_rho).map_err(|e| AgentError::Refused(e.to_string()))?;
-    match spent.checked_add(cost) {
-        Some(after) if after <= total => Ok(()),
-        _ => Err(AgentError::Refused(format!(
-            "dataset {dataset}: this partner has spent ρ = {spent} of its local total {}; the query's ρ = {cost} would exceed it",
-            limits.total_rho
-        ))),
-    }
-}
-
-/// The cost of the announced privacy request, computed here rather than taken from the
-/// coordinator: (ρ charged, ε if pure).
-fn price(
-    ann: &RoundAnnouncement,
-    plan: &AggregationPlan,
-) -> Result<(Rho, Option<f64>), AgentError> {
-    let alpha = 1.0 - ann.confidence.unwrap_or(0.95);
-    let refuse = |e: civic_mechanisms::MechanismError| AgentError::Refused(e.to_string());
-    let release = match ann.privacy {
-        PrivacyRequest::Epsilon(e) => ReleasePlan::new(plan, PrivacyChoice::Epsilon(e), alpha),
-        PrivacyRequest::Rho(r) => ReleasePlan::new(plan, PrivacyChoice::Rho(r), alpha),
-        PrivacyRequest::TargetHalfWidth {
-            half_width,
-            mechanism,
-        } => {
-            let kind = match mechanism {
-                MechanismChoice::Laplace => NoiseKind::DiscreteLaplace,
-                MechanismChoice::Gaussian => NoiseKind::DiscreteGaussian,
-            };
-            ReleasePlan::for_target_half_width(plan, kind, half_width, alpha)
-        }
-    }
-    .map_err(refuse)?;
-    let epsilon = release
-        .groups
-        .iter()
-        .map(|g| g.epsilon)
-        .sum::<Option<f64>>();
-    Ok((release.cost, epsilon))
-}
-
 /// The readers for the plan's columns, in slot order, from the dataset mapping.
 pub fn readers(
     mapping: &DatasetMapping,
@@ -772,136 +619,6 @@ async fn pushdown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use civic_policies::samples::diabetes;
-    use civic_secagg::{GraphKind, RoundConfig, RoundId};
-    use serde_json::json;
-
-    fn limits() -> LocalLimits {
-        toml::from_str(
-            "max_epsilon_per_query = 1.0\nmax_rho_per_query = 0.1\ntotal_rho = 0.3\nmin_survivors = 3",
-        )
-        .unwrap()
-    }
-
-    /// An announcement for a diabetes query, configured as the coordinator would.
-    fn announcement(
-        query: serde_json::Value,
-        privacy: PrivacyRequest,
-        min_survivors: usize,
-    ) -> RoundAnnouncement {
-        let policy = diabetes();
-        let q: civic_policies::Query = serde_json::from_value(query.clone()).unwrap();
-        let plan =
-            AggregationPlan::compile(&q.validate(&policy).unwrap(), &policy, 10_000).unwrap();
-        let participants: Vec<PartnerId> = (1..=5).map(PartnerId).collect();
-        let width = Width::for_layout(plan.max_slot_per_partner, 5, 0).unwrap();
-        let tolerances = Tolerances {
-            max_dropout_rate: 0.0,
-            max_corrupt_fraction: 0.0,
-        };
-        let config = RoundConfig::new(
-            RoundId(7),
-            participants,
-            plan.vector_len,
-            width,
-            GraphKind::Complete,
-            tolerances,
-            min_survivors,
-        )
-        .unwrap();
-        serde_json::from_value(json!({
-            "round_id": 7, "query_id": 7, "dataset": "diabetes", "dataset_version": 1,
-            "query": query, "privacy": privacy, "max_rows_per_partner": 10_000,
-            "config": config, "phase": "advertise_keys", "phase_deadline": "2026-11-23T00:00:00Z"
-        }))
-        .unwrap()
-    }
-
-    fn count() -> serde_json::Value {
-        json!({ "dataset": "diabetes", "statistic": "count" })
-    }
-
-    fn refusal(r: Result<CheckedRound, AgentError>) -> String {
-        match r {
-            Err(AgentError::Refused(m)) => m,
-            Err(e) => panic!("not a refusal: {e}"),
-            Ok(_) => panic!("accepted"),
-        }
-    }
-
-    #[test]
-    fn a_round_within_the_local_limits_is_accepted_and_costed_here() {
-        let policy = diabetes();
-        let ann = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);
-        let checked = check_round(&ann, &policy, &limits()).unwrap();
-        // ρ = ε²/2 for pure ε, rounded up to the ledger unit.
-        assert!(
-            (checked.cost.as_f64() - 0.08).abs() < 1e-9,
-            "{}",
-            checked.cost
-        );
-        assert_eq!(checked.requirements.min_survivors, 3);
-        // The local total: 0.3 allows three such queries, not four.
-        let spent = Rho::cap(0.2).unwrap();
-        assert!(check_total(&limits(), "diabetes", spent, checked.cost).is_ok());
-        let spent = Rho::cap(0.24).unwrap();
-        let e = check_total(&limits(), "diabetes", spent, checked.cost).unwrap_err();
-        assert!(e.to_string().contains("local total 0.3"), "{e}");
-    }
-
-    #[test]
-    fn rounds_over_a_local_limit_are_refused_with_the_reason() {
-        let policy = diabetes();
-        let e = refusal(check_round(
-            &announcement(count(), PrivacyRequest::Epsilon(2.0), 3),
-            &policy,
-            &limits(),
-        ));
-        assert!(
-            e.contains("ε = 2") && e.contains("limit of 1 per query"),
-            "{e}"
-        );
-        let e = refusal(check_round(
-            &announcement(count(), PrivacyRequest::Rho(0.2), 3),
-            &policy,
-            &limits(),
-        ));
-        assert!(e.contains("limit of 0.1 per query"), "{e}");
-        let sum = json!({ "dataset": "diabetes", "statistic": { "sum": { "column": "hba1c" } } });
-        let mut only_counts = limits();
-        only_counts.allowed_statistics = Some(vec!["count".into()]);
-        let e = refusal(check_round(
-            &announcement(sum, PrivacyRequest::Rho(0.01), 3),
-            &policy,
-            &only_counts,
-        ));
-        assert!(e.contains("statistic sum is not among"), "{e}");
-        // A coordinator that would release from fewer survivors than this partner requires.
-        let mut strict = limits();
-        strict.min_survivors = 4;
-        let e = refusal(check_round(
-            &announcement(count(), PrivacyRequest::Rho(0.01), 3),
-            &policy,
-            &strict,
-        ));
-        assert!(e.contains("requires at least 4"), "{e}");
-    }
-
-    #[test]
-    fn a_round_whose_configuration_does_not_match_the_plan_is_refused() {
-        let policy = diabetes();
-        let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
-        ann.config.vector_len = 2;
-        let e = refusal(check_round(&ann, &policy, &limits()));
-        assert!(e.contains("does not match the plan"), "{e}");
-        let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
-        ann.query = serde_json::from_value(
-            json!({ "dataset": "diabetes", "statistic": { "sum": { "column": "nhs_number" } } }),
-        )
-        .unwrap();
-        let e = refusal(check_round(&ann, &policy, &limits()));
-        assert!(e.contains("does not fit the policy"), "{e}");
-    }
 
     #[tokio::test]
     async fn an_unreachable_coordinator_is_named() {

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod check;
 pub mod config;
+pub mod decide;
 pub mod error;
 pub mod evaluate;
 pub mod http;

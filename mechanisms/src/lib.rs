@@ -6,6 +6,9 @@
 //! - [`accuracy`]: confidence-interval half-widths and their inverse (the budget a target
 //!   half-width needs), through OpenDP's accuracy functions.
 //! - [`accounting`]: zCDP totals reported as (ε, δ) through OpenDP's conversion.
+//! - [`plan`], [`release`]: the vector layout of a query, and the calibrated release.
+//! - [`pricing`]: request → calibrated plan → cost and half-widths, the one function the
+//!   coordinator and every agent call.
 //!
 //! OpenDP's measurements are neither `Send` nor `Sync`, so they never leave the function that
 //! builds them: this crate's API is plain values, callable from any thread.
@@ -17,9 +20,11 @@ pub mod accuracy;
 pub mod error;
 pub mod noise;
 pub mod plan;
+pub mod pricing;
 pub mod release;
 
 pub use error::MechanismError;
 pub use noise::{NoiseKind, NoiseSpec};
 pub use plan::{AggregationPlan, Block, BlockKind};
+pub use pricing::{Cost, Priced, PricingContext, PricingError, price};
 pub use release::{PrivacyChoice, Release, ReleasePlan};

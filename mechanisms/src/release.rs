@@ -87,7 +87,8 @@ pub struct Receipt {
     pub rho: f64,
     /// ε, for a pure-DP release.
     pub epsilon: Option<f64>,
-    /// The charged ρ as (ε, δ) through OpenDP's conversion, at δ = 10⁻⁶: how this release
+    /// The charged ρ as (ε, δ) through OpenDP's conversion, at the coordinator's reporting δ
+    /// (10⁻⁶ unless configured): how this release
     /// composes with others in the ledger (for one pure-ε release it reads looser than ε).
     pub approx_dp: (f64, f64),
     /// Partners whose data is in the sum.
@@ -300,7 +301,8 @@ impl ReleasePlan {
     }
 
     /// Samples the noise (once), post-processes and assembles the statistic. Refuses, without
-    /// sampling, if the plan's cost exceeds `budget` (the reservation being charged).
+    /// sampling, if the plan's cost exceeds `budget` (the reservation being charged). The
+    /// receipt states the cost as (ε, δ) at `reporting_delta`.
     pub fn release(
         &self,
         plan: &AggregationPlan,
@@ -308,6 +310,7 @@ impl ReleasePlan {
         summed: &[i64],
         survivors: usize,
         budget: Rho,
+        reporting_delta: f64,
     ) -> Result<Release, MechanismError> {
         if self.cost > budget {
             return Err(MechanismError::OverBudget {
@@ -471,7 +474,7 @@ impl ReleasePlan {
                 }
             }
         }
-        let delta = 1e-6;
+        let delta = reporting_delta;
         let receipt = Receipt {
             privacy_unit: "one resident".into(),
             rows_per_resident: plan.rows_per_resident,

@@ -32,12 +32,13 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
             &summed,
             3,
             Rho::cost_of_pure_epsilon(0.4).unwrap(),
+            1e-6,
         )
         .unwrap_err();
     assert_eq!(err.code(), "mechanism.over_budget");
 
     let release = release_plan
-        .release(&plan, &falls, &summed, 3, release_plan.cost)
+        .release(&plan, &falls, &summed, 3, release_plan.cost, 1e-6)
         .expect("releases");
     assert_eq!(release.names, vec!["count"]);
     let cells = &release.rows[0];
@@ -93,7 +94,7 @@ fn a_mean_splits_its_budget_and_bounds_its_interval() {
     // True means 53.0 and 61.5 over 20,000 and 18,000 people (in units of 0.1 for the sum).
     let summed = [10_600_000, 11_070_000, 20_000, 18_000];
     let release = release_plan
-        .release(&plan, &diabetes, &summed, 5, release_plan.cost)
+        .release(&plan, &diabetes, &summed, 5, release_plan.cost, 1e-6)
         .expect("releases");
     assert_eq!(release.names, vec!["mean(hba1c)"]);
     for (cell, truth) in release.rows[0].iter().zip([53.0, 61.5]) {
@@ -130,7 +131,7 @@ fn a_regression_recovers_its_coefficients_from_noisy_sufficient_statistics() {
     let summed = [5 * big_n, 10 * big_n, 30 * big_n, 5 * big_n, 25 * big_n / 2];
     let release_plan = ReleasePlan::new(&plan, PrivacyChoice::Rho(2.0), 0.05).expect("calibrates");
     let release = release_plan
-        .release(&plan, &falls, &summed, 3, release_plan.cost)
+        .release(&plan, &falls, &summed, 3, release_plan.cost, 1e-6)
         .expect("releases");
     assert_eq!(
         release.names,
@@ -169,7 +170,7 @@ fn quantiles_come_from_the_noisy_histogram() {
     let release_plan =
         ReleasePlan::new(&plan, PrivacyChoice::Epsilon(1.0), 0.05).expect("calibrates");
     let release = release_plan
-        .release(&plan, &diabetes, &summed, 5, release_plan.cost)
+        .release(&plan, &diabetes, &summed, 5, release_plan.cost, 1e-6)
         .expect("releases");
     // The median is the 5,000th person: 4,000 into the 4,000-person bin [42, 48): 48.0.
     let median = release.rows[0][0].value.expect("defined");
@@ -186,7 +187,7 @@ fn a_release_below_the_quorum_or_off_its_plan_is_refused() {
     let release_plan =
         ReleasePlan::new(&plan, PrivacyChoice::Epsilon(0.5), 0.05).expect("calibrates");
     let err = release_plan
-        .release(&plan, &falls, &[10, 20], 2, release_plan.cost)
+        .release(&plan, &falls, &[10, 20], 2, release_plan.cost, 1e-6)
         .unwrap_err();
     assert!(
         err.to_string().contains(
@@ -200,7 +201,7 @@ fn a_release_below_the_quorum_or_off_its_plan_is_refused() {
         r#"{"dataset":"falls-housing","statistic":{"sum":{"column":"age"}},"group_by":["sex"]}"#,
     );
     let err = release_plan
-        .release(&other, &falls, &[10, 20], 3, release_plan.cost)
+        .release(&other, &falls, &[10, 20], 3, release_plan.cost, 1e-6)
         .unwrap_err();
     assert!(
         err.to_string()
@@ -208,7 +209,7 @@ fn a_release_below_the_quorum_or_off_its_plan_is_refused() {
         "{err}"
     );
     let err = release_plan
-        .release(&plan, &falls, &[10, 20, 30], 3, release_plan.cost)
+        .release(&plan, &falls, &[10, 20, 30], 3, release_plan.cost, 1e-6)
         .unwrap_err();
     assert!(err.to_string().contains("3 slots, the plan 2"), "{err}");
 }

@@ -97,6 +97,12 @@ pub struct BudgetFile {
     pub total: PrivacyStatement,
     /// The most one query may spend.
     pub per_query: PrivacyStatement,
+    /// The least one query may spend (default: the total / 10 000). A floor keeps the budget
+    /// from being spent on floods of near-free queries, each of which still shows an
+    /// operator who sees un-noised sums an exact aggregate, and keeps an absurdly small
+    /// request from reaching the accuracy computations at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_query: Option<PrivacyStatement>,
 }
 
 /// `[governance]`.
@@ -207,9 +213,15 @@ pub struct DatasetPolicy {
     pub total: Rho,
     /// The per-query cap, in ρ.
     pub per_query: Rho,
+    /// The per-query floor, in ρ: no query costs less.
+    pub min_per_query: Rho,
     /// The cost above which approval is needed, and how many approvals.
     pub approval: Option<(Rho, u32)>,
 }
+
+/// Without `budget.min_per_query`, the floor is the total divided by this: at most this many
+/// queries can spend a dataset's budget.
+pub const DEFAULT_QUERIES_PER_TOTAL: u64 = 10_000;
 
 /// The longest list (partners, columns, domain, bins) a policy may declare.
 pub const MAX_LIST: usize = 10_000;
@@ -361,6 +373,20 @@ impl DatasetPolicy {
                 format!("the per-query cap ({per_query}) exceeds the dataset total ({total})"),
             ));
         }
+        let min_per_query = match &file.budget.min_per_query {
+            Some(floor) => floor
+                .as_cap()
+                .map_err(|e| invalid("budget.min_per_query", privacy_reason(e)))?,
+            None => Rho::from_units((total.units() / DEFAULT_QUERIES_PER_TOTAL).max(1)),
+        };
+        if min_per_query > per_query {
+            return Err(invalid(
+                "budget.min_per_query",
+                format!(
+                    "the per-query floor ({min_per_query}) exceeds the per-query cap ({per_query})"
+                ),
+            ));
+        }
 
         let g = &file.governance;
         if g.min_partners < 2 || g.min_partners as usize > n_partners {
@@ -403,6 +429,7 @@ impl DatasetPolicy {
             max_partners_per_person,
             total,
             per_query,
+            min_per_query,
             approval,
         })
     }

@@ -29,5 +29,5 @@ pub use budget::{Ledger, ProjectId, QueryId};
 pub use dataset::{Column, ColumnType, DatasetPolicy};
 pub use disclosure::{Disclosed, DisclosureProfile};
 pub use error::PolicyError;
-pub use privacy::{PrivacyStatement, Rho};
+pub use privacy::{MechanismChoice, PrivacyRequest, PrivacyStatement, Rho};
 pub use query::{Filter, Literal, Query, Statistic, ValidatedQuery};

@@ -179,6 +179,34 @@ impl PrivacyStatement {
     }
 }
 
+/// How much privacy a researcher spends on one release, or how accurate it must be: the
+/// request that [`crate::Query`] travels with, priced by `civic_mechanisms::pricing`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PrivacyRequest {
+    /// Pure ε-DP (discrete Laplace noise).
+    Epsilon(f64),
+    /// ρ-zCDP (discrete Gaussian noise).
+    Rho(f64),
+    /// The smallest cost whose confidence interval half-width is at most this, per cell.
+    TargetHalfWidth {
+        /// The half-width, in the statistic's units (for a mean: of its sum and count).
+        half_width: f64,
+        /// Which noise: Laplace (pure ε) or Gaussian (ρ).
+        mechanism: MechanismChoice,
+    },
+}
+
+/// The noise family of a target-accuracy request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MechanismChoice {
+    /// Discrete Laplace, pure ε.
+    Laplace,
+    /// Discrete Gaussian, ρ-zCDP.
+    Gaussian,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

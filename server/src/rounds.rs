@@ -405,6 +405,7 @@ pub async fn announcements(
             privacy: q.request.privacy,
             confidence: q.request.confidence,
             max_rows_per_partner: setup.max_rows_per_partner,
+            reporting_delta: Some(state.config.reporting_delta),
             config: setup.config,
             phase,
             phase_deadline: rfc3339(deadline_at),
@@ -699,7 +700,7 @@ async fn finish(state: &AppState, id: i64, aggregate: Aggregate, max_rows: u64) 
         let priced = price(&policy, version, &request, max_rows, delta)?;
         Ok(priced
             .release_plan
-            .release(&priced.plan, &policy, &summed, survivors, budget)?)
+            .release(&priced.plan, &policy, &summed, survivors, budget, delta)?)
     })
     .await
     .map_err(|e| ApiError::internal("sampling a release", e))??;

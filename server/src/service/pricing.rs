@@ -2,9 +2,8 @@
 //! preview, a submission, a round's release and an agent's own check, so they cannot
 //! disagree. Pure (no store); run it inside `web::block`, since it calls OpenDP.
 
-use civic_api::query::{CostView, MechanismChoice, PrivacyRequest, QueryRequest};
-use civic_mechanisms::accounting::epsilon_at_delta;
-use civic_mechanisms::{AggregationPlan, BlockKind, NoiseKind, PrivacyChoice, ReleasePlan};
+use civic_api::query::{CostView, QueryRequest};
+use civic_mechanisms::{AggregationPlan, PricingContext, ReleasePlan};
 use civic_policies::DatasetPolicy;
 use sha2::{Digest, Sha256};
 
@@ -31,7 +30,8 @@ pub struct Priced {
     pub approvals_required: u32,
 }
 
-/// Compiles and calibrates `request` under `policy` (version `version`).
+/// Compiles and calibrates `request` under `policy` (version `version`) with the shared
+/// pricing core, and adds what only the coordinator needs: the fingerprint and approvals.
 pub fn price(
     policy: &DatasetPolicy,
     version: i64,
@@ -39,95 +39,42 @@ pub fn price(
     max_rows_per_partner: u64,
     reporting_delta: f64,
 ) -> ApiResult<Priced> {
-    if request.query.dataset != policy.id() {
-        return Err(ApiError::bad_request(
-            "query.dataset_mismatch",
-            format!(
-                "the query names dataset {:?} but was sent for {:?}",
-                request.query.dataset,
-                policy.id()
-            ),
-        ));
-    }
-    let confidence = request.confidence.unwrap_or(0.95);
-    if !(confidence > 0.0 && confidence < 1.0) {
-        return Err(ApiError::bad_request(
-            "query.confidence",
-            format!("confidence must be strictly between 0 and 1 (0.95 for 95%), got {confidence}"),
-        ));
-    }
-    let alpha = 1.0 - confidence;
-    let validated = request.query.clone().validate(policy)?;
-    let plan = AggregationPlan::compile(&validated, policy, max_rows_per_partner)?;
-    let positive = |name: &str, v: f64| {
-        if v.is_finite() && v > 0.0 {
-            Ok(v)
-        } else {
-            Err(ApiError::bad_request(
-                "query.privacy",
-                format!("{name} must be a positive, finite number, got {v}"),
-            ))
-        }
+    let context = PricingContext {
+        max_rows_per_partner,
+        reporting_delta,
     };
-    let release_plan = match request.privacy {
-        PrivacyRequest::Epsilon(e) => ReleasePlan::new(
-            &plan,
-            PrivacyChoice::Epsilon(positive("epsilon", e)?),
-            alpha,
-        )?,
-        PrivacyRequest::Rho(r) => {
-            ReleasePlan::new(&plan, PrivacyChoice::Rho(positive("rho", r)?), alpha)?
-        }
-        PrivacyRequest::TargetHalfWidth {
-            half_width,
-            mechanism,
-        } => {
-            let kind = match mechanism {
-                MechanismChoice::Laplace => NoiseKind::DiscreteLaplace,
-                MechanismChoice::Gaussian => NoiseKind::DiscreteGaussian,
-            };
-            ReleasePlan::for_target_half_width(
-                &plan,
-                kind,
-                positive("half_width", half_width)?,
-                alpha,
-            )?
-        }
-    };
-    let epsilon = release_plan
-        .groups
-        .iter()
-        .map(|g| g.epsilon)
-        .sum::<Option<f64>>();
-    let cost = CostView {
-        rho: release_plan.cost.as_f64(),
-        epsilon,
-        approx_dp: (
-            epsilon_at_delta(release_plan.cost, reporting_delta)?,
-            reporting_delta,
-        ),
-    };
-    let half_widths = release_plan.half_widths(&plan)?;
-    let blocks = plan
-        .blocks
-        .iter()
-        .map(|b| match &b.kind {
-            BlockKind::Count => "count".to_string(),
-            BlockKind::Sum { column } => format!("sum({column})"),
-            BlockKind::Cross { left, right } => format!("{left}·{right}"),
-        })
-        .collect();
-    let fingerprint = fingerprint(policy.id(), version, request, confidence);
+    let core = civic_mechanisms::price(
+        policy,
+        &request.query,
+        request.privacy,
+        request.confidence,
+        context,
+    )
+    .map_err(pricing_error)?;
+    let fingerprint = fingerprint(policy.id(), version, request, core.confidence);
     Ok(Priced {
-        approvals_required: policy.approvals_needed(release_plan.cost),
-        plan,
-        release_plan,
-        cost,
-        half_widths,
-        blocks,
-        confidence,
+        approvals_required: policy.approvals_needed(core.cost.rho),
+        cost: CostView {
+            rho: core.cost.rho.as_f64(),
+            epsilon: core.cost.epsilon,
+            approx_dp: core.cost.approx_dp,
+        },
+        plan: core.plan,
+        release_plan: core.release_plan,
+        half_widths: core.half_widths,
+        blocks: core.blocks,
+        confidence: core.confidence,
         fingerprint,
     })
+}
+
+fn pricing_error(e: civic_mechanisms::PricingError) -> ApiError {
+    use civic_mechanisms::PricingError as P;
+    match e {
+        P::Query(e) => e.into(),
+        P::Mechanism(e) => e.into(),
+        other => ApiError::bad_request(other.code(), other.to_string()),
+    }
 }
 
 /// SHA-256 over the canonical JSON of what determines a release: dataset, policy version,

@@ -38,6 +38,8 @@ type = "boolean"
 [budget]
 total = { rho = 10000.0 }
 per_query = { rho = 5000.0 }
+# Below the default floor (the total / 10 000), so that small target accuracies price freely.
+min_per_query = { rho = 0.0001 }
 
 [governance]
 min_partners = 2

@@ -1,0 +1,425 @@
+//! Pricing: from a question and its privacy request to a calibrated, costed plan. The one
+//! computation behind a researcher's preview, a submission's reservation, a board's approval,
+//! a round's release and each partner agent's own check of what a round will cost, so none
+//! of them can disagree.
+//!
+//! The steps, each refusing with a reason a researcher can act on: the request's numbers
+//! (confidence, ε, ρ, target half-width) are checked; the query is validated against the
+//! policy and compiled into an aggregation plan; the noise is calibrated; the cost is
+//! checked against the policy's per-query floor *before* any accuracy is computed (so an
+//! absurdly small request never reaches the accuracy search); then the half-widths and the
+//! cost in every form a board reads are stated.
+//!
+//! The result ([`Priced`]) is plain data: the coordinator stores it with the reservation and
+//! releases from the stored copy, never from a second pricing.
+
+use civic_policies::dataset::DatasetPolicy;
+use civic_policies::{MechanismChoice, PolicyError, PrivacyRequest, Query, Rho};
+use serde::{Deserialize, Serialize};
+
+use crate::accounting::epsilon_at_delta;
+use crate::error::MechanismError;
+use crate::noise::NoiseKind;
+use crate::plan::{AggregationPlan, BlockKind};
+use crate::release::{PrivacyChoice, Release, ReleasePlan};
+
+/// The interval confidence when a request names none.
+pub const DEFAULT_CONFIDENCE: f64 = 0.95;
+
+/// The δ at which a coordinator states ρ costs as (ε, δ) unless configured otherwise.
+pub const DEFAULT_REPORTING_DELTA: f64 = 1e-6;
+
+/// The public, data-independent settings a price depends on besides the policy and the
+/// request. A round announces them, so an agent prices exactly as the coordinator did.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PricingContext {
+    /// The public bound on rows one partner holds (sizes the ring; no effect on the noise).
+    pub max_rows_per_partner: u64,
+    /// The δ at which ρ costs are also stated as (ε, δ).
+    pub reporting_delta: f64,
+}
+
+/// A cost in every form a board reads.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// zCDP ρ, as the ledger charges it.
+    pub rho: Rho,
+    /// Pure ε, when every noise group is discrete Laplace.
+    pub epsilon: Option<f64>,
+    /// ρ stated as (ε, δ) at the context's δ (OpenDP's conversion).
+    pub approx_dp: (f64, f64),
+}
+
+/// A request compiled and calibrated against one policy version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Priced {
+    /// The vector layout.
+    pub plan: AggregationPlan,
+    /// The calibrated noise.
+    pub release_plan: ReleasePlan,
+    /// What a release costs.
+    pub cost: Cost,
+    /// The (confidence) half-width of each block's cells, in statistic units.
+    pub half_widths: Vec<f64>,
+    /// What each block is: `count`, `sum(column)`, `left·right`.
+    pub blocks: Vec<String>,
+    /// The interval confidence.
+    pub confidence: f64,
+    /// The settings it was priced under.
+    pub context: PricingContext,
+}
+
+/// Why a request cannot be priced. Every message says what to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PricingError {
+    /// The query was sent for another dataset than the policy's.
+    #[error("the query names dataset {query:?} but was priced against dataset {policy:?}")]
+    DatasetMismatch {
+        /// The dataset the query names.
+        query: String,
+        /// The policy's dataset.
+        policy: String,
+    },
+    /// The confidence level is not a probability.
+    #[error("confidence must be strictly between 0 and 1 (0.95 for 95%), got {0}")]
+    Confidence(f64),
+    /// ε, ρ or the target half-width is not a positive, finite number.
+    #[error("{name} must be a positive, finite number, got {value}")]
+    Privacy {
+        /// Which number.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// The query does not fit the policy.
+    #[error(transparent)]
+    Query(#[from] PolicyError),
+    /// The noise cannot be calibrated as asked.
+    #[error(transparent)]
+    Mechanism(#[from] MechanismError),
+    /// The request costs less than the policy's per-query floor.
+    #[error(
+        "the request costs ρ = {} (ε = {epsilon}), below dataset {dataset}'s floor of ρ = {} per query; ask for more privacy budget (or a narrower target half-width)",
+        cost.as_f64(), floor.as_f64(),
+        epsilon = epsilon.map_or_else(|| "n/a".to_string(), |e| e.to_string())
+    )]
+    BelowFloor {
+        /// The dataset.
+        dataset: String,
+        /// What the request would cost.
+        cost: Rho,
+        /// Its ε, for a pure-DP request.
+        epsilon: Option<f64>,
+        /// The policy's floor.
+        floor: Rho,
+    },
+}
+
+impl PricingError {
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::DatasetMismatch { .. } => "query.dataset_mismatch",
+            Self::Confidence(_) => "query.confidence",
+            Self::Privacy { .. } => "query.privacy",
+            Self::Query(e) => e.code(),
+            Self::Mechanism(e) => e.code(),
+            Self::BelowFloor { .. } => "query.below_floor",
+        }
+    }
+}
+
+fn positive(name: &'static str, value: f64) -> Result<f64, PricingError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(PricingError::Privacy { name, value })
+    }
+}
+
+/// Compiles and calibrates `query` with `privacy` under `policy`. Pure and deterministic:
+/// the same inputs always give the same [`Priced`].
+pub fn price(
+    policy: &DatasetPolicy,
+    query: &Query,
+    privacy: PrivacyRequest,
+    confidence: Option<f64>,
+    context: PricingContext,
+) -> Result<Priced, PricingError> {
+    if query.dataset != policy.id() {
+        return Err(PricingError::DatasetMismatch {
+            query: query.dataset.clone(),
+            policy: policy.id().to_string(),
+        });
+    }
+    let confidence = confidence.unwrap_or(DEFAULT_CONFIDENCE);
+    if !(confidence > 0.0 && confidence < 1.0) {
+        return Err(PricingError::Confidence(confidence));
+    }
+    let alpha = 1.0 - confidence;
+    let validated = query.clone().validate(policy)?;
+    let plan = AggregationPlan::compile(&validated, policy, context.max_rows_per_partner)?;
+    let release_plan = match privacy {
+        PrivacyRequest::Epsilon(e) => ReleasePlan::new(
+            &plan,
+            PrivacyChoice::Epsilon(positive("epsilon", e)?),
+            alpha,
+        )?,
+        PrivacyRequest::Rho(r) => {
+            ReleasePlan::new(&plan, PrivacyChoice::Rho(positive("rho", r)?), alpha)?
+        }
+        PrivacyRequest::TargetHalfWidth {
+            half_width,
+            mechanism,
+        } => {
+            let kind = match mechanism {
+                MechanismChoice::Laplace => NoiseKind::DiscreteLaplace,
+                MechanismChoice::Gaussian => NoiseKind::DiscreteGaussian,
+            };
+            let target = positive("half_width", half_width)?;
+            // A target the floor's calibration already meets is priced at the floor: the
+            // cheapest cost the policy allows, with intervals narrower than asked.
+            match at_floor(&plan, kind, policy.min_per_query, alpha) {
+                Some(floor) if widest(&floor, &plan)? <= target => floor,
+                _ => ReleasePlan::for_target_half_width(&plan, kind, target, alpha)?,
+            }
+        }
+    };
+    let epsilon = release_plan
+        .groups
+        .iter()
+        .map(|g| g.epsilon)
+        .sum::<Option<f64>>();
+    if release_plan.cost < policy.min_per_query {
+        return Err(PricingError::BelowFloor {
+            dataset: policy.id().to_string(),
+            cost: release_plan.cost,
+            epsilon,
+            floor: policy.min_per_query,
+        });
+    }
+    let cost = Cost {
+        rho: release_plan.cost,
+        epsilon,
+        approx_dp: (
+            epsilon_at_delta(release_plan.cost, context.reporting_delta)?,
+            context.reporting_delta,
+        ),
+    };
+    let half_widths = release_plan.half_widths(&plan)?;
+    let blocks = plan
+        .blocks
+        .iter()
+        .map(|b| match &b.kind {
+            BlockKind::Count => "count".to_string(),
+            BlockKind::Sum { column } => format!("sum({column})"),
+            BlockKind::Cross { left, right } => format!("{left}·{right}"),
+        })
+        .collect();
+    Ok(Priced {
+        plan,
+        release_plan,
+        cost,
+        half_widths,
+        blocks,
+        confidence,
+        context,
+    })
+}
+
+/// The calibration of `kind` noise costing the floor (a hair above it, so the cost rounded
+/// to the ledger's unit is not below it), if the floor is a calibratable amount.
+fn at_floor(
+    plan: &AggregationPlan,
+    kind: NoiseKind,
+    floor: Rho,
+    alpha: f64,
+) -> Option<ReleasePlan> {
+    let rho = floor.as_f64() * (1.0 + 1e-9);
+    let choice = match kind {
+        NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon((2.0 * rho).sqrt()),
+        NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(rho),
+    };
+    ReleasePlan::new(plan, choice, alpha)
+        .ok()
+        .filter(|p| p.cost >= floor)
+}
+
+fn widest(release_plan: &ReleasePlan, plan: &AggregationPlan) -> Result<f64, MechanismError> {
+    Ok(release_plan
+        .half_widths(plan)?
+        .into_iter()
+        .fold(0.0, f64::max))
+}
+
+impl Priced {
+    /// Samples the release from the secure sum `summed` of `survivors` partners, once,
+    /// refusing without sampling if the calibration costs more than `budget` (the
+    /// reservation being charged).
+    pub fn release(
+        &self,
+        policy: &DatasetPolicy,
+        summed: &[i64],
+        survivors: usize,
+        budget: Rho,
+    ) -> Result<Release, MechanismError> {
+        self.release_plan.release(
+            &self.plan,
+            policy,
+            summed,
+            survivors,
+            budget,
+            self.context.reporting_delta,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use civic_policies::samples::diabetes;
+
+    fn context() -> PricingContext {
+        PricingContext {
+            max_rows_per_partner: 10_000,
+            reporting_delta: 1e-6,
+        }
+    }
+
+    fn count() -> Query {
+        serde_json::from_value(serde_json::json!({ "dataset": "diabetes", "statistic": "count" }))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_pure_epsilon_count_costs_half_its_square_and_states_every_form() {
+        let p = price(
+            &diabetes(),
+            &count(),
+            PrivacyRequest::Epsilon(0.4),
+            None,
+            context(),
+        )
+        .unwrap();
+        assert_eq!(p.cost.rho, Rho::cost_of_pure_epsilon(0.4).unwrap());
+        assert_eq!(p.cost.epsilon, Some(0.4));
+        assert_eq!(p.cost.approx_dp.1, 1e-6);
+        assert!(p.cost.approx_dp.0 > 0.4, "{:?}", p.cost);
+        assert_eq!(p.confidence, DEFAULT_CONFIDENCE);
+        assert_eq!(p.blocks, vec!["count"]);
+        assert_eq!(p.half_widths.len(), 1);
+        // Deterministic: the agent's price is the coordinator's.
+        let again = price(
+            &diabetes(),
+            &count(),
+            PrivacyRequest::Epsilon(0.4),
+            Some(0.95),
+            context(),
+        )
+        .unwrap();
+        assert_eq!(p, again);
+    }
+
+    #[test]
+    fn the_reporting_delta_is_the_contexts() {
+        let at = |delta| {
+            price(
+                &diabetes(),
+                &count(),
+                PrivacyRequest::Rho(0.05),
+                None,
+                PricingContext {
+                    reporting_delta: delta,
+                    ..context()
+                },
+            )
+            .unwrap()
+            .cost
+            .approx_dp
+        };
+        let (loose, tight) = (at(1e-3), at(1e-9));
+        assert_eq!((loose.1, tight.1), (1e-3, 1e-9));
+        assert!(loose.0 < tight.0, "{loose:?} {tight:?}");
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_with_their_names() {
+        let refuse = |privacy, confidence| {
+            price(&diabetes(), &count(), privacy, confidence, context()).unwrap_err()
+        };
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = refuse(PrivacyRequest::Epsilon(bad), None);
+            assert_eq!(e.code(), "query.privacy", "{e}");
+            assert!(e.to_string().starts_with("epsilon must be"), "{e}");
+            let e = refuse(PrivacyRequest::Rho(bad), None);
+            assert!(e.to_string().starts_with("rho must be"), "{e}");
+            let target = PrivacyRequest::TargetHalfWidth {
+                half_width: bad,
+                mechanism: MechanismChoice::Gaussian,
+            };
+            assert!(
+                refuse(target, None)
+                    .to_string()
+                    .starts_with("half_width must be")
+            );
+        }
+        for bad in [0.0, 1.0, 1.5, f64::NAN] {
+            let e = refuse(PrivacyRequest::Rho(0.05), Some(bad));
+            assert_eq!(e.code(), "query.confidence", "{e}");
+        }
+        let mut other = count();
+        other.dataset = "falls".into();
+        let e = price(
+            &diabetes(),
+            &other,
+            PrivacyRequest::Rho(0.05),
+            None,
+            context(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "query.dataset_mismatch", "{e}");
+    }
+
+    #[test]
+    fn requests_below_the_floor_are_refused_before_any_accuracy_is_computed() {
+        let policy = diabetes();
+        let floor = policy.min_per_query;
+        assert!(floor > Rho::ZERO);
+        for privacy in [
+            PrivacyRequest::Rho(1e-300),
+            PrivacyRequest::Rho(floor.as_f64() / 2.0),
+            PrivacyRequest::Epsilon(1e-4),
+        ] {
+            let e = price(&policy, &count(), privacy, None, context()).unwrap_err();
+            assert_eq!(e.code(), "query.below_floor", "{privacy:?}: {e}");
+            assert!(e.to_string().contains("floor"), "{e}");
+        }
+        // A target the floor already meets costs the floor, not less.
+        for mechanism in [MechanismChoice::Gaussian, MechanismChoice::Laplace] {
+            let target = PrivacyRequest::TargetHalfWidth {
+                half_width: 1e12,
+                mechanism,
+            };
+            let p = price(&policy, &count(), target, None, context()).unwrap();
+            assert!(p.cost.rho >= floor, "{mechanism:?}: {:?}", p.cost);
+            assert!(
+                p.cost.rho.as_f64() < floor.as_f64() * 1.001,
+                "{mechanism:?}: {:?}",
+                p.cost
+            );
+            assert!(p.half_widths[0] < 1e12);
+        }
+        // Just at the floor is priced.
+        assert!(
+            price(
+                &policy,
+                &count(),
+                PrivacyRequest::Rho(floor.as_f64() * 1.001),
+                None,
+                context()
+            )
+            .is_ok()
+        );
+    }
+}
