@@ -37,12 +37,12 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Runs a round to the point where every partner has its masked vector ready, and returns
 /// the partners' clients with their encoded MaskedInput bodies.
-async fn prepare_round(b: &Bench, query: i64) -> Vec<(ClientRound, Vec<u8>)> {
-    let ann = announcement(b, query, &b.partners[0], Duration::ZERO).await;
+async fn prepare_round(b: &Bench, round: i64) -> Vec<(ClientRound, Vec<u8>)> {
+    let ann = announcement(b, round, &b.partners[0], Duration::ZERO).await;
     let config = ann.config;
     let roster = b.roster();
     let requirements = civic_secagg::testing::lenient_requirements(&config);
-    let url = format!("{}/v1/partner/rounds/{query}/messages", b.base);
+    let url = format!("{}/v1/partner/rounds/{round}/messages", b.base);
     let mut clients = Vec::new();
     for p in &b.partners {
         let mut rng = ChaCha20Rng::from_seed([p.id.0 as u8; 32]);
@@ -66,7 +66,7 @@ async fn prepare_round(b: &Bench, query: i64) -> Vec<(ClientRound, Vec<u8>)> {
     }
     let mut next = Vec::new();
     for (p, (mut client, mut rng)) in b.partners.iter().zip(clients) {
-        let Inbox::KeyRoster(keys) = inbox(b, query, p, |i| matches!(i, Inbox::KeyRoster(_)), POLL)
+        let Inbox::KeyRoster(keys) = inbox(b, round, p, |i| matches!(i, Inbox::KeyRoster(_)), POLL)
             .await
             .0
         else {
@@ -86,7 +86,7 @@ async fn prepare_round(b: &Bench, query: i64) -> Vec<(ClientRound, Vec<u8>)> {
     for (i, (p, mut client)) in b.partners.iter().zip(next).enumerate() {
         let Inbox::ForwardedShares(fwd) = inbox(
             b,
-            query,
+            round,
             p,
             |i| matches!(i, Inbox::ForwardedShares(_)),
             POLL,
@@ -144,18 +144,20 @@ fn start_store_only(store: Store, limit: usize) -> String {
                               body: web::Payload| async move {
                             let bytes = civic_server::routes::read_limited(body, limit).await?;
                             let _one_writer = store.1.lock().await;
-                            let mut conn = store.0.pool().acquire().await?;
-                            rounds::insert_message(
-                                &mut conn,
-                                path.0,
-                                civic_secagg::Phase::MaskedInputCollection,
-                                path.1,
-                                &bytes,
-                            )
-                            .await?;
-                            Ok::<_, civic_server::error::ApiError>(
-                                HttpResponse::NoContent().finish(),
-                            )
+                            store
+                                .0
+                                .run_tx("store a message", async |tx| {
+                                    rounds::insert_message(
+                                        tx,
+                                        path.0,
+                                        "masked_input_collection",
+                                        path.1,
+                                        &bytes,
+                                    )
+                                    .await
+                                })
+                                .await?;
+                            Ok::<_, civic_server::error::Error>(HttpResponse::NoContent().finish())
                         },
                     ),
                 )
@@ -231,7 +233,10 @@ fn main() {
     let (base, state) = start_coordinator(temp_store("coordinator"), 10);
     let baseline_store = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(Store::connect(&temp_store("baseline")))
+        .block_on(Store::connect(
+            &temp_store("baseline"),
+            Duration::from_secs(5),
+        ))
         .unwrap();
     let baseline = start_store_only(baseline_store, 64 << 20);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -247,10 +252,11 @@ fn main() {
         for rep in 0..REPEATS {
             let q = call(&b.http, reqwest::Method::POST, format!("{}/v1/queries", b.base), &b.researcher, Some(histogram(1.0 + rep as f64))).await;
             let id = q["id"].as_i64().unwrap();
-            let ready = prepare_round(&b, id).await;
+            let round = q["round_id"].as_i64().unwrap();
+            let ready = prepare_round(&b, round).await;
             let bytes = ready[0].1.len();
-            let live: Vec<_> = b.partners.iter().zip(&ready).map(|(p, (_, body))| (format!("{}/v1/partner/rounds/{id}/messages", b.base), p.token.clone(), body.clone())).collect();
-            let stored: Vec<_> = b.partners.iter().zip(&ready).map(|(p, (_, body))| (format!("{baseline}/store/{}/{}", id, p.id.0), p.token.clone(), body.clone())).collect();
+            let live: Vec<_> = b.partners.iter().zip(&ready).map(|(p, (_, body))| (format!("{}/v1/partner/rounds/{round}/messages", b.base), p.token.clone(), body.clone())).collect();
+            let stored: Vec<_> = b.partners.iter().zip(&ready).map(|(p, (_, body))| (format!("{baseline}/store/{}/{}", round, p.id.0), p.token.clone(), body.clone())).collect();
             // Alternate which goes first, so neither always meets a cold connection pool.
             let (t_base, t_live) = if rep % 2 == 0 {
                 let t_base = ingest(&b.http, stored).await;
@@ -269,7 +275,7 @@ fn main() {
             );
             ratios.push(ratio);
             if released.is_none() {
-                finish_round(&b, id, ready).await;
+                finish_round(&b, round, id, ready).await;
                 released = Some(id);
             }
         }
@@ -280,10 +286,11 @@ fn main() {
         let count = json!({ "project": "b", "query": { "dataset": "bench", "statistic": "count" }, "privacy": { "epsilon": 1.0 } });
         let q = call(&b.http, reqwest::Method::POST, format!("{}/v1/queries", b.base), &b.researcher, Some(count.clone())).await;
         let count_id = q["id"].as_i64().unwrap();
-        let ready = prepare_round(&b, count_id).await;
-        let bodies = b.partners.iter().zip(&ready).map(|(p, (_, body))| (format!("{}/v1/partner/rounds/{count_id}/messages", b.base), p.token.clone(), body.clone())).collect();
+        let count_round = q["round_id"].as_i64().unwrap();
+        let ready = prepare_round(&b, count_round).await;
+        let bodies = b.partners.iter().zip(&ready).map(|(p, (_, body))| (format!("{}/v1/partner/rounds/{count_round}/messages", b.base), p.token.clone(), body.clone())).collect();
         ingest(&b.http, bodies).await;
-        finish_round(&b, count_id, ready).await;
+        finish_round(&b, count_round, count_id, ready).await;
 
         for (label, id, body) in [("count, 1 cell", count_id, count), ("histogram, 10^4 cells", released.unwrap(), histogram(1.0))] {
             let (http, token) = (b.http.clone(), b.researcher.clone());
@@ -298,8 +305,8 @@ fn main() {
     });
 }
 
-/// Takes a prepared round through consistency and unmasking, so that it releases.
-async fn finish_round(b: &Bench, id: i64, ready: Vec<(ClientRound, Vec<u8>)>) {
+/// Takes a prepared round through consistency and unmasking, so that its query releases.
+async fn finish_round(b: &Bench, id: i64, query: i64, ready: Vec<(ClientRound, Vec<u8>)>) {
     let url = format!("{}/v1/partner/rounds/{id}/messages", b.base);
     let mut clients = Vec::new();
     for (p, (client, _)) in b.partners.iter().zip(ready) {
@@ -338,5 +345,5 @@ async fn finish_round(b: &Bench, id: i64, ready: Vec<(ClientRound, Vec<u8>)>) {
         )
         .await;
     }
-    common::wait_released(b, id, Duration::from_millis(20)).await;
+    common::wait_released(b, query, Duration::from_millis(20)).await;
 }

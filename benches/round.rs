@@ -222,8 +222,9 @@ async fn run_round(
     )
     .await;
     let id = q["id"].as_i64().unwrap();
+    let round = q["round_id"].as_i64().unwrap();
     let tasks: Vec<_> = (0..b.partners.len())
-        .map(|i| tokio::spawn(take_part(b.clone(), i, id, arm)))
+        .map(|i| tokio::spawn(take_part(b.clone(), i, round, arm)))
         .collect();
     common::wait_released(b, id, Duration::from_millis(2)).await;
     let latency = start.elapsed();

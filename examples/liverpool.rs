@@ -118,7 +118,7 @@ async fn main() -> Result<(), Error> {
     // The coordinator, on its own thread with its own actix system, as in production.
     let config = Config {
         store_url: format!("sqlite://{}", work.join("civic.db").display()),
-        phase_deadline_secs: 4,
+        phase_deadline_secs: 4.0,
         tick_millis: 20,
         max_rows_per_partner: u64::from(residents),
         ..Config::default()

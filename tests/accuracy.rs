@@ -106,17 +106,17 @@ async fn release_batch(c: &Coordinator, ps: &[TestPartner], epsilons: &[f64]) ->
             q["state"], "running",
             "a new question, below the approval threshold: {q}"
         );
-        ids.push(q["id"].as_i64().unwrap());
+        ids.push((q["id"].as_i64().unwrap(), common::round_of(&q)));
     }
-    let runs = ids.iter().flat_map(|&id| {
+    let runs = ids.iter().flat_map(|&(_, round)| {
         ps.iter()
             .zip(&PARTNER_CELLS)
-            .map(move |(p, v)| p.take_part(id, v, StopAt::Never))
+            .map(move |(p, v)| p.take_part(round, v, StopAt::Never))
     });
     let results = futures_util::future::join_all(runs).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let mut done = Vec::new();
-    for id in ids {
+    for (id, _) in ids {
         done.push(c.wait_done(id).await);
     }
     done

@@ -46,7 +46,7 @@ use serde_json::{Value, json};
 const PHASES: [&str; 5] = [
     "advertise_keys",
     "share_keys",
-    "masked_input",
+    "masked_input_collection",
     "consistency_check",
     "unmasking",
 ];
@@ -955,23 +955,24 @@ fell = {{ column = "fall_flag", values = {{ Y = "true", N = "false" }} }}
         self.peek.as_ref().expect("the store is open")
     }
 
-    /// The phase round `id` is in, as stored.
+    /// The phase query `id`'s round is in, as stored.
     async fn stored_phase(&self, id: i64) -> Option<String> {
-        sqlx::query_scalar("SELECT phase FROM rounds WHERE id = ?")
+        sqlx::query_scalar("SELECT phase FROM rounds WHERE query_id = ? ORDER BY id DESC LIMIT 1")
             .bind(id)
             .fetch_optional(self.peek())
             .await
             .expect("read the round's phase")
     }
 
-    /// The phases for which the coordinator has stored partner `i`'s message in round `id`
-    /// (until the round ends and its messages are dropped).
+    /// The phases for which the coordinator has stored partner `i`'s message in query `id`'s
+    /// round (until the round ends and its messages are dropped).
     async fn stored_messages(&self, id: i64, i: usize) -> BTreeSet<String> {
         sqlx::query_scalar::<_, String>(
-            "SELECT phase FROM round_messages WHERE round_id = ? AND partner = ?",
+            "SELECT phase FROM round_messages WHERE partner = ? AND round_id =
+                (SELECT MAX(id) FROM rounds WHERE query_id = ?)",
         )
-        .bind(id)
         .bind(i64::from(self.partners[i].id))
+        .bind(id)
         .fetch_all(self.peek())
         .await
         .expect("read the round's messages")
@@ -979,13 +980,14 @@ fell = {{ column = "fall_flag", values = {{ Y = "true", N = "false" }} }}
         .collect()
     }
 
-    /// How many partners' messages for `phase` of round `id` are stored.
+    /// How many partners' messages for `phase` of query `id`'s round are stored.
     async fn messages_in(&self, id: i64, phase: &str) -> usize {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM round_messages WHERE round_id = ? AND phase = ?",
+            "SELECT COUNT(*) FROM round_messages WHERE phase = ? AND round_id =
+                (SELECT MAX(id) FROM rounds WHERE query_id = ?)",
         )
-        .bind(id)
         .bind(phase)
+        .bind(id)
         .fetch_one(self.peek())
         .await
         .expect("count the round's messages");
@@ -1025,7 +1027,7 @@ fell = {{ column = "fall_flag", values = {{ Y = "true", N = "false" }} }}
         procs
     }
 
-    /// Whether round `id` is announced to partner `i`.
+    /// Whether query `id`'s round is announced to partner `i`.
     async fn announced(&self, id: i64, i: usize) -> bool {
         let token = self.partners[i].token.clone();
         let (s, v) = self
@@ -1034,15 +1036,25 @@ fell = {{ column = "fall_flag", values = {{ Y = "true", N = "false" }} }}
         s == StatusCode::OK
             && v["rounds"]
                 .as_array()
-                .is_some_and(|rs| rs.iter().any(|r| r["round_id"] == id))
+                .is_some_and(|rs| rs.iter().any(|r| r["query_id"] == id))
     }
 
-    /// Waits until every partner's journal says `status` for round `id` (a `run` agent writes
-    /// it just after its last reply, which can come after the release).
+    /// Query `id`'s (last) round, as stored.
+    async fn round_of(&self, id: i64) -> i64 {
+        sqlx::query_scalar("SELECT MAX(id) FROM rounds WHERE query_id = ?")
+            .bind(id)
+            .fetch_one(self.peek())
+            .await
+            .expect("read the query's round")
+    }
+
+    /// Waits until every partner's journal says `status` for query `id`'s round (a `run` agent
+    /// writes it just after its last reply, which can come after the release).
     async fn assert_journals(&self, id: i64, status: &str) {
         let started = Instant::now();
+        let round = self.round_of(id).await;
         for p in &self.partners {
-            while p.round_status(id) != status {
+            while p.round_status(round) != status {
                 assert!(
                     started.elapsed() < Duration::from_secs(10),
                     "{}: round {id} is not {status}: {}",
@@ -1391,7 +1403,7 @@ async fn drop_out(sys: &mut System, victim: usize, k: usize, epsilon: f64) -> Dr
         }
     };
     let dropout = Dropout { sent };
-    let included = dropout.sent.contains("masked_input");
+    let included = dropout.sent.contains("masked_input_collection");
     let done = sys.wait_done(id, Duration::from_secs(60)).await;
     assert_eq!(
         done["state"],
@@ -1418,7 +1430,10 @@ async fn drop_out(sys: &mut System, victim: usize, k: usize, epsilon: f64) -> Dr
     assert_eq!(survivors(&done), counted.len() as u64, "{done}");
     sys.assert_agents_finished(&survivors_procs).await;
     for &i in &others {
-        assert_eq!(sys.partners[i].round_status(id), "finished");
+        assert_eq!(
+            sys.partners[i].round_status(sys.round_of(id).await),
+            "finished"
+        );
     }
     let after = sys.budget().await;
     let charged = after["charged_rho"].as_f64().unwrap() - before["charged_rho"].as_f64().unwrap();
@@ -1520,7 +1535,8 @@ async fn a_partner_dropping_out_in_each_phase_completes_with_three_of_four_and_a
         sys.agents[a].wait_exit(Duration::from_secs(30)).await;
     }
     for i in [0, 1] {
-        let status = &sys.partners[i].journal()["rounds"][id.to_string()];
+        let round = sys.round_of(id).await;
+        let status = &sys.partners[i].journal()["rounds"][round.to_string()];
         assert_eq!(status["status"], "abandoned", "{status}");
     }
     sys.assert_audit_verifies().await;
@@ -1650,7 +1666,8 @@ async fn kill_coordinator(sys: &mut System, k: usize, min_age: i64, released: us
     assert_released_once(sys, id, min_age, released + 1, cost, Some(&kill)).await;
     sys.assert_agents_finished(&procs).await;
     for p in &sys.partners {
-        assert_eq!(p.round_status(id), "finished", "{}", p.journal());
+        let round = sys.round_of(id).await;
+        assert_eq!(p.round_status(round), "finished", "{}", p.journal());
     }
     kill
 }
@@ -1761,10 +1778,11 @@ async fn a_message_retried_after_its_phase_closed_is_accepted() {
         s.stored_phase(id).await.as_deref() == Some(PHASES[1])
     })
     .await;
+    let round = sys.round_of(id).await;
     let body: Vec<u8> = sqlx::query_scalar(
         "SELECT body FROM round_messages WHERE round_id = ? AND phase = ? AND partner = ?",
     )
-    .bind(id)
+    .bind(round)
     .bind(PHASES[0])
     .bind(i64::from(sys.partners[0].id))
     .fetch_one(sys.peek())
@@ -1772,7 +1790,7 @@ async fn a_message_retried_after_its_phase_closed_is_accepted() {
     .unwrap();
     let res = sys
         .http
-        .post(format!("{}/v1/partner/rounds/{id}/messages", sys.base))
+        .post(format!("{}/v1/partner/rounds/{round}/messages", sys.base))
         .bearer_auth(&sys.partners[0].token)
         .header("content-type", "application/octet-stream")
         .body(body)

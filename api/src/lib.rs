@@ -1,18 +1,24 @@
-//! Wire types shared by the Civic coordinator and the partner agent.
+//! Wire types shared by the Civic coordinator, the partner agent and any other client.
 //!
-//! JSON for everything people read (researchers, boards, partner IT teams); bincode with
-//! fixed-width integers for the secure-aggregation messages, whose masked vectors would be
-//! four times larger as JSON arrays. Light dependencies only, so that partners do not compile
-//! the server.
+//! Two parts, split by weight:
+//! - always: the JSON types people and scripts read and write ([`governance`], [`query`],
+//!   [`problem`] with its [`ProblemCode`]s), depending only on serde, utoipa and the pure
+//!   `civic-policies`, so that a dashboard or a researcher's client compiles no cryptography;
+//! - feature `protocol`: what partner agents and the coordinator exchange in rounds
+//!   ([`round`], and bincode with fixed-width integers for protocol messages, whose masked
+//!   vectors would be four times larger as JSON arrays), which pulls in `civic-secagg`.
+//!
+//! Light dependencies only, so that partners do not compile the server.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod governance;
 pub mod problem;
 pub mod query;
+#[cfg(feature = "protocol")]
 pub mod round;
 
-pub use problem::Problem;
+pub use problem::{Problem, ProblemCode};
 
 /// The path prefix of every versioned endpoint.
 pub const API_PREFIX: &str = "/v1";
@@ -57,6 +63,7 @@ impl Role {
     }
 }
 
+#[cfg(feature = "protocol")]
 /// The bincode configuration of every binary body: fixed-width integers (a masked vector
 /// costs exactly its words) and a length limit checked before allocation.
 pub fn bincode_config() -> impl bincode::config::Config {
@@ -65,12 +72,14 @@ pub fn bincode_config() -> impl bincode::config::Config {
         .with_limit::<{ 1 << 30 }>()
 }
 
+#[cfg(feature = "protocol")]
 /// Encodes a binary body.
 pub fn encode_binary<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serialising an in-memory value of these types cannot fail.
     bincode::serde::encode_to_vec(value, bincode_config()).unwrap_or_default()
 }
 
+#[cfg(feature = "protocol")]
 /// Decodes a binary body, refusing trailing bytes.
 pub fn decode_binary<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())

@@ -1,8 +1,8 @@
 //! What partner agents see of rounds.
 
 use civic_policies::Query;
+use civic_secagg::RoundConfig;
 use civic_secagg::messages::{ForwardedShares, KeyRoster, SignedSurvivors, SurvivorList};
-use civic_secagg::{Phase, RoundConfig};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -35,8 +35,12 @@ pub struct RosterEntry {
 pub struct RoundAnnouncement {
     /// The round.
     pub round_id: i64,
-    /// The query it answers.
+    /// The query it answers (a query may own several rounds).
     pub query_id: i64,
+    /// The protocol the round runs (`secure-sum/v1`: secure aggregation of the plan's
+    /// vector).
+    #[serde(default = "secure_sum")]
+    pub protocol: String,
     /// The dataset and the policy version the plan was compiled under (fetch it from
     /// `GET /v1/datasets/{id}/versions/{version}` and compile the plan locally).
     pub dataset: String,
@@ -61,11 +65,15 @@ pub struct RoundAnnouncement {
     /// The secure-aggregation configuration: check it against local requirements.
     #[schema(value_type = Object)]
     pub config: RoundConfig,
-    /// The phase now open.
-    #[schema(value_type = String)]
-    pub phase: Phase,
+    /// The step now open (for secure aggregation: `advertise_keys`, `share_keys`,
+    /// `masked_input_collection`, `consistency_check`, `unmasking`).
+    pub phase: String,
     /// When it closes (RFC 3339).
     pub phase_deadline: String,
+}
+
+fn secure_sum() -> String {
+    "secure-sum/v1".into()
 }
 
 /// `POST /v1/partner/rounds/{id}/decline`: a partner's refusal under its local policy.

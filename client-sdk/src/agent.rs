@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
+use civic_api::ProblemCode;
 use civic_api::round::{Inbox, RoundAnnouncement};
 use civic_policies::Rho;
 use civic_policies::dataset::DatasetPolicy;
@@ -436,7 +437,10 @@ impl Agent {
             Ok(()) => {}
             // The round closed before this post landed: a retry whose first attempt was
             // taken, or shares the coordinator no longer needed. This partner's part is done.
-            Err(CallError::Refused { code, .. }) if code == "round.finished" => {
+            Err(CallError::Refused {
+                code: Some(ProblemCode::RoundFinished),
+                ..
+            }) => {
                 tracing::info!(
                     round = id,
                     "the round finished as the unmasking shares went"

@@ -4,6 +4,7 @@
 //! coordinator as a decline with the reason.
 //!
 //! A round is refused unless:
+//! - it runs the protocol this agent speaks (secure aggregation of a sum);
 //! - the query fits the policy version it names and its statistic is one this partner
 //!   answers (`allowed_statistics`);
 //! - its cost, computed here with the same pricing function the coordinator uses (never
@@ -26,6 +27,9 @@ use civic_secagg::{Requirements, Tolerances, Width};
 use crate::config::LocalLimits;
 use crate::error::AgentError;
 use crate::evaluate::CompiledPlan;
+
+/// The protocol this agent speaks.
+pub const SECURE_SUM: &str = "secure-sum/v1";
 
 /// A round that passed the local policy.
 pub struct CheckedRound {
@@ -58,6 +62,12 @@ pub fn check_round(
     limits: &LocalLimits,
 ) -> Result<CheckedRound, AgentError> {
     let refuse = |m: String| AgentError::Refused(m);
+    if ann.protocol != SECURE_SUM {
+        return Err(refuse(format!(
+            "the round runs protocol {:?}; this agent takes part only in {SECURE_SUM}",
+            ann.protocol
+        )));
+    }
     let validated = ann
         .query
         .clone()
@@ -293,5 +303,9 @@ mod tests {
         .unwrap();
         let e = refusal(check_round(&ann, &policy, &limits()));
         assert!(e.contains("does not fit the policy"), "{e}");
+        let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
+        ann.protocol = "something-else/v9".into();
+        let e = refusal(check_round(&ann, &policy, &limits()));
+        assert!(e.contains("takes part only in secure-sum/v1"), "{e}");
     }
 }

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use civic_api::Problem;
 use civic_api::governance::DatasetView;
 use civic_api::round::{DeclineRound, Inbox, PartnerRounds, RegisterIdentity, RosterEntry};
+use civic_api::{Problem, ProblemCode};
 use civic_api::{decode_binary, encode_binary};
 use civic_secagg::messages::ClientMessage;
 use zeroize::Zeroizing;
@@ -37,8 +37,8 @@ pub enum CallError {
     Refused {
         /// HTTP status.
         status: u16,
-        /// Stable problem code.
-        code: String,
+        /// The stable problem code, when the coordinator sent one this agent knows.
+        code: Option<ProblemCode>,
         /// Explanation.
         detail: String,
     },
@@ -53,10 +53,26 @@ impl From<CallError> for AgentError {
                 status,
                 code,
                 detail,
-            } => format!("{status} {code}: {detail}"),
+            } => format!(
+                "{status} {}: {detail}",
+                code.map_or("(no known code)", ProblemCode::as_str)
+            ),
             CallError::Unavailable(m) => m,
         })
     }
+}
+
+/// The `Retry-After` delay of a response, in seconds, if it states one.
+fn retry_after(res: &reqwest::Response) -> Option<Duration> {
+    let secs = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 impl CoordinatorClient {
@@ -110,8 +126,8 @@ impl CoordinatorClient {
                     let status = res.status().as_u16();
                     let text = res.text().await.unwrap_or_default();
                     let (code, detail) = match serde_json::from_str::<Problem>(&text) {
-                        Ok(p) => (p.code, p.detail),
-                        Err(_) => ("http".into(), text.chars().take(300).collect()),
+                        Ok(p) => (p.problem_code(), p.detail),
+                        Err(_) => (None, text.chars().take(300).collect()),
                     };
                     return Err(CallError::Refused {
                         status,
@@ -119,7 +135,13 @@ impl CoordinatorClient {
                         detail,
                     });
                 }
-                Ok(res) => format!("{} answered {}", self.base, res.status()),
+                Ok(res) => {
+                    // A busy coordinator says when to come back (503, 429: Retry-After).
+                    if let Some(after) = retry_after(&res) {
+                        wait = wait.max(after.min(Duration::from_secs(30)));
+                    }
+                    format!("{} answered {}", self.base, res.status())
+                }
                 Err(e) => format!("{} unreachable: {e}", self.base),
             };
             if started.elapsed() >= self.retry_for {
@@ -193,7 +215,7 @@ impl CoordinatorClient {
             .map_err(|e| CallError::Unavailable(format!("inbox of round {round}: {e}")))?;
         decode_binary(&bytes).map_err(|e| CallError::Refused {
             status: 200,
-            code: "protocol.malformed".into(),
+            code: Some(ProblemCode::ProtocolMalformed),
             detail: format!("the inbox of round {round} does not decode: {e}"),
         })
     }

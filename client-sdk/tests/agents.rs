@@ -192,10 +192,11 @@ fn histogram_of_falls(epsilon: f64) -> Value {
     })
 }
 
-async fn submit(c: &Coordinator, body: Value) -> i64 {
+/// Submits a query; returns its id and its round's.
+async fn submit(c: &Coordinator, body: Value) -> (i64, i64) {
     let (s, q) = c.submit(body).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
-    q["id"].as_i64().unwrap()
+    (q["id"].as_i64().unwrap(), common::round_of(&q))
 }
 
 async fn all_once(agents: &[Arc<Agent>]) -> Vec<Vec<(i64, RoundOutcome)>> {
@@ -229,10 +230,10 @@ async fn three_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
     let (sites, agents) = setup(&c, root.path(), [100.0; 3]).await;
     let truths: Vec<(i64, [i64; 3])> = sites.iter().map(|s| truth(&s.rows)).collect();
 
-    let id = submit(&c, common::count_query(60.0)).await;
+    let (id, round) = submit(&c, common::count_query(60.0)).await;
     let outcomes = all_once(&agents).await;
     for o in &outcomes {
-        assert_eq!(o, &vec![(id, RoundOutcome::Finished)]);
+        assert_eq!(o, &vec![(round, RoundOutcome::Finished)]);
     }
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
@@ -241,12 +242,12 @@ async fn three_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
     // ε = 60 at sensitivity 1: the noise is 0 except with probability ~1e-26.
     assert_eq!(released_values(&done), vec![exact as f64]);
 
-    let hid = submit(&c, histogram_of_falls(60.0)).await;
+    let (hid, hround) = submit(&c, histogram_of_falls(60.0)).await;
     let outcomes = all_once(&agents).await;
     assert!(
         outcomes
             .iter()
-            .all(|o| o == &vec![(hid, RoundOutcome::Finished)]),
+            .all(|o| o == &vec![(hround, RoundOutcome::Finished)]),
         "{outcomes:?}"
     );
     let done = c.wait_done(hid).await;
@@ -276,13 +277,13 @@ async fn three_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
     let config = civic_server::Config {
-        phase_deadline_secs: 2,
+        phase_deadline_secs: 2.0,
         ..test_config(&fresh_store_url("agents-killed"))
     };
     let c = start_coordinator(config);
     let root = tempfile::tempdir().unwrap();
     let (sites, agents) = setup(&c, root.path(), [100.0; 3]).await;
-    let id = submit(&c, common::count_query(60.0)).await;
+    let (id, round) = submit(&c, common::count_query(60.0)).await;
 
     let survivors: Vec<_> = agents[..2]
         .iter()
@@ -297,7 +298,7 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
     };
     // Kill the third agent once it has joined the round (journal written, keys advertised
     // or about to be), before it can send its masked vector.
-    let key = id.to_string();
+    let key = round.to_string();
     for _ in 0..500 {
         if sites[2].journal()["rounds"][&key]["status"] == "joined" {
             break;
@@ -307,7 +308,7 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
     victim.abort();
     assert_eq!(sites[2].journal()["rounds"][&key]["status"], "joined");
     for s in survivors {
-        assert_eq!(s.await.unwrap(), vec![(id, RoundOutcome::Finished)]);
+        assert_eq!(s.await.unwrap(), vec![(round, RoundOutcome::Finished)]);
     }
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
@@ -333,10 +334,10 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
     let root = tempfile::tempdir().unwrap();
     // The third partner answers at most ε = 1 per query.
     let (sites, agents) = setup(&c, root.path(), [100.0, 100.0, 1.0]).await;
-    let id = submit(&c, histogram_of_falls(60.0)).await;
+    let (id, round) = submit(&c, histogram_of_falls(60.0)).await;
     let started = std::time::Instant::now();
     let outcomes = all_once(&agents).await;
-    assert_eq!(outcomes[0], vec![(id, RoundOutcome::Finished)]);
+    assert_eq!(outcomes[0], vec![(round, RoundOutcome::Finished)]);
     let RoundOutcome::Declined(reason) = &outcomes[2][0].1 else {
         panic!("{outcomes:?}");
     };
@@ -395,7 +396,7 @@ async fn an_agent_refuses_a_round_under_a_policy_unlike_its_local_copy() {
     std::fs::write(&config, text).unwrap();
     agents[2] = sites[2].agent();
 
-    let id = submit(&c, common::count_query(60.0)).await;
+    let (id, _) = submit(&c, common::count_query(60.0)).await;
     let outcomes = all_once(&agents).await;
     let RoundOutcome::Declined(reason) = &outcomes[2][0].1 else {
         panic!("{outcomes:?}");

@@ -2,9 +2,14 @@
 //!
 //! Budgets nest: dataset total → project allocations → per-query cap. A query's cost is
 //! *reserved* when it is accepted (checked against all three levels in one step), *charged*
-//! when its release is about to leave the coordinator, or *refunded* if its round aborted
-//! before releasing anything. Every operation validates first and changes nothing on error;
-//! every change appends an entry, and the totals always equal the sum of the entries.
+//! when its release is about to leave the coordinator, or *refunded* if it released nothing.
+//! Every operation validates first and changes nothing on error.
+//!
+//! The state is split the way a store keeps it: the [`Ledger`] holds the caps and each
+//! project's running totals (one small record per dataset), and every change returns the
+//! [`LedgerEntry`] to append to an append-only list. A query's own budget ([`Held`]) is
+//! derived from its entries ([`Held::from_entries`]), so the totals can always be checked
+//! against the entries, and charging or refunding starts from what the entries say.
 
 use std::collections::BTreeMap;
 
@@ -22,18 +27,18 @@ pub type QueryId = u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueryBudget {
-    /// Held against the caps while the round runs.
+    /// Held against the caps while the query waits or runs.
     Reserved(Rho),
     /// Spent: the release exists.
     Charged(Rho),
-    /// Returned: the round released nothing.
+    /// Returned: the query released nothing.
     Refunded(Rho),
 }
 
 /// One line of the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
-    /// The query.
+    /// The query (0 for an allocation).
     pub query: QueryId,
     /// Its project.
     pub project: ProjectId,
@@ -44,7 +49,7 @@ pub struct LedgerEntry {
 }
 
 /// What a ledger entry records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A project's allocation was set.
@@ -57,12 +62,85 @@ pub enum EntryKind {
     Refund,
 }
 
+impl EntryKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Allocate => "allocate",
+            EntryKind::Reserve => "reserve",
+            EntryKind::Charge => "charge",
+            EntryKind::Refund => "refund",
+        }
+    }
+
+    /// Parses [`EntryKind::as_str`].
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        [Self::Allocate, Self::Reserve, Self::Charge, Self::Refund]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One query's budget: its project and where its cost stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// The query.
+    pub query: QueryId,
+    /// The project that pays.
+    pub project: ProjectId,
+    /// Where its cost stands.
+    pub state: QueryBudget,
+}
+
+impl Held {
+    /// A query's budget from its entries, in order: none before a reservation. Entries that
+    /// do not make a valid history (a charge without a reservation, two settlements, a
+    /// project or amount that changes) are refused rather than trusted.
+    pub fn from_entries(
+        query: QueryId,
+        entries: &[LedgerEntry],
+    ) -> Result<Option<Held>, PolicyError> {
+        let corrupt = |reason: &str| PolicyError::Ledger {
+            query,
+            reason: format!("its ledger entries are inconsistent: {reason}"),
+        };
+        let mut held: Option<Held> = None;
+        for e in entries
+            .iter()
+            .filter(|e| e.query == query && e.kind != EntryKind::Allocate)
+        {
+            held = Some(match (&held, e.kind) {
+                (None, EntryKind::Reserve) => Held {
+                    query,
+                    project: e.project.clone(),
+                    state: QueryBudget::Reserved(e.amount),
+                },
+                (Some(h), kind @ (EntryKind::Charge | EntryKind::Refund)) => {
+                    if h.state != QueryBudget::Reserved(e.amount) || h.project != e.project {
+                        return Err(corrupt("a settlement that does not match its reservation"));
+                    }
+                    Held {
+                        state: if kind == EntryKind::Charge {
+                            QueryBudget::Charged(e.amount)
+                        } else {
+                            QueryBudget::Refunded(e.amount)
+                        },
+                        ..h.clone()
+                    }
+                }
+                _ => return Err(corrupt("an entry out of order")),
+            });
+        }
+        Ok(held)
+    }
+}
+
 /// A project's share of the dataset budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     /// The most the project may spend.
     pub cap: Rho,
-    /// Held by running queries.
+    /// Held by queries waiting or running.
     pub reserved: Rho,
     /// Spent by releases.
     pub charged: Rho,
@@ -75,15 +153,13 @@ impl Allocation {
     }
 }
 
-/// One dataset's ledger.
+/// One dataset's caps and running totals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     dataset: String,
     total: Rho,
     per_query: Rho,
     projects: BTreeMap<ProjectId, Allocation>,
-    queries: BTreeMap<QueryId, (ProjectId, QueryBudget)>,
-    entries: Vec<LedgerEntry>,
 }
 
 impl Ledger {
@@ -94,9 +170,12 @@ impl Ledger {
             total,
             per_query,
             projects: BTreeMap::new(),
-            queries: BTreeMap::new(),
-            entries: Vec::new(),
         }
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &str {
+        &self.dataset
     }
 
     /// The dataset total.
@@ -122,16 +201,6 @@ impl Ledger {
     /// A project's allocation.
     pub fn project(&self, project: &str) -> Option<&Allocation> {
         self.projects.get(project)
-    }
-
-    /// A query's state.
-    pub fn query(&self, query: QueryId) -> Option<QueryBudget> {
-        self.queries.get(&query).map(|(_, s)| *s)
-    }
-
-    /// Every entry, oldest first.
-    pub fn entries(&self) -> &[LedgerEntry] {
-        &self.entries
     }
 
     fn over(
@@ -184,7 +253,7 @@ impl Ledger {
 
     /// Sets (or changes) a project's allocation. The allocations together may not exceed the
     /// dataset total, and a project's cap may not drop below what it has already used.
-    pub fn allocate(&mut self, project: &str, cap: Rho) -> Result<(), PolicyError> {
+    pub fn allocate(&mut self, project: &str, cap: Rho) -> Result<LedgerEntry, PolicyError> {
         let current = self.projects.get(project).copied().unwrap_or_default();
         let others: u64 = self
             .projects
@@ -215,24 +284,29 @@ impl Ledger {
         }
         self.projects
             .insert(project.to_string(), Allocation { cap, ..current });
-        self.entries.push(LedgerEntry {
+        Ok(LedgerEntry {
             query: 0,
             project: project.to_string(),
             kind: EntryKind::Allocate,
             amount: cap,
-        });
-        Ok(())
+        })
     }
 
-    /// Reserves a query's cost against the per-query cap, the project's allocation and the
-    /// dataset total, all at once.
-    pub fn reserve(&mut self, query: QueryId, project: &str, cost: Rho) -> Result<(), PolicyError> {
-        if self.queries.contains_key(&query) {
-            return Err(PolicyError::Ledger {
-                query,
-                reason: "already has a reservation; a query is charged at most once".into(),
-            });
-        }
+    /// Checks that `project` could reserve `cost` now (the per-query cap, the project's
+    /// allocation and the dataset total), changing nothing: what a preview reports.
+    pub fn check_reserve(&self, project: &str, cost: Rho) -> Result<(), PolicyError> {
+        self.clone().reserve(0, project, cost).map(|_| ())
+    }
+
+    /// Reserves a new query's cost against the per-query cap, the project's allocation and
+    /// the dataset total, all at once. The query must have no entries yet (the store keeps
+    /// one reservation per query).
+    pub fn reserve(
+        &mut self,
+        query: QueryId,
+        project: &str,
+        cost: Rho,
+    ) -> Result<(Held, LedgerEntry), PolicyError> {
         let Some(allocation) = self.projects.get(project).copied() else {
             return Err(PolicyError::Ledger {
                 query,
@@ -262,63 +336,62 @@ impl Ledger {
         {
             return Err(self.over("dataset total", used, cost, self.total, project));
         }
-        let a = self.projects.get_mut(project).expect("checked above");
+        let a = self.projects.entry(project.to_string()).or_default();
         a.reserved = Rho::from_units(a.reserved.units() + cost.units());
-        self.queries
-            .insert(query, (project.to_string(), QueryBudget::Reserved(cost)));
-        self.entries.push(LedgerEntry {
-            query,
-            project: project.to_string(),
-            kind: EntryKind::Reserve,
-            amount: cost,
-        });
-        Ok(())
+        Ok((
+            Held {
+                query,
+                project: project.to_string(),
+                state: QueryBudget::Reserved(cost),
+            },
+            LedgerEntry {
+                query,
+                project: project.to_string(),
+                kind: EntryKind::Reserve,
+                amount: cost,
+            },
+        ))
     }
 
     /// Turns a reservation into a charge (before the release leaves the coordinator).
-    pub fn charge(&mut self, query: QueryId) -> Result<Rho, PolicyError> {
-        self.settle(query, EntryKind::Charge)
+    pub fn charge(&mut self, held: &Held) -> Result<(Held, LedgerEntry), PolicyError> {
+        self.settle(held, EntryKind::Charge)
     }
 
-    /// Returns a reservation whose round released nothing. A charged query is never refunded.
-    pub fn refund(&mut self, query: QueryId) -> Result<Rho, PolicyError> {
-        self.settle(query, EntryKind::Refund)
+    /// Returns a reservation whose query released nothing. A charged query is never refunded.
+    pub fn refund(&mut self, held: &Held) -> Result<(Held, LedgerEntry), PolicyError> {
+        self.settle(held, EntryKind::Refund)
     }
 
-    fn settle(&mut self, query: QueryId, kind: EntryKind) -> Result<Rho, PolicyError> {
-        let (project, amount) = match self.queries.get(&query) {
-            Some((project, QueryBudget::Reserved(amount))) => (project.clone(), *amount),
-            Some((_, QueryBudget::Charged(_))) => {
+    fn settle(&mut self, held: &Held, kind: EntryKind) -> Result<(Held, LedgerEntry), PolicyError> {
+        let query = held.query;
+        let amount = match held.state {
+            QueryBudget::Reserved(amount) => amount,
+            QueryBudget::Charged(_) => {
                 return Err(PolicyError::Ledger {
                     query,
                     reason: "is already charged: its release exists, so it can be neither charged again nor refunded".into(),
                 });
             }
-            Some((_, QueryBudget::Refunded(_))) => {
+            QueryBudget::Refunded(_) => {
                 return Err(PolicyError::Ledger {
                     query,
                     reason: "was refunded; it has no reservation left".into(),
                 });
             }
-            None => {
-                return Err(PolicyError::Ledger {
-                    query,
-                    reason: "has no reservation".into(),
-                });
-            }
         };
-        // A reservation's project and amount are recorded together; a ledger loaded from a
-        // store where they disagree is refused rather than trusted.
+        let project = &held.project;
+        // A ledger whose totals do not cover the reservation is refused rather than trusted.
         let inconsistent = || PolicyError::Ledger {
             query,
             reason: format!(
                 "the ledger's record of project \"{project}\" does not cover this reservation"
             ),
         };
-        let a = self.projects.get(&project).ok_or_else(inconsistent)?;
+        let a = self.projects.get(project).ok_or_else(inconsistent)?;
         let reserved = a.reserved.checked_sub(amount).ok_or_else(inconsistent)?;
         let charged = a.charged.checked_add(amount).ok_or_else(inconsistent)?;
-        let a = self.projects.get_mut(&project).ok_or_else(inconsistent)?;
+        let a = self.projects.get_mut(project).ok_or_else(inconsistent)?;
         a.reserved = reserved;
         let state = if kind == EntryKind::Charge {
             a.charged = charged;
@@ -326,14 +399,18 @@ impl Ledger {
         } else {
             QueryBudget::Refunded(amount)
         };
-        self.queries.insert(query, (project.clone(), state));
-        self.entries.push(LedgerEntry {
-            query,
-            project,
-            kind,
-            amount,
-        });
-        Ok(amount)
+        Ok((
+            Held {
+                state,
+                ..held.clone()
+            },
+            LedgerEntry {
+                query,
+                project: project.clone(),
+                kind,
+                amount,
+            },
+        ))
     }
 }
 
@@ -355,15 +432,16 @@ mod tests {
     #[test]
     fn reserve_charge_and_refund_move_the_budget() {
         let mut l = ledger();
-        l.reserve(1, "p1", rho(0.3)).unwrap();
-        l.reserve(2, "p1", rho(0.3)).unwrap();
+        let (one, _) = l.reserve(1, "p1", rho(0.3)).unwrap();
+        let (two, _) = l.reserve(2, "p1", rho(0.3)).unwrap();
         assert_eq!(l.remaining(), rho(0.4));
-        assert_eq!(l.charge(1).unwrap(), rho(0.3));
-        assert_eq!(l.refund(2).unwrap(), rho(0.3));
+        let (_, e) = l.charge(&one).unwrap();
+        assert_eq!((e.kind, e.amount), (EntryKind::Charge, rho(0.3)));
+        let (refunded, _) = l.refund(&two).unwrap();
         assert_eq!(l.project("p1").unwrap().charged, rho(0.3));
         assert_eq!(l.project("p1").unwrap().reserved, Rho::ZERO);
         assert_eq!(l.remaining(), rho(0.7));
-        assert_eq!(l.query(2), Some(QueryBudget::Refunded(rho(0.3))));
+        assert_eq!(refunded.state, QueryBudget::Refunded(rho(0.3)));
     }
 
     #[test]
@@ -377,6 +455,8 @@ mod tests {
             err.to_string(),
             "budget: project allocation: spent 0.4 + requested 0.3 > cap 0.6 (project p1, dataset falls)"
         );
+        assert!(l.check_reserve("p1", rho(0.3)).is_err());
+        assert!(l.check_reserve("p1", rho(0.2)).is_ok());
         let err = l.reserve(3, "nobody", rho(0.1)).unwrap_err();
         assert!(err.to_string().contains("no allocation"), "{err}");
         let err = l.allocate("p3", rho(0.1)).unwrap_err();
@@ -392,28 +472,21 @@ mod tests {
     #[test]
     fn no_double_charge_and_no_refund_after_charge() {
         let mut l = ledger();
-        l.reserve(7, "p2", rho(0.2)).unwrap();
-        assert!(l.reserve(7, "p2", rho(0.1)).is_err());
-        l.charge(7).unwrap();
+        let (held, reserve) = l.reserve(7, "p2", rho(0.2)).unwrap();
+        let (charged, charge) = l.charge(&held).unwrap();
         let before = l.clone();
-        assert!(
-            l.charge(7)
-                .unwrap_err()
-                .to_string()
-                .contains("already charged")
-        );
-        assert!(
-            l.refund(7)
-                .unwrap_err()
-                .to_string()
-                .contains("already charged")
-        );
-        assert!(
-            l.charge(8)
-                .unwrap_err()
-                .to_string()
-                .contains("no reservation")
-        );
+        for e in [
+            l.charge(&charged).unwrap_err(),
+            l.refund(&charged).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("already charged"), "{e}");
+        }
         assert_eq!(l, before);
+        // The query's budget is what its entries say.
+        let entries = [reserve.clone(), charge];
+        assert_eq!(Held::from_entries(7, &entries).unwrap(), Some(charged));
+        assert_eq!(Held::from_entries(8, &entries).unwrap(), None);
+        let twice = [reserve.clone(), reserve];
+        assert!(Held::from_entries(7, &twice).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //! charges, refunds a charge, or lets the totals drift from the entries.
 
 use civic_policies::Rho;
-use civic_policies::budget::{EntryKind, Ledger, QueryBudget};
+use std::collections::BTreeMap;
+
+use civic_policies::budget::{EntryKind, Held, Ledger, LedgerEntry, QueryBudget};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -37,22 +39,35 @@ proptest! {
         let total = hundredths(100);
         let per_query = hundredths(25);
         let mut ledger = Ledger::new("falls", total, per_query);
+        // What a store keeps beside the ledger: the append-only entries.
+        let mut entries: Vec<LedgerEntry> = Vec::new();
         for op in ops {
             let before = ledger.clone();
-            let was = |q: u64| before.query(q);
+            let held = |q: u64| Held::from_entries(q, &entries).unwrap();
             let result = match op {
-                Op::Allocate(p, a) => ledger.allocate(PROJECTS[p], hundredths(a)).map(|_| ()),
-                Op::Reserve(q, p, a) => ledger.reserve(q, PROJECTS[p], hundredths(a)),
-                Op::Charge(q) => ledger.charge(q).map(|_| ()),
-                Op::Refund(q) => {
-                    let r = ledger.refund(q).map(|_| ());
-                    // A refund after a charge is always refused.
-                    if matches!(was(q), Some(QueryBudget::Charged(_))) {
-                        prop_assert!(r.is_err());
+                Op::Allocate(p, a) => ledger.allocate(PROJECTS[p], hundredths(a)).map(Some),
+                // The store keeps one reservation per query.
+                Op::Reserve(q, _, _) if held(q).is_some() => continue,
+                Op::Reserve(q, p, a) => ledger.reserve(q, PROJECTS[p], hundredths(a)).map(|(_, e)| Some(e)),
+                Op::Charge(q) => match held(q) {
+                    Some(h) => ledger.charge(&h).map(|(_, e)| Some(e)),
+                    None => continue,
+                },
+                Op::Refund(q) => match held(q) {
+                    Some(h) => {
+                        let r = ledger.refund(&h).map(|(_, e)| Some(e));
+                        // A refund after a charge is always refused.
+                        if matches!(h.state, QueryBudget::Charged(_)) {
+                            prop_assert!(r.is_err());
+                        }
+                        r
                     }
-                    r
-                }
+                    None => continue,
+                },
             };
+            if let Ok(Some(e)) = &result {
+                entries.push(e.clone());
+            }
             if result.is_err() {
                 prop_assert_eq!(&ledger, &before, "a refused operation changed the ledger");
             }
@@ -66,7 +81,7 @@ proptest! {
                 }
             }
             prop_assert!(caps <= total.units());
-            for e in ledger.entries() {
+            for e in &entries {
                 if e.kind == EntryKind::Reserve {
                     prop_assert!(e.amount <= per_query);
                 }
@@ -75,7 +90,7 @@ proptest! {
             for p in &PROJECTS[..3] {
                 let Some(a) = ledger.project(p) else { continue };
                 let sum = |k: EntryKind| -> u64 {
-                    ledger.entries().iter().filter(|e| e.project == *p && e.kind == k).map(|e| e.amount.units()).sum()
+                    entries.iter().filter(|e| e.project == *p && e.kind == k).map(|e| e.amount.units()).sum()
                 };
                 prop_assert_eq!(a.charged.units(), sum(EntryKind::Charge));
                 prop_assert_eq!(
@@ -84,8 +99,8 @@ proptest! {
                 );
             }
             // Each query is charged at most once.
-            let mut charges = std::collections::BTreeMap::new();
-            for e in ledger.entries().iter().filter(|e| e.kind == EntryKind::Charge) {
+            let mut charges = BTreeMap::new();
+            for e in entries.iter().filter(|e| e.kind == EntryKind::Charge) {
                 *charges.entry(e.query).or_insert(0) += 1;
             }
             prop_assert!(charges.values().all(|c| *c == 1));

@@ -6,12 +6,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use civic_api::Role;
+use civic_api::{ProblemCode, Role};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::{Account, accounts};
 
 /// The authenticated account behind a request.
@@ -20,12 +19,12 @@ pub struct Caller(pub Account);
 
 impl Caller {
     /// Refuses (403) unless the caller holds one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<&Account, ApiError> {
+    pub fn require(&self, roles: &[Role]) -> Result<&Account, Error> {
         if roles.contains(&self.0.role) {
             Ok(&self.0)
         } else {
             let allowed: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            Err(ApiError::forbidden(format!(
+            Err(Error::Forbidden(format!(
                 "this endpoint is for {}; the token belongs to {} ({})",
                 allowed.join(" or "),
                 self.0.name,
@@ -35,25 +34,24 @@ impl Caller {
     }
 
     /// A partner's id in rounds (403 for anyone else).
-    pub fn partner_id(&self) -> Result<u32, ApiError> {
+    pub fn partner_id(&self) -> Result<u32, Error> {
         let account = self.require(&[Role::Partner])?;
-        u32::try_from(account.id)
-            .map_err(|_| ApiError::internal("reading a partner id", account.id))
+        u32::try_from(account.id).map_err(|_| Error::internal("reading a partner id", account.id))
     }
 }
 
-fn unauthorized(code: &str, detail: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, code, detail)
+fn unauthorized(code: ProblemCode, detail: &'static str) -> Error {
+    Error::Unauthorized { code, detail }
 }
 
 /// The token in `Authorization: Bearer <token>`.
-fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
+fn bearer(req: &HttpRequest) -> Result<String, Error> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .ok_or_else(|| {
             unauthorized(
-                "auth.missing_token",
+                ProblemCode::AuthMissingToken,
                 "send the account's token as 'Authorization: Bearer <token>'",
             )
         })?;
@@ -65,7 +63,7 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             unauthorized(
-                "auth.malformed_header",
+                ProblemCode::AuthMalformedHeader,
                 "the Authorization header must read 'Bearer <token>'",
             )
         })?;
@@ -73,21 +71,20 @@ fn bearer(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let token = bearer(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
             let token = zeroize::Zeroizing::new(token?);
-            let state = state.ok_or_else(|| ApiError::internal("authenticating", "no state"))?;
-            let mut conn = state.store.pool().acquire().await?;
-            let account = accounts::by_token(&mut conn, &token)
+            let state = state.ok_or_else(|| Error::internal("authenticating", "no state"))?;
+            let account = accounts::by_token(&mut *state.store.read().await?, &token)
                 .await?
                 .ok_or_else(|| {
                     unauthorized(
-                        "auth.bad_token",
+                        ProblemCode::AuthBadToken,
                         "the token is not valid for this coordinator",
                     )
                 })?;

@@ -21,8 +21,9 @@ pub struct Config {
     pub json_limit: usize,
     /// Largest binary protocol message (a masked vector), bytes.
     pub binary_limit: usize,
-    /// How long each secure-aggregation phase stays open, seconds.
-    pub phase_deadline_secs: u64,
+    /// How long each step of a round (a secure-aggregation phase) stays open, seconds
+    /// (fractions allowed).
+    pub phase_deadline_secs: f64,
     /// How often the round driver checks deadlines, milliseconds.
     pub tick_millis: u64,
     /// The public bound on rows one partner holds, used only to size the ring.
@@ -37,9 +38,16 @@ pub struct Config {
     /// on one PostgreSQL database exactly one drives rounds (and partners' traffic must reach
     /// it); the others serve everything else and leave rounds they open to it.
     pub drive_rounds: bool,
-    /// How long the round driver's lease lasts without renewal (renewed every second). A
-    /// second coordinator set to drive rounds waits until it lapses.
-    pub driver_lease_secs: u64,
+    /// How long the round driver's lease lasts without renewal, seconds (fractions allowed;
+    /// renewed every third of it, at least every second). A second coordinator set to
+    /// drive rounds waits until it lapses; a restarted one too.
+    pub driver_lease_secs: f64,
+    /// How long a request may wait for a store connection before it is answered 503 with
+    /// `Retry-After`, milliseconds.
+    pub store_wait_ms: u64,
+    /// How long a request may run before it is answered 503 with `Retry-After`, seconds.
+    /// Shutdown waits this long (and five seconds more) for requests in flight.
+    pub request_timeout_secs: u64,
 }
 
 /// Certificate and key files.
@@ -60,14 +68,16 @@ impl Default for Config {
             tls: None,
             json_limit: 256 * 1024,
             binary_limit: 64 * 1024 * 1024,
-            phase_deadline_secs: 60,
+            phase_deadline_secs: 60.0,
             tick_millis: 200,
             max_rows_per_partner: 10_000_000,
             max_dropout_rate: 0.0,
             max_corrupt_fraction: 0.0,
             reporting_delta: 1e-6,
             drive_rounds: true,
-            driver_lease_secs: 10,
+            driver_lease_secs: 10.0,
+            store_wait_ms: 5_000,
+            request_timeout_secs: 30,
         }
     }
 }
@@ -88,13 +98,39 @@ impl Config {
         if self.json_limit < 1024 || self.binary_limit < 1024 {
             return Err("json_limit and binary_limit must be at least 1024 bytes".into());
         }
-        if self.phase_deadline_secs == 0 || self.tick_millis == 0 {
-            return Err("phase_deadline_secs and tick_millis must be positive".into());
+        if !(self.phase_deadline_secs.is_finite() && self.phase_deadline_secs >= 0.05)
+            || self.phase_deadline_secs > 86_400.0
+        {
+            return Err(format!(
+                "phase_deadline_secs must be from 0.05 to 86400, got {}",
+                self.phase_deadline_secs
+            ));
         }
-        if self.driver_lease_secs < 2 {
-            return Err(
-                "driver_lease_secs must be at least 2 (the lease is renewed every second)".into(),
-            );
+        if self.tick_millis == 0 || self.tick_millis > 10_000 {
+            return Err(format!(
+                "tick_millis must be from 1 to 10000, got {}",
+                self.tick_millis
+            ));
+        }
+        if !(self.driver_lease_secs.is_finite() && self.driver_lease_secs >= 0.3)
+            || self.driver_lease_secs > 3_600.0
+        {
+            return Err(format!(
+                "driver_lease_secs must be from 0.3 to 3600 (it is renewed every third of it), got {}",
+                self.driver_lease_secs
+            ));
+        }
+        if !(10..=600_000).contains(&self.store_wait_ms) {
+            return Err(format!(
+                "store_wait_ms must be from 10 to 600000, got {}",
+                self.store_wait_ms
+            ));
+        }
+        if !(1..=3_600).contains(&self.request_timeout_secs) {
+            return Err(format!(
+                "request_timeout_secs must be from 1 to 3600, got {}",
+                self.request_timeout_secs
+            ));
         }
         if self.max_rows_per_partner == 0 {
             return Err("max_rows_per_partner must be positive".into());
@@ -118,7 +154,27 @@ impl Config {
 
     /// The phase deadline.
     pub fn phase_deadline(&self) -> Duration {
-        Duration::from_secs(self.phase_deadline_secs)
+        Duration::from_secs_f64(self.phase_deadline_secs)
+    }
+
+    /// How long the driver lease lasts.
+    pub fn driver_lease(&self) -> Duration {
+        Duration::from_secs_f64(self.driver_lease_secs)
+    }
+
+    /// How often the driver renews its lease: a third of it, at least every second.
+    pub fn lease_renewal(&self) -> Duration {
+        (self.driver_lease() / 3).min(Duration::from_secs(1))
+    }
+
+    /// The bound on waiting for a store connection.
+    pub fn store_wait(&self) -> Duration {
+        Duration::from_millis(self.store_wait_ms)
+    }
+
+    /// The bound on one request.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 
@@ -140,5 +196,11 @@ mod tests {
         assert!(e.contains("store_url"), "{e}");
         let e = Config::from_toml("max_dropout_rate = 0.7", "c.toml").unwrap_err();
         assert!(e.contains("max_dropout_rate"), "{e}");
+        // Whole seconds as before, and fractions now.
+        let c = Config::from_toml("phase_deadline_secs = 3\ndriver_lease_secs = 0.6", "c").unwrap();
+        assert_eq!(c.phase_deadline(), Duration::from_secs(3));
+        assert_eq!(c.lease_renewal(), Duration::from_millis(200));
+        let e = Config::from_toml("driver_lease_secs = 0.1", "c.toml").unwrap_err();
+        assert!(e.contains("driver_lease_secs"), "{e}");
     }
 }

@@ -1,142 +1,406 @@
-//! One error type for every handler, mapped to HTTP in one place as RFC 9457 problem+json.
+//! The coordinator's one error type, and its one mapping to HTTP: every error a service,
+//! the store or a core returns becomes an RFC 9457 problem+json body with a stable
+//! [`ProblemCode`] in [`Error::problem`], an exhaustive `match`. Store and internal errors
+//! become a bare 500 (or 503 when busy) with the cause only in the log; 503 and 429 carry
+//! `Retry-After`.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
-use civic_api::Problem;
 use civic_api::problem::PROBLEM_CONTENT_TYPE;
-use civic_mechanisms::MechanismError;
+use civic_api::{Problem, ProblemCode};
+use civic_mechanisms::{MechanismError, PricingError};
 use civic_policies::PolicyError;
 use civic_secagg::SecAggError;
 
-/// An error with its status, stable code and a message for the caller.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {detail}")]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// The stable code.
-    pub code: String,
-    /// What was wrong.
-    pub detail: String,
+use crate::rounds::protocol::ProtocolError;
+use crate::store::{StoreError, TxError};
+
+/// Something the caller asked for that does not exist. Each names what it looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Missing {
+    /// An endpoint.
+    Endpoint {
+        /// The method.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// A query.
+    Query(i64),
+    /// A dataset.
+    Dataset(String),
+    /// A version of a dataset.
+    DatasetVersion(String, i64),
+    /// A project.
+    Project(String),
+    /// A dataset's budget (a dataset with no policy uploaded yet).
+    Budget(String),
+    /// A round.
+    Round(i64),
 }
 
-impl ApiError {
-    /// An error with this status and code.
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.to_string(),
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Missing::Endpoint { method, path } => {
+                write!(
+                    f,
+                    "no endpoint {method} {path}; GET /openapi.json lists them"
+                )
+            }
+            Missing::Query(id) => write!(f, "no query {id}"),
+            Missing::Dataset(id) => write!(f, "no dataset {id:?}"),
+            Missing::DatasetVersion(id, v) => write!(f, "no version {v} of dataset {id:?}"),
+            Missing::Project(id) => write!(f, "no project {id:?}"),
+            Missing::Budget(id) => write!(f, "no budget for dataset {id:?}"),
+            Missing::Round(id) => write!(f, "round {id} is unknown"),
+        }
+    }
+}
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The thing asked for does not exist (or is not the caller's to see).
+    #[error("{0}")]
+    NotFound(Missing),
+    /// No usable token.
+    #[error("{detail}")]
+    Unauthorized {
+        /// `AuthMissingToken`, `AuthMalformedHeader` or `AuthBadToken`.
+        code: ProblemCode,
+        /// What to send instead.
+        detail: &'static str,
+    },
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A request that is malformed or invalid in a way no core names (a field, a name).
+    #[error("{detail}")]
+    Invalid {
+        /// The stable code.
+        code: ProblemCode,
+        /// What was wrong and what was expected.
+        detail: String,
+    },
+    /// A body over the limit.
+    #[error("the body exceeds this coordinator's limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// A JSON body sent with another content type.
+    #[error("send the body as Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// A valid request the current state does not allow.
+    #[error("{detail}")]
+    Conflict {
+        /// The stable code.
+        code: ProblemCode,
+        /// What is in the way.
+        detail: String,
+    },
+    /// A round open in the store that this coordinator does not drive (yet).
+    #[error(
+        "round {0} is open but not driven by this coordinator yet (the round driver is taking over, or this is a replica that does not drive rounds); retry shortly"
+    )]
+    RoundNotDrivenHere(i64),
+    /// A policy, query or budget refusal.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A request that cannot be priced.
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    /// A mechanism refusal.
+    #[error(transparent)]
+    Mechanism(#[from] MechanismError),
+    /// A protocol message the round refuses.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request ran past the coordinator's request timeout.
+    #[error("the request took longer than {0} s; retry later")]
+    Timeout(u64),
+    /// A bug or an environment failure; `context` says what was being done.
+    #[error("internal error while {context}: {cause}")]
+    Internal {
+        /// What was being done.
+        context: &'static str,
+        /// The cause (logged, never sent).
+        cause: String,
+    },
+}
+
+/// Results of services and handlers.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl TxError for Error {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Error::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// An internal error while doing `context`.
+    pub fn internal(context: &'static str, cause: impl std::fmt::Display) -> Self {
+        Error::Internal {
+            context,
+            cause: cause.to_string(),
+        }
+    }
+
+    /// A 400 with `code`.
+    pub fn invalid(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Error::Invalid {
+            code,
             detail: detail.into(),
         }
     }
 
-    /// 400: the request is malformed or invalid.
-    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    /// A 409 with `code`.
+    pub fn conflict(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Error::Conflict {
+            code,
+            detail: detail.into(),
+        }
     }
 
-    /// 404.
-    pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", what)
-    }
-
-    /// 409: valid, but not in the current state.
-    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, detail)
-    }
-
-    /// 403: authenticated, but not allowed.
-    pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "auth.forbidden", detail)
-    }
-
-    /// 500, logged with its cause; the caller sees no internals.
-    pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
-        tracing::error!(context, %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("internal error while {context}; the coordinator's log has the cause"),
-        )
-    }
-
-    fn title(&self) -> &'static str {
-        self.status.canonical_reason().unwrap_or("Error")
+    /// The status, code and detail the caller sees: the one mapping.
+    pub fn problem(&self) -> (StatusCode, ProblemCode, String) {
+        use ProblemCode as C;
+        let shown = |status, code| (status, code, self.to_string());
+        match self {
+            Error::NotFound(_) => shown(StatusCode::NOT_FOUND, C::NotFound),
+            Error::Unauthorized { code, .. } => shown(StatusCode::UNAUTHORIZED, *code),
+            Error::Forbidden(_) => shown(StatusCode::FORBIDDEN, C::AuthForbidden),
+            Error::Invalid { code, .. } => shown(StatusCode::BAD_REQUEST, *code),
+            Error::TooLarge { .. } => shown(StatusCode::PAYLOAD_TOO_LARGE, C::RequestTooLarge),
+            Error::UnsupportedMediaType => {
+                shown(StatusCode::UNSUPPORTED_MEDIA_TYPE, C::RequestContentType)
+            }
+            Error::Conflict { code, .. } => shown(StatusCode::CONFLICT, *code),
+            Error::RoundNotDrivenHere(_) => {
+                shown(StatusCode::SERVICE_UNAVAILABLE, C::RoundNotDrivenHere)
+            }
+            Error::Policy(e) => {
+                let (status, code) = policy_problem(e);
+                shown(status, code)
+            }
+            Error::Pricing(e) => match e {
+                PricingError::Query(p) => {
+                    let (status, code) = policy_problem(p);
+                    shown(status, code)
+                }
+                PricingError::Mechanism(m) => shown(StatusCode::BAD_REQUEST, mechanism_code(m)),
+                PricingError::DatasetMismatch { .. } => {
+                    shown(StatusCode::BAD_REQUEST, C::QueryDatasetMismatch)
+                }
+                PricingError::Confidence(_) => shown(StatusCode::BAD_REQUEST, C::QueryConfidence),
+                PricingError::Privacy { .. } => shown(StatusCode::BAD_REQUEST, C::QueryPrivacy),
+                PricingError::BelowFloor { .. } => {
+                    shown(StatusCode::BAD_REQUEST, C::QueryBelowFloor)
+                }
+                _ => shown(StatusCode::BAD_REQUEST, C::QueryPrivacy),
+            },
+            Error::Mechanism(e) => {
+                let status = match e {
+                    MechanismError::OverBudget { .. } => StatusCode::CONFLICT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                shown(status, mechanism_code(e))
+            }
+            Error::Protocol(e) => match e {
+                ProtocolError::Malformed { .. } => shown(StatusCode::BAD_REQUEST, C::ProtocolMalformed),
+                ProtocolError::WrongRound { .. } => {
+                    shown(StatusCode::BAD_REQUEST, C::ProtocolWrongRound)
+                }
+                ProtocolError::Impersonation { .. } => {
+                    shown(StatusCode::FORBIDDEN, C::AuthForbidden)
+                }
+                ProtocolError::NotForPartner { .. } => shown(StatusCode::CONFLICT, C::RoundDropped),
+                ProtocolError::Refused(_) => shown(StatusCode::BAD_REQUEST, C::ProtocolRefused),
+                ProtocolError::SecAgg(s) => {
+                    // A message the round cannot take now (wrong phase, a repeat) conflicts
+                    // with the round's state; anything else is a bad message.
+                    let status = match s {
+                        SecAggError::OutOfPhase { .. }
+                        | SecAggError::Duplicate { .. }
+                        | SecAggError::RoundClosed { .. } => StatusCode::CONFLICT,
+                        _ => StatusCode::BAD_REQUEST,
+                    };
+                    shown(status, secagg_code(s))
+                }
+            },
+            Error::Store(StoreError::Busy(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                C::StoreBusy,
+                "the coordinator's store is busy; nothing was changed, retry after the Retry-After delay".into(),
+            ),
+            Error::Store(StoreError::Conflict) => (
+                StatusCode::CONFLICT,
+                C::StoreConcurrentUpdate,
+                "another request changed the same record at the same moment; nothing was changed, retry".into(),
+            ),
+            Error::Store(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                C::Internal,
+                "internal error while using the store; the coordinator's log has the cause".into(),
+            ),
+            Error::Timeout(_) => shown(StatusCode::SERVICE_UNAVAILABLE, C::RequestTimeout),
+            Error::Internal { context, .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                C::Internal,
+                format!("internal error while {context}; the coordinator's log has the cause"),
+            ),
+        }
     }
 
     /// The problem+json body.
-    pub fn problem(&self) -> Problem {
+    pub fn body(&self) -> Problem {
+        let (status, code, detail) = self.problem();
         Problem {
-            kind: format!("urn:civic:problem:{}", self.code),
-            title: self.title().to_string(),
-            status: self.status.as_u16(),
-            detail: self.detail.clone(),
-            code: self.code.clone(),
+            kind: code.type_uri(),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail,
+            code: code.as_str().to_string(),
         }
     }
 }
 
-impl ResponseError for ApiError {
+fn policy_problem(e: &PolicyError) -> (StatusCode, ProblemCode) {
+    use ProblemCode as C;
+    match e {
+        PolicyError::OverBudget { .. } => (StatusCode::CONFLICT, C::PolicyOverBudget),
+        PolicyError::Ledger { .. } => (StatusCode::CONFLICT, C::PolicyLedger),
+        PolicyError::Parse { .. } => (StatusCode::BAD_REQUEST, C::PolicyParse),
+        PolicyError::Invalid { .. } => (StatusCode::BAD_REQUEST, C::PolicyInvalid),
+        PolicyError::Privacy { .. } => (StatusCode::BAD_REQUEST, C::PolicyPrivacy),
+        PolicyError::Query { .. } => (StatusCode::BAD_REQUEST, C::PolicyQuery),
+        PolicyError::Audit { .. } => (StatusCode::BAD_REQUEST, C::PolicyAudit),
+        _ => (StatusCode::BAD_REQUEST, C::PolicyInvalid),
+    }
+}
+
+fn mechanism_code(e: &MechanismError) -> ProblemCode {
+    match e {
+        MechanismError::InvalidParameter { .. } => ProblemCode::MechanismInvalidParameter,
+        MechanismError::OverBudget { .. } => ProblemCode::MechanismOverBudget,
+        MechanismError::OpenDp { .. } => ProblemCode::MechanismOpenDp,
+        _ => ProblemCode::MechanismInvalidParameter,
+    }
+}
+
+fn secagg_code(e: &SecAggError) -> ProblemCode {
+    use ProblemCode as C;
+    match e {
+        SecAggError::InvalidConfig { .. } => C::SecaggInvalidConfig,
+        SecAggError::Ring { .. } => C::SecaggRing,
+        SecAggError::WrongRound { .. } => C::SecaggWrongRound,
+        SecAggError::UnknownSender { .. } => C::SecaggUnknownSender,
+        SecAggError::Duplicate { .. } => C::SecaggDuplicate,
+        SecAggError::OutOfPhase { .. } => C::SecaggOutOfPhase,
+        SecAggError::WrongVectorShape { .. } => C::SecaggWrongVectorShape,
+        SecAggError::BadSignature { .. } => C::SecaggBadSignature,
+        SecAggError::BadCiphertext { .. } => C::SecaggBadCiphertext,
+        SecAggError::Malformed { .. } => C::SecaggMalformed,
+        SecAggError::InconsistentCoordinator { .. } => C::SecaggInconsistentCoordinator,
+        SecAggError::ConflictingReveal { .. } => C::SecaggConflictingReveal,
+        SecAggError::TooFewSurvivors { .. } => C::SecaggTooFewSurvivors,
+        SecAggError::Shamir { .. } => C::SecaggShamir,
+        SecAggError::RoundClosed { .. } => C::SecaggRoundClosed,
+        _ => C::SecaggMalformed,
+    }
+}
+
+/// Seconds a client should wait before retrying a 503 or 429.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
-        self.status
+        self.problem().0
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .content_type(PROBLEM_CONTENT_TYPE)
-            .json(self.problem())
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        // Two requests raced for the same unique key (two uploads picking one version
-        // number): the loser changed nothing and may retry.
-        if e.as_database_error()
-            .is_some_and(|d| d.is_unique_violation())
-        {
-            return Self::conflict(
-                "store.concurrent_update",
-                "another request changed the same record at the same moment; nothing was changed, retry",
-            );
+        let (status, code, _) = self.problem();
+        match self {
+            Error::Store(StoreError::Busy(cause)) => {
+                tracing::warn!(%cause, "store busy");
+            }
+            Error::Store(e) => tracing::error!(error = %e, "store error"),
+            Error::Internal { context, cause } => {
+                tracing::error!(context, %cause, "internal error")
+            }
+            _ => tracing::debug!(%code, error = %self, "request refused"),
         }
-        Self::internal("using the store", e)
+        let mut response = HttpResponse::build(status);
+        response.content_type(PROBLEM_CONTENT_TYPE);
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response.insert_header((RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS)));
+        }
+        response.json(self.body())
     }
 }
 
-impl From<PolicyError> for ApiError {
-    fn from(e: PolicyError) -> Self {
-        let status = match e {
-            PolicyError::OverBudget { .. } | PolicyError::Ledger { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
+impl From<crate::lifecycle::LifecycleError> for Error {
+    fn from(e: crate::lifecycle::LifecycleError) -> Self {
+        use crate::lifecycle::LifecycleError as L;
+        let detail = e.to_string();
+        match e {
+            L::IdenticalInFlight { .. } => {
+                Error::conflict(ProblemCode::QueryIdenticalInFlight, detail)
+            }
+            L::NotAwaitingApproval { .. } => {
+                Error::conflict(ProblemCode::QueryNotAwaitingApproval, detail)
+            }
+            L::AlreadyDecided { .. } => Error::conflict(ProblemCode::QueryAlreadyDecided, detail),
+            L::PartnerUnknown { .. } => Error::conflict(ProblemCode::RoundPartnerUnknown, detail),
+            L::PartnerUnregistered { .. } => {
+                Error::conflict(ProblemCode::RoundPartnerUnregistered, detail)
+            }
+            L::Budget(p) => Error::Policy(p),
+            L::Round(s) => Error::Protocol(ProtocolError::SecAgg(s)),
+            L::NotRunning { .. } | L::NoReservation { .. } => {
+                Error::internal("moving a query through its lifecycle", detail)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_core_code_is_a_problem_code_and_busy_answers_retry_after() {
+        // The cores' own code strings (used in logs) agree with the codes sent.
+        let policy = PolicyError::Query {
+            dataset: "d".into(),
+            field: "f".into(),
+            reason: "r".into(),
         };
-        Self::new(status, e.code(), e.to_string())
-    }
-}
-
-impl From<MechanismError> for ApiError {
-    fn from(e: MechanismError) -> Self {
-        let status = match e {
-            MechanismError::OverBudget { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
+        assert_eq!(policy_problem(&policy).1.as_str(), policy.code());
+        let m = MechanismError::InvalidParameter {
+            stage: "s",
+            reason: "r".into(),
         };
-        Self::new(status, e.code(), e.to_string())
+        assert_eq!(mechanism_code(&m).as_str(), m.code());
+        let busy = Error::Store(StoreError::Busy("test".into()));
+        let response = busy.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers().get(RETRY_AFTER).unwrap(), "1");
+        assert_eq!(busy.body().code, "store.busy");
+        let internal = Error::internal("testing", "a secret cause");
+        assert!(!internal.body().detail.contains("secret"));
     }
 }
-
-impl From<SecAggError> for ApiError {
-    fn from(e: SecAggError) -> Self {
-        // A protocol message the round cannot take now (wrong phase, a repeat) conflicts
-        // with the round's state; anything else is a bad message.
-        let status = match e {
-            SecAggError::OutOfPhase { .. }
-            | SecAggError::Duplicate { .. }
-            | SecAggError::RoundClosed { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(status, e.code(), e.to_string())
-    }
-}
-
-/// Handlers' result.
-pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,13 +1,16 @@
 //! The Civic coordinator: the server researchers, governance boards and partner agents
 //! talk to. A thin shell over the pure cores (`civic-secagg`, `civic-mechanisms`,
-//! `civic-policies`): handlers decode and authorise, services load state, call the cores
-//! and write the change with its audit entry in one transaction, and the round driver runs
-//! secure aggregation with phase deadlines.
+//! `civic-policies`) and its own pure [`lifecycle`]: handlers decode and authorise,
+//! [`service`]s load state, call the cores and write the change with its audit entry in one
+//! named transaction of the [`store`], and the round [`rounds::driver`] runs each round's
+//! protocol with step deadlines read from the injected [`clock`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
 pub mod rounds;
@@ -16,13 +19,13 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use futures_util::FutureExt;
 
 pub use config::Config;
-use error::ApiError;
+use error::{Error, Missing};
 use store::Store;
 
 /// What every handler shares.
@@ -33,29 +36,66 @@ pub struct AppState {
     pub config: Config,
     /// Open rounds.
     pub rounds: rounds::Rounds,
+    /// The time.
+    pub clock: clock::SharedClock,
+    /// The protocols rounds can run.
+    pub protocols: rounds::Protocols,
+}
+
+/// What a coordinator is built with besides its configuration: the clock (the system's in
+/// `main`, a test clock in tests) and the protocols.
+#[derive(Clone, Debug)]
+pub struct Parts {
+    /// The clock.
+    pub clock: clock::SharedClock,
+    /// The protocols.
+    pub protocols: rounds::Protocols,
+}
+
+impl Default for Parts {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(clock::SystemClock),
+            protocols: rounds::Protocols::default(),
+        }
+    }
 }
 
 impl AppState {
     /// Connects the store without touching rounds (administration from the command line).
     pub async fn connect(config: Config) -> Result<web::Data<AppState>, String> {
-        let store = Store::connect(&config.store_url).await?;
+        Self::connect_with(config, Parts::default()).await
+    }
+
+    /// [`AppState::connect`] with the given parts.
+    pub async fn connect_with(config: Config, parts: Parts) -> Result<web::Data<AppState>, String> {
+        let store = Store::connect(&config.store_url, config.store_wait()).await?;
         Ok(web::Data::new(AppState {
             store,
             config,
             rounds: rounds::Rounds::default(),
+            clock: parts.clock,
+            protocols: parts.protocols,
         }))
     }
 
     /// Connects the store and, on a coordinator that drives rounds, rebuilds the open rounds
     /// from it: the state ready to serve.
     pub async fn open(config: Config) -> Result<web::Data<AppState>, String> {
-        let state = Self::connect(config).await?;
+        Self::open_with(config, Parts::default()).await
+    }
+
+    /// [`AppState::open`] with the given parts.
+    pub async fn open_with(config: Config, parts: Parts) -> Result<web::Data<AppState>, String> {
+        let state = Self::connect_with(config, parts).await?;
         if state.config.drive_rounds {
-            if rounds::renew_lease(&state)
+            if rounds::lease::renew(&state)
                 .await
                 .map_err(|e| e.to_string())?
             {
-                let resumed = rounds::adopt(&state).await.map_err(|e| e.to_string())?;
+                let resumed = rounds::driver::adopt(&state)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if resumed > 0 {
                     tracing::info!(resumed, "resumed open rounds from the store");
                 }
@@ -77,32 +117,40 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         routes::extractor_configs(cfg, json_limit);
         routes::routes(cfg);
         cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
-            Err::<HttpResponse, _>(ApiError::not_found(format!(
-                "no endpoint {} {}; GET /openapi.json lists them",
-                req.method(),
-                req.path()
-            )))
+            Err::<HttpResponse, _>(Error::NotFound(Missing::Endpoint {
+                method: req.method().to_string(),
+                path: req.path().to_string(),
+            }))
         }));
     }
 }
 
-/// Builds the app with request logging and status counting.
+/// Builds the app with the request timeout, request logging and status counting. A request
+/// past its timeout is answered 503 (`request.timeout`, with `Retry-After`) and its handler
+/// dropped while the server still runs, so a shutdown never has to drop one.
 macro_rules! app {
-    ($state:expr) => {
+    ($state:expr) => {{
+        let timeout = $state.config.request_timeout();
         App::new()
-            .wrap_fn(|req, srv| {
+            .wrap_fn(move |req, srv| {
                 let (method, path) = (req.method().clone(), req.path().to_string());
-                srv.call(req).map(move |res| {
-                    if let Ok(res) = &res {
-                        let status = res.status().as_u16();
-                        metrics::count_status(status);
-                        tracing::info!(%method, %path, status, "request");
-                    }
+                let call = srv.call(req);
+                async move {
+                    let res = match tokio::time::timeout(timeout, call).await {
+                        Ok(res) => res,
+                        Err(_) => Err(Error::Timeout(timeout.as_secs()).into()),
+                    };
+                    let status = match &res {
+                        Ok(res) => res.status(),
+                        Err(e) => e.as_response_error().status_code(),
+                    };
+                    metrics::count_status(status.as_u16());
+                    tracing::info!(%method, %path, status = status.as_u16(), "request");
                     res
-                })
+                }
             })
             .configure(configure($state.clone()))
-    };
+    }};
 }
 
 /// Serves until SIGINT/SIGTERM, then drains connections (actix's graceful shutdown) and
@@ -111,9 +159,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let state = AppState::open(config.clone()).await?;
     let driver = config
         .drive_rounds
-        .then(|| tokio::spawn(rounds::drive(state.clone())));
+        .then(|| actix_web::rt::spawn(rounds::driver::drive(state.clone())));
     let app_state = state.clone();
-    let server = HttpServer::new(move || app!(app_state)).shutdown_timeout(30);
+    let grace = config.request_timeout() + Duration::from_secs(5);
+    let server = HttpServer::new(move || app!(app_state)).shutdown_timeout(grace.as_secs());
     let server = match &config.tls {
         Some(tls) => server
             .bind_rustls_0_23(config.bind, tls_config(tls)?)
@@ -124,6 +173,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     tracing::info!(bind = %config.bind, tls = config.tls.is_some(), "civic-coordinator listening");
     let result = server.run().await.map_err(|e| e.to_string());
+    state.rounds.halt();
     if let Some(driver) = driver {
         driver.abort();
     }
@@ -136,7 +186,7 @@ pub fn serve_listener(
     listener: std::net::TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
     if state.config.drive_rounds {
-        actix_web::rt::spawn(rounds::drive(state.clone()));
+        actix_web::rt::spawn(rounds::driver::drive(state.clone()));
     }
     Ok(HttpServer::new(move || app!(state))
         .workers(2)

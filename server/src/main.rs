@@ -80,7 +80,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let created =
                 civic_server::service::governance::create(&state, "admin-cli", &name, role)
                     .await
-                    .map_err(|e| e.detail)?;
+                    .map_err(|e| e.body().detail)?;
             println!("created {} account {:?}", role.as_str(), created.name);
             if let Some(id) = created.partner_id {
                 println!("partner id: {id}");

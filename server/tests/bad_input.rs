@@ -184,7 +184,7 @@ async fn bad_protocol_messages_are_refused_and_the_round_goes_on() {
     problem(s, &v, 400, "partner.identity_key", "64 hex");
 
     let (_, q) = c.submit(count_query(60.0)).await;
-    let id = q["id"].as_i64().unwrap();
+    let id = common::round_of(&q);
     let me = PartnerId(c.partners[0].1);
     let post = |token: String, body: Vec<u8>| {
         let url = format!("{}/v1/partner/rounds/{id}/messages", c.base);
@@ -260,7 +260,7 @@ async fn bad_protocol_messages_are_refused_and_the_round_goes_on() {
         .map(|((p, x), s)| p.take_part(id, x, s));
     let results = futures_util::future::join_all(futures).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let done = c.wait_done(id).await;
+    let done = c.wait_done(q["id"].as_i64().unwrap()).await;
     assert_eq!(
         done["result"]["rows"][0][0]["value"].as_f64().unwrap(),
         18.0,

@@ -19,14 +19,14 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let ps = c.register_partners().await;
     let (s, q) = c.submit(count_query(60.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
-    let id = q["id"].as_i64().unwrap();
+    let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
 
     let partners = actix_web::rt::spawn(async move {
         let inputs = [vec![3], vec![4], vec![5]];
         let futures = ps
             .iter()
             .zip(inputs.iter())
-            .map(|(p, x)| p.take_part(id, x, StopAt::Never));
+            .map(|(p, x)| p.take_part(round, x, StopAt::Never));
         futures_util::future::join_all(futures).await
     });
     // Kill the coordinator once the masked vectors are in (the round is past
@@ -80,7 +80,7 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert_eq!(body["code"], "round.not_driven_here", "{body}")
             }
-            StatusCode::OK => assert_eq!(body["rounds"][0]["round_id"], id, "{body}"),
+            StatusCode::OK => assert_eq!(body["rounds"][0]["round_id"], round, "{body}"),
             other => panic!("{other} {body}"),
         }
         if state.rounds.count() == 1 {
@@ -152,7 +152,7 @@ async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_do
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let q: serde_json::Value = res.json().await.unwrap();
-    let id = q["id"].as_i64().unwrap();
+    let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
     assert_eq!(
         replica_state.rounds.count(),
         0,
@@ -185,7 +185,7 @@ async fn a_coordinator_that_does_not_drive_rounds_leaves_them_to_the_one_that_do
     let futures = ps
         .iter()
         .zip(inputs.iter())
-        .map(|(p, x)| p.take_part(id, x, StopAt::Never));
+        .map(|(p, x)| p.take_part(round, x, StopAt::Never));
     let results = futures_util::future::join_all(futures).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let done = driver.wait_done(id).await;

@@ -89,7 +89,7 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
     );
     let results = run_partners(
         &ps,
-        id,
+        common::round_of(&q),
         &[vec![10], vec![20], vec![12]],
         &[StopAt::Never; 3],
     )
@@ -124,7 +124,7 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
     assert_eq!(s, StatusCode::CREATED, "{h}");
     let hid = h["id"].as_i64().unwrap();
     let values = [vec![1, 2, 3], vec![4, 5, 6], vec![0, 10, 1]];
-    let results = run_partners(&ps, hid, &values, &[StopAt::Never; 3]).await;
+    let results = run_partners(&ps, common::round_of(&h), &values, &[StopAt::Never; 3]).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let done = c.wait_done(hid).await;
     assert_eq!(done["state"], "released", "{done}");
@@ -174,16 +174,16 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
 #[actix_web::test]
 async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_refunds() {
     let mut config = test_config(&fresh_store_url("dropout"));
-    config.phase_deadline_secs = 2;
+    config.phase_deadline_secs = 2.0;
     let c = Coordinator::start_with(config).await;
     let ps = partners(&c).await;
 
     // One of three drops before sending its masked vector: t = 2 survive, and the sum is
     // theirs alone.
     let (_, q) = c.submit(count_query(60.0)).await;
-    let id = q["id"].as_i64().unwrap();
+    let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
     let stops = [StopAt::Never, StopAt::BeforeMaskedInput, StopAt::Never];
-    let results = run_partners(&ps, id, &[vec![10], vec![20], vec![12]], &stops).await;
+    let results = run_partners(&ps, round, &[vec![10], vec![20], vec![12]], &stops).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
@@ -193,7 +193,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
     );
     assert_eq!(done["result"]["receipt"]["survivors"], 2);
     // A partner asking after the close (a retry whose reply was lost) learns it is over.
-    let inbox = format!("/v1/partner/rounds/{id}/inbox");
+    let inbox = format!("/v1/partner/rounds/{round}/inbox");
     let (s, v) = c.call(Method::GET, &inbox, Some(&ps[0].token), None).await;
     assert_eq!(
         (s, &v["code"]),
@@ -204,7 +204,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
     // Two of three drop: too few survivors; the reservation comes back.
     let before = budget(&c).await;
     let (_, q) = c.submit(age_histogram(60.0)).await;
-    let id = q["id"].as_i64().unwrap();
+    let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
     let stops = [
         StopAt::Never,
         StopAt::BeforeMaskedInput,
@@ -212,7 +212,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
     ];
     let _ = run_partners(
         &ps,
-        id,
+        round,
         &[vec![1, 1, 1], vec![2, 2, 2], vec![3, 3, 3]],
         &stops,
     )
@@ -224,7 +224,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
         "{done}"
     );
     assert!(done["result"].is_null());
-    let inbox = format!("/v1/partner/rounds/{id}/inbox");
+    let inbox = format!("/v1/partner/rounds/{round}/inbox");
     let (s, v) = c.call(Method::GET, &inbox, Some(&ps[0].token), None).await;
     assert_eq!(
         (s, &v["code"]),
@@ -282,7 +282,13 @@ async fn a_query_above_the_threshold_needs_two_distinct_board_members() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "running");
-    let results = run_partners(&ps, id, &[vec![1], vec![2], vec![3]], &[StopAt::Never; 3]).await;
+    let results = run_partners(
+        &ps,
+        common::round_of(&v),
+        &[vec![1], vec![2], vec![3]],
+        &[StopAt::Never; 3],
+    )
+    .await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let done = c.wait_done(id).await;
     assert_eq!(
@@ -363,8 +369,13 @@ async fn a_release_on_each_backend_is_stored_charged_and_audited() {
         let ps = partners(&c).await;
         let (_, q) = c.submit(count_query(60.0)).await;
         let id = q["id"].as_i64().unwrap();
-        let results =
-            run_partners(&ps, id, &[vec![7], vec![8], vec![9]], &[StopAt::Never; 3]).await;
+        let results = run_partners(
+            &ps,
+            common::round_of(&q),
+            &[vec![7], vec![8], vec![9]],
+            &[StopAt::Never; 3],
+        )
+        .await;
         assert!(results.iter().all(Result::is_ok), "{url}: {results:?}");
         let done = c.wait_done(id).await;
         assert_eq!(

@@ -4,12 +4,22 @@
 
 mod common;
 
+use std::time::Duration;
+
 use civic_api::Role;
 use civic_policies::audit::{AuditEvent, ChainHead, verify_chain};
-use civic_policies::{DatasetPolicy, Rho};
-use civic_server::store::{Store, accounts, audit, budgets, datasets};
+use civic_policies::budget::EntryKind;
+use civic_policies::{DatasetPolicy, Ledger, Rho};
+use civic_server::error::Error;
+use civic_server::store::{NewToken, Store, StoreError, accounts, audit, budgets, datasets};
 use common::{backends, drop_schema};
 use serde_json::json;
+
+const AT: &str = "2026-12-02T00:00:00.000Z";
+
+async fn connect(url: &str) -> Store {
+    Store::connect(url, Duration::from_secs(10)).await.unwrap()
+}
 
 fn city() -> DatasetPolicy {
     DatasetPolicy::from_toml(common::CITY_TOML, "city").unwrap()
@@ -18,8 +28,8 @@ fn city() -> DatasetPolicy {
 #[actix_web::test]
 async fn migrations_apply_once_and_a_second_start_finds_them_done() {
     for url in backends("migrate").await {
-        let a = Store::connect(&url).await.unwrap();
-        let b = Store::connect(&url).await.unwrap();
+        let a = connect(&url).await;
+        let b = connect(&url).await;
         let versions: Vec<i64> =
             sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
                 .fetch_all(b.pool())
@@ -27,7 +37,7 @@ async fn migrations_apply_once_and_a_second_start_finds_them_done() {
                 .unwrap();
         assert_eq!(
             versions,
-            vec![1, 2],
+            vec![1, 2, 3],
             "each migration applied exactly once: {url}"
         );
         let lease: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM driver_lease")
@@ -43,33 +53,31 @@ async fn migrations_apply_once_and_a_second_start_finds_them_done() {
 #[actix_web::test]
 async fn concurrent_reservations_admit_exactly_what_the_caps_allow() {
     for url in backends("ledger").await {
-        let store = Store::connect(&url).await.unwrap();
+        let store = connect(&url).await;
         let policy = city();
-        let mut tx = store.begin().await.unwrap();
-        datasets::insert(&mut tx, &policy, common::CITY_TOML, "test")
+        store
+            .run_tx("set up", async |tx| {
+                datasets::insert(tx, &policy, common::CITY_TOML, "test", AT).await?;
+                let mut ledger = Ledger::new("city", policy.total, policy.per_query);
+                budgets::create(tx, &ledger).await?;
+                let entry = ledger.allocate("falls", Rho::cap(1000.0).unwrap()).unwrap();
+                budgets::record(tx, &ledger, &entry, AT).await
+            })
             .await
             .unwrap();
-        budgets::upsert_caps(&mut tx, "city", policy.total, policy.per_query)
-            .await
-            .unwrap();
-        budgets::update(&mut tx, "city", |l| {
-            Ok(l.allocate("falls", Rho::cap(1000.0)?)?)
-        })
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
         // 24 concurrent reservations of 90 against a cap of 1000: exactly 11 fit.
-        let tasks: Vec<_> = (0..24u64)
+        let tasks: Vec<_> = (1..=24i64)
             .map(|q| {
                 let store = store.clone();
-                tokio::spawn(async move {
-                    let mut tx = store.begin().await?;
-                    budgets::update(&mut tx, "city", |l| {
-                        Ok(l.reserve(q, "falls", Rho::cost(90.0)?)?)
-                    })
-                    .await?;
-                    tx.commit().await?;
-                    Ok::<_, civic_server::error::ApiError>(())
+                actix_web::rt::spawn(async move {
+                    store
+                        .run_tx("reserve", async |tx| {
+                            let mut ledger = budgets::lock(tx, "city").await?.unwrap();
+                            let (_, entry) = ledger.reserve(q as u64, "falls", Rho::cost(90.0)?)?;
+                            budgets::record(tx, &ledger, &entry, AT).await?;
+                            Ok::<_, Error>(())
+                        })
+                        .await
                 })
             })
             .collect();
@@ -77,24 +85,39 @@ async fn concurrent_reservations_admit_exactly_what_the_caps_allow() {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(()) => ok += 1,
-                Err(e) => assert_eq!(e.code, "policy.over_budget", "{url}: {e}"),
+                Err(e) => assert_eq!(e.body().code, "policy.over_budget", "{url}: {e}"),
             }
         }
         assert_eq!(ok, 11, "{url}");
-        let mut conn = store.pool().acquire().await.unwrap();
-        let ledger = budgets::read(&mut conn, "city").await.unwrap();
+        let mut conn = store.read().await.unwrap();
+        let ledger = budgets::read(&mut conn, "city").await.unwrap().unwrap();
         assert_eq!(
             ledger.project("falls").unwrap().reserved,
             Rho::from_units(11 * Rho::cost(90.0).unwrap().units()),
             "{url}"
         );
-        // The totals are the sum of the entries.
-        let reserves = ledger
-            .entries()
+        // The totals are the sum of the entries, which are in their own table.
+        let entries = budgets::entries(&mut conn, "city").await.unwrap();
+        let reserves: Vec<_> = entries
             .iter()
-            .filter(|e| e.kind == civic_policies::budget::EntryKind::Reserve)
-            .count();
-        assert_eq!(reserves, 11, "{url}");
+            .filter(|e| e.kind == EntryKind::Reserve)
+            .collect();
+        assert_eq!(reserves.len(), 11, "{url}");
+        let sum: u64 = reserves.iter().map(|e| e.amount.units()).sum();
+        assert_eq!(ledger.project("falls").unwrap().reserved.units(), sum);
+        // Each query's budget is read back from its entries; the table refuses a second
+        // reservation of the same query.
+        let q = reserves[0].query as i64;
+        let held = budgets::held(&mut conn, q).await.unwrap().unwrap();
+        assert_eq!(held.project, "falls");
+        drop(conn);
+        let again = store
+            .run_tx("reserve twice", async |tx| {
+                budgets::append_entry(tx, "city", reserves[0], AT).await
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(again, StoreError::Conflict), "{url}: {again}");
         drop_schema(&url).await;
     }
 }
@@ -102,27 +125,30 @@ async fn concurrent_reservations_admit_exactly_what_the_caps_allow() {
 #[actix_web::test]
 async fn concurrent_audit_appends_keep_one_verifiable_chain() {
     for url in backends("audit").await {
-        let store = Store::connect(&url).await.unwrap();
+        let store = connect(&url).await;
         let tasks: Vec<_> = (0..40)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move {
-                    let mut tx = store.begin().await.unwrap();
+                actix_web::rt::spawn(async move {
                     let event = AuditEvent {
                         actor: format!("member-{}", i % 4),
                         action: "test.append".into(),
                         subject: format!("n:{i}"),
                         details: json!({ "i": i }),
                     };
-                    audit::append(&mut tx, event).await.unwrap();
-                    tx.commit().await.unwrap();
+                    store
+                        .run_tx("append", async |tx| {
+                            audit::append(tx, event.clone(), AT).await
+                        })
+                        .await
+                        .unwrap();
                 })
             })
             .collect();
         for t in tasks {
             t.await.unwrap();
         }
-        let mut conn = store.pool().acquire().await.unwrap();
+        let mut conn = store.read().await.unwrap();
         let records = audit::page(&mut conn, 0, 1000).await.unwrap();
         assert_eq!(records.len(), 40, "{url}");
         let head = verify_chain(&ChainHead::genesis(), &records).unwrap();
@@ -142,21 +168,23 @@ async fn concurrent_audit_appends_keep_one_verifiable_chain() {
 #[actix_web::test]
 async fn dataset_versions_are_all_kept_and_tokens_are_stored_only_as_hashes() {
     for url in backends("versions").await {
-        let store = Store::connect(&url).await.unwrap();
+        let store = connect(&url).await;
         let policy = city();
-        let mut conn = store.pool().acquire().await.unwrap();
-        assert_eq!(
-            datasets::insert(&mut conn, &policy, "v1", "a")
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            datasets::insert(&mut conn, &policy, "v2", "b")
-                .await
-                .unwrap(),
-            2
-        );
+        let token = NewToken::generate().unwrap();
+        let (account, dup) = store
+            .run_tx("versions and accounts", async |tx| {
+                assert_eq!(datasets::insert(tx, &policy, "v1", "a", AT).await?, 1);
+                assert_eq!(datasets::insert(tx, &policy, "v2", "b", AT).await?, 2);
+                let account = accounts::create(tx, "alice", Role::Researcher, &token, AT)
+                    .await?
+                    .unwrap();
+                let dup = accounts::create(tx, "alice", Role::Admin, &token, AT).await?;
+                Ok::<_, StoreError>((account, dup))
+            })
+            .await
+            .unwrap();
+        assert!(dup.is_none(), "a taken name is refused: {url}");
+        let mut conn = store.read().await.unwrap();
         assert_eq!(
             datasets::latest(&mut conn, "city")
                 .await
@@ -169,13 +197,11 @@ async fn dataset_versions_are_all_kept_and_tokens_are_stored_only_as_hashes() {
             datasets::get(&mut conn, "city", 1)
                 .await
                 .unwrap()
+                .unwrap()
                 .created_by,
             "a"
         );
-
-        let (account, token) = accounts::create(&mut conn, "alice", Role::Researcher)
-            .await
-            .unwrap();
+        assert!(datasets::get(&mut conn, "city", 3).await.unwrap().is_none());
         let found = accounts::by_token(&mut conn, token.reveal())
             .await
             .unwrap()
@@ -195,10 +221,7 @@ async fn dataset_versions_are_all_kept_and_tokens_are_stored_only_as_hashes() {
         assert_eq!(stored.len(), 32);
         assert_ne!(stored, token.reveal().as_bytes().to_vec());
         assert!(!format!("{token:?}").contains(token.reveal()));
-        let dup = accounts::create(&mut conn, "alice", Role::Admin)
-            .await
-            .unwrap_err();
-        assert_eq!(dup.code, "account.exists", "{url}");
+        drop(conn);
         drop_schema(&url).await;
     }
 }

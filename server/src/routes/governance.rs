@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiResult;
+use crate::error::Result;
 use crate::service::governance as svc;
 
 /// Creates an admin, governance or researcher account. Roles: admin.
@@ -22,7 +22,7 @@ pub async fn create_account(
     s: web::Data<AppState>,
     c: Caller,
     body: web::Json<CreateAccount>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let created = svc::create_account(&s, c.require(&[Admin])?, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -35,7 +35,7 @@ pub async fn create_partner(
     s: web::Data<AppState>,
     c: Caller,
     body: web::Json<CreatePartner>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let created = svc::create_partner(&s, c.require(&[Admin])?, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -44,7 +44,7 @@ pub async fn create_partner(
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", security(("bearer" = [])),
     responses((status = 200, body = Vec<DatasetView>)))]
 #[get("/v1/datasets")]
-pub async fn list_datasets(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+pub async fn list_datasets(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
     c.require(&[Admin, Governance, Researcher, Partner])?;
     Ok(HttpResponse::Ok().json(svc::datasets(&s).await?))
 }
@@ -57,7 +57,7 @@ pub async fn get_dataset(
     s: web::Data<AppState>,
     c: Caller,
     id: web::Path<String>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     c.require(&[Admin, Governance, Researcher, Partner])?;
     Ok(HttpResponse::Ok().json(svc::dataset(&s, &id).await?))
 }
@@ -70,7 +70,7 @@ pub async fn get_dataset_version(
     s: web::Data<AppState>,
     c: Caller,
     p: web::Path<(String, i64)>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     c.require(&[Admin, Governance, Researcher, Partner])?;
     Ok(HttpResponse::Ok().json(svc::dataset_version(&s, &p.0, p.1).await?))
 }
@@ -84,7 +84,7 @@ pub async fn put_dataset(
     c: Caller,
     id: web::Path<String>,
     body: web::Json<UploadPolicy>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let view = svc::upload_policy(&s, c.require(&[Governance])?, &id, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(view))
 }
@@ -97,7 +97,7 @@ pub async fn create_project(
     s: web::Data<AppState>,
     c: Caller,
     body: web::Json<CreateProject>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let view = svc::create_project(&s, c.require(&[Governance])?, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(view))
 }
@@ -111,7 +111,7 @@ pub async fn set_allocation(
     c: Caller,
     p: web::Path<(String, String)>,
     body: web::Json<SetAllocation>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let view =
         svc::set_allocation(&s, c.require(&[Governance])?, &p.0, &p.1, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(view))
@@ -125,7 +125,7 @@ pub async fn get_budget(
     s: web::Data<AppState>,
     c: Caller,
     dataset: web::Path<String>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     c.require(&[Governance])?;
     Ok(HttpResponse::Ok().json(svc::budget(&s, &dataset).await?))
 }
@@ -154,7 +154,7 @@ pub async fn get_audit(
     s: web::Data<AppState>,
     c: Caller,
     q: web::Query<AuditQuery>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     c.require(&[Governance, Admin])?;
     Ok(HttpResponse::Ok().json(svc::audit_page(&s, q.after, q.limit).await?))
 }
@@ -163,7 +163,7 @@ pub async fn get_audit(
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "governance", security(("bearer" = [])),
     responses((status = 200, body = AuditVerification)))]
 #[get("/v1/audit/verify")]
-pub async fn verify_audit(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+pub async fn verify_audit(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
     c.require(&[Governance, Admin])?;
     Ok(HttpResponse::Ok().json(svc::verify_audit(&s).await?))
 }
@@ -177,7 +177,7 @@ pub async fn decide(
     c: Caller,
     id: web::Path<i64>,
     body: web::Json<Decision>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let view = svc::decide(&s, c.require(&[Governance])?, *id, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(view))
 }

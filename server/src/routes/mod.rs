@@ -5,25 +5,24 @@ pub mod ops;
 pub mod partner;
 pub mod research;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, web};
+use civic_api::ProblemCode;
 use futures_util::StreamExt;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{Error, Result};
 
 /// Reads a binary body up to `limit` bytes (413 beyond it, before buffering the rest).
-pub async fn read_limited(mut payload: web::Payload, limit: usize) -> ApiResult<web::Bytes> {
+pub async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<web::Bytes> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("request.body", format!("could not read the body: {e}"))
+            Error::invalid(
+                ProblemCode::RequestBody,
+                format!("could not read the body: {e}"),
+            )
         })?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request.too_large",
-                format!("the body exceeds this coordinator's limit of {limit} bytes"),
-            ));
+            return Err(Error::TooLarge { limit });
         }
         body.extend_from_slice(&chunk);
     }
@@ -37,22 +36,16 @@ pub fn extractor_configs(cfg: &mut web::ServiceConfig, json_limit: usize) {
         |err, _req: &HttpRequest| {
             use actix_web::error::JsonPayloadError as E;
             let e = match &err {
-                E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request.too_large",
-                    format!("the JSON body exceeds this coordinator's limit of {limit} bytes"),
-                ),
-                E::ContentType => ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "request.content_type",
-                    "send the body as Content-Type: application/json",
-                ),
-                E::Deserialize(e) => ApiError::bad_request(
-                    "request.json",
+                E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => {
+                    Error::TooLarge { limit: *limit }
+                }
+                E::ContentType => Error::UnsupportedMediaType,
+                E::Deserialize(e) => Error::invalid(
+                    ProblemCode::RequestJson,
                     format!("the JSON body is not valid: {e}"),
                 ),
-                other => ApiError::bad_request(
-                    "request.json",
+                other => Error::invalid(
+                    ProblemCode::RequestJson,
                     format!("could not read the JSON body: {other}"),
                 ),
             };
@@ -60,11 +53,15 @@ pub fn extractor_configs(cfg: &mut web::ServiceConfig, json_limit: usize) {
         },
     ))
     .app_data(web::PathConfig::default().error_handler(|err, _req| {
-        ApiError::bad_request("request.path", format!("the URL path is not valid: {err}")).into()
+        Error::invalid(
+            ProblemCode::RequestPath,
+            format!("the URL path is not valid: {err}"),
+        )
+        .into()
     }))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| {
-        ApiError::bad_request(
-            "request.query_string",
+        Error::invalid(
+            ProblemCode::RequestQueryString,
             format!("the query string is not valid: {err}"),
         )
         .into()

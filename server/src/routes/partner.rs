@@ -1,6 +1,7 @@
 //! Partner agents' endpoints. Protocol messages are bincode (fixed-width integers).
 
 use actix_web::{HttpResponse, get, post, put, web};
+use civic_api::ProblemCode;
 use civic_api::Role::{Admin, Governance, Partner};
 use civic_api::round::{
     BINARY_CONTENT_TYPE, DeclineRound, PartnerRounds, RegisterIdentity, RosterEntry,
@@ -9,9 +10,8 @@ use civic_secagg::PartnerId;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
-use crate::rounds;
-use crate::store::accounts;
+use crate::error::{Error, Result};
+use crate::service::partner as svc;
 
 /// Registers the partner's long-term Ed25519 identity key (once; it is pinned). Roles: partner.
 #[utoipa::path(put, path = "/v1/partner/identity", tag = "partners", request_body = RegisterIdentity,
@@ -21,18 +21,18 @@ pub async fn register_identity(
     s: web::Data<AppState>,
     c: Caller,
     body: web::Json<RegisterIdentity>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let id = c.partner_id()?;
     let key: [u8; 32] = hex::decode(body.public_key.trim())
         .ok()
         .and_then(|k| k.try_into().ok())
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "partner.identity_key",
+            Error::invalid(
+                ProblemCode::PartnerIdentityKey,
                 "public_key must be 32 bytes as 64 hex digits (civic-agent keygen prints it)",
             )
         })?;
-    crate::service::governance::register_identity(&s, &c.0, key).await?;
+    svc::register_identity(&s, &c.0, key).await?;
     Ok(HttpResponse::Ok().json(RosterEntry {
         partner_id: id,
         name: c.0.name.clone(),
@@ -44,10 +44,10 @@ pub async fn register_identity(
 #[utoipa::path(get, path = "/v1/partner/rounds", tag = "partners", security(("bearer" = [])),
     responses((status = 200, body = PartnerRounds)))]
 #[get("/v1/partner/rounds")]
-pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
     let me = PartnerId(c.partner_id()?);
     Ok(HttpResponse::Ok().json(PartnerRounds {
-        rounds: rounds::announcements(&s, me).await?,
+        rounds: svc::announcements(&s, me).await?,
     }))
 }
 
@@ -55,15 +55,11 @@ pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpRes
 #[utoipa::path(get, path = "/v1/partner/rounds/{id}/inbox", tag = "partners", security(("bearer" = [])),
     responses((status = 200, description = "bincode Inbox", content_type = "application/octet-stream")))]
 #[get("/v1/partner/rounds/{id}/inbox")]
-pub async fn inbox(
-    s: web::Data<AppState>,
-    c: Caller,
-    id: web::Path<i64>,
-) -> ApiResult<HttpResponse> {
-    let inbox = rounds::inbox(&s, *id, PartnerId(c.partner_id()?)).await?;
+pub async fn inbox(s: web::Data<AppState>, c: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
+    let inbox = svc::inbox(&s, *id, PartnerId(c.partner_id()?)).await?;
     Ok(HttpResponse::Ok()
         .content_type(BINARY_CONTENT_TYPE)
-        .body(rounds::encode_inbox(&inbox)))
+        .body(inbox))
 }
 
 /// Posts one protocol message (binary `ClientMessage`). Roles: partner (as itself).
@@ -76,10 +72,10 @@ pub async fn post_message(
     c: Caller,
     id: web::Path<i64>,
     body: web::Payload,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let me = PartnerId(c.partner_id()?);
     let bytes = super::read_limited(body, s.config.binary_limit).await?;
-    rounds::receive(&s, *id, me, &bytes).await?;
+    svc::receive(&s, *id, me, &bytes).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -93,16 +89,9 @@ pub async fn decline(
     c: Caller,
     id: web::Path<i64>,
     body: web::Json<DeclineRound>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     let me = PartnerId(c.partner_id()?);
-    let reason = body.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 1000 {
-        return Err(ApiError::bad_request(
-            "round.decline_reason",
-            "reason must be 1 to 1000 characters",
-        ));
-    }
-    rounds::decline(&s, *id, me, reason).await?;
+    svc::decline(&s, *id, me, &body.reason).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -110,17 +99,8 @@ pub async fn decline(
 #[utoipa::path(get, path = "/v1/partners/roster", tag = "partners", security(("bearer" = [])),
     responses((status = 200, body = Vec<RosterEntry>)))]
 #[get("/v1/partners/roster")]
-pub async fn roster(s: web::Data<AppState>, c: Caller) -> ApiResult<HttpResponse> {
+pub async fn roster(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
     c.require(&[Partner, Governance, Admin])?;
-    let mut conn = s.store.pool().acquire().await?;
-    let entries: Vec<RosterEntry> = accounts::partners(&mut conn)
-        .await?
-        .into_iter()
-        .map(|a| RosterEntry {
-            partner_id: a.id as u32,
-            name: a.name,
-            identity_key: a.identity_key.map(hex::encode),
-        })
-        .collect();
+    let entries: Vec<RosterEntry> = svc::roster(&s).await?;
     Ok(HttpResponse::Ok().json(entries))
 }

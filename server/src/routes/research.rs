@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiResult;
+use crate::error::Result;
 use crate::service::research as svc;
 
 /// Cost, accuracy and remaining budget of a query; nothing is spent. Roles: researcher.
@@ -18,7 +18,7 @@ pub async fn preview(
     s: web::Data<AppState>,
     c: Caller,
     body: web::Json<QueryRequest>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok()
         .json(svc::preview(&s, c.require(&[Researcher])?, body.into_inner()).await?))
 }
@@ -31,7 +31,7 @@ pub async fn submit(
     s: web::Data<AppState>,
     c: Caller,
     body: web::Json<QueryRequest>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Created()
         .json(svc::submit(&s, c.require(&[Researcher])?, body.into_inner()).await?))
 }
@@ -45,7 +45,7 @@ pub async fn get_query(
     s: web::Data<AppState>,
     c: Caller,
     id: web::Path<i64>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(svc::read(&s, c.require(&[Researcher, Governance])?, *id).await?))
 }
 
@@ -69,6 +69,6 @@ fn default_limit() -> i64 {
 pub async fn register(
     s: web::Data<AppState>,
     q: web::Query<RegisterQuery>,
-) -> ApiResult<HttpResponse> {
+) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(svc::register(&s, q.limit).await?))
 }

@@ -1,34 +1,36 @@
 //! Accounts, datasets, projects, allocations, approvals, budgets and the audit log.
 
-use civic_api::Role;
 use civic_api::governance::{
     AllocationView, AuditPage, AuditVerification, BudgetView, CreateAccount, CreatePartner,
     CreateProject, CreatedAccount, DatasetView, Decision, PolicyFormat, ProjectView, SetAllocation,
     UploadPolicy,
 };
 use civic_api::query::{QueryState, QueryView};
+use civic_api::{ProblemCode, Role};
 use civic_mechanisms::accounting::epsilon_at_delta;
-use civic_policies::DatasetPolicy;
 use civic_policies::audit::{ChainHead, verify_chain};
+use civic_policies::{DatasetPolicy, Ledger};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::event;
-use super::research::{priced_for, view};
+use super::research::view_of;
+use super::rounds::{calibration, current};
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::rounds;
-use crate::store::{Account, accounts, audit, budgets, datasets, projects, queries};
+use crate::error::{Error, Missing, Result};
+use crate::lifecycle::{self, Decided};
+use crate::rounds::driver;
+use crate::store::{Account, NewToken, accounts, audit, budgets, datasets, projects, queries};
 
 /// Creates an account (any role but partner) and returns its token, once.
 pub async fn create_account(
     state: &AppState,
     by: &Account,
     req: CreateAccount,
-) -> ApiResult<CreatedAccount> {
+) -> Result<CreatedAccount> {
     if req.role == Role::Partner {
-        return Err(ApiError::bad_request(
-            "account.partner_via_partners",
+        return Err(Error::invalid(
+            ProblemCode::AccountPartnerViaPartners,
             "create partner accounts with POST /v1/admin/partners",
         ));
     }
@@ -40,35 +42,59 @@ pub async fn create_partner(
     state: &AppState,
     by: &Account,
     req: CreatePartner,
-) -> ApiResult<CreatedAccount> {
+) -> Result<CreatedAccount> {
     create(state, &by.name, &req.name, Role::Partner).await
 }
 
+/// Checks an account or project name.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if accounts::valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            ProblemCode::RequestInvalidName,
+            format!(
+                "{what} {name:?} is not a valid name: use 1 to 64 letters, digits, '.', '-', '_' or '@'"
+            ),
+        ))
+    }
+}
+
 /// Creates an account of any role (also used by the bootstrap command).
-pub async fn create(
-    state: &AppState,
-    by: &str,
-    name: &str,
-    role: Role,
-) -> ApiResult<CreatedAccount> {
-    let mut tx = state.store.begin().await?;
-    let (account, token) = accounts::create(&mut tx, name, role).await?;
-    let partner_id = (role == Role::Partner).then_some(account.id as u32);
-    audit::append(
-        &mut tx,
-        event(
-            by,
-            "account.create",
-            format!("account:{name}"),
-            json!({ "role": role.as_str(), "partner_id": partner_id }),
-        ),
-    )
-    .await?;
-    tx.commit().await?;
+pub async fn create(state: &AppState, by: &str, name: &str, role: Role) -> Result<CreatedAccount> {
+    check_name("account name", name)?;
+    let token = NewToken::generate().map_err(|e| Error::internal("drawing a token", e))?;
+    let at = state.clock.rfc3339();
+    let account = state
+        .store
+        .run_tx("create an account", async |tx| {
+            let account = accounts::create(tx, name, role, &token, &at)
+                .await?
+                .ok_or_else(|| {
+                    Error::conflict(
+                        ProblemCode::AccountExists,
+                        format!("an account named {name:?} already exists"),
+                    )
+                })?;
+            let partner_id = (role == Role::Partner).then_some(account.id as u32);
+            audit::append(
+                tx,
+                event(
+                    by,
+                    "account.create",
+                    format!("account:{name}"),
+                    json!({ "role": role.as_str(), "partner_id": partner_id }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>(account)
+        })
+        .await?;
     Ok(CreatedAccount {
+        partner_id: (role == Role::Partner).then_some(account.id as u32),
         name: account.name,
         role,
-        partner_id,
         token: token.reveal().to_string(),
     })
 }
@@ -89,65 +115,80 @@ pub async fn upload_policy(
     by: &Account,
     id: &str,
     req: UploadPolicy,
-) -> ApiResult<DatasetView> {
+) -> Result<DatasetView> {
     let policy = match req.format {
         PolicyFormat::Toml => DatasetPolicy::from_toml(&req.policy, "request body"),
         PolicyFormat::Json => DatasetPolicy::from_json(&req.policy, "request body"),
     }?;
     if policy.id() != id {
-        return Err(ApiError::bad_request(
-            "dataset.id_mismatch",
+        return Err(Error::invalid(
+            ProblemCode::DatasetIdMismatch,
             format!(
                 "the policy declares dataset {:?} but was uploaded to {id:?}",
                 policy.id()
             ),
         ));
     }
-    let mut tx = state.store.begin().await?;
-    let version = datasets::insert(&mut tx, &policy, &req.policy, &by.name).await?;
-    budgets::upsert_caps(&mut tx, id, policy.total, policy.per_query).await?;
-    audit::append(
-        &mut tx,
-        event(
-            &by.name,
-            if version == 1 {
-                "dataset.create"
-            } else {
-                "dataset.update"
-            },
-            format!("dataset:{id}"),
-            json!({
-                "version": version,
-                "policy_sha256": hex::encode(Sha256::digest(req.policy.as_bytes())),
-                "partners": policy.partners(),
-                "total_rho": policy.total.as_f64(),
-                "per_query_rho": policy.per_query.as_f64(),
-                "min_partners": policy.min_partners(),
-            }),
-        ),
-    )
-    .await?;
-    tx.commit().await?;
-    let mut conn = state.store.pool().acquire().await?;
-    Ok(dataset_view(datasets::get(&mut conn, id, version).await?))
+    let at = state.clock.rfc3339();
+    let version = state
+        .store
+        .run_tx("upload a policy", async |tx| {
+            let version = datasets::insert(tx, &policy, &req.policy, &by.name, &at).await?;
+            if !budgets::create(tx, &Ledger::new(id, policy.total, policy.per_query)).await? {
+                let mut ledger = budgets::lock(tx, id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(Missing::Budget(id.to_string())))?;
+                ledger.set_caps(policy.total, policy.per_query)?;
+                budgets::save(tx, &ledger).await?;
+            }
+            audit::append(
+                tx,
+                event(
+                    &by.name,
+                    if version == 1 {
+                        "dataset.create"
+                    } else {
+                        "dataset.update"
+                    },
+                    format!("dataset:{id}"),
+                    json!({
+                        "version": version,
+                        "policy_sha256": hex::encode(Sha256::digest(req.policy.as_bytes())),
+                        "partners": policy.partners(),
+                        "total_rho": policy.total.as_f64(),
+                        "per_query_rho": policy.per_query.as_f64(),
+                        "min_per_query_rho": policy.min_per_query.as_f64(),
+                        "min_partners": policy.min_partners(),
+                    }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>(version)
+        })
+        .await?;
+    dataset_version(state, id, version).await
 }
 
 /// The latest version of a dataset.
-pub async fn dataset(state: &AppState, id: &str) -> ApiResult<DatasetView> {
-    let mut conn = state.store.pool().acquire().await?;
-    Ok(dataset_view(datasets::require_latest(&mut conn, id).await?))
+pub async fn dataset(state: &AppState, id: &str) -> Result<DatasetView> {
+    datasets::latest(&mut *state.store.read().await?, id)
+        .await?
+        .map(dataset_view)
+        .ok_or_else(|| Error::NotFound(Missing::Dataset(id.to_string())))
 }
 
 /// One version of a dataset.
-pub async fn dataset_version(state: &AppState, id: &str, version: i64) -> ApiResult<DatasetView> {
-    let mut conn = state.store.pool().acquire().await?;
-    Ok(dataset_view(datasets::get(&mut conn, id, version).await?))
+pub async fn dataset_version(state: &AppState, id: &str, version: i64) -> Result<DatasetView> {
+    datasets::get(&mut *state.store.read().await?, id, version)
+        .await?
+        .map(dataset_view)
+        .ok_or_else(|| Error::NotFound(Missing::DatasetVersion(id.to_string(), version)))
 }
 
 /// The latest version of every dataset.
-pub async fn datasets(state: &AppState) -> ApiResult<Vec<DatasetView>> {
-    let mut conn = state.store.pool().acquire().await?;
-    Ok(datasets::list(&mut conn)
+pub async fn datasets(state: &AppState) -> Result<Vec<DatasetView>> {
+    Ok(datasets::list(&mut *state.store.read().await?)
         .await?
         .into_iter()
         .map(dataset_view)
@@ -159,49 +200,60 @@ pub async fn create_project(
     state: &AppState,
     by: &Account,
     req: CreateProject,
-) -> ApiResult<ProjectView> {
-    accounts::check_name("project id", &req.id)?;
+) -> Result<ProjectView> {
+    check_name("project id", &req.id)?;
     if req.title.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "project.title",
+        return Err(Error::invalid(
+            ProblemCode::ProjectTitle,
             "a project needs a title for the public register",
         ));
     }
-    let mut tx = state.store.begin().await?;
-    projects::insert(&mut tx, &req.id, &req.title, &by.name).await?;
-    for member in &req.members {
-        match accounts::by_name(&mut tx, member).await? {
-            Some(a) if a.role == Role::Researcher => {
-                projects::add_member(&mut tx, &req.id, member).await?
-            }
-            Some(a) => {
-                return Err(ApiError::bad_request(
-                    "project.member_role",
-                    format!(
-                        "{member} is a {} account; project members must be researchers",
-                        a.role.as_str()
-                    ),
+    let at = state.clock.rfc3339();
+    state
+        .store
+        .run_tx("create a project", async |tx| {
+            if !projects::insert(tx, &req.id, &req.title, &by.name, &at).await? {
+                return Err(Error::conflict(
+                    ProblemCode::ProjectExists,
+                    format!("project {:?} already exists", req.id),
                 ));
             }
-            None => {
-                return Err(ApiError::bad_request(
-                    "project.member_unknown",
-                    format!("no account named {member:?}"),
-                ));
+            for member in &req.members {
+                match accounts::by_name(tx, member).await? {
+                    Some(a) if a.role == Role::Researcher => {
+                        projects::add_member(tx, &req.id, member).await?
+                    }
+                    Some(a) => {
+                        return Err(Error::invalid(
+                            ProblemCode::ProjectMemberRole,
+                            format!(
+                                "{member} is a {} account; project members must be researchers",
+                                a.role.as_str()
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(Error::invalid(
+                            ProblemCode::ProjectMemberUnknown,
+                            format!("no account named {member:?}"),
+                        ));
+                    }
+                }
             }
-        }
-    }
-    audit::append(
-        &mut tx,
-        event(
-            &by.name,
-            "project.create",
-            format!("project:{}", req.id),
-            json!({ "title": req.title, "members": req.members }),
-        ),
-    )
-    .await?;
-    tx.commit().await?;
+            audit::append(
+                tx,
+                event(
+                    &by.name,
+                    "project.create",
+                    format!("project:{}", req.id),
+                    json!({ "title": req.title, "members": req.members }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
     Ok(ProjectView {
         id: req.id,
         title: req.title,
@@ -216,29 +268,42 @@ pub async fn set_allocation(
     project: &str,
     dataset: &str,
     req: SetAllocation,
-) -> ApiResult<BudgetView> {
+) -> Result<BudgetView> {
     let cap = req.cap.as_cap()?;
-    let mut tx = state.store.begin().await?;
-    budgets::update(&mut tx, dataset, |l| Ok(l.allocate(project, cap)?)).await?;
-    projects::title(&mut tx, project).await?;
-    audit::append(
-        &mut tx,
-        event(
-            &by.name,
-            "budget.allocate",
-            format!("project:{project}"),
-            json!({ "dataset": dataset, "cap_rho": cap.as_f64(), "as_written": req.cap }),
-        ),
-    )
-    .await?;
-    tx.commit().await?;
+    let at = state.clock.rfc3339();
+    state
+        .store
+        .run_tx("set an allocation", async |tx| {
+            let mut ledger = budgets::lock(tx, dataset)
+                .await?
+                .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.to_string())))?;
+            if projects::title(tx, project).await?.is_none() {
+                return Err(Error::NotFound(Missing::Project(project.to_string())));
+            }
+            let entry = ledger.allocate(project, cap)?;
+            budgets::record(tx, &ledger, &entry, &at).await?;
+            audit::append(
+                tx,
+                event(
+                    &by.name,
+                    "budget.allocate",
+                    format!("project:{project}"),
+                    json!({ "dataset": dataset, "cap_rho": cap.as_f64(), "as_written": req.cap }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok(())
+        })
+        .await?;
     budget(state, dataset).await
 }
 
 /// A dataset's budget.
-pub async fn budget(state: &AppState, dataset: &str) -> ApiResult<BudgetView> {
-    let mut conn = state.store.pool().acquire().await?;
-    let ledger = budgets::read(&mut conn, dataset).await?;
+pub async fn budget(state: &AppState, dataset: &str) -> Result<BudgetView> {
+    let ledger = budgets::read(&mut *state.store.read().await?, dataset)
+        .await?
+        .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.to_string())))?;
     let delta = state.config.reporting_delta;
     let charged = ledger.charged();
     let eps = if charged.units() == 0 {
@@ -268,112 +333,102 @@ pub async fn budget(state: &AppState, dataset: &str) -> ApiResult<BudgetView> {
 
 /// A board member approves or rejects a query awaiting approval. Approvals count distinct
 /// members; the last one needed starts the round. One rejection ends the query and refunds.
-pub async fn decide(
-    state: &AppState,
-    by: &Account,
-    id: i64,
-    req: Decision,
-) -> ApiResult<QueryView> {
+pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> Result<QueryView> {
     if req.reason.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "decision.reason",
+        return Err(Error::invalid(
+            ProblemCode::DecisionReason,
             "a decision needs a reason for the audit log",
         ));
     }
-    let mut tx = state.store.begin().await?;
-    // Lock the query first: decisions on one query queue, and each sees the others'.
-    if !queries::lock_awaiting_approval(&mut tx, id).await? {
-        let query = queries::get(&mut tx, id).await?;
-        return Err(ApiError::conflict(
-            "query.not_awaiting_approval",
-            format!(
-                "query {id} is {}, not awaiting approval",
-                query.state.as_str()
-            ),
-        ));
-    }
-    queries::decide(&mut tx, id, &by.name, req.approve, &req.reason).await?;
-    let query = queries::get(&mut tx, id).await?;
-    let moved = |ok: bool| {
-        if ok {
-            Ok(())
-        } else {
-            Err(ApiError::internal(
-                "deciding on a query",
-                format!("query {id} changed state under its lock"),
-            ))
-        }
-    };
-    let mut started = None;
-    if !req.approve {
-        moved(
-            queries::transition(
-                &mut tx,
-                id,
-                QueryState::AwaitingApproval,
-                QueryState::Rejected,
-                Some(&req.reason),
-            )
-            .await?,
-        )?;
-        budgets::update(&mut tx, &query.dataset, |l| Ok(l.refund(id as u64)?)).await?;
-        audit::append(
-            &mut tx,
-            event(
-                &by.name,
-                "query.reject",
-                format!("query:{id}"),
-                json!({ "reason": req.reason }),
-            ),
-        )
-        .await?;
-    } else {
-        let approvals = queries::approvals(&mut tx, id)
+    // Everything the round needs is read and priced before the transaction (for queries
+    // stored before calibrations were kept, pricing is CPU work no transaction may wait on).
+    let (q, policy) = {
+        let mut conn = state.store.read().await?;
+        let q = queries::get(&mut conn, id)
             .await?
-            .iter()
-            .filter(|a| a.approve)
-            .count();
-        audit::append(
-            &mut tx,
-            event(&by.name, "query.approve", format!("query:{id}"), json!({ "reason": req.reason, "approvals": approvals, "required": query.approvals_required })),
-        )
-        .await?;
-        if approvals as u32 >= query.approvals_required {
-            moved(
-                queries::transition(
-                    &mut tx,
-                    id,
-                    QueryState::AwaitingApproval,
-                    QueryState::Running,
-                    None,
-                )
-                .await?,
+            .ok_or(Error::NotFound(Missing::Query(id)))?;
+        let policy = datasets::get(&mut conn, &q.dataset, q.dataset_version)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(Missing::DatasetVersion(
+                    q.dataset.clone(),
+                    q.dataset_version,
+                ))
+            })?
+            .policy;
+        (q, policy)
+    };
+    let priced = calibration(state, &q, &policy).await?;
+    let at = state.clock.rfc3339();
+    let round = state
+        .store
+        .run_tx("decide on a query", async |tx| {
+            // The query's lock first: decisions on one query queue, and each sees the others'.
+            let q = queries::lock(tx, id)
+                .await?
+                .ok_or(Error::NotFound(Missing::Query(id)))?;
+            let first = queries::decide(tx, id, &by.name, req.approve, &req.reason, &at).await?;
+            let approvals = queries::approvals(tx, id)
+                .await?
+                .iter()
+                .filter(|a| a.approve)
+                .count();
+            let mut ledger = budgets::lock(tx, &q.dataset)
+                .await?
+                .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
+            let held = budgets::held(tx, id).await?;
+            let decided = lifecycle::decide(
+                current(&q),
+                &by.name,
+                first,
+                req.approve,
+                approvals,
+                &mut ledger,
+                held.as_ref(),
             )?;
-            let version = datasets::get(&mut tx, &query.dataset, query.dataset_version).await?;
-            let priced = priced_for(
-                state,
-                &version.policy,
-                query.dataset_version,
-                &query.request,
+            let mut round = None;
+            match &decided {
+                Decided::Rejected { entry, .. } => {
+                    budgets::record(tx, &ledger, entry, &at).await?;
+                    queries::set_state(tx, id, QueryState::Rejected, Some(&req.reason)).await?;
+                }
+                Decided::Runs { .. } => {
+                    queries::set_state(tx, id, QueryState::Running, None).await?;
+                    round = Some(super::rounds::open(state, tx, id, &policy, &priced, &at).await?);
+                }
+                Decided::Approved { .. } => {}
+            }
+            let details = match &decided {
+                Decided::Rejected { .. } => json!({ "reason": req.reason }),
+                Decided::Approved { approvals } | Decided::Runs { approvals } => json!({
+                    "reason": req.reason,
+                    "approvals": approvals,
+                    "required": q.approvals_required,
+                }),
+            };
+            let action = if req.approve {
+                "query.approve"
+            } else {
+                "query.reject"
+            };
+            audit::append(
+                tx,
+                event(&by.name, action, format!("query:{id}"), details),
+                &at,
             )
             .await?;
-            let setup = rounds::plan(state, &mut tx, id, &priced, &version.policy).await?;
-            rounds::open(&mut tx, id, &setup).await?;
-            started = Some(setup);
-        }
+            Ok::<_, Error>(round)
+        })
+        .await?;
+    if let Some(row) = round {
+        driver::start(state, row)?;
     }
-    tx.commit().await?;
-    if let Some(setup) = started {
-        rounds::start(state, id, setup)?;
-    }
-    let mut conn = state.store.pool().acquire().await?;
-    let q = queries::get(&mut conn, id).await?;
-    view(&mut conn, q).await
+    view_of(state, id).await
 }
 
 /// A page of the audit log.
-pub async fn audit_page(state: &AppState, after: u64, limit: u64) -> ApiResult<AuditPage> {
-    let mut conn = state.store.pool().acquire().await?;
+pub async fn audit_page(state: &AppState, after: u64, limit: u64) -> Result<AuditPage> {
+    let mut conn = state.store.read().await?;
     let head = audit::head(&mut conn).await?;
     let records = audit::page(&mut conn, after, limit.clamp(1, 10_000)).await?;
     Ok(AuditPage { records, head })
@@ -381,8 +436,8 @@ pub async fn audit_page(state: &AppState, after: u64, limit: u64) -> ApiResult<A
 
 /// Verifies the whole log, page by page, up to the head as it stood when verification began
 /// (entries appended meanwhile are left for the next check).
-pub async fn verify_audit(state: &AppState) -> ApiResult<AuditVerification> {
-    let mut conn = state.store.pool().acquire().await?;
+pub async fn verify_audit(state: &AppState) -> Result<AuditVerification> {
+    let mut conn = state.store.read().await?;
     let stored = audit::head(&mut conn).await?;
     let mut head = ChainHead::genesis();
     while head.seq < stored.seq {
@@ -414,27 +469,4 @@ pub async fn verify_audit(state: &AppState) -> ApiResult<AuditVerification> {
         head,
         error,
     })
-}
-
-/// Registers a partner's identity key (pinned once set), audited.
-pub async fn register_identity(
-    state: &AppState,
-    partner: &Account,
-    key: [u8; 32],
-) -> ApiResult<()> {
-    let mut tx = state.store.begin().await?;
-    if accounts::set_identity_key(&mut tx, partner, key).await? {
-        audit::append(
-            &mut tx,
-            event(
-                &partner.name,
-                "partner.identity_key",
-                format!("partner:{}", partner.name),
-                json!({ "public_key": hex::encode(key) }),
-            ),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
 }

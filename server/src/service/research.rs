@@ -1,82 +1,123 @@
-//! Researchers: preview, submit, read.
+//! Researchers: preview, submit, read; the public register.
 
+use actix_web::web;
 use civic_api::Role;
 use civic_api::query::{
-    Preview, QueryRequest, QueryState, QueryView, RegisterEntry, RemainingView,
+    CostView, Preview, QueryRequest, QueryState, QueryView, RegisterEntry, RemainingView,
 };
+use civic_mechanisms::{Priced, PricingContext};
 use civic_policies::DatasetPolicy;
 use serde_json::json;
 use sqlx::AnyConnection;
 
 use super::event;
-use super::pricing::{Priced, free, price};
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::rounds;
+use crate::error::{Error, Missing, Result};
+use crate::lifecycle::{self, Admission, Submission};
+use crate::rounds::driver;
+use crate::store::datasets::DatasetVersion;
 use crate::store::{Account, NewQuery, QueryRow, audit, budgets, datasets, projects, queries};
 
-/// Prices a request on a blocking thread (OpenDP is neither Send nor Sync).
-pub async fn priced_for(
-    state: &AppState,
-    policy: &DatasetPolicy,
-    version: i64,
-    request: &QueryRequest,
-) -> ApiResult<Priced> {
-    let (policy, request) = (policy.clone(), request.clone());
-    let (max_rows, delta) = (
-        state.config.max_rows_per_partner,
-        state.config.reporting_delta,
-    );
-    actix_web::web::block(move || price(&policy, version, &request, max_rows, delta))
-        .await
-        .map_err(|e| ApiError::internal("pricing a query", e))?
+/// The pricing context of this coordinator.
+pub fn context(state: &AppState) -> PricingContext {
+    PricingContext {
+        max_rows_per_partner: state.config.max_rows_per_partner,
+        reporting_delta: state.config.reporting_delta,
+    }
 }
 
-async fn check_member(conn: &mut AnyConnection, who: &Account, project: &str) -> ApiResult<()> {
-    projects::title(conn, project).await?;
-    if !projects::is_member(conn, project, &who.name).await? {
-        return Err(ApiError::forbidden(format!(
-            "{} is not a member of project {project:?}",
-            who.name
+/// Prices a request with the shared pricing core, on a blocking thread (OpenDP is neither
+/// Send nor Sync) and holding no store connection.
+pub async fn price(
+    state: &AppState,
+    policy: &DatasetPolicy,
+    request: &QueryRequest,
+) -> Result<Priced> {
+    let (policy, request, context) = (policy.clone(), request.clone(), context(state));
+    Ok(web::block(move || {
+        civic_mechanisms::price(
+            &policy,
+            &request.query,
+            request.privacy,
+            request.confidence,
+            context,
+        )
+    })
+    .await
+    .map_err(|e| Error::internal("pricing a query", e))??)
+}
+
+/// The cost view a board and a researcher read.
+fn cost_view(priced: &Priced) -> CostView {
+    CostView {
+        rho: priced.cost.rho.as_f64(),
+        epsilon: priced.cost.epsilon,
+        approx_dp: priced.cost.approx_dp,
+    }
+}
+
+/// The cost view of a re-served query: nothing spent.
+fn free() -> CostView {
+    CostView {
+        rho: 0.0,
+        epsilon: Some(0.0),
+        approx_dp: (0.0, 0.0),
+    }
+}
+
+/// Checks that `who` may submit for `project` and returns the dataset's latest version.
+async fn admissible(
+    conn: &mut AnyConnection,
+    who: &Account,
+    req: &QueryRequest,
+) -> Result<DatasetVersion> {
+    if projects::title(conn, &req.project).await?.is_none() {
+        return Err(Error::NotFound(Missing::Project(req.project.clone())));
+    }
+    if !projects::is_member(conn, &req.project, &who.name).await? {
+        return Err(Error::Forbidden(format!(
+            "{} is not a member of project {:?}",
+            who.name, req.project
         )));
     }
-    Ok(())
+    datasets::latest(conn, &req.query.dataset)
+        .await?
+        .ok_or_else(|| Error::NotFound(Missing::Dataset(req.query.dataset.clone())))
 }
 
 /// What a submission would cost and how accurate it would be; nothing is spent.
-pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> ApiResult<Preview> {
-    let mut conn = state.store.pool().acquire().await?;
-    check_member(&mut conn, who, &req.project).await?;
-    let dataset = datasets::require_latest(&mut conn, &req.query.dataset).await?;
-    let priced = priced_for(state, &dataset.policy, dataset.version, &req).await?;
-    let reuses_release = queries::release_by_fingerprint(&mut conn, &priced.fingerprint).await?;
-    let ledger = budgets::read(&mut conn, &dataset.id).await?;
+pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Result<Preview> {
+    let dataset = admissible(&mut *state.store.read().await?, who, &req).await?;
+    let priced = price(state, &dataset.policy, &req).await?;
+    let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
+    let mut conn = state.store.read().await?;
+    let reuses_release = queries::release_by_fingerprint(&mut conn, &fingerprint).await?;
+    let ledger = budgets::read(&mut conn, &dataset.id)
+        .await?
+        .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
+    drop(conn);
     let project_left = ledger
         .project(&req.project)
         .map(|a| a.cap.checked_sub(a.used()).unwrap_or_default())
         .unwrap_or_default();
-    // The refusal a submission would meet, from the same pure check, on a copy.
-    let refusal = if reuses_release.is_some() {
-        None
-    } else {
-        let mut trial = ledger.clone();
-        trial
-            .reserve(u64::MAX, &req.project, priced.release_plan.cost)
+    // The refusal a submission would meet, from the same pure check, changing nothing.
+    let refusal = match reuses_release {
+        Some(_) => None,
+        None => ledger
+            .check_reserve(&req.project, priced.cost.rho)
             .err()
-            .map(|e| e.to_string())
+            .map(|e| e.to_string()),
     };
     Ok(Preview {
         dataset: dataset.id,
         dataset_version: dataset.version,
         cells: priced.plan.cells,
-        blocks: priced.blocks,
         cost: if reuses_release.is_some() {
             free()
         } else {
-            priced.cost
+            cost_view(&priced)
         },
         confidence: priced.confidence,
-        half_widths: priced.half_widths,
         remaining: RemainingView {
             dataset_rho: ledger.remaining().as_f64(),
             project_rho: project_left.as_f64(),
@@ -87,142 +128,161 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> ApiR
         approvals_required: if reuses_release.is_some() {
             0
         } else {
-            priced.approvals_required
+            dataset.policy.approvals_needed(priced.cost.rho)
         },
         reuses_release,
+        blocks: priced.blocks,
+        half_widths: priced.half_widths,
     })
 }
 
-/// Submits a query: re-served at no cost if an identical release exists; otherwise its cost
-/// is reserved (atomically against every cap) and it waits for approval or runs.
-pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> ApiResult<QueryView> {
-    let (dataset, priced) = {
-        let mut conn = state.store.pool().acquire().await?;
-        check_member(&mut conn, who, &req.project).await?;
-        let dataset = datasets::require_latest(&mut conn, &req.query.dataset).await?;
-        let priced = priced_for(state, &dataset.policy, dataset.version, &req).await?;
-        (dataset, priced)
-    };
-    let mut tx = state.store.begin().await?;
-    // Hold the dataset's budget lock while deciding: two identical submissions queue, and the
-    // second sees the first (one sample per question, guarantee 3).
-    budgets::lock(&mut tx, &dataset.id).await?;
-    let reuse = queries::release_by_fingerprint(&mut tx, &priced.fingerprint).await?;
-    if reuse.is_none()
-        && let Some((other, other_state)) = queries::in_flight(&mut tx, &priced.fingerprint).await?
-    {
-        return Err(ApiError::conflict(
-            "query.identical_in_flight",
-            format!(
-                "an identical query ({other}) is already {other_state}; once it is released, \
-                 submitting again re-serves its result at no cost (GET /v1/queries/{other})"
-            ),
-        ));
-    }
-    let state_now = match (reuse, priced.approvals_required) {
-        (Some(_), _) => QueryState::Released,
-        (None, 0) => QueryState::Running,
-        (None, _) => QueryState::AwaitingApproval,
-    };
-    let cost = if reuse.is_some() {
-        free()
-    } else {
-        priced.cost.clone()
-    };
-    let id = queries::insert(
-        &mut tx,
-        &NewQuery {
-            project: &req.project,
-            dataset: &dataset.id,
-            dataset_version: dataset.version,
-            submitted_by: &who.name,
-            request: &req,
-            fingerprint: &priced.fingerprint,
-            cost: &cost,
-            cost_units: if reuse.is_some() {
-                0
-            } else {
-                priced.release_plan.cost.units()
-            },
-            approvals_required: if reuse.is_some() {
-                0
-            } else {
-                priced.approvals_required
-            },
-            state: state_now,
-            release_id: reuse,
-        },
-    )
-    .await?;
-    let mut setup = None;
-    if reuse.is_none() {
-        budgets::update(&mut tx, &dataset.id, |l| {
-            Ok(l.reserve(id as u64, &req.project, priced.release_plan.cost)?)
+/// Submits a query: re-served at no cost if an identical release exists; otherwise its
+/// calibrated plan is stored and its cost reserved (atomically against every cap), and it
+/// waits for approval or runs.
+pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Result<QueryView> {
+    let dataset = admissible(&mut *state.store.read().await?, who, &req).await?;
+    let priced = price(state, &dataset.policy, &req).await?;
+    let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
+    let approvals_required = dataset.policy.approvals_needed(priced.cost.rho);
+    let at = state.clock.rfc3339();
+    let (id, round, reused) = state
+        .store
+        .run_tx("submit a query", async |tx| {
+            // The dataset's budget lock is held while deciding: two identical submissions
+            // queue, and the second sees the first (one sample per question, guarantee 3).
+            let mut ledger = budgets::lock(tx, &dataset.id)
+                .await?
+                .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
+            let released = queries::release_by_fingerprint(tx, &fingerprint).await?;
+            let in_flight = match released {
+                Some(_) => None,
+                None => queries::in_flight(tx, &fingerprint).await?,
+            };
+            let admission = lifecycle::admit(Submission {
+                approvals_required,
+                released,
+                in_flight,
+            })?;
+            let (state_now, reused) = match admission {
+                Admission::Reuse { release } => (QueryState::Released, Some(release)),
+                Admission::Reserve { state } => (state, None),
+            };
+            let cost = match reused {
+                Some(_) => free(),
+                None => cost_view(&priced),
+            };
+            let id = queries::insert(
+                tx,
+                &NewQuery {
+                    project: &req.project,
+                    dataset: &dataset.id,
+                    dataset_version: dataset.version,
+                    submitted_by: &who.name,
+                    request: &req,
+                    fingerprint: &fingerprint,
+                    cost: &cost,
+                    cost_units: if reused.is_some() {
+                        0
+                    } else {
+                        priced.cost.rho.units()
+                    },
+                    approvals_required: if reused.is_some() {
+                        0
+                    } else {
+                        approvals_required
+                    },
+                    state: state_now,
+                    release_id: reused,
+                    calibration: reused.is_none().then_some(&priced),
+                },
+                &at,
+            )
+            .await?;
+            let mut round = None;
+            if reused.is_none() {
+                let (_, entry) = lifecycle::reserve(&mut ledger, id, &req.project, &priced)?;
+                budgets::record(tx, &ledger, &entry, &at).await?;
+                if state_now == QueryState::Running {
+                    round = Some(
+                        super::rounds::open(state, tx, id, &dataset.policy, &priced, &at).await?,
+                    );
+                } else {
+                    // Checked now although approval comes first: a query that could never
+                    // run (a partner without an identity key, a ring too narrow) is refused
+                    // before it waits.
+                    super::rounds::check(state, tx, &dataset.policy, &priced).await?;
+                }
+            }
+            audit::append(
+                tx,
+                event(
+                    &who.name,
+                    if reused.is_some() {
+                        "query.reserve_reused"
+                    } else {
+                        "query.submit"
+                    },
+                    format!("query:{id}"),
+                    json!({
+                        "project": req.project,
+                        "dataset": dataset.id,
+                        "dataset_version": dataset.version,
+                        "query": req.query,
+                        "privacy": req.privacy,
+                        "reserved_rho": cost.rho,
+                        "reused_release": reused,
+                        "approvals_required": approvals_required,
+                        "round": round.as_ref().map(|r| r.id),
+                    }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>((id, round, reused.is_some()))
         })
         .await?;
-        // Checked now even when approval comes first: a query that could never run (a
-        // partner without an identity key, a ring too narrow) is refused before it waits.
-        let planned = rounds::plan(state, &mut tx, id, &priced, &dataset.policy).await?;
-        if state_now == QueryState::Running {
-            rounds::open(&mut tx, id, &planned).await?;
-            setup = Some(planned);
-        }
+    if let Some(row) = round {
+        driver::start(state, row)?;
     }
-    audit::append(
-        &mut tx,
-        event(
-            &who.name,
-            if reuse.is_some() {
-                "query.reserve_reused"
-            } else {
-                "query.submit"
-            },
-            format!("query:{id}"),
-            json!({
-                "project": req.project,
-                "dataset": dataset.id,
-                "dataset_version": dataset.version,
-                "query": req.query,
-                "privacy": req.privacy,
-                "reserved_rho": cost.rho,
-                "reused_release": reuse,
-                "approvals_required": priced.approvals_required,
-            }),
-        ),
-    )
-    .await?;
-    tx.commit().await?;
-    if let Some(setup) = setup {
-        rounds::start(state, id, setup)?;
-    }
-    if reuse.is_some() {
+    if reused {
         crate::metrics::RESERVED_RELEASES.inc();
     }
-    let mut conn = state.store.pool().acquire().await?;
-    let q = queries::get(&mut conn, id).await?;
-    view(&mut conn, q).await
+    view_of(state, id).await
 }
 
 /// A query as its researcher or the board sees it.
-pub async fn read(state: &AppState, who: &Account, id: i64) -> ApiResult<QueryView> {
-    let mut conn = state.store.pool().acquire().await?;
-    let q = queries::get(&mut conn, id).await?;
+pub async fn read(state: &AppState, who: &Account, id: i64) -> Result<QueryView> {
+    let mut conn = state.store.read().await?;
+    let q = queries::get(&mut conn, id)
+        .await?
+        .ok_or(Error::NotFound(Missing::Query(id)))?;
     if who.role == Role::Researcher
         && q.submitted_by != who.name
         && !projects::is_member(&mut conn, &q.project, &who.name).await?
     {
         // Not 403: whether another project's query exists is not this researcher's business.
-        return Err(ApiError::not_found(format!("no query {id}")));
+        return Err(Error::NotFound(Missing::Query(id)));
     }
     view(&mut conn, q).await
 }
 
+/// The view of query `id`.
+pub async fn view_of(state: &AppState, id: i64) -> Result<QueryView> {
+    let mut conn = state.store.read().await?;
+    let q = queries::get(&mut conn, id)
+        .await?
+        .ok_or(Error::NotFound(Missing::Query(id)))?;
+    view(&mut conn, q).await
+}
+
 /// Assembles the view of a stored query.
-pub async fn view(conn: &mut AnyConnection, q: QueryRow) -> ApiResult<QueryView> {
+pub async fn view(conn: &mut AnyConnection, q: QueryRow) -> Result<QueryView> {
     let approvals = queries::approvals(conn, q.id).await?;
     let result = match q.release_id {
         Some(r) => {
-            let mut release = queries::release(conn, r).await?;
+            let mut release = queries::release(conn, r).await?.ok_or_else(|| {
+                Error::internal("reading a release", format!("release {r} is missing"))
+            })?;
             release.reused = q.reused;
             Some(release)
         }
@@ -247,9 +307,8 @@ pub async fn view(conn: &mut AnyConnection, q: QueryRow) -> ApiResult<QueryView>
 }
 
 /// The public register: every release, newest first.
-pub async fn register(state: &AppState, limit: i64) -> ApiResult<Vec<RegisterEntry>> {
-    let mut conn = state.store.pool().acquire().await?;
-    let rows = queries::register(&mut conn, limit.clamp(1, 1000)).await?;
+pub async fn register(state: &AppState, limit: i64) -> Result<Vec<RegisterEntry>> {
+    let rows = queries::register(&mut *state.store.read().await?, limit.clamp(1, 1000)).await?;
     Ok(rows
         .into_iter()
         .map(|(q, release, title)| RegisterEntry {

@@ -7,8 +7,7 @@ use sqlx::{AnyConnection, Row};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::now_rfc3339;
-use crate::error::{ApiError, ApiResult};
+use super::{StoreError, StoreResult};
 
 /// An authenticated account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,11 +26,12 @@ pub struct Account {
 pub struct NewToken(Zeroizing<String>);
 
 impl NewToken {
-    fn generate() -> ApiResult<Self> {
+    /// A new token from the operating system's random source.
+    pub fn generate() -> Result<Self, String> {
         let mut bytes = Zeroizing::new([0u8; 32]);
         rand::rngs::SysRng
             .try_fill_bytes(bytes.as_mut())
-            .map_err(|e| ApiError::internal("drawing a token from the OS", e))?;
+            .map_err(|e| format!("the OS random source failed: {e}"))?;
         Ok(Self(Zeroizing::new(hex::encode(bytes.as_ref()))))
     }
 
@@ -52,45 +52,35 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Checks an account or project name: 1–64 of letters, digits, `.`, `-`, `_`, `@`.
-pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
+/// Whether `name` is a valid account or project name: 1–64 of letters, digits, `.`, `-`,
+/// `_`, `@`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "request.invalid_name",
-            format!(
-                "{what} {name:?} is not a valid name: use 1 to 64 letters, digits, '.', '-', '_' or '@'"
-            ),
-        ))
-    }
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
 }
 
-fn account(row: &sqlx::any::AnyRow) -> ApiResult<Account> {
+fn account(row: &sqlx::any::AnyRow) -> StoreResult<Account> {
     let role: String = row.try_get("role")?;
     let key: Option<Vec<u8>> = row.try_get("identity_key")?;
     Ok(Account {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| ApiError::internal("reading an account", format!("role {role}")))?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::corrupt("account role", role))?,
         identity_key: key.and_then(|k| k.try_into().ok()),
     })
 }
 
-/// Creates an account and returns its token. A taken name is a 409.
+/// Creates an account holding `token`; `None` (nothing written) if the name is taken.
 pub async fn create(
     conn: &mut AnyConnection,
     name: &str,
     role: Role,
-) -> ApiResult<(Account, NewToken)> {
-    check_name("account name", name)?;
-    let token = NewToken::generate()?;
+    token: &NewToken,
+    at: &str,
+) -> StoreResult<Option<Account>> {
     let row = sqlx::query(
         "INSERT INTO accounts (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO NOTHING
@@ -99,21 +89,15 @@ pub async fn create(
     .bind(name)
     .bind(role.as_str())
     .bind(token_hash(token.reveal()).to_vec())
-    .bind(now_rfc3339())
+    .bind(at)
     .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        ApiError::conflict(
-            "account.exists",
-            format!("an account named {name:?} already exists"),
-        )
-    })?;
-    Ok((account(&row)?, token))
+    .await?;
+    row.as_ref().map(account).transpose()
 }
 
 /// The account holding `token`, if any. The lookup is by hash (an index probe reveals
 /// nothing about the token), and the stored hash is then compared in constant time.
-pub async fn by_token(conn: &mut AnyConnection, token: &str) -> ApiResult<Option<Account>> {
+pub async fn by_token(conn: &mut AnyConnection, token: &str) -> StoreResult<Option<Account>> {
     let hash = token_hash(token);
     let row = sqlx::query(
         "SELECT id, name, role, identity_key, token_hash FROM accounts WHERE token_hash = $1",
@@ -130,7 +114,7 @@ pub async fn by_token(conn: &mut AnyConnection, token: &str) -> ApiResult<Option
 }
 
 /// An account by name.
-pub async fn by_name(conn: &mut AnyConnection, name: &str) -> ApiResult<Option<Account>> {
+pub async fn by_name(conn: &mut AnyConnection, name: &str) -> StoreResult<Option<Account>> {
     let row = sqlx::query("SELECT id, name, role, identity_key FROM accounts WHERE name = $1")
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -139,7 +123,7 @@ pub async fn by_name(conn: &mut AnyConnection, name: &str) -> ApiResult<Option<A
 }
 
 /// Every partner, by id.
-pub async fn partners(conn: &mut AnyConnection) -> ApiResult<Vec<Account>> {
+pub async fn partners(conn: &mut AnyConnection) -> StoreResult<Vec<Account>> {
     let rows = sqlx::query(
         "SELECT id, name, role, identity_key FROM accounts WHERE role = 'partner' ORDER BY id",
     )
@@ -148,42 +132,19 @@ pub async fn partners(conn: &mut AnyConnection) -> ApiResult<Vec<Account>> {
     rows.iter().map(account).collect()
 }
 
-/// Registers a partner's identity key. A different key than the one registered is refused:
-/// agents pin keys, so a change needs an administrator to re-create the partner.
+/// Registers a partner's identity key if it has none; false if one was registered
+/// meanwhile (the caller compares).
 pub async fn set_identity_key(
     conn: &mut AnyConnection,
-    partner: &Account,
+    partner: i64,
     key: [u8; 32],
-) -> ApiResult<bool> {
-    match partner.identity_key {
-        Some(existing) if existing == key => return Ok(false),
-        Some(_) => {
-            return Err(ApiError::conflict(
-                "partner.identity_key_pinned",
-                format!(
-                    "partner {} already registered a different identity key; peers have pinned \
-                     it, so it cannot be replaced through the API",
-                    partner.name
-                ),
-            ));
-        }
-        None => {}
-    }
+) -> StoreResult<bool> {
     let changed =
         sqlx::query("UPDATE accounts SET identity_key = $1 WHERE id = $2 AND identity_key IS NULL")
             .bind(key.to_vec())
-            .bind(partner.id)
+            .bind(partner)
             .execute(&mut *conn)
             .await?
             .rows_affected();
-    if changed == 0 {
-        return Err(ApiError::conflict(
-            "partner.identity_key_pinned",
-            format!(
-                "partner {} registered an identity key meanwhile",
-                partner.name
-            ),
-        ));
-    }
-    Ok(true)
+    Ok(changed == 1)
 }

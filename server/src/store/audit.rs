@@ -4,12 +4,15 @@
 use civic_policies::audit::{AuditEvent, AuditRecord, ChainHead};
 use sqlx::{AnyConnection, Row};
 
-use super::now_rfc3339;
-use crate::error::ApiResult;
+use super::StoreResult;
 
 /// Appends `event`. Takes the head row's lock first, so concurrent appenders queue and the
 /// chain never forks.
-pub async fn append(conn: &mut AnyConnection, event: AuditEvent) -> ApiResult<AuditRecord> {
+pub async fn append(
+    conn: &mut AnyConnection,
+    event: AuditEvent,
+    at: &str,
+) -> StoreResult<AuditRecord> {
     let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut *conn)
         .await?;
@@ -18,7 +21,7 @@ pub async fn append(conn: &mut AnyConnection, event: AuditEvent) -> ApiResult<Au
         seq: (seq - 1) as u64,
         hash: row.try_get("hash")?,
     };
-    let record = event.chain(&head, now_rfc3339());
+    let record = event.chain(&head, at.to_string());
     sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -41,7 +44,7 @@ pub async fn append(conn: &mut AnyConnection, event: AuditEvent) -> ApiResult<Au
 }
 
 /// The head: last seq and hash.
-pub async fn head(conn: &mut AnyConnection) -> ApiResult<ChainHead> {
+pub async fn head(conn: &mut AnyConnection) -> StoreResult<ChainHead> {
     let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?;
@@ -52,7 +55,11 @@ pub async fn head(conn: &mut AnyConnection) -> ApiResult<ChainHead> {
 }
 
 /// Up to `limit` entries after `after`, in order.
-pub async fn page(conn: &mut AnyConnection, after: u64, limit: u64) -> ApiResult<Vec<AuditRecord>> {
+pub async fn page(
+    conn: &mut AnyConnection,
+    after: u64,
+    limit: u64,
+) -> StoreResult<Vec<AuditRecord>> {
     let rows = sqlx::query(
         "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_log
          WHERE seq > $1 ORDER BY seq LIMIT $2",

@@ -1,92 +1,126 @@
-//! The budget ledger of each dataset, one row per dataset holding the pure
-//! [`civic_policies::Ledger`] as JSON. Every change locks the row first, runs the pure
-//! transition, and writes the result back in the same transaction.
+//! The budget ledger of each dataset: one row per dataset holding the pure
+//! [`civic_policies::Ledger`] (its caps and each project's totals) as JSON, and every change
+//! as a row of the append-only `ledger_entries` table. A change locks the dataset's row
+//! first, runs the pure transition, writes the totals back and appends the entry, all in the
+//! caller's transaction.
 
+use civic_policies::budget::{EntryKind, Held, LedgerEntry};
 use civic_policies::{Ledger, Rho};
 use sqlx::{AnyConnection, Row};
 
-use crate::error::{ApiError, ApiResult};
+use super::{StoreError, StoreResult, from_json, to_json};
 
-/// Creates the ledger of a new dataset, or applies a new version's caps to an existing one.
-pub async fn upsert_caps(
-    conn: &mut AnyConnection,
-    dataset: &str,
-    total: Rho,
-    per_query: Rho,
-) -> ApiResult<()> {
-    let fresh = Ledger::new(dataset, total, per_query);
-    let text = encode(&fresh)?;
+/// Stores a new dataset's ledger; false (and nothing written) if the dataset has one.
+pub async fn create(conn: &mut AnyConnection, ledger: &Ledger) -> StoreResult<bool> {
     let inserted = sqlx::query(
         "INSERT INTO budgets (dataset, ledger, writes) VALUES ($1, $2, 0)
          ON CONFLICT (dataset) DO NOTHING",
     )
-    .bind(dataset)
-    .bind(text)
+    .bind(ledger.dataset())
+    .bind(to_json("ledger", ledger)?)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if inserted == 0 {
-        update(conn, dataset, |l| {
-            l.set_caps(total, per_query).map_err(Into::into)
-        })
-        .await?;
-    }
-    Ok(())
+    Ok(inserted == 1)
 }
 
-/// Locks the dataset's ledger, applies `change`, and stores the result. Nothing is written
-/// if `change` fails.
-pub async fn update<T>(
-    conn: &mut AnyConnection,
-    dataset: &str,
-    change: impl FnOnce(&mut Ledger) -> ApiResult<T>,
-) -> ApiResult<T> {
+/// Locks the dataset's ledger row for the rest of the transaction and returns the ledger;
+/// `None` if the dataset has none.
+pub async fn lock(conn: &mut AnyConnection, dataset: &str) -> StoreResult<Option<Ledger>> {
     let row =
         sqlx::query("UPDATE budgets SET writes = writes + 1 WHERE dataset = $1 RETURNING ledger")
             .bind(dataset)
             .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no budget for dataset {dataset:?}")))?;
-    let mut ledger = decode(&row.try_get::<String, _>("ledger")?)?;
-    let out = change(&mut ledger)?;
-    sqlx::query("UPDATE budgets SET ledger = $1 WHERE dataset = $2")
-        .bind(encode(&ledger)?)
-        .bind(dataset)
-        .execute(&mut *conn)
-        .await?;
-    Ok(out)
+            .await?;
+    row.map(|r| from_json("ledger", &r.try_get::<String, _>("ledger")?))
+        .transpose()
 }
 
-/// Takes the dataset's budget lock for the rest of the transaction without changing the
-/// ledger: what a submission holds while it looks for an identical query.
-pub async fn lock(conn: &mut AnyConnection, dataset: &str) -> ApiResult<()> {
-    let n = sqlx::query("UPDATE budgets SET writes = writes + 1 WHERE dataset = $1")
-        .bind(dataset)
+/// Writes a ledger back (after [`lock`] in the same transaction).
+pub async fn save(conn: &mut AnyConnection, ledger: &Ledger) -> StoreResult<()> {
+    sqlx::query("UPDATE budgets SET ledger = $1 WHERE dataset = $2")
+        .bind(to_json("ledger", ledger)?)
+        .bind(ledger.dataset())
         .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if n == 0 {
-        return Err(ApiError::not_found(format!(
-            "no budget for dataset {dataset:?}"
-        )));
-    }
+        .await?;
     Ok(())
 }
 
-/// The ledger as it stands (a snapshot, for reading).
-pub async fn read(conn: &mut AnyConnection, dataset: &str) -> ApiResult<Ledger> {
+/// Appends one entry. The table's unique keys refuse a second reservation or a second
+/// settlement of one query ([`StoreError::Conflict`]).
+pub async fn append_entry(
+    conn: &mut AnyConnection,
+    dataset: &str,
+    entry: &LedgerEntry,
+    at: &str,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO ledger_entries (dataset, query_id, project, kind, amount_units, at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(dataset)
+    .bind((entry.kind != EntryKind::Allocate).then_some(entry.query as i64))
+    .bind(&entry.project)
+    .bind(entry.kind.as_str())
+    .bind(entry.amount.units() as i64)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Saves a changed ledger and appends the entry that changed it.
+pub async fn record(
+    conn: &mut AnyConnection,
+    ledger: &Ledger,
+    entry: &LedgerEntry,
+    at: &str,
+) -> StoreResult<()> {
+    save(conn, ledger).await?;
+    append_entry(conn, ledger.dataset(), entry, at).await
+}
+
+fn entry(row: &sqlx::any::AnyRow) -> StoreResult<LedgerEntry> {
+    let kind: String = row.try_get("kind")?;
+    Ok(LedgerEntry {
+        query: row.try_get::<Option<i64>, _>("query_id")?.unwrap_or(0) as u64,
+        project: row.try_get("project")?,
+        kind: EntryKind::parse(&kind).ok_or_else(|| StoreError::corrupt("ledger entry", kind))?,
+        amount: Rho::from_units(row.try_get::<i64, _>("amount_units")? as u64),
+    })
+}
+
+/// Every entry of a dataset, in order.
+pub async fn entries(conn: &mut AnyConnection, dataset: &str) -> StoreResult<Vec<LedgerEntry>> {
+    let rows = sqlx::query(
+        "SELECT query_id, project, kind, amount_units FROM ledger_entries WHERE dataset = $1
+         ORDER BY seq",
+    )
+    .bind(dataset)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(entry).collect()
+}
+
+/// A query's budget, from its entries.
+pub async fn held(conn: &mut AnyConnection, query: i64) -> StoreResult<Option<Held>> {
+    let rows = sqlx::query(
+        "SELECT query_id, project, kind, amount_units FROM ledger_entries WHERE query_id = $1
+         ORDER BY seq",
+    )
+    .bind(query)
+    .fetch_all(&mut *conn)
+    .await?;
+    let entries = rows.iter().map(entry).collect::<StoreResult<Vec<_>>>()?;
+    Held::from_entries(query as u64, &entries).map_err(|e| StoreError::corrupt("ledger entry", e))
+}
+
+/// The ledger as it stands (a snapshot, for reading); `None` if the dataset has none.
+pub async fn read(conn: &mut AnyConnection, dataset: &str) -> StoreResult<Option<Ledger>> {
     let row = sqlx::query("SELECT ledger FROM budgets WHERE dataset = $1")
         .bind(dataset)
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no budget for dataset {dataset:?}")))?;
-    decode(&row.try_get::<String, _>("ledger")?)
-}
-
-fn encode(ledger: &Ledger) -> ApiResult<String> {
-    serde_json::to_string(ledger).map_err(|e| ApiError::internal("encoding a ledger", e))
-}
-
-fn decode(text: &str) -> ApiResult<Ledger> {
-    serde_json::from_str(text).map_err(|e| ApiError::internal("reading a ledger", e))
+        .await?;
+    row.map(|r| from_json("ledger", &r.try_get::<String, _>("ledger")?))
+        .transpose()
 }

@@ -1,11 +1,9 @@
 //! Dataset policies: every version kept.
 
 use civic_policies::DatasetPolicy;
-use civic_policies::dataset::PolicyFile;
 use sqlx::{AnyConnection, Row};
 
-use super::now_rfc3339;
-use crate::error::{ApiError, ApiResult};
+use super::{StoreError, StoreResult};
 
 /// A stored policy version.
 #[derive(Clone, Debug)]
@@ -22,12 +20,12 @@ pub struct DatasetVersion {
     pub created_at: String,
 }
 
-fn version(row: &sqlx::any::AnyRow) -> ApiResult<DatasetVersion> {
+fn version(row: &sqlx::any::AnyRow) -> StoreResult<DatasetVersion> {
     let id: String = row.try_get("id")?;
     let version: i64 = row.try_get("version")?;
     let text: String = row.try_get("policy")?;
     let policy = DatasetPolicy::from_json(&text, &format!("stored policy {id} v{version}"))
-        .map_err(|e| ApiError::internal("reading a stored policy", e))?;
+        .map_err(|e| StoreError::corrupt("policy", e))?;
     Ok(DatasetVersion {
         id,
         version,
@@ -43,9 +41,9 @@ pub async fn insert(
     policy: &DatasetPolicy,
     source: &str,
     by: &str,
-) -> ApiResult<i64> {
-    let json = serde_json::to_string(&policy.file)
-        .map_err(|e| ApiError::internal("encoding a policy", e))?;
+    at: &str,
+) -> StoreResult<i64> {
+    let json = super::to_json("policy", &policy.file)?;
     // The primary key (id, version) refuses a concurrent upload that picked the same number.
     let row = sqlx::query(
         "INSERT INTO datasets (id, version, policy, source, created_by, created_at)
@@ -56,7 +54,7 @@ pub async fn insert(
     .bind(json)
     .bind(source)
     .bind(by)
-    .bind(now_rfc3339())
+    .bind(at)
     .bind(policy.id())
     .fetch_one(&mut *conn)
     .await?;
@@ -64,7 +62,7 @@ pub async fn insert(
 }
 
 /// The latest version of a dataset.
-pub async fn latest(conn: &mut AnyConnection, id: &str) -> ApiResult<Option<DatasetVersion>> {
+pub async fn latest(conn: &mut AnyConnection, id: &str) -> StoreResult<Option<DatasetVersion>> {
     let row = sqlx::query(
         "SELECT id, version, policy, created_by, created_at FROM datasets WHERE id = $1
          ORDER BY version DESC LIMIT 1",
@@ -75,15 +73,12 @@ pub async fn latest(conn: &mut AnyConnection, id: &str) -> ApiResult<Option<Data
     row.as_ref().map(version).transpose()
 }
 
-/// The latest version, or a 404 naming the dataset.
-pub async fn require_latest(conn: &mut AnyConnection, id: &str) -> ApiResult<DatasetVersion> {
-    latest(conn, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no dataset {id:?}")))
-}
-
-/// One version.
-pub async fn get(conn: &mut AnyConnection, id: &str, v: i64) -> ApiResult<DatasetVersion> {
+/// One version, if it exists.
+pub async fn get(
+    conn: &mut AnyConnection,
+    id: &str,
+    v: i64,
+) -> StoreResult<Option<DatasetVersion>> {
     let row = sqlx::query(
         "SELECT id, version, policy, created_by, created_at FROM datasets
          WHERE id = $1 AND version = $2",
@@ -91,13 +86,12 @@ pub async fn get(conn: &mut AnyConnection, id: &str, v: i64) -> ApiResult<Datase
     .bind(id)
     .bind(v)
     .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("no version {v} of dataset {id:?}")))?;
-    version(&row)
+    .await?;
+    row.as_ref().map(version).transpose()
 }
 
 /// The latest version of every dataset.
-pub async fn list(conn: &mut AnyConnection) -> ApiResult<Vec<DatasetVersion>> {
+pub async fn list(conn: &mut AnyConnection) -> StoreResult<Vec<DatasetVersion>> {
     let rows = sqlx::query(
         "SELECT d.id, d.version, d.policy, d.created_by, d.created_at FROM datasets d
          WHERE d.version = (SELECT MAX(version) FROM datasets e WHERE e.id = d.id) ORDER BY d.id",
@@ -105,9 +99,4 @@ pub async fn list(conn: &mut AnyConnection) -> ApiResult<Vec<DatasetVersion>> {
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(version).collect()
-}
-
-/// Parses a policy file back from its stored form, for responses.
-pub fn file_of(policy: &DatasetPolicy) -> PolicyFile {
-    policy.file.clone()
 }

@@ -2,11 +2,16 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::now_rfc3339;
-use crate::error::{ApiError, ApiResult};
+use super::StoreResult;
 
-/// Creates a project; a taken id is a 409.
-pub async fn insert(conn: &mut AnyConnection, id: &str, title: &str, by: &str) -> ApiResult<()> {
+/// Creates a project; false (nothing written) if the id is taken.
+pub async fn insert(
+    conn: &mut AnyConnection,
+    id: &str,
+    title: &str,
+    by: &str,
+    at: &str,
+) -> StoreResult<bool> {
     let n = sqlx::query(
         "INSERT INTO projects (id, title, created_by, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO NOTHING",
@@ -14,21 +19,15 @@ pub async fn insert(conn: &mut AnyConnection, id: &str, title: &str, by: &str) -
     .bind(id)
     .bind(title)
     .bind(by)
-    .bind(now_rfc3339())
+    .bind(at)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if n == 0 {
-        return Err(ApiError::conflict(
-            "project.exists",
-            format!("project {id:?} already exists"),
-        ));
-    }
-    Ok(())
+    Ok(n == 1)
 }
 
 /// Adds a member.
-pub async fn add_member(conn: &mut AnyConnection, project: &str, account: &str) -> ApiResult<()> {
+pub async fn add_member(conn: &mut AnyConnection, project: &str, account: &str) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO project_members (project, account) VALUES ($1, $2)
          ON CONFLICT (project, account) DO NOTHING",
@@ -40,18 +39,17 @@ pub async fn add_member(conn: &mut AnyConnection, project: &str, account: &str) 
     Ok(())
 }
 
-/// A project's title, or a 404.
-pub async fn title(conn: &mut AnyConnection, project: &str) -> ApiResult<String> {
+/// A project's title, if it exists.
+pub async fn title(conn: &mut AnyConnection, project: &str) -> StoreResult<Option<String>> {
     let row = sqlx::query("SELECT title FROM projects WHERE id = $1")
         .bind(project)
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no project {project:?}")))?;
-    Ok(row.try_get("title")?)
+        .await?;
+    Ok(row.map(|r| r.try_get("title")).transpose()?)
 }
 
 /// A project's members.
-pub async fn members(conn: &mut AnyConnection, project: &str) -> ApiResult<Vec<String>> {
+pub async fn members(conn: &mut AnyConnection, project: &str) -> StoreResult<Vec<String>> {
     let rows =
         sqlx::query("SELECT account FROM project_members WHERE project = $1 ORDER BY account")
             .bind(project)
@@ -61,7 +59,11 @@ pub async fn members(conn: &mut AnyConnection, project: &str) -> ApiResult<Vec<S
 }
 
 /// Whether `account` belongs to `project`.
-pub async fn is_member(conn: &mut AnyConnection, project: &str, account: &str) -> ApiResult<bool> {
+pub async fn is_member(
+    conn: &mut AnyConnection,
+    project: &str,
+    account: &str,
+) -> StoreResult<bool> {
     let row =
         sqlx::query("SELECT 1 AS one FROM project_members WHERE project = $1 AND account = $2")
             .bind(project)

@@ -1,10 +1,10 @@
 //! Queries, approvals and releases.
 
 use civic_api::query::{ApprovalView, CostView, QueryRequest, QueryState, ReleaseView};
+use civic_mechanisms::Priced;
 use sqlx::{AnyConnection, Row};
 
-use super::now_rfc3339;
-use crate::error::{ApiError, ApiResult};
+use super::{StoreError, StoreResult, from_json, to_json};
 
 /// A query as stored.
 #[derive(Clone, Debug)]
@@ -35,12 +35,15 @@ pub struct QueryRow {
     pub state: QueryState,
     /// Why aborted or rejected.
     pub reason: Option<String>,
-    /// Round, once opened.
+    /// The round running now, or the last one.
     pub round_id: Option<i64>,
     /// Release, once made or re-served.
     pub release_id: Option<i64>,
     /// Re-served from an earlier release.
     pub reused: bool,
+    /// The calibrated plan reserved at submission, which the release uses (absent for a
+    /// re-served query, and for queries stored before calibrations were kept).
+    pub calibration: Option<Priced>,
 }
 
 /// What a submission stores.
@@ -68,18 +71,17 @@ pub struct NewQuery<'a> {
     pub state: QueryState,
     /// For a re-served query, the release.
     pub release_id: Option<i64>,
+    /// The calibrated plan (none for a re-served query).
+    pub calibration: Option<&'a Priced>,
 }
 
 const COLUMNS: &str = "id, project, dataset, dataset_version, submitted_by, submitted_at, request, \
-    fingerprint, cost, cost_units, approvals_required, state, reason, round_id, release_id, reused";
+    fingerprint, cost, cost_units, approvals_required, state, reason, round_id, release_id, reused, \
+    calibration";
 
-fn json<T: serde::de::DeserializeOwned>(row: &sqlx::any::AnyRow, col: &str) -> ApiResult<T> {
-    let text: String = row.try_get(col)?;
-    serde_json::from_str(&text).map_err(|e| ApiError::internal("reading a stored query", e))
-}
-
-fn query_row(row: &sqlx::any::AnyRow) -> ApiResult<QueryRow> {
+fn query_row(row: &sqlx::any::AnyRow) -> StoreResult<QueryRow> {
     let state: String = row.try_get("state")?;
+    let calibration: Option<String> = row.try_get("calibration")?;
     Ok(QueryRow {
         id: row.try_get("id")?,
         project: row.try_get("project")?,
@@ -87,108 +89,96 @@ fn query_row(row: &sqlx::any::AnyRow) -> ApiResult<QueryRow> {
         dataset_version: row.try_get("dataset_version")?,
         submitted_by: row.try_get("submitted_by")?,
         submitted_at: row.try_get("submitted_at")?,
-        request: json(row, "request")?,
+        request: from_json("query request", &row.try_get::<String, _>("request")?)?,
         fingerprint: row.try_get("fingerprint")?,
-        cost: json(row, "cost")?,
+        cost: from_json("query cost", &row.try_get::<String, _>("cost")?)?,
         cost_units: row.try_get::<i64, _>("cost_units")? as u64,
         approvals_required: row.try_get::<i64, _>("approvals_required")? as u32,
         state: QueryState::parse(&state)
-            .ok_or_else(|| ApiError::internal("reading a query", format!("state {state}")))?,
+            .ok_or_else(|| StoreError::corrupt("query state", state))?,
         reason: row.try_get("reason")?,
         round_id: row.try_get("round_id")?,
         release_id: row.try_get("release_id")?,
         reused: row.try_get::<i64, _>("reused")? != 0,
+        calibration: calibration
+            .map(|c| from_json("query calibration", &c))
+            .transpose()?,
     })
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> ApiResult<String> {
-    serde_json::to_string(v).map_err(|e| ApiError::internal("encoding a query", e))
-}
-
 /// Inserts a query and returns its id.
-pub async fn insert(conn: &mut AnyConnection, q: &NewQuery<'_>) -> ApiResult<i64> {
+pub async fn insert(conn: &mut AnyConnection, q: &NewQuery<'_>, at: &str) -> StoreResult<i64> {
     let row = sqlx::query(
         "INSERT INTO queries (project, dataset, dataset_version, submitted_by, submitted_at,
-            request, fingerprint, cost, cost_units, approvals_required, state, release_id, reused)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+            request, fingerprint, cost, cost_units, approvals_required, state, release_id, reused,
+            calibration)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
     )
     .bind(q.project)
     .bind(q.dataset)
     .bind(q.dataset_version)
     .bind(q.submitted_by)
-    .bind(now_rfc3339())
-    .bind(encode(q.request)?)
+    .bind(at)
+    .bind(to_json("query request", q.request)?)
     .bind(q.fingerprint)
-    .bind(encode(q.cost)?)
+    .bind(to_json("query cost", q.cost)?)
     .bind(q.cost_units as i64)
     .bind(i64::from(q.approvals_required))
     .bind(q.state.as_str())
     .bind(q.release_id)
     .bind(i64::from(q.release_id.is_some()))
+    .bind(
+        q.calibration
+            .map(|c| to_json("query calibration", c))
+            .transpose()?,
+    )
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get("id")?)
 }
 
-/// A query, or a 404.
-pub async fn get(conn: &mut AnyConnection, id: i64) -> ApiResult<QueryRow> {
+/// A query, if it exists.
+pub async fn get(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<QueryRow>> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM queries WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no query {id}")))?;
-    query_row(&row)
+        .await?;
+    row.as_ref().map(query_row).transpose()
 }
 
-/// Queries in one state, oldest first.
-pub async fn in_state(conn: &mut AnyConnection, state: QueryState) -> ApiResult<Vec<QueryRow>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM queries WHERE state = $1 ORDER BY id"
+/// Locks a query for the rest of the transaction (every change to a query's state starts
+/// here, so changes to one query queue and each sees the others') and returns it.
+pub async fn lock(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<QueryRow>> {
+    let row = sqlx::query(&format!(
+        "UPDATE queries SET state = state WHERE id = $1 RETURNING {COLUMNS}"
     ))
-    .bind(state.as_str())
-    .fetch_all(&mut *conn)
+    .bind(id)
+    .fetch_optional(&mut *conn)
     .await?;
-    rows.iter().map(query_row).collect()
+    row.as_ref().map(query_row).transpose()
 }
 
-/// Moves a query from `from` to `to`; false if it was no longer in `from` (someone else
-/// moved it first), which callers treat as "nothing to do".
-pub async fn transition(
+/// Sets a locked query's state and reason.
+pub async fn set_state(
     conn: &mut AnyConnection,
     id: i64,
-    from: QueryState,
-    to: QueryState,
+    state: QueryState,
     reason: Option<&str>,
-) -> ApiResult<bool> {
-    let n = sqlx::query("UPDATE queries SET state = $1, reason = $2 WHERE id = $3 AND state = $4")
-        .bind(to.as_str())
+) -> StoreResult<()> {
+    sqlx::query("UPDATE queries SET state = $1, reason = $2 WHERE id = $3")
+        .bind(state.as_str())
         .bind(reason)
         .bind(id)
-        .bind(from.as_str())
         .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    Ok(n == 1)
-}
-
-/// Locks a query awaiting approval for the rest of the transaction (decisions on one query
-/// queue); false if it is not awaiting approval.
-pub async fn lock_awaiting_approval(conn: &mut AnyConnection, id: i64) -> ApiResult<bool> {
-    let n = sqlx::query(
-        "UPDATE queries SET state = state WHERE id = $1 AND state = 'awaiting_approval'",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+        .await?;
+    Ok(())
 }
 
 /// A query with this fingerprint that is running or awaiting approval, with its state.
 pub async fn in_flight(
     conn: &mut AnyConnection,
     fingerprint: &str,
-) -> ApiResult<Option<(i64, String)>> {
+) -> StoreResult<Option<(i64, QueryState)>> {
     let row = sqlx::query(
         "SELECT id, state FROM queries WHERE fingerprint = $1
          AND state IN ('running', 'awaiting_approval') ORDER BY id LIMIT 1",
@@ -196,12 +186,15 @@ pub async fn in_flight(
     .bind(fingerprint)
     .fetch_optional(&mut *conn)
     .await?;
-    row.map(|r| Ok((r.try_get("id")?, r.try_get("state")?)))
-        .transpose()
+    let Some(row) = row else { return Ok(None) };
+    let state: String = row.try_get("state")?;
+    let state =
+        QueryState::parse(&state).ok_or_else(|| StoreError::corrupt("query state", state))?;
+    Ok(Some((row.try_get("id")?, state)))
 }
 
 /// Records the round of a query.
-pub async fn set_round(conn: &mut AnyConnection, id: i64, round_id: i64) -> ApiResult<()> {
+pub async fn set_round(conn: &mut AnyConnection, id: i64, round_id: i64) -> StoreResult<()> {
     sqlx::query("UPDATE queries SET round_id = $1 WHERE id = $2")
         .bind(round_id)
         .bind(id)
@@ -210,14 +203,16 @@ pub async fn set_round(conn: &mut AnyConnection, id: i64, round_id: i64) -> ApiR
     Ok(())
 }
 
-/// Records a board member's decision; a member decides once.
+/// Records a board member's decision; false (nothing written) if the member decided
+/// already.
 pub async fn decide(
     conn: &mut AnyConnection,
     query_id: i64,
     member: &str,
     approve: bool,
     reason: &str,
-) -> ApiResult<()> {
+    at: &str,
+) -> StoreResult<bool> {
     let n = sqlx::query(
         "INSERT INTO approvals (query_id, member, approve, reason, at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (query_id, member) DO NOTHING",
@@ -226,21 +221,15 @@ pub async fn decide(
     .bind(member)
     .bind(i64::from(approve))
     .bind(reason)
-    .bind(now_rfc3339())
+    .bind(at)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if n == 0 {
-        return Err(ApiError::conflict(
-            "query.already_decided",
-            format!("{member} has already decided on query {query_id}"),
-        ));
-    }
-    Ok(())
+    Ok(n == 1)
 }
 
 /// Decisions on a query, in order.
-pub async fn approvals(conn: &mut AnyConnection, query_id: i64) -> ApiResult<Vec<ApprovalView>> {
+pub async fn approvals(conn: &mut AnyConnection, query_id: i64) -> StoreResult<Vec<ApprovalView>> {
     let rows = sqlx::query(
         "SELECT member, approve, reason, at FROM approvals WHERE query_id = $1 ORDER BY at, member",
     )
@@ -259,12 +248,12 @@ pub async fn approvals(conn: &mut AnyConnection, query_id: i64) -> ApiResult<Vec
         .collect()
 }
 
-/// Stores a release and links it to its query (state → released).
+/// Stores a release and links it to its query (whose state the caller sets).
 pub async fn insert_release(
     conn: &mut AnyConnection,
     query: &QueryRow,
     release: &ReleaseView,
-) -> ApiResult<i64> {
+) -> StoreResult<i64> {
     let row = sqlx::query(
         "INSERT INTO releases (query_id, dataset, fingerprint, body, released_at)
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -272,12 +261,12 @@ pub async fn insert_release(
     .bind(query.id)
     .bind(&query.dataset)
     .bind(&query.fingerprint)
-    .bind(encode(release)?)
+    .bind(to_json("release", release)?)
     .bind(&release.released_at)
     .fetch_one(&mut *conn)
     .await?;
     let id: i64 = row.try_get("id")?;
-    sqlx::query("UPDATE queries SET state = 'released', release_id = $1 WHERE id = $2")
+    sqlx::query("UPDATE queries SET release_id = $1 WHERE id = $2")
         .bind(id)
         .bind(query.id)
         .execute(&mut *conn)
@@ -286,22 +275,22 @@ pub async fn insert_release(
 }
 
 /// A stored release, with its id filled in.
-pub async fn release(conn: &mut AnyConnection, id: i64) -> ApiResult<ReleaseView> {
+pub async fn release(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<ReleaseView>> {
     let row = sqlx::query("SELECT id, body FROM releases WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no release {id}")))?;
-    let mut view: ReleaseView = json(&row, "body")?;
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut view: ReleaseView = from_json("release", &row.try_get::<String, _>("body")?)?;
     view.release_id = row.try_get("id")?;
-    Ok(view)
+    Ok(Some(view))
 }
 
 /// The release with this fingerprint, if one exists.
 pub async fn release_by_fingerprint(
     conn: &mut AnyConnection,
     fingerprint: &str,
-) -> ApiResult<Option<i64>> {
+) -> StoreResult<Option<i64>> {
     let row = sqlx::query("SELECT id FROM releases WHERE fingerprint = $1 ORDER BY id LIMIT 1")
         .bind(fingerprint)
         .fetch_optional(&mut *conn)
@@ -313,7 +302,7 @@ pub async fn release_by_fingerprint(
 pub async fn register(
     conn: &mut AnyConnection,
     limit: i64,
-) -> ApiResult<Vec<(QueryRow, ReleaseView, String)>> {
+) -> StoreResult<Vec<(QueryRow, ReleaseView, String)>> {
     let rows = sqlx::query(&format!(
         "SELECT q.{}, r.body AS body, p.title AS project_title FROM queries q
          JOIN releases r ON r.query_id = q.id JOIN projects p ON p.id = q.project
@@ -326,7 +315,7 @@ pub async fn register(
     rows.iter()
         .map(|r| {
             let q = query_row(r)?;
-            let mut release: ReleaseView = json(r, "body")?;
+            let mut release: ReleaseView = from_json("release", &r.try_get::<String, _>("body")?)?;
             release.release_id = q.release_id.unwrap_or_default();
             Ok((q, release, r.try_get("project_title")?))
         })

@@ -1,19 +1,19 @@
 //! Rounds and every protocol message they accepted, so that a restarted coordinator can
-//! rebuild each open round by replaying its messages through the state machine. A round's
-//! id is its query's id: one query, one round.
+//! rebuild each open round by replaying its messages through its protocol. A round has its
+//! own id and belongs to one query; a query may own several rounds.
 
 use civic_api::{decode_binary, encode_binary};
-use civic_secagg::{Phase, Roster, RoundConfig};
+use civic_secagg::{Roster, RoundConfig};
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
-use super::now_rfc3339;
-use crate::error::{ApiError, ApiResult};
+use super::{StoreError, StoreResult};
 
-/// What a round was opened with: fixed for its life.
+/// What a round was opened with: fixed for its life. Every protocol runs among a
+/// configured set of participants with registered identity keys.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundSetup {
-    /// The secure-aggregation configuration.
+    /// The participants, thresholds, vector layout and ring.
     pub config: RoundConfig,
     /// The participants' identity keys as registered when the round opened.
     pub roster: Roster,
@@ -24,169 +24,195 @@ pub struct RoundSetup {
 /// A round as stored.
 #[derive(Clone, Debug)]
 pub struct RoundRow {
-    /// Id (= query id).
+    /// The round.
     pub id: i64,
+    /// The query it belongs to.
+    pub query_id: i64,
+    /// The protocol it runs (a name in the coordinator's protocol registry).
+    pub protocol: String,
     /// Setup.
     pub setup: RoundSetup,
-    /// The phase it reached.
-    pub phase: Phase,
+    /// The step it reached.
+    pub step: String,
 }
 
-/// The stored name of a phase.
-pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::AdvertiseKeys => "advertise_keys",
-        Phase::ShareKeys => "share_keys",
-        Phase::MaskedInputCollection => "masked_input",
-        Phase::ConsistencyCheck => "consistency_check",
-        Phase::Unmasking => "unmasking",
-        Phase::Finished => "finished",
-        Phase::Aborted => "aborted",
+/// Where a round stands in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundState {
+    /// Taking messages.
+    Open,
+    /// Released.
+    Finished,
+    /// Ended without a release.
+    Aborted,
+}
+
+impl RoundState {
+    fn as_str(self) -> &'static str {
+        match self {
+            RoundState::Open => "open",
+            RoundState::Finished => "finished",
+            RoundState::Aborted => "aborted",
+        }
     }
 }
 
-/// Parses [`phase_name`].
-pub fn parse_phase(s: &str) -> Option<Phase> {
-    use Phase::*;
-    [
-        AdvertiseKeys,
-        ShareKeys,
-        MaskedInputCollection,
-        ConsistencyCheck,
-        Unmasking,
-        Finished,
-        Aborted,
-    ]
-    .into_iter()
-    .find(|p| phase_name(*p) == s)
+/// What storing a message did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// It is new.
+    New,
+    /// The same bytes were stored already (a retry).
+    Again,
+    /// A different message from the same partner for the same step is stored.
+    Different,
 }
 
-fn corrupt(what: impl std::fmt::Display) -> ApiError {
-    ApiError::internal("reading a stored round", what)
+/// A fresh round id (ids of rounds are their own, not their queries').
+pub async fn next_id(conn: &mut AnyConnection) -> StoreResult<i64> {
+    let row =
+        sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'round' RETURNING value")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(row.try_get("value")?)
 }
 
-/// Opens a round.
-pub async fn insert(conn: &mut AnyConnection, id: i64, setup: &RoundSetup) -> ApiResult<()> {
+/// Opens a round at its first step.
+pub async fn insert(conn: &mut AnyConnection, round: &RoundRow, at: &str) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO rounds (id, setup, phase, state, opened_at) VALUES ($1, $2, $3, 'open', $4)",
+        "INSERT INTO rounds (id, query_id, protocol, setup, phase, state, opened_at)
+         VALUES ($1, $2, $3, $4, $5, 'open', $6)",
     )
-    .bind(id)
-    .bind(encode_binary(setup))
-    .bind(phase_name(Phase::AdvertiseKeys))
-    .bind(now_rfc3339())
+    .bind(round.id)
+    .bind(round.query_id)
+    .bind(&round.protocol)
+    .bind(encode_binary(&round.setup))
+    .bind(&round.step)
+    .bind(at)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Records that a round moved to `phase` (closing it when Finished or Aborted).
-pub async fn set_phase(conn: &mut AnyConnection, id: i64, phase: Phase) -> ApiResult<()> {
-    let state = match phase {
-        Phase::Finished => "finished",
-        Phase::Aborted => "aborted",
-        _ => "open",
-    };
-    sqlx::query("UPDATE rounds SET phase = $1, state = $2 WHERE id = $3")
-        .bind(phase_name(phase))
-        .bind(state)
+/// Records that an open round moved to `step`.
+pub async fn set_step(conn: &mut AnyConnection, id: i64, step: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE rounds SET phase = $1 WHERE id = $2 AND state = 'open'")
+        .bind(step)
         .bind(id)
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// Keeps an accepted protocol message (bincode, as received). A partner's retry of a message
-/// already stored (its first attempt's reply was lost) is accepted as the same message; a
-/// different message for the same phase is refused.
+/// Closes a round (finished or aborted) and drops its messages (the masked vectors are the
+/// bulk of the store). False if it was not open.
+pub async fn close(conn: &mut AnyConnection, id: i64, state: RoundState) -> StoreResult<bool> {
+    let n =
+        sqlx::query("UPDATE rounds SET phase = $1, state = $1 WHERE id = $2 AND state = 'open'")
+            .bind(state.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    sqlx::query("DELETE FROM round_messages WHERE round_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Keeps an accepted protocol message (as received). A partner's retry of a message already
+/// stored (its first attempt's reply was lost) is [`Stored::Again`]; a different message for
+/// the same step is [`Stored::Different`] and nothing is written.
 pub async fn insert_message(
     conn: &mut AnyConnection,
     round: i64,
-    phase: Phase,
+    step: &str,
     partner: u32,
     body: &[u8],
-) -> ApiResult<()> {
+) -> StoreResult<Stored> {
     let inserted = sqlx::query(
         "INSERT INTO round_messages (round_id, phase, partner, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (round_id, phase, partner) DO NOTHING",
     )
     .bind(round)
-    .bind(phase_name(phase))
+    .bind(step)
     .bind(i64::from(partner))
     .bind(body.to_vec())
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if inserted == 1 {
-        return Ok(());
+        return Ok(Stored::New);
     }
-    let stored = messages_of(conn, round, phase, partner).await?;
-    if stored.as_deref() == Some(body) {
-        Ok(())
-    } else {
-        Err(ApiError::conflict(
-            "protocol.duplicate",
-            format!(
-                "partner {partner} already sent a different {} message in round {round}",
-                phase_name(phase)
-            ),
-        ))
-    }
+    Ok(
+        if message_of(conn, round, step, partner).await?.as_deref() == Some(body) {
+            Stored::Again
+        } else {
+            Stored::Different
+        },
+    )
 }
 
-/// The accepted messages of one phase, by partner.
+/// The accepted messages of one step, by partner.
 pub async fn messages(
     conn: &mut AnyConnection,
     round: i64,
-    phase: Phase,
-) -> ApiResult<Vec<Vec<u8>>> {
+    step: &str,
+) -> StoreResult<Vec<(u32, Vec<u8>)>> {
     let rows = sqlx::query(
-        "SELECT body FROM round_messages WHERE round_id = $1 AND phase = $2 ORDER BY partner",
+        "SELECT partner, body FROM round_messages WHERE round_id = $1 AND phase = $2
+         ORDER BY partner",
     )
     .bind(round)
-    .bind(phase_name(phase))
+    .bind(step)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(|r| Ok(r.try_get("body")?)).collect()
+    rows.iter()
+        .map(|r| {
+            let partner: i64 = r.try_get("partner")?;
+            let partner = u32::try_from(partner)
+                .map_err(|_| StoreError::corrupt("message sender", partner))?;
+            Ok((partner, r.try_get("body")?))
+        })
+        .collect()
 }
 
-/// One partner's stored message for one phase.
-pub async fn messages_of(
+/// One partner's stored message for one step.
+pub async fn message_of(
     conn: &mut AnyConnection,
     round: i64,
-    phase: Phase,
+    step: &str,
     partner: u32,
-) -> ApiResult<Option<Vec<u8>>> {
+) -> StoreResult<Option<Vec<u8>>> {
     let row = sqlx::query(
         "SELECT body FROM round_messages WHERE round_id = $1 AND phase = $2 AND partner = $3",
     )
     .bind(round)
-    .bind(phase_name(phase))
+    .bind(step)
     .bind(i64::from(partner))
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|r| r.try_get("body")).transpose()?)
 }
 
-/// Drops a closed round's messages (the masked vectors are the bulk of the store).
-pub async fn delete_messages(conn: &mut AnyConnection, round: i64) -> ApiResult<()> {
-    sqlx::query("DELETE FROM round_messages WHERE round_id = $1")
-        .bind(round)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// A round's state in the store (`open`, `finished` or `aborted`), if it exists.
-pub async fn state(conn: &mut AnyConnection, id: i64) -> ApiResult<Option<String>> {
+/// A round's state in the store, if it exists.
+pub async fn state(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<RoundState>> {
     let row = sqlx::query("SELECT state FROM rounds WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.map(|r| r.try_get("state")).transpose()?)
+    let Some(row) = row else { return Ok(None) };
+    let state: String = row.try_get("state")?;
+    [RoundState::Open, RoundState::Finished, RoundState::Aborted]
+        .into_iter()
+        .find(|s| s.as_str() == state)
+        .map(Some)
+        .ok_or_else(|| StoreError::corrupt("round state", state))
 }
 
 /// The ids of every open round.
-pub async fn open_ids(conn: &mut AnyConnection) -> ApiResult<Vec<i64>> {
+pub async fn open_ids(conn: &mut AnyConnection) -> StoreResult<Vec<i64>> {
     let rows = sqlx::query("SELECT id FROM rounds WHERE state = 'open' ORDER BY id")
         .fetch_all(&mut *conn)
         .await?;
@@ -194,18 +220,21 @@ pub async fn open_ids(conn: &mut AnyConnection) -> ApiResult<Vec<i64>> {
 }
 
 /// Every open round.
-pub async fn open(conn: &mut AnyConnection) -> ApiResult<Vec<RoundRow>> {
-    let rows = sqlx::query("SELECT id, setup, phase FROM rounds WHERE state = 'open' ORDER BY id")
-        .fetch_all(&mut *conn)
-        .await?;
+pub async fn open(conn: &mut AnyConnection) -> StoreResult<Vec<RoundRow>> {
+    let rows = sqlx::query(
+        "SELECT id, query_id, protocol, setup, phase FROM rounds WHERE state = 'open' ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     rows.iter()
         .map(|r| {
             let setup: Vec<u8> = r.try_get("setup")?;
-            let phase: String = r.try_get("phase")?;
             Ok(RoundRow {
                 id: r.try_get("id")?,
-                setup: decode_binary(&setup).map_err(corrupt)?,
-                phase: parse_phase(&phase).ok_or_else(|| corrupt(phase))?,
+                query_id: r.try_get("query_id")?,
+                protocol: r.try_get("protocol")?,
+                setup: decode_binary(&setup).map_err(|e| StoreError::corrupt("round setup", e))?,
+                step: r.try_get("phase")?,
             })
         })
         .collect()
@@ -218,7 +247,7 @@ pub async fn claim_driver_lease(
     owner: &str,
     now_ms: i64,
     ttl_ms: i64,
-) -> ApiResult<bool> {
+) -> StoreResult<bool> {
     let n = sqlx::query(
         "UPDATE driver_lease SET owner = $1, expires_ms = $2
          WHERE id = 1 AND (owner = $3 OR expires_ms < $4)",
@@ -234,9 +263,18 @@ pub async fn claim_driver_lease(
 }
 
 /// Who holds the driver lease, and until when.
-pub async fn driver_lease(conn: &mut AnyConnection) -> ApiResult<(String, i64)> {
+pub async fn driver_lease(conn: &mut AnyConnection) -> StoreResult<(String, i64)> {
     let row = sqlx::query("SELECT owner, expires_ms FROM driver_lease WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?;
     Ok((row.try_get("owner")?, row.try_get("expires_ms")?))
+}
+
+/// The query a round belongs to.
+pub async fn query_of(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<i64>> {
+    let row = sqlx::query("SELECT query_id FROM rounds WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.try_get("query_id")).transpose()?)
 }

@@ -123,10 +123,10 @@ pub struct Coordinator {
 pub fn test_config(store_url: &str) -> Config {
     Config {
         store_url: store_url.to_string(),
-        phase_deadline_secs: 20,
+        phase_deadline_secs: 20.0,
         tick_millis: 20,
         max_rows_per_partner: 1_000_000,
-        driver_lease_secs: 2,
+        driver_lease_secs: 2.0,
         ..Config::default()
     }
 }
@@ -278,6 +278,13 @@ impl Coordinator {
     pub async fn stop(self) {
         self.handle.stop(true).await;
     }
+}
+
+/// The round a query view says its query runs as.
+pub fn round_of(query: &Value) -> i64 {
+    query["round_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no round in {query}"))
 }
 
 /// A count query on "city" for project "falls" at ε.

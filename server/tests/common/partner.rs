@@ -111,7 +111,12 @@ impl TestPartner {
 
     /// Waits for round `round` to be announced and takes part with `values`.
     pub async fn take_part(&self, round: i64, values: &[i64], stop: StopAt) -> Result<(), String> {
+        let mut polls = 0;
         let ann = loop {
+            polls += 1;
+            if polls > 1200 {
+                return Err(format!("round {round} was never announced"));
+            }
             let url = format!("{}/v1/partner/rounds", self.base);
             let rounds: PartnerRounds = self
                 .send(|| self.http.get(&url))

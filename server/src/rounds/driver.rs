@@ -1,0 +1,230 @@
+//! The round driver: closes each round's open step when every partner still expected has
+//! answered or the step's deadline (by the injected clock) has passed, and hands a finished
+//! round's output, or its failure, to the query lifecycle (`service/rounds.rs`). It also
+//! renews the driver lease and adopts open rounds from the store: at start-up (after a
+//! restart, by replaying each round's stored messages step by step) and whenever a round
+//! appears that is not in memory (opened by a coordinator that does not drive rounds).
+//!
+//! It knows protocols only through [`Protocol`]/[`ProtocolRound`]: a new protocol needs no
+//! change here.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use actix_web::web;
+use civic_secagg::PartnerId;
+
+use super::lease;
+use super::protocol::{Closed, Protocol};
+use super::registry::LiveRound;
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::service;
+use crate::store::{RoundRow, rounds};
+
+/// Runs until the registry is halted.
+pub async fn drive(state: web::Data<AppState>) {
+    let tick = Duration::from_millis(state.config.tick_millis);
+    let renew_every = state.config.lease_renewal();
+    let mut renewed = Instant::now();
+    while !state.rounds.halted() {
+        let _ = tokio::time::timeout(tick, state.rounds.woken()).await;
+        if renewed.elapsed() >= renew_every {
+            renewed = Instant::now();
+            match lease::renew(&state).await {
+                Ok(true) => {
+                    if let Err(e) = adopt(&state).await {
+                        tracing::error!(error = %e, "adopting open rounds failed");
+                    }
+                }
+                Ok(false) => continue,
+                Err(e) => tracing::error!(error = %e, "renewing the round-driver lease failed"),
+            }
+        }
+        if !state.rounds.drives() {
+            continue;
+        }
+        for id in state.rounds.ids() {
+            if let Err(e) = step(&state, id).await {
+                tracing::error!(round = id, error = %e, "round step failed");
+            }
+        }
+    }
+}
+
+/// Puts a round just committed to the store in memory and wakes the driver. On a
+/// coordinator that does not drive rounds this does nothing: the driving coordinator adopts
+/// the round from the store.
+pub fn start(state: &AppState, row: RoundRow) -> Result<()> {
+    if !state.rounds.drives() {
+        return Ok(());
+    }
+    let protocol = protocol(state, &row.protocol)?;
+    let live = LiveRound {
+        state: protocol.start(row.id, &row.setup)?,
+        expected: row.setup.config.participants.iter().copied().collect(),
+        deadline: state.clock.now() + state.config.phase_deadline(),
+        id: row.id,
+        query_id: row.query_id,
+        protocol: protocol.name(),
+        setup: row.setup,
+        closing: false,
+    };
+    state.rounds.insert(live);
+    crate::metrics::ROUNDS_OPENED.inc();
+    Ok(())
+}
+
+fn protocol<'a>(state: &'a AppState, name: &str) -> Result<&'a dyn Protocol> {
+    state
+        .protocols
+        .get(name)
+        .map(|p| p.as_ref())
+        .ok_or_else(|| Error::internal("opening a round", format!("no protocol named {name:?}")))
+}
+
+/// Takes into memory every open round in the store that is not there yet. A round that
+/// cannot be rebuilt is aborted and refunded. Returns how many rounds were adopted.
+pub async fn adopt(state: &AppState) -> Result<usize> {
+    let open = rounds::open(&mut *state.store.read().await?).await?;
+    let mut adopted = 0;
+    for row in open {
+        if state.rounds.contains(row.id) {
+            continue;
+        }
+        match replay(state, &row).await {
+            Ok(live) => {
+                tracing::info!(
+                    round = row.id,
+                    step = live.state.step(),
+                    "adopted an open round from the store"
+                );
+                state.rounds.insert(live);
+                adopted += 1;
+            }
+            Err(e) => {
+                let reason = format!("could not be rebuilt from the store: {e}");
+                if let Err(e) = service::rounds::abort(state, row.id, &reason).await {
+                    tracing::error!(round = row.id, error = %e, "could not abort a round that cannot be rebuilt");
+                }
+            }
+        }
+    }
+    Ok(adopted)
+}
+
+/// Rebuilds a round by feeding its stored messages to its protocol, step by step, closing
+/// each step before the one it is stored in. The messages are read first, so no store
+/// connection is held while the protocol checks them.
+async fn replay(state: &AppState, row: &RoundRow) -> std::result::Result<LiveRound, String> {
+    let protocol = protocol(state, &row.protocol).map_err(|e| e.to_string())?;
+    let steps = protocol.steps();
+    let upto = steps
+        .iter()
+        .position(|s| *s == row.step)
+        .ok_or_else(|| format!("stored step {} is not a step of {}", row.step, row.protocol))?;
+    let mut stored = Vec::new();
+    {
+        let mut conn = state.store.read().await.map_err(|e| e.to_string())?;
+        for step in &steps[..=upto] {
+            stored.push(
+                rounds::messages(&mut conn, row.id, step)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    let mut round = protocol
+        .start(row.id, &row.setup)
+        .map_err(|e| e.to_string())?;
+    let mut expected: BTreeSet<PartnerId> = row.setup.config.participants.iter().copied().collect();
+    for (i, messages) in stored.into_iter().enumerate() {
+        for (partner, body) in messages {
+            round
+                .receive(PartnerId(partner), &body)
+                .map_err(|e| e.to_string())?;
+        }
+        if i == upto {
+            break;
+        }
+        expected = round.responded();
+        match round.close_step().map_err(|e| e.to_string())? {
+            Closed::Next => {}
+            Closed::Finished(_) => return Err("it finished before its stored step".into()),
+        }
+    }
+    Ok(LiveRound {
+        id: row.id,
+        query_id: row.query_id,
+        protocol: protocol.name(),
+        setup: row.setup.clone(),
+        state: round,
+        expected,
+        deadline: state.clock.now() + state.config.phase_deadline(),
+        closing: false,
+    })
+}
+
+/// Closes round `id`'s open step if everyone expected answered or its deadline passed.
+/// The step is closed on a copy and stored before the round takes it: memory never runs
+/// ahead of the store.
+async fn step(state: &AppState, id: i64) -> Result<()> {
+    let Some(round) = state.rounds.get(id) else {
+        return Ok(());
+    };
+    let mut r = round.lock().await;
+    let now = state.clock.now();
+    if r.closing || (!r.complete() && now < r.deadline) {
+        return Ok(());
+    }
+    let closing = r.state.step();
+    let responded = r.state.responded();
+    tracing::debug!(
+        round = id,
+        step = closing,
+        responded = responded.len(),
+        expected = r.expected.len(),
+        "closing step"
+    );
+    let mut next = r.state.box_clone();
+    let outcome = next.close_step();
+    if let Ok(Closed::Next) = outcome {
+        let opened = next.step();
+        state
+            .store
+            .run_tx("record a round's step", async |tx| {
+                rounds::set_step(tx, id, opened).await
+            })
+            .await?;
+        r.state = next;
+        r.expected = responded;
+        r.deadline = now + state.config.phase_deadline();
+        tracing::info!(round = id, closed = closing, opened, "step closed");
+        return Ok(());
+    }
+    // The round ends: keep it in memory, marked, until the store says so.
+    r.closing = true;
+    let query = r.query_id;
+    drop(r);
+    let result = match outcome {
+        Ok(Closed::Finished(output)) => {
+            match service::rounds::release(state, id, query, output).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    service::rounds::abort(state, id, &format!("the release failed: {e}")).await
+                }
+            }
+        }
+        Err(e) => {
+            service::rounds::abort(
+                state,
+                id,
+                &format!("{closing} closed with too few partners: {e}"),
+            )
+            .await
+        }
+        Ok(Closed::Next) => Ok(()),
+    };
+    state.rounds.remove(id);
+    result
+}

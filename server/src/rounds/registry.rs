@@ -1,0 +1,195 @@
+//! The rounds this coordinator drives, in memory: each open round's protocol state, who must
+//! still answer its open step, and the step's deadline. The store holds the truth (every
+//! accepted message, every step closed); this is its working copy, rebuilt by replay.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex};
+use std::time::SystemTime;
+
+use civic_secagg::PartnerId;
+use tokio::sync::{Mutex, Notify};
+
+use super::protocol::ProtocolRound;
+use crate::store::RoundSetup;
+
+/// One round in memory.
+pub struct LiveRound {
+    /// The round.
+    pub id: i64,
+    /// Its query.
+    pub query_id: i64,
+    /// The protocol's name.
+    pub protocol: &'static str,
+    /// What it was opened with.
+    pub setup: RoundSetup,
+    /// The protocol's state.
+    pub state: Box<dyn ProtocolRound>,
+    /// Who must answer the open step: everyone who answered the last one (minus partners
+    /// who declined).
+    pub expected: BTreeSet<PartnerId>,
+    /// When the open step closes whoever has answered.
+    pub deadline: SystemTime,
+    /// Being released or aborted: kept in memory (so it is not adopted again) but no longer
+    /// driven.
+    pub closing: bool,
+}
+
+impl LiveRound {
+    /// Whether everyone expected has answered the open step.
+    pub fn complete(&self) -> bool {
+        self.expected.is_subset(&self.state.responded())
+    }
+}
+
+/// The open rounds of this coordinator.
+pub struct Rounds {
+    live: SyncMutex<HashMap<i64, Arc<Mutex<LiveRound>>>>,
+    wake: Notify,
+    halted: AtomicBool,
+    /// This process's name in the driver lease.
+    owner: String,
+    holds_lease: AtomicBool,
+    /// The un-noised sum of each query's last round, for tests only (feature `test-util`).
+    #[cfg(feature = "test-util")]
+    exact_sums: SyncMutex<HashMap<i64, Vec<i64>>>,
+}
+
+impl Rounds {
+    /// An empty registry whose lease owner is `owner`.
+    pub fn new(owner: String) -> Self {
+        Self {
+            live: SyncMutex::default(),
+            wake: Notify::new(),
+            halted: AtomicBool::default(),
+            owner,
+            holds_lease: AtomicBool::default(),
+            #[cfg(feature = "test-util")]
+            exact_sums: SyncMutex::default(),
+        }
+    }
+
+    /// This process's name in the driver lease.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Whether this coordinator holds the driver lease.
+    pub fn drives(&self) -> bool {
+        self.holds_lease.load(Ordering::SeqCst)
+    }
+
+    /// Records whether the lease is held; returns whether it was.
+    pub(crate) fn set_drives(&self, held: bool) -> bool {
+        let had = self.holds_lease.swap(held, Ordering::SeqCst);
+        if had && !held {
+            self.clear();
+        }
+        had
+    }
+
+    /// A round in memory.
+    pub fn get(&self, id: i64) -> Option<Arc<Mutex<LiveRound>>> {
+        self.live.lock().ok()?.get(&id).cloned()
+    }
+
+    /// The ids of the rounds in memory, in order.
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .live
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Takes a round into memory and wakes the driver. A round already in memory is never
+    /// replaced: its step bookkeeping is the live one.
+    pub fn insert(&self, round: LiveRound) {
+        if self.halted() {
+            return;
+        }
+        if let Ok(mut m) = self.live.lock() {
+            m.entry(round.id)
+                .or_insert_with(|| Arc::new(Mutex::new(round)));
+        }
+        self.wake();
+    }
+
+    /// Whether a round is in memory (true if the registry is unreadable, so that nothing is
+    /// adopted twice).
+    pub fn contains(&self, id: i64) -> bool {
+        self.live
+            .lock()
+            .map(|m| m.contains_key(&id))
+            .unwrap_or(true)
+    }
+
+    /// Forgets a round.
+    pub fn remove(&self, id: i64) {
+        if let Ok(mut m) = self.live.lock() {
+            m.remove(&id);
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut m) = self.live.lock() {
+            m.clear();
+        }
+    }
+
+    /// Wakes the driver (a step may be complete).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until woken.
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Stops driving rounds and forgets them, as if the process died: what is in the store
+    /// stays, and the next coordinator on the same store resumes it.
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::SeqCst);
+        self.clear();
+        self.wake();
+    }
+
+    /// Whether [`Rounds::halt`] was called.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Open rounds in memory.
+    pub fn count(&self) -> usize {
+        self.live.lock().map(|m| m.len()).unwrap_or_default()
+    }
+
+    /// Keeps a query's un-noised sum for tests (feature `test-util`; a no-op otherwise).
+    pub(crate) fn record_exact_sum(&self, _query: i64, _sum: &[i64]) {
+        #[cfg(feature = "test-util")]
+        if let Ok(mut sums) = self.exact_sums.lock() {
+            sums.insert(_query, _sum.to_vec());
+        }
+    }
+
+    /// The secure aggregate of query `query`'s last round before noise, if it was released
+    /// here. A test hook (feature `test-util`): lets a whole-system test check partners'
+    /// local aggregation exactly without any switch that could turn noise off.
+    #[cfg(feature = "test-util")]
+    pub fn exact_sum(&self, query: i64) -> Option<Vec<i64>> {
+        self.exact_sums.lock().ok()?.get(&query).cloned()
+    }
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Self::new(format!("coordinator-{}-{nanos}", std::process::id()))
+    }
+}

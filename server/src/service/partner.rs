@@ -1,0 +1,261 @@
+//! What partners' agents do: register their identity key, read the roster, list the rounds
+//! they are in, read their inboxes, post protocol messages and decline rounds.
+//!
+//! A message is checked by the round's protocol on a copy of the round, stored, and only
+//! then taken into the round: a refused or unstored message changes nothing, and a restart
+//! replays exactly what was taken.
+
+use std::sync::Arc;
+
+use civic_api::ProblemCode;
+use civic_api::round::{RosterEntry, RoundAnnouncement};
+use civic_secagg::PartnerId;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::event;
+use crate::AppState;
+use crate::error::{Error, Missing, Result};
+use crate::rounds::LiveRound;
+use crate::store::rounds::{RoundState, Stored};
+use crate::store::{Account, accounts, audit, queries, rounds};
+
+/// Registers a partner's identity key: pinned once set (peers pin it too), audited.
+pub async fn register_identity(state: &AppState, partner: &Account, key: [u8; 32]) -> Result<()> {
+    let pinned = || {
+        Error::conflict(
+            ProblemCode::PartnerIdentityKeyPinned,
+            format!(
+                "partner {} already registered a different identity key; peers have pinned \
+                 it, so it cannot be replaced through the API",
+                partner.name
+            ),
+        )
+    };
+    match partner.identity_key {
+        Some(existing) if existing == key => return Ok(()),
+        Some(_) => return Err(pinned()),
+        None => {}
+    }
+    let at = state.clock.rfc3339();
+    state
+        .store
+        .run_tx("register an identity key", async |tx| {
+            if !accounts::set_identity_key(tx, partner.id, key).await? {
+                return Err(pinned());
+            }
+            audit::append(
+                tx,
+                event(
+                    &partner.name,
+                    "partner.identity_key",
+                    format!("partner:{}", partner.name),
+                    json!({ "public_key": hex::encode(key) }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+}
+
+/// Every partner with its identity key.
+pub async fn roster(state: &AppState) -> Result<Vec<RosterEntry>> {
+    Ok(accounts::partners(&mut *state.store.read().await?)
+        .await?
+        .into_iter()
+        .map(|a| RosterEntry {
+            partner_id: a.id as u32,
+            name: a.name,
+            identity_key: a.identity_key.map(hex::encode),
+        })
+        .collect())
+}
+
+/// The rounds `partner` is still part of, as announcements; or 503 (retry) while a round
+/// open in the store is not driven here yet, so that a partner polling just after a restart
+/// is told to come back rather than handed a list with the round missing.
+pub async fn announcements(state: &AppState, partner: PartnerId) -> Result<Vec<RoundAnnouncement>> {
+    let open = rounds::open_ids(&mut *state.store.read().await?).await?;
+    if let Some(id) = open.into_iter().find(|id| !state.rounds.contains(*id)) {
+        return Err(Error::RoundNotDrivenHere(id));
+    }
+    let mut mine = Vec::new();
+    for id in state.rounds.ids() {
+        let Some(round) = state.rounds.get(id) else {
+            continue;
+        };
+        let r = round.lock().await;
+        if !r.closing && r.expected.contains(&partner) {
+            mine.push((
+                r.id,
+                r.query_id,
+                r.protocol,
+                r.setup.clone(),
+                r.state.step(),
+                r.deadline,
+            ));
+        }
+    }
+    let mut conn = state.store.read().await?;
+    let mut out = Vec::new();
+    for (round_id, query_id, protocol, setup, step, deadline) in mine {
+        let q = queries::get(&mut conn, query_id)
+            .await?
+            .ok_or(Error::NotFound(Missing::Query(query_id)))?;
+        out.push(RoundAnnouncement {
+            round_id,
+            query_id,
+            protocol: protocol.to_string(),
+            dataset: q.dataset,
+            dataset_version: q.dataset_version,
+            query: q.request.query,
+            privacy: q.request.privacy,
+            confidence: q.request.confidence,
+            max_rows_per_partner: setup.max_rows_per_partner,
+            reporting_delta: Some(state.config.reporting_delta),
+            config: setup.config,
+            phase: step.to_string(),
+            phase_deadline: crate::clock::rfc3339(deadline),
+        });
+    }
+    Ok(out)
+}
+
+/// The round in memory; or 503 (retry) if it is open in the store but not driven here yet
+/// (a coordinator taking over after a restart, or a replica that does not drive rounds);
+/// 409 `round.finished` or `round.aborted` once it has closed (so that an agent whose last
+/// message was retried after the close knows its part is over); 404 if unknown.
+async fn live(state: &AppState, id: i64) -> Result<Arc<Mutex<LiveRound>>> {
+    if let Some(round) = state.rounds.get(id) {
+        return Ok(round);
+    }
+    match rounds::state(&mut *state.store.read().await?, id).await? {
+        Some(RoundState::Open) => Err(Error::RoundNotDrivenHere(id)),
+        Some(RoundState::Finished) => Err(Error::conflict(
+            ProblemCode::RoundFinished,
+            format!("round {id} has finished and released; it takes no more messages"),
+        )),
+        Some(RoundState::Aborted) => Err(Error::conflict(
+            ProblemCode::RoundAborted,
+            format!("round {id} was aborted; it takes no more messages"),
+        )),
+        None => Err(Error::NotFound(Missing::Round(id))),
+    }
+}
+
+fn not_invited(partner: PartnerId, id: i64) -> Error {
+    Error::Forbidden(format!("partner {partner} is not invited to round {id}"))
+}
+
+/// What the last closed step sent to `partner`, encoded by the round's protocol.
+pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> Result<Vec<u8>> {
+    let round = live(state, id).await?;
+    let r = round.lock().await;
+    if !r.setup.config.is_participant(partner) {
+        return Err(not_invited(partner, id));
+    }
+    if !r.expected.contains(&partner) {
+        return Err(Error::conflict(
+            ProblemCode::RoundDropped,
+            format!("partner {partner} missed a step of round {id} and is no longer part of it"),
+        ));
+    }
+    Ok(r.state.inbox(partner)?)
+}
+
+/// Accepts one protocol message from `partner`. A byte-identical copy of a message already
+/// taken (a retry after a lost reply, even one arriving after its step closed) is accepted
+/// as the same message.
+pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8]) -> Result<()> {
+    let round = live(state, id).await?;
+    let mut r = round.lock().await;
+    let step = r.state.step_of(partner, body)?;
+    let mut next = r.state.box_clone();
+    if let Err(refused) = next.receive(partner, body) {
+        let stored =
+            rounds::message_of(&mut *state.store.read().await?, id, step, partner.0).await?;
+        return match stored {
+            Some(s) if s == body => Ok(()),
+            _ => Err(refused.into()),
+        };
+    }
+    let stored = state
+        .store
+        .run_tx("store a protocol message", async |tx| {
+            rounds::insert_message(tx, id, step, partner.0, body).await
+        })
+        .await?;
+    if stored == Stored::Different {
+        return Err(Error::conflict(
+            ProblemCode::ProtocolDuplicate,
+            format!("partner {partner} already sent a different {step} message in round {id}"),
+        ));
+    }
+    r.state = next;
+    if r.complete() {
+        state.rounds.wake();
+    }
+    Ok(())
+}
+
+/// Records that `partner` declines round `id` under its local policy, before taking part:
+/// it leaves the round at once (the step need not wait for it) and the reason goes into the
+/// audit log. Declining twice is accepted.
+pub async fn decline(state: &AppState, id: i64, partner: PartnerId, reason: &str) -> Result<()> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 1000 {
+        return Err(Error::invalid(
+            ProblemCode::RoundDeclineReason,
+            "reason must be 1 to 1000 characters",
+        ));
+    }
+    let round = live(state, id).await?;
+    let mut r = round.lock().await;
+    if !r.setup.config.is_participant(partner) {
+        return Err(not_invited(partner, id));
+    }
+    if !r.expected.contains(&partner) {
+        return Ok(());
+    }
+    let first_step = state
+        .protocols
+        .get(r.protocol)
+        .map(|p| p.steps()[0])
+        .unwrap_or_default();
+    if r.state.step() != first_step || r.state.responded().contains(&partner) {
+        return Err(Error::conflict(
+            ProblemCode::RoundAlreadyJoined,
+            format!(
+                "partner {partner} already took part in round {id}; stop answering and it \
+                 drops out at the step's deadline"
+            ),
+        ));
+    }
+    let (query, at) = (r.query_id, state.clock.rfc3339());
+    state
+        .store
+        .run_tx("record a decline", async |tx| {
+            audit::append(
+                tx,
+                event(
+                    &format!("partner:{partner}"),
+                    "round.declined",
+                    format!("query:{query}"),
+                    json!({ "partner": partner.0, "round": id, "reason": reason }),
+                ),
+                &at,
+            )
+            .await
+        })
+        .await?;
+    r.expected.remove(&partner);
+    let complete = r.complete();
+    drop(r);
+    tracing::warn!(round = id, %partner, reason, "partner declined the round");
+    if complete {
+        state.rounds.wake();
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! A query's rounds, as its lifecycle sees them: opening the round a running query needs,
+//! and what the round's end means for the query. A finished round's output is released
+//! (sampled once from the calibration stored with the reservation, then charged, stored and
+//! audited in one transaction); a failed round is aborted and its query refunded.
+
+use actix_web::web;
+use civic_api::query::{CellView, QueryState, ReleaseView};
+use civic_mechanisms::{Priced, Release};
+use civic_policies::{DatasetPolicy, Rho};
+use serde_json::json;
+use sqlx::AnyConnection;
+
+use super::event;
+use crate::AppState;
+use crate::error::{Error, Missing, Result};
+use crate::lifecycle::{self, Current, Partner, RoundSettings};
+use crate::rounds::RoundOutput;
+use crate::store::rounds::RoundState;
+use crate::store::{QueryRow, RoundRow, accounts, audit, budgets, datasets, queries, rounds};
+
+/// The round settings of this coordinator's configuration.
+pub fn settings(state: &AppState) -> RoundSettings {
+    RoundSettings {
+        max_rows_per_partner: state.config.max_rows_per_partner,
+        max_dropout_rate: state.config.max_dropout_rate,
+        max_corrupt_fraction: state.config.max_corrupt_fraction,
+    }
+}
+
+/// Every partner account, as the lifecycle sees partners.
+pub async fn partners(conn: &mut AnyConnection) -> Result<Vec<Partner>> {
+    accounts::partners(conn)
+        .await?
+        .into_iter()
+        .map(|a| {
+            Ok(Partner {
+                id: civic_secagg::PartnerId(
+                    u32::try_from(a.id).map_err(|_| Error::internal("numbering partners", a.id))?,
+                ),
+                name: a.name,
+                identity_key: a.identity_key,
+            })
+        })
+        .collect()
+}
+
+/// Checks that a query could run as a round now (every partner registered, the ring wide
+/// enough), without opening one: what a submission that waits for approval is checked for.
+pub async fn check(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    policy: &DatasetPolicy,
+    priced: &Priced,
+) -> Result<()> {
+    let partners = partners(conn).await?;
+    lifecycle::round_setup(0, policy, priced, &partners, settings(state))?;
+    Ok(())
+}
+
+/// Opens query `query`'s round inside the caller's transaction: a fresh round id, the
+/// setup, the round stored at its protocol's first step and linked to the query. Call
+/// [`crate::rounds::driver::start`] with the row after the commit.
+pub async fn open(
+    state: &AppState,
+    tx: &mut AnyConnection,
+    query: i64,
+    policy: &DatasetPolicy,
+    priced: &Priced,
+    at: &str,
+) -> Result<RoundRow> {
+    let partners = partners(tx).await?;
+    let id = rounds::next_id(tx).await?;
+    let protocol = state.protocols.for_statistics();
+    let row = RoundRow {
+        id,
+        query_id: query,
+        protocol: protocol.name().to_string(),
+        setup: lifecycle::round_setup(id, policy, priced, &partners, settings(state))?,
+        step: protocol.steps()[0].to_string(),
+    };
+    rounds::insert(tx, &row, at).await?;
+    queries::set_round(tx, query, id).await?;
+    Ok(row)
+}
+
+/// The lifecycle's view of a stored query.
+pub fn current(q: &QueryRow) -> Current {
+    Current {
+        id: q.id,
+        state: q.state,
+        approvals_required: q.approvals_required,
+    }
+}
+
+/// The calibration reserved with a query. Queries stored before calibrations were kept
+/// have none: they are priced again, once, with the same function and the settings their
+/// round was opened with.
+pub async fn calibration(state: &AppState, q: &QueryRow, policy: &DatasetPolicy) -> Result<Priced> {
+    if let Some(p) = &q.calibration {
+        return Ok(p.clone());
+    }
+    super::research::price(state, policy, &q.request).await
+}
+
+/// Releases query `query` from round `round`'s output: samples the noise once from the
+/// stored calibration (on a blocking thread, holding no store connection), then in one
+/// transaction charges the reservation, stores the release, closes the round and audits.
+pub async fn release(state: &AppState, round: i64, query: i64, output: RoundOutput) -> Result<()> {
+    let (q, policy) = {
+        let mut conn = state.store.read().await?;
+        let q = queries::get(&mut conn, query)
+            .await?
+            .ok_or(Error::NotFound(Missing::Query(query)))?;
+        let v = datasets::get(&mut conn, &q.dataset, q.dataset_version)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(Missing::DatasetVersion(
+                    q.dataset.clone(),
+                    q.dataset_version,
+                ))
+            })?;
+        (q, v.policy)
+    };
+    let priced = calibration(state, &q, &policy).await?;
+    state.rounds.record_exact_sum(query, &output.sum);
+    let survivors = output.contributors.len();
+    let budget = Rho::from_units(q.cost_units);
+    // OpenDP's measurements are neither Send nor Sync: build and sample on one thread.
+    let release: Release =
+        web::block(move || priced.release(&policy, &output.sum, survivors, budget))
+            .await
+            .map_err(|e| Error::internal("sampling a release", e))??;
+    let at = state.clock.rfc3339();
+    let view = release_view(release, at.clone())?;
+    let release_id = state
+        .store
+        .run_tx("release a query", async |tx| {
+            let q = queries::lock(tx, query)
+                .await?
+                .ok_or(Error::NotFound(Missing::Query(query)))?;
+            let mut ledger = budgets::lock(tx, &q.dataset)
+                .await?
+                .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
+            let held = budgets::held(tx, query).await?;
+            let (_, entry) = lifecycle::charge(current(&q), &mut ledger, held.as_ref())?;
+            budgets::record(tx, &ledger, &entry, &at).await?;
+            let release_id = queries::insert_release(tx, &q, &view).await?;
+            queries::set_state(tx, query, QueryState::Released, None).await?;
+            rounds::close(tx, round, RoundState::Finished).await?;
+            audit::append(
+                tx,
+                event(
+                    "coordinator",
+                    "query.release",
+                    format!("query:{query}"),
+                    json!({
+                        "release": release_id,
+                        "round": round,
+                        "dataset": q.dataset,
+                        "dataset_version": q.dataset_version,
+                        "project": q.project,
+                        "charged_rho": entry.amount.as_f64(),
+                        "survivors": survivors,
+                        "names": view.names,
+                        "values": view.rows,
+                    }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>(release_id)
+        })
+        .await?;
+    crate::metrics::RELEASES.inc();
+    tracing::info!(round, query, release = release_id, survivors, "released");
+    Ok(())
+}
+
+fn release_view(release: Release, released_at: String) -> Result<ReleaseView> {
+    Ok(ReleaseView {
+        release_id: 0,
+        released_at,
+        reused: false,
+        names: release.names,
+        rows: release
+            .rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|c| CellView {
+                        value: c.value,
+                        interval: c.interval,
+                    })
+                    .collect()
+            })
+            .collect(),
+        receipt: serde_json::to_value(&release.receipt)
+            .map_err(|e| Error::internal("encoding a receipt", e))?,
+    })
+}
+
+/// Aborts round `round` and, if its query was still running, ends the query aborted and
+/// refunds it: one transaction. The round is closed and its messages dropped whatever
+/// state the query is in.
+pub async fn abort(state: &AppState, round: i64, reason: &str) -> Result<()> {
+    let at = state.clock.rfc3339();
+    let refunded = state
+        .store
+        .run_tx("abort a round", async |tx| {
+            rounds::close(tx, round, RoundState::Aborted).await?;
+            let query = rounds::query_of(tx, round).await?;
+            let mut refunded = Rho::ZERO;
+            if let Some(q) = match query {
+                Some(id) => queries::lock(tx, id).await?,
+                None => None,
+            } {
+                let mut ledger = budgets::lock(tx, &q.dataset)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
+                let held = budgets::held(tx, q.id).await?;
+                if let Some((_, entry)) = lifecycle::abort(current(&q), &mut ledger, held.as_ref())?
+                {
+                    budgets::record(tx, &ledger, &entry, &at).await?;
+                    queries::set_state(tx, q.id, QueryState::Aborted, Some(reason)).await?;
+                    refunded = entry.amount;
+                }
+            }
+            audit::append(
+                tx,
+                event(
+                    "coordinator",
+                    "round.abort",
+                    format!("query:{}", query.unwrap_or_default()),
+                    json!({ "round": round, "reason": reason, "refunded_rho": refunded.as_f64() }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>(refunded)
+        })
+        .await?;
+    state.rounds.remove(round);
+    crate::metrics::ROUNDS_ABORTED.inc();
+    tracing::warn!(round, reason, refunded = refunded.as_f64(), "round aborted");
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The store: SQLite (embedded default, WAL) or PostgreSQL (several coordinators on one
+//! database), through sqlx's `Any` driver so that every query is written once.
+//!
+//! - Reads take a connection from the read pool ([`Store::read`]) and hold it only for the
+//!   queries themselves: never across CPU work (pricing, sampling) or a network call.
+//! - Writes go through [`Store::run_tx`]: a named transaction, retried when the database
+//!   reports a serialisation failure, a deadlock or a lock it could not take. On SQLite every
+//!   write transaction runs on one writer connection, so writers queue in the pool (fairly,
+//!   with a bounded wait) instead of spinning in SQLite's busy handler.
+//! - Every wait for a connection is bounded (`store_wait_ms`): past it the caller gets
+//!   [`StoreError::Busy`], which the API answers with 503 and `Retry-After`.
+//!
+//! Portability rules every query here follows: `$n` placeholders (both backends accept
+//! them), integers as BIGINT and `i64`, booleans as 0/1, times as RFC 3339 text, and every
+//! read-modify-write transaction *starts with a write* to the row it serialises on (the
+//! dataset's budget row, the audit head, the query), so SQLite takes its write lock before
+//! reading and PostgreSQL takes the row lock: concurrent requests queue instead of racing.
+//!
+//! Functions here know no HTTP: they return [`StoreError`], or `Option`/`bool` where a row
+//! may be missing or a conditional write may not apply, and the services decide what that
+//! means for the caller.
+
+pub mod accounts;
+pub mod audit;
+pub mod budgets;
+pub mod datasets;
+mod migrations;
+pub mod projects;
+pub mod queries;
+pub mod rounds;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool};
+
+pub use accounts::{Account, NewToken};
+pub use queries::{NewQuery, QueryRow};
+pub use rounds::{RoundRow, RoundSetup};
+
+/// Which database is behind the pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One file, WAL.
+    Sqlite,
+    /// A server.
+    Postgres,
+}
+
+/// What can go wrong in the store. No variant carries a data value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No connection came free within the configured wait, or a write kept meeting
+    /// conflicts through every retry. Nothing was changed; the caller may retry.
+    #[error("the store is busy ({0})")]
+    Busy(String),
+    /// Two requests raced for the same unique key; the loser changed nothing.
+    #[error("another request changed the same record at the same moment")]
+    Conflict,
+    /// A stored value that cannot be read back (a bug or tampering, never bad input).
+    #[error("a stored {what} cannot be read: {reason}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+impl StoreError {
+    /// A stored value that does not decode.
+    pub fn corrupt(what: &'static str, reason: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Whether running the transaction again may succeed: a serialisation failure, a
+    /// deadlock, or a lock the database could not take (SQLite's BUSY/LOCKED).
+    pub fn is_retryable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        let Some(db) = e.as_database_error() else {
+            return false;
+        };
+        match db.code().as_deref() {
+            // PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
+            Some("40001" | "40P01" | "55P03") => true,
+            // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+            Some(code) => {
+                code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+                    || db.message().contains("database is locked")
+            }
+            None => db.message().contains("database is locked"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut => StoreError::Busy("no connection came free".into()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StoreError::corrupt("value", &e)
+            }
+            _ if e
+                .as_database_error()
+                .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                StoreError::Conflict
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+/// Results of store functions.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An error that a transaction's body may return: it must be able to carry a store error,
+/// and to say whether it is one worth retrying.
+pub trait TxError: From<StoreError> {
+    /// The store error inside, if any.
+    fn store_error(&self) -> Option<&StoreError>;
+}
+
+impl TxError for StoreError {
+    fn store_error(&self) -> Option<&StoreError> {
+        Some(self)
+    }
+}
+
+/// How many times a transaction runs before a retryable failure is reported as busy.
+const TX_ATTEMPTS: u32 = 6;
+
+/// The coordinator's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+}
+
+/// A read connection.
+pub type ReadConn = PoolConnection<Any>;
+
+impl Store {
+    /// Connects (creating a SQLite file if missing) and applies any pending migrations.
+    /// `wait` bounds every wait for a connection.
+    pub async fn connect(url: &str, wait: Duration) -> Result<Self, String> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(format!(
+                "unsupported store URL {url:?}: use sqlite: or postgres://"
+            ));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let options = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(wait)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // Only another process (an operator's sqlite3 shell, a backup)
+                            // can hold the lock: wait for it a little, not for ever.
+                            sqlx::query("PRAGMA busy_timeout = 5000")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query("PRAGMA foreign_keys = ON")
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let open = |e: sqlx::Error| format!("cannot open the store at {}: {e}", redact(&url));
+        let (read, write) = match backend {
+            Backend::Sqlite => {
+                let write = options(1).connect(&url).await.map_err(open)?;
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&write)
+                    .await
+                    .map_err(|e| format!("cannot switch the SQLite store to WAL: {e}"))?;
+                (options(8).connect(&url).await.map_err(open)?, write)
+            }
+            Backend::Postgres => {
+                let pool = options(16).connect(&url).await.map_err(open)?;
+                (pool.clone(), pool)
+            }
+        };
+        let store = Self {
+            read,
+            write,
+            backend,
+        };
+        migrations::apply(&store)
+            .await
+            .map_err(|e| format!("cannot migrate the store: {e}"))?;
+        Ok(store)
+    }
+
+    /// Which backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A connection for reads; hold it only for the queries.
+    pub async fn read(&self) -> StoreResult<ReadConn> {
+        Ok(self.read.acquire().await?)
+    }
+
+    /// The read pool (for tests that inspect the store directly).
+    pub fn pool(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Runs `body` in a transaction named `name`, committing if it returns `Ok`. A
+    /// retryable store failure (serialisation, deadlock, lock not available) runs it again,
+    /// up to a few times with a short, growing pause; after that the caller gets
+    /// [`StoreError::Busy`]. `body` must therefore be safe to run more than once: it may only
+    /// touch the database through the connection it is given.
+    pub async fn run_tx<T, E>(
+        &self,
+        name: &'static str,
+        body: impl AsyncFn(&mut AnyConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: TxError,
+    {
+        let mut pause = Duration::from_millis(5);
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.write.begin().await.map_err(StoreError::from)?;
+            let failure: E = match body(&mut tx).await {
+                Ok(value) => match tx.commit().await {
+                    Ok(()) => return Ok(value),
+                    Err(e) => StoreError::from(e).into(),
+                },
+                Err(e) => {
+                    // Dropping the transaction rolls it back.
+                    drop(tx);
+                    e
+                }
+            };
+            if !failure.store_error().is_some_and(StoreError::is_retryable) {
+                return Err(failure);
+            }
+            if attempt == TX_ATTEMPTS {
+                tracing::warn!(
+                    tx = name,
+                    attempts = attempt,
+                    "transaction kept conflicting"
+                );
+                return Err(StoreError::Busy(format!("{name} kept conflicting")).into());
+            }
+            tracing::debug!(tx = name, attempt, "transaction conflicted; retrying");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            attempt += 1;
+        }
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+
+    /// The pool write transactions run on (migrations).
+    pub(crate) fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+}
+
+/// A URL with any password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Decodes a JSON column.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: &str,
+) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(what, e))
+}
+
+/// Encodes a value for a JSON column.
+pub(crate) fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::corrupt(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            super::redact("postgres://civic:s3cret@db/civic"),
+            "postgres://civic:***@db/civic"
+        );
+        assert_eq!(super::redact("sqlite://civic.db"), "sqlite://civic.db");
+    }
+}

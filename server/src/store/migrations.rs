@@ -1,0 +1,252 @@
+//! The schema, embedded: one list of migrations, each written for SQLite and PostgreSQL
+//! (they differ only in key generation and the binary type), some with a data step in Rust.
+//! Applied in order at start-up inside one transaction each, and recorded in
+//! `schema_migrations`.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{Backend, Store, StoreError, StoreResult};
+
+/// A migration's data step, run in its transaction after its SQL.
+type DataStep = for<'c> fn(
+    &'c mut AnyConnection,
+) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<()>> + Send + 'c>>;
+
+/// (version, description, SQLite text, PostgreSQL text, data step).
+const MIGRATIONS: &[(i64, &str, &str, &str, Option<DataStep>)] = &[
+    (1, "initial schema", V1_SQLITE, V1_POSTGRES, None),
+    (2, "round driver lease", V2, V2, None),
+    (
+        3,
+        "ledger entries in their own table; rounds with their own ids and protocol; calibrations stored with queries",
+        V3_SQLITE,
+        V3_POSTGRES,
+        Some(|conn| Box::pin(ledger_entries_out_of_the_ledger(conn))),
+    ),
+];
+
+/// Applies every migration not yet recorded.
+pub(super) async fn apply(store: &Store) -> StoreResult<()> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)",
+    )
+    .execute(store.writer())
+    .await?;
+    for &(version, description, sqlite, postgres, data) in MIGRATIONS {
+        let mut tx = store.writer().begin().await?;
+        // Claim the version first: a second coordinator migrating at the same moment
+        // fails on the primary key and rolls back instead of applying it twice.
+        let claimed = sqlx::query(
+            "INSERT INTO schema_migrations (version, description, applied_at)
+             VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(version)
+        .bind(description)
+        .bind(crate::clock::rfc3339(std::time::SystemTime::now()))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            continue;
+        }
+        let text = if store.backend() == Backend::Sqlite {
+            sqlite
+        } else {
+            postgres
+        };
+        for statement in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        if let Some(step) = data {
+            step(&mut tx).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(version, description, "applied store migration");
+    }
+    Ok(())
+}
+
+/// Version 3's data step: a ledger stored before it kept its entries (and a per-query map)
+/// inside its JSON document; they move to `ledger_entries`, in their order, and the
+/// document keeps only the caps and totals.
+async fn ledger_entries_out_of_the_ledger(conn: &mut AnyConnection) -> StoreResult<()> {
+    let rows = sqlx::query("SELECT dataset, ledger FROM budgets ORDER BY dataset")
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        let dataset: String = row.try_get("dataset")?;
+        let text: String = row.try_get("ledger")?;
+        let mut doc: serde_json::Value = super::from_json("ledger", &text)?;
+        let entries = doc
+            .as_object_mut()
+            .and_then(|o| {
+                o.remove("queries");
+                o.remove("entries")
+            })
+            .unwrap_or_default();
+        let entries: Vec<civic_policies::budget::LedgerEntry> =
+            serde_json::from_value(entries).map_err(|e| StoreError::corrupt("ledger", e))?;
+        for e in &entries {
+            super::budgets::append_entry(conn, &dataset, e, "(before migration 3)").await?;
+        }
+        sqlx::query("UPDATE budgets SET ledger = $1 WHERE dataset = $2")
+            .bind(super::to_json("ledger", &doc)?)
+            .bind(&dataset)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+macro_rules! v3 {
+    ($id:literal) => {
+        concat!(
+            "CREATE TABLE ledger_entries (
+                seq ", $id, ",
+                dataset TEXT NOT NULL,
+                query_id BIGINT,
+                project TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                amount_units BIGINT NOT NULL,
+                at TEXT NOT NULL
+            );
+            CREATE INDEX ledger_entries_query ON ledger_entries (query_id);
+            CREATE UNIQUE INDEX ledger_entries_one_reservation ON ledger_entries (query_id)
+                WHERE kind = 'reserve';
+            CREATE UNIQUE INDEX ledger_entries_one_settlement ON ledger_entries (query_id)
+                WHERE kind IN ('charge', 'refund');
+            ALTER TABLE rounds ADD COLUMN query_id BIGINT;
+            UPDATE rounds SET query_id = id;
+            UPDATE rounds SET phase = 'masked_input_collection' WHERE phase = 'masked_input';
+            UPDATE round_messages SET phase = 'masked_input_collection' WHERE phase = 'masked_input';
+            ALTER TABLE rounds ADD COLUMN protocol TEXT NOT NULL DEFAULT 'secure-sum/v1';
+            CREATE INDEX rounds_query ON rounds (query_id);
+            CREATE INDEX rounds_state ON rounds (state);
+            CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+            INSERT INTO counters (name, value) SELECT 'round', COALESCE(MAX(id), 0) FROM rounds;
+            ALTER TABLE queries ADD COLUMN calibration TEXT"
+        )
+    };
+}
+
+const V3_SQLITE: &str = v3!("INTEGER PRIMARY KEY AUTOINCREMENT");
+const V3_POSTGRES: &str = v3!("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY");
+
+/// Which coordinator drives rounds, until when (milliseconds since the Unix epoch).
+const V2: &str = "CREATE TABLE driver_lease (
+        id BIGINT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    INSERT INTO driver_lease (id, owner, expires_ms) VALUES (1, '', 0)";
+
+macro_rules! v1 {
+    ($id:literal, $blob:literal) => {
+        concat!(
+            "CREATE TABLE accounts (
+                id ", $id, ",
+                name TEXT NOT NULL UNIQUE,
+                role TEXT NOT NULL,
+                token_hash ", $blob, " NOT NULL UNIQUE,
+                identity_key ", $blob, ",
+                created_at TEXT NOT NULL
+            );
+            CREATE TABLE datasets (
+                id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                policy TEXT NOT NULL,
+                source TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (id, version)
+            );
+            CREATE TABLE budgets (
+                dataset TEXT PRIMARY KEY,
+                ledger TEXT NOT NULL,
+                writes BIGINT NOT NULL
+            );
+            CREATE TABLE projects (
+                id TEXT PRIMARY KEY,
+                title TEXT NOT NULL,
+                created_by TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            );
+            CREATE TABLE project_members (
+                project TEXT NOT NULL,
+                account TEXT NOT NULL,
+                PRIMARY KEY (project, account)
+            );
+            CREATE TABLE queries (
+                id ", $id, ",
+                project TEXT NOT NULL,
+                dataset TEXT NOT NULL,
+                dataset_version BIGINT NOT NULL,
+                submitted_by TEXT NOT NULL,
+                submitted_at TEXT NOT NULL,
+                request TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                cost TEXT NOT NULL,
+                cost_units BIGINT NOT NULL,
+                approvals_required BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                reason TEXT,
+                round_id BIGINT,
+                release_id BIGINT,
+                reused BIGINT NOT NULL
+            );
+            CREATE INDEX queries_state ON queries (state);
+            CREATE TABLE approvals (
+                query_id BIGINT NOT NULL,
+                member TEXT NOT NULL,
+                approve BIGINT NOT NULL,
+                reason TEXT NOT NULL,
+                at TEXT NOT NULL,
+                PRIMARY KEY (query_id, member)
+            );
+            CREATE TABLE rounds (
+                id BIGINT PRIMARY KEY,
+                setup ", $blob, " NOT NULL,
+                phase TEXT NOT NULL,
+                state TEXT NOT NULL,
+                opened_at TEXT NOT NULL
+            );
+            CREATE TABLE round_messages (
+                round_id BIGINT NOT NULL,
+                phase TEXT NOT NULL,
+                partner BIGINT NOT NULL,
+                body ", $blob, " NOT NULL,
+                PRIMARY KEY (round_id, phase, partner)
+            );
+            CREATE TABLE releases (
+                id ", $id, ",
+                query_id BIGINT NOT NULL UNIQUE,
+                dataset TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                body TEXT NOT NULL,
+                released_at TEXT NOT NULL
+            );
+            CREATE INDEX releases_fingerprint ON releases (fingerprint);
+            CREATE TABLE audit_log (
+                seq BIGINT PRIMARY KEY,
+                at TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                details TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            );
+            CREATE TABLE audit_head (
+                id BIGINT PRIMARY KEY,
+                seq BIGINT NOT NULL,
+                hash TEXT NOT NULL
+            );
+            INSERT INTO audit_head (id, seq, hash)
+                VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');"
+        )
+    };
+}
+
+const V1_SQLITE: &str = v1!("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB");
+const V1_POSTGRES: &str = v1!("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA");
