@@ -54,9 +54,9 @@ const PHASES: [&str; 5] = [
 /// An agent that answers each phase within about 20 ms (its inbox poll is a tenth of
 /// `poll_seconds`, at least 20 ms).
 const FAST: f64 = 0.2;
-/// An agent that looks at its inbox every 300 ms: a phase it takes part in stays open that
+/// An agent that looks at its inbox every 150 ms: a phase it takes part in stays open that
 /// long, which leaves time to kill a process inside it.
-const SLOW: f64 = 3.0;
+const SLOW: f64 = 1.5;
 
 // ---------------------------------------------------------------------------------------
 // Processes.
@@ -740,7 +740,7 @@ fell = {{ column = "fall_flag", values = {{ Y = "true", N = "false" }} }}
             format!(
                 "bind = \"127.0.0.1:{port}\"\nstore_url = \"sqlite://{}\"\n\
                  phase_deadline_secs = {}\ntick_millis = 20\nmax_rows_per_partner = 100000\n\
-                 driver_lease_secs = 2\n",
+                 driver_lease_secs = 0.6\n",
                 self.db.display(),
                 self.deadline
             ),
@@ -1324,7 +1324,7 @@ fn ward() -> Setup {
         // names exactly whose data it summed.
         partners: vec![("gp-1", 40), ("gp-2", 70), ("gp-3", 110), ("gp-4", 160)],
         min_partners: 3,
-        phase_deadline_secs: 3,
+        phase_deadline_secs: 1,
         proxy: false,
     }
 }
@@ -1384,7 +1384,7 @@ async fn drop_out(sys: &mut System, victim: usize, k: usize, epsilon: f64) -> Dr
             survivors_procs.push(sys.agent(*held, "once", FAST));
             sent
         }
-        // Later phases: the victim answers within 20 ms, the others every 300 ms. It is
+        // Later phases: the victim answers within 20 ms, the others every 150 ms. It is
         // killed as soon as its message for the phase before is stored; that phase is then
         // almost always still open (waiting for the slow ones), so it never sends the next.
         _ => {
@@ -1397,7 +1397,7 @@ async fn drop_out(sys: &mut System, victim: usize, k: usize, epsilon: f64) -> Dr
             sys.agents[v].kill();
             // A request the victim had written to its socket just before dying may still be
             // taken: let it land before reading what it sent. (Its round cannot end in the
-            // meantime: some phase waits out the 3 s deadline for the victim.)
+            // meantime: some phase waits out the 1 s deadline for the victim.)
             tokio::time::sleep(Duration::from_millis(200)).await;
             sys.stored_messages(id, victim).await
         }
@@ -1460,7 +1460,7 @@ async fn drop_out(sys: &mut System, victim: usize, k: usize, epsilon: f64) -> Dr
 /// three attempts; none was needed in 30 runs, also under CPU load). Every attempt's
 /// release is checked against whatever phase it hit.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "slow: an agent killed in each secure-aggregation phase, six 3 s phase deadlines waited out (about 22 s)"]
+#[ignore = "slow: an agent killed in each secure-aggregation phase, six 1 s phase deadlines waited out (about 10 s)"]
 async fn a_partner_dropping_out_in_each_phase_completes_with_three_of_four_and_aborts_with_two() {
     let mut sys = System::start(ward()).await;
     let victim = 3;
@@ -1554,7 +1554,7 @@ struct Kill {
 /// phase), or once it is past that phase if it closed between two looks; reads what the
 /// kill hit from the store; restarts the coordinator on the same store and port.
 ///
-/// The agents must answer slowly enough (every 300 ms) for the phase to stay open a while.
+/// The agents must answer slowly enough (every 150 ms) for the phase to stay open a while.
 async fn kill_in_phase(sys: &mut System, id: i64, k: usize) -> Kill {
     let target = PHASES[k];
     sys.until(target, async |s: &System| {
@@ -1680,7 +1680,7 @@ async fn kill_coordinator(sys: &mut System, k: usize, min_age: i64, released: us
 ///
 /// AdvertiseKeys is hit by construction. The later phases are hit by killing as soon as the
 /// store shows the phase open (and partly answered) while the agents answer only every
-/// 300 ms; the phase actually hit is read from the store after the kill, and an attempt that
+/// 150 ms; the phase actually hit is read from the store after the kill, and an attempt that
 /// landed later is retried (at most three attempts; none was needed in 30 runs, also under
 /// CPU load; every attempt is checked whatever it hit).
 ///
@@ -1689,7 +1689,7 @@ async fn kill_coordinator(sys: &mut System, k: usize, min_age: i64, released: us
 /// already took. That case (a reply lost in the crash) is tested on its own by
 /// `a_message_retried_after_its_phase_closed_is_accepted`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "slow: six coordinator kills and restarts, each waiting out the 2 s driver lease (about 27 s)"]
+#[ignore = "slow: six coordinator kills and restarts, each waiting out the 0.6 s driver lease (about 13 s)"]
 async fn the_coordinator_killed_in_each_phase_resumes_and_releases_exactly_once() {
     let mut sys = System::start(Setup {
         proxy: true,

@@ -319,6 +319,124 @@ pub(crate) fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Sto
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A database error with the code a real driver would report.
+    #[derive(Debug)]
+    struct Reported(&'static str);
+
+    impl std::fmt::Display for Reported {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "reported {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Reported {}
+
+    impl sqlx::error::DatabaseError for Reported {
+        fn message(&self) -> &str {
+            "reported by the test"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn reported(code: &'static str) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(Reported(code))))
+    }
+
+    async fn store() -> Store {
+        let dir = std::env::temp_dir().join(format!(
+            "civic-store-unit-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("civic.db").display());
+        Store::connect(&url, Duration::from_secs(5)).await.unwrap()
+    }
+
+    #[test]
+    fn serialisation_failures_deadlocks_and_locks_are_retryable_and_nothing_else() {
+        for code in ["40001", "40P01", "55P03", "5", "6", "517", "262"] {
+            assert!(reported(code).is_retryable(), "{code}");
+        }
+        for code in ["23505", "42P01", "19", "1"] {
+            assert!(!reported(code).is_retryable(), "{code}");
+        }
+        assert!(!StoreError::Conflict.is_retryable());
+        assert!(!StoreError::Busy("x".into()).is_retryable());
+    }
+
+    #[actix_web::test]
+    async fn a_transaction_is_retried_on_conflict_and_rolled_back_each_time() {
+        let store = store().await;
+        let attempts = Cell::new(0);
+        // Fails twice with a serialisation failure after writing, then succeeds: the writes
+        // of the failed attempts are rolled back, so exactly one row is left.
+        let value = store
+            .run_tx("retried", async |tx| {
+                attempts.set(attempts.get() + 1);
+                sqlx::query("INSERT INTO counters (name, value) VALUES ('test', $1)")
+                    .bind(i64::from(attempts.get()))
+                    .execute(&mut *tx)
+                    .await?;
+                if attempts.get() < 3 {
+                    return Err(reported("40001"));
+                }
+                Ok(attempts.get())
+            })
+            .await
+            .unwrap();
+        assert_eq!((value, attempts.get()), (3, 3));
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'test'")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![3]);
+        // Always conflicting: the caller is told the store is busy, after a bounded number
+        // of attempts.
+        attempts.set(0);
+        let e = store
+            .run_tx("always conflicting", async |_| {
+                attempts.set(attempts.get() + 1);
+                Err::<(), _>(reported("40P01"))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Busy(_)), "{e}");
+        assert_eq!(attempts.get(), TX_ATTEMPTS);
+        // Anything else is returned at once.
+        attempts.set(0);
+        let e = store
+            .run_tx("refused", async |_| {
+                attempts.set(attempts.get() + 1);
+                Err::<(), _>(StoreError::Conflict)
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Conflict), "{e}");
+        assert_eq!(attempts.get(), 1);
+    }
+
     #[test]
     fn passwords_never_reach_messages() {
         assert_eq!(

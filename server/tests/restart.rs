@@ -1,13 +1,14 @@
 //! A coordinator killed mid-round restarts from the same SQLite file into a consistent
 //! state: the round resumes from its stored messages, the release is made once, and the
-//! budget is charged once.
+//! budget is charged once. The driver lease lapses by a test clock, not by waiting.
 
 mod common;
 
 use std::net::TcpListener;
 use std::time::Duration;
 
-use civic_server::AppState;
+use civic_server::clock::TestClock;
+use civic_server::{AppState, Parts};
 use common::partner::StopAt;
 use common::{Coordinator, count_query, fresh_store_url, test_config};
 use reqwest::{Method, StatusCode};
@@ -15,7 +16,12 @@ use reqwest::{Method, StatusCode};
 #[actix_web::test]
 async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let url = fresh_store_url("restart");
-    let c = Coordinator::start(&url).await;
+    let clock = TestClock::new();
+    let parts = || Parts {
+        clock: clock.clone(),
+        ..Parts::default()
+    };
+    let c = Coordinator::start_with_parts(test_config(&url), parts()).await;
     let ps = c.register_partners().await;
     let (s, q) = c.submit(count_query(60.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
@@ -56,14 +62,31 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     c.state.rounds.halt();
     let (researcher, board) = (c.researcher.clone(), c.board[0].clone());
 
-    // A new coordinator on the same file and port. It takes over once the dead one's driver
-    // lease lapses, and rebuilds the open round from the store.
-    let state = AppState::open(test_config(&url)).await.unwrap();
+    // A new coordinator on the same file and port. The dead one's driver lease has not
+    // lapsed yet: a partner polling now is told to retry (503), never handed a list without
+    // the open round (a cron `civic-agent once` would then miss it).
+    let state = AppState::open_with(test_config(&url), parts())
+        .await
+        .unwrap();
+    assert!(!state.rounds.drives());
     let listener = TcpListener::bind(&addr).unwrap();
     let server = civic_server::serve_listener(state.clone(), listener).unwrap();
     let handle = server.handle();
     actix_web::rt::spawn(server);
     let http = reqwest::Client::new();
+    let res = http
+        .get(format!("http://{addr}/v1/partner/rounds"))
+        .bearer_auth(&partner_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "round.not_driven_here", "{body}");
+    // The lease lapses (by the clock): the new coordinator takes over at its next renewal
+    // and rebuilds the open round from the store.
+    clock.advance(Duration::from_secs(3));
     for attempt in 0.. {
         assert!(attempt < 200, "the new coordinator never adopted the round");
         // Until it has, a partner polling for rounds is told to retry (503), never handed a

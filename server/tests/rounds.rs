@@ -3,6 +3,11 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use civic_server::Parts;
+use civic_server::clock::TestClock;
 use common::partner::{StopAt, TestPartner};
 use common::{Coordinator, age_histogram, count_query, fresh_store_url, test_config};
 use reqwest::{Method, StatusCode};
@@ -171,17 +176,52 @@ async fn a_count_and_a_histogram_are_released_once_and_re_served_free() {
     c.stop().await;
 }
 
+/// Drives the test clock past a step's deadline whenever the round `round` stalls: it is
+/// open, not every expected partner has answered, and nobody has answered for 100 ms. What
+/// a dropout test would otherwise sleep through in real time.
+fn expire_stalled_steps(c: &Coordinator, clock: Arc<TestClock>, round: i64) {
+    let state = c.state.clone();
+    actix_web::rt::spawn(async move {
+        let mut last = None;
+        let mut since = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let Some(live) = state.rounds.get(round) else {
+                if last.is_some() {
+                    return;
+                }
+                continue;
+            };
+            let (responded, complete) = {
+                let r = live.lock().await;
+                (r.state.responded(), r.complete())
+            };
+            if last.as_ref() != Some(&responded) {
+                last = Some(responded);
+                since = std::time::Instant::now();
+            } else if !complete && since.elapsed() > Duration::from_millis(100) {
+                clock.advance(state.config.phase_deadline());
+                since = std::time::Instant::now();
+            }
+        }
+    });
+}
+
 #[actix_web::test]
 async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_refunds() {
-    let mut config = test_config(&fresh_store_url("dropout"));
-    config.phase_deadline_secs = 2.0;
-    let c = Coordinator::start_with(config).await;
+    let clock = TestClock::new();
+    let parts = Parts {
+        clock: clock.clone(),
+        ..Parts::default()
+    };
+    let c = Coordinator::start_with_parts(test_config(&fresh_store_url("dropout")), parts).await;
     let ps = partners(&c).await;
 
     // One of three drops before sending its masked vector: t = 2 survive, and the sum is
     // theirs alone.
     let (_, q) = c.submit(count_query(60.0)).await;
     let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
+    expire_stalled_steps(&c, clock.clone(), round);
     let stops = [StopAt::Never, StopAt::BeforeMaskedInput, StopAt::Never];
     let results = run_partners(&ps, round, &[vec![10], vec![20], vec![12]], &stops).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -205,6 +245,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
     let before = budget(&c).await;
     let (_, q) = c.submit(age_histogram(60.0)).await;
     let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
+    expire_stalled_steps(&c, clock.clone(), round);
     let stops = [
         StopAt::Never,
         StopAt::BeforeMaskedInput,

@@ -250,3 +250,78 @@ macro_rules! v1 {
 
 const V1_SQLITE: &str = v1!("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB");
 const V1_POSTGRES: &str = v1!("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA");
+
+#[cfg(test)]
+mod tests {
+    use civic_policies::budget::{EntryKind, Held, QueryBudget};
+    use civic_policies::{Ledger, Rho};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_ledger_stored_before_version_3_moves_its_entries_to_their_table() {
+        let dir = std::env::temp_dir().join(format!("civic-migrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("civic.db"));
+        let url = format!("sqlite://{}", dir.join("civic.db").display());
+        let store = Store::connect(&url, std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        // A ledger as version 2 wrote it: its entries and a per-query map inside the JSON.
+        let r = |x| Rho::cap(x).unwrap();
+        let mut doc = serde_json::to_value(Ledger::new("falls", r(1.0), r(0.5))).unwrap();
+        doc["projects"] = serde_json::json!({
+            "p1": { "cap": r(0.6), "reserved": r(0.1), "charged": r(0.2) }
+        });
+        doc["queries"] = serde_json::json!({ "7": ["p1", { "charged": r(0.2) }] });
+        doc["entries"] = serde_json::json!([
+            { "query": 0, "project": "p1", "kind": "allocate", "amount": r(0.6) },
+            { "query": 7, "project": "p1", "kind": "reserve", "amount": r(0.2) },
+            { "query": 7, "project": "p1", "kind": "charge", "amount": r(0.2) },
+            { "query": 8, "project": "p1", "kind": "reserve", "amount": r(0.1) },
+        ]);
+        let held = store
+            .run_tx("migrate", async |tx| {
+                sqlx::query(
+                    "INSERT INTO budgets (dataset, ledger, writes) VALUES ('falls', $1, 0)",
+                )
+                .bind(doc.to_string())
+                .execute(&mut *tx)
+                .await?;
+                ledger_entries_out_of_the_ledger(tx).await?;
+                let entries = crate::store::budgets::entries(tx, "falls").await?;
+                assert_eq!(
+                    entries.iter().map(|e| e.kind).collect::<Vec<_>>(),
+                    [
+                        EntryKind::Allocate,
+                        EntryKind::Reserve,
+                        EntryKind::Charge,
+                        EntryKind::Reserve
+                    ]
+                );
+                let ledger = crate::store::budgets::read(tx, "falls").await?.unwrap();
+                assert_eq!(ledger.project("p1").unwrap().charged, r(0.2));
+                let text: String = sqlx::query_scalar("SELECT ledger FROM budgets")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                assert!(
+                    !text.contains("entries") && !text.contains("queries"),
+                    "{text}"
+                );
+                Ok::<_, StoreError>((
+                    crate::store::budgets::held(tx, 7).await?,
+                    crate::store::budgets::held(tx, 8).await?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(held.0.map(|h| h.state), Some(QueryBudget::Charged(r(0.2))));
+        assert!(matches!(
+            held.1,
+            Some(Held {
+                state: QueryBudget::Reserved(_),
+                ..
+            })
+        ));
+    }
+}

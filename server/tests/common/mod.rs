@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use actix_web::web;
 use civic_api::Role;
-use civic_server::{AppState, Config};
+use civic_server::{AppState, Config, Parts};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -133,7 +133,17 @@ pub fn test_config(store_url: &str) -> Config {
 
 /// Starts a coordinator on `config`'s store and serves it on an ephemeral loopback port.
 pub async fn serve(config: Config) -> (String, web::Data<AppState>, actix_web::dev::ServerHandle) {
-    let state = AppState::open(config).await.expect("open the coordinator");
+    serve_with(config, Parts::default()).await
+}
+
+/// [`serve`] with a clock and protocols of the test's choosing.
+pub async fn serve_with(
+    config: Config,
+    parts: Parts,
+) -> (String, web::Data<AppState>, actix_web::dev::ServerHandle) {
+    let state = AppState::open_with(config, parts)
+        .await
+        .expect("open the coordinator");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = civic_server::serve_listener(state.clone(), listener).unwrap();
@@ -157,7 +167,12 @@ impl Coordinator {
     }
 
     pub async fn start_with(config: Config) -> Self {
-        let (base, state, handle) = serve(config).await;
+        Self::start_with_parts(config, Parts::default()).await
+    }
+
+    /// [`Coordinator::start_with`] with a clock and protocols of the test's choosing.
+    pub async fn start_with_parts(config: Config, parts: Parts) -> Self {
+        let (base, state, handle) = serve_with(config, parts).await;
         let (admin, _) = create(&state, "root", Role::Admin).await;
         let board = vec![
             create(&state, "board-1", Role::Governance).await.0,
