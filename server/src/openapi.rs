@@ -19,7 +19,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Civic coordinator", description = "Privacy-preserving analytics for data co-operatives. Errors are RFC 9457 problem+json with a stable `code`."),
+    info(title = "Civic coordinator", description = "Privacy-preserving analytics for data co-operatives. Errors are RFC 9457 problem+json with a stable `code`. Any endpoint may answer 503 (`store.busy`, `request.timeout`) with a `Retry-After` header; nothing was changed, retry after it."),
     modifiers(&BearerAuth),
     paths(
         ops::healthz, ops::metrics, ops::openapi,

@@ -74,31 +74,31 @@ async fn a_round_survives_a_coordinator_restart_and_is_charged_once() {
     let handle = server.handle();
     actix_web::rt::spawn(server);
     let http = reqwest::Client::new();
-    let res = http
-        .get(format!("http://{addr}/v1/partner/rounds"))
-        .bearer_auth(&partner_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(res.headers()["retry-after"], "1");
-    let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["code"], "round.not_driven_here", "{body}");
-    // The lease lapses (by the clock): the new coordinator takes over at its next renewal
-    // and rebuilds the open round from the store.
-    clock.advance(Duration::from_secs(3));
-    for attempt in 0.. {
-        assert!(attempt < 200, "the new coordinator never adopted the round");
-        // Until it has, a partner polling for rounds is told to retry (503), never handed a
-        // list without the open round (a cron `civic-agent once` would then miss it).
+    let poll = || async {
         let res = http
             .get(format!("http://{addr}/v1/partner/rounds"))
             .bearer_auth(&partner_token)
             .send()
             .await
             .unwrap();
-        let status = res.status();
-        let body: serde_json::Value = res.json().await.unwrap();
+        let (status, retry) = (res.status(), res.headers().get("retry-after").cloned());
+        (
+            status,
+            retry,
+            res.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    let (status, retry, body) = poll().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry.unwrap(), "1");
+    assert_eq!(body["code"], "round.not_driven_here", "{body}");
+    // The lease lapses (by the clock): the new coordinator takes over at its next renewal
+    // and rebuilds the open round from the store.
+    clock.advance(Duration::from_secs(3));
+    for attempt in 0.. {
+        assert!(attempt < 200, "the new coordinator never adopted the round");
+        // Until it has, still 503; never a list without the open round.
+        let (status, _, body) = poll().await;
         match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert_eq!(body["code"], "round.not_driven_here", "{body}")

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::event;
 use super::research::view_of;
-use super::rounds::{calibration, current};
+use super::rounds::{calibration, current, query_and_policy};
 use crate::AppState;
 use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Decided};
@@ -342,22 +342,7 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
     }
     // Everything the round needs is read and priced before the transaction (for queries
     // stored before calibrations were kept, pricing is CPU work no transaction may wait on).
-    let (q, policy) = {
-        let mut conn = state.store.read().await?;
-        let q = queries::get(&mut conn, id)
-            .await?
-            .ok_or(Error::NotFound(Missing::Query(id)))?;
-        let policy = datasets::get(&mut conn, &q.dataset, q.dataset_version)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(Missing::DatasetVersion(
-                    q.dataset.clone(),
-                    q.dataset_version,
-                ))
-            })?
-            .policy;
-        (q, policy)
-    };
+    let (q, policy) = query_and_policy(state, id).await?;
     let priced = calibration(state, &q, &policy).await?;
     let at = state.clock.rfc3339();
     let round = state

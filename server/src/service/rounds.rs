@@ -92,6 +92,23 @@ pub fn current(q: &QueryRow) -> Current {
     }
 }
 
+/// A query and the policy version it was submitted under.
+pub async fn query_and_policy(state: &AppState, id: i64) -> Result<(QueryRow, DatasetPolicy)> {
+    let mut conn = state.store.read().await?;
+    let q = queries::get(&mut conn, id)
+        .await?
+        .ok_or(Error::NotFound(Missing::Query(id)))?;
+    let version = datasets::get(&mut conn, &q.dataset, q.dataset_version)
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(Missing::DatasetVersion(
+                q.dataset.clone(),
+                q.dataset_version,
+            ))
+        })?;
+    Ok((q, version.policy))
+}
+
 /// The calibration reserved with a query. Queries stored before calibrations were kept
 /// have none: they are priced again, once, with the same function and the settings their
 /// round was opened with.
@@ -106,21 +123,7 @@ pub async fn calibration(state: &AppState, q: &QueryRow, policy: &DatasetPolicy)
 /// stored calibration (on a blocking thread, holding no store connection), then in one
 /// transaction charges the reservation, stores the release, closes the round and audits.
 pub async fn release(state: &AppState, round: i64, query: i64, output: RoundOutput) -> Result<()> {
-    let (q, policy) = {
-        let mut conn = state.store.read().await?;
-        let q = queries::get(&mut conn, query)
-            .await?
-            .ok_or(Error::NotFound(Missing::Query(query)))?;
-        let v = datasets::get(&mut conn, &q.dataset, q.dataset_version)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(Missing::DatasetVersion(
-                    q.dataset.clone(),
-                    q.dataset_version,
-                ))
-            })?;
-        (q, v.policy)
-    };
+    let (q, policy) = query_and_policy(state, query).await?;
     let priced = calibration(state, &q, &policy).await?;
     state.rounds.record_exact_sum(query, &output.sum);
     let survivors = output.contributors.len();

@@ -90,28 +90,31 @@ fn entry(row: &sqlx::any::AnyRow) -> StoreResult<LedgerEntry> {
     })
 }
 
+/// The entries matching `filter` (a condition on one column, bound to `value`), in order.
+async fn entries_where<T>(
+    conn: &mut AnyConnection,
+    filter: &str,
+    value: T,
+) -> StoreResult<Vec<LedgerEntry>>
+where
+    T: 'static + Send + for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    let sql = format!(
+        "SELECT query_id, project, kind, amount_units FROM ledger_entries WHERE {filter}
+         ORDER BY seq"
+    );
+    let rows = sqlx::query(&sql).bind(value).fetch_all(&mut *conn).await?;
+    rows.iter().map(entry).collect()
+}
+
 /// Every entry of a dataset, in order.
 pub async fn entries(conn: &mut AnyConnection, dataset: &str) -> StoreResult<Vec<LedgerEntry>> {
-    let rows = sqlx::query(
-        "SELECT query_id, project, kind, amount_units FROM ledger_entries WHERE dataset = $1
-         ORDER BY seq",
-    )
-    .bind(dataset)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(entry).collect()
+    entries_where(conn, "dataset = $1", dataset.to_string()).await
 }
 
 /// A query's budget, from its entries.
 pub async fn held(conn: &mut AnyConnection, query: i64) -> StoreResult<Option<Held>> {
-    let rows = sqlx::query(
-        "SELECT query_id, project, kind, amount_units FROM ledger_entries WHERE query_id = $1
-         ORDER BY seq",
-    )
-    .bind(query)
-    .fetch_all(&mut *conn)
-    .await?;
-    let entries = rows.iter().map(entry).collect::<StoreResult<Vec<_>>>()?;
+    let entries = entries_where(conn, "query_id = $1", query).await?;
     Held::from_entries(query as u64, &entries).map_err(|e| StoreError::corrupt("ledger entry", e))
 }
 
