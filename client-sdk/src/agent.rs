@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::config::{AgentConfig, DatasetMapping, SourceConfig};
-use crate::decide::{check_round, check_total};
+use crate::decide::{check_round, check_total, fit_to_round, public_reason};
 use crate::error::AgentError;
 use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
 use crate::http::{CallError, CoordinatorClient};
@@ -190,8 +190,10 @@ impl Agent {
             Ok(p) => p,
             Err(AgentError::Coordinator(e)) => return Err(AgentError::Coordinator(e)),
             Err(refusal) => {
-                let reason = refusal.to_string();
-                tracing::warn!(round = id, reason = %reason, "declining");
+                // The coordinator hears only a reason that carries no data; the local log has
+                // the whole story.
+                let reason = public_reason(&refusal);
+                tracing::warn!(round = id, reason = %reason, detail = %refusal, "declining");
                 self.record(
                     id,
                     &ann.dataset,
@@ -305,11 +307,18 @@ impl Agent {
             truncated = counts.truncated,
             "aggregated locally"
         );
-        if counts.aggregated > ann.max_rows_per_partner {
-            return Err(AgentError::Refused(format!(
-                "{} rows would be aggregated, above the round's public bound of {} rows per partner (the ring was sized for it)",
-                counts.aggregated, ann.max_rows_per_partner
-            )));
+        let (vector, clamped) = fit_to_round(vector, checked.plan.max_slot_per_partner);
+        if clamped > 0 || counts.aggregated > ann.max_rows_per_partner {
+            // Never a refusal: whether this partner takes part must not depend on its data.
+            tracing::warn!(
+                round = ann.round_id,
+                aggregated = counts.aggregated,
+                bound = ann.max_rows_per_partner,
+                clamped,
+                "the extract holds more rows than the round's public bound per partner; \
+                 the slots beyond what the ring was sized for are clamped, so this release \
+                 is biased: raise the coordinator's max_rows_per_partner"
+            );
         }
         Ok(Prepared {
             dataset: ann.dataset.clone(),

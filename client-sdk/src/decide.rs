@@ -142,6 +142,35 @@ pub fn check_round(
     })
 }
 
+/// What the coordinator is told when this partner declines: a refusal under the local
+/// policy says why (it is about the announced round and this partner's own limits, never its
+/// data); anything that went wrong reading or evaluating the data is reported without a
+/// word of it (no value, count, row, file or column), since the coordinator may be probing.
+pub fn public_reason(refusal: &AgentError) -> String {
+    match refusal {
+        AgentError::Refused(reason) => format!("refused: {reason}"),
+        _ => "this partner could not evaluate the query on its data; its operators have the \
+              details in the agent's log"
+            .into(),
+    }
+}
+
+/// Makes a local aggregate fit the round whatever the data: each slot is clamped to the
+/// magnitude the ring was sized for (`max_slot_per_partner`, from the public bound on rows
+/// per partner), so that neither taking part nor the sum's not wrapping depends on the data.
+/// Clamping a slot is 1-Lipschitz, so one resident still moves it by at most its
+/// sensitivity. Returns the vector and how many slots were clamped.
+pub fn fit_to_round(mut vector: Vec<i64>, max_slot_per_partner: u128) -> (Vec<i64>, usize) {
+    let bound = i64::try_from(max_slot_per_partner).unwrap_or(i64::MAX);
+    let mut clamped = 0;
+    for v in &mut vector {
+        let c = (*v).clamp(-bound, bound);
+        clamped += usize::from(c != *v);
+        *v = c;
+    }
+    (vector, clamped)
+}
+
 /// Refuses a round that would take the dataset's local spending past `limits.total_rho`.
 pub fn check_total(
     limits: &LocalLimits,
@@ -276,6 +305,33 @@ mod tests {
             &strict,
         ));
         assert!(e.contains("requires at least 4"), "{e}");
+    }
+
+    #[test]
+    fn what_the_coordinator_hears_carries_no_data() {
+        let data = AgentError::Data {
+            source_name: "/srv/extract.csv".into(),
+            row: 304,
+            column: "AGE_YRS".into(),
+            reason: "expected a whole number".into(),
+        };
+        let reason = public_reason(&data);
+        for secret in ["extract", "304", "AGE_YRS", "whole number"] {
+            assert!(!reason.contains(secret), "{reason}");
+        }
+        let policy =
+            AgentError::Refused("statistic sum is not among those this partner answers".into());
+        assert!(public_reason(&policy).contains("statistic sum"));
+    }
+
+    #[test]
+    fn an_aggregate_is_fitted_to_the_ring_instead_of_declined() {
+        assert_eq!(fit_to_round(vec![3, -4, 5], 10), (vec![3, -4, 5], 0));
+        assert_eq!(fit_to_round(vec![30, -40, 5], 10), (vec![10, -10, 5], 2));
+        // The fitted slots can never wrap the ring the round configured for the bound.
+        let width = Width::for_layout(10, 5, 0).unwrap();
+        let (fitted, _) = fit_to_round(vec![i64::MAX, i64::MIN], 10);
+        assert!(civic_secagg::RingVector::from_signed(width, &fitted).is_ok());
     }
 
     #[test]

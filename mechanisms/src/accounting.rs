@@ -29,6 +29,7 @@ const ABSOLUTE_TOLERANCE: f64 = 1e-15;
 /// The ε at which a total of ρ-zCDP satisfies (ε, δ)-DP: the smallest ε, to a relative
 /// 10⁻¹² and never below it, whose δ(ε) under OpenDP's conversion is at most `delta`.
 pub fn epsilon_at_delta(rho: Rho, delta: f64) -> Result<f64, MechanismError> {
+    let _opendp = crate::opendp_guard::lock();
     if !(delta > 0.0 && delta < 1.0) {
         return Err(MechanismError::InvalidParameter {
             stage: "accounting",

@@ -110,6 +110,7 @@ fn overflow(kind: NoiseKind, scale: f64, alpha: f64) -> MechanismError {
 
 /// The half-width of the (1 − α) interval of one cell released with `spec`: P[|noise| ≥ a] ≤ α.
 pub fn half_width(spec: &NoiseSpec, alpha: f64) -> Result<f64, MechanismError> {
+    let _opendp = crate::opendp_guard::lock();
     check_alpha(alpha)?;
     check_scale(spec.scale)?;
     match spec.kind {
@@ -147,6 +148,7 @@ pub fn half_width(spec: &NoiseSpec, alpha: f64) -> Result<f64, MechanismError> {
 ///
 /// An error when the half-width is beyond f64 (σ near f64::MAX) or an argument is invalid.
 pub fn discrete_gaussian_half_width_bound(sigma: f64, alpha: f64) -> Result<f64, MechanismError> {
+    let _opendp = crate::opendp_guard::lock();
     check_alpha(alpha)?;
     check_scale(sigma)?;
     GaussianTail::new(alpha)
@@ -162,6 +164,7 @@ pub fn scale_for_half_width(
     accuracy: f64,
     alpha: f64,
 ) -> Result<f64, MechanismError> {
+    let _opendp = crate::opendp_guard::lock();
     check_alpha(alpha)?;
     check_target(accuracy)?;
     let found = match kind {

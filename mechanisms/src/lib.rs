@@ -19,6 +19,7 @@ pub mod accounting;
 pub mod accuracy;
 pub mod error;
 pub mod noise;
+mod opendp_guard;
 pub mod plan;
 pub mod pricing;
 pub mod release;

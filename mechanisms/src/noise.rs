@@ -108,6 +108,7 @@ impl NoiseSpec {
         stage: &'static str,
         sample: Option<(&[i64], Rho)>,
     ) -> Result<(Cost, Option<Vec<i64>>), MechanismError> {
+        let _opendp = crate::opendp_guard::lock();
         check(stage, "scale", self.scale)?;
         let opendp = MechanismError::opendp(stage);
         let ledger = |r: Result<Rho, civic_policies::PolicyError>| {

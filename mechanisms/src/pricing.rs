@@ -322,6 +322,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_calibration_reads_back_bit_for_bit_and_releases() {
+        // The coordinator stores the priced plan as JSON with the reservation and releases
+        // from the stored copy: every float must survive the round trip exactly, or the
+        // release's own cost check can refuse what was reserved.
+        let policy = diabetes();
+        for i in 1..200 {
+            let privacy = if i % 2 == 0 {
+                PrivacyRequest::Epsilon(0.013 * i as f64)
+            } else {
+                PrivacyRequest::Rho(0.000_37 * i as f64)
+            };
+            let p = price(&policy, &count(), privacy, None, context()).unwrap();
+            let stored: Priced = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+            assert_eq!(stored, p, "{privacy:?}");
+            stored
+                .release(&policy, &[1000], 5, p.cost.rho)
+                .unwrap_or_else(|e| panic!("{privacy:?}: {e}"));
+        }
+    }
+
+    #[test]
     fn the_reporting_delta_is_the_contexts() {
         let at = |delta| {
             price(

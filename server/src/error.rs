@@ -123,7 +123,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The request ran past the coordinator's request timeout.
-    #[error("the request took longer than {0} s; retry later")]
+    #[error(
+        "the request took longer than {0} s and was cut off; a change it was making may have been made: check before retrying"
+    )]
     Timeout(u64),
     /// A bug or an environment failure; `context` says what was being done.
     #[error("internal error while {context}: {cause}")]
@@ -209,13 +211,16 @@ impl Error {
                 }
                 _ => shown(StatusCode::BAD_REQUEST, C::QueryPrivacy),
             },
-            Error::Mechanism(e) => {
-                let status = match e {
-                    MechanismError::OverBudget { .. } => StatusCode::CONFLICT,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                shown(status, mechanism_code(e))
+            // Outside pricing (which wraps its own), a mechanism failure is the coordinator's:
+            // a release refused over budget, or an accounting step that failed.
+            Error::Mechanism(MechanismError::OverBudget { .. }) => {
+                shown(StatusCode::CONFLICT, ProblemCode::MechanismOverBudget)
             }
+            Error::Mechanism(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                C::Internal,
+                "internal error in a privacy mechanism; the coordinator's log has the cause".into(),
+            ),
             Error::Protocol(e) => match e {
                 ProtocolError::Malformed { .. } => shown(StatusCode::BAD_REQUEST, C::ProtocolMalformed),
                 ProtocolError::WrongRound { .. } => {
@@ -338,6 +343,7 @@ impl ResponseError for Error {
             Error::Internal { context, cause } => {
                 tracing::error!(context, %cause, "internal error")
             }
+            Error::Mechanism(e) => tracing::error!(error = %e, "mechanism error"),
             _ => tracing::debug!(%code, error = %self, "request refused"),
         }
         let mut response = HttpResponse::build(status);
@@ -369,7 +375,10 @@ impl From<crate::lifecycle::LifecycleError> for Error {
                 Error::conflict(ProblemCode::RoundPartnerUnregistered, detail)
             }
             L::Budget(p) => Error::Policy(p),
-            L::Round(s) => Error::Protocol(ProtocolError::SecAgg(s)),
+            // The round this coordinator would configure for the dataset is not valid (its
+            // dropout and collusion settings against the dataset's partners, a ring too
+            // narrow): a conflict between the coordinator and the dataset, not bad input.
+            L::Round(_) => Error::conflict(ProblemCode::SecaggInvalidConfig, detail),
             L::NotRunning { .. } | L::NoReservation { .. } => {
                 Error::internal("moving a query through its lifecycle", detail)
             }

@@ -157,9 +157,7 @@ macro_rules! app {
 /// stops the round driver; open rounds stay in the store and resume at the next start.
 pub async fn serve(config: Config) -> Result<(), String> {
     let state = AppState::open(config.clone()).await?;
-    let driver = config
-        .drive_rounds
-        .then(|| actix_web::rt::spawn(rounds::driver::drive(state.clone())));
+    let driving = config.drive_rounds.then(|| rounds::driver::spawn(&state));
     let app_state = state.clone();
     let grace = config.request_timeout() + Duration::from_secs(5);
     let server = HttpServer::new(move || app!(app_state)).shutdown_timeout(grace.as_secs());
@@ -173,10 +171,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     tracing::info!(bind = %config.bind, tls = config.tls.is_some(), "civic-coordinator listening");
     let result = server.run().await.map_err(|e| e.to_string());
+    // Everything that may hold a store connection stops while the runtime still runs: a
+    // connection dropped after it has gone panics inside sqlx.
     state.rounds.halt();
-    if let Some(driver) = driver {
-        driver.abort();
+    if let Some(driving) = driving {
+        driving.stop().await;
     }
+    state.store.close().await;
     result
 }
 
@@ -186,7 +187,8 @@ pub fn serve_listener(
     listener: std::net::TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
     if state.config.drive_rounds {
-        actix_web::rt::spawn(rounds::driver::drive(state.clone()));
+        // Stopped by `state.rounds.halt()`.
+        rounds::driver::spawn(&state);
     }
     Ok(HttpServer::new(move || app!(state))
         .workers(2)

@@ -279,6 +279,12 @@ impl Store {
         }
     }
 
+    /// Closes both pools, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()

@@ -223,11 +223,12 @@ async fn a_new_protocol_runs_end_to_end_through_the_unchanged_driver() {
 #[actix_web::test]
 async fn a_step_that_times_out_short_of_its_quorum_aborts_and_refunds() {
     let clock = TestClock::new();
-    let c = Coordinator::start_with_parts(
-        test_config(&fresh_store_url("protocol-abort")),
-        parts(&clock),
-    )
-    .await;
+    // The clock jumps past a step deadline: the lease outlasts the jump.
+    let config = civic_server::Config {
+        driver_lease_secs: 3600.0,
+        ..test_config(&fresh_store_url("protocol-abort"))
+    };
+    let c = Coordinator::start_with_parts(config, parts(&clock)).await;
     c.register_partners().await;
     let (_, q) = c.submit(count_query(60.0)).await;
     let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));

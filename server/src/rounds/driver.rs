@@ -22,27 +22,54 @@ use crate::error::{Error, Result};
 use crate::service;
 use crate::store::{RoundRow, rounds};
 
-/// Runs until the registry is halted.
-pub async fn drive(state: web::Data<AppState>) {
+/// The tasks that drive rounds: this loop and the lease keeper.
+pub struct Driving {
+    state: web::Data<AppState>,
+    tasks: Vec<actix_web::rt::task::JoinHandle<()>>,
+}
+
+/// Starts driving rounds: the loop below and, on a task of its own (so a long step cannot
+/// starve it), the lease keeper.
+pub fn spawn(state: &web::Data<AppState>) -> Driving {
+    Driving {
+        state: state.clone(),
+        tasks: vec![
+            actix_web::rt::spawn(drive(state.clone())),
+            actix_web::rt::spawn(lease::keep(state.clone())),
+        ],
+    }
+}
+
+impl Driving {
+    /// Stops both tasks and waits until they are gone, so that whatever they held (a store
+    /// connection in a transaction) is dropped while the runtime still runs.
+    pub async fn stop(self) {
+        self.state.rounds.halt();
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Runs until the registry is halted: adopts rounds it does not hold (as often as the lease
+/// is renewed) and steps the rest.
+async fn drive(state: web::Data<AppState>) {
     let tick = Duration::from_millis(state.config.tick_millis);
-    let renew_every = state.config.lease_renewal();
-    let mut renewed = Instant::now();
+    let adopt_every = state.config.lease_renewal();
+    let mut adopted = Instant::now();
     while !state.rounds.halted() {
         let _ = tokio::time::timeout(tick, state.rounds.woken()).await;
-        if renewed.elapsed() >= renew_every {
-            renewed = Instant::now();
-            match lease::renew(&state).await {
-                Ok(true) => {
-                    if let Err(e) = adopt(&state).await {
-                        tracing::error!(error = %e, "adopting open rounds failed");
-                    }
-                }
-                Ok(false) => continue,
-                Err(e) => tracing::error!(error = %e, "renewing the round-driver lease failed"),
-            }
-        }
         if !state.rounds.drives() {
             continue;
+        }
+        if adopted.elapsed() >= adopt_every {
+            adopted = Instant::now();
+            if let Err(e) = adopt(&state).await {
+                tracing::error!(error = %e, "adopting open rounds failed");
+            }
         }
         for id in state.rounds.ids() {
             if let Err(e) = step(&state, id).await {
@@ -64,6 +91,7 @@ pub fn start(state: &AppState, row: RoundRow) -> Result<()> {
         state: protocol.start(row.id, &row.setup)?,
         expected: row.setup.config.participants.iter().copied().collect(),
         deadline: state.clock.now() + state.config.phase_deadline(),
+        retry_at: std::time::UNIX_EPOCH,
         id: row.id,
         query_id: row.query_id,
         protocol: protocol.name(),
@@ -103,8 +131,10 @@ pub async fn adopt(state: &AppState) -> Result<usize> {
                 adopted += 1;
             }
             Err(e) => {
-                let reason = format!("could not be rebuilt from the store: {e}");
-                if let Err(e) = service::rounds::abort(state, row.id, &reason).await {
+                tracing::error!(round = row.id, error = %e, "a stored round cannot be rebuilt");
+                let reason =
+                    "could not be rebuilt from the store (the coordinator's log has the cause)";
+                if let Err(e) = service::rounds::abort(state, row.id, reason).await {
                     tracing::error!(round = row.id, error = %e, "could not abort a round that cannot be rebuilt");
                 }
             }
@@ -161,20 +191,36 @@ async fn replay(state: &AppState, row: &RoundRow) -> std::result::Result<LiveRou
         state: round,
         expected,
         deadline: state.clock.now() + state.config.phase_deadline(),
+        retry_at: std::time::UNIX_EPOCH,
         closing: false,
     })
 }
 
+/// Whether a failure is worth trying again later (the store busy or unreachable, the lease
+/// lost for a moment) rather than a refusal that will not change.
+fn transient(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store(_) | Error::Timeout(_) | Error::RoundNotDrivenHere(_)
+    )
+}
+
+/// How long a round whose release or abort failed for a passing reason waits before the
+/// driver tries again (by the clock).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Closes round `id`'s open step if everyone expected answered or its deadline passed.
 /// The step is closed on a copy and stored before the round takes it: memory never runs
-/// ahead of the store.
+/// ahead of the store. A finished round is released; a failed one aborted; if either fails
+/// for a passing reason the round stays as it was and is tried again (a release's noise is
+/// only ever drawn again if the first draw was never stored, so it never left).
 async fn step(state: &AppState, id: i64) -> Result<()> {
     let Some(round) = state.rounds.get(id) else {
         return Ok(());
     };
     let mut r = round.lock().await;
     let now = state.clock.now();
-    if r.closing || (!r.complete() && now < r.deadline) {
+    if r.closing || now < r.retry_at || (!r.complete() && now < r.deadline) {
         return Ok(());
     }
     let closing = r.state.step();
@@ -193,7 +239,9 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         state
             .store
             .run_tx("record a round's step", async |tx| {
-                rounds::set_step(tx, id, opened).await
+                lease::fence(state, tx, id).await?;
+                rounds::set_step(tx, id, opened).await?;
+                Ok::<_, Error>(())
             })
             .await?;
         r.state = next;
@@ -204,15 +252,17 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
     }
     // The round ends: keep it in memory, marked, until the store says so.
     r.closing = true;
-    let query = r.query_id;
+    let (query, max_rows) = (r.query_id, r.setup.max_rows_per_partner);
     drop(r);
     let result = match outcome {
         Ok(Closed::Finished(output)) => {
-            match service::rounds::release(state, id, query, output).await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    service::rounds::abort(state, id, &format!("the release failed: {e}")).await
+            match service::rounds::release(state, id, query, max_rows, output).await {
+                Err(e) if !transient(&e) => {
+                    tracing::error!(round = id, error = %e, "the release failed");
+                    let reason = format!("the release failed: {}", e.body().detail);
+                    service::rounds::abort(state, id, &reason).await
                 }
+                other => other,
             }
         }
         Err(e) => {
@@ -225,6 +275,17 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         }
         Ok(Closed::Next) => Ok(()),
     };
-    state.rounds.remove(id);
-    result
+    match result {
+        Err(e) if transient(&e) => {
+            tracing::warn!(round = id, error = %e, "ending the round failed; trying again shortly");
+            let mut r = round.lock().await;
+            r.closing = false;
+            r.retry_at = state.clock.now() + RETRY_AFTER;
+            Err(e)
+        }
+        other => {
+            state.rounds.remove(id);
+            other
+        }
+    }
 }

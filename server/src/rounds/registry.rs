@@ -30,6 +30,8 @@ pub struct LiveRound {
     pub expected: BTreeSet<PartnerId>,
     /// When the open step closes whoever has answered.
     pub deadline: SystemTime,
+    /// Not stepped before this (a release or abort that failed for a passing reason).
+    pub retry_at: SystemTime,
     /// Being released or aborted: kept in memory (so it is not adopted again) but no longer
     /// driven.
     pub closing: bool,

@@ -81,7 +81,12 @@ pub async fn post_message(
 ) -> Result<HttpResponse> {
     let me = PartnerId(c.partner_id()?);
     let bytes = super::read_limited(body, s.config.binary_limit).await?;
-    svc::receive(&s, *id, me, &bytes).await?;
+    // On a task of its own: a request timeout must not cut it between storing the message
+    // and taking it into the round.
+    let (state, id) = (s.clone(), *id);
+    actix_web::rt::spawn(async move { svc::receive(&state, id, me, &bytes).await })
+        .await
+        .map_err(|e| Error::internal("taking a protocol message", e))??;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -340,10 +340,14 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
             "a decision needs a reason for the audit log",
         ));
     }
-    // Everything the round needs is read and priced before the transaction (for queries
-    // stored before calibrations were kept, pricing is CPU work no transaction may wait on).
+    // Everything a round would need is read (and, for a query stored before calibrations
+    // were kept, priced) before the transaction: pricing is CPU work no transaction may wait
+    // on. A rejection needs none of it.
     let (q, policy) = query_and_policy(state, id).await?;
-    let priced = calibration(state, &q, &policy).await?;
+    let priced = match req.approve {
+        true => Some(calibration(state, &q, &policy, state.config.max_rows_per_partner).await?),
+        false => None,
+    };
     let at = state.clock.rfc3339();
     let round = state
         .store
@@ -378,8 +382,11 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
                     queries::set_state(tx, id, QueryState::Rejected, Some(&req.reason)).await?;
                 }
                 Decided::Runs { .. } => {
+                    let priced = priced.as_ref().ok_or_else(|| {
+                        Error::internal("starting an approved query", "no calibration")
+                    })?;
                     queries::set_state(tx, id, QueryState::Running, None).await?;
-                    round = Some(super::rounds::open(state, tx, id, &policy, &priced, &at).await?);
+                    round = Some(super::rounds::open(state, tx, id, &policy, priced, &at).await?);
                 }
                 Decided::Approved { .. } => {}
             }

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use super::event;
 use crate::AppState;
 use crate::error::{Error, Missing, Result};
-use crate::rounds::LiveRound;
+use crate::rounds::{LiveRound, lease};
 use crate::store::rounds::{RoundState, Stored};
 use crate::store::{Account, accounts, audit, queries, rounds};
 
@@ -171,6 +171,12 @@ pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> Result<Vec<
 pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8]) -> Result<()> {
     let round = live(state, id).await?;
     let mut r = round.lock().await;
+    if r.closing {
+        return Err(Error::conflict(
+            ProblemCode::RoundFinished,
+            format!("round {id} is closing; it takes no more messages"),
+        ));
+    }
     let step = r.state.step_of(partner, body)?;
     let mut next = r.state.box_clone();
     if let Err(refused) = next.receive(partner, body) {
@@ -184,7 +190,8 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
     let stored = state
         .store
         .run_tx("store a protocol message", async |tx| {
-            rounds::insert_message(tx, id, step, partner.0, body).await
+            lease::fence(state, tx, id).await?;
+            Ok::<_, Error>(rounds::insert_message(tx, id, step, partner.0, body).await?)
         })
         .await?;
     if stored == Stored::Different {

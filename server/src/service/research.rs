@@ -33,7 +33,16 @@ pub async fn price(
     policy: &DatasetPolicy,
     request: &QueryRequest,
 ) -> Result<Priced> {
-    let (policy, request, context) = (policy.clone(), request.clone(), context(state));
+    price_in(context(state), policy, request).await
+}
+
+/// [`price`] in a given context.
+pub async fn price_in(
+    context: PricingContext,
+    policy: &DatasetPolicy,
+    request: &QueryRequest,
+) -> Result<Priced> {
+    let (policy, request) = (policy.clone(), request.clone());
     Ok(web::block(move || {
         civic_mechanisms::price(
             &policy,

@@ -14,7 +14,7 @@ use super::event;
 use crate::AppState;
 use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Current, Partner, RoundSettings};
-use crate::rounds::RoundOutput;
+use crate::rounds::{RoundOutput, lease};
 use crate::store::rounds::RoundState;
 use crate::store::{QueryRow, RoundRow, accounts, audit, budgets, datasets, queries, rounds};
 
@@ -110,21 +110,38 @@ pub async fn query_and_policy(state: &AppState, id: i64) -> Result<(QueryRow, Da
 }
 
 /// The calibration reserved with a query. Queries stored before calibrations were kept
-/// have none: they are priced again, once, with the same function and the settings their
-/// round was opened with.
-pub async fn calibration(state: &AppState, q: &QueryRow, policy: &DatasetPolicy) -> Result<Priced> {
+/// (store version 3) have none: they are priced again, once, with the same function, the row
+/// bound their round is sized for and today's reporting δ. If that price exceeds what was
+/// reserved the release refuses and the query is refunded; if it is lower, the reservation
+/// is charged in full (never less than the noise costs).
+pub async fn calibration(
+    state: &AppState,
+    q: &QueryRow,
+    policy: &DatasetPolicy,
+    max_rows_per_partner: u64,
+) -> Result<Priced> {
     if let Some(p) = &q.calibration {
         return Ok(p.clone());
     }
-    super::research::price(state, policy, &q.request).await
+    let context = civic_mechanisms::PricingContext {
+        max_rows_per_partner,
+        reporting_delta: state.config.reporting_delta,
+    };
+    super::research::price_in(context, policy, &q.request).await
 }
 
 /// Releases query `query` from round `round`'s output: samples the noise once from the
 /// stored calibration (on a blocking thread, holding no store connection), then in one
 /// transaction charges the reservation, stores the release, closes the round and audits.
-pub async fn release(state: &AppState, round: i64, query: i64, output: RoundOutput) -> Result<()> {
+pub async fn release(
+    state: &AppState,
+    round: i64,
+    query: i64,
+    max_rows_per_partner: u64,
+    output: RoundOutput,
+) -> Result<()> {
     let (q, policy) = query_and_policy(state, query).await?;
-    let priced = calibration(state, &q, &policy).await?;
+    let priced = calibration(state, &q, &policy, max_rows_per_partner).await?;
     state.rounds.record_exact_sum(query, &output.sum);
     let survivors = output.contributors.len();
     let budget = Rho::from_units(q.cost_units);
@@ -138,9 +155,17 @@ pub async fn release(state: &AppState, round: i64, query: i64, output: RoundOutp
     let release_id = state
         .store
         .run_tx("release a query", async |tx| {
+            lease::fence(state, tx, round).await?;
             let q = queries::lock(tx, query)
                 .await?
                 .ok_or(Error::NotFound(Missing::Query(query)))?;
+            // Closed already (by another coordinator, or an abort): nothing to release.
+            if !rounds::close(tx, round, RoundState::Finished).await? {
+                return Err(Error::internal(
+                    "releasing a round",
+                    format!("round {round} is no longer open"),
+                ));
+            }
             let mut ledger = budgets::lock(tx, &q.dataset)
                 .await?
                 .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
@@ -149,7 +174,6 @@ pub async fn release(state: &AppState, round: i64, query: i64, output: RoundOutp
             budgets::record(tx, &ledger, &entry, &at).await?;
             let release_id = queries::insert_release(tx, &q, &view).await?;
             queries::set_state(tx, query, QueryState::Released, None).await?;
-            rounds::close(tx, round, RoundState::Finished).await?;
             audit::append(
                 tx,
                 event(
@@ -203,20 +227,25 @@ fn release_view(release: Release, released_at: String) -> Result<ReleaseView> {
 }
 
 /// Aborts round `round` and, if its query was still running, ends the query aborted and
-/// refunds it: one transaction. The round is closed and its messages dropped whatever
-/// state the query is in.
+/// refunds it: one transaction. A round no longer open (released, or aborted already) is
+/// left as it is: nothing is refunded and nothing audited.
 pub async fn abort(state: &AppState, round: i64, reason: &str) -> Result<()> {
     let at = state.clock.rfc3339();
-    let refunded = state
+    let aborted = state
         .store
         .run_tx("abort a round", async |tx| {
-            rounds::close(tx, round, RoundState::Aborted).await?;
+            lease::fence(state, tx, round).await?;
+            // The query's lock first, as every change to a query takes it.
             let query = rounds::query_of(tx, round).await?;
-            let mut refunded = Rho::ZERO;
-            if let Some(q) = match query {
+            let q = match query {
                 Some(id) => queries::lock(tx, id).await?,
                 None => None,
-            } {
+            };
+            if !rounds::close(tx, round, RoundState::Aborted).await? {
+                return Ok(None);
+            }
+            let mut refunded = Rho::ZERO;
+            if let Some(q) = q {
                 let mut ledger = budgets::lock(tx, &q.dataset)
                     .await?
                     .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
@@ -239,11 +268,13 @@ pub async fn abort(state: &AppState, round: i64, reason: &str) -> Result<()> {
                 &at,
             )
             .await?;
-            Ok::<_, Error>(refunded)
+            Ok::<_, Error>(Some(refunded))
         })
         .await?;
     state.rounds.remove(round);
-    crate::metrics::ROUNDS_ABORTED.inc();
-    tracing::warn!(round, reason, refunded = refunded.as_f64(), "round aborted");
+    if let Some(refunded) = aborted {
+        crate::metrics::ROUNDS_ABORTED.inc();
+        tracing::warn!(round, reason, refunded = refunded.as_f64(), "round aborted");
+    }
     Ok(())
 }

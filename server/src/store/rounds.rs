@@ -278,3 +278,22 @@ pub async fn query_of(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<i
         .await?;
     Ok(row.map(|r| r.try_get("query_id")).transpose()?)
 }
+
+/// Whether `owner` holds the driver lease at `now_ms`, locking the lease row for the rest
+/// of the transaction (so that no other coordinator can take the lease before it commits):
+/// the fence every write a driver makes to a round starts with.
+pub async fn hold_driver_lease(
+    conn: &mut AnyConnection,
+    owner: &str,
+    now_ms: i64,
+) -> StoreResult<bool> {
+    let n = sqlx::query(
+        "UPDATE driver_lease SET owner = owner WHERE id = 1 AND owner = $1 AND expires_ms >= $2",
+    )
+    .bind(owner)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
