@@ -172,6 +172,7 @@ impl Store {
             }
             _ => url.to_string(),
         };
+        let busy_ms = wait.as_millis().min(600_000);
         let options = |max: u32| {
             AnyPoolOptions::new()
                 .max_connections(max)
@@ -180,8 +181,8 @@ impl Store {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             // Only another process (an operator's sqlite3 shell, a backup)
-                            // can hold the lock: wait for it a little, not for ever.
-                            sqlx::query("PRAGMA busy_timeout = 5000")
+                            // can hold the lock: wait for it as long as for a connection.
+                            sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
                                 .execute(&mut *conn)
                                 .await?;
                             sqlx::query("PRAGMA foreign_keys = ON")
