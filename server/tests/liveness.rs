@@ -410,26 +410,6 @@ async fn hostile_pricing_requests_are_answered_promptly_and_block_nothing() {
     }
 }
 
-/// Holds the store's write lock from outside the coordinator, as an operator's shell or a
-/// backup would: on SQLite a `BEGIN IMMEDIATE` transaction (the database's one write lock);
-/// on PostgreSQL a transaction holding the audit head's row lock, which every write
-/// transaction that audits must take.
-async fn hold_write_lock(url: &str) -> sqlx::AnyConnection {
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    if url.starts_with("sqlite:") {
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    } else {
-        sqlx::raw_sql("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    conn
-}
-
 /// Rows of project "held" and of its membership.
 async fn held_projects(c: &Coordinator) -> i64 {
     let count = |sql| async move {
@@ -462,7 +442,7 @@ async fn a_write_that_cannot_get_the_store_is_answered_503_and_changes_nothing()
         let head = page["head"].clone();
         let create = json!({ "id": "held", "title": "Held", "members": ["rita"] });
 
-        let mut lock = hold_write_lock(&url).await;
+        let mut lock = common::hold_write_lock(&url).await;
         // The same creation sent four times at once (an impatient client retrying).
         let writes: Vec<_> = (0..4)
             .map(|_| {

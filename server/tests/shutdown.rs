@@ -51,24 +51,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Holds the store's write lock from outside the coordinator: on SQLite a `BEGIN IMMEDIATE`
-/// transaction; on PostgreSQL the audit head's row lock, which every audited write takes.
-async fn hold_write_lock(url: &str) -> sqlx::AnyConnection {
-    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
-    if url.starts_with("sqlite:") {
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    } else {
-        sqlx::raw_sql("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    conn
-}
-
 /// What the store holds that the in-flight request could have changed: accounts named
 /// `late`, and the audit head's sequence number.
 async fn store_state(url: &str) -> (i64, i64) {
@@ -258,7 +240,7 @@ async fn sigterm_during_a_held_write(url: &str) {
         "a token was looked up before the request"
     );
 
-    let mut lock = hold_write_lock(url).await;
+    let mut lock = common::hold_write_lock(url).await;
     // The long request: an admin creating an account, which must write.
     let in_flight = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -107,6 +107,28 @@ pub async fn drop_schema(url: &str) {
     }
 }
 
+/// Holds the store's write lock from outside the coordinator, as an operator's shell or a
+/// backup would: on SQLite a `BEGIN IMMEDIATE` transaction (the database's one write lock);
+/// on PostgreSQL a transaction holding the audit head's row lock, which every write
+/// transaction that audits must take.
+pub async fn hold_write_lock(url: &str) -> sqlx::AnyConnection {
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    if url.starts_with("sqlite:") {
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        sqlx::raw_sql("BEGIN; SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    conn
+}
+
 /// A running coordinator and the tokens of its bootstrap accounts.
 pub struct Coordinator {
     pub base: String,
