@@ -77,8 +77,3 @@ impl Clock for TestClock {
             .unwrap_or_else(|e| *e.into_inner())
     }
 }
-
-/// `at` plus `d`, as the store's milliseconds.
-pub fn after_ms(at_ms: i64, d: Duration) -> i64 {
-    at_ms.saturating_add(d.as_millis() as i64)
-}

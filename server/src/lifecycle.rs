@@ -19,7 +19,7 @@
 use civic_api::query::{QueryRequest, QueryState};
 use civic_mechanisms::Priced;
 use civic_policies::budget::{Held, LedgerEntry, QueryBudget};
-use civic_policies::{DatasetPolicy, Ledger, PolicyError, Rho};
+use civic_policies::{DatasetPolicy, Ledger, PolicyError};
 use civic_secagg::{
     GraphKind, IdentityPublicKey, PartnerId, Roster, RoundConfig, RoundId, SecAggError, Tolerances,
     Width,
@@ -365,18 +365,11 @@ pub fn round_setup(
     })
 }
 
-/// The budget a query's reservation holds, for reporting.
-pub fn reserved(held: Option<&Held>) -> Rho {
-    match held.map(|h| h.state) {
-        Some(QueryBudget::Reserved(r)) => r,
-        _ => Rho::ZERO,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use civic_mechanisms::PricingContext;
+    use civic_policies::Rho;
     use civic_policies::samples::diabetes;
 
     fn priced(epsilon: f64) -> Priced {
