@@ -67,9 +67,9 @@ fn bootstrap_serve_and_shut_down_gracefully() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let health = http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
+    let health = common::http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
     assert!(health.contains("\"ok\""), "{health}");
-    let who = http_get(&format!("http://127.0.0.1:{port}/v1/audit"), &token);
+    let who = common::http_get(&format!("http://127.0.0.1:{port}/v1/audit"), &token);
     assert!(who.contains("account.create"), "{who}");
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -231,31 +231,4 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A GET over a plain TCP socket (this test has no async runtime), retried while the
-/// server starts.
-fn http_get(url: &str, token: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    for _ in 0..100 {
-        if let Ok(mut s) = std::net::TcpStream::connect(host) {
-            let auth = if token.is_empty() {
-                String::new()
-            } else {
-                format!("Authorization: Bearer {token}\r\n")
-            };
-            write!(
-                s,
-                "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{url} never answered");
 }

@@ -67,24 +67,6 @@ async fn store_state(url: &str) -> (i64, i64) {
     (late, seq)
 }
 
-/// One GET with `Connection: close` on a fresh connection, retried while the server starts.
-fn get_when_up(port: u16, path: &str) -> String {
-    for _ in 0..100 {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the coordinator never answered on port {port}");
-}
-
 /// What a new connection met after SIGTERM.
 #[derive(Debug)]
 enum NewConnection {
@@ -231,7 +213,7 @@ async fn sigterm_during_a_held_write(url: &str) {
             .spawn()
             .unwrap(),
     );
-    let health = get_when_up(port, "/healthz");
+    let health = common::http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let before = store_state(url).await;
     let log = || std::fs::read_to_string(&stderr_path).unwrap();
@@ -270,7 +252,7 @@ async fn sigterm_during_a_held_write(url: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     // Reads answer while the write waits.
-    let health = get_when_up(port, "/healthz");
+    let health = common::http_get(&format!("http://127.0.0.1:{port}/healthz"), "");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(
         !in_flight.is_finished(),

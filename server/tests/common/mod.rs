@@ -129,6 +129,33 @@ pub async fn hold_write_lock(url: &str) -> sqlx::AnyConnection {
     conn
 }
 
+/// A GET over a plain TCP socket with `Connection: close` (for tests with no async runtime),
+/// retried while the server starts; returns the whole response, head and body.
+pub fn http_get(url: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(host) {
+            let auth = if token.is_empty() {
+                String::new()
+            } else {
+                format!("Authorization: Bearer {token}\r\n")
+            };
+            write!(
+                s,
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{url} never answered");
+}
+
 /// A running coordinator and the tokens of its bootstrap accounts.
 pub struct Coordinator {
     pub base: String,
