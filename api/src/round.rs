@@ -37,8 +37,9 @@ pub struct RoundAnnouncement {
     pub round_id: i64,
     /// The query it answers (a query may own several rounds).
     pub query_id: i64,
-    /// The protocol the round runs (`secure-sum/v1`: secure aggregation of the plan's
-    /// vector).
+    /// The protocol the round runs (`secure-sum/v2`: secure aggregation of the plan's
+    /// vector, masks from AES-256-CTR; absent from coordinators older than the field, which
+    /// ran `secure-sum/v1`, masks from ChaCha12).
     #[serde(default = "secure_sum")]
     pub protocol: String,
     /// The dataset and the policy version the plan was compiled under (fetch it from
@@ -96,7 +97,8 @@ pub struct PartnerRounds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Inbox {
-    /// Nothing yet: the round is in AdvertiseKeys.
+    /// Nothing new: the round is in AdvertiseKeys, or this partner has answered the open
+    /// phase and the next has not opened.
     Nothing,
     /// AdvertiseKeys closed.
     KeyRoster(KeyRoster),

@@ -29,7 +29,7 @@ use crate::error::AgentError;
 use crate::evaluate::CompiledPlan;
 
 /// The protocol this agent speaks.
-pub const SECURE_SUM: &str = "secure-sum/v1";
+pub const SECURE_SUM: &str = "secure-sum/v2";
 
 /// A round that passed the local policy.
 pub struct CheckedRound {
@@ -230,7 +230,7 @@ mod tests {
         )
         .unwrap();
         serde_json::from_value(json!({
-            "round_id": 7, "query_id": 7, "dataset": "diabetes", "dataset_version": 1,
+            "round_id": 7, "query_id": 7, "protocol": SECURE_SUM, "dataset": "diabetes", "dataset_version": 1,
             "query": query, "privacy": privacy, "max_rows_per_partner": 10_000,
             "config": config, "phase": "advertise_keys", "phase_deadline": "2026-11-23T00:00:00Z"
         }))
@@ -362,6 +362,6 @@ mod tests {
         let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
         ann.protocol = "something-else/v9".into();
         let e = refusal(check_round(&ann, &policy, &limits()));
-        assert!(e.contains("takes part only in secure-sum/v1"), "{e}");
+        assert!(e.contains("takes part only in secure-sum/v2"), "{e}");
     }
 }

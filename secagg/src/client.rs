@@ -14,6 +14,7 @@
 //! persists it, and [`ClientRound::restore_reveal_log`] restores it after a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroUsize;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use crate::messages::{
     AdvertiseKeys, ConsistencySignature, EncryptedShare, ForwardedShares, KeyRoster, MaskedInput,
     Phase, RevealedShare, ShareKeys, SignedSurvivors, SurvivorList, UnmaskingShares,
 };
-use crate::prg::{Sign, apply_mask};
+use crate::prg::{Sign, SignedMask, apply_masks};
 use crate::ring::RingVector;
 use crate::round::{PartnerId, Requirements, RoundConfig, RoundId};
 use crate::shamir::{SecretScalar, split};
@@ -149,6 +150,8 @@ pub struct ClientRound {
     roster: Roster,
     state: ClientState,
     reveals: RevealLog,
+    /// Ed25519 signatures checked so far (advertisements and survivor-list signatures).
+    signatures_verified: usize,
 }
 
 impl std::fmt::Debug for ClientRound {
@@ -166,7 +169,7 @@ impl std::fmt::Debug for ClientRound {
 /// This is the bulk of a partner's work; its keys come from [`crate::kdf`].
 pub fn mask_vector<'a>(
     input: &RingVector,
-    self_mask: &DerivedKey,
+    self_mask: &'a DerivedKey,
     pairwise: impl IntoIterator<Item = (&'a DerivedKey, Sign)>,
 ) -> RingVector {
     #[cfg(feature = "bench-unmasked")]
@@ -175,10 +178,11 @@ pub fn mask_vector<'a>(
     }
     let width = input.width();
     let mut words = input.words().to_vec();
-    apply_mask(&mut words, self_mask, width, Sign::Add);
-    for (key, sign) in pairwise {
-        apply_mask(&mut words, key, width, sign);
-    }
+    let masks: Vec<SignedMask<'_>> = std::iter::once((self_mask, Sign::Add))
+        .chain(pairwise)
+        .collect();
+    // One thread: a partner's agent masks one vector per round, beside its other work.
+    apply_masks(&mut words, &masks, width, NonZeroUsize::MIN);
     RingVector::from_unreduced(width, words)
 }
 
@@ -248,6 +252,7 @@ impl ClientRound {
             roster,
             state: ClientState::Advertised { secrets },
             reveals: RevealLog::new(round_id),
+            signatures_verified: 0,
         };
         let advert = AdvertiseKeys {
             round_id,
@@ -287,6 +292,13 @@ impl ClientRound {
             ClientState::SignedSurvivors { .. } => Phase::ConsistencyCheck,
             ClientState::Finished => Phase::Finished,
         }
+    }
+
+    /// How many signatures this partner has checked in the round: its own and its
+    /// neighbours' advertisements, and its holders' survivor-list signatures. On the sparse
+    /// graph this grows with the degree, not with the number of partners.
+    pub fn signatures_verified(&self) -> usize {
+        self.signatures_verified
     }
 
     /// This partner.
@@ -377,6 +389,12 @@ impl ClientRound {
                     phase: Phase::AdvertiseKeys,
                 });
             }
+            // Only its own and its neighbours' keys are used (see `neighbourhood_roster` in
+            // the server): any other entry is skipped unchecked.
+            if sender != self.me && !self.graph.are_neighbours(self.me, sender) {
+                continue;
+            }
+            self.signatures_verified += 1;
             let transcript = advertise_transcript(
                 &self.config_digest,
                 sender,
@@ -661,7 +679,10 @@ impl ClientRound {
         }
         let transcript = survivors_transcript(&self.config_digest, survivors);
         let mut signers = BTreeSet::new();
-        for (signer, signature) in &msg.signatures {
+        // Only its holders' signatures count towards its threshold (see
+        // `neighbourhood_signatures` in the server): any other is skipped unchecked.
+        let holder = |p: &PartnerId| *p == self.me || self.graph.are_neighbours(self.me, *p);
+        for (signer, signature) in msg.signatures.iter().filter(|(p, _)| holder(p)) {
             if survivors.binary_search(signer).is_err() {
                 return Err(SecAggError::UnknownSender {
                     round,
@@ -676,6 +697,7 @@ impl ClientRound {
                     phase: Phase::ConsistencyCheck,
                 });
             }
+            self.signatures_verified += 1;
             let valid = self
                 .roster
                 .get(signer)
@@ -688,11 +710,7 @@ impl ClientRound {
                 });
             }
         }
-        let local = signers
-            .iter()
-            .filter(|&&p| p == self.me || self.graph.are_neighbours(self.me, p))
-            .count();
-        self.quorum(local, Phase::Unmasking)?;
+        self.quorum(signers.len(), Phase::Unmasking)?;
 
         let kind_of = |owner: &PartnerId| {
             if survivors.binary_search(owner).is_ok() {

@@ -14,7 +14,7 @@
 //! The layers, bottom up:
 //! - [`ring`]: vectors over Z_{2^b}, b ∈ {32, 64}, and the choice of b that cannot wrap;
 //! - [`kdf`], [`prg`], [`share_encryption`], [`shamir`]: HKDF-SHA256 key derivation, the
-//!   ChaCha mask generator, ChaCha20-Poly1305 for shares in transit, and Shamir sharing over
+//!   AES-256-CTR mask generator, ChaCha20-Poly1305 for shares in transit, and Shamir sharing over
 //!   the Ed25519 scalar field;
 //! - [`identity`], [`graph`], [`round`]: long-term Ed25519 identities, the neighbour graph
 //!   and the validated round configuration;
@@ -55,7 +55,7 @@ pub use server::{Aggregate, ServerOutput, ServerRound};
 
 /// Bound into every key derivation, signature and associated-data string, so that keys and
 /// signatures from another protocol, or another version of this one, are never accepted.
-pub const PROTOCOL_LABEL: &[u8] = b"civic-secagg/v1";
+pub const PROTOCOL_LABEL: &[u8] = b"civic-secagg/v2";
 
 /// Whether this build holds the benchmark's switch that turns masking off (feature
 /// `bench-unmasked`). Shipped binaries assert at compile time that it does not.

@@ -7,18 +7,19 @@
 //! coordinator holds one running sum, not n vectors.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::num::NonZeroUsize;
 
 use x25519_dalek::PublicKey;
 
 use crate::error::SecAggError;
 use crate::graph::{Graph, Topology};
 use crate::identity::{Roster, Signature, advertise_transcript, survivors_transcript};
-use crate::kdf::pairwise_mask_key;
+use crate::kdf::{DerivedKey, pairwise_mask_key};
 use crate::messages::{
     AdvertiseKeys, ClientMessage, ConsistencySignature, EncryptedShare, ForwardedShares, KeyRoster,
     MaskedInput, Phase, RevealedShare, ShareKeys, SignedSurvivors, SurvivorList, UnmaskingShares,
 };
-use crate::prg::{Sign, apply_mask};
+use crate::prg::{Sign, SignedMask, apply_masks};
 use crate::ring::{RingVector, Width, add_words};
 use crate::round::{PartnerId, RoundConfig, RoundId};
 use crate::shamir::{LagrangeAtZero, SecretScalar, Share};
@@ -33,6 +34,13 @@ pub struct Aggregate {
     pub survivors: Vec<PartnerId>,
     /// Σ_{u ∈ U3} x_u over Z_{2^b}; decode with [`RingVector::to_signed`].
     pub sum: RingVector,
+}
+
+/// One partner's revealed shares, parsed: (owner, share) for self masks and for mask keys.
+#[derive(Default)]
+struct Reveals {
+    self_mask: Vec<(PartnerId, SecretScalar)>,
+    mask_key: Vec<(PartnerId, SecretScalar)>,
 }
 
 /// What the coordinator sends when a phase closes.
@@ -74,6 +82,8 @@ pub struct ServerRound {
     unmasked: BTreeSet<PartnerId>,
     self_mask_shares: BTreeMap<PartnerId, Vec<Share>>,
     mask_key_shares: BTreeMap<PartnerId, Vec<Share>>,
+    /// Threads the unmasking may use.
+    threads: NonZeroUsize,
 }
 
 impl ServerRound {
@@ -101,7 +111,13 @@ impl ServerRound {
             unmasked: BTreeSet::new(),
             self_mask_shares: BTreeMap::new(),
             mask_key_shares: BTreeMap::new(),
+            threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         })
+    }
+
+    /// Limits the threads the unmasking uses (by default, every core the process may use).
+    pub fn set_threads(&mut self, threads: NonZeroUsize) {
+        self.threads = threads;
     }
 
     /// The current phase.
@@ -112,6 +128,11 @@ impl ServerRound {
     /// The configuration.
     pub fn config(&self) -> &RoundConfig {
         &self.config
+    }
+
+    /// Who shares masks and secrets with whom.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
 
     /// The partners that have sent this phase's message so far.
@@ -126,12 +147,38 @@ impl ServerRound {
         }
     }
 
+    /// Whether `partner` has sent this phase's message.
+    pub fn has_responded(&self, partner: PartnerId) -> bool {
+        match self.phase {
+            Phase::AdvertiseKeys => self.advertised.contains_key(&partner),
+            Phase::ShareKeys => self.shared.contains(&partner),
+            Phase::MaskedInputCollection => self.masked.contains(&partner),
+            Phase::ConsistencyCheck => self.signatures.contains_key(&partner),
+            Phase::Unmasking => self.unmasked.contains(&partner),
+            Phase::Finished | Phase::Aborted => false,
+        }
+    }
+
     fn round(&self) -> RoundId {
         self.config.round_id
     }
 
     /// Accepts one partner message for the current phase, or refuses it with nothing changed.
     pub fn receive(&mut self, msg: ClientMessage) -> Result<(), SecAggError> {
+        let reveals = self.validate(&msg)?;
+        self.take(msg, reveals);
+        Ok(())
+    }
+
+    /// Whether [`ServerRound::receive`] would accept `msg`, without taking it: a caller that
+    /// must store a message before the round takes it checks first, instead of copying the
+    /// round.
+    pub fn check(&self, msg: &ClientMessage) -> Result<(), SecAggError> {
+        self.validate(msg).map(|_| ())
+    }
+
+    /// Every check `receive` makes; for Unmasking, the parsed reveals.
+    fn validate(&self, msg: &ClientMessage) -> Result<Option<Reveals>, SecAggError> {
         let round = self.round();
         match self.phase {
             Phase::Finished => {
@@ -162,11 +209,52 @@ impl ServerRound {
             });
         }
         match msg {
-            ClientMessage::AdvertiseKeys(m) => self.receive_advertise(m),
-            ClientMessage::ShareKeys(m) => self.receive_share_keys(m),
-            ClientMessage::MaskedInput(m) => self.receive_masked_input(m),
-            ClientMessage::ConsistencySignature(m) => self.receive_signature(m),
-            ClientMessage::UnmaskingShares(m) => self.receive_unmasking(m),
+            ClientMessage::AdvertiseKeys(m) => self.check_advertise(m).map(|()| None),
+            ClientMessage::ShareKeys(m) => self.check_share_keys(m).map(|()| None),
+            ClientMessage::MaskedInput(m) => self.check_masked_input(m).map(|()| None),
+            ClientMessage::ConsistencySignature(m) => self.check_signature(m).map(|()| None),
+            ClientMessage::UnmaskingShares(m) => self.check_unmasking(m).map(Some),
+        }
+    }
+
+    /// Takes a validated message into the round.
+    fn take(&mut self, msg: ClientMessage, reveals: Option<Reveals>) {
+        match msg {
+            ClientMessage::AdvertiseKeys(m) => {
+                self.advertised.insert(m.sender, m);
+            }
+            ClientMessage::ShareKeys(m) => {
+                for share in m.shares {
+                    self.outbox.entry(share.recipient).or_default().push(share);
+                }
+                self.shared.insert(m.sender);
+            }
+            ClientMessage::MaskedInput(m) => {
+                add_words(&mut self.sum, m.vector.words());
+                self.masked.insert(m.sender);
+            }
+            ClientMessage::ConsistencySignature(m) => {
+                self.signatures.insert(m.sender, m.signature);
+            }
+            ClientMessage::UnmaskingShares(m) => {
+                let Reveals {
+                    self_mask,
+                    mask_key,
+                } = reveals.unwrap_or_default();
+                for (owner, value) in self_mask {
+                    self.self_mask_shares.entry(owner).or_default().push(Share {
+                        holder: m.sender,
+                        value,
+                    });
+                }
+                for (owner, value) in mask_key {
+                    self.mask_key_shares.entry(owner).or_default().push(Share {
+                        holder: m.sender,
+                        value,
+                    });
+                }
+                self.unmasked.insert(m.sender);
+            }
         }
     }
 
@@ -202,7 +290,7 @@ impl ServerRound {
         }
     }
 
-    fn receive_advertise(&mut self, m: AdvertiseKeys) -> Result<(), SecAggError> {
+    fn check_advertise(&self, m: &AdvertiseKeys) -> Result<(), SecAggError> {
         let sender = m.sender;
         self.check_sender(
             sender,
@@ -236,11 +324,10 @@ impl ServerRound {
                 ));
             }
         }
-        self.advertised.insert(sender, m);
         Ok(())
     }
 
-    fn receive_share_keys(&mut self, m: ShareKeys) -> Result<(), SecAggError> {
+    fn check_share_keys(&self, m: &ShareKeys) -> Result<(), SecAggError> {
         let sender = m.sender;
         self.check_sender(
             sender,
@@ -296,14 +383,10 @@ impl ServerRound {
                 format!("no share for neighbour(s) {}", missing.join(", ")),
             ));
         }
-        for share in m.shares {
-            self.outbox.entry(share.recipient).or_default().push(share);
-        }
-        self.shared.insert(sender);
         Ok(())
     }
 
-    fn receive_masked_input(&mut self, m: MaskedInput) -> Result<(), SecAggError> {
+    fn check_masked_input(&self, m: &MaskedInput) -> Result<(), SecAggError> {
         let sender = m.sender;
         self.check_sender(
             sender,
@@ -321,12 +404,10 @@ impl ServerRound {
                 got_bits: m.vector.width().bits(),
             });
         }
-        add_words(&mut self.sum, m.vector.words());
-        self.masked.insert(sender);
         Ok(())
     }
 
-    fn receive_signature(&mut self, m: ConsistencySignature) -> Result<(), SecAggError> {
+    fn check_signature(&self, m: &ConsistencySignature) -> Result<(), SecAggError> {
         let sender = m.sender;
         self.check_sender(
             sender,
@@ -342,11 +423,10 @@ impl ServerRound {
                 what: "survivor list",
             });
         }
-        self.signatures.insert(sender, m.signature);
         Ok(())
     }
 
-    fn receive_unmasking(&mut self, m: UnmaskingShares) -> Result<(), SecAggError> {
+    fn check_unmasking(&self, m: &UnmaskingShares) -> Result<Reveals, SecAggError> {
         let sender = m.sender;
         self.check_sender(
             sender,
@@ -363,22 +443,10 @@ impl ServerRound {
             .filter(|p| self.shared.contains(p));
         let (expect_b, expect_sk): (BTreeSet<PartnerId>, BTreeSet<PartnerId>) =
             held.partition(|p| self.survivors.binary_search(p).is_ok());
-        let b = self.parse_reveals(sender, &m.self_mask_shares, &expect_b, "self-mask")?;
-        let sk = self.parse_reveals(sender, &m.mask_key_shares, &expect_sk, "mask-key")?;
-        for (owner, value) in b {
-            self.self_mask_shares.entry(owner).or_default().push(Share {
-                holder: sender,
-                value,
-            });
-        }
-        for (owner, value) in sk {
-            self.mask_key_shares.entry(owner).or_default().push(Share {
-                holder: sender,
-                value,
-            });
-        }
-        self.unmasked.insert(sender);
-        Ok(())
+        Ok(Reveals {
+            self_mask: self.parse_reveals(sender, &m.self_mask_shares, &expect_b, "self-mask")?,
+            mask_key: self.parse_reveals(sender, &m.mask_key_shares, &expect_sk, "mask-key")?,
+        })
     }
 
     fn parse_reveals(
@@ -619,8 +687,54 @@ impl ServerRound {
             &seeds,
             &dropped,
             &mask_public_keys,
+            self.threads,
         )?;
         Ok(RingVector::from_unreduced(self.config.width, sum))
+    }
+}
+
+/// The part of the key roster `partner` uses: its own entry and its neighbours'.
+///
+/// Why that is enough (SecAgg+, Bell et al., CCS 2020): a partner agrees pairwise masks and
+/// encrypts shares only with its neighbours, and every quorum it checks counts only its
+/// neighbours and itself, so no other entry changes anything it sends. Relaying every entry
+/// would cost each partner O(n) bytes and signature checks and protect nothing. Leaving an
+/// entry out gives a coordinator nothing it could not get by relaying a bad one: a partner
+/// missing its own entry refuses, and one missing neighbours counts fewer holders and
+/// refuses below t, exactly as before. On the complete graph this is the whole roster.
+pub fn neighbourhood_roster(roster: &KeyRoster, graph: &Graph, partner: PartnerId) -> KeyRoster {
+    KeyRoster {
+        round_id: roster.round_id,
+        keys: roster
+            .keys
+            .iter()
+            .filter(|k| k.sender == partner || graph.are_neighbours(partner, k.sender))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The part of the signed survivor list `partner` uses: the whole list (each signature
+/// covers all of it) and the signatures of its holders, its neighbours and itself.
+///
+/// Why that is enough: a partner reveals only after t of its own holders signed the same
+/// list, and no other signature counts towards that. What stops a coordinator from showing
+/// two lists to two groups is the threshold over each owner's k + 1 holders (2t > k + 1 + c,
+/// see [`crate::graph::derive_topology`]), not signatures from beyond the neighbourhood.
+pub fn neighbourhood_signatures(
+    signed: &SignedSurvivors,
+    graph: &Graph,
+    partner: PartnerId,
+) -> SignedSurvivors {
+    SignedSurvivors {
+        round_id: signed.round_id,
+        survivors: signed.survivors.clone(),
+        signatures: signed
+            .signatures
+            .iter()
+            .filter(|(p, _)| *p == partner || graph.are_neighbours(partner, *p))
+            .copied()
+            .collect(),
     }
 }
 
@@ -634,8 +748,10 @@ fn is_low_order(public: &[u8; 32]) -> bool {
 /// Removes masks from a running sum: each survivor's self mask, and for each partner that
 /// dropped after sharing keys, the pairwise masks its surviving neighbours added for it.
 ///
-/// This is the coordinator's bulk work: one mask expansion per survivor plus one per edge
-/// between a dropout and a survivor.
+/// This is the coordinator's bulk work: one mask expansion per survivor plus one key
+/// agreement and one expansion per edge between a dropout and a survivor. Both run on up to
+/// `threads` threads: the key agreements split by edge, the expansions by cell range (see
+/// [`apply_masks`]); the result does not depend on `threads`.
 #[allow(clippy::too_many_arguments)]
 pub fn remove_masks(
     sum: &mut [u64],
@@ -646,16 +762,14 @@ pub fn remove_masks(
     self_mask_seeds: &[(PartnerId, SecretScalar)],
     dropped_mask_keys: &[(PartnerId, SecretScalar)],
     mask_public_keys: &BTreeMap<PartnerId, [u8; 32]>,
+    threads: NonZeroUsize,
 ) -> Result<(), SecAggError> {
     #[cfg(feature = "bench-unmasked")]
     if crate::baseline::masking_off() {
         return Ok(());
     }
-    for (u, seed) in self_mask_seeds {
-        apply_mask(sum, &seed.self_mask_key(round, *u), width, Sign::Subtract);
-    }
+    let mut edges = Vec::new();
     for (u, key) in dropped_mask_keys {
-        let secret = key.to_x25519();
         for v in graph.neighbours(*u) {
             if survivors.binary_search(&v).is_err() {
                 continue;
@@ -665,12 +779,115 @@ pub fn remove_masks(
                     reason: format!("round {round}: no mask public key for survivor {v}"),
                 });
             };
-            let shared = secret.diffie_hellman(&PublicKey::from(*public));
-            let pair_key = pairwise_mask_key(shared.as_bytes(), round, *u, v);
-            // v added +PRG(s_uv) if v < u and −PRG(s_uv) if v > u; undo exactly that.
-            let sign = if v < *u { Sign::Subtract } else { Sign::Add };
-            apply_mask(sum, &pair_key, width, sign);
+            edges.push((*u, key, v, *public));
         }
     }
+    let pair_keys = parallel_map(&edges, threads, |(u, key, v, public)| {
+        let shared = key.to_x25519().diffie_hellman(&PublicKey::from(*public));
+        let pair_key = pairwise_mask_key(shared.as_bytes(), round, *u, *v);
+        // v added +PRG(s_uv) if v < u and −PRG(s_uv) if v > u; undo exactly that.
+        (pair_key, if v < u { Sign::Subtract } else { Sign::Add })
+    });
+    let self_keys: Vec<DerivedKey> = self_mask_seeds
+        .iter()
+        .map(|(u, seed)| seed.self_mask_key(round, *u))
+        .collect();
+    let masks: Vec<SignedMask<'_>> = self_keys
+        .iter()
+        .map(|k| (k, Sign::Subtract))
+        .chain(pair_keys.iter().map(|(k, sign)| (k, *sign)))
+        .collect();
+    apply_masks(sum, &masks, width, threads);
     Ok(())
+}
+
+/// `f` over `items`, in order, on up to `threads` threads.
+fn parallel_map<T: Sync, U: Send>(
+    items: &[T],
+    threads: NonZeroUsize,
+    f: impl Fn(&T) -> U + Sync,
+) -> Vec<U> {
+    let per_thread = items.len().div_ceil(threads.get()).max(1);
+    if items.len() <= per_thread {
+        return items.iter().map(&f).collect();
+    }
+    std::thread::scope(|scope| {
+        let f = &f;
+        let parts: Vec<_> = items
+            .chunks(per_thread)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<U>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().expect("a key agreement does not panic"))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{GraphKind, Tolerances};
+    use crate::identity::Signature;
+    use crate::ring::Width;
+
+    #[test]
+    fn a_partners_view_holds_exactly_itself_and_its_neighbours() {
+        let participants: Vec<PartnerId> = (0..200).map(PartnerId).collect();
+        let tolerances = Tolerances {
+            max_dropout_rate: 0.1,
+            max_corrupt_fraction: 0.0,
+        };
+        for kind in [GraphKind::Sparse, GraphKind::Complete] {
+            let config = RoundConfig::new(
+                RoundId(3),
+                participants.clone(),
+                4,
+                Width::W32,
+                kind,
+                tolerances,
+                2,
+            )
+            .unwrap();
+            let graph = Graph::new(&config);
+            let entry = |p: PartnerId| AdvertiseKeys {
+                round_id: RoundId(3),
+                sender: p,
+                encryption_public_key: [1; 32],
+                mask_public_key: [2; 32],
+                signature: Signature([0; 64]),
+            };
+            let roster = KeyRoster {
+                round_id: RoundId(3),
+                keys: participants.iter().map(|&p| entry(p)).collect(),
+            };
+            let signed = SignedSurvivors {
+                round_id: RoundId(3),
+                survivors: participants.clone(),
+                signatures: participants
+                    .iter()
+                    .map(|&p| (p, Signature([0; 64])))
+                    .collect(),
+            };
+            for p in [PartnerId(0), PartnerId(77), PartnerId(199)] {
+                let holders = graph.holders(p);
+                let keys: Vec<PartnerId> = neighbourhood_roster(&roster, &graph, p)
+                    .keys
+                    .iter()
+                    .map(|k| k.sender)
+                    .collect();
+                assert_eq!(keys, holders, "{kind:?}, partner {p}");
+                let view = neighbourhood_signatures(&signed, &graph, p);
+                let signers: Vec<PartnerId> = view.signatures.iter().map(|(s, _)| *s).collect();
+                assert_eq!(signers, holders, "{kind:?}, partner {p}");
+                assert_eq!(view.survivors, participants, "the list itself is whole");
+            }
+            if kind == GraphKind::Sparse {
+                assert!(
+                    graph.holders(PartnerId(0)).len() < 100,
+                    "a sparse view is small"
+                );
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! An in-memory round for tests and benches (feature `test-util`): real cryptography, no
-//! transport, with dropouts injected at any phase.
+//! transport, with dropouts injected at any phase. Partners get what the coordinator relays
+//! to them: on the sparse graph, their neighbourhood of the key roster and the signatures.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,9 @@ use crate::identity::{IdentityKey, Roster};
 use crate::messages::{ClientMessage, MaskedInput, Phase};
 use crate::ring::RingVector;
 use crate::round::{PartnerId, Requirements, RoundConfig};
-use crate::server::{Aggregate, ServerOutput, ServerRound};
+use crate::server::{
+    Aggregate, ServerOutput, ServerRound, neighbourhood_roster, neighbourhood_signatures,
+};
 
 /// Identity keys for `participants`, derived from `seed`, and the roster of their public keys.
 pub fn identities(
@@ -121,7 +124,9 @@ pub fn run_round_capturing(
             continue;
         }
         let rng = rngs.get_mut(p).expect("every participant has an rng");
-        if let Some(msg) = quit_if_too_few(client.handle_key_roster(&key_roster, rng))? {
+        // Each partner gets what the coordinator relays to it: its neighbourhood's keys.
+        let view = neighbourhood_roster(&key_roster, server.graph(), *p);
+        if let Some(msg) = quit_if_too_few(client.handle_key_roster(&view, rng))? {
             server.receive(ClientMessage::ShareKeys(msg))?;
             next.insert(*p, ());
         }
@@ -171,7 +176,8 @@ pub fn run_round_capturing(
         if !active(*p, Phase::Unmasking) {
             continue;
         }
-        if let Some(msg) = quit_if_too_few(client.handle_signed_survivors(&signed))? {
+        let view = neighbourhood_signatures(&signed, server.graph(), *p);
+        if let Some(msg) = quit_if_too_few(client.handle_signed_survivors(&view))? {
             server.receive(ClientMessage::UnmaskingShares(msg))?;
         }
     }

@@ -1,19 +1,17 @@
 //! Known-answer tests for the KDF, PRG, AEAD and Shamir layers, against the vector files in
 //! `tests/vectors/` (made by `generate.py`, an independent Python implementation checked
-//! against RFC 5869 and RFC 8439). Each file has valid cases and negative cases.
+//! against RFC 5869, RFC 8439, FIPS 197 and NIST SP 800-38A). Each file has valid cases and negative cases.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use civic_secagg::kdf::{Purpose, derive, share_encryption_key};
-use civic_secagg::prg::expand;
+use civic_secagg::prg::{MaskPrg, expand};
 use civic_secagg::ring::Width;
 use civic_secagg::round::{PartnerId, RoundId};
 use civic_secagg::shamir::{
     LagrangeAtZero, SecretScalar, Share, reconstruct, split_with_coefficients,
 };
 use civic_secagg::share_encryption::{SharePair, associated_data, open, seal};
-use rand_chacha::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
 use serde_json::Value;
 
 fn vectors(text: &str) -> Value {
@@ -113,11 +111,10 @@ fn prg_words(case: &Value) -> Vec<u64> {
         w => panic!("width {w}"),
     };
     let expected = listed_words(case);
-    // The vector's key is used directly as the PRG key (a DerivedKey made through the KDF
-    // cannot be forged from bytes), so check through the same ChaCha12 the PRG wraps.
-    let mut rng = rand_chacha::ChaCha12Rng::from_seed(arr32(case, "key"));
+    // The vector's key is used directly as the generator's key (a DerivedKey made through
+    // the KDF cannot be forged from bytes).
     let mut bytes = vec![0u8; expected.len() * width.bytes()];
-    rng.fill_bytes(&mut bytes);
+    MaskPrg::new(&arr32(case, "key")).fill(&mut bytes);
     let got: Vec<u64> = bytes
         .chunks_exact(width.bytes())
         .map(|c| {
@@ -131,21 +128,36 @@ fn prg_words(case: &Value) -> Vec<u64> {
 }
 
 #[test]
-fn prg_matches_rfc8439_chacha20_and_our_chacha12_vectors() {
+fn prg_matches_fips197_and_sp800_38a_aes256_and_our_vectors() {
+    use aes::cipher::{BlockEncrypt, KeyInit as _};
     let v = vectors(include_str!("vectors/prg.json"));
-    for case in v["rfc8439_chacha20"].as_array().expect("rfc") {
-        assert!(
-            hex_of(case, "nonce").iter().all(|b| *b == 0),
-            "rand_chacha's stream 0 is a zero nonce"
-        );
-        let mut rng = ChaCha20Rng::from_seed(arr32(case, "key"));
-        rng.set_word_pos(u128::from(num(case, "counter")) * 16);
-        let mut block = [0u8; 64];
-        rng.fill_bytes(&mut block);
-        assert_eq!(
-            hex::encode(block),
-            case["keystream"].as_str().expect("keystream")
-        );
+    for case in v["fips197_aes256"].as_array().expect("fips") {
+        let cipher = aes::Aes256::new(&arr32(case, "key").into());
+        let mut block: [u8; 16] = hex_of(case, "plaintext").try_into().expect("16");
+        cipher.encrypt_block((&mut block).into());
+        assert_eq!(hex::encode(block), case["ciphertext"].as_str().expect("ct"));
+    }
+    for case in v["sp800_38a_ctr_aes256"].as_array().expect("sp800-38a") {
+        // Its counter starts at f0f1…ff: seek our zero-based counter there.
+        let start = u128::from_str_radix(case["counter"].as_str().expect("counter"), 16)
+            .expect("hex counter");
+        let mut prg = MaskPrg::new(&arr32(case, "key"));
+        let mut stream = [0u8; 32];
+        // A byte offset of start·16 overflows u64: check the block function the CTR mode
+        // wraps instead, block by block.
+        let cipher = aes::Aes256::new(&arr32(case, "key").into());
+        for (i, out) in stream.chunks_exact_mut(16).enumerate() {
+            let mut block = (start + i as u128).to_be_bytes();
+            cipher.encrypt_block((&mut block).into());
+            out.copy_from_slice(&block);
+        }
+        assert_eq!(hex::encode(stream), case["keystream"].as_str().expect("ks"));
+        // And the generator's first block is the block function at counter 0.
+        let mut zero = [0u8; 16];
+        cipher.encrypt_block((&mut zero).into());
+        let mut first = [0u8; 16];
+        prg.fill(&mut first);
+        assert_eq!(first, zero);
     }
     for case in v["valid"].as_array().expect("valid") {
         assert_eq!(prg_words(case), listed_words(case));
@@ -165,9 +177,8 @@ fn prg_expand_reads_the_keystream_as_little_endian_words() {
         PartnerId(2),
         PartnerId(2),
     );
-    let mut rng = rand_chacha::ChaCha12Rng::from_seed(*key.as_bytes());
     let mut bytes = [0u8; 40 * 8];
-    rng.fill_bytes(&mut bytes);
+    MaskPrg::new(key.as_bytes()).fill(&mut bytes);
     let w64: Vec<u64> = bytes
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8")))

@@ -16,7 +16,7 @@ import os
 import random
 import struct
 
-LABEL = b"civic-secagg/v1"
+LABEL = b"civic-secagg/v2"
 U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -197,22 +197,6 @@ def chacha_rng_block(key, block_counter, stream=0, rounds=12):
     return chacha_block_words(state, rounds)
 
 
-def prg_keystream(key, nbytes, rounds=12):
-    out = b""
-    ctr = 0
-    while len(out) < nbytes:
-        out += chacha_rng_block(key, ctr, 0, rounds)
-        ctr += 1
-    return out[:nbytes]
-
-
-def prg_words(key, width, count, rounds=12):
-    assert width in (32, 64)
-    n = width // 8
-    ks = prg_keystream(key, n * count, rounds)
-    return [int.from_bytes(ks[i * n:(i + 1) * n], "little") for i in range(count)]
-
-
 RFC8439_A1 = [
     dict(key="00" * 32, counter=0, nonce="00" * 12,
          keystream="76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7"
@@ -232,7 +216,106 @@ def check_rfc8439_a1():
         assert chacha_rng_block(key, tc["counter"], 0, 20) == exp
 
 
-PRG_WORDS = 48  # 48 * 8 = 384 bytes (6 blocks) for width 64; 192 bytes (3 blocks) for width 32
+# AES-256 (FIPS 197), encryption only, for the mask generator: AES-256-CTR with a 128-bit
+# big-endian counter from 0.
+
+def _gf_mul(a, b):
+    p = 0
+    while b:
+        if b & 1:
+            p ^= a
+        a = ((a << 1) ^ 0x11B) if a & 0x80 else (a << 1)
+        b >>= 1
+    return p
+
+
+def _make_sbox():
+    sbox = []
+    for x in range(256):
+        inv = next((y for y in range(1, 256) if _gf_mul(x, y) == 1), 0)
+        b = inv
+        for shift in range(1, 5):
+            b ^= ((inv << shift) | (inv >> (8 - shift))) & 0xFF
+        sbox.append(b ^ 0x63)
+    return sbox
+
+
+SBOX = _make_sbox()
+
+
+def aes256_round_keys(key):
+    assert len(key) == 32
+    words = [list(key[4 * i:4 * i + 4]) for i in range(8)]
+    rcon = 1
+    for i in range(8, 60):
+        temp = list(words[i - 1])
+        if i % 8 == 0:
+            temp = [SBOX[b] for b in temp[1:] + temp[:1]]
+            temp[0] ^= rcon
+            rcon = _gf_mul(rcon, 2)
+        elif i % 8 == 4:
+            temp = [SBOX[b] for b in temp]
+        words.append([a ^ b for a, b in zip(words[i - 8], temp)])
+    return [sum(words[4 * r:4 * r + 4], []) for r in range(15)]
+
+
+def aes256_encrypt_block(round_keys, block):
+    s = [a ^ b for a, b in zip(block, round_keys[0])]
+    for rnd in range(1, 15):
+        s = [SBOX[b] for b in s]
+        s = [s[r + 4 * ((c + r) % 4)] for c in range(4) for r in range(4)]
+        if rnd < 14:
+            mixed = []
+            for c in range(4):
+                a0, a1, a2, a3 = s[4 * c:4 * c + 4]
+                mixed += [
+                    _gf_mul(a0, 2) ^ _gf_mul(a1, 3) ^ a2 ^ a3,
+                    a0 ^ _gf_mul(a1, 2) ^ _gf_mul(a2, 3) ^ a3,
+                    a0 ^ a1 ^ _gf_mul(a2, 2) ^ _gf_mul(a3, 3),
+                    _gf_mul(a0, 3) ^ a1 ^ a2 ^ _gf_mul(a3, 2),
+                ]
+            s = mixed
+        s = [a ^ b for a, b in zip(s, round_keys[rnd])]
+    return bytes(s)
+
+
+def prg_keystream(key, nbytes, first_block=0, counter_order="big"):
+    keys = aes256_round_keys(key)
+    out = b""
+    ctr = first_block
+    while len(out) < nbytes:
+        out += aes256_encrypt_block(keys, ctr.to_bytes(16, counter_order))
+        ctr += 1
+    return out[:nbytes]
+
+
+def prg_words(key, width, count, keystream=None):
+    assert width in (32, 64)
+    n = width // 8
+    ks = keystream if keystream is not None else prg_keystream(key, n * count)
+    return [int.from_bytes(ks[i * n:(i + 1) * n], "little") for i in range(count)]
+
+
+# FIPS 197 appendix C.3, and NIST SP 800-38A F.5.5 (CTR-AES256, its first two blocks).
+FIPS197_C3 = dict(key="000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+                  plaintext="00112233445566778899aabbccddeeff",
+                  ciphertext="8ea2b7ca516745bfeafc49904b496089")
+SP800_38A_F55 = dict(key="603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+                     counter="f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+                     keystream="0bdf7df1591716335e9a8b15c860c502"
+                               "5a6e699d536119065433863c8f657b94")
+
+
+def check_aes():
+    keys = aes256_round_keys(unhex(FIPS197_C3["key"]))
+    assert aes256_encrypt_block(keys, unhex(FIPS197_C3["plaintext"])) == unhex(FIPS197_C3["ciphertext"]), \
+        "AES-256 != FIPS 197 C.3"
+    start = int(SP800_38A_F55["counter"], 16)
+    ks = prg_keystream(unhex(SP800_38A_F55["key"]), 32, first_block=start)
+    assert ks == unhex(SP800_38A_F55["keystream"]), "AES-256-CTR != SP 800-38A F.5.5"
+
+
+PRG_WORDS = 48  # 48 * 8 = 384 bytes (24 blocks) for width 64; 192 bytes (12 blocks) for width 32
 
 
 def build_prg(rng):
@@ -252,21 +335,31 @@ def build_prg(rng):
         return dict(why=why, key=hx(key), width=width, words=[str(x) for x in words])
 
     key_seq_flip = bytes([key_seq[0] ^ 1]) + key_seq[1:]
-    ks_be = prg_keystream(key_seq, 8 * PRG_WORDS)
+    ks_seq = prg_keystream(key_seq, 8 * PRG_WORDS)
     invalid = [
-        inv("words are ChaCha20 (20 rounds), not ChaCha12", key_zero, 64,
-            prg_words(key_zero, 64, PRG_WORDS, rounds=20)),
+        inv("words are ChaCha12 (protocol v1), not AES-256-CTR", key_zero, 64,
+            prg_words(key_zero, 64, PRG_WORDS, chacha_keystream(key_zero, 8 * PRG_WORDS, 12))),
         inv("words are for a different key (first key byte xor 1)", key_seq, 64,
             prg_words(key_seq_flip, 64, PRG_WORDS)),
-        inv("words are ChaCha8 (8 rounds), not ChaCha12", key_rand, 32,
-            prg_words(key_rand, 32, PRG_WORDS, rounds=8)),
+        inv("the counter is little-endian instead of big-endian", key_rand, 32,
+            prg_words(key_rand, 32, PRG_WORDS,
+                      prg_keystream(key_rand, 4 * PRG_WORDS, counter_order="little"))),
         inv("words decoded big-endian instead of little-endian", key_seq, 64,
-            [int.from_bytes(ks_be[i * 8:(i + 1) * 8], "big") for i in range(PRG_WORDS)]),
-        inv("words start at block counter 1 instead of 0", key_ff, 64,
-            [int.from_bytes(b"".join(chacha_rng_block(key_ff, c) for c in range(1, 7))[i * 8:(i + 1) * 8],
-                            "little") for i in range(PRG_WORDS)]),
+            [int.from_bytes(ks_seq[i * 8:(i + 1) * 8], "big") for i in range(PRG_WORDS)]),
+        inv("words start at counter 1 instead of 0", key_ff, 64,
+            prg_words(key_ff, 64, PRG_WORDS, prg_keystream(key_ff, 8 * PRG_WORDS, first_block=1))),
     ]
-    return {"rfc8439_chacha20": RFC8439_A1, "valid": valid, "invalid": invalid}
+    return {"fips197_aes256": [FIPS197_C3], "sp800_38a_ctr_aes256": [SP800_38A_F55],
+            "valid": valid, "invalid": invalid}
+
+
+def chacha_keystream(key, nbytes, rounds):
+    out = b""
+    ctr = 0
+    while len(out) < nbytes:
+        out += chacha_rng_block(key, ctr, 0, rounds)
+        ctr += 1
+    return out[:nbytes]
 
 
 # ---------------------------------------------------------------------------
@@ -617,6 +710,7 @@ def write(name, obj):
 def main():
     check_rfc5869()
     check_rfc8439_a1()
+    check_aes()
     check_rfc8439_aead()
     # Each section gets its own seeded RNG so editing one section never changes the others.
     write("kdf.json", build_kdf(random.Random(2026)))
