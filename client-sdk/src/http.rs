@@ -86,6 +86,9 @@ impl CoordinatorClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
+            // Below the coordinator's keep-alive (75 s), so that the agent never reuses a
+            // connection the coordinator is closing.
+            .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("civic-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = ca_pem {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {

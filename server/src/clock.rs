@@ -4,7 +4,7 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + Debug {
@@ -61,7 +61,7 @@ impl TestClock {
     }
 
     /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
+    pub fn advance(&self, by: std::time::Duration) {
         if let Ok(mut now) = self.now.lock() {
             *now += by;
         }

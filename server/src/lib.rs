@@ -153,6 +153,11 @@ macro_rules! app {
     }};
 }
 
+/// How long an idle client connection is kept open. Agents keep theirs for less (30 s, see
+/// `civic_client_sdk::http`): a client that reuses a connection the server is closing at
+/// that moment sees its request fail, which a thousand polling partners would meet often.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(75);
+
 /// Serves until SIGINT/SIGTERM, then drains connections (actix's graceful shutdown) and
 /// stops the round driver; open rounds stay in the store and resume at the next start.
 pub async fn serve(config: Config) -> Result<(), String> {
@@ -160,7 +165,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let driving = config.drive_rounds.then(|| rounds::driver::spawn(&state));
     let app_state = state.clone();
     let grace = config.request_timeout() + Duration::from_secs(5);
-    let server = HttpServer::new(move || app!(app_state)).shutdown_timeout(grace.as_secs());
+    let server = HttpServer::new(move || app!(app_state))
+        .keep_alive(KEEP_ALIVE)
+        .shutdown_timeout(grace.as_secs());
     let server = match &config.tls {
         Some(tls) => server
             .bind_rustls_0_23(config.bind, tls_config(tls)?)
@@ -191,6 +198,7 @@ pub fn serve_listener(
         rounds::driver::spawn(&state);
     }
     Ok(HttpServer::new(move || app!(state))
+        .keep_alive(KEEP_ALIVE)
         .workers(2)
         .listen(listener)?
         .run())

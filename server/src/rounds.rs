@@ -16,4 +16,4 @@ pub mod registry;
 pub mod secure_sum;
 
 pub use protocol::{Closed, Protocol, ProtocolError, ProtocolRound, Protocols, RoundOutput};
-pub use registry::{LiveRound, Rounds};
+pub use registry::{LiveRound, Pending, Rounds};

@@ -177,6 +177,9 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(wait)
+                // An embedded SQLite connection cannot be dropped by a server: pinging it on
+                // every acquire (a round trip to its worker thread) only costs each request.
+                .test_before_acquire(backend == Backend::Postgres)
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use civic_secagg::PartnerId;
 use civic_server::clock::TestClock;
 use civic_server::rounds::{
@@ -65,17 +66,8 @@ impl ProtocolRound for Counting {
     }
 
     fn receive(&mut self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
-        self.step_of(partner, body)?;
-        if !self.participants.contains(&partner) {
-            return Err(ProtocolError::Refused(format!(
-                "{partner} is not counted here"
-            )));
-        }
-        if !self.counted.insert(partner) {
-            return Err(ProtocolError::Refused(format!(
-                "{partner} was counted already"
-            )));
-        }
+        self.check(partner, body)?;
+        self.counted.insert(partner);
         Ok(())
     }
 
@@ -87,6 +79,21 @@ impl ProtocolRound for Counting {
             });
         }
         Ok("count")
+    }
+
+    fn check(&self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
+        self.step_of(partner, body)?;
+        if !self.participants.contains(&partner) {
+            return Err(ProtocolError::Refused(format!(
+                "{partner} is not counted here"
+            )));
+        }
+        if self.counted.contains(&partner) {
+            return Err(ProtocolError::Refused(format!(
+                "{partner} was counted already"
+            )));
+        }
+        Ok(())
     }
 
     fn responded(&self) -> BTreeSet<PartnerId> {
@@ -109,8 +116,8 @@ impl ProtocolRound for Counting {
         }))
     }
 
-    fn inbox(&self, _: PartnerId) -> Result<Vec<u8>, ProtocolError> {
-        Ok(b"nothing to read".to_vec())
+    fn inbox(&self, _: PartnerId) -> Result<Bytes, ProtocolError> {
+        Ok(Bytes::from_static(b"nothing to read"))
     }
 
     fn box_clone(&self) -> Box<dyn ProtocolRound> {

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::web;
 use civic_secagg::PartnerId;
+use tokio::sync::Mutex;
 
 use super::lease;
-use super::protocol::{Closed, Protocol};
+use super::protocol::{Closed, Protocol, ProtocolError};
 use super::registry::LiveRound;
 use crate::AppState;
 use crate::error::{Error, Result};
@@ -233,6 +234,19 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         "closing step"
     );
     let mut next = r.state.box_clone();
+    let (query, max_rows) = (r.query_id, r.setup.max_rows_per_partner);
+    if protocol(state, r.protocol)?.steps().last() == Some(&closing) {
+        // The last step computes the output (for a secure sum: the unmasking, the
+        // coordinator's bulk work, on every core): off the round's lock, so polls are
+        // answered meanwhile, and off the async workers. The round is marked closing first,
+        // so it takes no message while it is off the lock.
+        r.closing = true;
+        drop(r);
+        let outcome = web::block(move || next.close_step())
+            .await
+            .unwrap_or_else(|e| Err(ProtocolError::Refused(format!("the step failed: {e}"))));
+        return end(state, &round, id, closing, query, max_rows, outcome).await;
+    }
     let outcome = next.close_step();
     if let Ok(Closed::Next) = outcome {
         let opened = next.step();
@@ -252,8 +266,22 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
     }
     // The round ends: keep it in memory, marked, until the store says so.
     r.closing = true;
-    let (query, max_rows) = (r.query_id, r.setup.max_rows_per_partner);
     drop(r);
+    end(state, &round, id, closing, query, max_rows, outcome).await
+}
+
+/// Ends a round whose step `closing` closed with `outcome`: releases a finished round,
+/// aborts a failed one, and keeps the round (no longer closing) for another try if either
+/// fails for a passing reason.
+async fn end(
+    state: &AppState,
+    round: &Mutex<LiveRound>,
+    id: i64,
+    closing: &str,
+    query: i64,
+    max_rows: u64,
+    outcome: std::result::Result<Closed, ProtocolError>,
+) -> Result<()> {
     let result = match outcome {
         Ok(Closed::Finished(output)) => {
             match service::rounds::release(state, id, query, max_rows, output).await {
@@ -273,7 +301,10 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
             )
             .await
         }
-        Ok(Closed::Next) => Ok(()),
+        Ok(Closed::Next) => {
+            let reason = format!("the protocol opened a step after its last, {closing}");
+            service::rounds::abort(state, id, &reason).await
+        }
     };
     match result {
         Err(e) if transient(&e) => {

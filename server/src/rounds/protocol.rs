@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use actix_web::web::Bytes;
 use civic_secagg::{PartnerId, SecAggError};
 
 use crate::store::RoundSetup;
@@ -116,15 +117,24 @@ pub trait ProtocolRound: Send + Sync {
     /// The step a message belongs to, without taking it (the driver stores messages by step).
     fn step_of(&self, partner: PartnerId, body: &[u8]) -> Result<&'static str, ProtocolError>;
 
+    /// Whether [`ProtocolRound::receive`] would take this message, with nothing changed: a
+    /// message is stored before the round takes it, and checking first costs less than
+    /// copying the round for every message. Messages from distinct partners must not depend
+    /// on each other: the coordinator checks a batch of them (one per partner) against the
+    /// same state, stores them together, then takes them one by one.
+    fn check(&self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError>;
+
     /// Who has answered the open step.
     fn responded(&self) -> BTreeSet<PartnerId>;
 
     /// Closes the open step. An error aborts the round (too few partners left, say).
     fn close_step(&mut self) -> Result<Closed, ProtocolError>;
 
-    /// What the last closed step sent `partner`, encoded for its inbox (before the first
-    /// step closes: the protocol's "nothing yet").
-    fn inbox(&self, partner: PartnerId) -> Result<Vec<u8>, ProtocolError>;
+    /// What the last closed step sent `partner`, encoded for its inbox; the protocol's
+    /// "nothing yet" before the first step closes and once `partner` has answered the open
+    /// step (so that partners polling for the next step are not sent the last one again).
+    /// Encoded once per step: this is called on every poll.
+    fn inbox(&self, partner: PartnerId) -> Result<Bytes, ProtocolError>;
 
     /// A copy, to try a change on before storing it.
     fn box_clone(&self) -> Box<dyn ProtocolRound>;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::SystemTime;
 
 use civic_secagg::PartnerId;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, oneshot};
 
 use super::protocol::ProtocolRound;
 use crate::store::RoundSetup;
@@ -44,9 +44,23 @@ impl LiveRound {
     }
 }
 
+/// A protocol message waiting to be taken into its round, with the channel its poster
+/// waits on for the outcome.
+pub struct Pending {
+    /// The partner whose token posted it.
+    pub partner: PartnerId,
+    /// The message.
+    pub body: Vec<u8>,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<crate::error::Result<()>>,
+}
+
 /// The open rounds of this coordinator.
 pub struct Rounds {
     live: SyncMutex<HashMap<i64, Arc<Mutex<LiveRound>>>>,
+    /// Messages posted to each round and not yet taken: whoever holds the round's lock next
+    /// takes all of them in one transaction (group commit).
+    pending: SyncMutex<HashMap<i64, Vec<Pending>>>,
     wake: Notify,
     halted: AtomicBool,
     /// This process's name in the driver lease.
@@ -62,6 +76,7 @@ impl Rounds {
     pub fn new(owner: String) -> Self {
         Self {
             live: SyncMutex::default(),
+            pending: SyncMutex::default(),
             wake: Notify::new(),
             halted: AtomicBool::default(),
             owner,
@@ -128,10 +143,13 @@ impl Rounds {
             .unwrap_or(true)
     }
 
-    /// Forgets a round.
+    /// Forgets a round (a message still pending for it is dropped, and its poster told so).
     pub fn remove(&self, id: i64) {
         if let Ok(mut m) = self.live.lock() {
             m.remove(&id);
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
         }
     }
 
@@ -139,6 +157,25 @@ impl Rounds {
         if let Ok(mut m) = self.live.lock() {
             m.clear();
         }
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+
+    /// Queues a message for round `id`.
+    pub fn enqueue(&self, id: i64, message: Pending) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.entry(id).or_default().push(message);
+        }
+    }
+
+    /// Every message queued for round `id`, in arrival order.
+    pub fn take_pending(&self, id: i64) -> Vec<Pending> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&id))
+            .unwrap_or_default()
     }
 
     /// Wakes the driver (a step may be complete).

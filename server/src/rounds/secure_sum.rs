@@ -1,12 +1,16 @@
 //! Secure aggregation of a sum (Bonawitz et al., CCS 2017; the sparse graph of Bell et al.,
 //! CCS 2020), as a [`Protocol`]: civic-secagg's server state machine behind the driver's
-//! interface. Messages are bincode [`ClientMessage`]s; inboxes are bincode [`Inbox`]es.
+//! interface. Messages are bincode [`ClientMessage`]s; inboxes are bincode [`Inbox`]es,
+//! encoded once when a phase closes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
+use actix_web::web::Bytes;
 use civic_api::round::Inbox;
 use civic_api::{decode_binary, encode_binary};
-use civic_secagg::{ClientMessage, PartnerId, Phase, RoundId, ServerOutput, ServerRound};
+use civic_secagg::server::{neighbourhood_roster, neighbourhood_signatures};
+use civic_secagg::{ClientMessage, PartnerId, Phase, RoundId, ServerOutput, ServerRound, Topology};
 
 use super::protocol::{Closed, Protocol, ProtocolError, ProtocolRound, RoundOutput};
 use crate::store::RoundSetup;
@@ -16,7 +20,7 @@ use crate::store::RoundSetup;
 pub struct SecureSum;
 
 /// Its name, stored with each round.
-pub const NAME: &str = "secure-sum/v1";
+pub const NAME: &str = "secure-sum/v2";
 
 const STEPS: [&str; 5] = [
     "advertise_keys",
@@ -56,7 +60,8 @@ impl Protocol for SecureSum {
         Ok(Box::new(SecureSumRound {
             round,
             server: ServerRound::new(setup.config.clone(), setup.roster.clone())?,
-            last: None,
+            inboxes: Inboxes::Everyone(encoded(&Inbox::Nothing)),
+            nothing_new: encoded(&Inbox::Nothing),
         }))
     }
 }
@@ -65,8 +70,69 @@ impl Protocol for SecureSum {
 struct SecureSumRound {
     round: i64,
     server: ServerRound,
-    /// What the last closed phase produced.
-    last: Option<ServerOutput>,
+    /// What the last closed phase sent, encoded once.
+    inboxes: Inboxes,
+    /// "Nothing new", encoded once: for partners that answered the open phase.
+    nothing_new: Bytes,
+}
+
+/// A closed phase's output as partners read it, encoded when the phase closes: a poll
+/// costs a reference count, not an encoding (a thousand partners poll the same roster).
+#[derive(Clone)]
+enum Inboxes {
+    /// The same bytes for every partner.
+    Everyone(Bytes),
+    /// Each partner's own (its forwarded shares; on the sparse graph its neighbourhood).
+    PerPartner(Arc<HashMap<PartnerId, Bytes>>),
+}
+
+fn encoded(inbox: &Inbox) -> Bytes {
+    Bytes::from(encode_binary(inbox))
+}
+
+impl Inboxes {
+    /// The inboxes for a phase's output. On the sparse graph each partner gets only its
+    /// neighbourhood of the key roster and of the survivor-list signatures (see
+    /// [`neighbourhood_roster`] for why that is all it needs).
+    fn of(output: &ServerOutput, server: &ServerRound) -> Self {
+        let graph = server.graph();
+        let sparse = graph.topology() != Topology::Complete;
+        let per_partner = |partners: Vec<PartnerId>, view: &dyn Fn(PartnerId) -> Inbox| {
+            Inboxes::PerPartner(Arc::new(
+                partners
+                    .into_iter()
+                    .map(|p| (p, encoded(&view(p))))
+                    .collect(),
+            ))
+        };
+        match output {
+            ServerOutput::KeyRoster(k) if sparse => {
+                let partners = k.keys.iter().map(|e| e.sender).collect();
+                per_partner(partners, &|p| {
+                    Inbox::KeyRoster(neighbourhood_roster(k, graph, p))
+                })
+            }
+            ServerOutput::KeyRoster(k) => Inboxes::Everyone(encoded(&Inbox::KeyRoster(k.clone()))),
+            ServerOutput::ForwardedShares(map) => Inboxes::PerPartner(Arc::new(
+                map.iter()
+                    .map(|(p, f)| (*p, encoded(&Inbox::ForwardedShares(f.clone()))))
+                    .collect(),
+            )),
+            ServerOutput::SurvivorList(list) => {
+                Inboxes::Everyone(encoded(&Inbox::SurvivorList(list.clone())))
+            }
+            ServerOutput::SignedSurvivors(signed) if sparse => {
+                let partners = signed.signatures.iter().map(|(p, _)| *p).collect();
+                per_partner(partners, &|p| {
+                    Inbox::SignedSurvivors(neighbourhood_signatures(signed, graph, p))
+                })
+            }
+            ServerOutput::SignedSurvivors(signed) => {
+                Inboxes::Everyone(encoded(&Inbox::SignedSurvivors(signed.clone())))
+            }
+            ServerOutput::Aggregate(_) => Inboxes::Everyone(encoded(&Inbox::Nothing)),
+        }
+    }
 }
 
 impl SecureSumRound {
@@ -106,6 +172,10 @@ impl ProtocolRound for SecureSumRound {
         Ok(step_name(self.decode(partner, body)?.phase()))
     }
 
+    fn check(&self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
+        Ok(self.server.check(&self.decode(partner, body)?)?)
+    }
+
     fn responded(&self) -> BTreeSet<PartnerId> {
         self.server.responded().into_iter().collect()
     }
@@ -117,29 +187,27 @@ impl ProtocolRound for SecureSumRound {
                 contributors: aggregate.survivors,
             })),
             output => {
-                self.last = Some(output);
+                self.inboxes = Inboxes::of(&output, &self.server);
                 Ok(Closed::Next)
             }
         }
     }
 
-    fn inbox(&self, partner: PartnerId) -> Result<Vec<u8>, ProtocolError> {
-        let inbox = match &self.last {
-            None | Some(ServerOutput::Aggregate(_)) => Inbox::Nothing,
-            Some(ServerOutput::KeyRoster(k)) => Inbox::KeyRoster(k.clone()),
-            Some(ServerOutput::ForwardedShares(map)) => match map.get(&partner) {
-                Some(f) => Inbox::ForwardedShares(f.clone()),
-                None => {
-                    return Err(ProtocolError::NotForPartner {
+    fn inbox(&self, partner: PartnerId) -> Result<Bytes, ProtocolError> {
+        if self.server.has_responded(partner) {
+            return Ok(self.nothing_new.clone());
+        }
+        match &self.inboxes {
+            Inboxes::Everyone(bytes) => Ok(bytes.clone()),
+            Inboxes::PerPartner(map) => {
+                map.get(&partner)
+                    .cloned()
+                    .ok_or(ProtocolError::NotForPartner {
                         round: self.round,
                         partner,
-                    });
-                }
-            },
-            Some(ServerOutput::SurvivorList(s)) => Inbox::SurvivorList(s.clone()),
-            Some(ServerOutput::SignedSurvivors(s)) => Inbox::SignedSurvivors(s.clone()),
-        };
-        Ok(encode_binary(&inbox))
+                    })
+            }
+        }
     }
 
     fn box_clone(&self) -> Box<dyn ProtocolRound> {

@@ -5,20 +5,22 @@
 //! then taken into the round: a refused or unstored message changes nothing, and a restart
 //! replays exactly what was taken.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use actix_web::web::Bytes;
 use civic_api::ProblemCode;
 use civic_api::round::{RosterEntry, RoundAnnouncement};
 use civic_secagg::PartnerId;
 use serde_json::json;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use super::event;
 use crate::AppState;
 use crate::error::{Error, Missing, Result};
-use crate::rounds::{LiveRound, lease};
+use crate::rounds::{LiveRound, Pending, lease};
 use crate::store::rounds::{RoundState, Stored};
-use crate::store::{Account, accounts, audit, queries, rounds};
+use crate::store::{Account, StoreError, accounts, audit, queries, rounds};
 
 /// Registers a partner's identity key: pinned once set (peers pin it too), audited.
 pub async fn register_identity(state: &AppState, partner: &Account, key: [u8; 32]) -> Result<()> {
@@ -150,7 +152,7 @@ fn not_invited(partner: PartnerId, id: i64) -> Error {
 }
 
 /// What the last closed step sent to `partner`, encoded by the round's protocol.
-pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> Result<Vec<u8>> {
+pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> Result<Bytes> {
     let round = live(state, id).await?;
     let r = round.lock().await;
     if !r.setup.config.is_participant(partner) {
@@ -168,43 +170,143 @@ pub async fn inbox(state: &AppState, id: i64, partner: PartnerId) -> Result<Vec<
 /// Accepts one protocol message from `partner`. A byte-identical copy of a message already
 /// taken (a retry after a lost reply, even one arriving after its step closed) is accepted
 /// as the same message.
+///
+/// Messages are group-committed: each poster queues its message and waits for the round's
+/// lock; whoever gets it takes every message queued by then (checked against the round,
+/// stored in one transaction, then taken), and the others find their outcome waiting. A
+/// thousand partners posting at once cost a few transactions, not a thousand.
 pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8]) -> Result<()> {
     let round = live(state, id).await?;
+    let (reply, mut outcome) = oneshot::channel();
+    state.rounds.enqueue(
+        id,
+        Pending {
+            partner,
+            body: body.to_vec(),
+            reply,
+        },
+    );
     let mut r = round.lock().await;
-    if r.closing {
-        return Err(Error::conflict(
-            ProblemCode::RoundFinished,
-            format!("round {id} is closing; it takes no more messages"),
-        ));
+    if let Ok(result) = outcome.try_recv() {
+        return result;
     }
-    let step = r.state.step_of(partner, body)?;
-    let mut next = r.state.box_clone();
-    if let Err(refused) = next.receive(partner, body) {
-        let stored =
-            rounds::message_of(&mut *state.store.read().await?, id, step, partner.0).await?;
-        return match stored {
-            Some(s) if s == body => Ok(()),
-            _ => Err(refused.into()),
-        };
+    let batch = state.rounds.take_pending(id);
+    take_batch(state, &mut r, batch).await;
+    drop(r);
+    outcome.await.unwrap_or_else(|_| {
+        Err(Error::conflict(
+            ProblemCode::RoundFinished,
+            format!("round {id} closed before the message was taken"),
+        ))
+    })
+}
+
+/// Takes a batch of queued messages into round `r`, answering each poster. A partner's
+/// second message in a batch waits for a later wave, so that the messages checked together
+/// are from distinct partners (which a protocol checks independently of each other).
+async fn take_batch(state: &AppState, r: &mut LiveRound, mut batch: Vec<Pending>) {
+    while !batch.is_empty() {
+        let mut seen = BTreeSet::new();
+        let (wave, later): (Vec<Pending>, Vec<Pending>) =
+            batch.into_iter().partition(|p| seen.insert(p.partner));
+        take_wave(state, r, wave).await;
+        batch = later;
+    }
+}
+
+/// Checks each message against the round, stores those that pass in one transaction, then
+/// takes them: memory never runs ahead of the store.
+async fn take_wave(state: &AppState, r: &mut LiveRound, wave: Vec<Pending>) {
+    let id = r.id;
+    let mut accepted = Vec::new();
+    for p in wave {
+        match check(state, r, &p).await {
+            Ok(Some(step)) => accepted.push((p, step)),
+            Ok(None) => {
+                let _ = p.reply.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = p.reply.send(Err(e));
+            }
+        }
+    }
+    if accepted.is_empty() {
+        return;
     }
     let stored = state
         .store
-        .run_tx("store a protocol message", async |tx| {
+        .run_tx("store protocol messages", async |tx| {
             lease::fence(state, tx, id).await?;
-            Ok::<_, Error>(rounds::insert_message(tx, id, step, partner.0, body).await?)
+            let mut stored = Vec::with_capacity(accepted.len());
+            for (p, step) in &accepted {
+                stored.push(rounds::insert_message(tx, id, step, p.partner.0, &p.body).await?);
+            }
+            Ok::<_, Error>(stored)
         })
-        .await?;
-    if stored == Stored::Different {
-        return Err(Error::conflict(
-            ProblemCode::ProtocolDuplicate,
-            format!("partner {partner} already sent a different {step} message in round {id}"),
-        ));
+        .await;
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            for (p, _) in accepted {
+                let _ = p.reply.send(Err(for_each_poster(&e)));
+            }
+            return;
+        }
+    };
+    for ((p, step), stored) in accepted.into_iter().zip(stored) {
+        let outcome = match stored {
+            Stored::Different => Err(Error::conflict(
+                ProblemCode::ProtocolDuplicate,
+                format!(
+                    "partner {} already sent a different {step} message in round {id}",
+                    p.partner
+                ),
+            )),
+            // Again: stored by an earlier attempt whose transaction committed but reported
+            // failure, so never taken: take it now.
+            Stored::New | Stored::Again => r.state.receive(p.partner, &p.body).map_err(|e| {
+                Error::internal(
+                    "taking a stored protocol message",
+                    format!("the round refused a message it had accepted: {e}"),
+                )
+            }),
+        };
+        let _ = p.reply.send(outcome);
     }
-    r.state = next;
     if r.complete() {
         state.rounds.wake();
     }
-    Ok(())
+}
+
+/// Whether round `r` would take `p`: its step if so; `None` for a byte-identical copy of a
+/// message already taken; the refusal otherwise.
+async fn check(state: &AppState, r: &LiveRound, p: &Pending) -> Result<Option<&'static str>> {
+    if r.closing {
+        return Err(Error::conflict(
+            ProblemCode::RoundFinished,
+            format!("round {} is closing; it takes no more messages", r.id),
+        ));
+    }
+    let step = r.state.step_of(p.partner, &p.body)?;
+    let Err(refused) = r.state.check(p.partner, &p.body) else {
+        return Ok(Some(step));
+    };
+    let stored =
+        rounds::message_of(&mut *state.store.read().await?, r.id, step, p.partner.0).await?;
+    match stored {
+        Some(s) if s == p.body => Ok(None),
+        _ => Err(refused.into()),
+    }
+}
+
+/// The failure of a batch's transaction, as each of its posters is told it: the same
+/// status (retry after a passing failure), without the detail that belongs in the log.
+fn for_each_poster(e: &Error) -> Error {
+    match e {
+        Error::RoundNotDrivenHere(id) => Error::RoundNotDrivenHere(*id),
+        Error::Store(_) | Error::Timeout(_) => Error::Store(StoreError::Busy(e.to_string())),
+        other => Error::internal("storing protocol messages", other.to_string()),
+    }
 }
 
 /// Records that `partner` declines round `id` under its local policy, before taking part:

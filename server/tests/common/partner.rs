@@ -158,6 +158,10 @@ impl TestPartner {
             .handle_key_roster(&keys, &mut rng)
             .map_err(|e| e.to_string())?;
         ok(self.post(round, ClientMessage::ShareKeys(shares)).await).await?;
+        // Having answered the open step, it is not sent the last step's output again.
+        if let Inbox::KeyRoster(_) = self.inbox(round, |_| true).await? {
+            return Err("the inbox sent the key roster again after ShareKeys".into());
+        }
         let Inbox::ForwardedShares(fwd) = self
             .inbox(round, |i| matches!(i, Inbox::ForwardedShares(_)))
             .await?
