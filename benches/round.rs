@@ -6,7 +6,8 @@
 //! `cargo test --features bench-unmasked --bench round` runs one small case of each kind
 //! once, as a check (CI does).
 //!
-//! For n ∈ {5, 20, 100} partners and m ∈ {10, 10^4} cells: a researcher posts a histogram
+//! For n ∈ {5, 20, 100} partners and m ∈ {10, 10^4} cells, and n ∈ {300, 1000} with m = 10^4
+//! (above 100 partners the graph is sparse): a researcher posts a histogram
 //! query; n partners, each a tokio task speaking HTTP to a real coordinator (SQLite store) as
 //! `civic-agent` does, run AdvertiseKeys → ShareKeys → MaskedInput → ConsistencyCheck →
 //! Unmasking with the real secagg client; the coordinator unmasks, adds discrete Laplace
@@ -38,19 +39,25 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
 
-const PARTNERS: [usize; 3] = [5, 20, 100];
+const PARTNERS: [usize; 5] = [5, 20, 100, 300, 1000];
+/// Vector lengths run for up to 100 partners; above, only the larger.
 const CELLS: [usize; 2] = [10, 10_000];
+/// Repeats for up to 100 partners; above, one run of each arm.
 const REPEATS: usize = 5;
 /// How often a partner polls for the next phase (real agents poll every few seconds; here the
-/// poll bounds the latency each phase adds, equally in both arms). `CIVIC_BENCH_POLL_MS`
-/// overrides it.
-fn poll() -> Duration {
+/// poll bounds the latency each phase adds, equally in both arms): 5 ms, or n/10 ms for more
+/// than 100 partners, so that n partners' polls (n/poll per second) do not swamp two cores.
+/// `CIVIC_BENCH_POLL_MS` overrides it.
+fn poll(n: usize) -> Duration {
     let ms = std::env::var("CIVIC_BENCH_POLL_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(if n > 100 { n as u64 / 10 } else { 5 });
     Duration::from_millis(ms)
 }
+/// Rounds must survive 10% dropouts and 5% colluding partners: at n = 1000 the sparse graph
+/// then has degree 122 (`derive_topology`).
+const TOLERATED: common::Tolerated = (0.1, 0.05);
 /// The target: masked / plain latency at n = 20, m = 10^4.
 const TARGET_RATIO: f64 = 1.5;
 
@@ -70,6 +77,10 @@ struct Traffic {
     unmasking: usize,
     /// The inbox bodies it used (one per phase; repeated polls not counted).
     received: usize,
+    /// Every inbox body it read, polls answered "nothing new" included.
+    downloaded: usize,
+    /// Ed25519 signatures it checked (advertisements and survivor-list signatures).
+    verified: usize,
 }
 
 impl Traffic {
@@ -82,6 +93,8 @@ struct Outcome {
     latency: Duration,
     /// When each of the first six `STAGES` ended for the last partner, from the query's POST.
     stage_ends: [Duration; 6],
+    /// The partners' own computation in `STAGES[1..6]`, summed over partners.
+    compute: [Duration; 5],
     traffic: Vec<Traffic>,
     vector_len: usize,
     width_bytes: usize,
@@ -100,6 +113,9 @@ async fn send(b: &Bench, round: i64, idx: usize, msg: ClientMessage) -> usize {
 /// What one partner did in a round.
 struct PartnerRun {
     traffic: Traffic,
+    /// Its own computation in the first five `STAGES` (the secagg client's work for what
+    /// the stage ends with: starting, then handling each inbox message).
+    compute: [Duration; 5],
     /// When each of the first six `STAGES` ended for it.
     marks: [Instant; 6],
     input: Vec<i64>,
@@ -107,10 +123,25 @@ struct PartnerRun {
     threshold: usize,
 }
 
+/// Runs a partner's computation on the blocking pool: a thousand partners' key agreements
+/// and signature checks, inline on the runtime's two workers, would stall their HTTP
+/// connections for seconds (a real agent runs on its own machine).
+async fn cpu<T: Send + 'static>(spent: &mut Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (out, took) = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let out = f();
+        (out, t.elapsed())
+    })
+    .await
+    .unwrap();
+    *spent += took;
+    out
+}
+
 /// One partner's side of a round.
 async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRun {
     let p = &b.partners[idx];
-    let poll = poll();
+    let poll = poll(b.partners.len());
     let config = announcement(&b, round, p, poll).await.config;
     let mut marks = [Instant::now(); 6];
     let (width_bytes, threshold) = (config.width.bits() as usize / 8, config.threshold);
@@ -118,26 +149,39 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         .map(|c| ((c * 7 + idx * 3 + round as usize) % 5) as i64)
         .collect();
     let input = RingVector::from_signed(config.width, &values).unwrap();
-    let requirements = civic_secagg::testing::lenient_requirements(&config);
-    let mut rng = ChaCha20Rng::seed_from_u64(((round as u64) << 16) | idx as u64);
-    let (mut client, adv) =
-        ClientRound::start(config, p.id, &p.key, b.roster(), &requirements, &mut rng).unwrap();
+    let mut compute = [Duration::ZERO; 5];
+    let (bench, id) = (b.clone(), p.id);
+    let (mut client, mut rng, adv) = cpu(&mut compute[0], move || {
+        let requirements = civic_secagg::testing::lenient_requirements(&config);
+        let mut rng = ChaCha20Rng::seed_from_u64(((round as u64) << 16) | idx as u64);
+        let key = &bench.partners[idx].key;
+        let (client, adv) =
+            ClientRound::start(config, id, key, bench.roster(), &requirements, &mut rng).unwrap();
+        (client, rng, adv)
+    })
+    .await;
     let mut t = Traffic {
         advertise: send(&b, round, idx, ClientMessage::AdvertiseKeys(adv)).await,
         ..Traffic::default()
     };
 
-    let (Inbox::KeyRoster(keys), n) =
+    let (Inbox::KeyRoster(keys), n, d) =
         inbox(&b, round, p, |i| matches!(i, Inbox::KeyRoster(_)), poll).await
     else {
         unreachable!()
     };
     t.received += n;
+    t.downloaded += d;
     marks[1] = Instant::now();
-    let shares = client.handle_key_roster(&keys, &mut rng).unwrap();
+    let shares;
+    (client, shares) = cpu(&mut compute[1], move || {
+        let shares = client.handle_key_roster(&keys, &mut rng).unwrap();
+        (client, shares)
+    })
+    .await;
     t.share_keys = send(&b, round, idx, ClientMessage::ShareKeys(shares)).await;
 
-    let (Inbox::ForwardedShares(fwd), n) = inbox(
+    let (Inbox::ForwardedShares(fwd), n, d) = inbox(
         &b,
         round,
         p,
@@ -149,25 +193,40 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         unreachable!()
     };
     t.received += n;
+    t.downloaded += d;
     marks[2] = Instant::now();
-    let masked = client.handle_forwarded_shares(&fwd, &input).unwrap();
-    match arm {
-        Arm::Plain => assert_eq!(masked.vector, input, "masking off sends the input"),
-        Arm::Masked => assert_ne!(masked.vector, input, "masking on hides the input"),
-    }
+    let masked;
+    (client, masked) = cpu(&mut compute[2], move || {
+        let masked = client.handle_forwarded_shares(&fwd, &input).unwrap();
+        match arm {
+            Arm::Plain => assert_eq!(masked.vector, input, "masking off sends the input"),
+            Arm::Masked => assert_ne!(masked.vector, input, "masking on hides the input"),
+        }
+        (client, masked)
+    })
+    .await;
     t.vector = send(&b, round, idx, ClientMessage::MaskedInput(masked)).await;
 
-    let (Inbox::SurvivorList(list), n) =
+    let (Inbox::SurvivorList(list), n, d) =
         inbox(&b, round, p, |i| matches!(i, Inbox::SurvivorList(_)), poll).await
     else {
         unreachable!()
     };
     t.received += n;
+    t.downloaded += d;
     marks[3] = Instant::now();
-    let sig = client.handle_survivor_list(&list, &p.key).unwrap();
+    let bench = b.clone();
+    let sig;
+    (client, sig) = cpu(&mut compute[3], move || {
+        let sig = client
+            .handle_survivor_list(&list, &bench.partners[idx].key)
+            .unwrap();
+        (client, sig)
+    })
+    .await;
     t.signature = send(&b, round, idx, ClientMessage::ConsistencySignature(sig)).await;
 
-    let (Inbox::SignedSurvivors(signed), n) = inbox(
+    let (Inbox::SignedSurvivors(signed), n, d) = inbox(
         &b,
         round,
         p,
@@ -179,12 +238,20 @@ async fn take_part(b: Arc<Bench>, idx: usize, round: i64, arm: Arm) -> PartnerRu
         unreachable!()
     };
     t.received += n;
+    t.downloaded += d;
     marks[4] = Instant::now();
-    let reveal = client.handle_signed_survivors(&signed).unwrap();
+    let reveal;
+    (client, reveal) = cpu(&mut compute[4], move || {
+        let reveal = client.handle_signed_survivors(&signed).unwrap();
+        (client, reveal)
+    })
+    .await;
     t.unmasking = send(&b, round, idx, ClientMessage::UnmaskingShares(reveal)).await;
+    t.verified = client.signatures_verified();
     marks[5] = Instant::now();
     PartnerRun {
         traffic: t,
+        compute,
         marks,
         input: values,
         width_bytes,
@@ -247,6 +314,7 @@ async fn run_round(
     Outcome {
         latency,
         stage_ends: std::array::from_fn(|i| runs.iter().map(|r| r.marks[i] - start).max().unwrap()),
+        compute: std::array::from_fn(|i| runs.iter().map(|r| r.compute[i]).sum()),
         traffic: runs.iter().map(|r| r.traffic).collect(),
         vector_len: cells,
         width_bytes: runs[0].width_bytes,
@@ -293,10 +361,10 @@ fn main() {
     let only: Option<usize> = std::env::var("CIVIC_BENCH_N")
         .ok()
         .and_then(|v| v.parse().ok());
-    let (partners, repeats) = match (only, full) {
-        (Some(n), _) => (vec![n], if full { REPEATS } else { 1 }),
-        (None, true) => (PARTNERS.to_vec(), REPEATS),
-        (None, false) => (vec![PARTNERS[0]], 1),
+    let partners = match (only, full) {
+        (Some(n), _) => vec![n],
+        (None, true) => PARTNERS.to_vec(),
+        (None, false) => vec![PARTNERS[0]],
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -304,18 +372,26 @@ fn main() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    // Partners' computations queue for two blocking threads (`cpu`): hundreds of them at
+    // once would starve the threads that keep their HTTP connections going.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let mut seq = 0;
     let mut summary = Vec::new();
     for &n in &partners {
-        let (base, state) = start_coordinator(temp_store(&format!("round-n{n}")), 5);
+        let (base, state) = start_coordinator(temp_store(&format!("round-n{n}")), 5, TOLERATED);
         rt.block_on(async {
             let policy = common::policy_toml(n, &[("a", 100), ("b", 100), ("c", 10)]);
             let b = Arc::new(common::setup(base, &state, policy, n).await);
-            for &m in &CELLS {
+            let (cells, repeats) = match (full, n > 100) {
+                (false, _) => (&CELLS[..], 1),
+                (true, false) => (&CELLS[..], REPEATS),
+                (true, true) => (&CELLS[1..], 1),
+            };
+            for &m in cells {
                 let mut pairs = Vec::new();
                 for rep in 0..repeats {
                     // Alternate which arm goes first, so neither always meets a cold pool.
@@ -353,9 +429,9 @@ fn main() {
     }
     println!();
     println!(
-        "| n | m | masked | plain | ratio | bytes sent per partner | masked vector message | plain vector | vector ratio | other messages |"
+        "| n | m | t | masked | plain | ratio | bytes sent per partner | masked vector message | plain vector | vector ratio | other messages | downloaded per partner | signatures verified per partner |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (line, _) in &summary {
         println!("{line}");
     }
@@ -399,6 +475,8 @@ fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> (String, String) 
     let sent: usize = a.traffic.iter().map(Traffic::sent).sum::<usize>() / n;
     let vector: usize = a.traffic.iter().map(|t| t.vector).sum::<usize>() / n;
     let received: usize = a.traffic.iter().map(|t| t.received).sum::<usize>() / n;
+    let downloaded: usize = a.traffic.iter().map(|t| t.downloaded).sum::<usize>() / n;
+    let verified = a.traffic.iter().map(|t| t.verified).sum::<usize>() as f64 / n as f64;
     let plain_sent: usize = b.traffic.iter().map(Traffic::sent).sum::<usize>() / n;
     assert_eq!(sent, plain_sent, "both arms send the same bytes");
     let plain_vector = a.vector_len * a.width_bytes;
@@ -410,6 +488,21 @@ fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> (String, String) 
     }
     let first = a.traffic[0];
     println!(
+        "COMPUTE n={n} m={m}: the partners' own computation, summed over the {n} partners (two \
+         threads run it, so a stage takes at least half the sum): {}",
+        STAGES[1..6]
+            .iter()
+            .zip(a.compute)
+            .map(|(name, d)| format!("{name} {:.0} ms ({:.2} ms each)", ms(d), ms(d) / n as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "NEIGHBOURHOOD n={n} m={m} (t = {}): per partner downloaded {downloaded} B in all \
+         (inbox bodies used {received} B) and verified {verified:.1} signatures",
+        a.threshold
+    );
+    println!(
         "BYTES n={n} m={m} (t = {}, {}-bit ring): per partner sent {sent} B (vector message {vector} B for a {plain_vector} B plain vector; other messages {} B: advertise {}, share keys {}, signature {}, unmasking {}), received {received} B",
         a.threshold,
         a.width_bytes * 8,
@@ -420,7 +513,8 @@ fn report(n: usize, m: usize, pairs: &[(Outcome, Outcome)]) -> (String, String) 
         first.unmasking,
     );
     let row = format!(
-        "| {n} | {m} | {masked:.1} ms | {plain:.1} ms | {ratio:.2} | {sent} B | {vector} B | {plain_vector} B | {:.3} | {} B |",
+        "| {n} | {m} | {} | {masked:.1} ms | {plain:.1} ms | {ratio:.2} | {sent} B | {vector} B | {plain_vector} B | {:.3} | {} B | {downloaded} B | {verified:.1} |",
+        a.threshold,
         vector as f64 / plain_vector.max(1) as f64,
         sent - vector
     );

@@ -97,9 +97,17 @@ pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Vec<u8>)
     );
 }
 
+/// The tolerances a bench's rounds are configured for: dropouts, then colluding partners
+/// (fractions of the partners).
+pub type Tolerated = (f64, f64);
+
 /// Starts a coordinator on its own actix system thread (phases close as soon as every
 /// partner has answered; the driver's idle tick is `tick_millis`).
-pub fn start_coordinator(store_url: String, tick_millis: u64) -> (String, web::Data<AppState>) {
+pub fn start_coordinator(
+    store_url: String,
+    tick_millis: u64,
+    (max_dropout_rate, max_corrupt_fraction): Tolerated,
+) -> (String, web::Data<AppState>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -110,6 +118,8 @@ pub fn start_coordinator(store_url: String, tick_millis: u64) -> (String, web::D
                 json_limit: 1 << 20,
                 tick_millis,
                 max_rows_per_partner: 1_000_000,
+                max_dropout_rate,
+                max_corrupt_fraction,
                 ..Config::default()
             };
             let state = AppState::open(config).await.unwrap();
@@ -140,6 +150,8 @@ pub async fn setup(
         .token;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(128)
+        // Below the coordinator's keep-alive, as the agent does.
+        .pool_idle_timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     call(
@@ -171,7 +183,9 @@ pub async fn setup(
         let created = create(state, "bench", &format!("p{i:03}"), Role::Partner)
             .await
             .unwrap();
-        let key = IdentityKey::from_seed(&[i as u8 + 1; 32]);
+        let mut seed = [1u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let key = IdentityKey::from_seed(&seed);
         call(
             &http,
             reqwest::Method::PUT,
@@ -214,14 +228,16 @@ pub async fn announcement(b: &Bench, round: i64, p: &Partner, poll: Duration) ->
     }
 }
 
-/// Polls until the inbox holds what `want` accepts; returns it with its encoded size.
+/// Polls until the inbox holds what `want` accepts; returns it with its encoded size and
+/// the bytes of every inbox body read on the way (polls answered "nothing new" included).
 pub async fn inbox(
     b: &Bench,
     round: i64,
     p: &Partner,
     want: fn(&Inbox) -> bool,
     poll: Duration,
-) -> (Inbox, usize) {
+) -> (Inbox, usize, usize) {
+    let mut downloaded = 0;
     loop {
         let res = b
             .http
@@ -246,9 +262,10 @@ pub async fn inbox(
             );
         }
         let body = res.bytes().await.unwrap();
+        downloaded += body.len();
         let inbox: Inbox = decode_binary(&body).unwrap();
         if want(&inbox) {
-            return (inbox, body.len());
+            return (inbox, body.len(), downloaded);
         }
         tokio::time::sleep(poll).await;
     }
@@ -270,6 +287,51 @@ pub async fn wait_released(b: &Bench, id: i64, poll: Duration) -> Value {
         }
         assert_eq!(v["state"], "running", "{v}");
         tokio::time::sleep(poll).await;
+    }
+}
+
+/// The store a bench runs on: a fresh SQLite file, or, if `CIVIC_BENCH_STORE` holds a
+/// PostgreSQL URL, a fresh schema in that database (dropped by [`drop_store`]).
+pub async fn bench_store(tag: &str) -> String {
+    let Some(base) = std::env::var("CIVIC_BENCH_STORE")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+    else {
+        return temp_store(tag);
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let schema = format!(
+        "civic_bench_{tag}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&base)
+        .await
+        .expect("connect to CIVIC_BENCH_STORE");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options[search_path]={schema}")
+}
+
+/// Drops a bench's PostgreSQL schema (nothing for SQLite).
+pub async fn drop_store(url: &str) {
+    let Some((base, schema)) = url.split_once("options[search_path]=") else {
+        return;
+    };
+    let base = base.trim_end_matches(['?', '&']);
+    if let Ok(pool) = sqlx::AnyPool::connect(base).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
     }
 }
 
