@@ -5,10 +5,10 @@
 //!    the same bytes posted to an endpoint that only reads the body and stores it in the same
 //!    table, one transaction each. The ratio of wall times, and each request's p50, p99 and
 //!    worst latency.
-//! 2. Submissions: 64 clients submit distinct queries (each priced, its budget reserved, its
-//!    round opened for the 100 partners, audited): requests per second, p50, p99, worst.
-//! 3. Re-serving a stored release: GET /v1/queries/{id} and an identical POST /v1/queries
+//! 2. Re-serving a stored release: GET /v1/queries/{id} and an identical POST /v1/queries
 //!    (answered from the store at no cost) under 64 concurrent clients.
+//! 3. Submissions: 64 clients submit distinct queries (each priced, its budget reserved, its
+//!    round opened for the 100 partners, audited): requests per second, p50, p99, worst.
 //!
 //! The store is SQLite unless `CIVIC_BENCH_STORE` holds a PostgreSQL URL (a fresh schema is
 //! made there and dropped after):
@@ -250,7 +250,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CIVIC_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "error".into()),
         )
         .init();
     let setup = tokio::runtime::Runtime::new().unwrap();
@@ -318,13 +318,6 @@ fn main() {
         println!("RATIO ingest on {backend} (round endpoint / store-only endpoint, median of {REPEATS}): {:.2}", ratios[REPEATS / 2]);
         println!("LATENCY ingest on {backend}, each post, {REPEATS} × {PARTNERS}: round endpoint {}; store-only {}", spread(live_latencies), spread(store_latencies));
 
-        // Distinct submissions: each is priced, reserves budget, opens a round and is audited.
-        let (http, token) = (b.http.clone(), b.researcher.clone());
-        let post_url = format!("{}/v1/queries", b.base);
-        let submissions = CLIENTS * 5;
-        let (rps, latencies) = load(submissions, move |n| http.post(&post_url).bearer_auth(&token).json(&histogram(2.0 + n as f64 * 1e-3))).await;
-        println!("LATENCY submit on {backend}: {CLIENTS} clients, {submissions} distinct POST /v1/queries (priced, reserved, a round of {PARTNERS} opened, audited): {rps:.0} req/s, {}", spread(latencies));
-
         // A one-cell release beside the 10^4-cell one: re-serving cost grows with the body.
         let count = json!({ "project": "b", "query": { "dataset": "bench", "statistic": "count" }, "privacy": { "epsilon": 1.0 } });
         let q = call(&b.http, reqwest::Method::POST, format!("{}/v1/queries", b.base), &b.researcher, Some(count.clone())).await;
@@ -345,6 +338,13 @@ fn main() {
             let (rps, latencies) = load(5_000, move |_| http.post(&post_url).bearer_auth(&token).json(&body)).await;
             println!("re-serve identical POST /v1/queries [{label}] on {backend} ({CLIENTS} clients, 5000 requests, each a new audited query row): {rps:.0} req/s, {}", spread(latencies));
         }
+        // Distinct submissions, last: each is priced, reserves budget, opens a round and is
+        // audited (the rounds then abort at their deadline, after the bench).
+        let (http, token) = (b.http.clone(), b.researcher.clone());
+        let post_url = format!("{}/v1/queries", b.base);
+        let submissions = CLIENTS * 5;
+        let (rps, latencies) = load(submissions, move |n| http.post(&post_url).bearer_auth(&token).json(&histogram(2.0 + n as f64 * 1e-3))).await;
+        println!("LATENCY submit on {backend}: {CLIENTS} clients, {submissions} distinct POST /v1/queries (priced, reserved, a round of {PARTNERS} opened, audited): {rps:.0} req/s, {}", spread(latencies));
     });
     setup.block_on(async {
         common::drop_store(&coordinator_store).await;

@@ -624,42 +624,46 @@ impl ServerRound {
     fn unmask(&self) -> Result<RingVector, SecAggError> {
         let round = self.round();
         let t = self.config.threshold;
-        let mut lagrange: HashMap<Vec<PartnerId>, LagrangeAtZero> = HashMap::new();
-        let mut recover = |shares: Option<&Vec<Share>>| -> Result<SecretScalar, SecAggError> {
-            let mut shares: Vec<&Share> = shares.map(|s| s.iter().collect()).unwrap_or_default();
-            if shares.len() < t {
-                return Err(SecAggError::TooFewSurvivors {
-                    round,
-                    phase: Phase::Unmasking,
-                    survivors: shares.len(),
-                    needed: t,
-                });
-            }
-            // The same t lowest holders for every owner where possible, so the O(t²)
-            // Lagrange coefficients are computed once, not once per owner.
-            shares.sort_by_key(|s| s.holder);
-            shares.truncate(t);
-            let holders: Vec<PartnerId> = shares.iter().map(|s| s.holder).collect();
-            let coefficients = match lagrange.entry(holders) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let c = LagrangeAtZero::new(e.key())?;
-                    e.insert(c)
-                }
-            };
-            coefficients.interpolate(shares.iter().map(|s| &s.value))
-        };
-        let mut seeds = Vec::with_capacity(self.survivors.len());
-        for &u in &self.survivors {
-            seeds.push((u, recover(self.self_mask_shares.get(&u))?));
-        }
-        let mut dropped = Vec::new();
-        for &u in self
+        // Each secret from its t lowest holders: in the complete graph one holder set serves
+        // every owner; on the sparse graph each owner has its own, and the O(t²) Lagrange
+        // coefficients for the distinct sets are computed on every core.
+        let dropouts: Vec<PartnerId> = self
             .shared
             .iter()
+            .copied()
             .filter(|u| self.survivors.binary_search(u).is_err())
-        {
-            let secret = recover(self.mask_key_shares.get(&u))?;
+            .collect();
+        let self_mask_shares = self
+            .survivors
+            .iter()
+            .map(|u| lowest_holders(self.self_mask_shares.get(u), t, round))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mask_key_shares = dropouts
+            .iter()
+            .map(|u| lowest_holders(self.mask_key_shares.get(u), t, round))
+            .collect::<Result<Vec<_>, _>>()?;
+        let holder_sets: BTreeSet<Vec<PartnerId>> = self_mask_shares
+            .iter()
+            .chain(&mask_key_shares)
+            .map(|shares| shares.iter().map(|s| s.holder).collect())
+            .collect();
+        let holder_sets: Vec<Vec<PartnerId>> = holder_sets.into_iter().collect();
+        let coefficients = parallel_map(&holder_sets, self.threads, |h| LagrangeAtZero::new(h));
+        let mut lagrange: HashMap<&[PartnerId], LagrangeAtZero> = HashMap::new();
+        for (holders, c) in holder_sets.iter().zip(coefficients) {
+            lagrange.insert(holders, c?);
+        }
+        let recover = |shares: &[&Share]| -> Result<SecretScalar, SecAggError> {
+            let holders: Vec<PartnerId> = shares.iter().map(|s| s.holder).collect();
+            lagrange[holders.as_slice()].interpolate(shares.iter().map(|s| &s.value))
+        };
+        let mut seeds = Vec::with_capacity(self.survivors.len());
+        for (&u, shares) in self.survivors.iter().zip(&self_mask_shares) {
+            seeds.push((u, recover(shares)?));
+        }
+        let mut dropped = Vec::new();
+        for (&u, shares) in dropouts.iter().zip(&mask_key_shares) {
+            let secret = recover(shares)?;
             // The reconstructed key must match the key the partner signed; a wrong share from
             // a misbehaving partner is caught here instead of corrupting the sum.
             let public = PublicKey::from(&secret.to_x25519()).to_bytes();
@@ -736,6 +740,26 @@ pub fn neighbourhood_signatures(
             .copied()
             .collect(),
     }
+}
+
+/// The shares of one secret from its `t` lowest holders, or too few survivors.
+fn lowest_holders(
+    shares: Option<&Vec<Share>>,
+    t: usize,
+    round: RoundId,
+) -> Result<Vec<&Share>, SecAggError> {
+    let mut shares: Vec<&Share> = shares.map(|s| s.iter().collect()).unwrap_or_default();
+    if shares.len() < t {
+        return Err(SecAggError::TooFewSurvivors {
+            round,
+            phase: Phase::Unmasking,
+            survivors: shares.len(),
+            needed: t,
+        });
+    }
+    shares.sort_by_key(|s| s.holder);
+    shares.truncate(t);
+    Ok(shares)
 }
 
 /// Whether an X25519 public key is one of the low-order points, which give every secret the

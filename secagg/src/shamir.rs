@@ -176,27 +176,22 @@ impl LagrangeAtZero {
             });
         }
         let xs: Vec<Scalar> = holders.iter().map(|&h| evaluation_point(h)).collect();
-        let mut numerators = Vec::with_capacity(xs.len());
-        let mut denominators = Vec::with_capacity(xs.len());
-        for (i, xi) in xs.iter().enumerate() {
-            let mut num = Scalar::ONE;
-            let mut den = Scalar::ONE;
-            for (j, xj) in xs.iter().enumerate() {
-                if i != j {
-                    num *= xj;
-                    den *= xj - xi;
-                }
-            }
-            numerators.push(num);
-            denominators.push(den);
-        }
+        // λ_i = Π_{j≠i} x_j / (x_j − x_i) = (Π_j x_j) / (x_i · Π_{j≠i} (x_j − x_i)): one
+        // product for every numerator, and one batch inversion for all the denominators.
+        let product: Scalar = xs.iter().product();
+        let mut denominators: Vec<Scalar> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, xi)| {
+                xs.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .fold(*xi, |den, (_, xj)| den * (xj - xi))
+            })
+            .collect();
         // Distinct holders give distinct nonzero x, so every denominator is invertible.
         Scalar::invert_batch_alloc(&mut denominators);
-        let coefficients = numerators
-            .iter()
-            .zip(&denominators)
-            .map(|(n, d)| n * d)
-            .collect();
+        let coefficients = denominators.iter().map(|d| product * d).collect();
         Ok(Self {
             holders: holders.to_vec(),
             coefficients,

@@ -242,12 +242,17 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         // so it takes no message while it is off the lock.
         r.closing = true;
         drop(r);
+        let started = Instant::now();
         let outcome = web::block(move || next.close_step())
             .await
             .unwrap_or_else(|e| Err(ProtocolError::Refused(format!("the step failed: {e}"))));
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(round = id, closed = closing, took_ms, "last step closed");
         return end(state, &round, id, closing, query, max_rows, outcome).await;
     }
+    let started = Instant::now();
     let outcome = next.close_step();
+    let took_ms = started.elapsed().as_millis() as u64;
     if let Ok(Closed::Next) = outcome {
         let opened = next.step();
         state
@@ -261,7 +266,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         r.state = next;
         r.expected = responded;
         r.deadline = now + state.config.phase_deadline();
-        tracing::info!(round = id, closed = closing, opened, "step closed");
+        tracing::info!(round = id, closed = closing, opened, took_ms, "step closed");
         return Ok(());
     }
     // The round ends: keep it in memory, marked, until the store says so.
