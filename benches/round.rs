@@ -1,7 +1,7 @@
 //! A whole secure-aggregation round over loopback HTTP, against the same round with masking
 //! switched off.
 //!
-//! `cargo bench --features bench-unmasked --bench round` (about 2 minutes once built; the
+//! `cargo bench --features bench-unmasked --bench round` (about 4 minutes once built; the
 //! feature compiles civic-secagg's masking switch, see `secagg/src/baseline.rs`).
 //! `cargo test --features bench-unmasked --bench round` runs one small case of each kind
 //! once, as a check (CI does).
