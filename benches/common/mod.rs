@@ -293,46 +293,17 @@ pub async fn wait_released(b: &Bench, id: i64, poll: Duration) -> Value {
 /// The store a bench runs on: a fresh SQLite file, or, if `CIVIC_BENCH_STORE` holds a
 /// PostgreSQL URL, a fresh schema in that database (dropped by [`drop_store`]).
 pub async fn bench_store(tag: &str) -> String {
-    let Some(base) = std::env::var("CIVIC_BENCH_STORE")
-        .ok()
-        .filter(|u| u.starts_with("postgres"))
-    else {
-        return temp_store(tag);
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let schema = format!(
-        "civic_bench_{tag}_{}_{}",
-        std::process::id(),
-        nanos % 1_000_000_000
-    );
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&base)
-        .await
-        .expect("connect to CIVIC_BENCH_STORE");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options[search_path]={schema}")
+    match std::env::var("CIVIC_BENCH_STORE") {
+        Ok(base) if base.starts_with("postgres") => {
+            civic_server::store::scratch::postgres_schema(&base, &format!("bench_{tag}")).await
+        }
+        _ => temp_store(tag),
+    }
 }
 
 /// Drops a bench's PostgreSQL schema (nothing for SQLite).
 pub async fn drop_store(url: &str) {
-    let Some((base, schema)) = url.split_once("options[search_path]=") else {
-        return;
-    };
-    let base = base.trim_end_matches(['?', '&']);
-    if let Ok(pool) = sqlx::AnyPool::connect(base).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&pool)
-            .await;
-        pool.close().await;
-    }
+    civic_server::store::scratch::drop_schema(url).await
 }
 
 /// A fresh SQLite store in a temporary directory.

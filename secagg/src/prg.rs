@@ -24,11 +24,12 @@ use std::num::NonZeroUsize;
 use aes::Aes256;
 use ctr::Ctr128BE;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use zeroize::Zeroizing;
 
 use crate::kdf::DerivedKey;
 use crate::ring::{RingVector, Width};
 
-/// The keyed generator masks are drawn from.
+/// The keyed generator masks are drawn from (its key schedule is wiped on drop).
 pub struct MaskPrg(Ctr128BE<Aes256>);
 
 impl MaskPrg {
@@ -106,7 +107,7 @@ fn apply_range(acc: &mut [u64], first_cell: usize, masks: &[SignedMask<'_>], wid
             (prg, *sign)
         })
         .collect();
-    let mut buf = [0u8; CHUNK_BYTES];
+    let mut buf = Zeroizing::new([0u8; CHUNK_BYTES]);
     for block in acc.chunks_mut(CHUNK_BYTES / width.bytes()) {
         for (prg, sign) in &mut prgs {
             match width {

@@ -702,10 +702,11 @@ impl ServerRound {
 /// Why that is enough (SecAgg+, Bell et al., CCS 2020): a partner agrees pairwise masks and
 /// encrypts shares only with its neighbours, and every quorum it checks counts only its
 /// neighbours and itself, so no other entry changes anything it sends. Relaying every entry
-/// would cost each partner O(n) bytes and signature checks and protect nothing. Leaving an
-/// entry out gives a coordinator nothing it could not get by relaying a bad one: a partner
-/// missing its own entry refuses, and one missing neighbours counts fewer holders and
-/// refuses below t, exactly as before. On the complete graph this is the whole roster.
+/// would cost each partner O(n) bytes and signature checks and protect nothing. Leaving a
+/// neighbour's entry out is the same as declaring that neighbour an AdvertiseKeys dropout,
+/// which a coordinator can always do: the partner counts one holder fewer and refuses below
+/// t. A partner missing its own entry refuses. On the complete graph this is the whole
+/// roster.
 pub fn neighbourhood_roster(roster: &KeyRoster, graph: &Graph, partner: PartnerId) -> KeyRoster {
     KeyRoster {
         round_id: roster.round_id,

@@ -138,7 +138,7 @@ fn prg_matches_fips197_and_sp800_38a_aes256_and_our_vectors() {
         assert_eq!(hex::encode(block), case["ciphertext"].as_str().expect("ct"));
     }
     for case in v["sp800_38a_ctr_aes256"].as_array().expect("sp800-38a") {
-        // Its counter starts at f0f1…ff: seek our zero-based counter there.
+        // Its counter starts at f0f1…ff, beyond any offset the generator seeks to.
         let start = u128::from_str_radix(case["counter"].as_str().expect("counter"), 16)
             .expect("hex counter");
         let mut prg = MaskPrg::new(&arr32(case, "key"));

@@ -28,6 +28,8 @@ mod migrations;
 pub mod projects;
 pub mod queries;
 pub mod rounds;
+#[cfg(any(test, feature = "test-util"))]
+pub mod scratch;
 
 use std::time::Duration;
 

@@ -262,3 +262,35 @@ async fn a_step_that_times_out_short_of_its_quorum_aborts_and_refunds() {
     );
     c.stop().await;
 }
+
+#[actix_web::test]
+async fn a_stored_message_the_round_never_took_is_taken_before_its_step_closes() {
+    let clock = TestClock::new();
+    let config = civic_server::Config {
+        driver_lease_secs: 3600.0,
+        ..test_config(&fresh_store_url("protocol-catch-up"))
+    };
+    let c = Coordinator::start_with_parts(config, parts(&clock)).await;
+    c.register_partners().await;
+    let (_, q) = c.submit(count_query(60.0)).await;
+    let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
+    let (s, v) = post(&c, round, &c.partners[0].2, b"here").await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    // Partner 1's message reached the store but not the round: its transaction committed
+    // and then reported failure, so its poster was told to retry and never did.
+    let partner = c.partners[1].1;
+    c.state
+        .store
+        .run_tx("store a message behind the round's back", async |tx| {
+            civic_server::store::rounds::insert_message(tx, round, "count", partner, b"here").await
+        })
+        .await
+        .unwrap();
+    // At the deadline the round takes what the store holds (a restart would replay it),
+    // so the step closes with both partners and releases instead of aborting.
+    clock.advance(Duration::from_secs(21));
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(c.state.rounds.exact_sum(id), Some(vec![2]), "{done}");
+    c.stop().await;
+}

@@ -224,6 +224,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
     if r.closing || now < r.retry_at || (!r.complete() && now < r.deadline) {
         return Ok(());
     }
+    catch_up(state, &mut r).await?;
     let closing = r.state.step();
     let responded = r.state.responded();
     tracing::debug!(
@@ -275,6 +276,32 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
     end(state, &round, id, closing, query, max_rows, outcome).await
 }
 
+/// Takes into round `r` every message the store holds for its open step that the round has
+/// not taken: one whose transaction committed but reported failure to its poster. The store
+/// is the truth (a restart replays it), so a step never closes without them.
+async fn catch_up(state: &AppState, r: &mut LiveRound) -> Result<()> {
+    let (id, step) = (r.id, r.state.step());
+    let mut conn = state.store.read().await?;
+    let taken = r.state.responded();
+    for partner in rounds::senders(&mut conn, id, step).await? {
+        let partner = PartnerId(partner);
+        if taken.contains(&partner) {
+            continue;
+        }
+        let Some(body) = rounds::message_of(&mut conn, id, step, partner.0).await? else {
+            continue;
+        };
+        tracing::warn!(round = id, step, %partner, "taking a stored message its poster was told had failed");
+        r.state.receive(partner, &body).map_err(|e| {
+            Error::internal(
+                "taking a stored protocol message",
+                format!("round {id} refuses a message in its store: {e}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// Ends a round whose step `closing` closed with `outcome`: releases a finished round,
 /// aborts a failed one, and keeps the round (no longer closing) for another try if either
 /// fails for a passing reason.
@@ -299,12 +326,7 @@ async fn end(
             }
         }
         Err(e) => {
-            service::rounds::abort(
-                state,
-                id,
-                &format!("{closing} closed with too few partners: {e}"),
-            )
-            .await
+            service::rounds::abort(state, id, &format!("{closing} could not close: {e}")).await
         }
         Ok(Closed::Next) => {
             let reason = format!("the protocol opened a step after its last, {closing}");

@@ -193,26 +193,40 @@ pub async fn receive(state: &AppState, id: i64, partner: PartnerId, body: &[u8])
     let batch = state.rounds.take_pending(id);
     take_batch(state, &mut r, batch).await;
     drop(r);
-    outcome.await.unwrap_or_else(|_| {
-        Err(Error::conflict(
-            ProblemCode::RoundFinished,
-            format!("round {id} closed before the message was taken"),
-        ))
-    })
+    match outcome.await {
+        Ok(result) => result,
+        // The queue was dropped untaken: the round left memory (finished, aborted, or this
+        // coordinator lost the lease or is stopping). Say which, so that the agent retries
+        // a round that is still open.
+        Err(_) => match live(state, id).await {
+            Ok(_) => Err(Error::RoundNotDrivenHere(id)),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// Takes a batch of queued messages into round `r`, answering each poster. A partner's
 /// second message in a batch waits for a later wave, so that the messages checked together
-/// are from distinct partners (which a protocol checks independently of each other).
+/// are from distinct partners (which a protocol checks independently of each other); so do
+/// messages beyond [`WAVE_BYTES`].
 async fn take_batch(state: &AppState, r: &mut LiveRound, mut batch: Vec<Pending>) {
     while !batch.is_empty() {
-        let mut seen = BTreeSet::new();
-        let (wave, later): (Vec<Pending>, Vec<Pending>) =
-            batch.into_iter().partition(|p| seen.insert(p.partner));
+        let (mut seen, mut bytes) = (BTreeSet::new(), 0);
+        let (wave, later): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| {
+            let fits = seen.is_empty() || bytes + p.body.len() <= WAVE_BYTES;
+            let take = fits && seen.insert(p.partner);
+            if take {
+                bytes += p.body.len();
+            }
+            take
+        });
         take_wave(state, r, wave).await;
         batch = later;
     }
 }
+
+/// The most message bytes stored in one transaction (a wave holds at least one message).
+const WAVE_BYTES: usize = 64 << 20;
 
 /// Checks each message against the round, stores those that pass in one transaction, then
 /// takes them: memory never runs ahead of the store.

@@ -196,6 +196,23 @@ pub async fn message_of(
     Ok(row.map(|r| r.try_get("body")).transpose()?)
 }
 
+/// The partners with a stored message for one step, in order.
+pub async fn senders(conn: &mut AnyConnection, round: i64, step: &str) -> StoreResult<Vec<u32>> {
+    let rows = sqlx::query(
+        "SELECT partner FROM round_messages WHERE round_id = $1 AND phase = $2 ORDER BY partner",
+    )
+    .bind(round)
+    .bind(step)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let partner: i64 = r.try_get("partner")?;
+            u32::try_from(partner).map_err(|_| StoreError::corrupt("message sender", partner))
+        })
+        .collect()
+}
+
 /// A round's state in the store, if it exists.
 pub async fn state(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<RoundState>> {
     let row = sqlx::query("SELECT state FROM rounds WHERE id = $1")

@@ -66,27 +66,7 @@ pub fn fresh_store_url(tag: &str) -> String {
 pub async fn backends(tag: &str) -> Vec<String> {
     let mut urls = vec![fresh_store_url(tag)];
     if let Ok(base) = std::env::var("CIVIC_TEST_POSTGRES_URL") {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let schema = format!(
-            "civic_{}_{}_{}",
-            tag.replace('-', "_"),
-            std::process::id(),
-            nanos % 1_000_000_000
-        );
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&base)
-            .await
-            .expect("connect to CIVIC_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        urls.push(format!("{base}{sep}options[search_path]={schema}"));
+        urls.push(civic_server::store::scratch::postgres_schema(&base, tag).await);
     } else {
         eprintln!("CIVIC_TEST_POSTGRES_URL is not set: this test runs on SQLite only");
     }
@@ -95,16 +75,7 @@ pub async fn backends(tag: &str) -> Vec<String> {
 
 /// Drops a test's PostgreSQL schema (a no-op for SQLite URLs).
 pub async fn drop_schema(url: &str) {
-    let Some((base, schema)) = url.split_once("options[search_path]=") else {
-        return;
-    };
-    let base = base.trim_end_matches(['?', '&']);
-    if let Ok(pool) = sqlx::AnyPool::connect(base).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&pool)
-            .await;
-        pool.close().await;
-    }
+    civic_server::store::scratch::drop_schema(url).await
 }
 
 /// Holds the store's write lock from outside the coordinator, as an operator's shell or a
