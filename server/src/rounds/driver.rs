@@ -244,15 +244,21 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         r.closing = true;
         drop(r);
         let started = Instant::now();
-        let outcome = web::block(move || next.close_step())
-            .await
-            .unwrap_or_else(|e| Err(ProtocolError::Refused(format!("the step failed: {e}"))));
+        let outcome = match web::block(move || next.close_step()).await {
+            Ok(outcome) => outcome.map_err(|e| too_few(closing, e)),
+            Err(e) => {
+                tracing::error!(round = id, error = %e, "closing the last step failed");
+                Err(format!(
+                    "{closing} failed to run (the coordinator's log has the cause)"
+                ))
+            }
+        };
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(round = id, closed = closing, took_ms, "last step closed");
         return end(state, &round, id, closing, query, max_rows, outcome).await;
     }
     let started = Instant::now();
-    let outcome = next.close_step();
+    let outcome = next.close_step().map_err(|e| too_few(closing, e));
     let took_ms = started.elapsed().as_millis() as u64;
     if let Ok(Closed::Next) = outcome {
         let opened = next.step();
@@ -302,8 +308,13 @@ async fn catch_up(state: &AppState, r: &mut LiveRound) -> Result<()> {
     Ok(())
 }
 
+/// The abort reason for a step that could not close.
+fn too_few(closing: &str, e: ProtocolError) -> String {
+    format!("{closing} closed with too few partners: {e}")
+}
+
 /// Ends a round whose step `closing` closed with `outcome`: releases a finished round,
-/// aborts a failed one, and keeps the round (no longer closing) for another try if either
+/// aborts a failed one (with the reason given), and keeps the round (no longer closing) for another try if either
 /// fails for a passing reason.
 async fn end(
     state: &AppState,
@@ -312,7 +323,7 @@ async fn end(
     closing: &str,
     query: i64,
     max_rows: u64,
-    outcome: std::result::Result<Closed, ProtocolError>,
+    outcome: std::result::Result<Closed, String>,
 ) -> Result<()> {
     let result = match outcome {
         Ok(Closed::Finished(output)) => {
@@ -325,9 +336,7 @@ async fn end(
                 other => other,
             }
         }
-        Err(e) => {
-            service::rounds::abort(state, id, &format!("{closing} could not close: {e}")).await
-        }
+        Err(reason) => service::rounds::abort(state, id, &reason).await,
         Ok(Closed::Next) => {
             let reason = format!("the protocol opened a step after its last, {closing}");
             service::rounds::abort(state, id, &reason).await
