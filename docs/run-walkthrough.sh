@@ -4,8 +4,10 @@
 # stopped at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# Where cargo puts the binaries: target/ unless CARGO_TARGET_DIR says otherwise.
+bin="${CARGO_TARGET_DIR:-$repo/target}/debug"
 # `cargo test --workspace` has built both binaries already in CI; build them if not.
-if [ ! -x "$repo/target/debug/civic-coordinator" ] || [ ! -x "$repo/target/debug/civic-agent" ]; then
+if [ ! -x "$bin/civic-coordinator" ] || [ ! -x "$bin/civic-agent" ]; then
     cargo build --quiet --manifest-path "$repo/Cargo.toml" -p civic-server -p civic-client-sdk --bins
 fi
 work=$(mktemp -d)
@@ -26,5 +28,5 @@ script="$work/walkthrough.sh"
     echo 'wait 2>/dev/null || true'
 } > "$script"
 cd "$work"
-PATH="$repo/target/debug:$PATH" timeout 300 bash "$script"
+PATH="$bin:$PATH" timeout 300 bash "$script"
 echo "walkthrough: every command ran"
