@@ -227,20 +227,26 @@ async fn a_new_protocol_runs_end_to_end_through_the_unchanged_driver() {
     handle.stop(true).await;
 }
 
-#[actix_web::test]
-async fn a_step_that_times_out_short_of_its_quorum_aborts_and_refunds() {
-    let clock = TestClock::new();
-    // The clock jumps past a step deadline: the lease outlasts the jump.
+/// A coordinator whose counting round (query `id`, round `round`) partner 0 has answered.
+/// The lease outlasts any jump of the test clock past a step deadline.
+async fn counted_by_one(clock: &Arc<TestClock>, tag: &str) -> (Coordinator, i64, i64) {
     let config = civic_server::Config {
         driver_lease_secs: 3600.0,
-        ..test_config(&fresh_store_url("protocol-abort"))
+        ..test_config(&fresh_store_url(tag))
     };
-    let c = Coordinator::start_with_parts(config, parts(&clock)).await;
+    let c = Coordinator::start_with_parts(config, parts(clock)).await;
     c.register_partners().await;
     let (_, q) = c.submit(count_query(60.0)).await;
     let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
     let (s, v) = post(&c, round, &c.partners[0].2, b"here").await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    (c, id, round)
+}
+
+#[actix_web::test]
+async fn a_step_that_times_out_short_of_its_quorum_aborts_and_refunds() {
+    let clock = TestClock::new();
+    let (c, id, _) = counted_by_one(&clock, "protocol-abort").await;
     // The step's deadline passes by the test clock: the driver closes it with one of the
     // two partners the policy requires, and the round aborts.
     clock.advance(Duration::from_secs(21));
@@ -266,16 +272,7 @@ async fn a_step_that_times_out_short_of_its_quorum_aborts_and_refunds() {
 #[actix_web::test]
 async fn a_stored_message_the_round_never_took_is_taken_before_its_step_closes() {
     let clock = TestClock::new();
-    let config = civic_server::Config {
-        driver_lease_secs: 3600.0,
-        ..test_config(&fresh_store_url("protocol-catch-up"))
-    };
-    let c = Coordinator::start_with_parts(config, parts(&clock)).await;
-    c.register_partners().await;
-    let (_, q) = c.submit(count_query(60.0)).await;
-    let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
-    let (s, v) = post(&c, round, &c.partners[0].2, b"here").await;
-    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (c, id, round) = counted_by_one(&clock, "protocol-catch-up").await;
     // Partner 1's message reached the store but not the round: its transaction committed
     // and then reported failure, so its poster was told to retry and never did.
     let partner = c.partners[1].1;

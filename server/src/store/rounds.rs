@@ -5,6 +5,7 @@
 use civic_api::{decode_binary, encode_binary};
 use civic_secagg::{Roster, RoundConfig};
 use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, StoreResult};
@@ -169,13 +170,14 @@ pub async fn messages(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
-        .map(|r| {
-            let partner: i64 = r.try_get("partner")?;
-            let partner = u32::try_from(partner)
-                .map_err(|_| StoreError::corrupt("message sender", partner))?;
-            Ok((partner, r.try_get("body")?))
-        })
+        .map(|r| Ok((sender(r)?, r.try_get("body")?)))
         .collect()
+}
+
+/// A message row's sender.
+fn sender(row: &AnyRow) -> StoreResult<u32> {
+    let partner: i64 = row.try_get("partner")?;
+    u32::try_from(partner).map_err(|_| StoreError::corrupt("message sender", partner))
 }
 
 /// One partner's stored message for one step.
@@ -205,12 +207,7 @@ pub async fn senders(conn: &mut AnyConnection, round: i64, step: &str) -> StoreR
     .bind(step)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let partner: i64 = r.try_get("partner")?;
-            u32::try_from(partner).map_err(|_| StoreError::corrupt("message sender", partner))
-        })
-        .collect()
+    rows.iter().map(sender).collect()
 }
 
 /// A round's state in the store, if it exists.
