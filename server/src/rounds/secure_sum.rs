@@ -57,11 +57,12 @@ impl Protocol for SecureSum {
         round: i64,
         setup: &RoundSetup,
     ) -> Result<Box<dyn ProtocolRound>, ProtocolError> {
+        let nothing = encoded(&Inbox::Nothing);
         Ok(Box::new(SecureSumRound {
             round,
             server: ServerRound::new(setup.config.clone(), setup.roster.clone())?,
-            inboxes: Inboxes::Everyone(encoded(&Inbox::Nothing)),
-            nothing_new: encoded(&Inbox::Nothing),
+            inboxes: Inboxes::Everyone(nothing.clone()),
+            nothing_new: nothing,
         }))
     }
 }
