@@ -73,9 +73,10 @@ impl Tolerances {
         Ok(())
     }
 
-    /// The number of corrupt partners tolerated among `n`: ⌊γ·n⌋.
+    /// The number of corrupt partners tolerated among `n`: ⌊γ·n⌋, and never fewer than
+    /// [`MIN_TOLERATED_COLLUDERS`].
     pub fn corrupt_among(&self, n: usize) -> usize {
-        (self.max_corrupt_fraction * n as f64).floor() as usize
+        ((self.max_corrupt_fraction * n as f64).floor() as usize).max(MIN_TOLERATED_COLLUDERS)
     }
 
     /// The number of dropouts tolerated among `n`: ⌊δ·n⌋.
@@ -83,6 +84,11 @@ impl Tolerances {
         (self.max_dropout_rate * n as f64).floor() as usize
     }
 }
+
+/// Every round withstands at least this many partners colluding with the coordinator,
+/// whatever the tolerances say: with none, one colluder shown two survivor lists unmasks every
+/// honest input (see [`derive_topology`]), and the coordinator can create accounts.
+pub const MIN_TOLERATED_COLLUDERS: usize = 1;
 
 /// The graph a round runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,8 +131,9 @@ impl Topology {
 /// so with h holders of which c are corrupt this needs 2t > h + c. (With c = 0 this is the
 /// familiar t > h/2; one colluding partner already breaks t = ⌊h/2⌋ + 1.)
 ///
-/// Complete graph: h = n, c = ⌊γ·n⌋, t = ⌊(n + c)/2⌋ + 1, and the tolerated dropouts
-/// must leave t partners.
+/// Complete graph: h = n, c = max(1, ⌊γ·n⌋), t = ⌊(n + c)/2⌋ + 1, and the tolerated
+/// dropouts must leave t partners. So t = n for n ≤ 3: a round of three partners survives no
+/// dropout, which is the price of withstanding one colluder.
 ///
 /// Sparse: the smallest even degree k, with the smallest t for it, such that, with a union
 /// bound over the n partners (see [`sparse_parameters_hold`]):
@@ -153,7 +160,8 @@ pub fn derive_topology(
     if kind == GraphKind::Sparse {
         for k in (2..n.saturating_sub(1).min(MAX_SPARSE_DEGREE)).step_by(2) {
             let bounds = SparseBounds::new(n, k, tolerances);
-            if let Some(t) = (strict_majority(k + 1)..=k).find(|&t| bounds.hold(t)) {
+            let least = strict_majority(k + 1 + MIN_TOLERATED_COLLUDERS);
+            if let Some(t) = (least..=k).find(|&t| bounds.hold(t)) {
                 return Ok((Topology::Harary { degree: k }, t));
             }
         }
@@ -215,7 +223,7 @@ impl SparseBounds {
     fn hold(&self, t: usize) -> bool {
         let k = self.k;
         let half = k / 2;
-        if t > k || t < strict_majority(k + 1) || t <= half + 1 {
+        if t > k || t < strict_majority(k + 1 + MIN_TOLERATED_COLLUDERS) || t <= half + 1 {
             return false;
         }
         let privacy = -f64::from(PRIVACY_FAILURE_BITS) * std::f64::consts::LN_2;
@@ -424,8 +432,16 @@ mod tests {
     #[test]
     fn complete_threshold_outvotes_the_tolerated_corrupt_partners() {
         let t = |n, gamma| derive_topology(n, GraphKind::Complete, tol(0.1, gamma)).unwrap();
+        // At least one colluder is always tolerated: 2t > n + 1.
         assert_eq!(t(10, 0.0), (Topology::Complete, 6));
-        assert_eq!(t(11, 0.0), (Topology::Complete, 6));
+        assert_eq!(t(11, 0.0), (Topology::Complete, 7));
+        assert_eq!(t(5, 0.0), (Topology::Complete, 4));
+        assert_eq!(t(4, 0.0), (Topology::Complete, 3));
+        // Three partners: all three must stay, so no dropout is survivable.
+        assert_eq!(
+            derive_topology(3, GraphKind::Complete, tol(0.0, 0.0)).unwrap(),
+            (Topology::Complete, 3)
+        );
         // 3 corrupt among 10: 2t > 10 + 3.
         assert_eq!(t(10, 0.3), (Topology::Complete, 7));
         let err = derive_topology(10, GraphKind::Complete, tol(0.4, 0.3)).unwrap_err();

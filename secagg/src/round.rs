@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::PROTOCOL_LABEL;
 use crate::error::SecAggError;
 use crate::graph::{
-    GraphKind, Tolerances, Topology, complete_threshold, derive_topology, sparse_parameters_hold,
+    GraphKind, MIN_TOLERATED_COLLUDERS, Tolerances, Topology, complete_threshold, derive_topology,
+    sparse_parameters_hold, strict_majority,
 };
 use crate::ring::Width;
 
@@ -123,9 +124,12 @@ impl RoundConfig {
             ));
         }
         let holders = self.topology.holders_per_partner(n)?;
-        if self.threshold <= holders / 2 || self.threshold > holders {
+        let least = strict_majority(holders + MIN_TOLERATED_COLLUDERS);
+        if self.threshold < least || self.threshold > holders {
             return invalid(format!(
-                "threshold {} must be more than half of, and at most, the {holders} holders of each partner's shares",
+                "threshold {} must be between {least} and the {holders} holders of each partner's \
+                 shares: 2t > holders + 1, so that one colluding partner shown two survivor lists \
+                 cannot unmask an honest input",
                 self.threshold
             ));
         }
@@ -244,14 +248,14 @@ mod tests {
                     threshold: 2,
                     ..valid()
                 },
-                "more than half",
+                "2t > holders + 1",
             ),
             (
                 RoundConfig {
                     threshold: 5,
                     ..valid()
                 },
-                "more than half",
+                "between 3 and the 4 holders",
             ),
             (
                 RoundConfig {

@@ -673,9 +673,10 @@ fn survivor_list_naming_a_partner_that_never_shared_is_refused() {
 
 #[test]
 fn too_few_survivors_aborts_before_anything_is_revealed() {
-    // 5 partners, t = 3: if only 2 send masked inputs, the coordinator aborts at the survivor
+    // 5 partners, t = 4: if only 2 send masked inputs, the coordinator aborts at the survivor
     // list, before any partner reveals a share.
     let config = complete(5, 3, Width::W32);
+    assert_eq!(config.threshold, 4);
     let inputs = random_inputs(&config, &[1, 2, 3]);
     let drops: BTreeMap<PartnerId, Phase> = config.participants[2..]
         .iter()
@@ -691,7 +692,7 @@ fn too_few_survivors_aborts_before_anything_is_revealed() {
         } => {
             assert_eq!(
                 (phase, survivors, needed),
-                (Phase::MaskedInputCollection, 2, 3)
+                (Phase::MaskedInputCollection, 2, 4)
             );
         }
         other => panic!("unexpected {other}"),
@@ -929,9 +930,9 @@ fn partners_shown_different_configurations_reject_each_others_keys() {
     let mut h = Harness::new(5, 10);
     let roster = h.advertise();
     let p = h.config.participants[4];
-    assert_eq!(h.config.threshold, 3);
+    assert_eq!(h.config.threshold, 4);
     let weaker = RoundConfig {
-        threshold: 4,
+        threshold: 5,
         ..h.config.clone()
     };
     weaker.validate().expect("still structurally valid");
@@ -1033,15 +1034,28 @@ fn two_list_attack(config: RoundConfig) -> (usize, usize) {
 }
 
 #[test]
-fn one_colluding_partner_breaks_a_bare_majority_threshold_but_not_the_derived_one() {
-    // t = 3 of 5 (no corruption planned for): the attack collects 3 shares of each secret,
-    // enough to unmask u's input. This is why t > n/2 alone is not enough.
-    let bare = complete(5, 5, Width::W32);
-    assert_eq!(bare.threshold, 3);
-    let (b, sk) = two_list_attack(bare);
+fn one_colluding_partner_cannot_use_a_bare_majority_threshold() {
+    // t = 3 of 5 would let the attack collect 3 shares of each secret, enough to unmask u's
+    // input: t > n/2 alone is not enough. Such a configuration is refused by every partner.
+    let derived = complete(5, 5, Width::W32);
+    let bare = RoundConfig {
+        threshold: 3,
+        ..derived.clone()
+    };
+    let err = bare.validate().unwrap_err();
+    assert!(err.to_string().contains("2t > holders + 1"), "{err}");
+    let (keys, roster) = identities(&bare.participants, 7);
+    let p = bare.participants[0];
     assert!(
-        b >= 3 && sk >= 3,
-        "the attack should succeed against t = 3: {b} and {sk} shares"
+        ClientRound::start(
+            bare.clone(),
+            p,
+            &keys[&p],
+            roster,
+            &lenient_requirements(&derived),
+            &mut partner_rng(7, p),
+        )
+        .is_err()
     );
 
     // Planning for one corrupt partner among five gives t = 4: the honest partners see only
