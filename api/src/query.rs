@@ -6,6 +6,29 @@ use utoipa::ToSchema;
 
 pub use civic_policies::privacy::{MechanismChoice, PrivacyRequest};
 
+/// SHA-256 (hex) over the canonical JSON of what determines a release: dataset, policy
+/// version, query, privacy and confidence (not the project or the researcher). Two
+/// submissions with the same fingerprint are the same question: the second is re-served the
+/// first's release. Board members approve a query by signing its fingerprint, and agents
+/// compute it from the round's announcement to check those signatures.
+pub fn fingerprint(
+    dataset: &str,
+    version: i64,
+    query: &Query,
+    privacy: &PrivacyRequest,
+    confidence: f64,
+) -> String {
+    use sha2::Digest;
+    let canonical = serde_json::json!({
+        "dataset": dataset,
+        "version": version,
+        "query": query,
+        "privacy": privacy,
+        "confidence": confidence,
+    });
+    hex::encode(sha2::Sha256::digest(canonical.to_string().as_bytes()))
+}
+
 /// `POST /v1/queries/preview` and `POST /v1/queries`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

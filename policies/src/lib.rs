@@ -7,6 +7,8 @@
 //! - [`budget`]: the ledger as pure state transitions: reserve, charge, refund, checked
 //!   against the dataset total, the project allocation and the per-query cap in one step.
 //! - [`audit`]: the hash-chained audit log's entries and their verification.
+//! - [`manifest`]: the board's signed federation manifest (partners, keys, policy
+//!   digests, round requirements) and approvals, verified from a trust anchor.
 //! - [`query`]: the statistics a researcher may ask for and the typed filter AST, validated
 //!   against a policy. No query text is ever executed.
 //!
@@ -20,6 +22,7 @@ pub mod budget;
 pub mod dataset;
 pub mod disclosure;
 pub mod error;
+pub mod manifest;
 pub mod privacy;
 pub mod query;
 #[cfg(any(test, feature = "test-util"))]

@@ -24,7 +24,6 @@ use civic_secagg::{
     GraphKind, IdentityPublicKey, PartnerId, Roster, RoundConfig, RoundId, SecAggError, Tolerances,
     Width,
 };
-use sha2::{Digest, Sha256};
 
 use crate::store::RoundSetup;
 
@@ -102,18 +101,15 @@ pub enum LifecycleError {
     Round(#[from] SecAggError),
 }
 
-/// SHA-256 over the canonical JSON of what determines a release: dataset, policy version,
-/// query, privacy and confidence (not the project or the researcher). Two submissions with
-/// the same fingerprint are the same question: the second is re-served the first's release.
+/// The request's fingerprint ([`civic_api::query::fingerprint`]).
 pub fn fingerprint(dataset: &str, version: i64, request: &QueryRequest, confidence: f64) -> String {
-    let canonical = serde_json::json!({
-        "dataset": dataset,
-        "version": version,
-        "query": request.query,
-        "privacy": request.privacy,
-        "confidence": confidence,
-    });
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    civic_api::query::fingerprint(
+        dataset,
+        version,
+        &request.query,
+        &request.privacy,
+        confidence,
+    )
 }
 
 /// What a submission finds when it arrives.
