@@ -45,6 +45,14 @@ pub struct Requirements {
     pub tolerances: Tolerances,
     /// The fewest survivors whose sum this partner lets the coordinator learn.
     pub min_survivors: usize,
+    /// The fewest colluding partners the threshold must withstand, as a count (the board's
+    /// manifest states it so); the larger of this and the tolerances' fraction applies.
+    #[serde(default = "one")]
+    pub min_colluders: usize,
+}
+
+fn one() -> usize {
+    MIN_TOLERATED_COLLUDERS
 }
 
 /// The longest vector a round may have: 2^26 elements (512 MiB at 64 bits). A bound on what
@@ -155,20 +163,26 @@ impl RoundConfig {
             ));
         }
         required.tolerances.validate()?;
+        let colluders = required
+            .tolerances
+            .corrupt_among(n)
+            .max(required.min_colluders);
         match self.topology {
             Topology::Complete => {
-                let needed = complete_threshold(n, required.tolerances);
+                let needed = complete_threshold(n, required.tolerances)
+                    .max(strict_majority(n + colluders))
+                    .min(n + 1);
                 if self.threshold < needed {
                     return refuse(format!(
-                        "round {} has threshold {}; tolerating {} corrupt partners among {n} needs {needed}",
-                        self.round_id,
-                        self.threshold,
-                        required.tolerances.corrupt_among(n)
+                        "round {} has threshold {}; tolerating {colluders} colluding partner(s) among {n} needs {needed}",
+                        self.round_id, self.threshold,
                     ));
                 }
             }
             Topology::Harary { degree } => {
-                if !sparse_parameters_hold(n, degree, self.threshold, required.tolerances) {
+                if 2 * self.threshold <= degree + 1 + required.min_colluders
+                    || !sparse_parameters_hold(n, degree, self.threshold, required.tolerances)
+                {
                     return refuse(format!(
                         "round {}'s sparse graph (degree {degree}, threshold {}) does not meet this \
                          partner's tolerances ({:?}) for {n} partners",
@@ -324,5 +338,35 @@ mod tests {
                 "{err} should mention {needle:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_partner_asking_for_more_colluders_refuses_a_lower_threshold() {
+        let config = RoundConfig::new(
+            RoundId(1),
+            (1..=5).map(PartnerId).collect(),
+            10,
+            Width::W32,
+            GraphKind::Complete,
+            Tolerances {
+                max_dropout_rate: 0.0,
+                max_corrupt_fraction: 0.0,
+            },
+            3,
+        )
+        .unwrap();
+        assert_eq!(config.threshold, 4);
+        let asking = |min_colluders| Requirements {
+            tolerances: Tolerances {
+                max_dropout_rate: 0.0,
+                max_corrupt_fraction: 0.0,
+            },
+            min_survivors: 3,
+            min_colluders,
+        };
+        // 2t > n + c: t = 4 of 5 withstands two colluders, not three.
+        assert!(config.check_requirements(&asking(2)).is_ok());
+        let e = config.check_requirements(&asking(3)).unwrap_err();
+        assert!(e.to_string().contains("3 colluding partner(s) among 5 needs 5"), "{e}");
     }
 }

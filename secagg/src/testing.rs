@@ -50,6 +50,7 @@ pub fn lenient_requirements(config: &RoundConfig) -> Requirements {
             max_corrupt_fraction: 0.0,
         },
         min_survivors: config.min_survivors,
+        min_colluders: 1,
     }
 }
 

@@ -865,6 +865,7 @@ fn partner_refuses_a_round_weaker_than_its_own_requirements() {
     let strict = Requirements {
         tolerances: tolerances(0.1, 0.2),
         min_survivors: 5,
+        min_colluders: 1,
     };
     // The coordinator's round has t = 6; two corrupt partners among ten need t = 7.
     let mut start = |config: RoundConfig| {
