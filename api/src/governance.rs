@@ -2,6 +2,7 @@
 
 use civic_policies::PrivacyStatement;
 use civic_policies::audit::{AuditRecord, ChainHead};
+use civic_policies::manifest::{BoardSignature, SignedManifest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -126,6 +127,20 @@ pub struct Decision {
     pub approve: bool,
     /// Why, for the audit log.
     pub reason: String,
+    /// An approval's board signature over the query's fingerprint (`civic-board approve
+    /// FINGERPRINT` prints it). Required to approve once the board has published a manifest:
+    /// approvals then count distinct board members' keys, and agents check them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub signature: Option<BoardSignature>,
+}
+
+/// `GET /v1/manifests`: every manifest the board published, oldest first, as signed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ManifestChain {
+    /// The signed manifests.
+    #[schema(value_type = Vec<Object>)]
+    pub manifests: Vec<SignedManifest>,
 }
 
 /// A project's share of one dataset's budget, in ρ (zCDP).

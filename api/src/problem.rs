@@ -106,6 +106,12 @@ problem_codes! {
     DatasetIdMismatch = "dataset.id_mismatch",
     /// A board decision without a reason.
     DecisionReason = "decision.reason",
+    /// An approval without a valid signature of a board member the manifest names.
+    DecisionSignature = "decision.signature",
+    /// A manifest that breaks the manifest's rules or lacks its board's signatures.
+    ManifestInvalid = "manifest.invalid",
+    /// A manifest that does not follow the newest one stored (version, previous digest).
+    ManifestNotSuccessor = "manifest.not_successor",
     /// The query names another dataset than the one it was priced against.
     QueryDatasetMismatch = "query.dataset_mismatch",
     /// The confidence level is not strictly between 0 and 1.
@@ -144,6 +150,8 @@ problem_codes! {
     RoundPartnerUnknown = "round.partner_unknown",
     /// A dataset's partner has not registered its identity key.
     RoundPartnerUnregistered = "round.partner_unregistered",
+    /// A dataset's partner is not in the board's manifest, or registered another key.
+    RoundPartnerNotInManifest = "round.partner_not_in_manifest",
     /// The round is open but not driven by this coordinator (yet): retry.
     RoundNotDrivenHere = "round.not_driven_here",
     /// The round finished and released; it takes no more messages.
@@ -160,6 +168,8 @@ problem_codes! {
     PartnerIdentityKey = "partner.identity_key",
     /// A different identity key is registered.
     PartnerIdentityKeyPinned = "partner.identity_key_pinned",
+    /// The board's manifest lists another identity key for this partner.
+    PartnerIdentityKeyNotInManifest = "partner.identity_key_not_in_manifest",
     /// A protocol message that does not decode.
     ProtocolMalformed = "protocol.malformed",
     /// A protocol message for another round.

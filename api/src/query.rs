@@ -147,6 +147,11 @@ pub struct ApprovalView {
     pub reason: String,
     /// When.
     pub at: String,
+    /// The board member's signature over the query's fingerprint, for an approval made
+    /// under a manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub signature: Option<civic_policies::manifest::BoardSignature>,
 }
 
 /// One released cell.
@@ -182,6 +187,8 @@ pub struct ReleaseView {
 pub struct QueryView {
     /// The query id.
     pub id: i64,
+    /// What board members sign to approve it (`civic-board approve FINGERPRINT`).
+    pub fingerprint: String,
     /// The paying project.
     pub project: String,
     /// The dataset and policy version.

@@ -63,6 +63,11 @@ pub struct RoundAnnouncement {
     /// pricing context, so an agent prices the round exactly as the coordinator did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reporting_delta: Option<f64>,
+    /// Board members' signatures approving the query (over its fingerprint), for a query
+    /// whose cost needs approval: agents count the valid ones themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub approvals: Vec<civic_policies::manifest::BoardSignature>,
     /// The secure-aggregation configuration: check it against local requirements.
     #[schema(value_type = Object)]
     pub config: RoundConfig,

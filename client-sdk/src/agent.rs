@@ -1,12 +1,21 @@
 //! The agent: polls the coordinator, decides each round under the partner's own policy,
 //! aggregates the local data and takes part in secure aggregation.
 //!
-//! A round goes: check (dataset served, plan compiled from the announced query and the
-//! policy version it names, statistic allowed, cost within the per-query and total local
-//! limits, the round's survivor floor and threshold acceptable, peers' keys as pinned) →
-//! aggregate the local rows → advertise keys → share keys → charge the local ledger and send
-//! the masked vector → sign the survivor list → reveal shares (the reveal log saved first).
-//! A refusal before advertising is sent to the coordinator as a decline with the reason.
+//! The agent obeys the board, not the coordinator: it follows the chain of signed manifests
+//! from the trust anchor in its configuration (`[board]`) and takes part only in a round
+//! whose participants are all manifest partners of the dataset with the manifest's keys,
+//! whose policy is the one the manifest signs, whose query carries the board approvals its
+//! cost needs, and whose threshold and survivor floor meet the manifest's requirements and
+//! this partner's own.
+//!
+//! A round goes: reserve its journal entry (a round listed twice is handled once) → check
+//! (dataset served, manifest verified, policy signed, plan compiled from the announced query,
+//! statistic allowed, cost within the floors and the per-query and total local limits, the
+//! same question not answered before, the daily round limit, approvals, participants and
+//! keys from the manifest, threshold) → aggregate the local rows → advertise keys → share
+//! keys → charge the local ledger and send the masked vector → sign the survivor list →
+//! reveal shares (the reveal log saved first). A refusal before advertising is sent to the
+//! coordinator as a decline with its code only.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,8 +24,10 @@ use std::time::Duration;
 
 use civic_api::ProblemCode;
 use civic_api::round::{Inbox, RoundAnnouncement};
+use civic_mechanisms::pricing::DEFAULT_CONFIDENCE;
 use civic_policies::Rho;
 use civic_policies::dataset::DatasetPolicy;
+use civic_policies::manifest::{Manifest, approval_message, policy_digest, verify_chain};
 use civic_secagg::messages::ClientMessage;
 use civic_secagg::{
     ClientRound, IdentityKey, IdentityPublicKey, PartnerId, Requirements, RingVector, Roster,
@@ -28,6 +39,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{AgentConfig, DatasetMapping, SourceConfig};
 use crate::decide::{check_round, check_total, fit_to_round, public_reason};
+use crate::decline::DeclineCode;
 use crate::error::AgentError;
 use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
 use crate::http::{CallError, CoordinatorClient};
@@ -53,6 +65,12 @@ struct Prepared {
     cost: Rho,
     vector: Vec<i64>,
     requirements: Requirements,
+    /// The participants' keys, from the manifest.
+    roster: Roster,
+    /// This partner's id in the round.
+    me: PartnerId,
+    /// The question's fingerprint, recorded as answered once the input is sent.
+    fingerprint: String,
 }
 
 /// One partner's agent.
@@ -178,7 +196,24 @@ impl Agent {
     /// Decides one announced round and, if accepted, takes part.
     pub async fn handle(&self, ann: RoundAnnouncement) -> Result<RoundOutcome, AgentError> {
         let id = ann.round_id;
-        let known = self.state.lock().await.state.rounds.get(&id).cloned();
+        // Reserved under the state lock before any check: a round listed twice (or handled
+        // by two tasks) is taken part in once.
+        let known = self.state.lock().await.update(|s| {
+            if let Some(record) = s.rounds.get(&id) {
+                return Ok(Some(record.clone()));
+            }
+            s.rounds.insert(
+                id,
+                RoundRecord {
+                    dataset: ann.dataset.clone(),
+                    cost_rho_units: 0,
+                    status: RoundStatus::Deciding,
+                    reveals: None,
+                    day: None,
+                },
+            );
+            Ok(None)
+        })?;
         if let Some(record) = known {
             if let RoundStatus::Declined { reason } = record.status {
                 // Announced again (the coordinator restarted): say no again.
@@ -188,20 +223,24 @@ impl Agent {
         }
         let prepared = match self.prepare(&ann).await {
             Ok(p) => p,
-            Err(AgentError::Coordinator(e)) => return Err(AgentError::Coordinator(e)),
+            Err(AgentError::Coordinator(e)) => {
+                // Not a decision: the coordinator could not be asked. Try again next poll.
+                self.state.lock().await.update(|s| {
+                    s.rounds.remove(&id);
+                    Ok(())
+                })?;
+                return Err(AgentError::Coordinator(e));
+            }
             Err(refusal) => {
                 // The coordinator hears only a reason that carries no data; the local log has
                 // the whole story.
                 let reason = public_reason(&refusal);
                 tracing::warn!(round = id, reason = %reason, detail = %refusal, "declining");
-                self.record(
-                    id,
-                    &ann.dataset,
-                    0,
-                    RoundStatus::Declined {
+                self.journal(id, |r| {
+                    r.status = RoundStatus::Declined {
                         reason: reason.clone(),
-                    },
-                )
+                    }
+                })
                 .await?;
                 self.client.decline(id, &reason).await?;
                 return Ok(RoundOutcome::Declined(reason));
@@ -227,27 +266,6 @@ impl Agent {
         }
     }
 
-    async fn record(
-        &self,
-        id: i64,
-        dataset: &str,
-        cost_rho_units: u64,
-        status: RoundStatus,
-    ) -> Result<(), AgentError> {
-        self.state.lock().await.update(|s| {
-            s.rounds.insert(
-                id,
-                RoundRecord {
-                    dataset: dataset.to_string(),
-                    cost_rho_units,
-                    status,
-                    reveals: None,
-                },
-            );
-            Ok(())
-        })
-    }
-
     /// The policy version a round was compiled under (cached: versions never change).
     async fn policy(&self, dataset: &str, version: i64) -> Result<Arc<DatasetPolicy>, AgentError> {
         let key = (dataset.to_string(), version);
@@ -257,7 +275,10 @@ impl Agent {
         let view = self.client.dataset_version(dataset, version).await?;
         let name = format!("dataset {dataset} version {version}");
         let policy = Arc::new(DatasetPolicy::validate(view.policy, &name).map_err(|e| {
-            AgentError::Refused(format!("the coordinator's policy is invalid: {e}"))
+            AgentError::Refused(
+                DeclineCode::PolicyInvalid,
+                format!("the coordinator's policy is invalid: {e}"),
+            )
         })?);
         if let Ok(mut m) = self.policies.lock() {
             m.insert(key, Arc::clone(&policy));
@@ -265,15 +286,60 @@ impl Agent {
         Ok(policy)
     }
 
+    /// The newest manifest the coordinator serves, verified from this partner's trust
+    /// anchor, and never older than one verified before (recorded in the state file).
+    async fn manifest(&self) -> Result<Manifest, AgentError> {
+        let chain = self.client.manifests().await?.manifests;
+        let unverified = |m: String| AgentError::Refused(DeclineCode::ManifestUnverified, m);
+        let manifest = verify_chain(&self.config.board.anchor(), &chain)
+            .map_err(|e| unverified(e.to_string()))?
+            .clone();
+        let digest = manifest.digest();
+        self.state.lock().await.update(|s| match &s.manifest {
+            Some((v, _)) if *v > manifest.version => Err(unverified(format!(
+                "the coordinator serves manifest version {} but this agent verified version {v} \
+                 before: a rollback",
+                manifest.version
+            ))),
+            Some((v, d)) if *v == manifest.version && *d != digest => Err(unverified(format!(
+                "the coordinator serves another manifest as version {v} than this agent \
+                 verified before (digest {digest}, not {d})"
+            ))),
+            _ => {
+                s.manifest = Some((manifest.version, digest.clone()));
+                Ok(())
+            }
+        })?;
+        Ok(manifest)
+    }
+
     /// Every check before taking part, then the local aggregation.
     async fn prepare(&self, ann: &RoundAnnouncement) -> Result<Prepared, AgentError> {
+        use DeclineCode::*;
         let mapping = self.config.dataset(&ann.dataset).ok_or_else(|| {
-            AgentError::Refused(format!(
-                "this partner does not serve dataset {}",
-                ann.dataset
-            ))
+            AgentError::Refused(
+                DatasetNotServed,
+                format!("this partner does not serve dataset {}", ann.dataset),
+            )
         })?;
+        let manifest = self.manifest().await?;
         let policy = self.policy(&ann.dataset, ann.dataset_version).await?;
+        let digest = policy_digest(&policy.file);
+        if manifest.policy_digest(&ann.dataset) != Some(digest.as_str()) {
+            return Err(AgentError::Refused(
+                PolicyNotSigned,
+                format!(
+                    "dataset {} version {} has policy digest {digest}; the board's manifest \
+                     (version {}) signs {}",
+                    ann.dataset,
+                    ann.dataset_version,
+                    manifest.version,
+                    manifest
+                        .policy_digest(&ann.dataset)
+                        .unwrap_or("no policy for it")
+                ),
+            ));
+        }
         if let Some(path) = &mapping.policy {
             // Defence in depth: the board's policy as this partner has it must be the one the
             // coordinator compiled the round under.
@@ -281,24 +347,61 @@ impl Agent {
             let local = DatasetPolicy::from_toml(&text, &path.display().to_string())
                 .map_err(|e| AgentError::local(path, e))?;
             if local.file != policy.file {
-                return Err(AgentError::Refused(format!(
-                    "the coordinator's policy for {} (version {}) differs from the local copy {}",
-                    ann.dataset,
-                    ann.dataset_version,
-                    path.display()
-                )));
+                return Err(AgentError::Refused(
+                    PolicyDiffersFromLocalCopy,
+                    format!(
+                        "the coordinator's policy for {} (version {}) differs from the local copy {}",
+                        ann.dataset,
+                        ann.dataset_version,
+                        path.display()
+                    ),
+                ));
             }
         }
-        let checked = check_round(ann, &policy, &self.config.limits)?;
-        let spent = self.state.lock().await.spent(&ann.dataset);
-        check_total(&self.config.limits, &ann.dataset, spent, checked.cost)?;
-        let roster = self.roster().await?;
-        let me = self.me(&roster)?;
-        if !ann.config.is_participant(me) {
-            return Err(AgentError::Refused(format!(
-                "the round's participants do not include this partner ({me})"
-            )));
+        let checked = check_round(ann, &policy, &self.config.limits, &manifest.requirements)?;
+        let confidence = ann.confidence.unwrap_or(DEFAULT_CONFIDENCE);
+        let fingerprint = civic_api::query::fingerprint(
+            &ann.dataset,
+            ann.dataset_version,
+            &ann.query,
+            &ann.privacy,
+            confidence,
+        );
+        check_approvals(&manifest, &policy, checked.cost, &fingerprint, ann)?;
+        {
+            let state = self.state.lock().await;
+            if state.state.answered.contains(&fingerprint) {
+                return Err(AgentError::Refused(
+                    AlreadyAnswered,
+                    format!(
+                        "this partner already sent its input for the same question (fingerprint \
+                         {fingerprint}): the coordinator must re-serve that release"
+                    ),
+                ));
+            }
+            let most = self
+                .config
+                .limits
+                .max_rounds_per_dataset_per_day
+                .unwrap_or(u32::MAX)
+                .min(manifest.requirements.max_rounds_per_dataset_per_day);
+            if state.joined_on(&ann.dataset, today()) >= most as usize {
+                return Err(AgentError::Refused(
+                    RoundRateExceeded,
+                    format!(
+                        "this partner joined {most} rounds on {} today, its most",
+                        ann.dataset
+                    ),
+                ));
+            }
+            check_total(
+                &self.config.limits,
+                &ann.dataset,
+                state.spent(&ann.dataset),
+                checked.cost,
+            )?;
         }
+        let (roster, me) = self.roster(&manifest, &policy, ann).await?;
         let (vector, counts) = aggregate(mapping, &policy, &checked.compiled).await?;
         tracing::info!(
             round = ann.round_id,
@@ -325,45 +428,76 @@ impl Agent {
             cost: checked.cost,
             vector,
             requirements: checked.requirements,
+            roster,
+            me,
+            fingerprint,
         })
     }
 
-    /// The roster, with keys checked against those pinned on first use.
-    async fn roster(&self) -> Result<Roster, AgentError> {
-        let keys = self.client.roster().await?;
-        self.state.lock().await.pin_keys(&keys)?;
-        keys.iter()
-            .map(|(id, hex_key)| {
-                let mut k = [0u8; 32];
-                hex::decode_to_slice(hex_key, &mut k).map_err(|_| {
-                    AgentError::Protocol(format!(
-                        "partner {id}'s roster key is not 32 bytes of hex"
-                    ))
-                })?;
-                Ok((PartnerId(*id), IdentityPublicKey(k)))
-            })
-            .collect()
-    }
-
-    fn me(&self, roster: &Roster) -> Result<PartnerId, AgentError> {
-        let mine = self.identity.public();
-        roster
-            .iter()
-            .find(|(_, k)| **k == mine)
-            .map(|(p, _)| *p)
-            .ok_or_else(|| {
-                AgentError::Refused(
-                    "the coordinator's roster does not hold this agent's identity key".into(),
-                )
-            })
+    /// The round's roster, from the board's manifest: every participant must be a manifest
+    /// partner named by the policy, registered at the coordinator with the manifest's key
+    /// (one participant per partner), and this partner among them with its own key. Only
+    /// the manifest's keys are returned, so every signature in the round is checked against
+    /// keys the board signed, never keys the coordinator chose.
+    async fn roster(
+        &self,
+        manifest: &Manifest,
+        policy: &DatasetPolicy,
+        ann: &RoundAnnouncement,
+    ) -> Result<(Roster, PartnerId), AgentError> {
+        let registered = self.client.roster().await?;
+        let mine = hex::encode(self.identity.public().0);
+        let refuse = |m: String| AgentError::Refused(DeclineCode::ParticipantNotInManifest, m);
+        let mut roster = Roster::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut me = None;
+        for &p in &ann.config.participants {
+            let key = registered
+                .get(&p.0)
+                .ok_or_else(|| refuse(format!("participant {p} has no registered key")))?;
+            let partner = manifest.partner_with_key(key).ok_or_else(|| {
+                refuse(format!(
+                    "participant {p}'s key {key} is not a partner key in manifest version {}",
+                    manifest.version
+                ))
+            })?;
+            if !policy.partners().iter().any(|n| *n == partner.name) {
+                return Err(refuse(format!(
+                    "participant {p} is manifest partner {}, which does not hold dataset {}",
+                    partner.name, ann.dataset
+                )));
+            }
+            if !seen.insert(partner.name.clone()) {
+                return Err(refuse(format!(
+                    "manifest partner {} takes part twice",
+                    partner.name
+                )));
+            }
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(partner.identity_key.trim(), &mut bytes)
+                .map_err(|_| refuse(format!("partner {}'s key is not hex", partner.name)))?;
+            if key.eq_ignore_ascii_case(&mine) {
+                me = Some(p);
+            }
+            roster.insert(p, IdentityPublicKey(bytes));
+        }
+        let me = me.ok_or_else(|| {
+            AgentError::Refused(
+                DeclineCode::NotInvited,
+                "the round's participants do not include this partner's identity key".into(),
+            )
+        })?;
+        Ok((roster, me))
     }
 
     async fn take_part(&self, ann: &RoundAnnouncement, p: Prepared) -> Result<(), AgentError> {
         let id = ann.round_id;
-        let roster = self.roster().await?;
-        let me = self.me(&roster)?;
+        let (roster, me) = (p.roster.clone(), p.me);
         let input = RingVector::from_signed(ann.config.width, &p.vector).map_err(|e| {
-            AgentError::Refused(format!("the local aggregate does not fit the ring: {e}"))
+            AgentError::Refused(
+                DeclineCode::ConfigurationMismatch,
+                format!("the local aggregate does not fit the ring: {e}"),
+            )
         })?;
         let mut rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
             .map_err(|e| AgentError::Protocol(format!("the OS random source failed: {e}")))?;
@@ -375,10 +509,15 @@ impl Agent {
             &p.requirements,
             &mut rng,
         )
-        .map_err(|e| AgentError::Refused(e.to_string()))?;
+        .map_err(|e| AgentError::Refused(DeclineCode::ThresholdTooLow, e.to_string()))?;
         // Journal first: a restart after this point never joins the round again.
-        self.record(id, &p.dataset, p.cost.units(), RoundStatus::Joined)
-            .await?;
+        let cost = p.cost.units();
+        self.journal(id, |r| {
+            r.cost_rho_units = cost;
+            r.status = RoundStatus::Joined;
+            r.day = Some(today());
+        })
+        .await?;
         self.client
             .post(id, &ClientMessage::AdvertiseKeys(advert))
             .await?;
@@ -409,6 +548,7 @@ impl Agent {
             check_total(limits, &p.dataset, before, p.cost)?;
             let spent = s.spent.entry(p.dataset.clone()).or_insert(0);
             *spent = spent.saturating_add(p.cost.units());
+            s.answered.insert(p.fingerprint.clone());
             if let Some(r) = s.rounds.get_mut(&id) {
                 r.status = RoundStatus::InputSent;
             }
@@ -492,6 +632,42 @@ impl Agent {
     }
 }
 
+/// A query whose cost needs the board's approval must carry valid signatures over its
+/// fingerprint from enough distinct members of the manifest's board.
+fn check_approvals(
+    manifest: &Manifest,
+    policy: &DatasetPolicy,
+    cost: Rho,
+    fingerprint: &str,
+    ann: &RoundAnnouncement,
+) -> Result<(), AgentError> {
+    let needed = manifest.approvals_needed(policy.approvals_needed(cost));
+    if needed == 0 {
+        return Ok(());
+    }
+    let valid = manifest
+        .board
+        .valid_signers(&approval_message(fingerprint), &ann.approvals);
+    if valid < needed as usize {
+        return Err(AgentError::Refused(
+            DeclineCode::ApprovalMissing,
+            format!(
+                "the query (fingerprint {fingerprint}) costs ρ = {cost} and needs {needed} board \
+                 approvals; it carries {valid} valid signature(s) of manifest version {}'s board",
+                manifest.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Today, UTC, as days since 1970-01-01.
+fn today() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
+}
+
 fn protocol(e: civic_secagg::SecAggError) -> AgentError {
     AgentError::Protocol(e.to_string())
 }
@@ -531,6 +707,7 @@ fn read_token(config: &AgentConfig) -> Result<Zeroizing<String>, AgentError> {
                 field: "coordinator.token_file".into(),
                 reason: "set token_file (or the CIVIC_AGENT_TOKEN environment variable)".into(),
             })?;
+    crate::identity::refuse_if_shared(path, "token")?;
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
             .map_err(|e| AgentError::local(path, format!("cannot read the token: {e}")))?,
@@ -547,10 +724,12 @@ pub fn readers(
     columns
         .iter()
         .map(|name| {
-            let column = policy
-                .column(name)
-                .cloned()
-                .ok_or_else(|| AgentError::Refused(format!("the policy has no column {name}")))?;
+            let column = policy.column(name).cloned().ok_or_else(|| {
+                AgentError::Refused(
+                    DeclineCode::QueryInvalid,
+                    format!("the policy has no column {name}"),
+                )
+            })?;
             let (local, values) = mapping
                 .columns
                 .get(name)

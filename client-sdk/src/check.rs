@@ -92,18 +92,17 @@ async fn load_policy(
         return DatasetPolicy::from_toml(&text, &path.display().to_string())
             .map_err(|e| AgentError::local(path, e));
     }
-    let client = client.ok_or_else(|| {
-        AgentError::Refused(format!(
-            "dataset {}: offline, and no local policy copy (datasets.policy)",
-            mapping.id
-        ))
+    let client = client.ok_or_else(|| AgentError::Config {
+        file: "partner.toml".into(),
+        field: format!("datasets ({}).policy", mapping.id),
+        reason: "offline, and no local policy copy: set datasets.policy".into(),
     })?;
     let view = client.latest_dataset(&mapping.id).await?;
     DatasetPolicy::validate(
         view.policy,
         &format!("dataset {} version {}", mapping.id, view.version),
     )
-    .map_err(|e| AgentError::Refused(e.to_string()))
+    .map_err(|e| AgentError::Refused(crate::decline::DeclineCode::PolicyInvalid, e.to_string()))
 }
 
 async fn check_dataset(

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use civic_policies::manifest::{Board, BoardMember, TrustAnchor};
 use serde::Deserialize;
 
 use crate::error::AgentError;
@@ -19,6 +20,8 @@ pub struct AgentConfig {
     pub identity_key: PathBuf,
     /// Directory for the agent's own records: ledger, pinned keys, round journal.
     pub state_dir: PathBuf,
+    /// `[board]`: where trust starts.
+    pub board: BoardTrust,
     /// `[limits]`: the partner's own policy.
     pub limits: LocalLimits,
     /// `[[datasets]]`: what this partner serves.
@@ -44,6 +47,78 @@ pub struct CoordinatorConfig {
     /// The longest back-off after errors, in seconds (default 300).
     #[serde(default = "default_backoff")]
     pub max_backoff_seconds: f64,
+}
+
+/// `[board]`: the governance board's keys and threshold, or the digest of a manifest, as the
+/// board gave them at onboarding (out of band, never from the coordinator). The agent takes
+/// part only in rounds the manifest they establish backs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardTrust {
+    /// The board members' Ed25519 public keys, hex (`civic-board show`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// How many of them sign a manifest.
+    #[serde(default)]
+    pub threshold: Option<usize>,
+    /// Or: the digest of a manifest the board gave this partner (`civic-board verify`).
+    #[serde(default)]
+    pub manifest_digest: Option<String>,
+}
+
+impl BoardTrust {
+    /// The trust anchor this names.
+    pub fn anchor(&self) -> TrustAnchor {
+        match &self.manifest_digest {
+            Some(d) => TrustAnchor::Digest(d.trim().to_ascii_lowercase()),
+            None => TrustAnchor::Board(Board {
+                threshold: self.threshold.unwrap_or(0),
+                members: self
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| BoardMember {
+                        name: format!("board key {}", i + 1),
+                        key: k.trim().to_ascii_lowercase(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let digest_form = self.manifest_digest.is_some();
+        let keys_form = !self.keys.is_empty() || self.threshold.is_some();
+        match (digest_form, keys_form) {
+            (true, true) => Err((
+                "board".into(),
+                "give either keys and threshold, or manifest_digest, not both".into(),
+            )),
+            (false, false) => Err((
+                "board".into(),
+                "set keys and threshold (the board's public keys, from the board at onboarding), \
+                 or manifest_digest"
+                    .into(),
+            )),
+            (true, false) => {
+                let d = self.manifest_digest.as_deref().unwrap_or_default().trim();
+                if d.len() == 64 && hex::decode(d).is_ok() {
+                    Ok(())
+                } else {
+                    Err((
+                        "board.manifest_digest".into(),
+                        "expected 64 hex digits".into(),
+                    ))
+                }
+            }
+            (false, true) => match self.anchor() {
+                TrustAnchor::Board(b) => b
+                    .validate("board")
+                    .map_err(|e| ("board".into(), e.to_string())),
+                TrustAnchor::Digest(_) => Ok(()),
+            },
+        }
+    }
 }
 
 fn default_poll() -> f64 {
@@ -80,6 +155,20 @@ pub struct LocalLimits {
     /// Fraction of corrupt partners the round's threshold must withstand (default 0).
     #[serde(default)]
     pub max_corrupt_fraction: f64,
+    /// Colluding partners the round's threshold must withstand, as a count (default 1, the
+    /// least allowed; the manifest's `tolerated_colluders` applies if larger).
+    #[serde(default = "default_min_colluders")]
+    pub min_colluders: usize,
+    /// The least ρ a query may cost (the manifest's floor applies if larger).
+    #[serde(default)]
+    pub min_rho_per_query: Option<f64>,
+    /// The most rounds joined per dataset per day, UTC (the manifest's applies if smaller).
+    #[serde(default)]
+    pub max_rounds_per_dataset_per_day: Option<u32>,
+}
+
+fn default_min_colluders() -> usize {
+    1
 }
 
 fn default_min_survivors() -> usize {
@@ -223,11 +312,18 @@ impl AgentConfig {
             })
         };
         let url = &self.coordinator.url;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.starts_with("https://") || (url.starts_with("http://") && is_loopback(url))) {
             return bad(
                 "coordinator.url",
-                format!("{url:?} must start with https:// (or http:// on loopback)"),
+                format!(
+                    "{url:?} must start with https:// (plain http:// only to 127.0.0.1, [::1] or \
+                     localhost): the token and the round's messages must not cross a network in \
+                     the clear"
+                ),
             );
+        }
+        if let Err((field, reason)) = self.board.check() {
+            return bad(&field, reason);
         }
         let positive = |v: f64| v.is_finite() && v > 0.0;
         if !positive(self.coordinator.poll_seconds)
@@ -260,6 +356,24 @@ impl AgentConfig {
             return bad(
                 "limits.allowed_statistics",
                 format!("unknown statistic {s:?}; known: {}", STATISTICS.join(", ")),
+            );
+        }
+        if l.min_colluders < 1 {
+            return bad(
+                "limits.min_colluders",
+                "must be at least 1: with none, one colluding partner unmasks every input".into(),
+            );
+        }
+        if let Some(v) = l.min_rho_per_query.filter(|v| !positive(*v)) {
+            return bad(
+                "limits.min_rho_per_query",
+                format!("must be a positive number, got {v}"),
+            );
+        }
+        if l.max_rounds_per_dataset_per_day == Some(0) {
+            return bad(
+                "limits.max_rounds_per_dataset_per_day",
+                "must be at least 1".into(),
             );
         }
         if l.min_survivors < 2 {
@@ -327,3 +441,75 @@ pub const STATISTICS: [&str; 6] = [
     "quantiles",
     "linear_regression",
 ];
+
+/// Whether an `http://` URL's host is this machine.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.trim_start_matches("http://");
+    let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_accepted_only_to_this_machine() {
+        for url in [
+            "http://127.0.0.1:8440",
+            "http://localhost/",
+            "http://[::1]:80/x",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "http://civic.example.org",
+            "http://127.0.0.1.evil.example",
+            "http://10.0.0.1:8440",
+            "http://localhost.example.org",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_board_section_takes_keys_and_threshold_or_a_digest() {
+        let key = |s: u8| {
+            hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(&[s; 32])
+                    .verifying_key()
+                    .as_bytes(),
+            )
+        };
+        let trust = |keys: Vec<String>, threshold, digest: Option<&str>| BoardTrust {
+            keys,
+            threshold,
+            manifest_digest: digest.map(String::from),
+        };
+        assert!(
+            trust(vec![key(1), key(2), key(3)], Some(2), None)
+                .check()
+                .is_ok()
+        );
+        assert!(trust(vec![], None, Some(&"ab".repeat(32))).check().is_ok());
+        let e = trust(vec![key(1), key(2), key(3)], Some(1), None)
+            .check()
+            .unwrap_err();
+        assert!(e.1.contains("more than half"), "{e:?}");
+        let e = trust(vec![], None, None).check().unwrap_err();
+        assert!(e.1.contains("set keys and threshold"), "{e:?}");
+        let e = trust(vec![key(1)], Some(1), Some(&"ab".repeat(32)))
+            .check()
+            .unwrap_err();
+        assert!(e.1.contains("not both"), "{e:?}");
+        let e = trust(vec![], None, Some("abc")).check().unwrap_err();
+        assert_eq!(e.0, "board.manifest_digest");
+    }
+}

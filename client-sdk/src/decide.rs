@@ -8,23 +8,28 @@
 //! - the query fits the policy version it names and its statistic is one this partner
 //!   answers (`allowed_statistics`);
 //! - its cost, computed here with the same pricing function the coordinator uses (never
-//!   taken from the coordinator), is at least the policy's per-query floor and within this
-//!   partner's per-query limits (`max_epsilon_per_query`, `max_rho_per_query`);
+//!   taken from the coordinator), is at least the policy's, the manifest's and this partner's
+//!   floor per query and within this partner's per-query limits (`max_epsilon_per_query`,
+//!   `max_rho_per_query`);
 //! - with what this partner has already spent on the dataset it stays within `total_rho`
 //!   ([`check_total`], checked again under the ledger's lock just before the vector leaves);
 //! - the round's configuration is the one the plan needs (round id, vector length, a ring wide
-//!   enough for the sums) and its secure aggregation meets this partner's requirements
-//!   (tolerated dropouts and colluders, the survivor floor).
+//!   enough for the sums) and its secure aggregation meets the manifest's and this partner's
+//!   requirements (tolerated dropouts and colluders, the survivor floor).
+//!
+//! A refusal carries a [`DeclineCode`]: the coordinator hears only the code.
 
 use civic_api::round::RoundAnnouncement;
 use civic_mechanisms::AggregationPlan;
 use civic_mechanisms::pricing::{DEFAULT_REPORTING_DELTA, PricingContext, price};
 use civic_policies::Rho;
 use civic_policies::dataset::DatasetPolicy;
+use civic_policies::manifest::RoundRequirements;
 use civic_policies::query::Statistic;
 use civic_secagg::{Requirements, Tolerances, Width};
 
 use crate::config::LocalLimits;
+use crate::decline::DeclineCode;
 use crate::error::AgentError;
 use crate::evaluate::CompiledPlan;
 
@@ -55,15 +60,18 @@ pub fn statistic_name(s: &Statistic) -> &'static str {
     }
 }
 
-/// The checks that need no data and no state (see the module documentation).
+/// The checks that need no data and no state (see the module documentation); `floor` is
+/// what the board's manifest requires of every round.
 pub fn check_round(
     ann: &RoundAnnouncement,
     policy: &DatasetPolicy,
     limits: &LocalLimits,
+    floor: &RoundRequirements,
 ) -> Result<CheckedRound, AgentError> {
-    let refuse = |m: String| AgentError::Refused(m);
+    use DeclineCode::*;
+    let refuse = |code: DeclineCode| move |m: String| AgentError::Refused(code, m);
     if ann.protocol != SECURE_SUM {
-        return Err(refuse(format!(
+        return Err(refuse(ProtocolUnsupported)(format!(
             "the round runs protocol {:?}; this agent takes part only in {SECURE_SUM}",
             ann.protocol
         )));
@@ -72,12 +80,12 @@ pub fn check_round(
         .query
         .clone()
         .validate(policy)
-        .map_err(|e| refuse(format!("the query does not fit the policy: {e}")))?;
+        .map_err(|e| refuse(QueryInvalid)(format!("the query does not fit the policy: {e}")))?;
     let name = statistic_name(&validated.query().statistic);
     if let Some(allowed) = &limits.allowed_statistics
         && !allowed.iter().any(|a| a == name)
     {
-        return Err(refuse(format!(
+        return Err(refuse(StatisticNotAllowed)(format!(
             "statistic {name} is not among those this partner answers ({})",
             allowed.join(", ")
         )));
@@ -86,40 +94,54 @@ pub fn check_round(
         max_rows_per_partner: ann.max_rows_per_partner,
         reporting_delta: ann.reporting_delta.unwrap_or(DEFAULT_REPORTING_DELTA),
     };
-    let priced = price(policy, &ann.query, ann.privacy, ann.confidence, context)
-        .map_err(|e| refuse(e.to_string()))?;
+    let priced = price(policy, &ann.query, ann.privacy, ann.confidence, context).map_err(|e| {
+        let code = match e.to_string().contains("floor") {
+            true => CostBelowMinimum,
+            false => QueryInvalid,
+        };
+        refuse(code)(e.to_string())
+    })?;
     let (cost, epsilon) = (priced.cost.rho, priced.cost.epsilon);
     if let (Some(max), Some(eps)) = (limits.max_epsilon_per_query, epsilon)
         && eps > max * (1.0 + 1e-12)
     {
-        return Err(refuse(format!(
+        return Err(refuse(CostAboveLimit)(format!(
             "the query spends ε = {eps}, above this partner's limit of {max} per query"
         )));
     }
     if let Some(max) = limits.max_rho_per_query {
-        let cap = Rho::cap(max).map_err(|e| refuse(e.to_string()))?;
+        let cap = Rho::cap(max).map_err(|e| refuse(CostAboveLimit)(e.to_string()))?;
         if cost > cap {
-            return Err(refuse(format!(
+            return Err(refuse(CostAboveLimit)(format!(
                 "the query spends ρ = {cost}, above this partner's limit of {max} per query"
             )));
         }
     } else if epsilon.is_none() {
-        return Err(refuse(
+        return Err(refuse(CostAboveLimit)(
             "the query is ρ-zCDP and this partner sets only max_epsilon_per_query".into(),
         ));
+    }
+    let least = floor
+        .min_rho_per_query
+        .max(limits.min_rho_per_query.unwrap_or(0.0));
+    if cost.as_f64() < least * (1.0 - 1e-12) {
+        return Err(refuse(CostBelowMinimum)(format!(
+            "the query spends ρ = {cost}, below the least a query may cost ({least}: the \
+             manifest's floor and this partner's)"
+        )));
     }
     let plan = priced.plan;
     let c = &ann.config;
     if c.round_id.0 != ann.round_id as u64 || c.vector_len != plan.vector_len {
-        return Err(refuse(format!(
+        return Err(refuse(ConfigurationMismatch)(format!(
             "the round's configuration (round {}, {} slots) does not match the plan compiled here (round {}, {} slots)",
             c.round_id, c.vector_len, ann.round_id, plan.vector_len
         )));
     }
     let needed = Width::for_layout(plan.max_slot_per_partner, c.participants.len(), 0)
-        .map_err(|e| refuse(e.to_string()))?;
+        .map_err(|e| refuse(ConfigurationMismatch)(e.to_string()))?;
     if c.width.max_magnitude() < needed.max_magnitude() {
-        return Err(refuse(format!(
+        return Err(refuse(ConfigurationMismatch)(format!(
             "the round's ring ({:?}) is too narrow for the plan's sums (needs {needed:?})",
             c.width
         )));
@@ -129,11 +151,15 @@ pub fn check_round(
             max_dropout_rate: limits.max_dropout_rate,
             max_corrupt_fraction: limits.max_corrupt_fraction,
         },
-        min_survivors: limits.min_survivors.max(policy.min_partners() as usize),
+        min_survivors: limits
+            .min_survivors
+            .max(policy.min_partners() as usize)
+            .max(floor.min_survivors),
+        min_colluders: limits.min_colluders.max(floor.tolerated_colluders),
     };
     c.check_requirements(&requirements)
-        .map_err(|e| refuse(e.to_string()))?;
-    let compiled = CompiledPlan::new(&validated, policy, &plan).map_err(refuse)?;
+        .map_err(|e| refuse(ThresholdTooLow)(e.to_string()))?;
+    let compiled = CompiledPlan::new(&validated, policy, &plan).map_err(refuse(QueryInvalid))?;
     Ok(CheckedRound {
         plan,
         compiled,
@@ -142,16 +168,14 @@ pub fn check_round(
     })
 }
 
-/// What the coordinator is told when this partner declines: a refusal under the local
-/// policy says why (it is about the announced round and this partner's own limits, never its
-/// data); anything that went wrong reading or evaluating the data is reported without a
-/// word of it (no value, count, row, file or column), since the coordinator may be probing.
+/// What the coordinator is told when this partner declines: the code of a refusal and its
+/// fixed description, never the details (which limit, which value); anything that went
+/// wrong reading or evaluating the data is reported as `data.unavailable`, without a word of
+/// it (no value, count, row, file or column), since the coordinator may be probing.
 pub fn public_reason(refusal: &AgentError) -> String {
     match refusal {
-        AgentError::Refused(reason) => format!("refused: {reason}"),
-        _ => "this partner could not evaluate the query on its data; its operators have the \
-              details in the agent's log"
-            .into(),
+        AgentError::Refused(code, _) => code.public_reason(),
+        _ => DeclineCode::DataUnavailable.public_reason(),
     }
 }
 
@@ -178,13 +202,17 @@ pub fn check_total(
     spent: Rho,
     cost: Rho,
 ) -> Result<(), AgentError> {
-    let total = Rho::cap(limits.total_rho).map_err(|e| AgentError::Refused(e.to_string()))?;
+    let total = Rho::cap(limits.total_rho)
+        .map_err(|e| AgentError::Refused(DeclineCode::LocalBudgetExhausted, e.to_string()))?;
     match spent.checked_add(cost) {
         Some(after) if after <= total => Ok(()),
-        _ => Err(AgentError::Refused(format!(
-            "dataset {dataset}: this partner has spent ρ = {spent} of its local total {}; the query's ρ = {cost} would exceed it",
-            limits.total_rho
-        ))),
+        _ => Err(AgentError::Refused(
+            DeclineCode::LocalBudgetExhausted,
+            format!(
+                "dataset {dataset}: this partner has spent ρ = {spent} of its local total {}; the query's ρ = {cost} would exceed it",
+                limits.total_rho
+            ),
+        )),
     }
 }
 
@@ -241,9 +269,18 @@ mod tests {
         json!({ "dataset": "diabetes", "statistic": "count" })
     }
 
+    fn floor() -> RoundRequirements {
+        RoundRequirements {
+            tolerated_colluders: 1,
+            min_survivors: 3,
+            min_rho_per_query: 1e-4,
+            max_rounds_per_dataset_per_day: 100,
+        }
+    }
+
     fn refusal(r: Result<CheckedRound, AgentError>) -> String {
         match r {
-            Err(AgentError::Refused(m)) => m,
+            Err(AgentError::Refused(code, m)) => format!("{code}: {m}"),
             Err(e) => panic!("not a refusal: {e}"),
             Ok(_) => panic!("accepted"),
         }
@@ -253,7 +290,7 @@ mod tests {
     fn a_round_within_the_local_limits_is_accepted_and_costed_here() {
         let policy = diabetes();
         let ann = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);
-        let checked = check_round(&ann, &policy, &limits()).unwrap();
+        let checked = check_round(&ann, &policy, &limits(), &floor()).unwrap();
         // ρ = ε²/2 for pure ε, rounded up to the ledger unit.
         assert!(
             (checked.cost.as_f64() - 0.08).abs() < 1e-9,
@@ -276,6 +313,7 @@ mod tests {
             &announcement(count(), PrivacyRequest::Epsilon(2.0), 3),
             &policy,
             &limits(),
+            &floor(),
         ));
         assert!(
             e.contains("ε = 2") && e.contains("limit of 1 per query"),
@@ -285,6 +323,7 @@ mod tests {
             &announcement(count(), PrivacyRequest::Rho(0.2), 3),
             &policy,
             &limits(),
+            &floor(),
         ));
         assert!(e.contains("limit of 0.1 per query"), "{e}");
         let sum = json!({ "dataset": "diabetes", "statistic": { "sum": { "column": "hba1c" } } });
@@ -294,6 +333,7 @@ mod tests {
             &announcement(sum, PrivacyRequest::Rho(0.01), 3),
             &policy,
             &only_counts,
+            &floor(),
         ));
         assert!(e.contains("statistic sum is not among"), "{e}");
         // A coordinator that would release from fewer survivors than this partner requires.
@@ -303,6 +343,7 @@ mod tests {
             &announcement(count(), PrivacyRequest::Rho(0.01), 3),
             &policy,
             &strict,
+            &floor(),
         ));
         assert!(e.contains("requires at least 4"), "{e}");
     }
@@ -319,9 +360,19 @@ mod tests {
         for secret in ["extract", "304", "AGE_YRS", "whole number"] {
             assert!(!reason.contains(secret), "{reason}");
         }
-        let policy =
-            AgentError::Refused("statistic sum is not among those this partner answers".into());
-        assert!(public_reason(&policy).contains("statistic sum"));
+        let policy = AgentError::Refused(
+            DeclineCode::StatisticNotAllowed,
+            "statistic sum is not among those this partner answers (count)".into(),
+        );
+        assert_eq!(
+            public_reason(&policy),
+            "query.statistic_not_allowed: this partner does not answer this statistic"
+        );
+        let limit = AgentError::Refused(
+            DeclineCode::CostAboveLimit,
+            "the query spends ρ = 0.2, above this partner's limit of 0.1".into(),
+        );
+        assert!(!public_reason(&limit).contains("0.1"));
     }
 
     #[test]
@@ -341,6 +392,7 @@ mod tests {
             &announcement(count(), PrivacyRequest::Rho(1e-12), 3),
             &policy,
             &limits(),
+            &floor(),
         ));
         assert!(e.contains("floor"), "{e}");
     }
@@ -350,18 +402,45 @@ mod tests {
         let policy = diabetes();
         let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
         ann.config.vector_len = 2;
-        let e = refusal(check_round(&ann, &policy, &limits()));
+        let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
         assert!(e.contains("does not match the plan"), "{e}");
         let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
         ann.query = serde_json::from_value(
             json!({ "dataset": "diabetes", "statistic": { "sum": { "column": "nhs_number" } } }),
         )
         .unwrap();
-        let e = refusal(check_round(&ann, &policy, &limits()));
+        let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
         assert!(e.contains("does not fit the policy"), "{e}");
         let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
         ann.protocol = "something-else/v9".into();
-        let e = refusal(check_round(&ann, &policy, &limits()));
+        let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
         assert!(e.contains("takes part only in secure-sum/v2"), "{e}");
+    }
+
+    #[test]
+    fn the_manifests_floor_refuses_cheap_queries_and_weak_thresholds_with_their_codes() {
+        let policy = diabetes();
+        let ann = announcement(count(), PrivacyRequest::Rho(5e-5), 3);
+        let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
+        assert!(e.starts_with("query.cost_below_minimum"), "{e}");
+        let ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
+        assert_eq!(ann.config.threshold, 4);
+        let two = RoundRequirements {
+            tolerated_colluders: 2,
+            ..floor()
+        };
+        assert!(check_round(&ann, &policy, &limits(), &two).is_ok());
+        let three = RoundRequirements {
+            tolerated_colluders: 3,
+            ..floor()
+        };
+        let e = refusal(check_round(&ann, &policy, &limits(), &three));
+        assert!(e.starts_with("round.threshold_too_low"), "{e}");
+        let four_survivors = RoundRequirements {
+            min_survivors: 4,
+            ..floor()
+        };
+        let e = refusal(check_round(&ann, &policy, &limits(), &four_survivors));
+        assert!(e.contains("requires at least 4"), "{e}");
     }
 }

@@ -35,9 +35,10 @@ pub enum AgentError {
         /// What is wrong (never the value itself when it is in bounds).
         reason: String,
     },
-    /// The round is refused under this partner's policy.
-    #[error("refused: {0}")]
-    Refused(String),
+    /// The round is refused under this partner's policy or the board's manifest: the code
+    /// (all the coordinator hears) and the details (for the partner's own log).
+    #[error("refused ({0}): {1}")]
+    Refused(crate::decline::DeclineCode, String),
     /// The coordinator answered with an error, or could not be reached.
     #[error("coordinator: {0}")]
     Coordinator(String),

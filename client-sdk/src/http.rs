@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use civic_api::governance::DatasetView;
+use civic_api::governance::{DatasetView, ManifestChain};
 use civic_api::round::{DeclineRound, Inbox, PartnerRounds, RegisterIdentity, RosterEntry};
 use civic_api::{Problem, ProblemCode};
 use civic_api::{decode_binary, encode_binary};
@@ -60,6 +60,50 @@ impl From<CallError> for AgentError {
             CallError::Unavailable(m) => m,
         })
     }
+}
+
+/// The most a JSON answer may hold (a round list, a policy, the manifests).
+const MAX_JSON_BYTES: usize = 16 << 20;
+/// The most an inbox may hold (key rosters and forwarded shares of many partners).
+const MAX_INBOX_BYTES: usize = 256 << 20;
+
+/// Reads a response's body, refusing one larger than `limit` before holding it all: a
+/// coordinator cannot make the agent allocate without bound.
+async fn read_limited(
+    mut res: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, CallError> {
+    let too_large = || CallError::Refused {
+        status: 200,
+        code: None,
+        detail: format!("{what}: the answer is larger than {limit} bytes"),
+    };
+    if res.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res
+        .chunk()
+        .await
+        .map_err(|e| CallError::Unavailable(format!("{what}: {e}")))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads a JSON answer of at most [`MAX_JSON_BYTES`].
+async fn read_json<T: serde::de::DeserializeOwned>(
+    res: reqwest::Response,
+    what: &str,
+) -> Result<T, CallError> {
+    let body = read_limited(res, MAX_JSON_BYTES, what).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| CallError::Unavailable(format!("unreadable {what}: {e}")))
 }
 
 /// The `Retry-After` delay of a response, in seconds, if it states one.
@@ -127,7 +171,10 @@ impl CoordinatorClient {
                 Ok(res) if res.status().is_success() => return Ok(res),
                 Ok(res) if res.status().is_client_error() => {
                     let status = res.status().as_u16();
-                    let text = res.text().await.unwrap_or_default();
+                    let text = read_limited(res, 64 << 10, "an error answer")
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default();
                     let (code, detail) = match serde_json::from_str::<Problem>(&text) {
                         Ok(p) => (p.problem_code(), p.detail),
                         Err(_) => (None, text.chars().take(300).collect()),
@@ -167,10 +214,13 @@ impl CoordinatorClient {
     /// Open rounds this partner is invited to.
     pub async fn rounds(&self) -> Result<PartnerRounds, CallError> {
         let url = format!("{}/v1/partner/rounds", self.base);
-        let res = self.call(|h| h.get(&url)).await?;
-        res.json()
-            .await
-            .map_err(|e| CallError::Unavailable(format!("unreadable round list: {e}")))
+        read_json(self.call(|h| h.get(&url)).await?, "round list").await
+    }
+
+    /// Every manifest the coordinator holds, oldest first (verified by the caller).
+    pub async fn manifests(&self) -> Result<ManifestChain, CallError> {
+        let url = format!("{}/v1/manifests", self.base);
+        read_json(self.call(|h| h.get(&url)).await?, "manifest list").await
     }
 
     /// One version of a dataset's policy.
@@ -186,21 +236,14 @@ impl CoordinatorClient {
     }
 
     async fn dataset(&self, url: &str) -> Result<DatasetView, CallError> {
-        let res = self.call(|h| h.get(url)).await?;
-        res.json()
-            .await
-            .map_err(|e| CallError::Unavailable(format!("unreadable dataset: {e}")))
+        read_json(self.call(|h| h.get(url)).await?, "dataset").await
     }
 
     /// Every registered partner's identity key (hex), by partner id.
     pub async fn roster(&self) -> Result<BTreeMap<u32, String>, CallError> {
         let url = format!("{}/v1/partners/roster", self.base);
-        let entries: Vec<RosterEntry> = self
-            .call(|h| h.get(&url))
-            .await?
-            .json()
-            .await
-            .map_err(|e| CallError::Unavailable(format!("unreadable roster: {e}")))?;
+        let entries: Vec<RosterEntry> =
+            read_json(self.call(|h| h.get(&url)).await?, "roster").await?;
         Ok(entries
             .into_iter()
             .filter_map(|e| Some((e.partner_id, e.identity_key?)))
@@ -210,12 +253,8 @@ impl CoordinatorClient {
     /// What the last closed phase of `round` sent this partner.
     pub async fn inbox(&self, round: i64) -> Result<Inbox, CallError> {
         let url = format!("{}/v1/partner/rounds/{round}/inbox", self.base);
-        let bytes = self
-            .call(|h| h.get(&url))
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| CallError::Unavailable(format!("inbox of round {round}: {e}")))?;
+        let what = format!("inbox of round {round}");
+        let bytes = read_limited(self.call(|h| h.get(&url)).await?, MAX_INBOX_BYTES, &what).await?;
         decode_binary(&bytes).map_err(|e| CallError::Refused {
             status: 200,
             code: Some(ProblemCode::ProtocolMalformed),

@@ -13,11 +13,23 @@ use crate::error::AgentError;
 /// Generates a key and writes it to `path` (mode 0600), refusing to replace a file. Returns
 /// the public key as hex, to register with the coordinator.
 pub fn generate(path: &Path) -> Result<String, AgentError> {
+    let seed = write_new_seed(path, "an identity key (the board's manifest lists it)")?;
+    Ok(hex::encode(IdentityKey::from_seed(&seed).public().0))
+}
+
+/// Loads the key, refusing a file that others can read.
+pub fn load(path: &Path) -> Result<IdentityKey, AgentError> {
+    let seed = read_seed(path, "identity key", "civic-agent keygen")?;
+    Ok(IdentityKey::from_seed(&seed))
+}
+
+/// Draws 32 random bytes and writes them as hex to a new file of mode 0600 (never replacing
+/// one: `what` says what would be lost), returning them.
+pub fn write_new_seed(path: &Path, what: &str) -> Result<Zeroizing<[u8; 32]>, AgentError> {
     let mut seed = Zeroizing::new([0u8; 32]);
     rand::rngs::SysRng
         .try_fill_bytes(seed.as_mut())
         .map_err(|e| AgentError::local(path, format!("the OS random source failed: {e}")))?;
-    let key = IdentityKey::from_seed(&seed);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -26,7 +38,7 @@ pub fn generate(path: &Path) -> Result<String, AgentError> {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             AgentError::local(
                 path,
-                "already exists; refusing to overwrite an identity key (the coordinator pins it)",
+                format!("already exists; refusing to overwrite {what}"),
             )
         } else {
             AgentError::local(path, e)
@@ -36,40 +48,50 @@ pub fn generate(path: &Path) -> Result<String, AgentError> {
     file.write_all(text.as_bytes())
         .and_then(|_| file.sync_all())
         .map_err(|e| AgentError::local(path, e))?;
-    Ok(hex::encode(key.public().0))
+    Ok(seed)
 }
 
-/// Loads the key, refusing a file that others can read.
-pub fn load(path: &Path) -> Result<IdentityKey, AgentError> {
+/// Refuses a secret file (a key, a token) that its group or others can read or write.
+pub fn refuse_if_shared(path: &Path, what: &str) -> Result<(), AgentError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
-            .map_err(|e| AgentError::local(path, format!("cannot read the identity key: {e}")))?
+            .map_err(|e| AgentError::local(path, format!("cannot read the {what}: {e}")))?
             .permissions()
             .mode();
         if mode & 0o077 != 0 {
             return Err(AgentError::local(
                 path,
                 format!(
-                    "the identity key is readable by others (mode {:o}); run chmod 600",
+                    "the {what} is readable by others (mode {:o}); run chmod 600",
                     mode & 0o777
                 ),
             ));
         }
     }
+    Ok(())
+}
+
+/// Reads a seed written by [`write_new_seed`], refusing a file that others can read.
+pub fn read_seed(
+    path: &Path,
+    what: &str,
+    made_by: &str,
+) -> Result<Zeroizing<[u8; 32]>, AgentError> {
+    refuse_if_shared(path, what)?;
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
-            .map_err(|e| AgentError::local(path, format!("cannot read the identity key: {e}")))?,
+            .map_err(|e| AgentError::local(path, format!("cannot read the {what}: {e}")))?,
     );
     let mut seed = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| {
         AgentError::local(
             path,
-            "not an identity key: expected 64 hex digits (civic-agent keygen writes one)",
+            format!("not a {what}: expected 64 hex digits ({made_by} writes one)"),
         )
     })?;
-    Ok(IdentityKey::from_seed(&seed))
+    Ok(seed)
 }
 
 #[cfg(test)]

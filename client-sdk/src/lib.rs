@@ -7,9 +7,11 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod board;
 pub mod check;
 pub mod config;
 pub mod decide;
+pub mod decline;
 pub mod error;
 pub mod evaluate;
 pub mod http;

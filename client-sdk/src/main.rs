@@ -126,11 +126,15 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
             if !synth::GP_FEDERATIONS.contains(&partner.as_str())
                 && !synth::FALLS_PARTNERS.contains(&partner.as_str())
             {
-                return Err(AgentError::Refused(format!(
-                    "unknown partner {partner:?}: one of {}, {}",
-                    synth::GP_FEDERATIONS.join(", "),
-                    synth::FALLS_PARTNERS.join(", ")
-                )));
+                return Err(AgentError::Config {
+                    file: "command line".into(),
+                    field: "--partner".into(),
+                    reason: format!(
+                        "unknown partner {partner:?}: one of {}, {}",
+                        synth::GP_FEDERATIONS.join(", "),
+                        synth::FALLS_PARTNERS.join(", ")
+                    ),
+                });
             }
             let people = synth::population(seed, residents);
             let rows = synth::write_extract(&partner, &people, &out)

@@ -1,7 +1,8 @@
-//! The agent's own records, kept in `state_dir/agent-state.json` and replaced atomically
-//! (write, fsync, rename) on every change: the local privacy ledger, the peers' pinned
-//! identity keys, and a journal of rounds with what was revealed in each. Restarting the
-//! agent never lets it take part in a round twice or reveal both shares of one peer.
+//! The agent's own records, kept in `state_dir/agent-state.json` (mode 0600) and replaced
+//! atomically (write, fsync, rename) on every change: the local privacy ledger, the newest
+//! board manifest seen, the questions already answered, and a journal of rounds with what
+//! was revealed in each. Restarting the agent never lets it take part in a round twice or
+//! reveal both shares of one peer; a coordinator cannot roll the manifest back.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,6 +18,9 @@ use crate::error::AgentError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum RoundStatus {
+    /// Being checked: reserved before any check, so that a round listed twice is handled
+    /// once. After a restart it is abandoned.
+    Deciding,
     /// Refused under the local policy (the reason was sent to the coordinator).
     Declined {
         /// Why.
@@ -49,6 +53,10 @@ pub struct RoundRecord {
     /// The shares revealed (saved before they are sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reveals: Option<RevealLog>,
+    /// The UTC day (days since 1970-01-01) this partner joined the round, for the daily
+    /// limit on rounds per dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<u64>,
 }
 
 /// The file's contents.
@@ -59,8 +67,18 @@ pub struct AgentState {
     pub coordinator: String,
     /// ρ spent per dataset, in ledger units (see [`Rho::units`]).
     pub spent: BTreeMap<String, u64>,
-    /// Peers' identity keys (hex) pinned on first use, by partner id.
+    /// Read from files written before the board's manifest; no longer used (peers' keys
+    /// come from the manifest, never from first use).
+    #[serde(default, skip_serializing)]
     pub pinned_keys: BTreeMap<u32, String>,
+    /// The newest manifest version (and its digest) this agent has verified: an older one
+    /// served later is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<(u64, String)>,
+    /// Fingerprints of the questions this partner sent its input for: the same question is
+    /// never answered twice (the coordinator re-serves a release without a round).
+    #[serde(default)]
+    pub answered: std::collections::BTreeSet<String>,
     /// Rounds by id.
     pub rounds: BTreeMap<i64, RoundRecord>,
 }
@@ -106,7 +124,7 @@ impl StateFile {
             .state
             .rounds
             .iter()
-            .filter(|(_, r)| r.status == RoundStatus::Joined)
+            .filter(|(_, r)| matches!(r.status, RoundStatus::Joined | RoundStatus::Deciding))
             .map(|(id, _)| *id)
             .collect();
         if !stale.is_empty() {
@@ -124,14 +142,9 @@ impl StateFile {
 
     /// Writes the state atomically.
     pub fn save(&self) -> Result<(), AgentError> {
-        let tmp = self.path.with_extension("json.tmp");
         let text =
             serde_json::to_vec_pretty(&self.state).map_err(|e| AgentError::local(&self.path, e))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AgentError::local(&tmp, e))?;
-        f.write_all(&text)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| AgentError::local(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| AgentError::local(&self.path, e))
+        write_atomically(&self.path, &text)
     }
 
     /// Applies `change` and saves; on a failed save the change is undone, so memory never
@@ -154,36 +167,36 @@ impl StateFile {
         Rho::from_units(self.state.spent.get(dataset).copied().unwrap_or(0))
     }
 
-    /// Pins every key not seen before and refuses a key that changed.
-    pub fn pin_keys(&mut self, keys: &BTreeMap<u32, String>) -> Result<(), AgentError> {
-        for (id, key) in keys {
-            if let Some(pinned) = self.state.pinned_keys.get(id)
-                && pinned != key
-            {
-                let prefix = |k: &str| k.chars().take(16).collect::<String>();
-                return Err(AgentError::Refused(format!(
-                    "partner {id}'s identity key changed from the one pinned on first use \
-                     ({}…, now {}…); if the partner really rotated its key, remove its entry \
-                     from {} after checking with them",
-                    prefix(pinned),
-                    prefix(key),
-                    self.path.display()
-                )));
-            }
-        }
-        let new: Vec<(u32, String)> = keys
-            .iter()
-            .filter(|(id, _)| !self.state.pinned_keys.contains_key(id))
-            .map(|(id, k)| (*id, k.clone()))
-            .collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        self.update(|s| {
-            s.pinned_keys.extend(new);
-            Ok(())
-        })
+    /// Rounds of `dataset` this partner joined on `day`.
+    pub fn joined_on(&self, dataset: &str, day: u64) -> usize {
+        self.state
+            .rounds
+            .values()
+            .filter(|r| r.dataset == dataset && r.day == Some(day))
+            .count()
     }
+}
+
+/// Replaces `path` with `bytes` atomically (write a private temporary file, fsync, rename):
+/// readable by the owner only, since it may hold what a partner revealed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).map_err(|e| AgentError::local(&tmp, e))?;
+    #[cfg(unix)]
+    {
+        // A temporary file left by an older agent keeps its mode: set it.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| AgentError::local(&tmp, e))?;
+    }
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| AgentError::local(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AgentError::local(path, e))
 }
 
 #[cfg(test)]
@@ -191,11 +204,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_changed_key_is_refused_and_state_survives_a_restart() {
+    fn state_is_private_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = StateFile::open(dir.path(), "http://c").unwrap();
-        let keys: BTreeMap<u32, String> = [(1, "aa".repeat(32)), (2, "bb".repeat(32))].into();
-        f.pin_keys(&keys).unwrap();
         f.update(|s| {
             s.rounds.insert(
                 7,
@@ -204,23 +215,41 @@ mod tests {
                     cost_rho_units: 5,
                     status: RoundStatus::Joined,
                     reveals: None,
+                    day: Some(20_000),
                 },
             );
+            s.rounds.insert(
+                8,
+                RoundRecord {
+                    dataset: "d".into(),
+                    cost_rho_units: 5,
+                    status: RoundStatus::Deciding,
+                    reveals: None,
+                    day: None,
+                },
+            );
+            s.answered.insert("f00d".into());
             Ok(())
         })
         .unwrap();
-        let mut changed = keys.clone();
-        changed.insert(2, "cc".repeat(32));
-        let e = f.pin_keys(&changed).unwrap_err().to_string();
-        assert!(e.contains("partner 2") && e.contains("changed"), "{e}");
-        assert_eq!(
-            f.state.pinned_keys[&2],
-            "bb".repeat(32),
-            "nothing re-pinned"
-        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("agent-state.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(f.joined_on("d", 20_000), 1);
+        assert_eq!(f.joined_on("d", 20_001), 0);
 
         let reopened = StateFile::open(dir.path(), "http://c").unwrap();
-        assert_eq!(reopened.state.pinned_keys.len(), 2);
+        assert!(reopened.state.answered.contains("f00d"));
+        assert!(matches!(
+            reopened.state.rounds[&8].status,
+            RoundStatus::Abandoned { .. }
+        ));
         assert!(matches!(
             reopened.state.rounds[&7].status,
             RoundStatus::Abandoned { .. }

@@ -1,5 +1,6 @@
-//! Three partner agents reading their own CSV files take part in real rounds with a real
-//! coordinator on loopback. The un-noised secure-aggregation sum is read through the
+//! Four partner agents reading their own CSV files take part in real rounds with a real
+//! coordinator on loopback, trusting the board's signed manifest (four, so that a round
+//! survives one partner leaving: every round withstands one colluder, 2t > n + 1). The un-noised secure-aggregation sum is read through the
 //! coordinator's test hook (feature `test-util`) and checked exactly against the truth
 //! computed here straight from the rows.
 
@@ -25,10 +26,11 @@ struct Person {
 }
 
 /// How each partner spells its columns: (header for pid, age, fell; true and false codes).
-const SPELLINGS: [(&str, &str, &str, &str, &str); 3] = [
+const SPELLINGS: [(&str, &str, &str, &str, &str); 4] = [
     ("pid", "patient_age", "fall_flag", "Y", "N"),
     ("person", "age", "fell", "true", "false"),
     ("ref", "AGE", "FALL", "1", "0"),
+    ("nhs_pseudonym", "age_years", "fall", "yes", "no"),
 ];
 
 fn people(site: usize, n: u32) -> Vec<Person> {
@@ -95,6 +97,18 @@ fn truth(rows: &[Person]) -> (i64, [i64; 3]) {
 struct Site {
     dir: PathBuf,
     rows: Vec<Person>,
+    /// The identity public key, hex.
+    key: String,
+}
+
+/// A secret file only its owner can read, as the agent requires of a token.
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 }
 
 impl Site {
@@ -103,14 +117,16 @@ impl Site {
         std::fs::create_dir_all(&dir).unwrap();
         let rows = people(site, 300 + 50 * site as u32);
         write_csv(&dir.join("city.csv"), site, &rows);
-        std::fs::write(dir.join("token"), token).unwrap();
-        civic_client_sdk::identity::generate(&dir.join("identity.key")).unwrap();
+        write_private(&dir.join("token"), token);
+        let key = civic_client_sdk::identity::generate(&dir.join("identity.key")).unwrap();
         let (pid, age, fell, yes, no) = SPELLINGS[site];
+        let board = common::board_toml();
         let config = format!(
             r#"
 identity_key = "identity.key"
 state_dir = "state"
 
+{board}
 [coordinator]
 url = "{base}"
 token_file = "token"
@@ -135,7 +151,7 @@ fell = {{ column = "{fell}", values = {{ "{yes}" = "true", "{no}" = "false" }} }
 "#
         );
         std::fs::write(dir.join("partner.toml"), config).unwrap();
-        Site { dir, rows }
+        Site { dir, rows, key }
     }
 
     fn agent(&self) -> Arc<Agent> {
@@ -164,17 +180,30 @@ fn start_coordinator(config: civic_server::Config) -> Coordinator {
 }
 
 async fn setup(
-    c: &Coordinator,
+    c: &mut Coordinator,
     root: &Path,
-    max_epsilon: [f64; 3],
+    max_epsilon: [f64; 4],
 ) -> (Vec<Site>, Vec<Arc<Agent>>) {
+    c.add_partner("clinic-d").await;
     let mut sites = Vec::new();
     let mut agents = Vec::new();
-    for (i, (_, _, token)) in c.partners.iter().enumerate() {
+    let mut listed = Vec::new();
+    for (i, (name, _, token)) in c.partners.iter().enumerate() {
         let site = Site::create(root, i, &c.base, token, max_epsilon[i]);
+        listed.push((name.clone(), site.key.clone()));
+        sites.push(site);
+    }
+    // The board signs the partners' keys into the federation's manifest.
+    let (s, v) = c
+        .publish(&common::signed(
+            common::city_manifest(&listed, &c.city_toml()),
+            &[201, 203],
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for site in &sites {
         let agent = site.agent();
         agent.register().await.unwrap();
-        sites.push(site);
         agents.push(agent);
     }
     (sites, agents)
@@ -224,10 +253,10 @@ fn released_values(done: &Value) -> Vec<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
-    let c = start_coordinator(test_config(&fresh_store_url("agents-happy")));
+async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
+    let mut c = start_coordinator(test_config(&fresh_store_url("agents-happy")));
     let root = tempfile::tempdir().unwrap();
-    let (sites, agents) = setup(&c, root.path(), [100.0; 3]).await;
+    let (sites, agents) = setup(&mut c, root.path(), [100.0; 4]).await;
     let truths: Vec<(i64, [i64; 3])> = sites.iter().map(|s| truth(&s.rows)).collect();
 
     let (id, round) = submit(&c, common::count_query(60.0)).await;
@@ -267,7 +296,9 @@ async fn three_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
         assert_eq!(j["rounds"][id.to_string()]["status"], "finished", "{j}");
         assert!(j["rounds"][hid.to_string()]["reveals"].is_object(), "{j}");
         assert!(j["spent"]["city"].as_u64().unwrap() > 0, "{j}");
-        assert_eq!(j["pinned_keys"].as_object().unwrap().len(), 3, "{j}");
+        // The manifest it verified, and the questions it answered (never answered twice).
+        assert_eq!(j["manifest"][0], 1, "{j}");
+        assert_eq!(j["answered"].as_array().unwrap().len(), 2, "{j}");
     }
     // Nothing more to do: a second pass finds no open rounds.
     assert!(all_once(&agents).await.iter().all(Vec::is_empty));
@@ -280,13 +311,13 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
         phase_deadline_secs: 2.0,
         ..test_config(&fresh_store_url("agents-killed"))
     };
-    let c = start_coordinator(config);
+    let mut c = start_coordinator(config);
     let root = tempfile::tempdir().unwrap();
-    let (sites, agents) = setup(&c, root.path(), [100.0; 3]).await;
+    let (sites, agents) = setup(&mut c, root.path(), [100.0; 4]).await;
     let (id, round) = submit(&c, common::count_query(60.0)).await;
 
-    let survivors: Vec<_> = agents[..2]
-        .iter()
+    let survivors: Vec<_> = [&agents[0], &agents[1], &agents[3]]
+        .into_iter()
         .map(|a| {
             let a = Arc::clone(a);
             tokio::spawn(async move { a.once().await.unwrap() })
@@ -312,8 +343,8 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
     }
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
-    assert_eq!(done["result"]["receipt"]["survivors"], 2, "{done}");
-    let exact: i64 = sites[..2].iter().map(|s| truth(&s.rows).0).sum();
+    assert_eq!(done["result"]["receipt"]["survivors"], 3, "{done}");
+    let exact: i64 = [0, 1, 3].iter().map(|&i| truth(&sites[i].rows).0).sum();
     assert_eq!(c.state.rounds.exact_sum(id), Some(vec![exact]));
 
     // Restarted on the same state directory, the agent knows it lost the round's secrets.
@@ -330,10 +361,10 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
-    let c = start_coordinator(test_config(&fresh_store_url("agents-refuse")));
+    let mut c = start_coordinator(test_config(&fresh_store_url("agents-refuse")));
     let root = tempfile::tempdir().unwrap();
     // The third partner answers at most ε = 1 per query.
-    let (sites, agents) = setup(&c, root.path(), [100.0, 100.0, 1.0]).await;
+    let (sites, agents) = setup(&mut c, root.path(), [100.0, 100.0, 1.0, 100.0]).await;
     let (id, round) = submit(&c, histogram_of_falls(60.0)).await;
     let started = std::time::Instant::now();
     let outcomes = all_once(&agents).await;
@@ -341,16 +372,17 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
     let RoundOutcome::Declined(reason) = &outcomes[2][0].1 else {
         panic!("{outcomes:?}");
     };
-    assert!(
-        reason.contains("ε = 60") && reason.contains("limit of 1"),
-        "{reason}"
+    // The coordinator hears the code only, never the limit or the amount.
+    assert_eq!(
+        reason,
+        "query.cost_above_limit: the query costs more than this partner allows per query"
     );
     // The decline lets the phase close at once rather than at its 20 s deadline.
     assert!(started.elapsed() < Duration::from_secs(15));
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
     let bands: Vec<i64> = (0..3)
-        .map(|b| sites[..2].iter().map(|s| truth(&s.rows).1[b]).sum())
+        .map(|b| [0, 1, 3].iter().map(|&i| truth(&sites[i].rows).1[b]).sum())
         .collect();
     assert_eq!(c.state.rounds.exact_sum(id), Some(bands));
     // The board sees why in the audit log.
@@ -369,7 +401,7 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
         declined[0]["details"]
             .as_str()
             .unwrap()
-            .contains("limit of 1")
+            .contains("query.cost_above_limit")
     );
     // Nothing was charged locally for the declined round.
     assert!(sites[2].journal()["spent"].get("city").is_none());
@@ -378,12 +410,12 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_refuses_a_round_under_a_policy_unlike_its_local_copy() {
-    let c = start_coordinator(test_config(&fresh_store_url("agents-policy")));
+    let mut c = start_coordinator(test_config(&fresh_store_url("agents-policy")));
     let root = tempfile::tempdir().unwrap();
-    let (sites, mut agents) = setup(&c, root.path(), [100.0; 3]).await;
+    let (sites, mut agents) = setup(&mut c, root.path(), [100.0; 4]).await;
     // The third partner keeps its own copy of the board's policy, and it says K = 2.
     let copy = sites[2].dir.join("city.toml");
-    let local = common::CITY_TOML.replace(
+    let local = c.city_toml().replace(
         "rows_per_resident_per_partner = 1",
         "rows_per_resident_per_partner = 2",
     );
@@ -401,9 +433,12 @@ async fn an_agent_refuses_a_round_under_a_policy_unlike_its_local_copy() {
     let RoundOutcome::Declined(reason) = &outcomes[2][0].1 else {
         panic!("{outcomes:?}");
     };
-    assert!(reason.contains("differs from the local copy"), "{reason}");
+    assert!(
+        reason.starts_with("policy.differs_from_local_copy"),
+        "{reason}"
+    );
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
-    assert_eq!(done["result"]["receipt"]["survivors"], 2);
+    assert_eq!(done["result"]["receipt"]["survivors"], 3);
     c.stop().await;
 }

@@ -294,7 +294,10 @@ impl Manifest {
         let manifest: Manifest = toml::from_str(text).map_err(|e| {
             invalid(
                 name,
-                e.to_string().trim_end().replace('\n', " ").replace("  ", " "),
+                e.to_string()
+                    .trim_end()
+                    .replace('\n', " ")
+                    .replace("  ", " "),
             )
         })?;
         manifest.validate()?;
@@ -394,6 +397,15 @@ impl Manifest {
     /// What board members sign to make this manifest take effect.
     pub fn signing_message(&self) -> Vec<u8> {
         [MANIFEST_TAG, self.digest().as_bytes()].concat()
+    }
+
+    /// Board signatures a query needs, given how many approvals its policy asks for at its
+    /// cost: none if none, else at least the board's threshold (approvals are signatures).
+    pub fn approvals_needed(&self, policy_needs: u32) -> u32 {
+        match policy_needs {
+            0 => 0,
+            n => n.max(u32::try_from(self.board.threshold).unwrap_or(u32::MAX)),
+        }
     }
 
     /// The partner holding this identity key (hex), if any.
@@ -619,8 +631,14 @@ mod tests {
         let mut unlinked = successor(&v1);
         unlinked.previous = Some("00".repeat(32));
         let chain = vec![signed_by(v1.clone(), &[1, 2]), signed_by(unlinked, &[1, 2])];
-        assert_eq!(verify_chain(&anchor, &chain).unwrap_err().code(), "manifest.chain");
-        assert_eq!(verify_chain(&anchor, &[]).unwrap_err().code(), "manifest.chain");
+        assert_eq!(
+            verify_chain(&anchor, &chain).unwrap_err().code(),
+            "manifest.chain"
+        );
+        assert_eq!(
+            verify_chain(&anchor, &[]).unwrap_err().code(),
+            "manifest.chain"
+        );
         let pinned = TrustAnchor::Digest("11".repeat(32));
         let e = verify_chain(&pinned, &[signed_by(v1, &[1, 2])]).unwrap_err();
         assert!(e.to_string().contains("pinned digest"), "{e}");
@@ -631,17 +649,47 @@ mod tests {
         let cases: Vec<(fn(&mut Manifest), &str)> = vec![
             (|m| m.board.threshold = 1, "board.threshold"),
             (|m| m.board.threshold = 4, "board.threshold"),
-            (|m| m.board.members[1].key = "zz".into(), "board.members[1].key"),
-            (|m| m.board.members[2].key = m.board.members[0].key.clone(), "same key"),
-            (|m| m.requirements.tolerated_colluders = 0, "tolerated_colluders"),
+            (
+                |m| m.board.members[1].key = "zz".into(),
+                "board.members[1].key",
+            ),
+            (
+                |m| m.board.members[2].key = m.board.members[0].key.clone(),
+                "same key",
+            ),
+            (
+                |m| m.requirements.tolerated_colluders = 0,
+                "tolerated_colluders",
+            ),
             (|m| m.requirements.min_survivors = 1, "min_survivors"),
-            (|m| m.requirements.min_rho_per_query = 0.0, "min_rho_per_query"),
-            (|m| m.requirements.min_rho_per_query = f64::NAN, "min_rho_per_query"),
-            (|m| m.requirements.max_rounds_per_dataset_per_day = 0, "max_rounds"),
-            (|m| m.partners[1].name = m.partners[0].name.clone(), "listed twice"),
-            (|m| m.partners[1].identity_key = m.partners[0].identity_key.clone(), "same key"),
-            (|m| m.partners[0].identity_key = "00".repeat(32), "partners[0].identity_key"),
-            (|m| m.datasets[0].policy_digest = "abc".into(), "policy_digest"),
+            (
+                |m| m.requirements.min_rho_per_query = 0.0,
+                "min_rho_per_query",
+            ),
+            (
+                |m| m.requirements.min_rho_per_query = f64::NAN,
+                "min_rho_per_query",
+            ),
+            (
+                |m| m.requirements.max_rounds_per_dataset_per_day = 0,
+                "max_rounds",
+            ),
+            (
+                |m| m.partners[1].name = m.partners[0].name.clone(),
+                "listed twice",
+            ),
+            (
+                |m| m.partners[1].identity_key = m.partners[0].identity_key.clone(),
+                "same key",
+            ),
+            (
+                |m| m.partners[0].identity_key = "00".repeat(32),
+                "partners[0].identity_key",
+            ),
+            (
+                |m| m.datasets[0].policy_digest = "abc".into(),
+                "policy_digest",
+            ),
             (|m| m.version = 2, "previous"),
             (|m| m.previous = Some("00".repeat(32)), "previous"),
         ];

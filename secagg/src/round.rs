@@ -367,6 +367,10 @@ mod tests {
         // 2t > n + c: t = 4 of 5 withstands two colluders, not three.
         assert!(config.check_requirements(&asking(2)).is_ok());
         let e = config.check_requirements(&asking(3)).unwrap_err();
-        assert!(e.to_string().contains("3 colluding partner(s) among 5 needs 5"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("3 colluding partner(s) among 5 needs 5"),
+            "{e}"
+        );
     }
 }

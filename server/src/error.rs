@@ -374,6 +374,9 @@ impl From<crate::lifecycle::LifecycleError> for Error {
             L::PartnerUnregistered { .. } => {
                 Error::conflict(ProblemCode::RoundPartnerUnregistered, detail)
             }
+            L::PartnerNotInManifest { .. } | L::PolicyNotInManifest { .. } => {
+                Error::conflict(ProblemCode::RoundPartnerNotInManifest, detail)
+            }
             L::Budget(p) => Error::Policy(p),
             // The round this coordinator would configure for the dataset is not valid (its
             // dropout and collusion settings against the dataset's partners, a ring too

@@ -19,6 +19,7 @@
 use civic_api::query::{QueryRequest, QueryState};
 use civic_mechanisms::Priced;
 use civic_policies::budget::{Held, LedgerEntry, QueryBudget};
+use civic_policies::manifest::{Manifest, policy_digest};
 use civic_policies::{DatasetPolicy, Ledger, PolicyError};
 use civic_secagg::{
     GraphKind, IdentityPublicKey, PartnerId, Roster, RoundConfig, RoundId, SecAggError, Tolerances,
@@ -87,6 +88,27 @@ pub enum LifecycleError {
         dataset: String,
         /// The partner.
         partner: String,
+    },
+    /// A dataset's partner the board's manifest does not back as registered.
+    #[error(
+        "partner {partner:?} {why}; agents take part only with the manifest's partners and keys"
+    )]
+    PartnerNotInManifest {
+        /// The partner.
+        partner: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A policy version the board's manifest does not sign.
+    #[error(
+        "dataset {dataset}'s policy (digest {digest}) is not the one the board's newest manifest signs; \
+         publish a manifest naming it, or upload the signed policy"
+    )]
+    PolicyNotInManifest {
+        /// The dataset.
+        dataset: String,
+        /// The policy's digest.
+        digest: String,
     },
     /// A partner that has not registered its identity key.
     #[error(
@@ -318,7 +340,17 @@ pub fn round_setup(
     priced: &Priced,
     partners: &[Partner],
     settings: RoundSettings,
+    manifest: Option<&Manifest>,
 ) -> Result<RoundSetup, LifecycleError> {
+    if let Some(m) = manifest {
+        let digest = policy_digest(&policy.file);
+        if m.policy_digest(policy.id()) != Some(digest.as_str()) {
+            return Err(LifecycleError::PolicyNotInManifest {
+                dataset: policy.id().to_string(),
+                digest,
+            });
+        }
+    }
     let mut participants = Vec::new();
     let mut roster = Roster::new();
     for name in policy.partners() {
@@ -333,16 +365,35 @@ pub fn round_setup(
             .ok_or_else(|| LifecycleError::PartnerUnregistered {
                 partner: name.clone(),
             })?;
+        if let Some(m) = manifest {
+            let listed = m.partners.iter().find(|p| &p.name == name).ok_or_else(|| {
+                LifecycleError::PartnerNotInManifest {
+                    partner: name.clone(),
+                    why: "is not in the board's manifest",
+                }
+            })?;
+            if !listed.identity_key.eq_ignore_ascii_case(&hex::encode(key)) {
+                return Err(LifecycleError::PartnerNotInManifest {
+                    partner: name.clone(),
+                    why: "registered another identity key than the board's manifest lists",
+                });
+            }
+        }
         participants.push(partner.id);
         roster.insert(partner.id, IdentityPublicKey(key));
     }
-    let width = Width::for_layout(priced.plan.max_slot_per_partner, participants.len(), 0)?;
-    let graph = if participants.len() > COMPLETE_GRAPH_MAX {
+    let n = participants.len();
+    let width = Width::for_layout(priced.plan.max_slot_per_partner, n, 0)?;
+    let graph = if n > COMPLETE_GRAPH_MAX {
         GraphKind::Sparse
     } else {
         GraphKind::Complete
     };
-    let config = RoundConfig::new(
+    let requirements = manifest.map(|m| m.requirements);
+    let min_survivors = (policy.min_partners() as usize)
+        .max(requirements.map_or(0, |r| r.min_survivors))
+        .min(n);
+    let mut config = RoundConfig::new(
         RoundId(round as u64),
         participants,
         priced.plan.vector_len,
@@ -352,8 +403,17 @@ pub fn round_setup(
             max_dropout_rate: settings.max_dropout_rate,
             max_corrupt_fraction: settings.max_corrupt_fraction,
         },
-        policy.min_partners() as usize,
+        min_survivors,
     )?;
+    if let Some(r) = requirements {
+        // The board may ask for more colluders than the coordinator's fraction gives:
+        // 2t > holders + c.
+        let holders = config.topology.holders_per_partner(n)?;
+        config.threshold = config.threshold.max(civic_secagg::graph::strict_majority(
+            holders + r.tolerated_colluders,
+        ));
+        config.validate()?;
+    }
     Ok(RoundSetup {
         config,
         roster,
@@ -562,19 +622,19 @@ mod tests {
                 identity_key: Some([i as u8; 32]),
             })
             .collect();
-        let setup = round_setup(7, &policy, &p, &partners, settings).unwrap();
+        let setup = round_setup(7, &policy, &p, &partners, settings, None).unwrap();
         assert_eq!(setup.config.round_id, RoundId(7));
         assert_eq!(setup.config.participants.len(), policy.partners().len());
         assert_eq!(setup.config.vector_len, p.plan.vector_len);
         partners[0].identity_key = None;
-        let e = round_setup(7, &policy, &p, &partners, settings).unwrap_err();
+        let e = round_setup(7, &policy, &p, &partners, settings, None).unwrap_err();
         assert!(
             e.to_string()
                 .contains("has not registered its identity key"),
             "{e}"
         );
         partners.remove(0);
-        let e = round_setup(7, &policy, &p, &partners, settings).unwrap_err();
+        let e = round_setup(7, &policy, &p, &partners, settings, None).unwrap_err();
         assert!(e.to_string().contains("which has no account"), "{e}");
     }
 

@@ -24,6 +24,7 @@ pub mod accounts;
 pub mod audit;
 pub mod budgets;
 pub mod datasets;
+pub mod manifests;
 mod migrations;
 pub mod projects;
 pub mod queries;

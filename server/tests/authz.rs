@@ -85,6 +85,15 @@ async fn every_endpoint_admits_exactly_its_roles() {
             vec![Governance],
         ),
         (
+            Method::PUT,
+            "/v1/manifests",
+            Some(json!({ "signatures": [], "manifest": {
+                "federation": "x", "version": 1, "board": { "threshold": 1, "members": [] },
+                "requirements": { "tolerated_colluders": 1, "min_survivors": 2,
+                    "min_rho_per_query": 0.001, "max_rounds_per_dataset_per_day": 1 } } })),
+            vec![Governance, Admin],
+        ),
+        (
             Method::POST,
             "/v1/queries/preview",
             Some(count.clone()),
@@ -162,7 +171,13 @@ async fn every_endpoint_admits_exactly_its_roles() {
         }
     }
     // Public endpoints need no token.
-    for path in ["/healthz", "/metrics", "/openapi.json", "/v1/register"] {
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/register",
+        "/v1/manifests",
+    ] {
         let (s, v) = c.call(Method::GET, path, None, None).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
     }

@@ -220,24 +220,32 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
         driver_lease_secs: 3600.0,
         ..test_config(&fresh_store_url("dropout"))
     };
-    let c = Coordinator::start_with_parts(config, parts).await;
+    let mut c = Coordinator::start_with_parts(config, parts).await;
+    // Four partners: t = 3 (2t > n + 1 withstands one colluder), so one may drop out.
+    c.add_partner("clinic-d").await;
     let ps = partners(&c).await;
 
-    // One of three drops before sending its masked vector: t = 2 survive, and the sum is
+    // One of four drops before sending its masked vector: t = 3 survive, and the sum is
     // theirs alone.
     let (_, q) = c.submit(count_query(60.0)).await;
     let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
     expire_stalled_steps(&c, clock.clone(), round);
-    let stops = [StopAt::Never, StopAt::BeforeMaskedInput, StopAt::Never];
-    let results = run_partners(&ps, round, &[vec![10], vec![20], vec![12]], &stops).await;
+    let stops = [
+        StopAt::Never,
+        StopAt::BeforeMaskedInput,
+        StopAt::Never,
+        StopAt::Never,
+    ];
+    let values = [vec![10], vec![20], vec![12], vec![5]];
+    let results = run_partners(&ps, round, &values, &stops).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
     assert_eq!(
         done["result"]["rows"][0][0]["value"].as_f64().unwrap(),
-        22.0
+        27.0
     );
-    assert_eq!(done["result"]["receipt"]["survivors"], 2);
+    assert_eq!(done["result"]["receipt"]["survivors"], 3);
     // A partner asking after the close (a retry whose reply was lost) learns it is over.
     let inbox = format!("/v1/partner/rounds/{round}/inbox");
     let (s, v) = c.call(Method::GET, &inbox, Some(&ps[0].token), None).await;
@@ -247,7 +255,7 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
         "{v}"
     );
 
-    // Two of three drop: too few survivors; the reservation comes back.
+    // Two of four drop: too few survivors; the reservation comes back.
     let before = budget(&c).await;
     let (_, q) = c.submit(age_histogram(60.0)).await;
     let (id, round) = (q["id"].as_i64().unwrap(), common::round_of(&q));
@@ -256,11 +264,12 @@ async fn a_dropout_above_the_threshold_still_releases_and_below_it_aborts_and_re
         StopAt::Never,
         StopAt::BeforeMaskedInput,
         StopAt::BeforeMaskedInput,
+        StopAt::Never,
     ];
     let _ = run_partners(
         &ps,
         round,
-        &[vec![1, 1, 1], vec![2, 2, 2], vec![3, 3, 3]],
+        &[vec![1, 1, 1], vec![2, 2, 2], vec![3, 3, 3], vec![4, 4, 4]],
         &stops,
     )
     .await;

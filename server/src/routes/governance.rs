@@ -4,9 +4,10 @@ use actix_web::{HttpResponse, get, post, put, web};
 use civic_api::Role::{Admin, Governance, Partner, Researcher};
 use civic_api::governance::{
     AuditPage, AuditVerification, BudgetView, CreateAccount, CreatePartner, CreateProject,
-    CreatedAccount, DatasetView, Decision, ProjectView, SetAllocation, UploadPolicy,
+    CreatedAccount, DatasetView, Decision, ManifestChain, ProjectView, SetAllocation, UploadPolicy,
 };
 use civic_api::query::QueryView;
+use civic_policies::manifest::SignedManifest;
 use serde::Deserialize;
 
 use crate::AppState;
@@ -180,4 +181,29 @@ pub async fn decide(
 ) -> Result<HttpResponse> {
     let view = svc::decide(&s, c.require(&[Governance])?, *id, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// Publishes a manifest the board signed (`civic-board sign` writes it): stored only if it
+/// carries the threshold of signatures of the board before it and follows the newest stored
+/// one. Roles: governance, admin (the signatures, not the role, make it valid).
+#[utoipa::path(put, path = "/v1/manifests", tag = "governance",
+    request_body(content = Object, description = "A signed manifest, as `civic-board sign` writes it"),
+    security(("bearer" = [])), responses((status = 200, body = ManifestChain)))]
+#[put("/v1/manifests")]
+pub async fn publish_manifest(
+    s: web::Data<AppState>,
+    c: Caller,
+    body: web::Json<SignedManifest>,
+) -> Result<HttpResponse> {
+    let by = c.require(&[Governance, Admin])?;
+    Ok(HttpResponse::Ok().json(svc::publish_manifest(&s, by, body.into_inner()).await?))
+}
+
+/// Every manifest the board published, oldest first, with its signatures: public, so that
+/// partners and residents can check who the federation is. No token.
+#[utoipa::path(get, path = "/v1/manifests", tag = "governance",
+    responses((status = 200, body = ManifestChain)))]
+#[get("/v1/manifests")]
+pub async fn manifests(s: web::Data<AppState>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(svc::manifest_chain(&s).await?))
 }

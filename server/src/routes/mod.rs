@@ -85,6 +85,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(governance::get_audit)
         .service(governance::verify_audit)
         .service(governance::decide)
+        .service(governance::publish_manifest)
+        .service(governance::manifests)
         .service(research::preview)
         .service(research::submit)
         .service(research::get_query)

@@ -2,13 +2,16 @@
 
 use civic_api::governance::{
     AllocationView, AuditPage, AuditVerification, BudgetView, CreateAccount, CreatePartner,
-    CreateProject, CreatedAccount, DatasetView, Decision, PolicyFormat, ProjectView, SetAllocation,
-    UploadPolicy,
+    CreateProject, CreatedAccount, DatasetView, Decision, ManifestChain, PolicyFormat, ProjectView,
+    SetAllocation, UploadPolicy,
 };
 use civic_api::query::{QueryState, QueryView};
 use civic_api::{ProblemCode, Role};
 use civic_mechanisms::accounting::epsilon_at_delta;
-use civic_policies::audit::{ChainHead, verify_chain};
+use civic_policies::audit::{ChainHead, verify_chain as verify_audit_chain};
+use civic_policies::manifest::{
+    Manifest, ManifestError, SignedManifest, TrustAnchor, approval_message, verify_chain,
+};
 use civic_policies::{DatasetPolicy, Ledger};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,7 +23,9 @@ use crate::AppState;
 use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Decided};
 use crate::rounds::driver;
-use crate::store::{Account, NewToken, accounts, audit, budgets, datasets, projects, queries};
+use crate::store::{
+    Account, NewToken, QueryRow, accounts, audit, budgets, datasets, manifests, projects, queries,
+};
 
 /// Creates an account (any role but partner) and returns its token, once.
 pub async fn create_account(
@@ -344,6 +349,8 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
     // were kept, priced) before the transaction: pricing is CPU work no transaction may wait
     // on. A rejection needs none of it.
     let (q, policy) = query_and_policy(state, id).await?;
+    let manifest = manifests::latest(&mut *state.store.read().await?).await?;
+    let member = deciding_member(manifest.as_ref().map(|s| &s.manifest), by, &q, &req)?;
     let priced = match req.approve {
         true => Some(calibration(state, &q, &policy, state.config.max_rows_per_partner).await?),
         false => None,
@@ -356,11 +363,21 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
             let q = queries::lock(tx, id)
                 .await?
                 .ok_or(Error::NotFound(Missing::Query(id)))?;
-            let first = queries::decide(tx, id, &by.name, req.approve, &req.reason, &at).await?;
+            let first = queries::decide(
+                tx,
+                id,
+                &member,
+                req.approve,
+                &req.reason,
+                req.signature.as_ref(),
+                &at,
+            )
+            .await?;
+            // Under a manifest only board signatures count (one row per member's key).
             let approvals = queries::approvals(tx, id)
                 .await?
                 .iter()
-                .filter(|a| a.approve)
+                .filter(|a| a.approve && (manifest.is_none() || a.signature.is_some()))
                 .count();
             let mut ledger = budgets::lock(tx, &q.dataset)
                 .await?
@@ -368,7 +385,7 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
             let held = budgets::held(tx, id).await?;
             let decided = lifecycle::decide(
                 current(&q),
-                &by.name,
+                &member,
                 first,
                 req.approve,
                 approvals,
@@ -391,9 +408,11 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
                 Decided::Approved { .. } => {}
             }
             let details = match &decided {
-                Decided::Rejected { .. } => json!({ "reason": req.reason }),
+                Decided::Rejected { .. } => json!({ "reason": req.reason, "member": member }),
                 Decided::Approved { approvals } | Decided::Runs { approvals } => json!({
                     "reason": req.reason,
+                    "member": member,
+                    "signature": req.signature,
                     "approvals": approvals,
                     "required": q.approvals_required,
                 }),
@@ -418,6 +437,140 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
     view_of(state, id).await
 }
 
+/// Who a decision is recorded as. Before the board publishes a manifest: the account.
+/// After: an approval must carry a valid signature over the query's fingerprint by a member
+/// of the newest manifest's board, and is recorded as that member (`board:NAME`), so one
+/// member approves once however many accounts they hold; a rejection (which only stops the
+/// query and refunds it) is recorded as the member who signed it, if any, or the account.
+fn deciding_member(
+    manifest: Option<&Manifest>,
+    by: &Account,
+    q: &QueryRow,
+    req: &Decision,
+) -> Result<String> {
+    let Some(m) = manifest else {
+        return Ok(by.name.clone());
+    };
+    let Some(signature) = &req.signature else {
+        return match req.approve {
+            true => Err(Error::invalid(
+                ProblemCode::DecisionSignature,
+                format!(
+                    "approving needs a board member's signature over the query's fingerprint: run \
+                     `civic-board approve --key YOUR.key {}` and send its output as \"signature\"",
+                    q.fingerprint
+                ),
+            )),
+            false => Ok(by.name.clone()),
+        };
+    };
+    let member = m
+        .board
+        .members
+        .iter()
+        .find(|b| b.key.eq_ignore_ascii_case(signature.key.trim()))
+        .ok_or_else(|| {
+            Error::invalid(
+                ProblemCode::DecisionSignature,
+                format!(
+                    "key {} is not a member of the board in manifest version {}",
+                    signature.key, m.version
+                ),
+            )
+        })?;
+    let message = approval_message(&q.fingerprint);
+    if m.board
+        .valid_signers(&message, std::slice::from_ref(signature))
+        != 1
+    {
+        return Err(Error::invalid(
+            ProblemCode::DecisionSignature,
+            format!(
+                "the signature of board member {} does not verify over query {}'s fingerprint {}",
+                member.name, q.id, q.fingerprint
+            ),
+        ));
+    }
+    Ok(format!("board:{}", member.name))
+}
+
+/// Stores a manifest the board signed, if it follows the newest one stored: version 1 must
+/// carry its own board's threshold of signatures; each later one the previous board's, and
+/// name the previous digest. The coordinator cannot make a manifest, only relay one.
+pub async fn publish_manifest(
+    state: &AppState,
+    by: &Account,
+    signed: SignedManifest,
+) -> Result<ManifestChain> {
+    let at = state.clock.rfc3339();
+    state
+        .store
+        .run_tx("publish a manifest", async |tx| {
+            let latest = manifests::latest(tx).await?;
+            let (anchor, chain) = match latest {
+                Some(prev) => (
+                    TrustAnchor::Digest(prev.manifest.digest()),
+                    vec![prev, signed.clone()],
+                ),
+                None => (
+                    TrustAnchor::Board(signed.manifest.board.clone()),
+                    vec![signed.clone()],
+                ),
+            };
+            if chain.len() == 1 && signed.manifest.version != 1 {
+                return Err(Error::conflict(
+                    ProblemCode::ManifestNotSuccessor,
+                    format!(
+                        "no manifest is stored yet, so the first must be version 1, not {}",
+                        signed.manifest.version
+                    ),
+                ));
+            }
+            verify_chain(&anchor, &chain).map_err(|e| match e {
+                ManifestError::Chain { .. } => {
+                    Error::conflict(ProblemCode::ManifestNotSuccessor, e.to_string())
+                }
+                _ => Error::invalid(ProblemCode::ManifestInvalid, e.to_string()),
+            })?;
+            if !manifests::insert(tx, &signed, &by.name, &at).await? {
+                return Err(Error::conflict(
+                    ProblemCode::ManifestNotSuccessor,
+                    format!(
+                        "manifest version {} is already stored",
+                        signed.manifest.version
+                    ),
+                ));
+            }
+            let m = &signed.manifest;
+            audit::append(
+                tx,
+                event(
+                    &by.name,
+                    "manifest.publish",
+                    format!("manifest:{}", m.version),
+                    json!({
+                        "digest": m.digest(),
+                        "signers": signed.signatures.iter().map(|s| &s.key).collect::<Vec<_>>(),
+                        "partners": m.partners.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                        "datasets": m.datasets,
+                    }),
+                ),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>(())
+        })
+        .await?;
+    manifest_chain(state).await
+}
+
+/// Every manifest published, oldest first.
+pub async fn manifest_chain(state: &AppState) -> Result<ManifestChain> {
+    Ok(ManifestChain {
+        manifests: manifests::all(&mut *state.store.read().await?).await?,
+    })
+}
+
 /// A page of the audit log.
 pub async fn audit_page(state: &AppState, after: u64, limit: u64) -> Result<AuditPage> {
     let mut conn = state.store.read().await?;
@@ -437,7 +590,7 @@ pub async fn verify_audit(state: &AppState) -> Result<AuditVerification> {
         if page.is_empty() {
             break;
         }
-        match verify_chain(&head, &page) {
+        match verify_audit_chain(&head, &page) {
             Ok(next) => head = next,
             Err(e) => {
                 return Ok(AuditVerification {

@@ -20,7 +20,7 @@ use crate::AppState;
 use crate::error::{Error, Missing, Result};
 use crate::rounds::{LiveRound, Pending, lease};
 use crate::store::rounds::{RoundState, Stored};
-use crate::store::{Account, StoreError, accounts, audit, queries, rounds};
+use crate::store::{Account, StoreError, accounts, audit, manifests, queries, rounds};
 
 /// Registers a partner's identity key: pinned once set (peers pin it too), audited.
 pub async fn register_identity(state: &AppState, partner: &Account, key: [u8; 32]) -> Result<()> {
@@ -38,6 +38,22 @@ pub async fn register_identity(state: &AppState, partner: &Account, key: [u8; 32
         Some(existing) if existing == key => return Ok(()),
         Some(_) => return Err(pinned()),
         None => {}
+    }
+    let manifest = manifests::latest(&mut *state.store.read().await?).await?;
+    if let Some(listed) = manifest
+        .as_ref()
+        .and_then(|s| s.manifest.partners.iter().find(|p| p.name == partner.name))
+        && !listed.identity_key.eq_ignore_ascii_case(&hex::encode(key))
+    {
+        return Err(Error::conflict(
+            ProblemCode::PartnerIdentityKeyNotInManifest,
+            format!(
+                "the board's manifest lists another identity key for partner {}; register the \
+                 key the board signed (civic-agent keygen printed it), or ask the board for a \
+                 manifest with this one",
+                partner.name
+            ),
+        ));
     }
     let at = state.clock.rfc3339();
     state
@@ -106,7 +122,14 @@ pub async fn announcements(state: &AppState, partner: PartnerId) -> Result<Vec<R
         let q = queries::get(&mut conn, query_id)
             .await?
             .ok_or(Error::NotFound(Missing::Query(query_id)))?;
+        let approvals = queries::approvals(&mut conn, query_id)
+            .await?
+            .into_iter()
+            .filter(|a| a.approve)
+            .filter_map(|a| a.signature)
+            .collect();
         out.push(RoundAnnouncement {
+            approvals,
             round_id,
             query_id,
             protocol: protocol.to_string(),

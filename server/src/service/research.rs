@@ -7,6 +7,7 @@ use civic_api::query::{
 };
 use civic_mechanisms::{Priced, PricingContext};
 use civic_policies::DatasetPolicy;
+use civic_policies::manifest::SignedManifest;
 use serde_json::json;
 use sqlx::AnyConnection;
 
@@ -16,7 +17,9 @@ use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Admission, Submission};
 use crate::rounds::driver;
 use crate::store::datasets::DatasetVersion;
-use crate::store::{Account, NewQuery, QueryRow, audit, budgets, datasets, projects, queries};
+use crate::store::{
+    Account, NewQuery, QueryRow, audit, budgets, datasets, manifests, projects, queries,
+};
 
 /// The pricing context of this coordinator.
 pub fn context(state: &AppState) -> PricingContext {
@@ -101,6 +104,7 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let mut conn = state.store.read().await?;
     let reuses_release = queries::release_by_fingerprint(&mut conn, &fingerprint).await?;
+    let manifest = manifests::latest(&mut conn).await?;
     let ledger = budgets::read(&mut conn, &dataset.id)
         .await?
         .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
@@ -137,12 +141,23 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
         approvals_required: if reuses_release.is_some() {
             0
         } else {
-            dataset.policy.approvals_needed(priced.cost.rho)
+            approvals_needed(&dataset.policy, &priced, manifest.as_ref())
         },
         reuses_release,
         blocks: priced.blocks,
         half_widths: priced.half_widths,
     })
+}
+
+/// Board approvals a query needs: the policy's count at its cost, raised to the board's
+/// threshold once the board has published a manifest (approvals are then signatures).
+fn approvals_needed(
+    policy: &DatasetPolicy,
+    priced: &Priced,
+    manifest: Option<&SignedManifest>,
+) -> u32 {
+    let n = policy.approvals_needed(priced.cost.rho);
+    manifest.map_or(n, |s| s.manifest.approvals_needed(n))
 }
 
 /// Submits a query: re-served at no cost if an identical release exists; otherwise its
@@ -152,7 +167,8 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
     let dataset = admissible(&mut *state.store.read().await?, who, &req).await?;
     let priced = price(state, &dataset.policy, &req).await?;
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
-    let approvals_required = dataset.policy.approvals_needed(priced.cost.rho);
+    let manifest = manifests::latest(&mut *state.store.read().await?).await?;
+    let approvals_required = approvals_needed(&dataset.policy, &priced, manifest.as_ref());
     let at = state.clock.rfc3339();
     let (id, round, reused) = state
         .store
@@ -299,6 +315,7 @@ pub async fn view(conn: &mut AnyConnection, q: QueryRow) -> Result<QueryView> {
     };
     Ok(QueryView {
         id: q.id,
+        fingerprint: q.fingerprint,
         project: q.project,
         dataset: q.dataset,
         dataset_version: q.dataset_version,

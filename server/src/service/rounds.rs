@@ -16,7 +16,9 @@ use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Current, Partner, RoundSettings};
 use crate::rounds::{RoundOutput, lease};
 use crate::store::rounds::RoundState;
-use crate::store::{QueryRow, RoundRow, accounts, audit, budgets, datasets, queries, rounds};
+use crate::store::{
+    QueryRow, RoundRow, accounts, audit, budgets, datasets, manifests, queries, rounds,
+};
 
 /// The round settings of this coordinator's configuration.
 pub fn settings(state: &AppState) -> RoundSettings {
@@ -53,7 +55,15 @@ pub async fn check(
     priced: &Priced,
 ) -> Result<()> {
     let partners = partners(conn).await?;
-    lifecycle::round_setup(0, policy, priced, &partners, settings(state))?;
+    let manifest = manifests::latest(conn).await?.map(|s| s.manifest);
+    lifecycle::round_setup(
+        0,
+        policy,
+        priced,
+        &partners,
+        settings(state),
+        manifest.as_ref(),
+    )?;
     Ok(())
 }
 
@@ -69,13 +79,21 @@ pub async fn open(
     at: &str,
 ) -> Result<RoundRow> {
     let partners = partners(tx).await?;
+    let manifest = manifests::latest(tx).await?.map(|s| s.manifest);
     let id = rounds::next_id(tx).await?;
     let protocol = state.protocols.for_statistics();
     let row = RoundRow {
         id,
         query_id: query,
         protocol: protocol.name().to_string(),
-        setup: lifecycle::round_setup(id, policy, priced, &partners, settings(state))?,
+        setup: lifecycle::round_setup(
+            id,
+            policy,
+            priced,
+            &partners,
+            settings(state),
+            manifest.as_ref(),
+        )?,
         step: protocol.steps()[0].to_string(),
     };
     rounds::insert(tx, &row, at).await?;

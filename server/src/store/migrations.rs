@@ -23,6 +23,13 @@ const MIGRATIONS: &[(i64, &str, &str, &str, Option<DataStep>)] = &[
         V3_POSTGRES,
         Some(|conn| Box::pin(ledger_entries_out_of_the_ledger(conn))),
     ),
+    (
+        4,
+        "the board's signed manifests; approvals carry the member's signature",
+        V4,
+        V4,
+        None,
+    ),
 ];
 
 /// Applies every migration not yet recorded.
@@ -132,6 +139,16 @@ macro_rules! v3 {
 
 const V3_SQLITE: &str = v3!("INTEGER PRIMARY KEY AUTOINCREMENT");
 const V3_POSTGRES: &str = v3!("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY");
+
+/// Every manifest the board published (the signed JSON), and board signatures on approvals.
+const V4: &str = "CREATE TABLE manifests (
+        version BIGINT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        body TEXT NOT NULL,
+        published_by TEXT NOT NULL,
+        published_at TEXT NOT NULL
+    );
+    ALTER TABLE approvals ADD COLUMN signature TEXT";
 
 /// Which coordinator drives rounds, until when (milliseconds since the Unix epoch).
 const V2: &str = "CREATE TABLE driver_lease (

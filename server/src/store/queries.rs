@@ -2,6 +2,7 @@
 
 use civic_api::query::{ApprovalView, CostView, QueryRequest, QueryState, ReleaseView};
 use civic_mechanisms::Priced;
+use civic_policies::manifest::BoardSignature;
 use sqlx::{AnyConnection, Row};
 
 use super::{StoreError, StoreResult, from_json, to_json};
@@ -211,16 +212,21 @@ pub async fn decide(
     member: &str,
     approve: bool,
     reason: &str,
+    signature: Option<&BoardSignature>,
     at: &str,
 ) -> StoreResult<bool> {
+    let signature = signature
+        .map(|s| super::to_json("approval signature", s))
+        .transpose()?;
     let n = sqlx::query(
-        "INSERT INTO approvals (query_id, member, approve, reason, at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (query_id, member) DO NOTHING",
+        "INSERT INTO approvals (query_id, member, approve, reason, signature, at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (query_id, member) DO NOTHING",
     )
     .bind(query_id)
     .bind(member)
     .bind(i64::from(approve))
     .bind(reason)
+    .bind(signature)
     .bind(at)
     .execute(&mut *conn)
     .await?
@@ -231,7 +237,8 @@ pub async fn decide(
 /// Decisions on a query, in order.
 pub async fn approvals(conn: &mut AnyConnection, query_id: i64) -> StoreResult<Vec<ApprovalView>> {
     let rows = sqlx::query(
-        "SELECT member, approve, reason, at FROM approvals WHERE query_id = $1 ORDER BY at, member",
+        "SELECT member, approve, reason, signature, at FROM approvals WHERE query_id = $1
+         ORDER BY at, member",
     )
     .bind(query_id)
     .fetch_all(&mut *conn)
@@ -243,6 +250,10 @@ pub async fn approvals(conn: &mut AnyConnection, query_id: i64) -> StoreResult<V
                 approve: r.try_get::<i64, _>("approve")? != 0,
                 reason: r.try_get("reason")?,
                 at: r.try_get("at")?,
+                signature: r
+                    .try_get::<Option<String>, _>("signature")?
+                    .map(|t| super::from_json("approval signature", &t))
+                    .transpose()?,
             })
         })
         .collect()

@@ -342,3 +342,144 @@ pub fn close(actual: &Value, expected: f64) -> bool {
     let a = actual.as_f64().unwrap_or(f64::NAN);
     (a - expected).abs() <= 1e-9 * expected.abs().max(1.0)
 }
+
+/// The test board: three members (key seeds 201, 202, 203), threshold 2.
+pub const BOARD_SEEDS: [u8; 3] = [201, 202, 203];
+
+/// A board member's key.
+pub fn board_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+/// The `[board]` section of an agent's configuration that trusts the test board.
+pub fn board_toml() -> String {
+    let keys: Vec<String> = BOARD_SEEDS
+        .iter()
+        .map(|&s| format!("{:?}", hex::encode(board_key(s).verifying_key().as_bytes())))
+        .collect();
+    format!("[board]\nthreshold = 2\nkeys = [{}]\n", keys.join(", "))
+}
+
+/// Version 1 of the test federation's manifest: `partners` (name, identity key hex) and the
+/// "city" policy, signed by `signers` of the test board.
+pub fn city_manifest(
+    partners: &[(String, String)],
+    city_toml: &str,
+) -> civic_policies::manifest::Manifest {
+    use civic_policies::manifest::*;
+    let city = civic_policies::DatasetPolicy::from_toml(city_toml, "city").unwrap();
+    Manifest {
+        federation: "test city".into(),
+        version: 1,
+        previous: None,
+        board: Board {
+            threshold: 2,
+            members: BOARD_SEEDS
+                .iter()
+                .map(|&s| BoardMember {
+                    name: format!("member-{s}"),
+                    key: hex::encode(board_key(s).verifying_key().as_bytes()),
+                })
+                .collect(),
+        },
+        requirements: RoundRequirements {
+            tolerated_colluders: 1,
+            min_survivors: 2,
+            min_rho_per_query: 1e-4,
+            max_rounds_per_dataset_per_day: 1000,
+        },
+        partners: partners
+            .iter()
+            .map(|(name, key)| ManifestPartner {
+                name: name.clone(),
+                organisation: format!("{name} (test)"),
+                identity_key: key.clone(),
+            })
+            .collect(),
+        datasets: vec![ManifestDataset {
+            id: "city".into(),
+            policy_digest: policy_digest(&city.file),
+        }],
+    }
+}
+
+/// `manifest` with the signatures of the board members with these seeds.
+pub fn signed(
+    manifest: civic_policies::manifest::Manifest,
+    signers: &[u8],
+) -> civic_policies::manifest::SignedManifest {
+    let message = manifest.signing_message();
+    civic_policies::manifest::SignedManifest {
+        signatures: signers
+            .iter()
+            .map(|&s| civic_policies::manifest::sign(&board_key(s), &message))
+            .collect(),
+        manifest,
+    }
+}
+
+impl Coordinator {
+    /// The "city" policy listing every partner account of this coordinator.
+    pub fn city_toml(&self) -> String {
+        let names: Vec<String> = self.partners.iter().map(|p| format!("{:?}", p.0)).collect();
+        CITY_TOML.replace(
+            r#"partners = ["trust-a", "council-b", "housing-c"]"#,
+            &format!("partners = [{}]", names.join(", ")),
+        )
+    }
+
+    /// Adds a partner account and lists it in "city" (a new policy version). Four partners
+    /// survive one dropout; three cannot, since every round withstands one colluder
+    /// (2t > n + 1 gives t = 3 of 3).
+    pub async fn add_partner(&mut self, name: &str) {
+        let (token, id) = create(&self.state, name, Role::Partner).await;
+        self.partners.push((name.to_string(), id.unwrap(), token));
+        let (s, body) = self
+            .call(
+                Method::PUT,
+                "/v1/datasets/city",
+                Some(&self.board[0]),
+                Some(json!({ "policy": self.city_toml() })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+
+    /// Publishes a signed manifest as board member 1; returns the status and body.
+    pub async fn publish(
+        &self,
+        signed: &civic_policies::manifest::SignedManifest,
+    ) -> (StatusCode, Value) {
+        self.call(
+            Method::PUT,
+            "/v1/manifests",
+            Some(&self.board[0]),
+            Some(serde_json::to_value(signed).unwrap()),
+        )
+        .await
+    }
+
+    /// A board member's approval of query `id`, signed over its fingerprint.
+    pub async fn approve_signed(&self, id: i64, seed: u8, account: usize) -> (StatusCode, Value) {
+        let (_, q) = self
+            .call(
+                Method::GET,
+                &format!("/v1/queries/{id}"),
+                Some(&self.board[0]),
+                None,
+            )
+            .await;
+        let fingerprint = q["fingerprint"].as_str().unwrap().to_string();
+        let signature = civic_policies::manifest::sign(
+            &board_key(seed),
+            &civic_policies::manifest::approval_message(&fingerprint),
+        );
+        self.call(
+            Method::POST,
+            &format!("/v1/queries/{id}/decision"),
+            Some(&self.board[account]),
+            Some(json!({ "approve": true, "reason": "proportionate", "signature": signature })),
+        )
+        .await
+    }
+}
