@@ -72,7 +72,7 @@ fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("the test runs from target/<profile>/deps")
             .to_path_buf();
-        let missing = ["civic-coordinator", "civic-agent"]
+        let missing = ["civic-coordinator", "civic-agent", "civic-board"]
             .iter()
             .any(|b| !dir.join(b).exists());
         if missing {
@@ -527,6 +527,8 @@ struct System {
     board: String,
     researcher: String,
     partners: Vec<Partner>,
+    /// The board members' public keys (`civic-board keygen`), threshold 2.
+    board_keys: Vec<String>,
     starts: usize,
     dir: tempfile::TempDir,
 }
@@ -570,6 +572,7 @@ impl System {
             board: String::new(),
             researcher: String::new(),
             partners: Vec::new(),
+            board_keys: Vec::new(),
             starts: 0,
             dir,
         };
@@ -617,9 +620,13 @@ impl System {
             sys.agents_url = proxy.url.clone();
             sys.proxy = Some(proxy);
         }
-        for i in 0..sys.partners.len() {
-            sys.prepare_partner(i, setup.min_partners);
-        }
+        sys.board_keys = (1..=3)
+            .map(|i| sys.board_cli(&["keygen", "--out", &format!("member-{i}.key")]))
+            .collect();
+        let keys: Vec<String> = (0..sys.partners.len())
+            .map(|i| sys.prepare_partner(i, setup.min_partners))
+            .collect();
+        sys.publish_manifest(&text, &keys).await;
         // A first `once` registers each identity key (no query can run before all are):
         // there is no open round yet, so it exits at once.
         let mut first: Vec<Proc> = (0..sys.partners.len())
@@ -660,12 +667,73 @@ impl System {
         (token, id)
     }
 
-    /// The partner's extract, token file, identity key (`civic-agent keygen`) and two
-    /// configurations differing only in how often the agent polls.
-    fn prepare_partner(&self, i: usize, min_survivors: usize) {
+    /// Runs `civic-board ARGS` in the board's directory and returns its standard output.
+    fn board_cli(&self, args: &[&str]) -> String {
+        let dir = self.dir.path().join("board");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new(bin("civic-board"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "civic-board {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The board lists the partners' keys and the policy's digest in a manifest, two of its
+    /// three members sign it with `civic-board`, and it is published.
+    async fn publish_manifest(&self, policy: &str, partner_keys: &[String]) {
+        let dir = self.dir.path().join("board");
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        let digest = self.board_cli(&["digest", "policy.toml"]);
+        let digest = digest.split_whitespace().next().unwrap();
+        let mut manifest = format!(
+            "federation = \"system test\"\nversion = 1\n\n[board]\nthreshold = 2\n\n\
+             [requirements]\ntolerated_colluders = 1\nmin_survivors = 2\n\
+             min_rho_per_query = 0.0001\nmax_rounds_per_dataset_per_day = 1000\n"
+        );
+        for (i, key) in self.board_keys.iter().enumerate() {
+            manifest += &format!("\n[[board.members]]\nname = \"member {i}\"\nkey = \"{key}\"\n");
+        }
+        for (p, key) in self.partners.iter().zip(partner_keys) {
+            manifest += &format!(
+                "\n[[partners]]\nname = \"{}\"\norganisation = \"{} (test)\"\nidentity_key = \"{key}\"\n",
+                p.name, p.name
+            );
+        }
+        manifest += &format!(
+            "\n[[datasets]]\nid = \"{}\"\npolicy_digest = \"{digest}\"\n",
+            self.dataset
+        );
+        std::fs::write(dir.join("manifest.toml"), manifest).unwrap();
+        for key in ["member-1.key", "member-3.key"] {
+            self.board_cli(&["sign", "--key", key, "manifest.toml"]);
+        }
+        let signed: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.signed.json")).unwrap())
+                .unwrap();
+        let (s, v) = self
+            .call(Method::PUT, "/v1/manifests", &self.board, Some(signed))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    /// The partner's extract, token file (mode 0600), identity key (`civic-agent keygen`)
+    /// and two configurations differing only in how often the agent polls; returns the
+    /// identity's public key.
+    fn prepare_partner(&self, i: usize, min_survivors: usize) -> String {
         let p = &self.partners[i];
         write_csv(&p.dir.join("extract.csv"), &p.rows);
-        std::fs::write(p.dir.join("token"), &p.token).unwrap();
+        let token = p.dir.join("token");
+        std::fs::write(&token, &p.token).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let out = Command::new(bin("civic-agent"))
             .args(["keygen", "--out"])
             .arg(p.dir.join("identity.key"))
@@ -676,10 +744,23 @@ impl System {
             "keygen: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let public = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                l.rsplit_once(": ")
+                    .map(|(_, k)| k.trim().to_string())
+                    .filter(|k| k.len() == 64)
+            })
+            .expect("keygen prints the public key");
+        let board_keys: Vec<String> = self.board_keys.iter().map(|k| format!("{k:?}")).collect();
         for speed in [FAST, SLOW] {
             let config = format!(
                 r#"identity_key = "identity.key"
 state_dir = "state"
+
+[board]
+threshold = 2
+keys = [{board_keys}]
 
 [coordinator]
 url = "{base}"
@@ -706,9 +787,11 @@ fell = {{ column = "fall_flag", values = {{ Y = "true", N = "false" }} }}
 "#,
                 base = self.agents_url,
                 dataset = self.dataset,
+                board_keys = board_keys.join(", "),
             );
             std::fs::write(p.config(speed), config).unwrap();
         }
+        public
     }
 
     /// Starts `civic-agent run|once` for partner `i`. The process is kept in `agents` (and

@@ -113,7 +113,10 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
         Command::Keygen { out } => {
             let public = civic_client_sdk::identity::generate(&out)?;
             println!("identity key written to {} (mode 0600)", out.display());
-            println!("public key (register it; `civic-agent run` does so on start): {public}");
+            println!(
+                "public key (give it to the board for the federation's manifest; `civic-agent run` \
+                 registers it with the coordinator): {public}"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Synth {
