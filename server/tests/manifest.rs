@@ -1,0 +1,252 @@
+//! The coordinator stores and serves the board's manifests but cannot make one: only a
+//! manifest with its board's signatures that follows the newest stored one is accepted. Once
+//! one is published, approvals are board signatures over the query's fingerprint, counted by
+//! member key however many accounts send them; rounds run only over manifest partners with
+//! the manifest's keys and a policy the manifest signs.
+
+mod common;
+
+use civic_policies::manifest::{self, approval_message};
+use common::{Coordinator, city_manifest, fresh_store_url, signed};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The three partners' test keys (seeds 1, 2, 3, as `register_partners` uses).
+fn partner_keys(c: &Coordinator) -> Vec<(String, String)> {
+    c.partners
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _, _))| {
+            let key = civic_secagg::IdentityKey::from_seed(&[i as u8 + 1; 32]);
+            (name.clone(), hex::encode(key.public().0))
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn only_manifests_signed_by_the_board_before_them_are_stored() {
+    let c = Coordinator::start(&fresh_store_url("manifest-chain")).await;
+    let m1 = city_manifest(&partner_keys(&c), common::CITY_TOML);
+    // One member is not the threshold; an outsider's key does not count.
+    let (s, v) = c.publish(&signed(m1.clone(), &[201])).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("manifest.invalid")),
+        "{v}"
+    );
+    let mut padded = signed(m1.clone(), &[201]);
+    padded.signatures.push(manifest::sign(
+        &ed25519_dalek::SigningKey::from_bytes(&[77; 32]),
+        &m1.signing_message(),
+    ));
+    let (s, _) = c.publish(&padded).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, chain) = c.call(Method::GET, "/v1/manifests", None, None).await;
+    assert_eq!(chain["manifests"], json!([]), "nothing stored: {chain}");
+
+    let (s, v) = c.publish(&signed(m1.clone(), &[201, 202])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["manifests"][0]["manifest"]["version"], 1);
+    // The same version again, or a version 2 that does not name version 1's digest, or one
+    // signed by a board that is not version 1's.
+    let (s, v) = c.publish(&signed(m1.clone(), &[202, 203])).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::CONFLICT, &json!("manifest.not_successor")),
+        "{v}"
+    );
+    let mut m2 = m1.clone();
+    m2.version = 2;
+    m2.previous = Some("00".repeat(32));
+    let (s, v) = c.publish(&signed(m2.clone(), &[201, 202])).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::CONFLICT, &json!("manifest.not_successor")),
+        "{v}"
+    );
+    m2.previous = Some(m1.digest());
+    let (s, v) = c.publish(&signed(m2.clone(), &[77, 78])).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("manifest.invalid")),
+        "{v}"
+    );
+    let (s, v) = c.publish(&signed(m2, &[203, 201])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Public, and audited.
+    let (s, chain) = c.call(Method::GET, "/v1/manifests", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(chain["manifests"].as_array().unwrap().len(), 2);
+    let (_, log) = c
+        .call(Method::GET, "/v1/audit?limit=100", Some(&c.board[0]), None)
+        .await;
+    let published = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "manifest.publish")
+        .count();
+    assert_eq!(published, 2, "{log}");
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn under_a_manifest_approvals_are_signatures_of_distinct_members() {
+    let c = Coordinator::start(&fresh_store_url("manifest-approvals")).await;
+    let (s, v) = c
+        .publish(&signed(
+            city_manifest(&partner_keys(&c), common::CITY_TOML),
+            &[201, 202],
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    c.register_partners().await;
+    // ε = 80 costs ρ 3200, above the approval threshold (ρ 2500).
+    let (s, q) = c.submit(common::count_query(80.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    assert_eq!(q["state"], "awaiting_approval");
+    let id = q["id"].as_i64().unwrap();
+    let path = format!("/v1/queries/{id}/decision");
+    // No signature; a signature over another fingerprint.
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &path,
+            Some(&c.board[0]),
+            Some(json!({ "approve": true, "reason": "ok" })),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("decision.signature")),
+        "{v}"
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("civic-board approve"),
+        "{v}"
+    );
+    let wrong = manifest::sign(&common::board_key(201), &approval_message(&"ab".repeat(32)));
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &path,
+            Some(&c.board[0]),
+            Some(json!({ "approve": true, "reason": "ok", "signature": wrong })),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("decision.signature")),
+        "{v}"
+    );
+    // Member 201 approves through two accounts: one approval.
+    let (s, v) = c.approve_signed(id, 201, 0).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = c.approve_signed(id, 201, 1).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::CONFLICT, &json!("query.already_decided")),
+        "{v}"
+    );
+    let (s, v) = c.approve_signed(id, 203, 1).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    let members: Vec<&Value> = v["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["member"])
+        .collect();
+    assert_eq!(
+        members,
+        [&json!("board:member-201"), &json!("board:member-203")]
+    );
+    // The round's announcement carries both signatures, for the agents to check.
+    let (_, rounds) = c
+        .call(
+            Method::GET,
+            "/v1/partner/rounds",
+            Some(&c.partners[0].2),
+            None,
+        )
+        .await;
+    assert_eq!(
+        rounds["rounds"][0]["approvals"].as_array().unwrap().len(),
+        2,
+        "{rounds}"
+    );
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn rounds_need_the_manifests_partners_keys_and_policy() {
+    let c = Coordinator::start(&fresh_store_url("manifest-rounds")).await;
+    // The manifest lists another key for housing-c than the one it will register.
+    let mut keys = partner_keys(&c);
+    keys[2].1 = hex::encode(civic_secagg::IdentityKey::from_seed(&[66; 32]).public().0);
+    let (s, v) = c
+        .publish(&signed(
+            city_manifest(&keys, common::CITY_TOML),
+            &[201, 202],
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            "/v1/partner/identity",
+            Some(&c.partners[2].2),
+            Some(json!({ "public_key": hex::encode(civic_secagg::IdentityKey::from_seed(&[3; 32]).public().0) })),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (
+            StatusCode::CONFLICT,
+            &json!("partner.identity_key_not_in_manifest")
+        ),
+        "{v}"
+    );
+    // A policy version the manifest does not sign: no round can be configured for it.
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            "/v1/datasets/city",
+            Some(&c.board[0]),
+            Some(json!({ "policy": common::CITY_TOML.replace("title = \"City test cohort\"", "title = \"Changed\"") })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    for (i, (_, _, token)) in c.partners.iter().enumerate().take(2) {
+        let key = civic_secagg::IdentityKey::from_seed(&[i as u8 + 1; 32]);
+        let (s, v) = c
+            .call(
+                Method::PUT,
+                "/v1/partner/identity",
+                Some(token),
+                Some(json!({ "public_key": hex::encode(key.public().0) })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, v) = c.submit(common::count_query(1.0)).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (
+            StatusCode::CONFLICT,
+            &json!("round.partner_not_in_manifest")
+        ),
+        "{v}"
+    );
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the one the board's newest manifest signs"),
+        "{v}"
+    );
+    c.stop().await;
+}
