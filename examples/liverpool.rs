@@ -1,6 +1,8 @@
 //! The Liverpool demo: a coordinator on an embedded SQLite store and eight partner agents on
 //! loopback, each with its own synthetic extract of a 200,000-resident city region, playing a
-//! session a city-region data co-operative would recognise.
+//! session a city-region data co-operative would recognise. A board of three (threshold 2)
+//! signs the federation's manifest and the approval of a large query with `civic-board`'s
+//! functions; the agents trust the board's keys, not the coordinator.
 //!
 //! ```sh
 //! cargo run --release --example liverpool [-- --out DIR --residents N]
@@ -19,8 +21,13 @@ use std::time::{Duration, Instant};
 
 use civic_api::Role;
 use civic_client_sdk::agent::Agent;
+use civic_client_sdk::board;
 use civic_client_sdk::config::AgentConfig;
 use civic_client_sdk::synth::{self, FALLS_PARTNERS, GP_FEDERATIONS, Resident};
+use civic_policies::manifest::{
+    Board as ManifestBoard, BoardMember, Manifest, ManifestDataset, ManifestPartner,
+    RoundRequirements,
+};
 use civic_server::{AppState, Config};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -220,19 +227,58 @@ async fn main() -> Result<(), Error> {
         "board: datasets diabetes (5 GP federations) and falls-housing (acute trust, community & mental-health trust, council adult social care); NHS disclosure control; projects diabetes-care (ρ 0.6) and falls-prevention (ρ 0.45)\n"
     );
 
-    // The partners: each writes its extract, makes its identity key and starts its agent.
-    let mut agents = BTreeMap::new();
+    // The board: three members, each with a key on their own machine (`civic-board keygen`).
+    let board_dir = work.join("board");
+    std::fs::create_dir_all(&board_dir)?;
+    let mut board_keys = Vec::new();
+    for member in BOARD {
+        let public = board::keygen(&board_dir.join(format!("{member}.key")))?;
+        board_keys.push((member, public));
+    }
+
+    // The partners: each writes its extract and makes its identity key, whose public half it
+    // gives the board.
+    let mut identities = Vec::new();
     for p in &partners {
         let dir = work.join(p);
         std::fs::create_dir_all(&dir)?;
         let rows = synth::write_extract(p, &people, &dir.join("extract.csv"))?;
-        std::fs::write(dir.join("token"), &tokens[p])?;
-        civic_client_sdk::identity::generate(&dir.join("identity.key"))?;
-        std::fs::write(dir.join("partner.toml"), partner_config(p, &base))?;
+        write_private(&dir.join("token"), &tokens[p])?;
+        let public = civic_client_sdk::identity::generate(&dir.join("identity.key"))?;
+        std::fs::write(
+            dir.join("partner.toml"),
+            partner_config(p, &base, &board_keys),
+        )?;
         println!("  {p:<20} {rows:>6} rows");
-        agents.insert(*p, spawn_agent(&dir)?);
+        identities.push((*p, public));
     }
     println!();
+
+    // The board's manifest: its members, the partners and their keys, each dataset's policy
+    // by digest, and the least every round must meet. Two of the three sign it
+    // (`civic-board sign`); the coordinator stores it and cannot make one of its own.
+    let manifest = federation_manifest(&board_keys, &identities)?;
+    let manifest_toml = board_dir.join("manifest.toml");
+    std::fs::write(&manifest_toml, toml::to_string(&manifest)?)?;
+    let signed_path = board::signed_path(&manifest_toml);
+    for member in ["chair", "vice-chair"] {
+        let key = board::load(&board_dir.join(format!("{member}.key")))?;
+        board::sign_manifest(&key, &manifest_toml, &signed_path)?;
+    }
+    let signed: Value = serde_json::from_str(&std::fs::read_to_string(&signed_path)?)?;
+    api.ok(Method::PUT, "/v1/manifests", &chair, Some(signed))
+        .await?;
+    println!(
+        "board: manifest version 1 (digest {}…) signed by the chair and the vice-chair: {} partners, 2 datasets; every round withstands one colluding partner\n",
+        &manifest.digest()[..16],
+        identities.len()
+    );
+
+    // The agents trust the board's keys, not the coordinator.
+    let mut agents = BTreeMap::new();
+    for p in &partners {
+        agents.insert(*p, spawn_agent(&work.join(p))?);
+    }
 
     let diabetes_rows: Vec<&Resident> = people.iter().filter(|r| r.age >= 18).collect();
     let falls_rows: Vec<&Resident> = FALLS_PARTNERS
@@ -306,6 +352,78 @@ async fn main() -> Result<(), Error> {
     Ok(())
 }
 
+/// The board's three members: each signs with a key of their own (threshold 2).
+const BOARD: [&str; 3] = ["chair", "vice-chair", "resident-member"];
+
+/// Writes a secret file (a token) only its owner can read, as the agent requires.
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// The organisation behind a demo partner, for the manifest.
+fn organisation(partner: &str) -> &'static str {
+    match partner {
+        "acute-trust" => "an acute NHS trust",
+        "community-mh-trust" => "a community and mental-health NHS trust",
+        "council-asc" => "a council's adult social care",
+        _ => "a GP federation",
+    }
+}
+
+/// Version 1 of the federation's manifest.
+fn federation_manifest(
+    board_keys: &[(&str, String)],
+    partners: &[(&str, String)],
+) -> Result<Manifest, Error> {
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/liverpool");
+    let mut datasets = Vec::new();
+    for (id, file) in [
+        ("diabetes", "diabetes.toml"),
+        ("falls-housing", "falls-housing.toml"),
+    ] {
+        datasets.push(ManifestDataset {
+            id: id.into(),
+            policy_digest: board::policy_digest(&policies.join(file))?,
+        });
+    }
+    Ok(Manifest {
+        federation: "Liverpool City Region data co-operative (synthetic)".into(),
+        version: 1,
+        previous: None,
+        board: ManifestBoard {
+            threshold: 2,
+            members: board_keys
+                .iter()
+                .map(|(name, key)| BoardMember {
+                    name: name.to_string(),
+                    key: key.clone(),
+                })
+                .collect(),
+        },
+        requirements: RoundRequirements {
+            tolerated_colluders: 1,
+            min_survivors: 3,
+            min_rho_per_query: 0.0005,
+            max_rounds_per_dataset_per_day: 100,
+        },
+        partners: partners
+            .iter()
+            .map(|(name, key)| ManifestPartner {
+                name: name.to_string(),
+                organisation: organisation(name).into(),
+                identity_key: key.clone(),
+            })
+            .collect(),
+        datasets,
+    })
+}
+
 /// Starts the coordinator on a thread of its own and bootstraps the administrator, as
 /// `civic-coordinator admin create-account` does.
 fn start_coordinator(config: Config) -> Result<(String, String), Error> {
@@ -340,7 +458,9 @@ fn start_coordinator(config: Config) -> Result<(String, String), Error> {
     Ok((base, rx.recv()??))
 }
 
-fn partner_config(partner: &str, base: &str) -> String {
+fn partner_config(partner: &str, base: &str, board_keys: &[(&str, String)]) -> String {
+    let keys: Vec<String> = board_keys.iter().map(|(_, k)| format!("{k:?}")).collect();
+    let keys = keys.join(", ");
     let gp = GP_FEDERATIONS.contains(&partner);
     let columns = if gp {
         // gp-north's system codes sex as F/M and registers as Y/N: mapped here.
@@ -379,6 +499,10 @@ fn partner_config(partner: &str, base: &str) -> String {
     format!(
         r#"identity_key = "identity.key"
 state_dir = "state"
+
+[board]
+threshold = 2
+keys = [{keys}]
 
 [coordinator]
 url = "{base}"
@@ -567,6 +691,7 @@ async fn ask(
     agents: &mut BTreeMap<&'static str, tokio::task::JoinHandle<()>>,
     work: &Path,
 ) -> Result<Value, Error> {
+    let board_dir = work.join("board");
     let token = &tokens[q.researcher];
     println!("── {}", q.title);
     let preview = api
@@ -595,9 +720,17 @@ async fn ask(
             "   above the board's threshold: waiting for {} approvals",
             submitted["approvals_required"]
         );
-        for member in ["board-chair", "board-member"] {
-            api.ok(Method::POST, &format!("/v1/queries/{id}/decision"), &tokens[member], Some(json!({ "approve": true, "reason": "proportionate for the falls-prevention programme" }))).await?;
-            println!("   approved by {member}");
+        // Each member signs the query's fingerprint with their own key
+        // (`civic-board approve`); the agents check the signatures themselves.
+        let fingerprint = submitted["fingerprint"].as_str().ok_or("no fingerprint")?;
+        for (member, account) in [
+            ("chair", "board-chair"),
+            ("resident-member", "board-member"),
+        ] {
+            let key = board::load(&board_dir.join(format!("{member}.key")))?;
+            let signature = board::approve(&key, fingerprint)?;
+            api.ok(Method::POST, &format!("/v1/queries/{id}/decision"), &tokens[account], Some(json!({ "approve": true, "reason": "proportionate for the falls-prevention programme", "signature": signature }))).await?;
+            println!("   approved by the {member}, signing the query's fingerprint");
         }
     }
     if let Some(victim) = dropout {
