@@ -6,8 +6,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 # Where cargo puts the binaries: target/ unless CARGO_TARGET_DIR says otherwise.
 bin="${CARGO_TARGET_DIR:-$repo/target}/debug"
-# `cargo test --workspace` has built both binaries already in CI; build them if not.
-if [ ! -x "$bin/civic-coordinator" ] || [ ! -x "$bin/civic-agent" ]; then
+# `cargo test --workspace` has built the binaries already in CI; build them if not.
+if [ ! -x "$bin/civic-coordinator" ] || [ ! -x "$bin/civic-agent" ] || [ ! -x "$bin/civic-board" ]; then
     cargo build --quiet --manifest-path "$repo/Cargo.toml" -p civic-server -p civic-client-sdk --bins
 fi
 work=$(mktemp -d)
