@@ -691,10 +691,10 @@ impl System {
         std::fs::write(dir.join("policy.toml"), policy).unwrap();
         let digest = self.board_cli(&["digest", "policy.toml"]);
         let digest = digest.split_whitespace().next().unwrap();
-        let mut manifest = format!(
+        let mut manifest = String::from(
             "federation = \"system test\"\nversion = 1\n\n[board]\nthreshold = 2\n\n\
              [requirements]\ntolerated_colluders = 1\nmin_survivors = 2\n\
-             min_rho_per_query = 0.0001\nmax_rounds_per_dataset_per_day = 1000\n"
+             min_rho_per_query = 0.0001\nmax_rounds_per_dataset_per_day = 1000\n",
         );
         for (i, key) in self.board_keys.iter().enumerate() {
             manifest += &format!("\n[[board.members]]\nname = \"member {i}\"\nkey = \"{key}\"\n");
@@ -713,9 +713,10 @@ impl System {
         for key in ["member-1.key", "member-3.key"] {
             self.board_cli(&["sign", "--key", key, "manifest.toml"]);
         }
-        let signed: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.signed.json")).unwrap())
-                .unwrap();
+        let signed: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("manifest.signed.json")).unwrap(),
+        )
+        .unwrap();
         let (s, v) = self
             .call(Method::PUT, "/v1/manifests", &self.board, Some(signed))
             .await;

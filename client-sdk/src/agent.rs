@@ -461,7 +461,7 @@ impl Agent {
                     manifest.version
                 ))
             })?;
-            if !policy.partners().iter().any(|n| *n == partner.name) {
+            if !policy.partners().contains(&partner.name) {
                 return Err(refuse(format!(
                     "participant {p} is manifest partner {}, which does not hold dataset {}",
                     partner.name, ann.dataset

@@ -10,7 +10,6 @@
 //! else in the set-up.
 
 #[path = "../../server/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;
@@ -222,8 +221,8 @@ fell = "fell"
 /// with their keys and the four-partner policy; the roster as registered; partner ids 1..=4.
 fn honest_script(v_key: &str) -> (Script, Manifest) {
     let mut listed = vec![("v".to_string(), v_key.to_string())];
-    for i in 1..4 {
-        listed.push((PARTNERS[i].to_string(), hex_key(&peer_key(i))));
+    for (i, name) in PARTNERS.iter().enumerate().skip(1) {
+        listed.push((name.to_string(), hex_key(&peer_key(i))));
     }
     let city = four_partner_city();
     let m = common::city_manifest(&listed, &city);

@@ -646,7 +646,8 @@ mod tests {
 
     #[test]
     fn unsafe_or_malformed_manifests_name_the_field() {
-        let cases: Vec<(fn(&mut Manifest), &str)> = vec![
+        type Change = fn(&mut Manifest);
+        let cases: Vec<(Change, &str)> = vec![
             (|m| m.board.threshold = 1, "board.threshold"),
             (|m| m.board.threshold = 4, "board.threshold"),
             (
