@@ -64,6 +64,8 @@ problem_codes! {
     AuthBadToken = "auth.bad_token",
     /// The token's role may not use this endpoint, or the partner is not in this round.
     AuthForbidden = "auth.forbidden",
+    /// Too many unknown tokens from this address: retry after `Retry-After`.
+    AuthTooManyFailures = "auth.too_many_failures",
     /// No such endpoint or resource.
     NotFound = "not_found",
     /// The JSON body is malformed or has unknown or missing fields.

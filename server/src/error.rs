@@ -74,6 +74,14 @@ pub enum Error {
         /// What to send instead.
         detail: &'static str,
     },
+    /// Too many unknown tokens from this address: try again after the window.
+    #[error(
+        "too many requests with unknown tokens from this address; try again in {retry_after_secs} s"
+    )]
+    TooManyAuthFailures {
+        /// Seconds until the address may try again.
+        retry_after_secs: u64,
+    },
     /// Authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -182,6 +190,9 @@ impl Error {
             Error::NotFound(_) => shown(StatusCode::NOT_FOUND, C::NotFound),
             Error::Unauthorized { code, .. } => shown(StatusCode::UNAUTHORIZED, *code),
             Error::Forbidden(_) => shown(StatusCode::FORBIDDEN, C::AuthForbidden),
+            Error::TooManyAuthFailures { .. } => {
+                shown(StatusCode::TOO_MANY_REQUESTS, C::AuthTooManyFailures)
+            }
             Error::Invalid { code, .. } => shown(StatusCode::BAD_REQUEST, *code),
             Error::TooLarge { .. } => shown(StatusCode::PAYLOAD_TOO_LARGE, C::RequestTooLarge),
             Error::UnsupportedMediaType => {
@@ -348,7 +359,9 @@ impl ResponseError for Error {
         }
         let mut response = HttpResponse::build(status);
         response.content_type(PROBLEM_CONTENT_TYPE);
-        if matches!(
+        if let Error::TooManyAuthFailures { retry_after_secs } = self {
+            response.insert_header((RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+        } else if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
@@ -363,7 +376,7 @@ impl From<crate::lifecycle::LifecycleError> for Error {
         use crate::lifecycle::LifecycleError as L;
         let detail = e.to_string();
         match e {
-            L::IdenticalInFlight { .. } => {
+            L::IdenticalInFlight { .. } | L::IdenticalInFlightElsewhere => {
                 Error::conflict(ProblemCode::QueryIdenticalInFlight, detail)
             }
             L::NotAwaitingApproval { .. } => {

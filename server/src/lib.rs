@@ -40,6 +40,8 @@ pub struct AppState {
     pub clock: clock::SharedClock,
     /// The protocols rounds can run.
     pub protocols: rounds::Protocols,
+    /// Failed authentications per address.
+    pub auth_throttle: auth::AuthThrottle,
 }
 
 /// What a coordinator is built with besides its configuration: the clock (the system's in
@@ -76,6 +78,7 @@ impl AppState {
             rounds: rounds::Rounds::default(),
             clock: parts.clock,
             protocols: parts.protocols,
+            auth_throttle: auth::AuthThrottle::default(),
         }))
     }
 

@@ -46,6 +46,12 @@ pub enum LifecycleError {
         /// Its state.
         state: QueryState,
     },
+    /// An identical question is waiting or running for another project: its id is that
+    /// project's business, so it is not named.
+    #[error(
+        "an identical question is already being answered for another project; once it is released, submitting again re-serves its result at no cost"
+    )]
+    IdenticalInFlightElsewhere,
     /// A decision on a query that is not awaiting one.
     #[error("query {query} is {}, not awaiting approval", state.as_str())]
     NotAwaitingApproval {
@@ -141,8 +147,9 @@ pub struct Submission {
     pub approvals_required: u32,
     /// A release of the same question, if one exists.
     pub released: Option<i64>,
-    /// A query asking the same question that is waiting or running, if any.
-    pub in_flight: Option<(i64, QueryState)>,
+    /// A query asking the same question that is waiting or running, if any, and whether it
+    /// is the submitting project's own.
+    pub in_flight: Option<(i64, QueryState, bool)>,
 }
 
 /// How a submission is admitted.
@@ -166,8 +173,12 @@ pub fn admit(s: Submission) -> Result<Admission, LifecycleError> {
     if let Some(release) = s.released {
         return Ok(Admission::Reuse { release });
     }
-    if let Some((other, state)) = s.in_flight {
-        return Err(LifecycleError::IdenticalInFlight { other, state });
+    match s.in_flight {
+        Some((other, state, true)) => {
+            return Err(LifecycleError::IdenticalInFlight { other, state });
+        }
+        Some((_, _, false)) => return Err(LifecycleError::IdenticalInFlightElsewhere),
+        None => {}
     }
     Ok(Admission::Reserve {
         state: if s.approvals_required == 0 {
@@ -498,13 +509,17 @@ mod tests {
         s.released = Some(9);
         assert_eq!(admit(s).unwrap(), Admission::Reuse { release: 9 });
         s.released = None;
-        s.in_flight = Some((4, QueryState::Running));
+        s.in_flight = Some((4, QueryState::Running, true));
         let e = admit(s).unwrap_err();
         assert!(
             e.to_string()
                 .contains("identical query (4) is already running"),
             "{e}"
         );
+        // Another project's query is not named.
+        s.in_flight = Some((4, QueryState::Running, false));
+        let e = admit(s).unwrap_err().to_string();
+        assert!(e.contains("another project") && !e.contains('4'), "{e}");
     }
 
     #[test]

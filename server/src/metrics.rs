@@ -65,7 +65,18 @@ pub static RESERVED_RELEASES: Counter = Counter::new(
     "Identical queries answered from a stored release at no cost.",
 );
 
-const ALL: [&Counter; 7] = [
+/// Requests with an unknown token.
+pub static AUTH_FAILURES: Counter = Counter::new(
+    "civic_auth_failures_total",
+    "Requests with an unknown bearer token.",
+);
+/// Requests refused for an address's earlier failures.
+pub static AUTH_THROTTLED: Counter = Counter::new(
+    "civic_auth_throttled_total",
+    "Requests refused (429) because their address sent too many unknown tokens.",
+);
+
+const ALL: [&Counter; 9] = [
     &RESPONSES_2XX,
     &RESPONSES_4XX,
     &RESPONSES_5XX,
@@ -73,6 +84,8 @@ const ALL: [&Counter; 7] = [
     &ROUNDS_ABORTED,
     &RELEASES,
     &RESERVED_RELEASES,
+    &AUTH_FAILURES,
+    &AUTH_THROTTLED,
 ];
 
 /// The exposition text, with the gauges passed in.

@@ -305,16 +305,31 @@ impl Store {
 
 /// A URL with any password replaced, for messages.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
+    // The query string, if any, starts at the first '?'; credentials end at the last '@'
+    // before it (a password may itself hold '@' or '/').
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], Some(&url[q + 1..])),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
+            let creds = &base[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &base[..s + 3], &base[at..])
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.to_ascii_lowercase().contains("password") => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", pairs.join("&"));
     }
+    out
 }
 
 /// Decodes a JSON column.
@@ -457,5 +472,13 @@ mod tests {
             "postgres://civic:***@db/civic"
         );
         assert_eq!(super::redact("sqlite://civic.db"), "sqlite://civic.db");
+        assert_eq!(
+            super::redact("postgres://civic:p@ss/w@rd@db:5432/civic?sslmode=require"),
+            "postgres://civic:***@db:5432/civic?sslmode=require"
+        );
+        assert_eq!(
+            super::redact("postgres://db/civic?user=civic&password=s3cret&sslpassword=k3y"),
+            "postgres://db/civic?user=civic&password=***&sslpassword=***"
+        );
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Coordinator, fresh_store_url};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Who {
@@ -208,5 +208,52 @@ async fn every_endpoint_admits_exactly_its_roles() {
             "{templated} missing from /openapi.json"
         );
     }
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn an_address_guessing_tokens_is_slowed_and_counted() {
+    let c = Coordinator::start(&fresh_store_url("authz-throttle")).await;
+    let limit = civic_server::auth::FAILURES_ALLOWED;
+    for i in 0..limit {
+        let (s, v) = c
+            .call(
+                Method::GET,
+                "/v1/datasets",
+                Some(&format!("guess-{i}")),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    // The next request from this address is refused before its token is looked up, even a
+    // valid one, until the window ends.
+    let res = c
+        .http
+        .get(format!("{}/v1/datasets", c.base))
+        .bearer_auth(&c.researcher)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["code"], "auth.too_many_failures", "{v}");
+    // Failures are counted for the operator.
+    let (_, metrics) = c.call(Method::GET, "/metrics", None, None).await;
+    let text = metrics.as_str().unwrap();
+    let failures: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("civic_auth_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failures >= u64::from(limit), "{text}");
+    assert!(text.contains("civic_auth_throttled_total"), "{text}");
     c.stop().await;
 }

@@ -181,7 +181,7 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
             let released = queries::release_by_fingerprint(tx, &fingerprint).await?;
             let in_flight = match released {
                 Some(_) => None,
-                None => queries::in_flight(tx, &fingerprint).await?,
+                None => queries::in_flight(tx, &fingerprint, &req.project).await?,
             };
             let admission = lifecycle::admit(Submission {
                 approvals_required,

@@ -175,13 +175,15 @@ pub async fn set_state(
     Ok(())
 }
 
-/// A query with this fingerprint that is running or awaiting approval, with its state.
+/// A query with this fingerprint that is running or awaiting approval, with its state and
+/// whether it belongs to `project`.
 pub async fn in_flight(
     conn: &mut AnyConnection,
     fingerprint: &str,
-) -> StoreResult<Option<(i64, QueryState)>> {
+    project: &str,
+) -> StoreResult<Option<(i64, QueryState, bool)>> {
     let row = sqlx::query(
-        "SELECT id, state FROM queries WHERE fingerprint = $1
+        "SELECT id, state, project FROM queries WHERE fingerprint = $1
          AND state IN ('running', 'awaiting_approval') ORDER BY id LIMIT 1",
     )
     .bind(fingerprint)
@@ -191,7 +193,8 @@ pub async fn in_flight(
     let state: String = row.try_get("state")?;
     let state =
         QueryState::parse(&state).ok_or_else(|| StoreError::corrupt("query state", state))?;
-    Ok(Some((row.try_get("id")?, state)))
+    let own = row.try_get::<String, _>("project")? == project;
+    Ok(Some((row.try_get("id")?, state, own)))
 }
 
 /// Records the round of a query.
