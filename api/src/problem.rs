@@ -164,6 +164,9 @@ problem_codes! {
     RoundDropped = "round.dropped",
     /// The partner already took part, so it can no longer decline.
     RoundAlreadyJoined = "round.already_joined",
+    /// The unmasked sum is outside what the survivors' inputs allow (a wrong share or
+    /// input): nothing was released.
+    RoundSumOutOfRange = "round.sum_out_of_range",
     /// A decline's reason is empty or too long.
     RoundDeclineReason = "round.decline_reason",
     /// The identity key is not 32 bytes of hex.

@@ -85,6 +85,17 @@ pub struct AggregationPlan {
 }
 
 impl AggregationPlan {
+    /// Whether every slot of a sum over `contributors` partners lies within what their
+    /// inputs can produce: |slot| ≤ contributors × `max_slot_per_partner`. A slot outside it
+    /// means a partner sent a wrong share or an input the round was not sized for, so the
+    /// unmasked sum is garbage and must not be released.
+    pub fn admits_sum(&self, sum: &[i64], contributors: usize) -> bool {
+        let bound = self
+            .max_slot_per_partner
+            .saturating_mul(contributors as u128);
+        sum.len() == self.vector_len && sum.iter().all(|v| u128::from(v.unsigned_abs()) <= bound)
+    }
+
     /// Compiles a validated query. `max_rows_per_partner` is the public bound on how many rows
     /// one partner can contribute (its population size), used only to size the ring.
     pub fn compile(

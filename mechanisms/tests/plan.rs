@@ -107,3 +107,19 @@ fn histograms_and_quantiles_count_over_their_cells() {
     );
     assert_eq!(p.vector_len, 5, "five HbA1c bins");
 }
+
+#[test]
+fn a_sum_outside_what_the_survivors_can_add_up_to_is_not_admitted() {
+    let falls = samples::falls_housing();
+    let p = plan(
+        &falls,
+        r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
+    );
+    // Each partner adds at most 1,000,000 to a slot.
+    assert!(p.admits_sum(&[0, 3_000_000, -3_000_000, 5, 7], 3));
+    assert!(!p.admits_sum(&[0, 3_000_001, 0, 5, 7], 3));
+    assert!(!p.admits_sum(&[0, 2_000_001, 0, 5, 7], 2));
+    // A masked value left in by a wrong share is almost surely far outside.
+    assert!(!p.admits_sum(&[0, i64::MIN, 0, 5, 7], 3));
+    assert!(!p.admits_sum(&[0, 0, 0, 0], 3), "wrong length");
+}

@@ -451,3 +451,29 @@ async fn a_release_on_each_backend_is_stored_charged_and_audited() {
         common::drop_schema(&url).await;
     }
 }
+
+#[actix_web::test]
+async fn an_unmasked_sum_beyond_what_the_partners_can_add_up_to_is_not_released() {
+    let c = Coordinator::start(&fresh_store_url("out-of-range")).await;
+    let ps = partners(&c).await;
+    let before = budget(&c).await;
+    // Each partner adds at most 1,000,000 (the public row bound) to a count: one that sends
+    // 5,000,000 (as a wrong share would leave garbage) makes the sum impossible.
+    let (_, q) = c.submit(count_query(60.0)).await;
+    let id = q["id"].as_i64().unwrap();
+    let values = [vec![10], vec![5_000_000], vec![12]];
+    let results = run_partners(&ps, common::round_of(&q), &values, &[StopAt::Never; 3]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "aborted", "{done}");
+    let reason = done["reason"].as_str().unwrap();
+    assert!(reason.contains("outside what 3 partners"), "{done}");
+    assert!(
+        !reason.contains("5000"),
+        "the un-noised sum is never shown: {reason}"
+    );
+    assert!(done["result"].is_null());
+    let after = budget(&c).await;
+    assert_eq!(after["used_rho"], before["used_rho"], "refunded: {after}");
+    c.stop().await;
+}

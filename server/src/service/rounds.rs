@@ -4,6 +4,7 @@
 //! audited in one transaction); a failed round is aborted and its query refunded.
 
 use actix_web::web;
+use civic_api::ProblemCode;
 use civic_api::query::{CellView, QueryState, ReleaseView};
 use civic_mechanisms::{Priced, Release};
 use civic_policies::{DatasetPolicy, Rho};
@@ -162,6 +163,17 @@ pub async fn release(
     let priced = calibration(state, &q, &policy, max_rows_per_partner).await?;
     state.rounds.record_exact_sum(query, &output.sum);
     let survivors = output.contributors.len();
+    if !priced.plan.admits_sum(&output.sum, survivors) {
+        // Never the value: it is the un-noised sum.
+        return Err(Error::conflict(
+            ProblemCode::RoundSumOutOfRange,
+            format!(
+                "the unmasked sum of round {round} has a slot outside what {survivors} partners' \
+                 inputs can add up to: a partner sent a wrong share or a malformed input, and \
+                 nothing was released"
+            ),
+        ));
+    }
     let budget = Rho::from_units(q.cost_units);
     // OpenDP's measurements are neither Send nor Sync: build and sample on one thread.
     let release: Release =
