@@ -124,6 +124,7 @@ impl Agent {
     /// Takes part in every round open now and returns when each has ended for this partner.
     pub async fn once(self: &Arc<Self>) -> Result<Vec<(i64, RoundOutcome)>, AgentError> {
         self.register().await?;
+        self.witness_audit_head().await;
         let rounds = self.client.rounds().await?.rounds;
         // The rounds run concurrently, owned by this future: dropping it stops them all.
         let mut tasks = tokio::task::JoinSet::new();
@@ -162,6 +163,7 @@ impl Agent {
                     registered = true;
                     tracing::info!(coordinator = self.client.base(), "registered; polling");
                 }
+                self.witness_audit_head().await;
                 self.client.rounds().await.map_err(AgentError::from)
             }
             .await;
@@ -190,6 +192,21 @@ impl Agent {
                     backoff = (backoff * 2).min(max_backoff);
                 }
             }
+        }
+    }
+
+    /// Records the coordinator's published audit head in the journal (for `audit-check`);
+    /// problems are logged, never fatal: the head is evidence, not a condition of taking part.
+    async fn witness_audit_head(&self) {
+        let head = match self.client.audit_head().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %AgentError::from(e), "could not read the audit log's head");
+                return;
+            }
+        };
+        if let Err(e) = self.state.lock().await.witness(head) {
+            tracing::error!(error = %e, "audit log");
         }
     }
 

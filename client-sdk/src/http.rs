@@ -9,6 +9,7 @@ use civic_api::governance::{DatasetView, ManifestChain};
 use civic_api::round::{DeclineRound, Inbox, PartnerRounds, RegisterIdentity, RosterEntry};
 use civic_api::{Problem, ProblemCode};
 use civic_api::{decode_binary, encode_binary};
+use civic_policies::audit::ChainHead;
 use civic_secagg::messages::ClientMessage;
 use zeroize::Zeroizing;
 
@@ -215,6 +216,12 @@ impl CoordinatorClient {
     pub async fn rounds(&self) -> Result<PartnerRounds, CallError> {
         let url = format!("{}/v1/partner/rounds", self.base);
         read_json(self.call(|h| h.get(&url)).await?, "round list").await
+    }
+
+    /// The audit log's published head.
+    pub async fn audit_head(&self) -> Result<ChainHead, CallError> {
+        let url = format!("{}/v1/audit/head", self.base);
+        read_json(self.call(|h| h.get(&url)).await?, "audit head").await
     }
 
     /// Every manifest the coordinator holds, oldest first (verified by the caller).

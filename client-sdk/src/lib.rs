@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod audit;
 pub mod board;
 pub mod check;
 pub mod config;

@@ -1,4 +1,4 @@
-//! `civic-agent`: the partner agent. `keygen`, `check`, `run`, `once`.
+//! `civic-agent`: the partner agent. `keygen`, `check`, `run`, `once`, `synth`, `audit-check`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +68,16 @@ enum Command {
         /// The population's seed (the same seed gives the same people).
         #[arg(long, default_value_t = 2026)]
         seed: u64,
+    },
+    /// Checks an export of the coordinator's audit log (`GET /v1/audit?limit=10000`) against
+    /// the heads this agent recorded; non-zero exit, naming the entry, if it was rewritten.
+    AuditCheck {
+        /// The agent's configuration.
+        #[arg(long, default_value = "partner.toml")]
+        config: PathBuf,
+        /// The export (JSON).
+        #[arg(long)]
+        export: PathBuf,
     },
     /// Takes part in the rounds open now, then exits (for cron and tests).
     Once {
@@ -162,6 +172,14 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::AuditCheck { config, export } => {
+            let config = AgentConfig::load(&config)?;
+            println!(
+                "{}",
+                civic_client_sdk::audit::check_export(&config, &export)?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
             let agent = Arc::new(Agent::new(AgentConfig::load(&config)?)?);

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use civic_policies::Rho;
+use civic_policies::audit::ChainHead;
 use civic_secagg::RevealLog;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,9 @@ pub struct RoundRecord {
     pub day: Option<u64>,
 }
 
+/// Audit heads kept in the state file.
+pub const AUDIT_HEADS_KEPT: usize = 10_000;
+
 /// The file's contents.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +83,10 @@ pub struct AgentState {
     /// never answered twice (the coordinator re-serves a release without a round).
     #[serde(default)]
     pub answered: std::collections::BTreeSet<String>,
+    /// The audit log's heads as the coordinator published them, oldest first (the newest
+    /// [`AUDIT_HEADS_KEPT`]): `civic-agent audit-check` compares an export with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_heads: Vec<ChainHead>,
     /// Rounds by id.
     pub rounds: BTreeMap<i64, RoundRecord>,
 }
@@ -97,6 +105,32 @@ impl StateFile {
     /// kept for another coordinator.
     pub fn open(dir: &Path, coordinator: &str) -> Result<Self, AgentError> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::local(dir, e))?;
+        let path = dir.join("agent-state.json");
+        let state = Self::read(dir, coordinator)?;
+        let mut file = Self { path, state };
+        let stale: Vec<i64> = file
+            .state
+            .rounds
+            .iter()
+            .filter(|(_, r)| matches!(r.status, RoundStatus::Joined | RoundStatus::Deciding))
+            .map(|(id, _)| *id)
+            .collect();
+        if !stale.is_empty() {
+            for id in stale {
+                if let Some(r) = file.state.rounds.get_mut(&id) {
+                    r.status = RoundStatus::Abandoned {
+                        reason: "the agent restarted before sending its masked vector".into(),
+                    };
+                }
+            }
+            file.save()?;
+        }
+        Ok(file)
+    }
+
+    /// Reads the state without changing it (a running agent may own the file), or an empty
+    /// state if there is none yet.
+    pub fn read(dir: &Path, coordinator: &str) -> Result<AgentState, AgentError> {
         let path = dir.join("agent-state.json");
         let state = match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -119,25 +153,7 @@ impl StateFile {
             },
             Err(e) => return Err(AgentError::local(&path, e)),
         };
-        let mut file = Self { path, state };
-        let stale: Vec<i64> = file
-            .state
-            .rounds
-            .iter()
-            .filter(|(_, r)| matches!(r.status, RoundStatus::Joined | RoundStatus::Deciding))
-            .map(|(id, _)| *id)
-            .collect();
-        if !stale.is_empty() {
-            for id in stale {
-                if let Some(r) = file.state.rounds.get_mut(&id) {
-                    r.status = RoundStatus::Abandoned {
-                        reason: "the agent restarted before sending its masked vector".into(),
-                    };
-                }
-            }
-            file.save()?;
-        }
-        Ok(file)
+        Ok(state)
     }
 
     /// Writes the state atomically.
@@ -165,6 +181,29 @@ impl StateFile {
     /// ρ spent on `dataset`.
     pub fn spent(&self, dataset: &str) -> Rho {
         Rho::from_units(self.state.spent.get(dataset).copied().unwrap_or(0))
+    }
+
+    /// Records the audit log's head if it moved; an error if it went backwards (the log was
+    /// cut or replaced since this agent last looked).
+    pub fn witness(&mut self, head: ChainHead) -> Result<(), AgentError> {
+        let last = self.state.audit_heads.last().cloned();
+        if last.as_ref() == Some(&head) {
+            return Ok(());
+        }
+        self.update(|s| {
+            s.audit_heads.push(head.clone());
+            let excess = s.audit_heads.len().saturating_sub(AUDIT_HEADS_KEPT);
+            s.audit_heads.drain(..excess);
+            Ok(())
+        })?;
+        match last {
+            Some(l) if l.seq >= head.seq => Err(AgentError::Coordinator(format!(
+                "the audit log's head went from entry {} back to entry {}: the log was cut or \
+                 replaced; run civic-agent audit-check on an export",
+                l.seq, head.seq
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Rounds of `dataset` this partner joined on `day`.

@@ -302,7 +302,75 @@ async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
     }
     // Nothing more to do: a second pass finds no open rounds.
     assert!(all_once(&agents).await.iter().all(Vec::is_empty));
+
+    // Each agent recorded the audit log's head as it went: an export checks against them,
+    // and the same log rewritten and rehashed from one entry on does not.
+    let (s, export) = c
+        .call(
+            Method::GET,
+            "/v1/audit?limit=10000",
+            Some(&c.board[0]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let path = root.path().join("audit.json");
+    std::fs::write(&path, export.to_string()).unwrap();
+    let config = AgentConfig::load(&sites[0].dir.join("partner.toml")).unwrap();
+    let summary = civic_client_sdk::audit::check_export(&config, &path).unwrap();
+    assert!(summary.contains("match the"), "{summary}");
+    let heads = sites[0].journal()["audit_heads"].as_array().unwrap().len();
+    assert!(heads >= 2, "heads recorded: {heads}");
+    let page: civic_api::governance::AuditPage = serde_json::from_value(export).unwrap();
+    let forged = rewrite_from(&page.records, 3);
+    std::fs::write(
+        &path,
+        serde_json::to_string(&civic_api::governance::AuditPage {
+            records: forged,
+            head: page.head,
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let e = civic_client_sdk::audit::check_export(&config, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rewritten"), "{e}");
     c.stop().await;
+}
+
+/// The log as an operator with write access could leave it: entry `seq` altered and every
+/// entry from it rehashed, so that the chain verifies again.
+fn rewrite_from(
+    records: &[civic_policies::audit::AuditRecord],
+    seq: usize,
+) -> Vec<civic_policies::audit::AuditRecord> {
+    use civic_policies::audit::{AuditEvent, ChainHead};
+    let mut out = records[..seq - 1].to_vec();
+    let mut head = ChainHead {
+        seq: seq as u64 - 1,
+        hash: records[seq - 2].hash.clone(),
+    };
+    for r in &records[seq - 1..] {
+        let new = AuditEvent {
+            actor: if r.seq == seq as u64 {
+                "someone-else".into()
+            } else {
+                r.actor.clone()
+            },
+            action: r.action.clone(),
+            subject: r.subject.clone(),
+            details: serde_json::from_str(&r.details).unwrap(),
+        }
+        .chain(&head, r.at.clone());
+        head = ChainHead {
+            seq: new.seq,
+            hash: new.hash.clone(),
+        };
+        out.push(new);
+    }
+    assert!(civic_policies::audit::verify_chain(&ChainHead::genesis(), &out).is_ok());
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

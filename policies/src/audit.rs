@@ -167,6 +167,48 @@ pub fn verify_chain(from: &ChainHead, records: &[AuditRecord]) -> Result<ChainHe
     Ok(head)
 }
 
+/// Checks a whole exported log against heads witnessed earlier (by a partner's agent, which
+/// records the coordinator's published head as it goes). The export must verify from the
+/// genesis head, reach every witnessed position, and hold the witnessed hash there: an
+/// operator with write access can rewrite an entry and rehash everything after it so the
+/// chain verifies again, but not so that it matches a hash someone else recorded before.
+/// Names the first witnessed entry that differs, and the last that still matches.
+pub fn check_witnessed(
+    records: &[AuditRecord],
+    witnessed: &[ChainHead],
+) -> Result<(), PolicyError> {
+    let head = verify_chain(&ChainHead::genesis(), records)?;
+    let mut sorted: Vec<&ChainHead> = witnessed.iter().collect();
+    sorted.sort_by_key(|h| h.seq);
+    let mut last_good = 0;
+    for w in sorted {
+        if w.seq == 0 {
+            continue;
+        }
+        let Some(r) = records.get((w.seq - 1) as usize) else {
+            return Err(PolicyError::Audit {
+                seq: w.seq,
+                reason: format!(
+                    "the export ends at entry {} but entry {} was published before: entries were removed",
+                    head.seq, w.seq
+                ),
+            });
+        };
+        if r.hash != w.hash {
+            return Err(PolicyError::Audit {
+                seq: w.seq,
+                reason: format!(
+                    "entry {} differs from the head recorded earlier: the log was rewritten after \
+                     entry {last_good} (which still matches) and at or before entry {}",
+                    w.seq, w.seq
+                ),
+            });
+        }
+        last_good = w.seq;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +290,56 @@ mod tests {
         // A truncated log verifies, but to an older head than the one published.
         let head = verify_chain(&ChainHead::genesis(), &records[..4]).unwrap();
         assert_ne!(head, verify_chain(&ChainHead::genesis(), &records).unwrap());
+    }
+
+    /// The heads a partner would have recorded after entries `at`.
+    fn heads(records: &[AuditRecord], at: &[u64]) -> Vec<ChainHead> {
+        at.iter()
+            .map(|&s| ChainHead {
+                seq: s,
+                hash: records[s as usize - 1].hash.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_log_rewritten_and_rehashed_verifies_but_not_against_heads_seen_before() {
+        let records = log(8);
+        let seen = heads(&records, &[2, 5, 8]);
+        assert!(check_witnessed(&records, &seen).is_ok());
+        // The operator rewrites entry 4 and rehashes 4..=8: the chain verifies again.
+        let mut head = ChainHead {
+            seq: 3,
+            hash: records[2].hash.clone(),
+        };
+        let mut rewritten = records[..3].to_vec();
+        for r in &records[3..] {
+            let details = if r.seq == 4 {
+                json!({"epsilon": 0.001, "note": "ok"})
+            } else {
+                serde_json::from_str(&r.details).unwrap()
+            };
+            let new = AuditEvent {
+                actor: r.actor.clone(),
+                action: r.action.clone(),
+                subject: r.subject.clone(),
+                details,
+            }
+            .chain(&head, r.at.clone());
+            head = ChainHead {
+                seq: new.seq,
+                hash: new.hash.clone(),
+            };
+            rewritten.push(new);
+        }
+        assert!(verify_chain(&ChainHead::genesis(), &rewritten).is_ok());
+        let e = check_witnessed(&rewritten, &seen).unwrap_err();
+        assert!(
+            matches!(&e, PolicyError::Audit { seq: 5, reason } if reason.contains("after entry 2")),
+            "{e}"
+        );
+        // A log cut short of a head someone saw.
+        let e = check_witnessed(&records[..6], &seen).unwrap_err();
+        assert!(e.to_string().contains("entries were removed"), "{e}");
     }
 }

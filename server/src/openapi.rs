@@ -26,7 +26,7 @@ impl Modify for BearerAuth {
         governance::create_account, governance::create_partner, governance::list_datasets,
         governance::get_dataset, governance::get_dataset_version, governance::put_dataset,
         governance::create_project, governance::set_allocation, governance::get_budget,
-        governance::get_audit, governance::verify_audit, governance::decide,
+        governance::audit_head, governance::get_audit, governance::verify_audit, governance::decide,
         governance::publish_manifest, governance::manifests,
         research::preview, research::submit, research::get_query, research::register,
         partner::register_identity, partner::list_rounds, partner::inbox, partner::post_message, partner::decline, partner::roster,

@@ -177,6 +177,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
         "/openapi.json",
         "/v1/register",
         "/v1/manifests",
+        "/v1/audit/head",
     ] {
         let (s, v) = c.call(Method::GET, path, None, None).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");

@@ -160,6 +160,15 @@ pub async fn get_audit(
     Ok(HttpResponse::Ok().json(svc::audit_page(&s, q.after, q.limit).await?))
 }
 
+/// The audit log's head (last position and hash), public: partners' agents record it as
+/// they go, so that a log rewritten later is caught (`civic-agent audit-check`). No token.
+#[utoipa::path(get, path = "/v1/audit/head", tag = "governance",
+    responses((status = 200, body = Object)))]
+#[get("/v1/audit/head")]
+pub async fn audit_head(s: web::Data<AppState>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(svc::audit_head(&s).await?))
+}
+
 /// Verifies the audit log's hash chain. Roles: governance, admin.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "governance", security(("bearer" = [])),
     responses((status = 200, body = AuditVerification)))]

@@ -82,6 +82,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(governance::create_project)
         .service(governance::set_allocation)
         .service(governance::get_budget)
+        .service(governance::audit_head)
         .service(governance::get_audit)
         .service(governance::verify_audit)
         .service(governance::decide)

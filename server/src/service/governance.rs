@@ -571,6 +571,11 @@ pub async fn manifest_chain(state: &AppState) -> Result<ManifestChain> {
     })
 }
 
+/// The audit log's head.
+pub async fn audit_head(state: &AppState) -> Result<ChainHead> {
+    Ok(audit::head(&mut *state.store.read().await?).await?)
+}
+
 /// A page of the audit log.
 pub async fn audit_page(state: &AppState, after: u64, limit: u64) -> Result<AuditPage> {
     let mut conn = state.store.read().await?;
