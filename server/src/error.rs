@@ -38,6 +38,8 @@ pub enum Missing {
     Budget(String),
     /// A round.
     Round(i64),
+    /// An account.
+    Account(String),
 }
 
 impl std::fmt::Display for Missing {
@@ -53,6 +55,7 @@ impl std::fmt::Display for Missing {
             Missing::Dataset(id) => write!(f, "no dataset {id:?}"),
             Missing::DatasetVersion(id, v) => write!(f, "no version {v} of dataset {id:?}"),
             Missing::Project(id) => write!(f, "no project {id:?}"),
+            Missing::Account(name) => write!(f, "no account {name:?}"),
             Missing::Budget(id) => write!(f, "no budget for dataset {id:?}"),
             Missing::Round(id) => write!(f, "round {id} is unknown"),
         }

@@ -23,7 +23,8 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     paths(
         ops::healthz, ops::metrics, ops::openapi,
-        governance::create_account, governance::create_partner, governance::list_datasets,
+        governance::create_account, governance::create_partner,
+        governance::rotate_token, governance::reissue_token, governance::revoke_token, governance::list_datasets,
         governance::get_dataset, governance::get_dataset_version, governance::put_dataset,
         governance::create_project, governance::set_allocation, governance::get_budget,
         governance::audit_head, governance::get_audit, governance::verify_audit, governance::decide,

@@ -85,6 +85,18 @@ async fn every_endpoint_admits_exactly_its_roles() {
             vec![Governance],
         ),
         (
+            Method::POST,
+            "/v1/admin/accounts/oscar/token",
+            None,
+            vec![Admin],
+        ),
+        (
+            Method::DELETE,
+            "/v1/admin/accounts/nobody/token",
+            None,
+            vec![Admin],
+        ),
+        (
             Method::PUT,
             "/v1/manifests",
             Some(json!({ "signatures": [], "manifest": {
@@ -203,7 +215,9 @@ async fn every_endpoint_admits_exactly_its_roles() {
                 "/projects/falls/allocations/city",
                 "/projects/{project}/allocations/{dataset}",
             )
-            .replace("/budgets/city", "/budgets/{dataset}");
+            .replace("/budgets/city", "/budgets/{dataset}")
+            .replace("/accounts/oscar/", "/accounts/{name}/")
+            .replace("/accounts/nobody/", "/accounts/{name}/");
         assert!(
             doc["paths"].get(&templated).is_some(),
             "{templated} missing from /openapi.json"
@@ -256,5 +270,87 @@ async fn an_address_guessing_tokens_is_slowed_and_counted() {
         .unwrap();
     assert!(failures >= u64::from(limit), "{text}");
     assert!(text.contains("civic_auth_throttled_total"), "{text}");
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn a_token_can_be_rotated_reissued_and_revoked_and_the_old_one_stops_working() {
+    let c = Coordinator::start(&fresh_store_url("authz-tokens")).await;
+    let datasets = |token: String| {
+        let c = &c;
+        async move {
+            c.call(Method::GET, "/v1/datasets", Some(&token), None)
+                .await
+                .0
+        }
+    };
+    // The researcher rotates their own token.
+    let (s, v) = c
+        .call(Method::POST, "/v1/token/rotate", Some(&c.researcher), None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let rotated = v["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        datasets(c.researcher.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(datasets(rotated.clone()).await, StatusCode::OK);
+    // The administrator revokes it, then issues a new one.
+    let (s, _) = c
+        .call(
+            Method::DELETE,
+            "/v1/admin/accounts/rita/token",
+            Some(&c.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(datasets(rotated).await, StatusCode::UNAUTHORIZED);
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/v1/admin/accounts/rita/token",
+            Some(&c.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "rita");
+    assert_eq!(
+        datasets(v["token"].as_str().unwrap().into()).await,
+        StatusCode::OK
+    );
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/v1/admin/accounts/nobody/token",
+            Some(&c.admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found")),
+        "{v}"
+    );
+    // Each change is in the audit log, without the token.
+    let (_, log) = c
+        .call(Method::GET, "/v1/audit?limit=1000", Some(&c.admin), None)
+        .await;
+    let actions: Vec<&str> = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .filter(|a| a.starts_with("account.token") || *a == "account.revoke")
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "account.token_replace",
+            "account.revoke",
+            "account.token_replace"
+        ]
+    );
     c.stop().await;
 }

@@ -1,6 +1,6 @@
 //! Admin and governance endpoints.
 
-use actix_web::{HttpResponse, get, post, put, web};
+use actix_web::{HttpResponse, delete, get, post, put, web};
 use civic_api::Role::{Admin, Governance, Partner, Researcher};
 use civic_api::governance::{
     AuditPage, AuditVerification, BudgetView, CreateAccount, CreatePartner, CreateProject,
@@ -39,6 +39,46 @@ pub async fn create_partner(
 ) -> Result<HttpResponse> {
     let created = svc::create_partner(&s, c.require(&[Admin])?, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(created))
+}
+
+/// Issues the caller a new token (shown once) and retires the one it used. Roles: all.
+#[utoipa::path(post, path = "/v1/token/rotate", tag = "admin",
+    security(("bearer" = [])), responses((status = 201, body = CreatedAccount)))]
+#[post("/v1/token/rotate")]
+pub async fn rotate_token(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
+    let me = c.require(&[Admin, Governance, Researcher, Partner])?;
+    let created = svc::replace_token(&s, &me.name, &me.name, false).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// Issues account `name` a new token (shown once), retiring its old one: for a lost or
+/// leaked token. Roles: admin.
+#[utoipa::path(post, path = "/v1/admin/accounts/{name}/token", tag = "admin",
+    security(("bearer" = [])), responses((status = 201, body = CreatedAccount)))]
+#[post("/v1/admin/accounts/{name}/token")]
+pub async fn reissue_token(
+    s: web::Data<AppState>,
+    c: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse> {
+    let by = c.require(&[Admin])?;
+    let created = svc::replace_token(&s, &by.name, &name, false).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// Revokes account `name`'s token: it stops working at once, and no new one is shown until
+/// an administrator issues one (`POST /v1/admin/accounts/{name}/token`). Roles: admin.
+#[utoipa::path(delete, path = "/v1/admin/accounts/{name}/token", tag = "admin",
+    security(("bearer" = [])), responses((status = 204)))]
+#[delete("/v1/admin/accounts/{name}/token")]
+pub async fn revoke_token(
+    s: web::Data<AppState>,
+    c: Caller,
+    name: web::Path<String>,
+) -> Result<HttpResponse> {
+    let by = c.require(&[Admin])?;
+    svc::replace_token(&s, &by.name, &name, true).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The latest version of every dataset. Roles: all.

@@ -104,6 +104,45 @@ pub async fn create(state: &AppState, by: &str, name: &str, role: Role) -> Resul
     })
 }
 
+/// Gives account `name` a new token, shown once; the old one stops working at once. With
+/// `revoke`, the new token is not shown to anyone: the account is locked out until an
+/// administrator issues it another. Audited either way.
+pub async fn replace_token(
+    state: &AppState,
+    by: &str,
+    name: &str,
+    revoke: bool,
+) -> Result<Option<CreatedAccount>> {
+    let token = NewToken::generate().map_err(|e| Error::internal("drawing a token", e))?;
+    let at = state.clock.rfc3339();
+    let account = state
+        .store
+        .run_tx("replace a token", async |tx| {
+            let account = accounts::set_token(tx, name, &token)
+                .await?
+                .ok_or_else(|| Error::NotFound(Missing::Account(name.to_string())))?;
+            let action = if revoke {
+                "account.revoke"
+            } else {
+                "account.token_replace"
+            };
+            audit::append(
+                tx,
+                event(by, action, format!("account:{name}"), json!({})),
+                &at,
+            )
+            .await?;
+            Ok::<_, Error>(account)
+        })
+        .await?;
+    Ok((!revoke).then(|| CreatedAccount {
+        partner_id: (account.role == Role::Partner).then_some(account.id as u32),
+        name: account.name,
+        role: account.role,
+        token: token.reveal().to_string(),
+    }))
+}
+
 fn dataset_view(v: datasets::DatasetVersion) -> DatasetView {
     DatasetView {
         id: v.id,

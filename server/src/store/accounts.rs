@@ -95,6 +95,24 @@ pub async fn create(
     row.as_ref().map(account).transpose()
 }
 
+/// Replaces account `name`'s token: the old one stops working at once. `None` if there is
+/// no such account.
+pub async fn set_token(
+    conn: &mut AnyConnection,
+    name: &str,
+    token: &NewToken,
+) -> StoreResult<Option<Account>> {
+    let row = sqlx::query(
+        "UPDATE accounts SET token_hash = $1 WHERE name = $2
+         RETURNING id, name, role, identity_key",
+    )
+    .bind(token_hash(token.reveal()).to_vec())
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(account).transpose()
+}
+
 /// The account holding `token`, if any. The lookup is by hash (an index probe reveals
 /// nothing about the token), and the stored hash is then compared in constant time.
 pub async fn by_token(conn: &mut AnyConnection, token: &str) -> StoreResult<Option<Account>> {
