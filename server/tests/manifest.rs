@@ -210,6 +210,24 @@ async fn rounds_need_the_manifests_partners_keys_and_policy() {
         ),
         "{v}"
     );
+    // A manifest raising the least cost per query to ρ 0.01 (the policy's floor is 10⁻⁴):
+    // a count at ε = 0.1 (ρ 0.005) is refused before anything is reserved.
+    let mut strict = city_manifest(&keys, common::CITY_TOML);
+    strict.version = 2;
+    strict.previous = Some(city_manifest(&keys, common::CITY_TOML).digest());
+    strict.requirements.min_rho_per_query = 0.01;
+    let (s, v) = c.publish(&signed(strict, &[202, 203])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = c.submit(common::count_query(0.1)).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("query.below_floor")),
+        "{v}"
+    );
+    assert!(
+        v["detail"].as_str().unwrap().contains("board's least cost"),
+        "{v}"
+    );
     // A policy version the manifest does not sign: no round can be configured for it.
     let (s, v) = c
         .call(

@@ -477,3 +477,23 @@ async fn an_unmasked_sum_beyond_what_the_partners_can_add_up_to_is_not_released(
     assert_eq!(after["used_rho"], before["used_rho"], "refunded: {after}");
     c.stop().await;
 }
+
+#[actix_web::test]
+async fn a_partner_revealing_wrong_shares_gets_the_round_aborted_not_a_garbage_release() {
+    let c = Coordinator::start(&fresh_store_url("wrong-shares")).await;
+    let ps = partners(&c).await;
+    let (_, q) = c.submit(count_query(60.0)).await;
+    let id = q["id"].as_i64().unwrap();
+    let stops = [StopAt::Never, StopAt::NeverButWrongShares, StopAt::Never];
+    let values = [vec![10], vec![20], vec![12]];
+    let results = run_partners(&ps, common::round_of(&q), &values, &stops).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "aborted", "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("wrong share"),
+        "{done}"
+    );
+    assert!(done["result"].is_null());
+    c.stop().await;
+}

@@ -1,10 +1,10 @@
 //! Researchers: preview, submit, read; the public register.
 
 use actix_web::web;
-use civic_api::Role;
 use civic_api::query::{
     CostView, Preview, QueryRequest, QueryState, QueryView, RegisterEntry, RemainingView,
 };
+use civic_api::{ProblemCode, Role};
 use civic_mechanisms::{Priced, PricingContext};
 use civic_policies::DatasetPolicy;
 use civic_policies::manifest::SignedManifest;
@@ -116,10 +116,15 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
     // The refusal a submission would meet, from the same pure check, changing nothing.
     let refusal = match reuses_release {
         Some(_) => None,
-        None => ledger
-            .check_reserve(&req.project, priced.cost.rho)
+        None => below_board_floor(manifest.as_ref(), &priced)
             .err()
-            .map(|e| e.to_string()),
+            .map(|e| e.to_string())
+            .or_else(|| {
+                ledger
+                    .check_reserve(&req.project, priced.cost.rho)
+                    .err()
+                    .map(|e| e.to_string())
+            }),
     };
     Ok(Preview {
         dataset: dataset.id,
@@ -160,6 +165,25 @@ fn approvals_needed(
     manifest.map_or(n, |s| s.manifest.approvals_needed(n))
 }
 
+/// Refuses a query costing less than the board's least cost per query: every agent would
+/// decline it (`query.cost_below_minimum`), so it is refused before anything is reserved.
+fn below_board_floor(manifest: Option<&SignedManifest>, priced: &Priced) -> Result<()> {
+    let Some(floor) = manifest.map(|s| s.manifest.requirements.min_rho_per_query) else {
+        return Ok(());
+    };
+    let cost = priced.cost.rho.as_f64();
+    if cost < floor * (1.0 - 1e-12) {
+        return Err(Error::invalid(
+            ProblemCode::QueryBelowFloor,
+            format!(
+                "the query costs ρ = {cost}, below the board's least cost per query (ρ = {floor}, \
+                 in its manifest): ask for more privacy budget or a coarser accuracy"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Submits a query: re-served at no cost if an identical release exists; otherwise its
 /// calibrated plan is stored and its cost reserved (atomically against every cap), and it
 /// waits for approval or runs.
@@ -169,6 +193,12 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
     let approvals_required = approvals_needed(&dataset.policy, &priced, manifest.as_ref());
+    if queries::release_by_fingerprint(&mut *state.store.read().await?, &fingerprint)
+        .await?
+        .is_none()
+    {
+        below_board_floor(manifest.as_ref(), &priced)?;
+    }
     let at = state.clock.rfc3339();
     let (id, round, reused) = state
         .store

@@ -27,6 +27,9 @@ pub enum StopAt {
     /// Goes on to the end, but first replays its AdvertiseKeys and sends a vector of the
     /// wrong length, and checks that both are refused.
     NeverButMisbehave,
+    /// Goes on to the end, but every self-mask share it reveals is wrong (a cheating
+    /// partner): the unmasked sum is garbage.
+    NeverButWrongShares,
 }
 
 impl TestPartner {
@@ -194,9 +197,14 @@ impl TestPartner {
         else {
             unreachable!()
         };
-        let reveal = client
+        let mut reveal = client
             .handle_signed_survivors(&signed)
             .map_err(|e| e.to_string())?;
+        if stop == StopAt::NeverButWrongShares {
+            for share in &mut reveal.self_mask_shares {
+                share.value[0] ^= 1;
+            }
+        }
         ok(self
             .post(round, ClientMessage::UnmaskingShares(reveal))
             .await)
