@@ -426,16 +426,23 @@ impl Manifest {
 
 /// Follows `chain` (oldest first) from `anchor` and returns the newest manifest it
 /// establishes. Each manifest must carry its signing board's threshold of signatures and
-/// name its predecessor's digest; the signing board is the anchor's for the first (or, for
-/// a digest anchor, the manifest with that digest, which is then trusted as given), and
-/// each manifest's own board for the next.
+/// name its predecessor's digest. The chain is followed from the first manifest the anchor's
+/// board signed (a partner onboarded after the board changed holds the new board's keys),
+/// or, for a digest anchor, from the manifest with that digest, which is trusted as given;
+/// each manifest's own board signs the next.
 pub fn verify_chain<'a>(
     anchor: &TrustAnchor,
     chain: &'a [SignedManifest],
 ) -> Result<&'a Manifest, ManifestError> {
     let chain_err = |reason: String| ManifestError::Chain { reason };
     let (start, mut board) = match anchor {
-        TrustAnchor::Board(board) => (0, board.clone()),
+        TrustAnchor::Board(board) => {
+            let first = chain
+                .iter()
+                .position(|s| board.signed(&s.manifest.signing_message(), &s.signatures))
+                .unwrap_or(0);
+            (first, board.clone())
+        }
         TrustAnchor::Digest(digest) => {
             let i = chain
                 .iter()
@@ -575,6 +582,14 @@ mod tests {
         let pinned = TrustAnchor::Digest(v2.digest());
         assert_eq!(verify_chain(&pinned, &chain).unwrap(), &v3);
         assert_eq!(verify_chain(&pinned, &chain[..2]).unwrap(), &v2);
+        // A partner onboarded after v2 holds v2's board keys: it follows the chain from the
+        // first manifest that board signed.
+        let later = TrustAnchor::Board(board(&[2, 3, 4, 5], 3));
+        assert_eq!(verify_chain(&later, &chain).unwrap(), &v3);
+        assert_eq!(
+            verify_chain(&later, &chain[..2]).unwrap_err().code(),
+            "manifest.unsigned"
+        );
     }
 
     #[test]
