@@ -592,3 +592,59 @@ async fn an_agent_never_answers_the_same_question_twice_nor_beyond_its_daily_rou
         .await;
     h2.assert_refused(&out, 4, DeclineCode::AlreadyAnswered);
 }
+
+/// The same refusal from the `civic-agent once` binary a partner runs, in its own process,
+/// beside an honest round it joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_civic_agent_binary_refuses_sybils_and_joins_the_honest_round() {
+    let h = Harness::new();
+    let (honest, _) = honest_script(&h.v_key);
+    // Round 1 is over V and two partners holding the coordinator's own keys.
+    let mut script = Script {
+        rounds: vec![
+            announcement(1, PrivacyRequest::Epsilon(1.0), 3),
+            announcement(2, PrivacyRequest::Epsilon(1.0), 4),
+        ],
+        ..honest
+    };
+    for (i, seed) in SYBILS.iter().enumerate() {
+        script.roster.push(RosterEntry {
+            partner_id: 10 + i as u32,
+            name: format!("sybil-{i}"),
+            identity_key: Some(hex::encode(IdentityKey::from_seed(&[*seed; 32]).public().0)),
+        });
+    }
+    script.rounds[0].config.participants = vec![PartnerId(1), PartnerId(10), PartnerId(11)];
+    *h.hostile.script.lock().unwrap() = script;
+    let config = h._dir.path().join("partner.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_civic-agent"))
+            .args(["once", "--config"])
+            .arg(&config)
+            .env("CIVIC_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reason = DeclineCode::ParticipantNotInManifest.public_reason();
+    assert!(
+        stdout.contains(&format!("round 1: Declined({reason:?})")),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("round 2: Abandoned"), "{stdout}");
+    let recorded = h.hostile.recorded.lock().unwrap();
+    assert_eq!(recorded.declines.get(&1), Some(&reason));
+    assert_eq!(
+        recorded.messages.get(&1),
+        None,
+        "nothing but the decline for round 1"
+    );
+    assert_eq!(
+        recorded.messages.get(&2),
+        Some(&1),
+        "round 2's keys advertised"
+    );
+}
