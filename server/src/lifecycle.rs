@@ -401,9 +401,10 @@ pub fn round_setup(
         GraphKind::Complete
     };
     let requirements = manifest.map(|m| m.requirements);
-    let min_survivors = (policy.min_partners() as usize)
-        .max(requirements.map_or(0, |r| r.min_survivors))
-        .min(n);
+    // More than the partners (a manifest asking for more survivors than a dataset has) is
+    // refused by `RoundConfig::new`, naming both.
+    let min_survivors =
+        (policy.min_partners() as usize).max(requirements.map_or(0, |r| r.min_survivors));
     let mut config = RoundConfig::new(
         RoundId(round as u64),
         participants,
