@@ -2,13 +2,16 @@
 //! dataset: the policy (from the coordinator, or the local copy), every mapped column
 //! against the federated schema, the rows found, and per column how many values are
 //! missing, outside the public domain or outside the public bounds (counts only, never
-//! values); then which queries this agent's local policy would refuse.
+//! values); then which queries this agent's local policy would refuse. Online, it also
+//! follows the board's manifests from `[board]` and says whether this partner's key and each
+//! dataset's policy are in the newest one (until they are, rounds are declined).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use civic_policies::Rho;
 use civic_policies::dataset::{ColumnType, DatasetPolicy};
+use civic_policies::manifest::{Manifest, policy_digest, verify_chain};
 
 use crate::config::{AgentConfig, DatasetMapping, STATISTICS};
 use crate::error::AgentError;
@@ -55,11 +58,13 @@ pub async fn check(config: &AgentConfig, client: Option<&CoordinatorClient>) -> 
         )),
         Err(e) => report.problem(e.to_string()),
     }
+    let mut manifest = None;
     if let Some(client) = client {
         match client.roster().await {
             Ok(_) => report.line("coordinator reachable; token accepted"),
             Err(e) => report.problem(format!("coordinator: {}", AgentError::from(e))),
         }
+        manifest = check_manifest(config, client, &mut report).await;
     }
     if config.datasets.is_empty() {
         report.problem("no [[datasets]]: this agent serves nothing".into());
@@ -73,6 +78,19 @@ pub async fn check(config: &AgentConfig, client: Option<&CoordinatorClient>) -> 
                 continue;
             }
         };
+        if let Some(m) = &manifest {
+            let digest = policy_digest(&policy.file);
+            match m.policy_digest(&mapping.id) {
+                Some(d) if d == digest => {
+                    report.line("  policy: the one the board's manifest signs")
+                }
+                signed => report.problem(format!(
+                    "the policy (digest {digest}) is not the one the board's manifest signs ({}): \
+                     rounds on it will be declined until the board publishes a manifest naming it",
+                    signed.unwrap_or("none for this dataset")
+                )),
+            }
+        }
         check_dataset(config, mapping, &policy, &mut report).await;
     }
     report.line(if report.problems.is_empty() {
@@ -81,6 +99,59 @@ pub async fn check(config: &AgentConfig, client: Option<&CoordinatorClient>) -> 
         format!("\n{} problem(s) found", report.problems.len())
     });
     report
+}
+
+/// Follows the coordinator's manifests from this partner's `[board]` keys and reports where
+/// this partner stands in the newest one.
+async fn check_manifest(
+    config: &AgentConfig,
+    client: &CoordinatorClient,
+    report: &mut CheckReport,
+) -> Option<Manifest> {
+    let chain = match client.manifests().await {
+        Ok(c) => c.manifests,
+        Err(e) => {
+            report.problem(format!("manifests: {}", AgentError::from(e)));
+            return None;
+        }
+    };
+    if chain.is_empty() {
+        report.line(
+            "note: the board has published no manifest yet; rounds are declined until it \
+             does (give the board this partner's public key above)",
+        );
+        return None;
+    }
+    let manifest = match verify_chain(&config.board.anchor(), &chain) {
+        Ok(m) => m.clone(),
+        Err(e) => {
+            report.problem(format!(
+                "the coordinator's manifests do not verify from [board] (check the keys the \
+                 board gave you): {e}"
+            ));
+            return None;
+        }
+    };
+    report.line(format!(
+        "board manifest: version {} of {:?} verified (digest {})",
+        manifest.version,
+        manifest.federation,
+        manifest.digest()
+    ));
+    let mine = crate::identity::load(&config.identity_key)
+        .map(|k| hex::encode(k.public().0))
+        .unwrap_or_default();
+    match manifest.partner_with_key(&mine) {
+        Some(p) => report.line(format!(
+            "  this partner is listed as {} ({})",
+            p.name, p.organisation
+        )),
+        None => report.line(
+            "note: this partner's identity key is not in the manifest yet; rounds are declined \
+             until the board lists it",
+        ),
+    }
+    Some(manifest)
 }
 
 async fn load_policy(
