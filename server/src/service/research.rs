@@ -193,12 +193,6 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
     let approvals_required = approvals_needed(&dataset.policy, &priced, manifest.as_ref());
-    if queries::release_by_fingerprint(&mut *state.store.read().await?, &fingerprint)
-        .await?
-        .is_none()
-    {
-        below_board_floor(manifest.as_ref(), &priced)?;
-    }
     let at = state.clock.rfc3339();
     let (id, round, reused) = state
         .store
@@ -209,6 +203,9 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
                 .await?
                 .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
             let released = queries::release_by_fingerprint(tx, &fingerprint).await?;
+            if released.is_none() {
+                below_board_floor(manifest.as_ref(), &priced)?;
+            }
             let in_flight = match released {
                 Some(_) => None,
                 None => queries::in_flight(tx, &fingerprint, &req.project).await?,
