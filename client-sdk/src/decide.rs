@@ -21,7 +21,7 @@
 
 use civic_api::round::RoundAnnouncement;
 use civic_mechanisms::AggregationPlan;
-use civic_mechanisms::pricing::{DEFAULT_REPORTING_DELTA, PricingContext, price};
+use civic_mechanisms::pricing::{DEFAULT_REPORTING_DELTA, PricingContext, PricingError, price};
 use civic_policies::Rho;
 use civic_policies::dataset::DatasetPolicy;
 use civic_policies::manifest::RoundRequirements;
@@ -95,9 +95,9 @@ pub fn check_round(
         reporting_delta: ann.reporting_delta.unwrap_or(DEFAULT_REPORTING_DELTA),
     };
     let priced = price(policy, &ann.query, ann.privacy, ann.confidence, context).map_err(|e| {
-        let code = match e.to_string().contains("floor") {
-            true => CostBelowMinimum,
-            false => QueryInvalid,
+        let code = match e {
+            PricingError::BelowFloor { .. } => CostBelowMinimum,
+            _ => QueryInvalid,
         };
         refuse(code)(e.to_string())
     })?;
@@ -394,7 +394,10 @@ mod tests {
             &limits(),
             &floor(),
         ));
-        assert!(e.contains("floor"), "{e}");
+        assert!(
+            e.starts_with("query.cost_below_minimum") && e.contains("floor"),
+            "{e}"
+        );
     }
 
     #[test]
