@@ -311,7 +311,7 @@ struct Harness {
     hostile: Hostile,
     agent: Arc<Agent>,
     v_key: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -335,7 +335,7 @@ impl Harness {
             hostile,
             agent,
             v_key,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -571,7 +571,7 @@ async fn an_agent_never_answers_the_same_question_twice_nor_beyond_its_daily_rou
     // was abandoned before its input left, so this is what the journal would hold after a
     // round that got as far as the masked vector.
     let mut state = civic_client_sdk::state::StateFile::open(
-        &h._dir.path().join("state"),
+        &h.dir.path().join("state"),
         h.agent.config().coordinator.url.trim_end_matches('/'),
     )
     .unwrap();
@@ -585,7 +585,7 @@ async fn an_agent_never_answers_the_same_question_twice_nor_beyond_its_daily_rou
         hostile: h.hostile.clone(),
         agent: Arc::new(Agent::new(h.agent.config().clone()).unwrap()),
         v_key: h.v_key.clone(),
-        _dir: tempfile::tempdir().unwrap(),
+        dir: tempfile::tempdir().unwrap(),
     };
     let out = h2
         .pass(with(vec![announcement(4, PrivacyRequest::Epsilon(1.0), 4)]))
@@ -616,7 +616,7 @@ async fn the_civic_agent_binary_refuses_sybils_and_joins_the_honest_round() {
     }
     script.rounds[0].config.participants = vec![PartnerId(1), PartnerId(10), PartnerId(11)];
     *h.hostile.script.lock().unwrap() = script;
-    let config = h._dir.path().join("partner.toml");
+    let config = h.dir.path().join("partner.toml");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_civic-agent"))
             .args(["once", "--config"])
