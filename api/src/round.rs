@@ -37,7 +37,7 @@ pub struct RoundAnnouncement {
     pub round_id: i64,
     /// The query it answers (a query may own several rounds).
     pub query_id: i64,
-    /// The protocol the round runs (`secure-sum/v2`: secure aggregation of the plan's
+    /// The protocol the round runs (`secure-sum/v3`: secure aggregation of the plan's
     /// vector, masks from AES-256-CTR; absent from coordinators older than the field, which
     /// ran `secure-sum/v1`, masks from ChaCha12).
     #[serde(default = "secure_sum")]

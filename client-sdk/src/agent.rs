@@ -557,6 +557,14 @@ impl Agent {
         let masked = round
             .handle_forwarded_shares(&forwarded, &input)
             .map_err(protocol)?;
+        for dealer in round.refuted() {
+            tracing::warn!(
+                round = id,
+                %dealer,
+                "partner {dealer} dealt this partner shares its own signed commitments refute; \
+                 nothing of them will be revealed, and the reveal names it to the coordinator"
+            );
+        }
         // Charge the local ledger before the vector leaves, checking the total again under
         // the lock: another round of the same dataset may have been charged meanwhile.
         let limits = &self.config.limits;

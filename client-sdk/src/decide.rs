@@ -34,7 +34,7 @@ use crate::error::AgentError;
 use crate::evaluate::CompiledPlan;
 
 /// The protocol this agent speaks.
-pub const SECURE_SUM: &str = "secure-sum/v2";
+pub const SECURE_SUM: &str = "secure-sum/v3";
 
 /// A round that passed the local policy.
 pub struct CheckedRound {
@@ -417,7 +417,7 @@ mod tests {
         let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
         ann.protocol = "something-else/v9".into();
         let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
-        assert!(e.contains("takes part only in secure-sum/v2"), "{e}");
+        assert!(e.contains("takes part only in secure-sum/v3"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use crate::commitments::{Commitments, Dealing, verify_batch};
 use crate::error::SecAggError;
 use crate::graph::Graph;
 use crate::identity::{IdentityKey, Roster, advertise_transcript, survivors_transcript};
@@ -31,7 +32,7 @@ use crate::messages::{
 use crate::prg::{Sign, SignedMask, apply_masks};
 use crate::ring::RingVector;
 use crate::round::{PartnerId, Requirements, RoundConfig, RoundId};
-use crate::shamir::{SecretScalar, split};
+use crate::shamir::{SecretScalar, Share};
 use crate::share_encryption::{SharePair, open, seal};
 
 /// Which of a peer's two shares was revealed.
@@ -45,7 +46,8 @@ pub enum RevealKind {
 }
 
 impl RevealKind {
-    fn name(self) -> &'static str {
+    /// "self-mask" or "mask-key".
+    pub fn name(self) -> &'static str {
         match self {
             RevealKind::SelfMask => "self-mask",
             RevealKind::MaskKey => "mask-key",
@@ -114,10 +116,26 @@ struct RoundSecrets {
     mask: StaticSecret,
     /// b_u: seeds the self mask.
     self_mask_seed: SecretScalar,
+    /// The polynomials sharing b_u and s_u^SK, committed to in the advertisement.
+    self_mask_dealing: Dealing,
+    mask_dealing: Dealing,
 }
 
 struct PeerKeys {
     encryption: PublicKey,
+    /// The peer's signed commitments to its sharing polynomials (b, then s^SK).
+    self_mask_commitments: Commitments,
+    mask_commitments: Commitments,
+}
+
+/// What this partner holds of one peer's secrets.
+#[derive(Clone)]
+enum Held {
+    /// Shares that match the peer's signed commitments.
+    Valid(SharePair),
+    /// Shares that do not: the peer dealt wrongly. Nothing of it is revealed; the reveal says
+    /// so instead, and the coordinator rebuilds its secrets from other holders.
+    Refuted,
 }
 
 /// Where a partner is in the round, with what it has learnt so far.
@@ -132,10 +150,10 @@ enum ClientState {
         own_shares: SharePair,
     },
     SentMaskedInput {
-        held: BTreeMap<PartnerId, SharePair>,
+        held: BTreeMap<PartnerId, Held>,
     },
     SignedSurvivors {
-        held: BTreeMap<PartnerId, SharePair>,
+        held: BTreeMap<PartnerId, Held>,
         survivors: Vec<PartnerId>,
     },
     Finished,
@@ -152,6 +170,9 @@ pub struct ClientRound {
     reveals: RevealLog,
     /// Ed25519 signatures checked so far (advertisements and survivor-list signatures).
     signatures_verified: usize,
+    /// Tests only: a neighbour to deal a share off this partner's committed polynomial.
+    #[cfg(any(test, feature = "test-util"))]
+    wrong_share_for: Option<PartnerId>,
 }
 
 impl std::fmt::Debug for ClientRound {
@@ -228,22 +249,28 @@ impl ClientRound {
         let encryption = StaticSecret::from(*seed);
         let mask_scalar = SecretScalar::random(rng);
         let mask = mask_scalar.to_x25519();
+        let self_mask_seed = SecretScalar::random(rng);
+        let t = config.threshold;
         let secrets = RoundSecrets {
             encryption,
-            mask_scalar,
             mask,
-            self_mask_seed: SecretScalar::random(rng),
+            self_mask_dealing: Dealing::new(&self_mask_seed, t, rng),
+            mask_dealing: Dealing::new(&mask_scalar, t, rng),
+            mask_scalar,
+            self_mask_seed,
         };
-        let encryption_public_key = PublicKey::from(&secrets.encryption).to_bytes();
-        let mask_public_key = PublicKey::from(&secrets.mask).to_bytes();
         let round_id = config.round_id;
         let config_digest = config.digest();
-        let signature = identity.sign(&advertise_transcript(
-            &config_digest,
-            me,
-            &encryption_public_key,
-            &mask_public_key,
-        ));
+        let mut advert = AdvertiseKeys {
+            round_id,
+            sender: me,
+            encryption_public_key: PublicKey::from(&secrets.encryption).to_bytes(),
+            mask_public_key: PublicKey::from(&secrets.mask).to_bytes(),
+            self_mask_commitments: secrets.self_mask_dealing.commitments.to_bytes(),
+            mask_key_commitments: secrets.mask_dealing.commitments.to_bytes(),
+            signature: crate::identity::Signature([0; 64]),
+        };
+        advert.signature = identity.sign(&advertise_transcript(&advert, &config_digest));
         let client = Self {
             graph: Graph::new(&config),
             config,
@@ -253,13 +280,8 @@ impl ClientRound {
             state: ClientState::Advertised { secrets },
             reveals: RevealLog::new(round_id),
             signatures_verified: 0,
-        };
-        let advert = AdvertiseKeys {
-            round_id,
-            sender: me,
-            encryption_public_key,
-            mask_public_key,
-            signature,
+            #[cfg(any(test, feature = "test-util"))]
+            wrong_share_for: None,
         };
         Ok((client, advert))
     }
@@ -276,6 +298,13 @@ impl ClientRound {
         }
         self.reveals = log;
         Ok(())
+    }
+
+    /// Tests only: makes this partner deal `recipient` a self-mask share that its own
+    /// commitments refute, as a cheating dealer would.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn deal_wrong_share_to(&mut self, recipient: PartnerId) {
+        self.wrong_share_for = Some(recipient);
     }
 
     /// What this partner has revealed so far (persist it).
@@ -347,6 +376,61 @@ impl ClientRound {
         Ok(())
     }
 
+    /// Which of the shares peers dealt this partner are the values of the polynomials they
+    /// committed to: all of them at once, and one dealer at a time only if that fails.
+    fn check_dealt(
+        &self,
+        peers: &BTreeMap<PartnerId, PeerKeys>,
+        dealt: BTreeMap<PartnerId, SharePair>,
+        weight_key: &[u8; 32],
+    ) -> BTreeMap<PartnerId, Held> {
+        let terms = |dealer: &PartnerId, pair: &SharePair| {
+            let peer = &peers[dealer];
+            [
+                (&peer.self_mask_commitments, pair.self_mask.clone()),
+                (&peer.mask_commitments, pair.mask_key.clone()),
+            ]
+        };
+        let all: Vec<_> = dealt.iter().flat_map(|(d, pair)| terms(d, pair)).collect();
+        let refs: Vec<(&Commitments, &SecretScalar)> = all.iter().map(|(c, v)| (*c, v)).collect();
+        let all_valid = verify_batch(self.me, &refs, weight_key);
+        dealt
+            .into_iter()
+            .map(|(dealer, pair)| {
+                let valid = all_valid
+                    || terms(&dealer, &pair).into_iter().all(|(c, value)| {
+                        c.verify_share(&Share {
+                            holder: self.me,
+                            value,
+                        })
+                    });
+                (
+                    dealer,
+                    if valid {
+                        Held::Valid(pair)
+                    } else {
+                        Held::Refuted
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The peers whose shares to this partner did not match their signed commitments (for the
+    /// partner's own log: the coordinator learns them from the reveal).
+    pub fn refuted(&self) -> Vec<PartnerId> {
+        let held = match &self.state {
+            ClientState::SentMaskedInput { held } | ClientState::SignedSurvivors { held, .. } => {
+                held
+            }
+            _ => return Vec::new(),
+        };
+        held.iter()
+            .filter(|(_, h)| matches!(h, Held::Refuted))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// ShareKeys: checks every advertised key's signature, Shamir-shares b_u and s_u^SK among
     /// this partner's neighbours and itself, and encrypts each neighbour's shares to it.
     pub fn handle_key_roster<R: CryptoRng + ?Sized>(
@@ -395,13 +479,10 @@ impl ClientRound {
                 continue;
             }
             self.signatures_verified += 1;
-            let transcript = advertise_transcript(
-                &self.config_digest,
-                sender,
-                &entry.encryption_public_key,
-                &entry.mask_public_key,
-            );
-            if !identity.verify(&transcript, &entry.signature) {
+            if !identity.verify(
+                &advertise_transcript(entry, &self.config_digest),
+                &entry.signature,
+            ) {
                 return Err(SecAggError::BadSignature {
                     round,
                     partner: sender,
@@ -412,8 +493,16 @@ impl ClientRound {
                 let mine = (
                     PublicKey::from(&secrets.encryption).to_bytes(),
                     PublicKey::from(&secrets.mask).to_bytes(),
+                    secrets.self_mask_dealing.commitments.to_bytes(),
+                    secrets.mask_dealing.commitments.to_bytes(),
                 );
-                if (entry.encryption_public_key, entry.mask_public_key) != mine {
+                let theirs = (
+                    entry.encryption_public_key,
+                    entry.mask_public_key,
+                    entry.self_mask_commitments.clone(),
+                    entry.mask_key_commitments.clone(),
+                );
+                if theirs != mine {
                     return Err(self.inconsistent(
                         "the key roster carries keys for this partner that it did not advertise"
                             .into(),
@@ -435,10 +524,20 @@ impl ClientRound {
                     sender,
                     pairwise_mask_key(shared.as_bytes(), round, self.me, sender),
                 );
+                let t = self.config.threshold;
+                let commitments = |points: &[_]| {
+                    Commitments::from_bytes(points, t).map_err(|reason| SecAggError::Malformed {
+                        round,
+                        partner: sender,
+                        reason,
+                    })
+                };
                 peers.insert(
                     sender,
                     PeerKeys {
                         encryption: PublicKey::from(entry.encryption_public_key),
+                        self_mask_commitments: commitments(&entry.self_mask_commitments)?,
+                        mask_commitments: commitments(&entry.mask_key_commitments)?,
                     },
                 );
             }
@@ -451,17 +550,24 @@ impl ClientRound {
         let mut holders: Vec<PartnerId> = peers.keys().copied().collect();
         holders.push(self.me);
         holders.sort_unstable();
-        let t = self.config.threshold;
-        let b_shares = split(&secrets.self_mask_seed, t, &holders, rng)?;
-        let sk_shares = split(&secrets.mask_scalar, t, &holders, rng)?;
+        let b_shares = secrets
+            .self_mask_dealing
+            .shares(&secrets.self_mask_seed, &holders);
+        let sk_shares = secrets.mask_dealing.shares(&secrets.mask_scalar, &holders);
         let mut shares = Vec::with_capacity(peers.len());
         let mut own_shares = None;
         for (b, sk) in b_shares.into_iter().zip(sk_shares) {
-            let pair = SharePair {
+            #[cfg_attr(not(any(test, feature = "test-util")), allow(unused_mut))]
+            let mut pair = SharePair {
                 self_mask: b.value,
                 mask_key: sk.value,
             };
             let recipient = b.holder;
+            #[cfg(any(test, feature = "test-util"))]
+            if self.wrong_share_for == Some(recipient) {
+                pair.self_mask =
+                    SecretScalar::new(pair.self_mask.as_scalar() + curve25519_dalek::Scalar::ONE);
+            }
             let Some(peer) = peers.get(&recipient) else {
                 own_shares = Some(pair);
                 continue;
@@ -574,7 +680,9 @@ impl ClientRound {
             )?;
             held.insert(share.sender, pair);
         }
-        held.insert(self.me, own_shares.clone());
+        let weight_key = zeroize::Zeroizing::new(secrets.encryption.to_bytes());
+        let mut held = self.check_dealt(peers, held, &weight_key);
+        held.insert(self.me, Held::Valid(own_shares.clone()));
         self.quorum(held.len(), Phase::MaskedInputCollection)?;
 
         let self_key = secrets.self_mask_seed.self_mask_key(round, self.me);
@@ -727,8 +835,13 @@ impl ClientRound {
             sender: self.me,
             self_mask_shares: Vec::new(),
             mask_key_shares: Vec::new(),
+            refuted: Vec::new(),
         };
-        for (owner, pair) in held {
+        for (owner, held) in held {
+            let Held::Valid(pair) = held else {
+                reply.refuted.push(*owner);
+                continue;
+            };
             let kind = kind_of(owner);
             let (list, value) = match kind {
                 RevealKind::SelfMask => (&mut reply.self_mask_shares, &pair.self_mask),

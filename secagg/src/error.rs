@@ -152,6 +152,32 @@ pub enum SecAggError {
         /// How many were needed.
         needed: usize,
     },
+    /// Too few of the revealed shares of one partner's secret match its commitments, so its
+    /// mask cannot be removed; the round aborts and releases nothing.
+    #[error(
+        "round {round}: partner {owner}'s {kind} secret cannot be rebuilt: {valid} valid shares, {needed} needed{}{}",
+        named(", wrong shares came from", wrong_from),
+        named(
+            ", its shares were refuted as not matching its commitments by",
+            refuted_by
+        )
+    )]
+    Unrecoverable {
+        /// The round.
+        round: RoundId,
+        /// Whose secret it is.
+        owner: PartnerId,
+        /// "self-mask" or "mask-key".
+        kind: &'static str,
+        /// Shares that match the owner's commitments.
+        valid: usize,
+        /// The threshold.
+        needed: usize,
+        /// Holders that revealed shares the commitments refute.
+        wrong_from: Vec<PartnerId>,
+        /// Holders that reported the owner's shares to them as refuted by its commitments.
+        refuted_by: Vec<PartnerId>,
+    },
     /// A Shamir operation on invalid shares.
     #[error("shamir: {reason}")]
     Shamir {
@@ -185,8 +211,18 @@ impl SecAggError {
             Self::InconsistentCoordinator { .. } => "secagg.inconsistent_coordinator",
             Self::ConflictingReveal { .. } => "secagg.conflicting_reveal",
             Self::TooFewSurvivors { .. } => "secagg.too_few_survivors",
+            Self::Unrecoverable { .. } => "secagg.unrecoverable",
             Self::Shamir { .. } => "secagg.shamir",
             Self::RoundClosed { .. } => "secagg.round_closed",
         }
     }
+}
+
+/// ", LABEL partner(s) 1, 2" for a non-empty list, nothing for an empty one.
+fn named(label: &str, partners: &[PartnerId]) -> String {
+    if partners.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = partners.iter().map(ToString::to_string).collect();
+    format!("{label} partner(s) {}", ids.join(", "))
 }

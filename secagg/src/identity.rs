@@ -12,6 +12,7 @@ use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::PROTOCOL_LABEL;
+use crate::messages::AdvertiseKeys;
 use crate::round::PartnerId;
 
 /// A partner's long-term signing key. Zeroized on drop; `Debug` shows only the public key.
@@ -88,18 +89,18 @@ impl std::fmt::Debug for Signature {
 /// The identity keys of every partner, as the coordinator serves them and agents pin them.
 pub type Roster = BTreeMap<PartnerId, IdentityPublicKey>;
 
-/// What a partner signs when it advertises its two round public keys. `config` is the
-/// round configuration's digest ([`crate::RoundConfig::digest`]), which covers the round id.
-pub fn advertise_transcript(
-    config: &[u8; 32],
-    sender: PartnerId,
-    encryption_public_key: &[u8; 32],
-    mask_public_key: &[u8; 32],
-) -> Vec<u8> {
+/// What a partner signs when it advertises its two round public keys and its commitments to
+/// the polynomials sharing its secrets. `config` is the round configuration's digest
+/// ([`crate::RoundConfig::digest`]), which covers the round id.
+pub fn advertise_transcript(advert: &AdvertiseKeys, config: &[u8; 32]) -> Vec<u8> {
     let mut m = transcript_header(b"advertise-keys", config);
-    m.extend_from_slice(&sender.0.to_be_bytes());
-    m.extend_from_slice(encryption_public_key);
-    m.extend_from_slice(mask_public_key);
+    m.extend_from_slice(&advert.sender.0.to_be_bytes());
+    m.extend_from_slice(&advert.encryption_public_key);
+    m.extend_from_slice(&advert.mask_public_key);
+    for points in [&advert.self_mask_commitments, &advert.mask_key_commitments] {
+        m.extend_from_slice(&(points.len() as u64).to_be_bytes());
+        points.iter().for_each(|p| m.extend_from_slice(&p.0));
+    }
     m
 }
 
@@ -155,7 +156,16 @@ mod tests {
                 .verify(&survivors_transcript(&[1; 32], &list), &sig)
         );
         // A signature on one kind of statement is not valid for another.
-        let adv = advertise_transcript(&[1; 32], PartnerId(1), &[0; 32], &[0; 32]);
+        let advert = AdvertiseKeys {
+            round_id: crate::round::RoundId(1),
+            sender: PartnerId(1),
+            encryption_public_key: [0; 32],
+            mask_public_key: [0; 32],
+            self_mask_commitments: Vec::new(),
+            mask_key_commitments: Vec::new(),
+            signature: Signature([0; 64]),
+        };
+        let adv = advertise_transcript(&advert, &[1; 32]);
         assert!(!key.public().verify(&adv, &sig));
     }
 

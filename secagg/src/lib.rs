@@ -29,6 +29,7 @@
 #[cfg(feature = "bench-unmasked")]
 pub mod baseline;
 pub mod client;
+pub mod commitments;
 pub mod error;
 pub mod graph;
 pub mod identity;
@@ -51,11 +52,11 @@ pub use identity::{IdentityKey, IdentityPublicKey, Roster, Signature};
 pub use messages::{ClientMessage, Phase};
 pub use ring::{RingVector, Width};
 pub use round::{PartnerId, Requirements, RoundConfig, RoundId};
-pub use server::{Aggregate, ServerOutput, ServerRound};
+pub use server::{Aggregate, Misbehaviour, ServerOutput, ServerRound};
 
 /// Bound into every key derivation, signature and associated-data string, so that keys and
 /// signatures from another protocol, or another version of this one, are never accepted.
-pub const PROTOCOL_LABEL: &[u8] = b"civic-secagg/v2";
+pub const PROTOCOL_LABEL: &[u8] = b"civic-secagg/v3";
 
 /// Whether this build holds the benchmark's switch that turns masking off (feature
 /// `bench-unmasked`). Shipped binaries assert at compile time that it does not.

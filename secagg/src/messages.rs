@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::commitments::PointBytes;
 use crate::identity::Signature;
 use crate::ring::RingVector;
 use crate::round::{PartnerId, RoundId};
@@ -50,7 +51,8 @@ impl fmt::Display for Phase {
     }
 }
 
-/// A partner's two round public keys, signed with its identity key.
+/// A partner's two round public keys and its commitments to the polynomials that will share
+/// its two secrets, all signed with its identity key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdvertiseKeys {
@@ -64,6 +66,11 @@ pub struct AdvertiseKeys {
     /// X25519 key for agreeing pairwise masks (s_u^PK).
     #[serde(with = "crate::wire::byte_array")]
     pub mask_public_key: [u8; 32],
+    /// Feldman commitments C_0 … C_{t−1} to the polynomial sharing b_u (see
+    /// [`crate::commitments`]).
+    pub self_mask_commitments: Vec<PointBytes>,
+    /// Feldman commitments to the polynomial sharing s_u^SK.
+    pub mask_key_commitments: Vec<PointBytes>,
     /// Ed25519 over [`crate::identity::advertise_transcript`].
     pub signature: Signature,
 }
@@ -184,7 +191,8 @@ impl fmt::Debug for RevealedShare {
 }
 
 /// A survivor's reveals: for each survivor, its self-mask share; for each partner that
-/// dropped after sharing, its mask-key share. Never both for one owner.
+/// dropped after sharing, its mask-key share. Never both for one owner. A partner whose
+/// shares to the sender failed its own signed commitments is listed in `refuted` instead.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnmaskingShares {
@@ -196,6 +204,9 @@ pub struct UnmaskingShares {
     pub self_mask_shares: Vec<RevealedShare>,
     /// Shares of s_v^SK for v that shared keys but sent no masked vector.
     pub mask_key_shares: Vec<RevealedShare>,
+    /// Partners whose shares to the sender did not match their commitments: the sender holds
+    /// no usable share of theirs, and says so rather than reveal a wrong one.
+    pub refuted: Vec<PartnerId>,
 }
 
 /// Any partner-to-coordinator message, for transports that carry them on one channel.

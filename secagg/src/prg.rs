@@ -6,7 +6,7 @@
 //! b-bit words. Each key is derived for one purpose, round and pair (see [`crate::kdf`]) and
 //! expands exactly one mask, so no keystream is used twice and no nonce is needed.
 //!
-//! Why AES-256-CTR (protocol `civic-secagg/v2`; v1 used ChaCha12): the masks are the
+//! Why AES-256-CTR (since protocol `civic-secagg/v2`; v1 used ChaCha12): the masks are the
 //! protocol's bulk cost, and the coordinator expands one per survivor and one per edge to a
 //! dropout. With AES-NI, AES-256-CTR runs about 2× faster than ChaCha12 here (7.3 against 3.5
 //! GB/s on one core; ChaCha8 would give only 1.5×, with one round of margin over the best

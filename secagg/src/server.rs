@@ -11,6 +11,8 @@ use std::num::NonZeroUsize;
 
 use x25519_dalek::PublicKey;
 
+use crate::client::RevealKind;
+use crate::commitments::Commitments;
 use crate::error::SecAggError;
 use crate::graph::{Graph, Topology};
 use crate::identity::{Roster, Signature, advertise_transcript, survivors_transcript};
@@ -22,7 +24,7 @@ use crate::messages::{
 use crate::prg::{Sign, SignedMask, apply_masks};
 use crate::ring::{RingVector, Width, add_words};
 use crate::round::{PartnerId, RoundConfig, RoundId};
-use crate::shamir::{LagrangeAtZero, SecretScalar, Share};
+use crate::shamir::{LagrangeAtZero, SecretScalar, Share, reconstruct};
 use crate::share_encryption::CIPHERTEXT_LEN;
 
 /// The result of a successful round: the sum of the survivors' vectors, and who they are.
@@ -34,13 +36,77 @@ pub struct Aggregate {
     pub survivors: Vec<PartnerId>,
     /// Σ_{u ∈ U3} x_u over Z_{2^b}; decode with [`RingVector::to_signed`].
     pub sum: RingVector,
+    /// Deviations the coordinator detected and worked around (for the audit log).
+    pub misbehaviour: Vec<Misbehaviour>,
 }
 
-/// One partner's revealed shares, parsed: (owner, share) for self masks and for mask keys.
-#[derive(Default)]
+/// A partner's deviation from the protocol, found by checking shares against their dealer's
+/// signed commitments (see [`crate::commitments`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// `revealer` revealed a share of `owner`'s secret that `owner`'s commitments refute; it
+    /// was not used.
+    WrongShare {
+        /// Who revealed it.
+        revealer: PartnerId,
+        /// Whose secret it claimed to be a share of.
+        owner: PartnerId,
+        /// Which secret.
+        kind: RevealKind,
+    },
+    /// `accuser` reported that the shares `dealer` sent it do not match `dealer`'s own
+    /// commitments. The shares travelled encrypted between the two, so the coordinator cannot
+    /// tell which one lies; several accusers of one dealer point at the dealer.
+    Refuted {
+        /// Who reported it.
+        accuser: PartnerId,
+        /// Whose shares it refuted.
+        dealer: PartnerId,
+    },
+}
+
+impl std::fmt::Display for Misbehaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Misbehaviour::WrongShare {
+                revealer,
+                owner,
+                kind,
+            } => write!(
+                f,
+                "partner {revealer} revealed a {} share of partner {owner}'s secret that \
+                 partner {owner}'s signed commitments refute",
+                kind.name()
+            ),
+            Misbehaviour::Refuted { accuser, dealer } => write!(
+                f,
+                "partner {accuser} reports that the shares partner {dealer} dealt it do not \
+                 match partner {dealer}'s signed commitments"
+            ),
+        }
+    }
+}
+
+/// What validating a message parsed, for taking it without parsing it again.
+enum Parsed {
+    Nothing,
+    Commitments(DealerCommitments),
+    Reveals(Reveals),
+}
+
+/// One partner's revealed shares, parsed: (owner, share) for self masks and for mask keys,
+/// and the dealers whose shares to it failed their commitments.
 struct Reveals {
     self_mask: Vec<(PartnerId, SecretScalar)>,
     mask_key: Vec<(PartnerId, SecretScalar)>,
+    refuted: Vec<PartnerId>,
+}
+
+/// A partner's signed commitments to the polynomials sharing its two secrets.
+#[derive(Clone, Debug)]
+struct DealerCommitments {
+    self_mask: Commitments,
+    mask_key: Commitments,
 }
 
 /// What the coordinator sends when a phase closes.
@@ -66,8 +132,9 @@ pub struct ServerRound {
     graph: Graph,
     roster: Roster,
     phase: Phase,
-    /// U1 with their keys.
+    /// U1 with their keys, and their parsed commitments.
     advertised: BTreeMap<PartnerId, AdvertiseKeys>,
+    commitments: BTreeMap<PartnerId, DealerCommitments>,
     /// U2, and the shares waiting for each recipient.
     shared: BTreeSet<PartnerId>,
     outbox: BTreeMap<PartnerId, Vec<EncryptedShare>>,
@@ -82,6 +149,8 @@ pub struct ServerRound {
     unmasked: BTreeSet<PartnerId>,
     self_mask_shares: BTreeMap<PartnerId, Vec<Share>>,
     mask_key_shares: BTreeMap<PartnerId, Vec<Share>>,
+    /// Per dealer, the holders that reported its shares refuted by its commitments.
+    refutations: BTreeMap<PartnerId, BTreeSet<PartnerId>>,
     /// Threads the unmasking may use.
     threads: NonZeroUsize,
 }
@@ -103,6 +172,7 @@ impl ServerRound {
             roster,
             phase: Phase::AdvertiseKeys,
             advertised: BTreeMap::new(),
+            commitments: BTreeMap::new(),
             shared: BTreeSet::new(),
             outbox: BTreeMap::new(),
             masked: BTreeSet::new(),
@@ -111,6 +181,7 @@ impl ServerRound {
             unmasked: BTreeSet::new(),
             self_mask_shares: BTreeMap::new(),
             mask_key_shares: BTreeMap::new(),
+            refutations: BTreeMap::new(),
             threads: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         })
     }
@@ -165,8 +236,8 @@ impl ServerRound {
 
     /// Accepts one partner message for the current phase, or refuses it with nothing changed.
     pub fn receive(&mut self, msg: ClientMessage) -> Result<(), SecAggError> {
-        let reveals = self.validate(&msg)?;
-        self.take(msg, reveals);
+        let parsed = self.validate(&msg)?;
+        self.take(msg, parsed);
         Ok(())
     }
 
@@ -177,8 +248,8 @@ impl ServerRound {
         self.validate(msg).map(|_| ())
     }
 
-    /// Every check `receive` makes; for Unmasking, the parsed reveals.
-    fn validate(&self, msg: &ClientMessage) -> Result<Option<Reveals>, SecAggError> {
+    /// Every check `receive` makes, with what it parsed.
+    fn validate(&self, msg: &ClientMessage) -> Result<Parsed, SecAggError> {
         let round = self.round();
         match self.phase {
             Phase::Finished => {
@@ -209,18 +280,23 @@ impl ServerRound {
             });
         }
         match msg {
-            ClientMessage::AdvertiseKeys(m) => self.check_advertise(m).map(|()| None),
-            ClientMessage::ShareKeys(m) => self.check_share_keys(m).map(|()| None),
-            ClientMessage::MaskedInput(m) => self.check_masked_input(m).map(|()| None),
-            ClientMessage::ConsistencySignature(m) => self.check_signature(m).map(|()| None),
-            ClientMessage::UnmaskingShares(m) => self.check_unmasking(m).map(Some),
+            ClientMessage::AdvertiseKeys(m) => self.check_advertise(m).map(Parsed::Commitments),
+            ClientMessage::ShareKeys(m) => self.check_share_keys(m).map(|()| Parsed::Nothing),
+            ClientMessage::MaskedInput(m) => self.check_masked_input(m).map(|()| Parsed::Nothing),
+            ClientMessage::ConsistencySignature(m) => {
+                self.check_signature(m).map(|()| Parsed::Nothing)
+            }
+            ClientMessage::UnmaskingShares(m) => self.check_unmasking(m).map(Parsed::Reveals),
         }
     }
 
     /// Takes a validated message into the round.
-    fn take(&mut self, msg: ClientMessage, reveals: Option<Reveals>) {
+    fn take(&mut self, msg: ClientMessage, parsed: Parsed) {
         match msg {
             ClientMessage::AdvertiseKeys(m) => {
+                if let Parsed::Commitments(c) = parsed {
+                    self.commitments.insert(m.sender, c);
+                }
                 self.advertised.insert(m.sender, m);
             }
             ClientMessage::ShareKeys(m) => {
@@ -237,10 +313,17 @@ impl ServerRound {
                 self.signatures.insert(m.sender, m.signature);
             }
             ClientMessage::UnmaskingShares(m) => {
-                let Reveals {
+                let Parsed::Reveals(Reveals {
                     self_mask,
                     mask_key,
-                } = reveals.unwrap_or_default();
+                    refuted,
+                }) = parsed
+                else {
+                    unreachable!("an unmasking message parses to reveals")
+                };
+                for dealer in refuted {
+                    self.refutations.entry(dealer).or_default().insert(m.sender);
+                }
                 for (owner, value) in self_mask {
                     self.self_mask_shares.entry(owner).or_default().push(Share {
                         holder: m.sender,
@@ -290,7 +373,7 @@ impl ServerRound {
         }
     }
 
-    fn check_advertise(&self, m: &AdvertiseKeys) -> Result<(), SecAggError> {
+    fn check_advertise(&self, m: &AdvertiseKeys) -> Result<DealerCommitments, SecAggError> {
         let sender = m.sender;
         self.check_sender(
             sender,
@@ -298,12 +381,7 @@ impl ServerRound {
             "a participant",
             self.advertised.contains_key(&sender),
         )?;
-        let transcript = advertise_transcript(
-            &self.config_digest,
-            sender,
-            &m.encryption_public_key,
-            &m.mask_public_key,
-        );
+        let transcript = advertise_transcript(m, &self.config_digest);
         if !self.roster[&sender].verify(&transcript, &m.signature) {
             return Err(SecAggError::BadSignature {
                 round: self.round(),
@@ -324,7 +402,17 @@ impl ServerRound {
                 ));
             }
         }
-        Ok(())
+        // Checked here, so that malformed commitments cannot make every neighbour refuse the
+        // key roster either.
+        let t = self.config.threshold;
+        let parse = |points: &[_], what: &str| {
+            Commitments::from_bytes(points, t)
+                .map_err(|reason| self.malformed(sender, format!("{what}: {reason}")))
+        };
+        Ok(DealerCommitments {
+            self_mask: parse(&m.self_mask_commitments, "self-mask commitments")?,
+            mask_key: parse(&m.mask_key_commitments, "mask-key commitments")?,
+        })
     }
 
     fn check_share_keys(&self, m: &ShareKeys) -> Result<(), SecAggError> {
@@ -441,11 +529,25 @@ impl ServerRound {
             .holders(sender)
             .into_iter()
             .filter(|p| self.shared.contains(p));
-        let (expect_b, expect_sk): (BTreeSet<PartnerId>, BTreeSet<PartnerId>) =
+        let (mut expect_b, mut expect_sk): (BTreeSet<PartnerId>, BTreeSet<PartnerId>) =
             held.partition(|p| self.survivors.binary_search(p).is_ok());
+        // A dealer whose shares the sender refutes is named instead of revealed.
+        let mut refuted = BTreeSet::new();
+        for &dealer in &m.refuted {
+            let known = dealer != sender && (expect_b.remove(&dealer) || expect_sk.remove(&dealer));
+            if !known || !refuted.insert(dealer) {
+                return Err(self.malformed(
+                    sender,
+                    format!(
+                        "it refutes partner {dealer}'s shares, which it was not dealt, or twice"
+                    ),
+                ));
+            }
+        }
         Ok(Reveals {
             self_mask: self.parse_reveals(sender, &m.self_mask_shares, &expect_b, "self-mask")?,
             mask_key: self.parse_reveals(sender, &m.mask_key_shares, &expect_sk, "mask-key")?,
+            refuted: refuted.into_iter().collect(),
         })
     }
 
@@ -558,12 +660,13 @@ impl ServerRound {
                 let u5 = self.unmasked.clone();
                 self.check_quorum(&u5)?;
                 match self.unmask() {
-                    Ok(sum) => {
+                    Ok((sum, misbehaviour)) => {
                         self.phase = Phase::Finished;
                         Ok(ServerOutput::Aggregate(Aggregate {
                             round_id: round,
                             survivors: self.survivors.clone(),
                             sum,
+                            misbehaviour,
                         }))
                     }
                     Err(e) => {
@@ -619,11 +722,10 @@ impl ServerRound {
         Ok(())
     }
 
-    /// Recovers the survivors' self-mask seeds and the dropouts' mask keys, and removes their
-    /// masks from the running sum.
-    fn unmask(&self) -> Result<RingVector, SecAggError> {
+    /// Recovers the survivors' self-mask seeds and the dropouts' mask keys, checks each against
+    /// its dealer's commitments, and removes their masks from the running sum.
+    fn unmask(&self) -> Result<(RingVector, Vec<Misbehaviour>), SecAggError> {
         let round = self.round();
-        let t = self.config.threshold;
         // Each secret from its t lowest holders: in the complete graph one holder set serves
         // every owner; on the sparse graph each owner has its own, and the O(t²) Lagrange
         // coefficients for the distinct sets are computed on every core.
@@ -636,11 +738,11 @@ impl ServerRound {
         let self_mask_shares = self
             .survivors
             .iter()
-            .map(|u| lowest_holders(self.self_mask_shares.get(u), t, round))
+            .map(|&u| self.lowest_holders(u, RevealKind::SelfMask))
             .collect::<Result<Vec<_>, _>>()?;
         let mask_key_shares = dropouts
             .iter()
-            .map(|u| lowest_holders(self.mask_key_shares.get(u), t, round))
+            .map(|&u| self.lowest_holders(u, RevealKind::MaskKey))
             .collect::<Result<Vec<_>, _>>()?;
         let holder_sets: BTreeSet<Vec<PartnerId>> = self_mask_shares
             .iter()
@@ -657,20 +759,35 @@ impl ServerRound {
             let holders: Vec<PartnerId> = shares.iter().map(|s| s.holder).collect();
             lagrange[holders.as_slice()].interpolate(shares.iter().map(|s| &s.value))
         };
+        let mut misbehaviour: Vec<Misbehaviour> = self
+            .refutations
+            .iter()
+            .flat_map(|(&dealer, accusers)| {
+                accusers
+                    .iter()
+                    .map(move |&accuser| Misbehaviour::Refuted { accuser, dealer })
+            })
+            .collect();
         let mut seeds = Vec::with_capacity(self.survivors.len());
         for (&u, shares) in self.survivors.iter().zip(&self_mask_shares) {
-            seeds.push((u, recover(shares)?));
+            let seed = recover(shares)?;
+            seeds.push((
+                u,
+                self.verified(u, RevealKind::SelfMask, seed, &mut misbehaviour)?,
+            ));
         }
         let mut dropped = Vec::new();
         for (&u, shares) in dropouts.iter().zip(&mask_key_shares) {
             let secret = recover(shares)?;
-            // The reconstructed key must match the key the partner signed; a wrong share from
-            // a misbehaving partner is caught here instead of corrupting the sum.
+            let secret = self.verified(u, RevealKind::MaskKey, secret, &mut misbehaviour)?;
+            // Shares that match the commitments can still open a key the partner does not use,
+            // if it dealt one: its pairwise masks could not be removed.
             let public = PublicKey::from(&secret.to_x25519()).to_bytes();
             if public != self.advertised[&u].mask_public_key {
                 return Err(SecAggError::Shamir {
                     reason: format!(
-                        "round {round}: the revealed mask-key shares of partner {u} do not reconstruct its advertised key"
+                        "round {round}: partner {u}'s mask-key shares match its commitments but \
+                         not its advertised mask key: partner {u} dealt a key it does not use"
                     ),
                 });
             }
@@ -693,7 +810,92 @@ impl ServerRound {
             &mask_public_keys,
             self.threads,
         )?;
-        Ok(RingVector::from_unreduced(self.config.width, sum))
+        Ok((
+            RingVector::from_unreduced(self.config.width, sum),
+            misbehaviour,
+        ))
+    }
+
+    /// The revealed shares of one secret of `owner`.
+    fn revealed(&self, owner: PartnerId, kind: RevealKind) -> (&Commitments, &[Share]) {
+        let dealt = &self.commitments[&owner];
+        let (commitments, shares) = match kind {
+            RevealKind::SelfMask => (&dealt.self_mask, self.self_mask_shares.get(&owner)),
+            RevealKind::MaskKey => (&dealt.mask_key, self.mask_key_shares.get(&owner)),
+        };
+        (commitments, shares.map_or(&[], Vec::as_slice))
+    }
+
+    /// The shares of one secret from its `t` lowest holders, or why there are too few.
+    fn lowest_holders(
+        &self,
+        owner: PartnerId,
+        kind: RevealKind,
+    ) -> Result<Vec<&Share>, SecAggError> {
+        let t = self.config.threshold;
+        let (_, shares) = self.revealed(owner, kind);
+        if shares.len() < t {
+            return Err(self.unrecoverable(owner, kind, shares.len(), Vec::new()));
+        }
+        let mut shares: Vec<&Share> = shares.iter().collect();
+        shares.sort_by_key(|s| s.holder);
+        shares.truncate(t);
+        Ok(shares)
+    }
+
+    /// `candidate` if it opens `owner`'s commitments (one fixed-base multiplication, the common
+    /// case); otherwise the secret rebuilt from the shares the commitments confirm, with each
+    /// holder whose share they refute named in `misbehaviour`.
+    fn verified(
+        &self,
+        owner: PartnerId,
+        kind: RevealKind,
+        candidate: SecretScalar,
+        misbehaviour: &mut Vec<Misbehaviour>,
+    ) -> Result<SecretScalar, SecAggError> {
+        let (commitments, shares) = self.revealed(owner, kind);
+        if commitments.opens_to(&candidate) {
+            return Ok(candidate);
+        }
+        let (mut valid, wrong): (Vec<Share>, Vec<Share>) = shares
+            .iter()
+            .cloned()
+            .partition(|s| commitments.verify_share(s));
+        let wrong_from: Vec<PartnerId> = wrong.iter().map(|s| s.holder).collect();
+        misbehaviour.extend(wrong_from.iter().map(|&revealer| Misbehaviour::WrongShare {
+            revealer,
+            owner,
+            kind,
+        }));
+        let t = self.config.threshold;
+        if valid.len() < t {
+            return Err(self.unrecoverable(owner, kind, valid.len(), wrong_from));
+        }
+        valid.sort_by_key(|s| s.holder);
+        // Any t shares that match the commitments interpolate to the committed secret.
+        reconstruct(&valid, t)
+    }
+
+    fn unrecoverable(
+        &self,
+        owner: PartnerId,
+        kind: RevealKind,
+        valid: usize,
+        wrong_from: Vec<PartnerId>,
+    ) -> SecAggError {
+        SecAggError::Unrecoverable {
+            round: self.round(),
+            owner,
+            kind: kind.name(),
+            valid,
+            needed: self.config.threshold,
+            wrong_from,
+            refuted_by: self
+                .refutations
+                .get(&owner)
+                .map(|a| a.iter().copied().collect())
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -741,26 +943,6 @@ pub fn neighbourhood_signatures(
             .copied()
             .collect(),
     }
-}
-
-/// The shares of one secret from its `t` lowest holders, or too few survivors.
-fn lowest_holders(
-    shares: Option<&Vec<Share>>,
-    t: usize,
-    round: RoundId,
-) -> Result<Vec<&Share>, SecAggError> {
-    let mut shares: Vec<&Share> = shares.map(|s| s.iter().collect()).unwrap_or_default();
-    if shares.len() < t {
-        return Err(SecAggError::TooFewSurvivors {
-            round,
-            phase: Phase::Unmasking,
-            survivors: shares.len(),
-            needed: t,
-        });
-    }
-    shares.sort_by_key(|s| s.holder);
-    shares.truncate(t);
-    Ok(shares)
 }
 
 /// Whether an X25519 public key is one of the low-order points, which give every secret the
@@ -880,6 +1062,8 @@ mod tests {
                 sender: p,
                 encryption_public_key: [1; 32],
                 mask_public_key: [2; 32],
+                self_mask_commitments: Vec::new(),
+                mask_key_commitments: Vec::new(),
                 signature: Signature([0; 64]),
             };
             let roster = KeyRoster {

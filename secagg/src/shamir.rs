@@ -44,6 +44,11 @@ impl SecretScalar {
             })
     }
 
+    /// The scalar (for commitments and arithmetic inside this crate).
+    pub(crate) fn as_scalar(&self) -> &Scalar {
+        &self.0
+    }
+
     /// The canonical encoding (used as key material: never log it).
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
@@ -70,7 +75,8 @@ pub struct Share {
     pub value: SecretScalar,
 }
 
-fn evaluation_point(holder: PartnerId) -> Scalar {
+/// The point x = holder + 1 at which a holder's share is the polynomial's value.
+pub(crate) fn evaluation_point(holder: PartnerId) -> Scalar {
     Scalar::from(u64::from(holder.0) + 1)
 }
 

@@ -1078,3 +1078,184 @@ fn one_colluding_partner_cannot_use_a_bare_majority_threshold() {
         "the attack must fail against t = 4: {b} and {sk} shares"
     );
 }
+
+/// A five-partner round (t = 4) run to its reveals, with `cheat` applied to them.
+fn reveal_with(
+    h: &mut Harness,
+    cheat: impl Fn(PartnerId, &mut civic_secagg::messages::UnmaskingShares),
+) -> Result<civic_secagg::Aggregate, SecAggError> {
+    let roster = h.advertise();
+    let forwards = h.share_keys(&roster);
+    let masked = h.masked_inputs(&forwards);
+    let list = h.collect_inputs(masked);
+    let signed = h.consistency(&list);
+    for (p, client) in h.clients.iter_mut() {
+        let mut reveal = client.handle_signed_survivors(&signed).expect("reveals");
+        cheat(*p, &mut reveal);
+        h.server
+            .receive(ClientMessage::UnmaskingShares(reveal))
+            .expect("a wrong share is well formed: it is found only against the commitments");
+    }
+    match h.server.advance()? {
+        ServerOutput::Aggregate(a) => Ok(a),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn flip_self_mask_shares(reveal: &mut civic_secagg::messages::UnmaskingShares) {
+    for share in &mut reveal.self_mask_shares {
+        share.value[0] ^= 2;
+    }
+}
+
+#[test]
+fn a_wrong_revealed_share_is_named_and_the_round_recovers_from_the_others() {
+    let mut h = Harness::new(5, 21);
+    assert_eq!(h.config.threshold, 4);
+    let cheater = h.config.participants[1];
+    let aggregate = reveal_with(&mut h, |p, reveal| {
+        if p == cheater {
+            flip_self_mask_shares(reveal);
+        }
+    })
+    .expect("four honest holders of every seed remain");
+    assert_eq!(
+        aggregate.sum,
+        h.expected_sum(),
+        "the wrong shares were not used"
+    );
+    let expected: Vec<civic_secagg::Misbehaviour> = h
+        .config
+        .participants
+        .iter()
+        .map(|&owner| civic_secagg::Misbehaviour::WrongShare {
+            revealer: cheater,
+            owner,
+            kind: RevealKind::SelfMask,
+        })
+        .collect();
+    assert_eq!(aggregate.misbehaviour, expected);
+    let said = aggregate.misbehaviour[0].to_string();
+    assert!(
+        said.contains(&format!("partner {cheater} revealed a self-mask share")),
+        "{said}"
+    );
+}
+
+#[test]
+fn too_many_wrong_shares_abort_the_round_naming_who_sent_them() {
+    let mut h = Harness::new(5, 22);
+    let cheaters = [h.config.participants[0], h.config.participants[3]];
+    let err = reveal_with(&mut h, |p, reveal| {
+        if cheaters.contains(&p) {
+            flip_self_mask_shares(reveal);
+        }
+    })
+    .expect_err("three valid shares of four needed");
+    assert_eq!(err.code(), "secagg.unrecoverable", "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("3 valid shares, 4 needed")
+            && said.contains(&format!(
+                "wrong shares came from partner(s) {}, {}",
+                cheaters[0], cheaters[1]
+            )),
+        "{said}"
+    );
+    assert_eq!(h.server.phase(), Phase::Aborted);
+}
+
+#[test]
+fn honest_rounds_name_no_one() {
+    let mut h = Harness::new(5, 23);
+    let aggregate = reveal_with(&mut h, |_, _| {}).expect("honest");
+    assert_eq!(aggregate.sum, h.expected_sum());
+    assert!(aggregate.misbehaviour.is_empty());
+}
+
+#[test]
+fn a_share_dealt_off_the_commitments_is_refuted_by_its_holder_and_the_round_recovers() {
+    let mut h = Harness::new(5, 24);
+    let (dealer, holder) = (h.config.participants[1], h.config.participants[3]);
+    let roster = h.advertise();
+    h.clients
+        .get_mut(&dealer)
+        .expect("dealer")
+        .deal_wrong_share_to(holder);
+    let forwards = h.share_keys(&roster);
+    let masked = h.masked_inputs(&forwards);
+    assert_eq!(h.clients[&holder].refuted(), vec![dealer]);
+    assert!(h.clients[&dealer].refuted().is_empty());
+    let list = h.collect_inputs(masked);
+    let signed = h.consistency(&list);
+    let reveal = h.clients.get_mut(&holder).expect("holder");
+    let reveal = reveal.handle_signed_survivors(&signed).expect("reveals");
+    assert_eq!(reveal.refuted, vec![dealer]);
+    assert!(
+        reveal.self_mask_shares.iter().all(|s| s.owner != dealer),
+        "nothing of the refuted dealer is revealed"
+    );
+    h.server
+        .receive(ClientMessage::UnmaskingShares(reveal))
+        .expect("accepted");
+    h.clients.remove(&holder);
+    let aggregate = h.finish(&signed);
+    assert_eq!(aggregate.sum, h.expected_sum());
+    assert_eq!(
+        aggregate.misbehaviour,
+        vec![civic_secagg::Misbehaviour::Refuted {
+            accuser: holder,
+            dealer
+        }]
+    );
+}
+
+#[test]
+fn commitments_are_checked_on_arrival() {
+    let mut h = Harness::new(4, 25);
+    let p = h.config.participants[0];
+    let (_, mut advert) = ClientRound::start(
+        h.config.clone(),
+        p,
+        &h.keys[&p],
+        h.roster.clone(),
+        &lenient_requirements(&h.config),
+        h.rngs.get_mut(&p).expect("rng"),
+    )
+    .expect("starts");
+    // Changed by the coordinator: the signature no longer covers them.
+    let mut swapped = advert.clone();
+    swapped.self_mask_commitments.swap(0, 1);
+    refused(
+        &mut h.server,
+        ClientMessage::AdvertiseKeys(swapped),
+        "secagg.bad_signature",
+    );
+    // Signed by the partner itself, but one short or not a point: malformed.
+    advert.mask_key_commitments.pop();
+    advert.signature = h.keys[&p].sign(&civic_secagg::identity::advertise_transcript(
+        &advert,
+        &h.config.digest(),
+    ));
+    refused(
+        &mut h.server,
+        ClientMessage::AdvertiseKeys(advert.clone()),
+        "secagg.malformed",
+    );
+    advert
+        .mask_key_commitments
+        .push(civic_secagg::commitments::PointBytes([0xff; 32]));
+    advert.signature = h.keys[&p].sign(&civic_secagg::identity::advertise_transcript(
+        &advert,
+        &h.config.digest(),
+    ));
+    let err = h
+        .server
+        .receive(ClientMessage::AdvertiseKeys(advert))
+        .expect_err("not a point");
+    assert!(
+        err.to_string()
+            .contains("mask-key commitments: share commitment 2 is not a Ristretto255 point"),
+        "{err}"
+    );
+}

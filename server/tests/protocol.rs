@@ -113,6 +113,7 @@ impl ProtocolRound for Counting {
         Ok(Closed::Finished(RoundOutput {
             sum,
             contributors: self.counted.iter().copied().collect(),
+            misbehaviour: Vec::new(),
         }))
     }
 

@@ -490,10 +490,55 @@ async fn a_partner_revealing_wrong_shares_gets_the_round_aborted_not_a_garbage_r
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "aborted", "{done}");
+    // t = 3 of 3: with one holder's shares refuted by their owners' commitments, no seed can
+    // be rebuilt, and the reason names who sent them.
+    let reason = done["reason"].as_str().unwrap();
     assert!(
-        done["reason"].as_str().unwrap().contains("wrong share"),
+        reason.contains(&format!("wrong shares came from partner(s) {}", ps[1].id)),
         "{done}"
     );
     assert!(done["result"].is_null());
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn a_wrong_share_is_named_in_the_audit_log_and_the_round_recovers_from_the_others() {
+    let mut c = Coordinator::start(&fresh_store_url("wrong-share-recovered")).await;
+    // Four partners, t = 3: three honest holders of every seed remain.
+    c.add_partner("clinic-d").await;
+    let ps = partners(&c).await;
+    let (_, q) = c.submit(count_query(60.0)).await;
+    let id = q["id"].as_i64().unwrap();
+    let stops = [
+        StopAt::Never,
+        StopAt::Never,
+        StopAt::NeverButWrongShares,
+        StopAt::Never,
+    ];
+    let values = [vec![10], vec![20], vec![12], vec![5]];
+    let results = run_partners(&ps, common::round_of(&q), &values, &stops).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(done["result"]["receipt"]["survivors"], 4);
+    let (_, log) = c
+        .call(Method::GET, "/v1/audit?limit=1000", Some(&c.board[0]), None)
+        .await;
+    let release = log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "query.release")
+        .expect("the release is audited");
+    let details: Value = serde_json::from_str(release["details"].as_str().unwrap()).unwrap();
+    let named: Vec<&str> = details["misbehaviour"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let culprit = format!("partner {} revealed a self-mask share", ps[2].id);
+    assert_eq!(named.len(), 4, "one wrong share per owner: {named:?}");
+    assert!(named.iter().all(|m| m.contains(&culprit)), "{named:?}");
     c.stop().await;
 }

@@ -16,7 +16,7 @@ import os
 import random
 import struct
 
-LABEL = b"civic-secagg/v2"
+LABEL = b"civic-secagg/v3"
 U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 

@@ -76,6 +76,9 @@ pub struct RoundOutput {
     pub sum: Vec<i64>,
     /// Whose vectors are in it.
     pub contributors: Vec<PartnerId>,
+    /// Deviations the protocol detected and worked around, in words for the audit log (a
+    /// partner that revealed a wrong share, and whom it named).
+    pub misbehaviour: Vec<String>,
 }
 
 /// What closing a step did.

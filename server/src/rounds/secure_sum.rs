@@ -20,7 +20,7 @@ use crate::store::RoundSetup;
 pub struct SecureSum;
 
 /// Its name, stored with each round.
-pub const NAME: &str = "secure-sum/v2";
+pub const NAME: &str = "secure-sum/v3";
 
 const STEPS: [&str; 5] = [
     "advertise_keys",
@@ -186,6 +186,11 @@ impl ProtocolRound for SecureSumRound {
             ServerOutput::Aggregate(aggregate) => Ok(Closed::Finished(RoundOutput {
                 sum: aggregate.sum.to_signed(),
                 contributors: aggregate.survivors,
+                misbehaviour: aggregate
+                    .misbehaviour
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             })),
             output => {
                 self.inboxes = Inboxes::of(&output, &self.server);

@@ -163,6 +163,10 @@ pub async fn release(
     let priced = calibration(state, &q, &policy, max_rows_per_partner).await?;
     state.rounds.record_exact_sum(query, &output.sum);
     let survivors = output.contributors.len();
+    let misbehaviour = output.misbehaviour.clone();
+    for m in &misbehaviour {
+        tracing::warn!(round, query, misbehaviour = %m, "a partner deviated; the round recovered");
+    }
     if !priced.plan.admits_sum(&output.sum, survivors) {
         // Never the value: it is the un-noised sum.
         return Err(Error::conflict(
@@ -218,6 +222,7 @@ pub async fn release(
                         "project": q.project,
                         "charged_rho": entry.amount.as_f64(),
                         "survivors": survivors,
+                        "misbehaviour": misbehaviour,
                         "names": view.names,
                         "values": view.rows,
                     }),
