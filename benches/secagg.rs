@@ -10,13 +10,14 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use civic_secagg::client::mask_vector;
+use civic_secagg::commitments::{Commitments, Dealing, verify_batch};
 use civic_secagg::graph::Graph;
 use civic_secagg::kdf::{DerivedKey, Purpose, derive};
 use civic_secagg::messages::{ClientMessage, Phase};
 use civic_secagg::prg::{MaskPrg, Sign, SignedMask, apply_masks};
 use civic_secagg::round::{PartnerId, RoundConfig, RoundId};
 use civic_secagg::server::remove_masks;
-use civic_secagg::shamir::{SecretScalar, reconstruct, split};
+use civic_secagg::shamir::{SecretScalar, Share, reconstruct, split};
 use civic_secagg::testing::{RoundCapture, run_round_capturing};
 use civic_secagg::{GraphKind, RingVector, Tolerances, Topology, Width};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -487,11 +488,62 @@ fn shamir(c: &mut Criterion) {
     group.finish();
 }
 
+/// Feldman commitments: dealing one secret, and a holder checking the shares k dealers dealt
+/// it, all at once against one dealer at a time (the baseline).
+fn feldman(c: &mut Criterion) {
+    let Some(mut group) = group(c, "feldman", Duration::from_secs(2)) else {
+        return;
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    // The complete graph at n = 10, and the sparse graph at n = 1000 (k = 122, t = 86). The
+    // holder's id matters: its powers x^j are the multipliers, short while x is small.
+    for (k, t, me) in [(9usize, 7usize, PartnerId(3)), (122, 86, PartnerId(516))] {
+        let id = format!("k={k}/t={t}");
+        let secrets: Vec<SecretScalar> = (0..k).map(|_| SecretScalar::random(&mut rng)).collect();
+        group.bench_function(BenchmarkId::new("deal", &id), |b| {
+            b.iter(|| Dealing::new(&secrets[0], t, &mut rng))
+        });
+        let dealings: Vec<Dealing> = secrets
+            .iter()
+            .map(|s| Dealing::new(s, t, &mut rng))
+            .collect();
+        let shares: Vec<Share> = dealings
+            .iter()
+            .zip(&secrets)
+            .map(|(d, s)| d.shares(s, &[me]).remove(0))
+            .collect();
+        let dealt: Vec<(&Commitments, &SecretScalar)> = dealings
+            .iter()
+            .zip(&shares)
+            .map(|(d, s)| (&d.commitments, &s.value))
+            .collect();
+        let batch = || assert!(verify_batch(me, &dealt, &[1; 32]));
+        let one_by_one = || {
+            for (d, s) in dealings.iter().zip(&shares) {
+                assert!(d.commitments.verify_share(s));
+            }
+        };
+        group.bench_function(BenchmarkId::new("verify_batch", &id), |b| b.iter(batch));
+        group.bench_function(BenchmarkId::new("verify_one_by_one", &id), |b| {
+            b.iter(one_by_one)
+        });
+        let (subject, baseline) = median_pair(9, batch, one_by_one);
+        report(
+            &format!("feldman {id}: one batch vs one dealer at a time"),
+            subject,
+            baseline,
+            "< 1x",
+        );
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     client_masking,
     coordinator,
     sparse_vs_complete,
-    shamir
+    shamir,
+    feldman
 );
 criterion_main!(benches);

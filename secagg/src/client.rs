@@ -19,8 +19,9 @@ use std::num::NonZeroUsize;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
-use crate::commitments::{Commitments, Dealing, verify_batch};
+use crate::commitments::{Commitments, Dealing, PointBytes, verify_batch};
 use crate::error::SecAggError;
 use crate::graph::Graph;
 use crate::identity::{IdentityKey, Roster, advertise_transcript, survivors_transcript};
@@ -123,19 +124,13 @@ struct RoundSecrets {
 
 struct PeerKeys {
     encryption: PublicKey,
-    /// The peer's signed commitments to its sharing polynomials (b, then s^SK).
-    self_mask_commitments: Commitments,
-    mask_commitments: Commitments,
 }
 
-/// What this partner holds of one peer's secrets.
-#[derive(Clone)]
-enum Held {
-    /// Shares that match the peer's signed commitments.
-    Valid(SharePair),
-    /// Shares that do not: the peer dealt wrongly. Nothing of it is revealed; the reveal says
-    /// so instead, and the coordinator rebuilds its secrets from other holders.
-    Refuted,
+/// A peer's signed commitments to its two sharing polynomials, as advertised. Only the
+/// polynomial whose share this partner reveals is ever parsed and checked: one of the two.
+struct PeerCommitments {
+    self_mask: Vec<PointBytes>,
+    mask_key: Vec<PointBytes>,
 }
 
 /// Where a partner is in the round, with what it has learnt so far.
@@ -150,10 +145,10 @@ enum ClientState {
         own_shares: SharePair,
     },
     SentMaskedInput {
-        held: BTreeMap<PartnerId, Held>,
+        held: BTreeMap<PartnerId, SharePair>,
     },
     SignedSurvivors {
-        held: BTreeMap<PartnerId, Held>,
+        held: BTreeMap<PartnerId, SharePair>,
         survivors: Vec<PartnerId>,
     },
     Finished,
@@ -170,6 +165,10 @@ pub struct ClientRound {
     reveals: RevealLog,
     /// Ed25519 signatures checked so far (advertisements and survivor-list signatures).
     signatures_verified: usize,
+    /// The neighbours' commitments, from the key roster.
+    peer_commitments: BTreeMap<PartnerId, PeerCommitments>,
+    /// Keys the weights of the batched share check: random, and unknown to every dealer.
+    batch_key: Zeroizing<[u8; 32]>,
     /// Tests only: a neighbour to deal a share off this partner's committed polynomial.
     #[cfg(any(test, feature = "test-util"))]
     wrong_share_for: Option<PartnerId>,
@@ -244,8 +243,10 @@ impl ClientRound {
                 ),
             });
         }
-        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        let mut seed = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(seed.as_mut());
+        let mut batch_key = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(batch_key.as_mut());
         let encryption = StaticSecret::from(*seed);
         let mask_scalar = SecretScalar::random(rng);
         let mask = mask_scalar.to_x25519();
@@ -280,6 +281,8 @@ impl ClientRound {
             state: ClientState::Advertised { secrets },
             reveals: RevealLog::new(round_id),
             signatures_verified: 0,
+            peer_commitments: BTreeMap::new(),
+            batch_key,
             #[cfg(any(test, feature = "test-util"))]
             wrong_share_for: None,
         };
@@ -376,59 +379,38 @@ impl ClientRound {
         Ok(())
     }
 
-    /// Which of the shares peers dealt this partner are the values of the polynomials they
-    /// committed to: all of them at once, and one dealer at a time only if that fails.
-    fn check_dealt(
-        &self,
-        peers: &BTreeMap<PartnerId, PeerKeys>,
-        dealt: BTreeMap<PartnerId, SharePair>,
-        weight_key: &[u8; 32],
-    ) -> BTreeMap<PartnerId, Held> {
-        let terms = |dealer: &PartnerId, pair: &SharePair| {
-            let peer = &peers[dealer];
-            [
-                (&peer.self_mask_commitments, pair.self_mask.clone()),
-                (&peer.mask_commitments, pair.mask_key.clone()),
-            ]
-        };
-        let all: Vec<_> = dealt.iter().flat_map(|(d, pair)| terms(d, pair)).collect();
-        let refs: Vec<(&Commitments, &SecretScalar)> = all.iter().map(|(c, v)| (*c, v)).collect();
-        let all_valid = verify_batch(self.me, &refs, weight_key);
-        dealt
-            .into_iter()
-            .map(|(dealer, pair)| {
-                let valid = all_valid
-                    || terms(&dealer, &pair).into_iter().all(|(c, value)| {
-                        c.verify_share(&Share {
-                            holder: self.me,
-                            value,
-                        })
-                    });
-                (
-                    dealer,
-                    if valid {
-                        Held::Valid(pair)
-                    } else {
-                        Held::Refuted
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// The peers whose shares to this partner did not match their signed commitments (for the
-    /// partner's own log: the coordinator learns them from the reveal).
-    pub fn refuted(&self) -> Vec<PartnerId> {
-        let held = match &self.state {
-            ClientState::SentMaskedInput { held } | ClientState::SignedSurvivors { held, .. } => {
-                held
+    /// The owners whose share this partner is about to reveal that their signed commitments
+    /// refute (or whose commitments are not points): all checked at once, and one at a time
+    /// only if that fails. Its own shares are not checked.
+    fn refuted(&self, to_reveal: &[(PartnerId, RevealKind, &SecretScalar)]) -> BTreeSet<PartnerId> {
+        let mut refuted = BTreeSet::new();
+        let mut parsed = Vec::with_capacity(to_reveal.len());
+        for &(owner, kind, value) in to_reveal.iter().filter(|(o, _, _)| *o != self.me) {
+            let points = self.peer_commitments.get(&owner).map(|c| match kind {
+                RevealKind::SelfMask => &c.self_mask,
+                RevealKind::MaskKey => &c.mask_key,
+            });
+            match points.map(|p| Commitments::from_bytes(p, self.config.threshold)) {
+                Some(Ok(commitments)) => parsed.push((owner, commitments, value)),
+                _ => {
+                    refuted.insert(owner);
+                }
             }
-            _ => return Vec::new(),
-        };
-        held.iter()
-            .filter(|(_, h)| matches!(h, Held::Refuted))
-            .map(|(p, _)| *p)
-            .collect()
+        }
+        let batch: Vec<(&Commitments, &SecretScalar)> =
+            parsed.iter().map(|(_, c, v)| (c, *v)).collect();
+        if !verify_batch(self.me, &batch, &self.batch_key) {
+            for (owner, commitments, value) in &parsed {
+                let share = Share {
+                    holder: self.me,
+                    value: (*value).clone(),
+                };
+                if !commitments.verify_share(&share) {
+                    refuted.insert(*owner);
+                }
+            }
+        }
+        refuted
     }
 
     /// ShareKeys: checks every advertised key's signature, Shamir-shares b_u and s_u^SK among
@@ -445,6 +427,7 @@ impl ClientRound {
         };
         let mut seen = BTreeSet::new();
         let mut peers = BTreeMap::new();
+        let mut commitments = BTreeMap::new();
         let mut pairwise = BTreeMap::new();
         let mut saw_me = false;
         for entry in &msg.keys {
@@ -525,19 +508,29 @@ impl ClientRound {
                     pairwise_mask_key(shared.as_bytes(), round, self.me, sender),
                 );
                 let t = self.config.threshold;
-                let commitments = |points: &[_]| {
-                    Commitments::from_bytes(points, t).map_err(|reason| SecAggError::Malformed {
-                        round,
-                        partner: sender,
-                        reason,
-                    })
-                };
+                for points in [&entry.self_mask_commitments, &entry.mask_key_commitments] {
+                    if points.len() != t {
+                        return Err(SecAggError::Malformed {
+                            round,
+                            partner: sender,
+                            reason: format!(
+                                "{} share commitments for a threshold of {t}",
+                                points.len()
+                            ),
+                        });
+                    }
+                }
                 peers.insert(
                     sender,
                     PeerKeys {
                         encryption: PublicKey::from(entry.encryption_public_key),
-                        self_mask_commitments: commitments(&entry.self_mask_commitments)?,
-                        mask_commitments: commitments(&entry.mask_key_commitments)?,
+                    },
+                );
+                commitments.insert(
+                    sender,
+                    PeerCommitments {
+                        self_mask: entry.self_mask_commitments.clone(),
+                        mask_key: entry.mask_key_commitments.clone(),
                     },
                 );
             }
@@ -604,6 +597,7 @@ impl ClientRound {
             pairwise,
             own_shares,
         };
+        self.peer_commitments = commitments;
         Ok(ShareKeys {
             round_id: round,
             sender: self.me,
@@ -680,9 +674,7 @@ impl ClientRound {
             )?;
             held.insert(share.sender, pair);
         }
-        let weight_key = zeroize::Zeroizing::new(secrets.encryption.to_bytes());
-        let mut held = self.check_dealt(peers, held, &weight_key);
-        held.insert(self.me, Held::Valid(own_shares.clone()));
+        held.insert(self.me, own_shares.clone());
         self.quorum(held.len(), Phase::MaskedInputCollection)?;
 
         let self_key = secrets.self_mask_seed.self_mask_key(round, self.me);
@@ -837,21 +829,34 @@ impl ClientRound {
             mask_key_shares: Vec::new(),
             refuted: Vec::new(),
         };
-        for (owner, held) in held {
-            let Held::Valid(pair) = held else {
-                reply.refuted.push(*owner);
+        let to_reveal: Vec<(PartnerId, RevealKind, &SecretScalar)> = held
+            .iter()
+            .map(|(owner, pair)| {
+                let kind = kind_of(owner);
+                let value = match kind {
+                    RevealKind::SelfMask => &pair.self_mask,
+                    RevealKind::MaskKey => &pair.mask_key,
+                };
+                (*owner, kind, value)
+            })
+            .collect();
+        // A share its dealer's own commitments refute is not revealed, so that no honest
+        // holder is ever named for a dealer's fault; the reply names the dealer instead.
+        let refuted = self.refuted(&to_reveal);
+        for (owner, kind, value) in to_reveal {
+            if refuted.contains(&owner) {
+                reply.refuted.push(owner);
                 continue;
-            };
-            let kind = kind_of(owner);
-            let (list, value) = match kind {
-                RevealKind::SelfMask => (&mut reply.self_mask_shares, &pair.self_mask),
-                RevealKind::MaskKey => (&mut reply.mask_key_shares, &pair.mask_key),
+            }
+            let list = match kind {
+                RevealKind::SelfMask => &mut reply.self_mask_shares,
+                RevealKind::MaskKey => &mut reply.mask_key_shares,
             };
             list.push(RevealedShare {
-                owner: *owner,
+                owner,
                 value: value.to_bytes(),
             });
-            self.reveals.revealed.insert(*owner, kind);
+            self.reveals.revealed.insert(owner, kind);
         }
         self.state = ClientState::Finished;
         Ok(reply)
