@@ -386,7 +386,9 @@ impl Agent {
         );
         check_approvals(&manifest, &policy, checked.cost, &fingerprint, ann)?;
         {
-            let state = self.state.lock().await;
+            // One lock for the checks and the day's mark: rounds prepared side by side count
+            // each other against the daily limit.
+            let mut state = self.state.lock().await;
             if state.state.answered.contains(&fingerprint) {
                 return Err(AgentError::Refused(
                     AlreadyAnswered,
@@ -417,6 +419,12 @@ impl Agent {
                 state.spent(&ann.dataset),
                 checked.cost,
             )?;
+            state.update(|s| {
+                if let Some(r) = s.rounds.get_mut(&ann.round_id) {
+                    r.day = Some(today());
+                }
+                Ok(())
+            })?;
         }
         let (roster, me) = self.roster(&manifest, &policy, ann).await?;
         let (vector, counts) = aggregate(mapping, &policy, &checked.compiled).await?;
@@ -557,18 +565,21 @@ impl Agent {
         let masked = round
             .handle_forwarded_shares(&forwarded, &input)
             .map_err(protocol)?;
-        for dealer in round.refuted() {
-            tracing::warn!(
-                round = id,
-                %dealer,
-                "partner {dealer} dealt this partner shares its own signed commitments refute; \
-                 nothing of them will be revealed, and the reveal names it to the coordinator"
-            );
-        }
         // Charge the local ledger before the vector leaves, checking the total again under
         // the lock: another round of the same dataset may have been charged meanwhile.
         let limits = &self.config.limits;
         self.state.lock().await.update(|s| {
+            // Two rounds of one question prepared side by side: only the first input leaves.
+            if s.answered.contains(&p.fingerprint) {
+                return Err(AgentError::Refused(
+                    DeclineCode::AlreadyAnswered,
+                    format!(
+                        "another round sent this partner's input for the same question \
+                         (fingerprint {}) first",
+                        p.fingerprint
+                    ),
+                ));
+            }
             let before = Rho::from_units(s.spent.get(&p.dataset).copied().unwrap_or(0));
             check_total(limits, &p.dataset, before, p.cost)?;
             let spent = s.spent.entry(p.dataset.clone()).or_insert(0);
@@ -601,6 +612,14 @@ impl Agent {
             })
             .await?;
         let reveal = round.handle_signed_survivors(&signed).map_err(protocol)?;
+        for dealer in &reveal.refuted {
+            tracing::warn!(
+                round = id,
+                %dealer,
+                "partner {dealer} dealt this partner a share its own signed commitments refute; \
+                 it is not revealed, and the reveal names partner {dealer} to the coordinator"
+            );
+        }
         let log = round.reveal_log().clone();
         self.journal(id, |r| r.reveals = Some(log)).await?;
         match self

@@ -206,12 +206,14 @@ impl StateFile {
         }
     }
 
-    /// Rounds of `dataset` this partner joined on `day`.
+    /// Rounds of `dataset` this partner joined, or is about to join, on `day` (a declined
+    /// round does not count).
     pub fn joined_on(&self, dataset: &str, day: u64) -> usize {
         self.state
             .rounds
             .values()
             .filter(|r| r.dataset == dataset && r.day == Some(day))
+            .filter(|r| !matches!(r.status, RoundStatus::Declined { .. }))
             .count()
     }
 }
