@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use actix_web::{HttpResponse, web};
 use civic_api::governance::ManifestChain;
-use civic_api::round::{DeclineRound, PartnerRounds, RosterEntry, RoundAnnouncement};
+use civic_api::round::{DeclineRound, Inbox, PartnerRounds, RosterEntry, RoundAnnouncement};
 use civic_client_sdk::agent::{Agent, RoundOutcome};
 use civic_client_sdk::config::AgentConfig;
 use civic_client_sdk::decline::DeclineCode;
@@ -27,7 +27,12 @@ use civic_policies::manifest::{
     self, BoardSignature, Manifest, ManifestPartner, SignedManifest, approval_message,
 };
 use civic_policies::{DatasetPolicy, PrivacyRequest, Query};
-use civic_secagg::{GraphKind, IdentityKey, PartnerId, RoundConfig, RoundId, Tolerances, Width};
+use civic_secagg::identity::survivors_transcript;
+use civic_secagg::messages::{ClientMessage, Phase, SignedSurvivors, SurvivorList};
+use civic_secagg::{
+    GraphKind, IdentityKey, IdentityPublicKey, PartnerId, RoundConfig, RoundId, ServerOutput,
+    Tolerances, Width,
+};
 use serde_json::json;
 
 /// The honest partner under test, its three honest peers, and two keys of the coordinator's
@@ -59,6 +64,154 @@ struct Recorded {
 struct Hostile {
     script: Arc<Mutex<Script>>,
     recorded: Arc<Mutex<Recorded>>,
+    /// A round run through the protocol, with the other three partners simulated.
+    split: Arc<Mutex<Option<SplitRound>>>,
+}
+
+/// A round in which the coordinator colludes with partner 4 (it holds its identity key) and
+/// shows two groups different survivor lists: the agent (partner 1) and the colluder are
+/// told partner 2 dropped, so that they reveal partner 2's mask key, while partners 2 and 3
+/// are told partner 1 dropped. Partners 2 and 3 run the real secagg client.
+struct SplitRound {
+    id: i64,
+    config: RoundConfig,
+    server: civic_secagg::ServerRound,
+    roster: civic_secagg::Roster,
+    peers: BTreeMap<PartnerId, civic_secagg::ClientRound>,
+    rng: rand_chacha::ChaCha20Rng,
+    /// What the agent reads next.
+    inbox: Inbox,
+    /// Signatures on the lists, by signer.
+    signatures: BTreeMap<PartnerId, civic_secagg::Signature>,
+    /// The phases of the messages the agent sent.
+    sent: Vec<Phase>,
+}
+
+/// The list shown to the agent and the colluder, and the one shown to partners 2 and 3.
+const AGENTS_LIST: [PartnerId; 3] = [PartnerId(1), PartnerId(3), PartnerId(4)];
+const OTHERS_LIST: [PartnerId; 3] = [PartnerId(2), PartnerId(3), PartnerId(4)];
+
+impl SplitRound {
+    fn new(ann: &RoundAnnouncement, agent_key: IdentityPublicKey) -> Self {
+        let mut roster: civic_secagg::Roster = (2..=4)
+            .map(|p| (PartnerId(p), peer_key(p as usize - 1).public()))
+            .collect();
+        roster.insert(PartnerId(1), agent_key);
+        Self {
+            id: ann.round_id,
+            config: ann.config.clone(),
+            server: civic_secagg::ServerRound::new(ann.config.clone(), roster.clone()).unwrap(),
+            roster,
+            peers: BTreeMap::new(),
+            rng: rand_core::SeedableRng::seed_from_u64(77),
+            inbox: Inbox::Nothing,
+            signatures: BTreeMap::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    /// Takes the agent's message and plays the other partners and the coordinator up to the
+    /// agent's next inbox.
+    fn take(&mut self, msg: ClientMessage) {
+        self.sent.push(msg.phase());
+        let peers = [PartnerId(2), PartnerId(3), PartnerId(4)];
+        let requirements = civic_secagg::Requirements {
+            tolerances: Tolerances {
+                max_dropout_rate: 0.0,
+                max_corrupt_fraction: 0.0,
+            },
+            min_survivors: 2,
+            min_colluders: 1,
+        };
+        let input = civic_secagg::RingVector::zeros(self.config.width, self.config.vector_len);
+        match msg {
+            ClientMessage::AdvertiseKeys(advert) => {
+                self.server
+                    .receive(ClientMessage::AdvertiseKeys(advert))
+                    .unwrap();
+                let roster = self.roster.clone();
+                for p in peers {
+                    let (client, advert) = civic_secagg::ClientRound::start(
+                        self.config.clone(),
+                        p,
+                        &peer_key(p.0 as usize - 1),
+                        roster.clone(),
+                        &requirements,
+                        &mut self.rng,
+                    )
+                    .unwrap();
+                    self.server
+                        .receive(ClientMessage::AdvertiseKeys(advert))
+                        .unwrap();
+                    self.peers.insert(p, client);
+                }
+                let ServerOutput::KeyRoster(keys) = self.server.advance().unwrap() else {
+                    unreachable!()
+                };
+                for client in self.peers.values_mut() {
+                    let shares = client.handle_key_roster(&keys, &mut self.rng).unwrap();
+                    self.server
+                        .receive(ClientMessage::ShareKeys(shares))
+                        .unwrap();
+                }
+                self.inbox = Inbox::KeyRoster(keys);
+            }
+            ClientMessage::ShareKeys(shares) => {
+                self.server
+                    .receive(ClientMessage::ShareKeys(shares))
+                    .unwrap();
+                let ServerOutput::ForwardedShares(mut forwards) = self.server.advance().unwrap()
+                else {
+                    unreachable!()
+                };
+                for (p, client) in &mut self.peers {
+                    let masked = client
+                        .handle_forwarded_shares(&forwards[p], &input)
+                        .unwrap();
+                    self.server
+                        .receive(ClientMessage::MaskedInput(masked))
+                        .unwrap();
+                }
+                self.inbox = Inbox::ForwardedShares(forwards.remove(&PartnerId(1)).unwrap());
+            }
+            ClientMessage::MaskedInput(_) => {
+                // The deviation: two lists. Partners 2 and 3 sign theirs; the colluder's key
+                // signs both.
+                let others = SurvivorList {
+                    round_id: RoundId(self.id as u64),
+                    survivors: OTHERS_LIST.to_vec(),
+                };
+                for p in [PartnerId(2), PartnerId(3)] {
+                    let client = self.peers.get_mut(&p).unwrap();
+                    let signed = client
+                        .handle_survivor_list(&others, &peer_key(p.0 as usize - 1))
+                        .unwrap();
+                    self.signatures.insert(p, signed.signature);
+                }
+                let colluder =
+                    peer_key(3).sign(&survivors_transcript(&self.config.digest(), &AGENTS_LIST));
+                self.signatures.insert(PartnerId(4), colluder);
+                self.inbox = Inbox::SurvivorList(SurvivorList {
+                    round_id: RoundId(self.id as u64),
+                    survivors: AGENTS_LIST.to_vec(),
+                });
+            }
+            ClientMessage::ConsistencySignature(signed) => {
+                // The agent's list with every signature the coordinator holds for a listed
+                // partner: partner 3's is over the other list.
+                self.signatures.insert(PartnerId(1), signed.signature);
+                self.inbox = Inbox::SignedSurvivors(SignedSurvivors {
+                    round_id: RoundId(self.id as u64),
+                    survivors: AGENTS_LIST.to_vec(),
+                    signatures: AGENTS_LIST
+                        .iter()
+                        .map(|p| (*p, self.signatures[p]))
+                        .collect(),
+                });
+            }
+            ClientMessage::UnmaskingShares(_) => self.inbox = Inbox::Nothing,
+        }
+    }
 }
 
 fn aborted() -> HttpResponse {
@@ -95,9 +248,21 @@ async fn roster(h: web::Data<Hostile>) -> HttpResponse {
     HttpResponse::Ok().json(h.script.lock().unwrap().roster.clone())
 }
 
-async fn message(h: web::Data<Hostile>, id: web::Path<i64>) -> HttpResponse {
+async fn message(h: web::Data<Hostile>, id: web::Path<i64>, body: web::Bytes) -> HttpResponse {
     *h.recorded.lock().unwrap().messages.entry(*id).or_default() += 1;
+    if let Some(split) = h.split.lock().unwrap().as_mut().filter(|r| r.id == *id) {
+        split.take(civic_api::decode_binary(&body).unwrap());
+    }
     HttpResponse::Ok().finish()
+}
+
+async fn inbox(h: web::Data<Hostile>, id: web::Path<i64>) -> HttpResponse {
+    match h.split.lock().unwrap().as_ref().filter(|r| r.id == *id) {
+        Some(split) => HttpResponse::Ok()
+            .content_type(civic_api::round::BINARY_CONTENT_TYPE)
+            .body(civic_api::encode_binary(&split.inbox)),
+        None => aborted(),
+    }
 }
 
 async fn decline(
@@ -131,10 +296,7 @@ fn serve(h: Hostile) -> String {
                     .route("/v1/partners/roster", web::get().to(roster))
                     .route("/v1/partner/rounds/{id}/messages", web::post().to(message))
                     .route("/v1/partner/rounds/{id}/decline", web::post().to(decline))
-                    .route(
-                        "/v1/partner/rounds/{id}/inbox",
-                        web::get().to(|| async { aborted() }),
-                    )
+                    .route("/v1/partner/rounds/{id}/inbox", web::get().to(inbox))
             })
             .workers(1)
             .bind("127.0.0.1:0")
@@ -326,6 +488,7 @@ impl Harness {
         let hostile = Hostile {
             script,
             recorded: Arc::default(),
+            split: Arc::default(),
         };
         let base = serve(hostile.clone());
         let (agent, v_key) = agent_dir(dir.path(), &base);
@@ -591,6 +754,74 @@ async fn an_agent_never_answers_the_same_question_twice_nor_beyond_its_daily_rou
         .pass(with(vec![announcement(4, PrivacyRequest::Epsilon(1.0), 4)]))
         .await;
     h2.assert_refused(&out, 4, DeclineCode::AlreadyAnswered);
+}
+
+/// Split survivor lists with one colluder, through the whole protocol: the agent is told
+/// partner 2 dropped (so it would reveal partner 2's mask key) while partners 2 and 3 are told
+/// the agent dropped. The agent counts only valid signatures over the list it signed, finds
+/// partner 3's is over another list, and reveals nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_shown_a_split_survivor_list_with_one_colluder_reveals_nothing() {
+    let h = Harness::new();
+    let (honest, _) = honest_script(&h.v_key);
+    let ann = announcement(60, PrivacyRequest::Epsilon(1.0), 4);
+    assert_eq!(ann.config.threshold, 3, "2t > n + 1 at n = 4");
+    let agent_key = IdentityPublicKey(hex::decode(&h.v_key).unwrap().try_into().unwrap());
+    *h.hostile.split.lock().unwrap() = Some(SplitRound::new(&ann, agent_key));
+    let out = h
+        .pass(Script {
+            rounds: vec![ann],
+            ..honest
+        })
+        .await;
+    let [(60, RoundOutcome::Abandoned(reason))] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert!(
+        reason.contains("bad signature from partner 3 on its survivor list"),
+        "{reason}"
+    );
+    let split = h.hostile.split.lock().unwrap();
+    let sent = &split.as_ref().unwrap().sent;
+    assert_eq!(
+        sent,
+        &[
+            Phase::AdvertiseKeys,
+            Phase::ShareKeys,
+            Phase::MaskedInputCollection,
+            Phase::ConsistencyCheck
+        ],
+        "no share was revealed"
+    );
+}
+
+/// Rounds listed together are decided side by side; the daily limit still holds for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_decided_side_by_side_count_each_other_against_the_daily_limit() {
+    let h = Harness::new();
+    let (mut honest, mut m1) = honest_script(&h.v_key);
+    m1.requirements.max_rounds_per_dataset_per_day = 2;
+    honest.manifests = vec![common::signed(m1, &[201, 203])];
+    let rounds: Vec<RoundAnnouncement> = [1.0, 1.5, 2.0, 2.5]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| announcement(i as i64 + 1, PrivacyRequest::Epsilon(*e), 4))
+        .collect();
+    let out = h
+        .pass(Script {
+            rounds,
+            ..honest.clone()
+        })
+        .await;
+    let refused = RoundOutcome::Declined(DeclineCode::RoundRateExceeded.public_reason());
+    let (over, joined): (Vec<_>, Vec<_>) = out.iter().partition(|(_, o)| *o == refused);
+    assert_eq!((joined.len(), over.len()), (2, 2), "{out:?}");
+    assert!(
+        joined
+            .iter()
+            .all(|(_, o)| matches!(o, RoundOutcome::Abandoned(_))),
+        "{out:?}"
+    );
 }
 
 /// The same refusal from the `civic-agent once` binary a partner runs, in its own process,
