@@ -120,6 +120,10 @@ pub fn start_coordinator(
                 max_rows_per_partner: 1_000_000,
                 max_dropout_rate,
                 max_corrupt_fraction,
+                // A thousand simulated partners share two cores here, so a step takes about a
+                // thousand times one partner's work (a minute for the Feldman checks before
+                // unmasking at n = 1000, 0.1 s each); a deployed partner has its own machine.
+                phase_deadline_secs: 600.0,
                 ..Config::default()
             };
             let state = AppState::open(config).await.unwrap();

@@ -7,7 +7,9 @@
 //!
 //! An honest control round, set up the same way with no deviation, is joined (the agent
 //! advertises its keys), so the refusals below are caused by the deviations and by nothing
-//! else in the set-up.
+//! else in the set-up. One attack can only show itself mid-round, a survivor list split
+//! between two groups with one colluding partner: there the coordinator runs the protocol
+//! with three simulated partners, and the agent must stop before revealing any share.
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
