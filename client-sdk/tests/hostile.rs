@@ -868,6 +868,12 @@ async fn the_civic_agent_binary_refuses_sybils_and_joins_the_honest_round() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("round 2: Abandoned"), "{stdout}");
+    // Its log, piped here as to a file, says why without terminal colour codes.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("declining") && !stderr.contains('\u{1b}'),
+        "{stderr}"
+    );
     let recorded = h.hostile.recorded.lock().unwrap();
     assert_eq!(recorded.declines.get(&1), Some(&reason));
     assert_eq!(

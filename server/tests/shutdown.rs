@@ -319,6 +319,12 @@ async fn sigterm_during_a_held_write(url: &str) {
         tail(&stderr)
     );
     assert!(exited.success(), "{exited:?}; stderr:\n{}", tail(&stderr));
+    // Written to a file, the log carries no terminal colour codes.
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in a log written to a file:\n{}",
+        tail(&stderr)
+    );
     // The in-flight request got an answer: a 503 problem+json with Retry-After (its
     // timeout), or the completed creation; or a clean close (EOF).
     let head = response
