@@ -98,18 +98,24 @@ impl Api {
     }
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// The Liverpool demo: a coordinator and eight partner agents on loopback, over a synthetic
+/// city region, with a board of three signing the manifest and a large query's approval.
+/// Prints each release beside the truth and writes report.json and report.html.
+#[derive(clap::Parser)]
+struct Args {
+    /// Where to write report.json and report.html (created if missing).
+    #[arg(long, default_value = "liverpool-output")]
+    out: PathBuf,
+    /// Synthetic residents in the city region.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    residents: u32,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Error> {
+    // Parsed before anything runs: `--help` and a bad flag exit here, writing nothing.
+    let Args { out, residents } = clap::Parser::parse();
     let started = Instant::now();
-    let out = PathBuf::from(arg("--out").unwrap_or_else(|| "liverpool-output".into()));
-    let residents: u32 = arg("--residents").map_or(Ok(200_000), |n| n.parse())?;
     std::fs::create_dir_all(&out)?;
     let work = std::env::temp_dir().join(format!("civic-liverpool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
