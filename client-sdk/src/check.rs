@@ -47,6 +47,30 @@ struct ColumnCounts {
     above_max: u64,
 }
 
+/// The share of a column's rows a mapping may drop as outside the public domain before
+/// `check` fails: beyond it, the mapping (or the extract) is almost surely wrong, and every
+/// query on the column would quietly count only what is left.
+pub const MAX_DROPPED_SHARE: f64 = 0.25;
+
+impl ColumnCounts {
+    /// The problem, if more than [`MAX_DROPPED_SHARE`] of the rows were dropped. The numbers
+    /// stay on this machine: `check` reports to the partner, never to the coordinator.
+    fn too_many_dropped(&self, column: &str, local: &str) -> Option<String> {
+        let rows = self.values + self.missing + self.out_of_domain;
+        let share = self.out_of_domain as f64 / rows.max(1) as f64;
+        (share > MAX_DROPPED_SHARE).then(|| {
+            format!(
+                "columns.{column}: {} of {rows} rows ({:.0}%) of {local} fall outside the \
+                 domain after mapping and would be dropped (at most {:.0}% may be): check the \
+                 column's value mapping against the policy's categories",
+                self.out_of_domain,
+                share * 100.0,
+                MAX_DROPPED_SHARE * 100.0
+            )
+        })
+    }
+}
+
 /// Runs every check; `client` is None with `--offline` (local policy copies only).
 pub async fn check(config: &AgentConfig, client: Option<&CoordinatorClient>) -> CheckReport {
     let mut report = CheckReport::default();
@@ -243,6 +267,9 @@ async fn check_dataset(
             type_name(&reader.column.kind),
             notes.join(", ")
         ));
+        if let Some(problem) = c.too_many_dropped(&reader.column.name, &reader.local) {
+            report.problem(problem);
+        }
     }
     match &mapping.resident_column {
         Some(col) => {

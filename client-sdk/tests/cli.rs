@@ -91,6 +91,24 @@ fn check_reports_counts_and_refusals_and_fails_on_problems() {
     // Values are counted, never printed.
     assert!(!out.contains("160.2") && !out.contains("p0007"), "{out}");
 
+    // A mapping written for other codes drops the whole column: check fails, naming it.
+    let original = std::fs::read_to_string(config).unwrap();
+    let other_codes = original.replace(
+        "F = \"female\", M = \"male\"",
+        "Female = \"female\", Male = \"male\"",
+    );
+    assert_ne!(other_codes, original);
+    std::fs::write(config, other_codes).unwrap();
+    let o = agent(&["check", "--config", config, "--offline"], dir.path());
+    std::fs::write(config, &original).unwrap();
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("columns.sex: 10 of 10 rows (100%) of gender fall outside the domain")
+            && !out.contains("ready: no problems found"),
+        "{out}"
+    );
+
     // A malformed row: named by row and column, non-zero exit.
     let csv = dir.path().join("gp-north.csv");
     let mut data = std::fs::read_to_string(&csv).unwrap();
