@@ -132,10 +132,11 @@ impl ValidatedQuery {
     }
 }
 
-/// The deepest filter accepted (bounds the work and recursion of evaluating one).
+/// The most operators (`and`, `or`, `not`) a filter may nest one inside another (bounds the
+/// recursion of evaluating one).
 pub const MAX_FILTER_DEPTH: usize = 16;
-/// The most comparisons a filter may hold.
-pub const MAX_FILTER_NODES: usize = 256;
+/// The most comparisons a filter may hold (with the depth, bounds the work of evaluating one).
+pub const MAX_FILTER_TERMS: usize = 256;
 /// The most cells a query may release.
 pub const MAX_CELLS: usize = 1_000_000;
 
@@ -252,27 +253,29 @@ impl Query {
             add_cells(&format!("group_by[{i}]"), g)?;
         }
         if let Some(filter) = &self.filter {
-            let mut nodes = 0;
-            check_filter(filter, policy, "filter", 1, &mut nodes)
+            let mut terms = 0;
+            check_filter(filter, policy, "filter", 0, &mut terms)
                 .map_err(|(field, reason)| err(&field, reason))?;
         }
         Ok(ValidatedQuery { query: self, cells })
     }
 }
 
+/// Checks `filter`, found inside `depth` operators, of which `terms` comparisons were seen.
 fn check_filter(
     filter: &Filter,
     policy: &DatasetPolicy,
     path: &str,
     depth: usize,
-    nodes: &mut usize,
+    terms: &mut usize,
 ) -> Result<(), (String, String)> {
-    *nodes += 1;
-    if depth > MAX_FILTER_DEPTH || *nodes > MAX_FILTER_NODES {
+    *terms += usize::from(matches!(filter, Filter::Compare { .. }));
+    if depth > MAX_FILTER_DEPTH || *terms > MAX_FILTER_TERMS {
         return Err((
             path.to_string(),
             format!(
-                "filters may nest {MAX_FILTER_DEPTH} deep and hold {MAX_FILTER_NODES} terms at most"
+                "filters may nest {MAX_FILTER_DEPTH} operators (and, or, not) one inside \
+                 another and hold {MAX_FILTER_TERMS} comparisons at most"
             ),
         ));
     }
@@ -287,11 +290,11 @@ fn check_filter(
                 return Err((format!("{path}.{op}"), "needs at least one term".into()));
             }
             for (i, p) in parts.iter().enumerate() {
-                check_filter(p, policy, &format!("{path}.{op}[{i}]"), depth + 1, nodes)?;
+                check_filter(p, policy, &format!("{path}.{op}[{i}]"), depth + 1, terms)?;
             }
             Ok(())
         }
-        Filter::Not(inner) => check_filter(inner, policy, &format!("{path}.not"), depth + 1, nodes),
+        Filter::Not(inner) => check_filter(inner, policy, &format!("{path}.not"), depth + 1, terms),
         Filter::Compare { column, op, value } => {
             let here = |field: &str| format!("{path}.{field}");
             let Some(col) = policy.column(column) else {

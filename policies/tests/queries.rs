@@ -143,26 +143,28 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
 }
 
 #[test]
-fn deep_or_wide_filters_are_refused_not_evaluated() {
+fn deep_or_wide_filters_are_refused_not_evaluated_exactly_at_the_stated_limits() {
     let falls = samples::falls_housing();
     let leaf = r#"{"compare":{"column":"age","op":"ge","value":65}}"#;
-    let mut deep = leaf.to_string();
-    for _ in 0..20 {
-        deep = format!(r#"{{"not":{deep}}}"#);
-    }
-    let message = refused(
-        &falls,
-        &format!(r#"{{"dataset":"falls-housing","statistic":"count","filter":{deep}}}"#),
-    );
-    assert!(message.contains("nest 16 deep"), "{message}");
-    let wide = vec![leaf; 300].join(",");
-    let message = refused(
-        &falls,
-        &format!(
-            r#"{{"dataset":"falls-housing","statistic":"count","filter":{{"and":[{wide}]}}}}"#
-        ),
-    );
-    assert!(message.contains("256 terms"), "{message}");
+    let count_where = |filter: &str| {
+        format!(r#"{{"dataset":"falls-housing","statistic":"count","filter":{filter}}}"#)
+    };
+    let nested = |operators: usize| {
+        (0..operators).fold(leaf.to_string(), |inner, _| format!(r#"{{"not":{inner}}}"#))
+    };
+    // "may nest 16 operators": 16 are accepted, 17 refused.
+    query(&count_where(&nested(16)))
+        .validate(&falls)
+        .expect("16 nested operators are within the limit");
+    let message = refused(&falls, &count_where(&nested(17)));
+    assert!(message.contains("nest 16 operators"), "{message}");
+    // "256 comparisons at most": 256 are accepted, 257 refused.
+    let and_of = |n: usize| format!(r#"{{"and":[{}]}}"#, vec![leaf; n].join(","));
+    query(&count_where(&and_of(256)))
+        .validate(&falls)
+        .expect("256 comparisons are within the limit");
+    let message = refused(&falls, &count_where(&and_of(257)));
+    assert!(message.contains("256 comparisons at most"), "{message}");
 }
 
 #[test]
