@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::commitments::{Commitments, Dealing, PointBytes, verify_batch};
+use crate::commitments::{Commitments, Dealing, PointBytes, check_count, verify_batch};
 use crate::error::SecAggError;
 use crate::graph::Graph;
 use crate::identity::{IdentityKey, Roster, advertise_transcript, survivors_transcript};
@@ -507,18 +507,14 @@ impl ClientRound {
                     sender,
                     pairwise_mask_key(shared.as_bytes(), round, self.me, sender),
                 );
-                let t = self.config.threshold;
                 for points in [&entry.self_mask_commitments, &entry.mask_key_commitments] {
-                    if points.len() != t {
-                        return Err(SecAggError::Malformed {
+                    check_count(points, self.config.threshold).map_err(|reason| {
+                        SecAggError::Malformed {
                             round,
                             partner: sender,
-                            reason: format!(
-                                "{} share commitments for a threshold of {t}",
-                                points.len()
-                            ),
-                        });
-                    }
+                            reason,
+                        }
+                    })?;
                 }
                 peers.insert(
                     sender,

@@ -90,11 +90,6 @@ impl Dealing {
 }
 
 impl Commitments {
-    /// The threshold t they are for.
-    pub fn threshold(&self) -> usize {
-        self.0.len()
-    }
-
     /// The wire form.
     pub fn to_bytes(&self) -> Vec<PointBytes> {
         self.0
@@ -106,12 +101,7 @@ impl Commitments {
     /// Parses the wire form of commitments for threshold `threshold`; the reason names what is
     /// wrong.
     pub fn from_bytes(points: &[PointBytes], threshold: usize) -> Result<Self, String> {
-        if points.len() != threshold {
-            return Err(format!(
-                "{} share commitments for a threshold of {threshold}",
-                points.len()
-            ));
-        }
+        check_count(points, threshold)?;
         points
             .iter()
             .enumerate()
@@ -148,6 +138,18 @@ impl Commitments {
             .first()
             .is_some_and(|c0| RistrettoPoint::mul_base(secret.as_scalar()) == *c0)
     }
+}
+
+/// Whether there is one commitment per coefficient of a threshold-`threshold` polynomial;
+/// the reason names the counts.
+pub fn check_count(points: &[PointBytes], threshold: usize) -> Result<(), String> {
+    if points.len() != threshold {
+        return Err(format!(
+            "{} share commitments for a threshold of {threshold}",
+            points.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether every share one holder was dealt matches its dealer's commitments, in one
