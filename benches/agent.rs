@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use civic_client_sdk::evaluate::{Aggregator, CompiledPlan, ScanCounts};
 use civic_client_sdk::schema::ColumnReader;
-use civic_client_sdk::source::scan_csv;
+use civic_client_sdk::source::{ScanMode, scan_csv};
 use civic_mechanisms::AggregationPlan;
 use civic_policies::{DatasetPolicy, Query};
 use criterion::{Criterion, SamplingMode, Throughput};
@@ -226,7 +226,8 @@ impl Case {
             b',',
             &self.readers,
             self.resident,
-            &mut |cells, resident| aggregator.push(cells, resident),
+            ScanMode::Strict,
+            &mut |cells, resident, _| aggregator.push(cells, resident),
         )
         .expect("scans");
         aggregator.finish()
@@ -240,7 +241,8 @@ impl Case {
             b',',
             &self.readers,
             self.resident,
-            &mut |cells, resident| {
+            ScanMode::Strict,
+            &mut |cells, resident, _| {
                 touched += cells.len() as u64 + resident.map_or(0, |r| r.len() as u64);
             },
         )

@@ -774,22 +774,16 @@ pub fn readers(
                     format!("the policy has no column {name}"),
                 )
             })?;
-            let (local, values) = mapping
+            mapping
                 .columns
                 .get(name)
-                .ok_or_else(|| AgentError::Config {
-                    file: "partner.toml".into(),
-                    field: format!("datasets ({}).columns.{name}", mapping.id),
-                    reason: "the query needs this federated column and it is not mapped".into(),
-                })?
-                .parts();
-            ColumnReader::new(column, local.to_string(), values).map_err(|reason| {
-                AgentError::Config {
+                .ok_or_else(|| "the query needs this federated column and it is not mapped".into())
+                .and_then(|m| m.reader(column))
+                .map_err(|reason| AgentError::Config {
                     file: "partner.toml".into(),
                     field: format!("datasets ({}).columns.{name}", mapping.id),
                     reason,
-                }
-            })
+                })
         })
         .collect()
 }
@@ -806,7 +800,8 @@ pub async fn aggregate(
         return pushdown(mapping, compiled, &readers).await;
     }
     let mut aggregator = Aggregator::new(compiled);
-    crate::source::scan(mapping, &readers, &mut |cells, resident| {
+    let mode = crate::source::ScanMode::Strict;
+    crate::source::scan(mapping, &readers, mode, &mut |cells, resident, _| {
         aggregator.push(cells, resident)
     })
     .await?;

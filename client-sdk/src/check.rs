@@ -16,7 +16,8 @@ use civic_policies::manifest::{Manifest, policy_digest, verify_chain};
 use crate::config::{AgentConfig, DatasetMapping, STATISTICS};
 use crate::error::AgentError;
 use crate::http::CoordinatorClient;
-use crate::schema::{Cell, ColumnReader, Value};
+use crate::schema::{Cell, ColumnReader, InvalidRule, Value};
+use crate::source::{FIRST_FEW, RowAt, ScanMode};
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -38,36 +39,133 @@ impl CheckReport {
     }
 }
 
+/// What one column held, over the whole extract (counts and line numbers, never values).
 #[derive(Clone, Default)]
 struct ColumnCounts {
     values: u64,
     missing: u64,
     out_of_domain: u64,
+    invalid: u64,
     below_min: u64,
     above_max: u64,
+    /// The first few places of each problem, for the partner to look at.
+    first_out_of_domain: Vec<RowAt>,
+    first_invalid: Vec<RowAt>,
+    first_clamped: Vec<RowAt>,
 }
 
-/// The share of a column's rows a mapping may drop as outside the public domain before
-/// `check` fails: beyond it, the mapping (or the extract) is almost surely wrong, and every
-/// query on the column would quietly count only what is left.
+/// The share of a column's rows a mapping may drop (outside the public domain, or unreadable
+/// and read as missing) before `check` fails: beyond it, the mapping (or the extract) is
+/// almost surely wrong, and every query on the column would quietly count only what is left.
 pub const MAX_DROPPED_SHARE: f64 = 0.25;
 
 impl ColumnCounts {
-    /// The problem, if more than [`MAX_DROPPED_SHARE`] of the rows were dropped. The numbers
-    /// stay on this machine: `check` reports to the partner, never to the coordinator.
-    fn too_many_dropped(&self, column: &str, local: &str) -> Option<String> {
-        let rows = self.values + self.missing + self.out_of_domain;
-        let share = self.out_of_domain as f64 / rows.max(1) as f64;
-        (share > MAX_DROPPED_SHARE).then(|| {
-            format!(
-                "columns.{column}: {} of {rows} rows ({:.0}%) of {local} fall outside the \
-                 domain after mapping and would be dropped (at most {:.0}% may be): check the \
-                 column's value mapping against the policy's categories",
-                self.out_of_domain,
+    fn rows(&self) -> u64 {
+        self.values + self.missing + self.out_of_domain + self.invalid
+    }
+
+    /// The problems a partner must fix before going live. The numbers stay on this machine:
+    /// `check` reports to the partner, never to the coordinator.
+    fn problems(&self, reader: &ColumnReader) -> Vec<String> {
+        let (column, local) = (&reader.column.name, &reader.local);
+        let mut problems = Vec::new();
+        if self.invalid > 0 && reader.invalid == InvalidRule::Refuse {
+            problems.push(format!(
+                "columns.{column}: {} value(s) of {local} cannot be read as {} ({}): rounds \
+                 needing the column are declined until they are fixed; fix the extract, or add \
+                 invalid = \"missing\" to the column's mapping to read them as missing",
+                self.invalid,
+                type_name(&reader.column.kind),
+                places(&self.first_invalid, self.invalid),
+            ));
+        }
+        let dropped = self.out_of_domain
+            + match reader.invalid {
+                InvalidRule::Missing => self.invalid,
+                InvalidRule::Refuse => 0,
+            };
+        let share = dropped as f64 / self.rows().max(1) as f64;
+        if share > MAX_DROPPED_SHARE {
+            problems.push(format!(
+                "columns.{column}: {dropped} of {} rows ({:.0}%) of {local} would be dropped, as \
+                 outside the domain after mapping or unreadable (at most {:.0}% may be): check \
+                 the column's mapping against the policy",
+                self.rows(),
                 share * 100.0,
                 MAX_DROPPED_SHARE * 100.0
-            )
+            ));
+        }
+        problems
+    }
+
+    /// The report's line for the column.
+    fn describe(&self, reader: &ColumnReader) -> String {
+        let mut notes = vec![
+            format!("{} values", self.values),
+            format!("{} missing", self.missing),
+        ];
+        if self.out_of_domain > 0 {
+            notes.push(format!(
+                "{} outside the domain, dropped ({})",
+                self.out_of_domain,
+                places(&self.first_out_of_domain, self.out_of_domain)
+            ));
+        }
+        if self.invalid > 0 {
+            let fate = match reader.invalid {
+                InvalidRule::Refuse => "refused",
+                InvalidRule::Missing => "read as missing",
+            };
+            notes.push(format!(
+                "{} unreadable, {fate} ({})",
+                self.invalid,
+                places(&self.first_invalid, self.invalid)
+            ));
+        }
+        if self.below_min + self.above_max > 0 {
+            notes.push(format!(
+                "{} below and {} above the public bounds, clamped ({})",
+                self.below_min,
+                self.above_max,
+                places(&self.first_clamped, self.below_min + self.above_max)
+            ));
+        }
+        format!(
+            "  {} ← {}: {}; {}",
+            reader.column.name,
+            reader.local,
+            type_name(&reader.column.kind),
+            notes.join(", ")
+        )
+    }
+}
+
+/// "lines 305, 1022 and 3 more" (or "rows …" for a table).
+fn places(first: &[RowAt], total: u64) -> String {
+    let numbers: Vec<String> = first
+        .iter()
+        .map(|at| match at {
+            RowAt::Line(n) | RowAt::Row(n) => n.to_string(),
         })
+        .collect();
+    let noun = match (first.first(), total) {
+        (Some(RowAt::Line(_)), 1) => "line",
+        (Some(RowAt::Line(_)), _) => "lines",
+        (_, 1) => "row",
+        _ => "rows",
+    };
+    let more = total.saturating_sub(first.len() as u64);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("{noun} {}{more}", numbers.join(", "))
+}
+
+fn note_place(list: &mut Vec<RowAt>, at: RowAt) {
+    if list.len() < FIRST_FEW {
+        list.push(at);
     }
 }
 
@@ -123,6 +221,31 @@ pub async fn check(config: &AgentConfig, client: Option<&CoordinatorClient>) -> 
         format!("\n{} problem(s) found", report.problems.len())
     });
     report
+}
+
+/// What `run` and `once` check before taking part: the data half of `check`, for every
+/// dataset whose policy can be had now (its local copy, or the coordinator's). A problem here
+/// would have rounds on the dataset declined, so the agent refuses to start and names
+/// `check`. A dataset whose policy cannot be had yet (the coordinator down, the dataset not
+/// registered) is left to the rounds, with a warning.
+pub async fn preflight(config: &AgentConfig) -> Result<(), AgentError> {
+    let client = crate::agent::connect(config, std::time::Duration::from_secs(10))?;
+    let mut report = CheckReport::default();
+    for mapping in &config.datasets {
+        match load_policy(mapping, Some(&client)).await {
+            Ok(policy) => check_dataset(config, mapping, &policy, &mut report).await,
+            Err(e) => tracing::warn!(
+                dataset = %mapping.id,
+                error = %e,
+                "the extract is not checked before starting: its policy cannot be had yet"
+            ),
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AgentError::CheckFailed(report.problems))
+    }
 }
 
 /// Follows the coordinator's manifests from this partner's `[board]` keys and reports where
@@ -224,8 +347,7 @@ async fn check_dataset(
             ));
             continue;
         };
-        let (local, values) = m.parts();
-        match ColumnReader::new(column.clone(), local.to_string(), values) {
+        match m.reader(column.clone()) {
             Ok(r) => readers.push(r),
             Err(e) => report.problem(format!("columns.{}: {e}", column.name)),
         }
@@ -233,41 +355,47 @@ async fn check_dataset(
     let k = policy.rows_per_resident_per_partner();
     let mut counts = vec![ColumnCounts::default(); readers.len()];
     let mut per_resident: HashMap<Vec<u8>, u32> = HashMap::new();
-    let scanned = crate::source::scan(mapping, &readers, &mut |cells, resident| {
-        for ((cell, reader), c) in cells.iter().zip(&readers).zip(counts.iter_mut()) {
-            tally(c, &reader.column.kind, *cell);
-        }
-        if let Some(r) = resident {
-            *per_resident.entry(r.to_vec()).or_insert(0) += 1;
-        }
-    })
+    let scanned = crate::source::scan(
+        mapping,
+        &readers,
+        ScanMode::Survey,
+        &mut |cells, resident, at| {
+            for ((cell, reader), c) in cells.iter().zip(&readers).zip(counts.iter_mut()) {
+                tally(c, &reader.column.kind, *cell, at);
+            }
+            if let Some(r) = resident {
+                *per_resident.entry(r.to_vec()).or_insert(0) += 1;
+            }
+        },
+    )
     .await;
     match scanned {
-        Ok(rows) => report.line(format!("  rows found: {rows}")),
+        Ok(summary) => {
+            report.line(format!("  rows found: {}", summary.rows));
+            if summary.malformed > 0 {
+                let first: Vec<String> = summary
+                    .first_malformed
+                    .iter()
+                    .map(|(at, reason)| format!("{at}: {reason}"))
+                    .collect();
+                report.problem(format!(
+                    "{source}: {} malformed record(s), skipped here but fatal to a round ({}{}): \
+                     fix the extract",
+                    summary.malformed,
+                    first.join("; "),
+                    if summary.malformed > first.len() as u64 {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
         Err(e) => report.problem(e.to_string()),
     }
     for (reader, c) in readers.iter().zip(&counts) {
-        let mut notes = vec![
-            format!("{} values", c.values),
-            format!("{} missing", c.missing),
-        ];
-        if c.out_of_domain > 0 {
-            notes.push(format!("{} outside the domain (dropped)", c.out_of_domain));
-        }
-        if c.below_min + c.above_max > 0 {
-            notes.push(format!(
-                "{} below and {} above the public bounds (clamped)",
-                c.below_min, c.above_max
-            ));
-        }
-        report.line(format!(
-            "  {} ← {}: {}; {}",
-            reader.column.name,
-            reader.local,
-            type_name(&reader.column.kind),
-            notes.join(", ")
-        ));
-        if let Some(problem) = c.too_many_dropped(&reader.column.name, &reader.local) {
+        report.line(c.describe(reader));
+        for problem in c.problems(reader) {
             report.problem(problem);
         }
     }
@@ -286,10 +414,17 @@ async fn check_dataset(
     refusals(config, policy, report);
 }
 
-fn tally(c: &mut ColumnCounts, kind: &ColumnType, cell: Cell) {
+fn tally(c: &mut ColumnCounts, kind: &ColumnType, cell: Cell, at: RowAt) {
     match cell {
         Cell::Missing => c.missing += 1,
-        Cell::OutOfDomain => c.out_of_domain += 1,
+        Cell::OutOfDomain => {
+            c.out_of_domain += 1;
+            note_place(&mut c.first_out_of_domain, at);
+        }
+        Cell::Invalid => {
+            c.invalid += 1;
+            note_place(&mut c.first_invalid, at);
+        }
         Cell::Value(v) => {
             c.values += 1;
             let (below, above) = match (kind, v) {
@@ -299,6 +434,9 @@ fn tally(c: &mut ColumnCounts, kind: &ColumnType, cell: Cell) {
             };
             c.below_min += u64::from(below);
             c.above_max += u64::from(above);
+            if below || above {
+                note_place(&mut c.first_clamped, at);
+            }
         }
     }
 }

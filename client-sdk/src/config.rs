@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use civic_policies::dataset::Column;
 use civic_policies::manifest::{Board, BoardMember, TrustAnchor};
 use serde::Deserialize;
 
 use crate::error::AgentError;
+use crate::schema::{ColumnReader, InvalidRule};
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -204,28 +206,74 @@ pub struct DatasetMapping {
     pub columns: BTreeMap<String, ColumnMapping>,
 }
 
-/// Where a federated column comes from.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+/// Where a federated column comes from: a local column's name, or
+/// `{ column = "…", values = { … }, invalid = "missing" }`.
+#[derive(Clone, Debug)]
 pub enum ColumnMapping {
     /// The local column's name.
     Name(String),
-    /// The local column with a value mapping.
-    Mapped {
-        /// The local column's name.
-        column: String,
-        /// Local spelling → federated spelling.
-        #[serde(default)]
-        values: BTreeMap<String, String>,
-    },
+    /// The local column with a value mapping or a rule for unreadable values.
+    Mapped(MappedColumn),
+}
+
+/// The table form of a column mapping.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappedColumn {
+    /// The local column's name.
+    pub column: String,
+    /// Local spelling → federated spelling (categories and booleans).
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    /// What a value that cannot be read as the column's type becomes (default: refuse).
+    #[serde(default)]
+    pub invalid: InvalidRule,
+}
+
+// By hand rather than `untagged`, so that a misspelt key in the table form is named (serde's
+// untagged enums only say that nothing matched).
+impl<'de> Deserialize<'de> for ColumnMapping {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ColumnMapping;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a local column name, or a table { column = \"…\", values = { … }, invalid = \"missing\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ColumnMapping, E> {
+                Ok(ColumnMapping::Name(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ColumnMapping, A::Error> {
+                MappedColumn::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ColumnMapping::Mapped)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl ColumnMapping {
-    /// The local column and its value mapping.
-    pub fn parts(&self) -> (&str, BTreeMap<String, String>) {
+    /// The local column's name.
+    pub fn local(&self) -> &str {
         match self {
-            ColumnMapping::Name(n) => (n, BTreeMap::new()),
-            ColumnMapping::Mapped { column, values } => (column, values.clone()),
+            ColumnMapping::Name(n) => n,
+            ColumnMapping::Mapped(m) => &m.column,
+        }
+    }
+
+    /// The reader of federated `column` from this local column.
+    pub fn reader(&self, column: Column) -> Result<ColumnReader, String> {
+        match self {
+            ColumnMapping::Name(n) => ColumnReader::new(column, n.clone(), BTreeMap::new()),
+            ColumnMapping::Mapped(m) => {
+                ColumnReader::new(column, m.column.clone(), m.values.clone())
+                    .map(|r| r.with_invalid(m.invalid))
+            }
         }
     }
 }
@@ -258,6 +306,29 @@ pub enum SourceConfig {
     },
 }
 
+/// A TOML error as a partner's IT team reads it: the line, toml's message without its
+/// snippet (which flattens badly into one log line), and where a misplaced key belongs.
+fn parse_error(file: &str, text: &str, e: &toml::de::Error) -> AgentError {
+    let field = e.span().map_or_else(
+        || "-".to_string(),
+        |span| {
+            let before = &text[..span.start.min(text.len())];
+            format!("line {}", before.matches('\n').count() + 1)
+        },
+    );
+    let mut reason = e.message().trim_end().replace('\n', " ");
+    if reason.contains("`pushdown`") {
+        reason.push_str(
+            " (`pushdown = true` belongs in the [[datasets]] table, beside `source`, not inside it)",
+        );
+    }
+    AgentError::Config {
+        file: file.to_string(),
+        field,
+        reason,
+    }
+}
+
 impl AgentConfig {
     /// Reads and checks the file; relative paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Self, AgentError> {
@@ -267,11 +338,8 @@ impl AgentConfig {
             field: "-".into(),
             reason: format!("cannot read: {e}"),
         })?;
-        let mut config: AgentConfig = toml::from_str(&text).map_err(|e| AgentError::Config {
-            file: name.clone(),
-            field: "-".into(),
-            reason: e.to_string().trim_end().replace('\n', " "),
-        })?;
+        let mut config: AgentConfig =
+            toml::from_str(&text).map_err(|e| parse_error(&name, &text, &e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.check(&name)?;

@@ -352,12 +352,12 @@ mod tests {
     fn what_the_coordinator_hears_carries_no_data() {
         let data = AgentError::Data {
             source_name: "/srv/extract.csv".into(),
-            row: 304,
+            at: crate::source::RowAt::Line(305),
             column: "AGE_YRS".into(),
             reason: "expected a whole number".into(),
         };
         let reason = public_reason(&data);
-        for secret in ["extract", "304", "AGE_YRS", "whole number"] {
+        for secret in ["extract", "305", "AGE_YRS", "whole number"] {
             assert!(!reason.contains(secret), "{reason}");
         }
         let policy = AgentError::Refused(

@@ -24,12 +24,12 @@ pub enum AgentError {
         reason: String,
     },
     /// A value in the data.
-    #[error("{source_name}, row {row}, column {column}: {reason}")]
+    #[error("{source_name}, {at}, column {column}: {reason}")]
     Data {
         /// The file or table.
         source_name: String,
-        /// 1-based data row (CSV: the header is row 0).
-        row: u64,
+        /// The CSV file's line, or the table row.
+        at: crate::source::RowAt,
         /// The local column (and its federated name).
         column: String,
         /// What is wrong (never the value itself when it is in bounds).
@@ -45,6 +45,13 @@ pub enum AgentError {
     /// The protocol failed (a bad or tampered message).
     #[error("protocol: {0}")]
     Protocol(String),
+    /// `run` or `once` found, before starting, what `check` reports as problems.
+    #[error(
+        "not starting: rounds would be declined over these problems (fix them, then confirm with \
+         `civic-agent check`):\n  - {}",
+        .0.join("\n  - ")
+    )]
+    CheckFailed(Vec<String>),
     /// The agent's own files (identity key, state).
     #[error("{path}: {reason}")]
     Local {

@@ -47,7 +47,8 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Polls the coordinator and takes part in rounds until stopped.
+    /// Polls the coordinator and takes part in rounds until stopped. Refuses to start when
+    /// the data would have rounds declined (the problems `check` reports).
     Run {
         /// The agent's configuration.
         #[arg(long, default_value = "partner.toml")]
@@ -184,7 +185,9 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let agent = Arc::new(Agent::new(AgentConfig::load(&config)?)?);
+            let config = AgentConfig::load(&config)?;
+            civic_client_sdk::check::preflight(&config).await?;
+            let agent = Arc::new(Agent::new(config)?);
             tokio::select! {
                 _ = agent.run() => {}
                 _ = shutdown() => tracing::info!("stopping"),
@@ -192,7 +195,9 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Once { config } => {
-            let agent = Arc::new(Agent::new(AgentConfig::load(&config)?)?);
+            let config = AgentConfig::load(&config)?;
+            civic_client_sdk::check::preflight(&config).await?;
+            let agent = Arc::new(Agent::new(config)?);
             let outcomes = agent.once().await?;
             if outcomes.is_empty() {
                 println!("no open rounds");

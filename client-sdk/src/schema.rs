@@ -43,8 +43,25 @@ pub enum Cell {
     /// A category outside the public domain (after value mapping): treated as missing and
     /// counted for `civic-agent check`, never released.
     OutOfDomain,
+    /// A value that cannot be read as the column's type (text in a number column, say), read
+    /// as missing because the column's mapping says `invalid = "missing"`, or because `check`
+    /// is surveying the whole extract. Counted by `check`, never released.
+    Invalid,
     /// A value.
     Value(Value),
+}
+
+/// What to do with a value that cannot be read as its column's type: the mapping's
+/// `invalid = "refuse" | "missing"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidRule {
+    /// Stop: the agent declines rounds on the dataset until the extract is fixed (`check`
+    /// lists every such value's line). The default, so that junk is never silently dropped.
+    #[default]
+    Refuse,
+    /// Read it as missing, like an empty field: rows needing the column do not count.
+    Missing,
 }
 
 /// Spellings accepted for booleans (after the value mapping), compared in lower case.
@@ -61,6 +78,8 @@ pub struct ColumnReader {
     pub local: String,
     /// Local spelling → federated spelling (categories and booleans).
     pub values: BTreeMap<String, String>,
+    /// What an unreadable value becomes.
+    pub invalid: InvalidRule,
     /// For categories: every local spelling that lands in the domain → the domain index.
     category_index: HashMap<String, u32>,
 }
@@ -112,8 +131,17 @@ impl ColumnReader {
             column,
             local,
             values,
+            invalid: InvalidRule::Refuse,
             category_index,
         })
+    }
+
+    /// The same reader, reading an unreadable value as `rule` says.
+    pub fn with_invalid(self, rule: InvalidRule) -> Self {
+        Self {
+            invalid: rule,
+            ..self
+        }
     }
 
     /// Every local spelling of a category value with its domain index (for SQL pushdown).

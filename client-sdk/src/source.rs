@@ -13,10 +13,59 @@ use sqlx::{Column as _, Row, TypeInfo, ValueRef};
 use crate::config::{DatasetMapping, SourceConfig};
 use crate::error::AgentError;
 use crate::pushdown::{quote_identifier, quote_table};
-use crate::schema::{Cell, ColumnReader, Raw};
+use crate::schema::{Cell, ColumnReader, InvalidRule, Raw};
 
-/// A sink for rows: the cells in reader order, and the resident id if mapped.
-pub type RowSink<'a> = dyn FnMut(&[Cell], Option<&[u8]>) + Send + 'a;
+/// A sink for rows: the cells in reader order, the resident id if mapped, and where the row
+/// is.
+pub type RowSink<'a> = dyn FnMut(&[Cell], Option<&[u8]>, RowAt) + Send + 'a;
+
+/// Where a row is, for messages a partner acts on: its line in a CSV file (the header is line
+/// 1, so a spreadsheet or an editor finds it), or its place in a table's scan order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowAt {
+    /// A CSV file's line (where the record starts).
+    Line(u64),
+    /// The nth row a SQL source returned (1-based, in `order_by` order when set).
+    Row(u64),
+}
+
+impl std::fmt::Display for RowAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowAt::Line(n) => write!(f, "line {n}"),
+            RowAt::Row(n) => write!(f, "row {n}"),
+        }
+    }
+}
+
+/// What a scan does with a value its reader cannot read, or a record it cannot parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanMode {
+    /// Answering a round: a value is read as its mapping's `invalid` rule says; a refused
+    /// value or a malformed record stops the scan with an error naming where.
+    Strict,
+    /// `check`: every unreadable value is read as [`Cell::Invalid`] and every malformed
+    /// record is skipped and counted, so that one pass finds every problem.
+    Survey,
+}
+
+/// How many places of each kind of problem `check` names.
+pub const FIRST_FEW: usize = 5;
+
+/// What a scan read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Rows handed to the sink.
+    pub rows: u64,
+    /// Records skipped as malformed ([`ScanMode::Survey`] only).
+    pub malformed: u64,
+    /// The first [`FIRST_FEW`] of them, with what is wrong.
+    pub first_malformed: Vec<(RowAt, String)>,
+}
+
+/// The hint after a refused value: both ways out.
+const INVALID_HINT: &str = "fix the extract, or read such values as missing with \
+     invalid = \"missing\" on the column's mapping (`civic-agent check` lists every one)";
 
 /// How a scan reports progress: a bar on a terminal, log lines otherwise.
 pub struct Progress {
@@ -85,29 +134,30 @@ pub fn source_name(source: &SourceConfig) -> String {
     }
 }
 
-/// Reads every row of the mapping's source, handing each to `sink`. Stops at the first
-/// value that cannot be read, naming the row and column. Returns the rows read.
+/// Reads every row of the mapping's source, handing each to `sink`; `mode` says what an
+/// unreadable value or record does.
 pub async fn scan(
     mapping: &DatasetMapping,
     readers: &[ColumnReader],
+    mode: ScanMode,
     sink: &mut RowSink<'_>,
-) -> Result<u64, AgentError> {
+) -> Result<ScanSummary, AgentError> {
     match &mapping.source {
         SourceConfig::Csv { path, delimiter } => {
             let delimiter = delimiter.unwrap_or(',') as u8;
             let resident = mapping.resident_column.as_deref();
             // CSV reading is blocking file I/O: keep it off the async workers' toes.
-            tokio::task::block_in_place(|| scan_csv(path, delimiter, readers, resident, sink))
+            tokio::task::block_in_place(|| scan_csv(path, delimiter, readers, resident, mode, sink))
         }
         SourceConfig::Sqlite { path, table } => {
             let pool = open_sqlite(path).await?;
-            let rows = scan_sql(&pool, mapping, table, readers, sink, false).await;
+            let rows = scan_sql(&pool, mapping, table, readers, mode, sink, false).await;
             pool.close().await;
             rows
         }
         SourceConfig::Postgres { url, table } => {
             let pool = open_postgres(url, table).await?;
-            let rows = scan_sql(&pool, mapping, table, readers, sink, true).await;
+            let rows = scan_sql(&pool, mapping, table, readers, mode, sink, true).await;
             pool.close().await;
             rows
         }
@@ -120,8 +170,9 @@ pub fn scan_csv(
     delimiter: u8,
     readers: &[ColumnReader],
     resident: Option<&str>,
+    mode: ScanMode,
     sink: &mut RowSink<'_>,
-) -> Result<u64, AgentError> {
+) -> Result<ScanSummary, AgentError> {
     let name = path.display().to_string();
     let source_err = |reason: String| AgentError::Source {
         source_name: name.clone(),
@@ -160,42 +211,70 @@ pub fn scan_csv(
     let mut progress = Progress::start(&name, size);
     let mut record = csv::ByteRecord::new();
     let mut cells = vec![Cell::Missing; readers.len()];
-    let mut rows = 0u64;
+    let mut summary = ScanSummary::default();
     loop {
         match csv.read_byte_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                let row = e.position().map(|p| p.record()).unwrap_or(rows + 1);
+                let at = RowAt::Line(e.position().map_or(0, |p| p.line()));
+                let reason = format!("malformed CSV: {}", csv_reason(&e));
+                // A record of the wrong length leaves the reader at the next one.
+                let skippable = matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. });
+                if mode == ScanMode::Survey && skippable {
+                    summary.malformed += 1;
+                    if summary.first_malformed.len() < FIRST_FEW {
+                        summary.first_malformed.push((at, reason));
+                    }
+                    continue;
+                }
                 return Err(AgentError::Data {
                     source_name: name,
-                    row,
+                    at,
                     column: "-".into(),
-                    reason: format!("malformed CSV: {}", csv_reason(&e)),
+                    reason,
                 });
             }
         }
-        rows += 1;
+        summary.rows += 1;
+        let at = RowAt::Line(record.position().map_or(0, |p| p.line()));
         for ((reader, &i), cell) in readers.iter().zip(&indices).zip(cells.iter_mut()) {
             let field = record.get(i).unwrap_or_default();
-            let data_err = |reason: String| AgentError::Data {
+            let read = std::str::from_utf8(field)
+                .map_err(|_| "not valid UTF-8".to_string())
+                .and_then(|text| reader.read(Raw::Text(text)));
+            *cell = settle(read, reader, mode).map_err(|reason| AgentError::Data {
                 source_name: name.clone(),
-                row: rows,
+                at,
                 column: format!("{} (federated {})", reader.local, reader.column.name),
                 reason,
-            };
-            let text =
-                std::str::from_utf8(field).map_err(|_| data_err("not valid UTF-8".into()))?;
-            *cell = reader.read(Raw::Text(text)).map_err(data_err)?;
+            })?;
         }
         let resident = resident_index.map(|i| record.get(i).unwrap_or_default());
-        sink(&cells, resident);
-        if rows.is_multiple_of(65_536) {
-            progress.tick(rows, Some(record.position().map(|p| p.byte()).unwrap_or(0)));
+        sink(&cells, resident, at);
+        if summary.rows.is_multiple_of(65_536) {
+            let position = record.position().map(|p| p.byte()).unwrap_or(0);
+            progress.tick(summary.rows, Some(position));
         }
     }
-    progress.finish(rows);
-    Ok(rows)
+    progress.finish(summary.rows);
+    Ok(summary)
+}
+
+/// A read value under the scan's mode and the reader's `invalid` rule: the cell, or the reason
+/// the scan stops.
+fn settle(
+    read: Result<Cell, String>,
+    reader: &ColumnReader,
+    mode: ScanMode,
+) -> Result<Cell, String> {
+    match read {
+        Ok(cell) => Ok(cell),
+        Err(_) if mode == ScanMode::Survey || reader.invalid == InvalidRule::Missing => {
+            Ok(Cell::Invalid)
+        }
+        Err(reason) => Err(format!("{reason}; {INVALID_HINT}")),
+    }
 }
 
 /// The csv crate's error without the record's contents.
@@ -242,9 +321,10 @@ async fn scan_sql<DB: sqlx::Database>(
     mapping: &DatasetMapping,
     table: &str,
     readers: &[ColumnReader],
+    mode: ScanMode,
     sink: &mut RowSink<'_>,
     postgres: bool,
-) -> Result<u64, AgentError>
+) -> Result<ScanSummary, AgentError>
 where
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
@@ -301,24 +381,21 @@ where
         .map_err(|e| config_err(format!("reading failed: {e}")))?
     {
         rows += 1;
+        let at = RowAt::Row(rows);
         for (i, (reader, cell)) in readers.iter().zip(cells.iter_mut()).enumerate() {
-            let data_err = |reason: String| AgentError::Data {
+            let read = match sql_raw(&row, i) {
+                Ok(SqlValue::Null) => reader.read(Raw::Null),
+                Ok(SqlValue::Int(v)) => reader.read(Raw::Int(v)),
+                Ok(SqlValue::Real(v)) => reader.read(Raw::Real(v)),
+                Ok(SqlValue::Text(t)) => reader.read(Raw::Text(&t)),
+                Err(reason) => Err(reason),
+            };
+            *cell = settle(read, reader, mode).map_err(|reason| AgentError::Data {
                 source_name: name.clone(),
-                row: rows,
+                at,
                 column: format!("{} (federated {})", reader.local, reader.column.name),
                 reason,
-            };
-            let text: String;
-            let raw = match sql_raw(&row, i).map_err(&data_err)? {
-                SqlValue::Null => Raw::Null,
-                SqlValue::Int(v) => Raw::Int(v),
-                SqlValue::Real(v) => Raw::Real(v),
-                SqlValue::Text(t) => {
-                    text = t;
-                    Raw::Text(&text)
-                }
-            };
-            *cell = reader.read(raw).map_err(data_err)?;
+            })?;
         }
         let resident = if mapping.resident_column.is_some() {
             resident_buf.clear();
@@ -331,7 +408,7 @@ where
                 Err(reason) => {
                     return Err(AgentError::Data {
                         source_name: name,
-                        row: rows,
+                        at,
                         column: mapping.resident_column.clone().unwrap_or_default(),
                         reason,
                     });
@@ -341,13 +418,16 @@ where
         } else {
             None
         };
-        sink(&cells, resident);
+        sink(&cells, resident, at);
         if rows.is_multiple_of(65_536) {
             progress.tick(rows, None);
         }
     }
     progress.finish(rows);
-    Ok(rows)
+    Ok(ScanSummary {
+        rows,
+        ..ScanSummary::default()
+    })
 }
 
 enum SqlValue {
@@ -411,14 +491,27 @@ mod tests {
     type Rows = Vec<(Vec<Cell>, Option<Vec<u8>>)>;
 
     fn collect_csv(text: &str) -> Result<Rows, AgentError> {
+        scan_text(text, &readers(), ScanMode::Strict).map(|(rows, _)| rows)
+    }
+
+    fn scan_text(
+        text: &str,
+        readers: &[ColumnReader],
+        mode: ScanMode,
+    ) -> Result<(Rows, ScanSummary), AgentError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("extract.csv");
         std::fs::write(&path, text).unwrap();
         let mut rows = Vec::new();
-        scan_csv(&path, b',', &readers(), Some("nhs_pseudo"), &mut |c, r| {
-            rows.push((c.to_vec(), r.map(<[u8]>::to_vec)))
-        })?;
-        Ok(rows)
+        let summary = scan_csv(
+            &path,
+            b',',
+            readers,
+            Some("nhs_pseudo"),
+            mode,
+            &mut |c, r, _| rows.push((c.to_vec(), r.map(<[u8]>::to_vec))),
+        )?;
+        Ok((rows, summary))
     }
 
     #[test]
@@ -452,8 +545,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("extract.csv, row 2, column age_years (federated age)")
+            e.contains("extract.csv, line 3, column age_years (federated age)")
                 && e.contains("whole number")
+                && e.contains("invalid = \"missing\"")
                 && !e.contains("sixty"),
             "{e}"
         );
@@ -461,7 +555,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("row 1") && e.contains("3 fields where the header has 4"),
+            e.contains("line 2") && e.contains("3 fields where the header has 4"),
             "{e}"
         );
         let e = collect_csv("nhs_pseudo,age,gender,hba1c_mmol\n")
@@ -475,6 +569,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hba1c_mmol") && e.contains("number"), "{e}");
+    }
+
+    #[test]
+    fn a_survey_reads_past_every_problem_and_a_lenient_mapping_reads_junk_as_missing() {
+        let text = "nhs_pseudo,age_years,gender,hba1c_mmol\n\
+                    p1,sixty,F,48\n\
+                    p2,\"6\n7\",M\n\
+                    p3,40,F,x\n\
+                    p4,41,M,50\n";
+        // Strict: the first unreadable value stops the scan.
+        assert!(scan_text(text, &readers(), ScanMode::Strict).is_err());
+        // Survey: every row is read; unreadable values are Invalid; the malformed record
+        // (a quoted field over two lines, and one field short) is skipped and placed by the
+        // line it starts on.
+        let (rows, summary) = scan_text(text, &readers(), ScanMode::Survey).unwrap();
+        assert_eq!(summary.rows, 3);
+        assert_eq!(summary.malformed, 1);
+        assert_eq!(summary.first_malformed[0].0, RowAt::Line(3));
+        assert_eq!(rows[0].0[0], Cell::Invalid);
+        assert_eq!(rows[1].0[2], Cell::Invalid);
+        assert_eq!(rows[2].0[0], Cell::Value(Value::Int(41)));
+        // Strict, with invalid = "missing" on age and hba1c: junk reads as Invalid (missing
+        // to every query); the malformed record still stops the scan.
+        let lenient: Vec<ColumnReader> = readers()
+            .into_iter()
+            .map(|r| r.with_invalid(InvalidRule::Missing))
+            .collect();
+        let e = scan_text(text, &lenient, ScanMode::Strict)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("malformed"), "{e}");
+        let without_malformed = text.replace("p2,\"6\n7\",M\n", "");
+        let (rows, _) = scan_text(&without_malformed, &lenient, ScanMode::Strict).unwrap();
+        assert_eq!(rows[0].0[0], Cell::Invalid);
+        assert_eq!(rows[1].0[2], Cell::Invalid);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -500,12 +629,12 @@ mod tests {
         ))
         .unwrap();
         let mut rows = Vec::new();
-        let n = scan(&mapping, &readers(), &mut |c, r| {
+        let n = scan(&mapping, &readers(), ScanMode::Strict, &mut |c, r, _| {
             rows.push((c.to_vec(), r.map(<[u8]>::to_vec)))
         })
         .await
         .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(n.rows, 3);
         assert_eq!(rows[0].0[2], Cell::Value(Value::Dec(48.5)));
         assert_eq!(rows[1].0[2], Cell::Missing);
         // Text '41' in an INTEGER column (SQLite's type affinity stored it as 41) and an
@@ -521,10 +650,12 @@ mod tests {
             .await
             .unwrap();
         pool.close().await;
-        let e = scan(&mapping, &readers(), &mut |_, _| {})
+        let e = scan(&mapping, &readers(), ScanMode::Strict, &mut |_, _, _| {})
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains("table extract, row 4, column age_years"), "{e}");
+        let survey = scan(&mapping, &readers(), ScanMode::Survey, &mut |_, _, _| {}).await;
+        assert_eq!(survey.unwrap().rows, 4);
     }
 }

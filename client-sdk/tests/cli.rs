@@ -104,23 +104,75 @@ fn check_reports_counts_and_refusals_and_fails_on_problems() {
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(
-        out.contains("columns.sex: 10 of 10 rows (100%) of gender fall outside the domain")
+        out.contains("columns.sex: 10 of 10 rows (100%) of gender would be dropped")
             && !out.contains("ready: no problems found"),
         "{out}"
     );
 
-    // A malformed row: named by row and column, non-zero exit.
+    // Unreadable values and a malformed record: one pass finds them all, by file line
+    // (the header is line 1), and names the way out.
     let csv = dir.path().join("gp-north.csv");
-    let mut data = std::fs::read_to_string(&csv).unwrap();
+    let clean = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(clean.lines().count(), 11, "the sample's header and 10 rows");
+    let mut data = clean.clone();
     data.push_str("p0010,seventy,F,3,Y,50.0,N\n");
+    data.push_str("p0011,,M,3,Y,5O.1,N\n");
+    data.push_str("p0012,40,F,3,Y\n");
+    data.push_str("p0013,unknown,F,3,Y,44.0,N\n");
     std::fs::write(&csv, data).unwrap();
     let o = agent(&["check", "--config", config, "--offline"], dir.path());
-    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    for expected in [
+        "rows found: 13",
+        "age ← age_years: integer in [18, 100]; 10 values, 1 missing, 2 unreadable, refused (lines 12, 15)",
+        "columns.age: 2 value(s) of age_years cannot be read as integer in [18, 100] (lines 12, 15)",
+        "invalid = \"missing\"",
+        "hba1c ← latest_hba1c: decimal in [20, 150] by 0.1; 9 values, 3 missing, 1 unreadable, refused (line 13)",
+        "1 malformed record(s), skipped here but fatal to a round (line 14: malformed CSV: 5 fields where the header has 7)",
+        "3 problem(s) found",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(!out.contains("seventy") && !out.contains("5O.1"), "{out}");
+
+    // `once` (and `run`) refuse to start over the same problems, naming `check`; the data is
+    // checked before the coordinator is contacted (none runs here).
+    let once = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_civic-agent"))
+            .args(["once", "--config", config])
+            .current_dir(dir)
+            .env("CIVIC_AGENT_TOKEN", "t")
+            .output()
+            .unwrap()
+    };
+    let o = once(dir.path());
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
     assert!(
-        text(&o).contains("gp-north.csv, row 11, column age_years (federated age)"),
-        "{}",
-        text(&o)
+        out.contains("not starting")
+            && out.contains("civic-agent check")
+            && out.contains("columns.age"),
+        "{out}"
     );
+
+    // `invalid = "missing"` reads the unreadable ages as missing: that problem goes, the
+    // others stay.
+    let lenient = original.replace(
+        "age = \"age_years\"",
+        "age = { column = \"age_years\", invalid = \"missing\" }",
+    );
+    assert_ne!(lenient, original);
+    std::fs::write(config, &lenient).unwrap();
+    let o = agent(&["check", "--config", config, "--offline"], dir.path());
+    let out = text(&o);
+    assert!(
+        out.contains("2 unreadable, read as missing (lines 12, 15)")
+            && !out.contains("columns.age:")
+            && out.contains("2 problem(s) found"),
+        "{out}"
+    );
+    std::fs::write(config, &original).unwrap();
 }
 
 #[test]
@@ -149,6 +201,23 @@ fn a_bad_configuration_is_named_by_field() {
             "unknown variant `excel`",
         ),
         ("url = \"http://", "url = \"ftp://", "coordinator.url"),
+        // A key in the wrong table: the line, and where it belongs.
+        (
+            "path = \"gp-north.csv\"",
+            "path = \"gp-north.csv\"\npushdown = true",
+            "belongs in the [[datasets]] table",
+        ),
+        // A misspelt key of a column mapping is named.
+        (
+            "sex = { column = \"gender\", values",
+            "sex = { column = \"gender\", valeus",
+            "unknown field `valeus`",
+        ),
+        (
+            "age = \"age_years\"",
+            "age = { column = \"age_years\", invalid = \"drop\" }",
+            "unknown variant `drop`",
+        ),
     ] {
         std::fs::write(&config, original.replace(from, to)).unwrap();
         let o = agent(
