@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod decline;
 pub mod governance;
 pub mod problem;
 pub mod query;

@@ -172,10 +172,19 @@ pub struct ReleaseView {
     pub released_at: String,
     /// True when this query was answered from an earlier identical release, at no cost.
     pub reused: bool,
-    /// Column names.
+    /// What each row is: "count", "mean(hba1c)", "q0.5(hba1c)", "beta(age)".
     pub names: Vec<String>,
-    /// Rows of cells.
+    /// Rows of cells, one row per name; every row has one cell per entry of `cell_keys`.
     pub rows: Vec<Vec<CellView>>,
+    /// The columns that index the cells: the query's `group_by` columns, then a histogram's
+    /// columns (empty for an ungrouped statistic).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// For each cell position, each key column's value: a category value, `false`/`true`, or
+    /// a bin `[lo, hi)` (the last bin closed, `[lo, hi]`). Cells run group-major, the last key
+    /// varying fastest.
+    #[serde(default)]
+    pub cell_keys: Vec<Vec<String>>,
     /// The privacy receipt: privacy unit, bounds, mechanism, scale, ε/δ/ρ, survivors,
     /// disclosure rules and caveats.
     #[schema(value_type = Object)]

@@ -12,7 +12,7 @@ pub mod board;
 pub mod check;
 pub mod config;
 pub mod decide;
-pub mod decline;
+pub use civic_api::decline;
 pub mod error;
 pub mod evaluate;
 pub mod http;

@@ -289,6 +289,13 @@ async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
         "the data exercise every band: {bands:?}"
     );
     assert_eq!(c.state.rounds.exact_sum(hid), Some(bands));
+    // Each cell says which band it is.
+    assert_eq!(done["result"]["keys"], json!(["age"]), "{done}");
+    assert_eq!(
+        done["result"]["cell_keys"],
+        json!([["[0, 65)"], ["[65, 80)"], ["[80, 119]"]]),
+        "{done}"
+    );
 
     // Each agent charged its own ledger and kept a journal with the shares it revealed.
     for site in &sites {
@@ -473,6 +480,27 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
     );
     // Nothing was charged locally for the declined round.
     assert!(sites[2].journal()["spent"].get("city").is_none());
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_researcher_reads_why_a_round_did_not_release() {
+    let mut c = start_coordinator(test_config(&fresh_store_url("agents-declined")));
+    let root = tempfile::tempdir().unwrap();
+    // Two of four partners answer at most ε = 1 per query: two are left, fewer than three.
+    let (_sites, agents) = setup(&mut c, root.path(), [100.0, 1.0, 1.0, 100.0]).await;
+    let (id, _) = submit(&c, histogram_of_falls(60.0)).await;
+    all_once(&agents).await;
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "aborted", "{done}");
+    let reason = done["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(
+            "2 partners declined: query.cost_above_limit (the query costs more than this \
+             partner allows per query) from 2."
+        ),
+        "{reason}"
+    );
     c.stop().await;
 }
 

@@ -178,6 +178,29 @@ impl ColumnType {
         }
     }
 
+    /// What each of the column's cells is called in a release, in cell order: a category's
+    /// value, `false` then `true`, or a bin `[lo, hi)` (the last bin closed, `[lo, hi]`).
+    pub fn cell_labels(&self) -> Option<Vec<String>> {
+        fn bins<T: std::fmt::Display>(edges: &[T]) -> Vec<String> {
+            let last = edges.len().saturating_sub(2);
+            edges
+                .windows(2)
+                .enumerate()
+                .map(|(i, e)| {
+                    let close = if i == last { ']' } else { ')' };
+                    format!("[{}, {}{close}", e[0], e[1])
+                })
+                .collect()
+        }
+        match self {
+            ColumnType::Integer { bins: Some(b), .. } => Some(bins(b)),
+            ColumnType::Decimal { bins: Some(b), .. } => Some(bins(b)),
+            ColumnType::Category { domain } => Some(domain.clone()),
+            ColumnType::Boolean => Some(vec!["false".into(), "true".into()]),
+            _ => None,
+        }
+    }
+
     /// Number of cells the column contributes to a histogram: domain size, 2, or bins − 1.
     pub fn cells(&self) -> Option<usize> {
         match self {

@@ -119,10 +119,48 @@ pub struct ValidatedQuery {
     cells: usize,
 }
 
+/// What indexes a release's cells, cell by cell.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CellLabels {
+    /// The key columns: the group-by columns, then a histogram's columns.
+    pub keys: Vec<String>,
+    /// For each cell, in release order, each key column's value.
+    pub cells: Vec<Vec<String>>,
+}
+
 impl ValidatedQuery {
     /// The query.
     pub fn query(&self) -> &Query {
         &self.query
+    }
+
+    /// The labels of the released cells, in release order: group-major (the group-by
+    /// columns, then a histogram's columns, the last varying fastest). A quantile's bins fold
+    /// into one value per group, and a regression has one unlabelled cell.
+    pub fn cell_labels(&self, policy: &DatasetPolicy) -> CellLabels {
+        let mut keys = self.query.group_by.clone();
+        if let Statistic::Histogram { columns } = &self.query.statistic {
+            keys.extend(columns.iter().cloned());
+        }
+        let mut cells = vec![Vec::new()];
+        for key in &keys {
+            // Validation saw every key column is groupable.
+            let labels = policy
+                .column(key)
+                .and_then(|c| c.kind.cell_labels())
+                .unwrap_or_default();
+            cells = cells
+                .iter()
+                .flat_map(|prefix| {
+                    labels.iter().map(move |l| {
+                        let mut cell = prefix.clone();
+                        cell.push(l.clone());
+                        cell
+                    })
+                })
+                .collect();
+        }
+        CellLabels { keys, cells }
     }
 
     /// The number of released cells: the product of the cells of the histogram's columns and

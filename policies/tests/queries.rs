@@ -177,3 +177,48 @@ fn unknown_fields_and_statistics_do_not_parse() {
         assert!(serde_json::from_str::<Query>(json).is_err(), "{json}");
     }
 }
+
+#[test]
+fn cells_are_labelled_group_major_with_the_last_key_varying_fastest() {
+    let diabetes = samples::diabetes();
+    let q = query(
+        r#"{"dataset":"diabetes","statistic":{"histogram":{"columns":["copd","age"]}},"group_by":["sex"]}"#,
+    )
+    .validate(&diabetes)
+    .unwrap();
+    let labels = q.cell_labels(&diabetes);
+    assert_eq!(labels.keys, ["sex", "copd", "age"]);
+    assert_eq!(labels.cells.len(), q.cells());
+    let cell = |i: usize| labels.cells[i].join(" | ");
+    assert_eq!(cell(0), "female | false | [18, 40)");
+    assert_eq!(cell(3), "female | false | [80, 100]");
+    assert_eq!(cell(4), "female | true | [18, 40)");
+    assert_eq!(cell(8), "male | false | [18, 40)");
+    assert_eq!(cell(15), "male | true | [80, 100]");
+
+    // Decimal bins; a quantile folds its column's bins into one value per group.
+    let q = query(
+        r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"hba1c","probabilities":[0.5]}},"group_by":["has_diabetes"]}"#,
+    )
+    .validate(&diabetes)
+    .unwrap();
+    let labels = q.cell_labels(&diabetes);
+    assert_eq!(labels.keys, ["has_diabetes"]);
+    assert_eq!(labels.cells, [["false"], ["true"]]);
+    let hba1c = diabetes
+        .column("hba1c")
+        .unwrap()
+        .kind
+        .cell_labels()
+        .unwrap();
+    assert_eq!(hba1c.first().unwrap(), "[20, 42)");
+    assert_eq!(hba1c.last().unwrap(), "[75, 150]");
+
+    // Ungrouped: one cell with no keys.
+    let q = query(r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}}}"#)
+        .validate(&diabetes)
+        .unwrap();
+    let labels = q.cell_labels(&diabetes);
+    assert!(labels.keys.is_empty());
+    assert_eq!(labels.cells, [Vec::<String>::new()]);
+}

@@ -98,6 +98,7 @@ pub fn start(state: &AppState, row: RoundRow) -> Result<()> {
         protocol: protocol.name(),
         setup: row.setup,
         closing: false,
+        declines: Default::default(),
     };
     state.rounds.insert(live);
     crate::metrics::ROUNDS_OPENED.inc();
@@ -194,6 +195,7 @@ async fn replay(state: &AppState, row: &RoundRow) -> std::result::Result<LiveRou
         deadline: state.clock.now() + state.config.phase_deadline(),
         retry_at: std::time::UNIX_EPOCH,
         closing: false,
+        declines: Default::default(),
     })
 }
 
@@ -236,6 +238,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
     );
     let mut next = r.state.box_clone();
     let (query, max_rows) = (r.query_id, r.setup.max_rows_per_partner);
+    let declines = r.declines_in_words();
     if protocol(state, r.protocol)?.steps().last() == Some(&closing) {
         // The last step computes the output (for a secure sum: the unmasking, the
         // coordinator's bulk work, on every core): off the round's lock, so polls are
@@ -245,7 +248,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         drop(r);
         let started = Instant::now();
         let outcome = match web::block(move || next.close_step()).await {
-            Ok(outcome) => outcome.map_err(|e| too_few(closing, e)),
+            Ok(outcome) => outcome.map_err(|e| too_few(closing, e, &declines)),
             Err(e) => {
                 tracing::error!(round = id, error = %e, "closing the last step failed");
                 Err(format!(
@@ -258,7 +261,9 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         return end(state, &round, id, closing, query, max_rows, outcome).await;
     }
     let started = Instant::now();
-    let outcome = next.close_step().map_err(|e| too_few(closing, e));
+    let outcome = next
+        .close_step()
+        .map_err(|e| too_few(closing, e, &declines));
     let took_ms = started.elapsed().as_millis() as u64;
     if let Ok(Closed::Next) = outcome {
         let opened = next.step();
@@ -308,9 +313,10 @@ async fn catch_up(state: &AppState, r: &mut LiveRound) -> Result<()> {
     Ok(())
 }
 
-/// The abort reason for a step that could not close.
-fn too_few(closing: &str, e: ProtocolError) -> String {
-    format!("{closing} closed with too few partners: {e}")
+/// The abort reason for a step that could not close, with who declined and why (the
+/// researcher reads it in the query's status).
+fn too_few(closing: &str, e: ProtocolError, declines: &str) -> String {
+    format!("{closing} closed with too few partners: {e}.{declines}")
 }
 
 /// Ends a round whose step `closing` closed with `outcome`: releases a finished round,

@@ -2,11 +2,12 @@
 //! still answer its open step, and the step's deadline. The store holds the truth (every
 //! accepted message, every step closed); this is its working copy, rebuilt by replay.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::SystemTime;
 
+use civic_api::decline::DeclineCode;
 use civic_secagg::PartnerId;
 use tokio::sync::{Mutex, Notify, oneshot};
 
@@ -35,9 +36,35 @@ pub struct LiveRound {
     /// Being released or aborted: kept in memory (so it is not adopted again) but no longer
     /// driven.
     pub closing: bool,
+    /// The partners who declined, by decline code (`other` for a reason that carries none):
+    /// what a researcher is told when the round cannot go on. Kept in memory only; a round
+    /// adopted after a restart counts its declines from then (the audit log has them all).
+    pub declines: BTreeMap<&'static str, usize>,
 }
 
 impl LiveRound {
+    /// The declines in plain words, for an abort's reason: "2 partners declined:
+    /// data.unavailable (this partner could not …) from 2." Empty when none declined.
+    pub fn declines_in_words(&self) -> String {
+        let total: usize = self.declines.values().sum();
+        if total == 0 {
+            return String::new();
+        }
+        let parts: Vec<String> = self
+            .declines
+            .iter()
+            .map(|(code, n)| {
+                let what = DeclineCode::ALL
+                    .into_iter()
+                    .find(|c| c.as_str() == *code)
+                    .map_or("a reason without a code", DeclineCode::description);
+                format!("{code} ({what}) from {n}")
+            })
+            .collect();
+        let noun = if total == 1 { "partner" } else { "partners" };
+        format!(" {total} {noun} declined: {}.", parts.join("; "))
+    }
+
     /// Whether everyone expected has answered the open step.
     pub fn complete(&self) -> bool {
         self.expected.is_subset(&self.state.responded())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use actix_web::web::Bytes;
 use civic_api::ProblemCode;
+use civic_api::decline::DeclineCode;
 use civic_api::round::{RosterEntry, RoundAnnouncement};
 use civic_secagg::PartnerId;
 use serde_json::json;
@@ -397,6 +398,8 @@ pub async fn decline(state: &AppState, id: i64, partner: PartnerId, reason: &str
         })
         .await?;
     r.expected.remove(&partner);
+    let code = DeclineCode::from_reason(reason).map_or("other", DeclineCode::as_str);
+    *r.declines.entry(code).or_insert(0) += 1;
     let complete = r.complete();
     drop(r);
     tracing::warn!(round = id, %partner, reason, "partner declined the round");

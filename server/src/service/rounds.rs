@@ -7,6 +7,7 @@ use actix_web::web;
 use civic_api::ProblemCode;
 use civic_api::query::{CellView, QueryState, ReleaseView};
 use civic_mechanisms::{Priced, Release};
+use civic_policies::query::CellLabels;
 use civic_policies::{DatasetPolicy, Rho};
 use serde_json::json;
 use sqlx::AnyConnection;
@@ -178,6 +179,13 @@ pub async fn release(
             ),
         ));
     }
+    let labels = q
+        .request
+        .query
+        .clone()
+        .validate(&policy)
+        .map_err(|e| Error::internal("labelling a release", e))?
+        .cell_labels(&policy);
     let budget = Rho::from_units(q.cost_units);
     // OpenDP's measurements are neither Send nor Sync: build and sample on one thread.
     let release: Release =
@@ -185,7 +193,7 @@ pub async fn release(
             .await
             .map_err(|e| Error::internal("sampling a release", e))??;
     let at = state.clock.rfc3339();
-    let view = release_view(release, at.clone())?;
+    let view = release_view(release, labels, at.clone())?;
     let release_id = state
         .store
         .run_tx("release a query", async |tx| {
@@ -238,7 +246,7 @@ pub async fn release(
     Ok(())
 }
 
-fn release_view(release: Release, released_at: String) -> Result<ReleaseView> {
+fn release_view(release: Release, labels: CellLabels, released_at: String) -> Result<ReleaseView> {
     Ok(ReleaseView {
         release_id: 0,
         released_at,
@@ -256,6 +264,8 @@ fn release_view(release: Release, released_at: String) -> Result<ReleaseView> {
                     .collect()
             })
             .collect(),
+        keys: labels.keys,
+        cell_keys: labels.cells,
         receipt: serde_json::to_value(&release.receipt)
             .map_err(|e| Error::internal("encoding a receipt", e))?,
     })

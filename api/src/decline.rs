@@ -2,6 +2,8 @@
 //! and its fixed description, nothing else. The details (which limit, which partner, which
 //! key) go only to the partner's own log, so a decline can never carry a value or a count
 //! derived from the partner's data, whatever a hostile coordinator announces to provoke one.
+//! The coordinator reads the code back ([`DeclineCode::from_reason`]) to tell a researcher
+//! why a round did not release.
 
 use std::fmt;
 
@@ -51,6 +53,39 @@ pub enum DeclineCode {
 }
 
 impl DeclineCode {
+    /// Every code.
+    pub const ALL: [DeclineCode; 19] = {
+        use DeclineCode::*;
+        [
+            ProtocolUnsupported,
+            DatasetNotServed,
+            ManifestUnverified,
+            PolicyNotSigned,
+            PolicyDiffersFromLocalCopy,
+            PolicyInvalid,
+            QueryInvalid,
+            StatisticNotAllowed,
+            CostAboveLimit,
+            CostBelowMinimum,
+            LocalBudgetExhausted,
+            RoundRateExceeded,
+            AlreadyAnswered,
+            ApprovalMissing,
+            ParticipantNotInManifest,
+            NotInvited,
+            ThresholdTooLow,
+            ConfigurationMismatch,
+            DataUnavailable,
+        ]
+    };
+
+    /// The code a decline's reason starts with ([`Self::public_reason`]'s form), if it is one
+    /// of these.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        let code = reason.split(':').next().unwrap_or_default().trim();
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     /// The stable code.
     pub fn as_str(self) -> &'static str {
         use DeclineCode::*;
@@ -119,5 +154,24 @@ impl DeclineCode {
 impl fmt::Display for DeclineCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_reads_back_from_its_public_reason() {
+        for code in DeclineCode::ALL {
+            assert_eq!(DeclineCode::from_reason(&code.public_reason()), Some(code));
+        }
+        let distinct: std::collections::HashSet<&str> =
+            DeclineCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(distinct.len(), DeclineCode::ALL.len());
+        assert_eq!(
+            DeclineCode::from_reason("free text from a custom agent"),
+            None
+        );
     }
 }
