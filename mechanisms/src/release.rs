@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::accounting::epsilon_at_delta;
 use crate::accuracy::half_width;
 use crate::error::MechanismError;
-use crate::noise::{NoiseKind, NoiseSpec};
+use crate::noise::{Cost, NoiseKind, NoiseSpec};
 use crate::plan::{AggregationPlan, BlockKind};
 
 /// The privacy a researcher spends on one release.
@@ -108,6 +108,47 @@ fn split(choice: PrivacyChoice, parts: usize) -> PrivacyChoice {
     }
 }
 
+/// The mechanism with its scale raised by the fewest ulps, if any, for its cost (OpenDP's
+/// map rounds up, and the ledger rounds that up again) to come within `charge`, the amount
+/// asked for: so that a request for ρ = 0.1 is charged exactly 0.1 and compares as 0.1 with
+/// thresholds and caps. In practice the scale moves by a few ulps. Should it not come within
+/// after the last try, the mechanism's own cost stands (charged as computed, never less).
+fn within_charge(spec: NoiseSpec, charge: Rho) -> Result<(NoiseSpec, Cost), MechanismError> {
+    let mut candidate = spec;
+    for step in 0..12 {
+        let cost = candidate.cost()?;
+        if cost.rho <= charge {
+            return Ok((candidate, cost));
+        }
+        candidate.scale = spec.scale * (1.0 + f64::EPSILON * f64::from(1u32 << step));
+    }
+    let cost = spec.cost()?;
+    Ok((spec, cost))
+}
+
+/// What each of `parts` groups is charged for `choice`, in exact ledger units: a ρ request's
+/// units shared out whole (so the parts add up to the request), or each ε share's ε²/2.
+fn charges(choice: PrivacyChoice, parts: usize) -> Result<Vec<Rho>, MechanismError> {
+    let invalid = |e: civic_policies::PolicyError| MechanismError::InvalidParameter {
+        stage: "calibrate",
+        reason: e.to_string(),
+    };
+    match choice {
+        PrivacyChoice::Rho(r) => {
+            let total = Rho::nearest(r).map_err(invalid)?.units();
+            let n = parts as u64;
+            Ok((0..n)
+                .map(|i| Rho::from_units(total / n + u64::from(i < total % n)))
+                .collect())
+        }
+        PrivacyChoice::Epsilon(e) => {
+            let share = e / parts as f64;
+            let rho = Rho::nearest(share * share / 2.0).map_err(invalid)?;
+            Ok(vec![rho; parts])
+        }
+    }
+}
+
 impl ReleasePlan {
     /// Calibrates the noise for `statistic` under `plan`: a mean splits the budget in half
     /// between its sum and its count; everything else is one group.
@@ -122,20 +163,26 @@ impl ReleasePlan {
             _ => vec![(0..plan.blocks.len()).collect()],
         };
         let share = split(privacy, groups_of_blocks.len());
+        let charges = charges(privacy, groups_of_blocks.len())?;
         let mut groups = Vec::new();
-        for blocks in groups_of_blocks {
+        for (blocks, charge) in groups_of_blocks.into_iter().zip(charges) {
             let members: Vec<_> = blocks.iter().map(|&i| plan.blocks[i].clone()).collect();
             let (l1, l2) = plan.joint_sensitivity(&members)?;
             let spec = match share {
                 PrivacyChoice::Epsilon(e) => NoiseSpec::laplace_for_epsilon(l1, e)?,
                 PrivacyChoice::Rho(r) => NoiseSpec::gaussian_for_rho(l2, r)?,
             };
-            let cost = spec.cost()?;
+            let (spec, cost) = within_charge(spec, charge)?;
             groups.push(NoiseGroup {
                 blocks,
                 spec,
-                epsilon: cost.epsilon,
-                rho: cost.rho,
+                // The map's ε is at most the share asked for, which the receipt states.
+                epsilon: cost.epsilon.map(|spent| match share {
+                    PrivacyChoice::Epsilon(e) => e.max(spent),
+                    PrivacyChoice::Rho(_) => spent,
+                }),
+                // Never less than the mechanism's own cost: the charge is a floor.
+                rho: cost.rho.max(charge),
             });
         }
         half_width(&groups[0].spec, alpha)?;
@@ -492,10 +539,14 @@ impl ReleasePlan {
                         NoiseKind::DiscreteLaplace => "discrete Laplace",
                         NoiseKind::DiscreteGaussian => "discrete Gaussian",
                     };
+                    // The scale to 12 significant digits: the ulps `within_charge` may have
+                    // added are noise about the noise.
                     format!(
                         "{name} on {}: scale {} (fixed-point units), sensitivity {}, rho {}",
                         blocks.join(", "),
-                        g.spec.scale,
+                        format!("{:.12e}", g.spec.scale)
+                            .parse::<f64>()
+                            .unwrap_or(g.spec.scale),
                         g.spec.sensitivity,
                         g.rho.as_f64()
                     )

@@ -18,9 +18,12 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
     );
     let release_plan =
         ReleasePlan::new(&plan, PrivacyChoice::Epsilon(0.5), 0.05).expect("calibrates");
-    // Δ₁ = 3 (one row in each of three partners), ε = 0.5: scale 6, ρ = ε²/2.
-    assert_eq!(release_plan.groups[0].spec.scale, 6.0);
-    assert_eq!(release_plan.cost, Rho::cost_of_pure_epsilon(0.5).unwrap());
+    // Δ₁ = 3 (one row in each of three partners), ε = 0.5: scale 6 (and a few ulps, so
+    // that the cost, as OpenDP and the ledger round it up, is what was asked), ρ = ε²/2
+    // exactly.
+    let scale = release_plan.groups[0].spec.scale;
+    assert!((6.0..6.0 + 1e-12).contains(&scale), "{scale}");
+    assert_eq!(release_plan.cost, Rho::from_units(125_000_000_000));
     let widths = release_plan.half_widths(&plan).unwrap();
     assert!(widths[0] > 15.0 && widths[0] < 20.0, "{widths:?}");
 
@@ -304,5 +307,41 @@ fn a_target_accuracy_buys_the_cheapest_calibration_that_meets_it() {
             ReleasePlan::for_target_half_width(&plan, NoiseKind::DiscreteLaplace, bad, 0.05)
                 .is_err()
         );
+    }
+}
+
+#[test]
+fn a_request_is_charged_exactly_what_it_asks_and_never_less_than_it_spends() {
+    let diabetes = samples::diabetes();
+    let queries = [
+        r#"{"dataset":"diabetes","statistic":"count","group_by":["sex"]}"#,
+        r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}}}"#,
+    ];
+    for json in queries {
+        let plan = compile(&diabetes, json);
+        for (choice, asked) in [
+            (PrivacyChoice::Rho(0.1), 100_000_000_000),
+            (PrivacyChoice::Rho(0.3), 300_000_000_000),
+            (PrivacyChoice::Rho(0.07), 70_000_000_000),
+            (PrivacyChoice::Epsilon(0.1), 5_000_000_000),
+            (PrivacyChoice::Epsilon(1.3), 845_000_000_000),
+        ] {
+            let p = ReleasePlan::new(&plan, choice, 0.05).unwrap();
+            let groups = p.groups.len() as u64;
+            // A mean's ε is split in two, whose ρ = (ε/2)²/2 each.
+            let expected = match choice {
+                PrivacyChoice::Rho(_) => asked,
+                PrivacyChoice::Epsilon(_) => asked / groups,
+            };
+            assert_eq!(p.cost.units(), expected, "{json} {choice:?}");
+            for g in &p.groups {
+                let spent = g.spec.cost().unwrap().rho;
+                assert!(
+                    spent <= g.rho,
+                    "{json} {choice:?}: spends {spent}, charged {}",
+                    g.rho
+                );
+            }
+        }
     }
 }

@@ -41,6 +41,15 @@ impl Rho {
         Rho::derived_cost(rho)
     }
 
+    /// An amount as a person wrote it (a request's ρ, or ε²/2 of a request's ε), to the
+    /// nearest unit: what a release is charged when its mechanism provably spends no more
+    /// (the caller takes the larger of this and the mechanism's [`Rho::cost`]), so that a
+    /// request for ρ = 0.1 is charged 0.1, not 0.1 plus rounding slack.
+    pub fn nearest(rho: f64) -> Result<Rho, PolicyError> {
+        check_positive("rho", rho)?;
+        Ok(Rho((rho * UNITS).round() as u64))
+    }
+
     /// A cap: rounded down, so a cap is never looser than stated.
     pub fn cap(rho: f64) -> Result<Rho, PolicyError> {
         check_positive("rho", rho)?;
