@@ -8,12 +8,12 @@
 //! cargo run --release --example liverpool [-- --out DIR --residents N]
 //! ```
 //!
-//! It prints each release beside the true value computed straight from the synthetic data,
-//! the cost and the budget left, and writes `report.json` and `report.html` to the output
-//! directory (default `liverpool-output`).
+//! It prints each release beside the true value computed straight from the synthetic rows of
+//! the partners whose data is in that release (one GP federation is stopped mid-round), the
+//! cost and the budget left, and writes `report.json` and `report.html` (drawn by
+//! `liverpool/report.rs`) to the output directory (default `liverpool-output`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,25 +32,60 @@ use civic_server::{AppState, Config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// The HTML report, shared with its browser test (`tests/report.rs`).
+#[path = "liverpool/report.rs"]
+mod report;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const SEED: u64 = 2026;
 
 /// A released cell beside the truth.
 struct Row {
-    label: String,
+    cell: Cell,
     released: Option<f64>,
     interval: Option<(f64, f64)>,
     truth: f64,
 }
+
+/// What a released cell is: its label in the terminal, and where the report draws it (the
+/// chart of its panel, in the row of that name).
+struct Cell {
+    label: String,
+    panel: Option<&'static str>,
+    row: String,
+}
+
+impl Cell {
+    /// A cell in row `row` of the chart for `panel` (or of the question's only chart).
+    fn new(panel: Option<&'static str>, row: impl Into<String>) -> Self {
+        let row = row.into();
+        let label = match panel {
+            Some(p) => format!("{row}, {p}"),
+            None => row.clone(),
+        };
+        Cell { label, panel, row }
+    }
+}
+
+/// A question's true values from the rows some partners hold (each partner's rows in turn,
+/// as the round sums them), in the order of its cells.
+type Truth = Box<dyn Fn(&[&Resident]) -> Vec<f64> + Send + Sync>;
 
 /// One question of the session.
 struct Question {
     title: &'static str,
     researcher: &'static str,
     request: Value,
-    labels: Vec<String>,
-    truth: Vec<f64>,
+    /// The partners holding the dataset, each invited to the round.
+    partners: &'static [&'static str],
+    /// For the report: the statistic, what the values are, and what the rows are.
+    statistic: &'static str,
+    value_axis: &'static str,
+    category_axis: &'static str,
+    cells: Vec<Cell>,
+    /// Computed once the round says whose data is in the release.
+    truth: Truth,
 }
 
 /// The coordinator's HTTP API as one person.
@@ -286,19 +321,11 @@ async fn main() -> Result<(), Error> {
         agents.insert(*p, spawn_agent(&work.join(p))?);
     }
 
-    let diabetes_rows: Vec<&Resident> = people.iter().filter(|r| r.age >= 18).collect();
-    let falls_rows: Vec<&Resident> = FALLS_PARTNERS
-        .iter()
-        .flat_map(|p| people.iter().filter(move |r| synth::holds(p, r)))
-        .collect();
     let mut report = Vec::new();
-    for (i, q) in questions(&diabetes_rows, &falls_rows)
-        .into_iter()
-        .enumerate()
-    {
-        // The third question is the one a federation drops out of half-way.
+    for (i, q) in questions().into_iter().enumerate() {
+        // The second question (mean HbA1c) is the one a federation drops out of half-way.
         let dropout = (i == 1).then_some("gp-east");
-        let entry = ask(&api, &tokens, q, dropout, &mut agents, &work).await?;
+        let entry = ask(&api, &tokens, q, dropout, &mut agents, &work, &people).await?;
         report.push(entry);
     }
 
@@ -344,7 +371,7 @@ async fn main() -> Result<(), Error> {
         out.join("report.json"),
         serde_json::to_string_pretty(&json_report)?,
     )?;
-    std::fs::write(out.join("report.html"), html(&json_report))?;
+    std::fs::write(out.join("report.html"), report::html(&json_report))?;
     println!(
         "\nreport: {} and {}",
         out.join("report.json").display(),
@@ -539,120 +566,160 @@ fn spawn_agent(dir: &Path) -> Result<tokio::task::JoinHandle<()>, Error> {
     Ok(tokio::spawn(agent.run()))
 }
 
-/// The session's questions with their true values, computed straight from the rows the
-/// partners hold.
-fn questions(diabetes: &[&Resident], falls: &[&Resident]) -> Vec<Question> {
-    let age_bands = ["18-39", "40-59", "60-79", "80+"];
+/// The session's questions, each with how to compute its true values straight from the
+/// rows the contributing partners hold.
+fn questions() -> Vec<Question> {
+    const AGE_BANDS: [&str; 4] = ["18-39", "40-59", "60-79", "80+"];
+    const TYPES: [&str; 5] = ["house", "bungalow", "flat", "maisonette", "other"];
     let band = |age: u32| match age.clamp(18, 100) {
         a if a < 40 => 0,
         a if a < 60 => 1,
         a if a < 80 => 2,
         _ => 3,
     };
-    let mut prevalence = vec![0.0; 20];
-    for r in diabetes {
-        prevalence[(r.decile as usize - 1) * 2 + usize::from(r.diabetes)] += 1.0;
-    }
-    let (mut sums, mut counts) = (vec![0.0; 4], vec![0.0; 4]);
-    for r in diabetes.iter().filter(|r| r.diabetes) {
-        if let Some(h) = r.hba1c {
-            sums[band(r.age)] += h.clamp(20.0, 150.0);
-            counts[band(r.age)] += 1.0;
+    let prevalence = |rows: &[&Resident]| {
+        let mut counts = vec![0.0; 20];
+        for r in rows {
+            counts[(r.decile as usize - 1) * 2 + usize::from(r.diabetes)] += 1.0;
         }
-    }
-    let means: Vec<f64> = sums.iter().zip(&counts).map(|(s, c)| s / c).collect();
-    let types = ["house", "bungalow", "flat", "maisonette", "other"];
-    let mut falls_by_type = vec![0.0; 5];
-    for r in falls.iter().filter(|r| r.age >= 65) {
-        let t = types
+        counts
+    };
+    let means = move |rows: &[&Resident]| {
+        let (mut sums, mut counts) = (vec![0.0; 4], vec![0.0; 4]);
+        for r in rows.iter().filter(|r| r.diabetes) {
+            if let Some(h) = r.hba1c {
+                sums[band(r.age)] += h.clamp(20.0, 150.0);
+                counts[band(r.age)] += 1.0;
+            }
+        }
+        sums.iter().zip(&counts).map(|(s, c)| s / c).collect()
+    };
+    let falls_by_type = |rows: &[&Resident]| {
+        let mut sums = vec![0.0; 5];
+        for r in rows.iter().filter(|r| r.age >= 65) {
+            let t = TYPES
+                .iter()
+                .position(|t| *t == r.property_type)
+                .unwrap_or(4);
+            sums[t] += f64::from(r.falls_admissions.min(5));
+        }
+        sums
+    };
+    let damp = |rows: &[&Resident]| {
+        let mut counts = vec![0.0; 6];
+        for r in rows {
+            let d = match r.damp_mould_reports.min(4) {
+                0 => 0,
+                1 => 1,
+                _ => 2,
+            };
+            counts[d * 2 + usize::from(r.respiratory_admissions > 0)] += 1.0;
+        }
+        counts
+    };
+    let beta = |rows: &[&Resident]| {
+        ols(&rows
             .iter()
-            .position(|t| *t == r.property_type)
-            .unwrap_or(4);
-        falls_by_type[t] += f64::from(r.falls_admissions.min(5));
-    }
-    let mut damp = vec![0.0; 6];
-    for r in falls {
-        let d = match r.damp_mould_reports.min(4) {
-            0 => 0,
-            1 => 1,
-            _ => 2,
-        };
-        damp[d * 2 + usize::from(r.respiratory_admissions > 0)] += 1.0;
-    }
-    let over65: Vec<&&Resident> = falls.iter().filter(|r| r.age >= 65).collect();
-    let beta = ols(&over65
-        .iter()
-        .map(|r| {
-            (
-                vec![
-                    1.0,
-                    f64::from(synth::decades_over_65(r.age)),
-                    f64::from(u8::from(r.lives_alone)),
-                    f64::from(r.home_adaptations.min(6)),
-                ],
-                f64::from(r.falls_admissions.min(5)),
-            )
-        })
-        .collect::<Vec<_>>());
-    let deciles: Vec<String> = (1..=10)
-        .flat_map(|d| {
-            [
-                format!("decile {d}, no diabetes"),
-                format!("decile {d}, diabetes"),
-            ]
-        })
-        .collect();
+            .filter(|r| r.age >= 65)
+            .map(|r| {
+                (
+                    vec![
+                        1.0,
+                        f64::from(synth::decades_over_65(r.age)),
+                        f64::from(u8::from(r.lives_alone)),
+                        f64::from(r.home_adaptations.min(6)),
+                    ],
+                    f64::from(r.falls_admissions.min(5)),
+                )
+            })
+            .collect::<Vec<_>>())
+    };
+    let decile = |d: u32| match d {
+        1 => "decile 1 (most deprived)".to_string(),
+        10 => "decile 10 (least deprived)".to_string(),
+        d => format!("decile {d}"),
+    };
     vec![
         Question {
             title: "Diabetes prevalence by deprivation decile",
             researcher: "dr-amara",
             request: json!({ "project": "diabetes-care", "query": { "dataset": "diabetes", "statistic": { "histogram": { "columns": ["has_diabetes"] } }, "group_by": ["deprivation_decile"] }, "privacy": { "rho": 0.05 } }),
-            labels: deciles,
-            truth: prevalence,
+            partners: &GP_FEDERATIONS,
+            statistic: "histogram",
+            value_axis: "registered adults (count)",
+            category_axis: "deprivation decile",
+            cells: (1..=10)
+                .flat_map(|d| {
+                    [
+                        Cell::new(Some("no diabetes"), decile(d)),
+                        Cell::new(Some("with diabetes"), decile(d)),
+                    ]
+                })
+                .collect(),
+            truth: Box::new(prevalence),
         },
         Question {
             title: "Mean HbA1c (mmol/mol) among people with diabetes, by age band",
             researcher: "dr-amara",
             request: json!({ "project": "diabetes-care", "query": { "dataset": "diabetes", "statistic": { "mean": { "column": "hba1c" } }, "group_by": ["age"], "filter": { "compare": { "column": "has_diabetes", "op": "eq", "value": true } } }, "privacy": { "rho": 0.08 } }),
-            labels: age_bands.iter().map(|b| format!("age {b}")).collect(),
-            truth: means,
+            partners: &GP_FEDERATIONS,
+            statistic: "mean",
+            value_axis: "mean HbA1c (mmol/mol)",
+            category_axis: "age band",
+            cells: AGE_BANDS
+                .iter()
+                .map(|b| Cell::new(None, format!("age {b}")))
+                .collect(),
+            truth: Box::new(means),
         },
         Question {
             title: "Falls admissions among over-65s, by property type",
             researcher: "dr-ben",
             request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "sum": { "column": "falls_admissions" } }, "group_by": ["property_type"], "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "epsilon": 0.3 } }),
-            labels: types.iter().map(|t| t.to_string()).collect(),
-            truth: falls_by_type,
+            partners: &FALLS_PARTNERS,
+            statistic: "sum",
+            value_axis: "falls admissions of over-65s (sum over partners' rows)",
+            category_axis: "property type",
+            cells: TYPES.iter().map(|t| Cell::new(None, *t)).collect(),
+            truth: Box::new(falls_by_type),
         },
         Question {
             title: "Damp and mould reports × respiratory admissions",
             researcher: "dr-ben",
             request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "histogram": { "columns": ["damp_mould_reports", "respiratory_admissions"] } } }, "privacy": { "epsilon": 0.3 } }),
-            labels: ["no damp", "1 damp report", "2+ damp reports"]
+            partners: &FALLS_PARTNERS,
+            statistic: "histogram",
+            value_axis: "partners' rows (count)",
+            category_axis: "damp and mould reports",
+            cells: ["no damp", "1 damp report", "2+ damp reports"]
                 .iter()
                 .flat_map(|d| {
                     [
-                        format!("{d}, no resp. admission"),
-                        format!("{d}, resp. admission"),
+                        Cell::new(Some("no resp. admission"), *d),
+                        Cell::new(Some("resp. admission"), *d),
                     ]
                 })
                 .collect(),
-            truth: damp,
+            truth: Box::new(damp),
         },
         Question {
             title: "Linear model of falls admissions (over-65s) on age (decades past 65), living alone and home adaptations",
             researcher: "dr-ben",
             request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "linear_regression": { "features": ["decades_over_65", "lives_alone", "home_adaptations"], "target": "falls_admissions" } }, "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "epsilon": 0.8 } }),
-            labels: [
+            partners: &FALLS_PARTNERS,
+            statistic: "linear_regression",
+            value_axis: "coefficient (falls admissions a year)",
+            category_axis: "term",
+            cells: [
                 "intercept",
                 "decades over 65",
                 "lives alone",
                 "home adaptations",
             ]
             .iter()
-            .map(|s| format!("β {s}"))
+            .map(|s| Cell::new(None, format!("β {s}")))
             .collect(),
-            truth: beta,
+            truth: Box::new(beta),
         },
     ]
 }
@@ -689,6 +756,7 @@ fn ols(rows: &[(Vec<f64>, f64)]) -> Vec<f64> {
 
 /// Previews, submits, gets approvals if needed, waits and prints one question; with
 /// `dropout`, that partner's agent is killed half-way through the round and restarted after.
+/// The true values are computed over the partners whose data is in the release.
 async fn ask(
     api: &Api,
     tokens: &BTreeMap<&str, String>,
@@ -696,9 +764,12 @@ async fn ask(
     dropout: Option<&'static str>,
     agents: &mut BTreeMap<&'static str, tokio::task::JoinHandle<()>>,
     work: &Path,
+    people: &[Resident],
 ) -> Result<Value, Error> {
     let board_dir = work.join("board");
     let token = &tokens[q.researcher];
+    // What the terminal says during the round, for the report too.
+    let mut events = Vec::new();
     println!("── {}", q.title);
     let preview = api
         .ok(
@@ -722,10 +793,12 @@ async fn ask(
             .unwrap_or_default()
     );
     if submitted["state"] == "awaiting_approval" {
-        println!(
-            "   above the board's threshold: waiting for {} approvals",
+        let line = format!(
+            "above the board's threshold: waiting for {} approvals",
             submitted["approvals_required"]
         );
+        println!("   {line}");
+        events.push(line);
         // Each member signs the query's fingerprint with their own key
         // (`civic-board approve`); the agents check the signatures themselves.
         let fingerprint = submitted["fingerprint"].as_str().ok_or("no fingerprint")?;
@@ -736,7 +809,9 @@ async fn ask(
             let key = board::load(&board_dir.join(format!("{member}.key")))?;
             let signature = board::approve(&key, fingerprint)?;
             api.ok(Method::POST, &format!("/v1/queries/{id}/decision"), &tokens[account], Some(json!({ "approve": true, "reason": "proportionate for the falls-prevention programme", "signature": signature }))).await?;
-            println!("   approved by the {member}, signing the query's fingerprint");
+            let line = format!("approved by the {member}, signing the query's fingerprint");
+            println!("   {line}");
+            events.push(line);
         }
     }
     if let Some(victim) = dropout {
@@ -752,9 +827,11 @@ async fn ask(
         if let Some(a) = agents.remove(victim) {
             a.abort();
         }
-        println!(
-            "   {victim}'s agent stops mid-round (killed after joining); the round goes on without it"
+        let line = format!(
+            "{victim}'s agent stops mid-round (killed after joining); the round goes on without it"
         );
+        println!("   {line}");
+        events.push(line);
     }
     let done = loop {
         let v = api
@@ -767,12 +844,32 @@ async fn ask(
     };
     if let Some(victim) = dropout {
         agents.insert(victim, spawn_agent(&work.join(victim))?);
-        println!("   {victim}'s agent restarted: its journal keeps it out of the round it left");
+        let line =
+            format!("{victim}'s agent restarted: its journal keeps it out of the round it left");
+        println!("   {line}");
+        events.push(line);
     }
     if done["state"] != "released" {
         return Err(format!("query {id} ended {}: {}", done["state"], done["reason"]).into());
     }
     let result = &done["result"];
+    let receipt = &result["receipt"];
+
+    // Whose data is in the release, and the truth over exactly those partners' rows.
+    let contributors = contributors(
+        work,
+        q.partners,
+        done["round_id"].as_i64(),
+        receipt["survivors"].as_u64(),
+        dropout,
+    )?;
+    let held: Vec<&Resident> = contributors
+        .contributed
+        .iter()
+        .flat_map(|p| people.iter().filter(move |r| synth::holds(p, r)))
+        .collect();
+    let truth = (q.truth)(&held);
+
     let cells: Vec<&Value> = match result["rows"].as_array() {
         Some(rows) if rows.len() == 1 => rows[0]
             .as_array()
@@ -782,26 +879,46 @@ async fn ask(
         None => Vec::new(),
     };
     let rows: Vec<Row> = q
-        .labels
-        .iter()
-        .zip(&q.truth)
+        .cells
+        .into_iter()
+        .zip(truth)
         .zip(cells)
-        .map(|((label, truth), c)| Row {
-            label: label.clone(),
+        .map(|((cell, truth), c)| Row {
+            cell,
             released: c["value"].as_f64(),
             interval: c["interval"]
                 .as_array()
                 .and_then(|i| Some((i.first()?.as_f64()?, i.get(1)?.as_f64()?))),
-            truth: *truth,
+            truth,
         })
         .collect();
+    // A mean's interval combines two (its sum's and its count's): the receipt says so.
+    let confidence = receipt["confidence"].as_f64().unwrap_or(0.95);
+    let interval_label = if q.statistic == "mean" {
+        format!(
+            "interval (confidence ≥ {:.0}%)",
+            (2.0 * confidence - 1.0) * 100.0
+        )
+    } else {
+        format!("{:.0}% interval", confidence * 100.0)
+    };
     println!(
-        "   released from {} partners:",
-        result["receipt"]["survivors"]
+        "   released from {} of {} partners: {}",
+        contributors.contributed.len(),
+        q.partners.len(),
+        contributors.contributed.join(", ")
+    );
+    for (partner, what) in &contributors.dropped {
+        println!("   dropped out: {partner}: {what}");
+    }
+    println!(
+        "   true values over those {} partners ({})",
+        contributors.contributed.len(),
+        contributors.source
     );
     println!(
         "   {:<38} {:>12} {:>25} {:>12}",
-        "", "released", "95% interval", "true"
+        "", "released", interval_label, "true"
     );
     for r in &rows {
         let released = r
@@ -812,14 +929,10 @@ async fn ask(
             .map_or(String::new(), |(lo, hi)| format!("[{lo:.2}, {hi:.2}]"));
         println!(
             "   {:<38} {:>12} {:>25} {:>12.2}",
-            r.label, released, interval, r.truth
+            r.cell.label, released, interval, r.truth
         );
     }
-    for c in result["receipt"]["caveats"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
+    for c in receipt["caveats"].as_array().into_iter().flatten() {
         println!("   note: {}", c.as_str().unwrap_or(""));
     }
     let dataset = done["dataset"].as_str().unwrap_or("");
@@ -837,156 +950,133 @@ async fn ask(
     );
     Ok(json!({
         "query_id": id,
+        "round_id": done["round_id"],
         "title": q.title,
         "researcher": q.researcher,
         "dataset": dataset,
         "project": done["project"],
+        "statistic": q.statistic,
+        "value_axis": q.value_axis,
+        "category_axis": q.category_axis,
+        "interval_label": interval_label,
         "cost": done["cost"],
-        "survivors": result["receipt"]["survivors"],
+        "survivors": receipt["survivors"],
+        "partners": {
+            "invited": q.partners,
+            "contributed": contributors.contributed,
+            "dropped": contributors.dropped.iter().map(|(p, what)| json!({ "partner": p, "what": what })).collect::<Vec<_>>(),
+            "source": contributors.source,
+        },
         "approvals": done["approvals"],
-        "cells": rows.iter().map(|r| json!({ "label": r.label, "released": r.released, "interval": r.interval, "truth": r.truth })).collect::<Vec<_>>(),
+        "events": events,
+        "cells": rows.iter().map(|r| json!({ "label": r.cell.label, "panel": r.cell.panel, "row": r.cell.row, "released": r.released, "interval": r.interval, "truth": r.truth })).collect::<Vec<_>>(),
         "remaining_rho": budget["remaining_rho"],
-        "receipt": result["receipt"],
+        "receipt": receipt,
     }))
 }
 
-/// A small self-contained HTML report: budget spent per project, and released against true
-/// values with their intervals (inline SVG, no scripts).
-fn html(report: &Value) -> String {
-    let mut page = String::from(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Civic: Liverpool demo</title><style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}table{border-collapse:collapse;margin:.5rem 0 1.5rem}td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}.true{fill:#c0392b}.rel{fill:#1f6fb2}</style></head><body><h1>Civic: the Liverpool demo</h1><p>Synthetic data. Each release was computed by secure aggregation over the partners' masked vectors, noised once and charged to the project's budget; true values are computed directly from the synthetic data.</p><h2>Budget spent per project</h2>",
-    );
-    let mut bars = Vec::new();
-    for b in report["budgets"].as_array().into_iter().flatten() {
-        for p in b["projects"].as_array().into_iter().flatten() {
-            bars.push((
-                format!(
-                    "{} ({})",
-                    p["project"].as_str().unwrap_or(""),
-                    b["dataset"].as_str().unwrap_or("")
-                ),
-                p["charged_rho"].as_f64().unwrap_or(0.0),
-                p["cap_rho"].as_f64().unwrap_or(1.0),
-            ));
-        }
-    }
-    let _ = write!(
-        page,
-        "<svg width=\"640\" height=\"{}\">",
-        30 * bars.len() + 10
-    );
-    for (i, (name, charged, cap)) in bars.iter().enumerate() {
-        let y = 10 + 30 * i;
-        let w = 400.0 * (charged / cap).min(1.0);
-        let _ = write!(
-            page,
-            "<text x=\"0\" y=\"{}\" font-size=\"12\">{}</text><rect x=\"230\" y=\"{y}\" width=\"400\" height=\"18\" fill=\"#eee\"/><rect x=\"230\" y=\"{y}\" width=\"{w:.1}\" height=\"18\" class=\"rel\"/><text x=\"235\" y=\"{}\" font-size=\"11\" fill=\"#fff\">ρ {charged:.3} of {cap}</text>",
-            y + 13,
-            escape(name),
-            y + 13
-        );
-    }
-    page.push_str("</svg>");
-    for q in report["questions"].as_array().into_iter().flatten() {
-        let _ = write!(
-            page,
-            "<h2>{}</h2><p>{} · query {} · cost ρ {:.4} · {} partners</p>",
-            escape(q["title"].as_str().unwrap_or("")),
-            escape(q["researcher"].as_str().unwrap_or("")),
-            q["query_id"],
-            q["cost"]["rho"].as_f64().unwrap_or(0.0),
-            q["survivors"]
-        );
-        let cells: Vec<&Value> = q["cells"]
-            .as_array()
-            .map(|c| c.iter().collect())
-            .unwrap_or_default();
-        let top = cells
-            .iter()
-            .flat_map(|c| {
-                [
-                    c["truth"].as_f64(),
-                    c["released"].as_f64(),
-                    c["interval"][1].as_f64(),
-                ]
-            })
-            .flatten()
-            .fold(0f64, |a, b| a.max(b.abs()))
-            .max(1e-9);
-        let _ = write!(
-            page,
-            "<svg width=\"640\" height=\"{}\">",
-            22 * cells.len() + 10
-        );
-        for (i, c) in cells.iter().enumerate() {
-            let y = 10 + 22 * i;
-            let x = |v: f64| 230.0 + 400.0 * (v / top).clamp(-1.0, 1.0).max(0.0);
-            let _ = write!(
-                page,
-                "<text x=\"0\" y=\"{}\" font-size=\"11\">{}</text>",
-                y + 10,
-                escape(c["label"].as_str().unwrap_or(""))
-            );
-            if let (Some(lo), Some(hi)) = (c["interval"][0].as_f64(), c["interval"][1].as_f64()) {
-                let _ = write!(
-                    page,
-                    "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#1f6fb2\"/>",
-                    x(lo),
-                    x(hi),
-                    y + 6,
-                    y + 6
-                );
-            }
-            if let Some(v) = c["released"].as_f64() {
-                let _ = write!(
-                    page,
-                    "<circle cx=\"{:.1}\" cy=\"{}\" r=\"4\" class=\"rel\"/>",
-                    x(v),
-                    y + 6
-                );
-            }
-            let _ = write!(
-                page,
-                "<rect x=\"{:.1}\" y=\"{}\" width=\"3\" height=\"12\" class=\"true\"/>",
-                x(c["truth"].as_f64().unwrap_or(0.0)) - 1.5,
-                y
-            );
-        }
-        page.push_str("</svg><table><tr><th>cell</th><th>released</th><th>95% interval</th><th>true</th></tr>");
-        for c in &cells {
-            let released = c["released"]
-                .as_f64()
-                .map_or("suppressed".into(), |v| format!("{v:.2}"));
-            let interval = match (c["interval"][0].as_f64(), c["interval"][1].as_f64()) {
-                (Some(lo), Some(hi)) => format!("[{lo:.2}, {hi:.2}]"),
-                _ => String::new(),
-            };
-            let _ = write!(
-                page,
-                "<tr><td>{}</td><td>{released}</td><td>{interval}</td><td>{:.2}</td></tr>",
-                escape(c["label"].as_str().unwrap_or("")),
-                c["truth"].as_f64().unwrap_or(0.0)
-            );
-        }
-        page.push_str("</table>");
-    }
-    let _ = write!(
-        page,
-        "<h2>Refused</h2><p>{}</p><p>Audit log: {} entries, chain verified: {}.</p></body></html>",
-        escape(
-            report["over_budget"]["refusal"]["detail"]
-                .as_str()
-                .unwrap_or("")
-        ),
-        report["audit"]["entries"],
-        report["audit"]["verified"]
-    );
-    page
+/// Whose data is in a release.
+struct Contributors {
+    contributed: Vec<&'static str>,
+    /// Invited partners whose data is not in it, with what happened to them.
+    dropped: Vec<(&'static str, String)>,
+    /// How we know.
+    source: String,
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// Which of the `invited` partners' data is in the release of round `round`. The
+/// coordinator's query view, receipt and audit log state only how many partners survived;
+/// each partner's own journal (`state/agent-state.json`) says whether it sent its masked
+/// input to the round, so those are read and checked against the receipt's count. Should
+/// they not agree (or not be readable), the partners invited less the one the demo stopped
+/// are taken if their number agrees, and the report says it was derived so.
+fn contributors(
+    work: &Path,
+    invited: &'static [&'static str],
+    round: Option<i64>,
+    survivors: Option<u64>,
+    stopped: Option<&'static str>,
+) -> Result<Contributors, Error> {
+    let survivors = survivors.ok_or("the receipt states no survivors")? as usize;
+    let journal = |p: &str| -> Option<(Option<String>, Option<String>)> {
+        let text = std::fs::read_to_string(work.join(p).join("state/agent-state.json")).ok()?;
+        let state: Value = serde_json::from_str(&text).ok()?;
+        let entry = &state["rounds"][round?.to_string()];
+        Some((
+            entry["status"].as_str().map(String::from),
+            entry["reason"].as_str().map(String::from),
+        ))
+    };
+    let what = |p: &str, status: Option<&(Option<String>, Option<String>)>| {
+        let said = match status {
+            Some((Some(s), Some(reason))) => {
+                format!(
+                    "its journal has the round {}: {reason}",
+                    s.replace('_', " ")
+                )
+            }
+            Some((Some(s), None)) => format!("its journal has the round {}", s.replace('_', " ")),
+            Some((None, _)) => "its journal does not have the round".to_string(),
+            None => "its journal could not be read".to_string(),
+        };
+        if Some(p) == stopped {
+            format!(
+                "the demo stopped its agent mid-round, after it joined and before it sent its masked input; the round went on without it and released from the others ({said})"
+            )
+        } else {
+            format!("its masked input is not in the sum ({said})")
+        }
+    };
+    let statuses: Vec<_> = invited.iter().map(|p| (*p, journal(p))).collect();
+    let sent: Vec<&'static str> = statuses
+        .iter()
+        .filter(|(_, s)| {
+            matches!(s, Some((Some(status), _)) if status == "input_sent" || status == "finished")
+        })
+        .map(|(p, _)| *p)
+        .collect();
+    let round_name = round.map_or("the round".to_string(), |r| format!("round {r}"));
+    if sent.len() == survivors {
+        return Ok(Contributors {
+            dropped: statuses
+                .iter()
+                .filter(|(p, _)| !sent.contains(p))
+                .map(|(p, s)| (*p, what(p, s.as_ref())))
+                .collect(),
+            contributed: sent,
+            source: format!(
+                "each partner's agent journal records whether it sent its masked input to {round_name}; the receipt's count of {survivors} partners agrees"
+            ),
+        });
+    }
+    let derived: Vec<&'static str> = invited
+        .iter()
+        .copied()
+        .filter(|p| Some(*p) != stopped)
+        .collect();
+    if derived.len() == survivors {
+        return Ok(Contributors {
+            dropped: statuses
+                .iter()
+                .filter(|(p, _)| Some(*p) == stopped)
+                .map(|(p, s)| (*p, what(p, s.as_ref())))
+                .collect(),
+            contributed: derived,
+            source: format!(
+                "derived: the partners invited less the one the demo stopped mid-round; the coordinator names none of them (its receipt and audit log give only the count, {survivors}, which agrees)"
+            ),
+        });
+    }
+    if invited.len() == survivors {
+        return Ok(Contributors {
+            contributed: invited.to_vec(),
+            dropped: Vec::new(),
+            source: format!("every invited partner: the receipt counts {survivors}"),
+        });
+    }
+    Err(format!(
+        "{round_name}: the receipt counts {survivors} partners, but neither the journals ({}) nor the dropout explain which",
+        sent.join(", ")
+    )
+    .into())
 }
