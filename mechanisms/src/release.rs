@@ -391,21 +391,26 @@ impl ReleasePlan {
         let disclosure = policy.disclosure();
         let mut rules = vec!["counts clamped at 0".to_string()];
         let mut caveats = Vec::new();
+        // A rounded count's interval is centred on the rounded value and widened by the
+        // most rounding moves a count (half the step), so that it still covers the truth at
+        // its rate and its midpoint does not give back the unrounded noisy count.
+        let (_, round_to) = disclosure.rule();
+        let rounding = f64::from(if round_to > 1 { round_to / 2 } else { 0 });
         let counts = |values: Vec<f64>, width: f64| -> Vec<Cell> {
             values
                 .into_iter()
-                .map(|v| {
-                    let interval = Some(((v - width).max(0.0), (v + width).max(0.0)));
-                    match disclosure.apply(v.round() as i64) {
-                        Disclosed::Value(x) => Cell {
-                            value: Some(x as f64),
-                            interval,
-                        },
-                        Disclosed::Redacted => Cell {
-                            value: None,
-                            interval: None,
-                        },
-                    }
+                .map(|v| match disclosure.apply(v.round() as i64) {
+                    Disclosed::Value(x) => Cell {
+                        value: Some(x as f64),
+                        interval: Some((
+                            (x as f64 - width - rounding).max(0.0),
+                            (x as f64 + width + rounding).max(0.0),
+                        )),
+                    },
+                    Disclosed::Redacted => Cell {
+                        value: None,
+                        interval: None,
+                    },
                 })
                 .collect()
         };

@@ -49,6 +49,13 @@ fn a_count_release_states_its_cost_first_and_applies_the_nhs_rule() {
     for (cell, truth) in cells.iter().zip(summed) {
         if let Some(v) = cell.value {
             assert_eq!(v % 5.0, 0.0, "NHS rounding to 5");
+            // The interval is centred on the rounded value (its midpoint does not give back
+            // the unrounded count) and widened by the most rounding moves a count, 2.
+            let (lo, hi) = cell.interval.unwrap();
+            if lo > 0.0 {
+                assert_eq!((lo + hi) / 2.0, v, "{cell:?}");
+                assert!((hi - lo - 2.0 * (widths[0] + 2.0)).abs() < 1e-9, "{cell:?}");
+            }
             assert!(v == 0.0 || v >= 10.0, "1-7 redacted and 8/9 round to 10");
             assert!(
                 (v - truth as f64).abs() < 80.0,
