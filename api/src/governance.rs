@@ -12,7 +12,8 @@ use crate::Role;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
-    /// A unique name: letters, digits, `.`, `-`, `_`, `@`.
+    /// A unique name: 1 to 64 letters, digits, `.`, `-`, `_`, `@`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// Admin, governance or researcher (partners are created with `POST /v1/admin/partners`).
     pub role: Role,
@@ -22,7 +23,9 @@ pub struct CreateAccount {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePartner {
-    /// The id datasets' policies use for this partner (`[dataset] partners`).
+    /// The id datasets' policies use for this partner (`[dataset] partners`): 1 to 64
+    /// letters, digits, `.`, `-`, `_`, `@`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
 }
 
@@ -91,9 +94,11 @@ pub struct DatasetView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
-    /// A short id.
+    /// A short id: 1 to 64 letters, digits, `.`, `-`, `_`, `@`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub id: String,
-    /// What the project is for, as the public register shows it.
+    /// What the project is for, as the public register shows it (not blank).
+    #[schema(pattern = r"\S")]
     pub title: String,
     /// Researcher accounts that may submit for it.
     pub members: Vec<String>,
@@ -125,7 +130,8 @@ pub struct SetAllocation {
 pub struct Decision {
     /// Approve, or reject (one rejection ends the query and refunds it).
     pub approve: bool,
-    /// Why, for the audit log.
+    /// Why, for the audit log (not blank).
+    #[schema(pattern = r"\S")]
     pub reason: String,
     /// An approval's board signature over the query's fingerprint (`civic-board approve
     /// FINGERPRINT` prints it). Required to approve once the board has published a manifest:

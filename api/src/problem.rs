@@ -76,6 +76,8 @@ problem_codes! {
     RequestContentType = "request.content_type",
     /// A path parameter is not valid.
     RequestPath = "request.path",
+    /// The endpoint exists but not with this method: the `Allow` header lists those it takes.
+    RequestMethod = "request.method",
     /// The query string is not valid.
     RequestQueryString = "request.query_string",
     /// The body could not be read.

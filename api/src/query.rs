@@ -34,17 +34,17 @@ pub fn fingerprint(
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     /// The project whose allocation pays.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub project: String,
-    /// The question.
-    #[schema(value_type = Object)]
+    /// The question (`docs/queries.md` has the whole language).
     pub query: Query,
     /// Its privacy cost or target accuracy: `{"epsilon": 0.5}` (pure ε, discrete Laplace),
     /// `{"rho": 0.05}` (zCDP, discrete Gaussian) or `{"target_half_width": {"half_width": 10,
     /// "mechanism": "laplace" | "gaussian"}}`.
-    #[schema(value_type = Object)]
     pub privacy: PrivacyRequest,
     /// Confidence level of the intervals (default 0.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub confidence: Option<f64>,
 }
 

@@ -86,7 +86,8 @@ fn secure_sum() -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeclineRound {
-    /// Why, for the audit log (at most 1000 characters).
+    /// Why, for the audit log (1 to 1000 characters, not blank).
+    #[schema(pattern = r"\S", max_length = 1000)]
     pub reason: String,
 }
 

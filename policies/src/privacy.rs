@@ -191,6 +191,7 @@ impl PrivacyStatement {
 /// How much privacy a researcher spends on one release, or how accurate it must be: the
 /// request that [`crate::Query`] travels with, priced by `civic_mechanisms::pricing`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PrivacyRequest {
     /// Pure ε-DP (discrete Laplace noise).
@@ -208,6 +209,7 @@ pub enum PrivacyRequest {
 
 /// The noise family of a target-accuracy request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MechanismChoice {
     /// Discrete Laplace, pure ε.

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{ColumnType, DatasetPolicy};
 use crate::error::PolicyError;
 
-/// The statistic asked for.
+/// The statistic asked for: `"count"`, or an object naming one statistic (`{"mean":
+/// {"column": "hba1c"}}`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Statistic {
     /// Number of residents (rows) matching.
@@ -25,6 +27,7 @@ pub enum Statistic {
     /// Counts over the cells of one or more groupable columns (a contingency table).
     Histogram {
         /// The columns, at least one.
+        #[cfg_attr(feature = "openapi", schema(min_items = 1))]
         columns: Vec<String>,
     },
     /// Quantiles of a numeric column, from a noisy histogram over its declared bins.
@@ -32,11 +35,13 @@ pub enum Statistic {
         /// The column (must declare bins).
         column: String,
         /// The probabilities, each in (0, 1).
+        #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 99))]
         probabilities: Vec<f64>,
     },
     /// Sufficient statistics XᵀX and Xᵀy of a linear model over clamped columns.
     LinearRegression {
         /// The regressors (an intercept is added).
+        #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 32))]
         features: Vec<String>,
         /// The response.
         target: String,
@@ -45,6 +50,7 @@ pub enum Statistic {
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CompareOp {
     /// =
@@ -75,8 +81,42 @@ pub enum Literal {
     Category(String),
 }
 
-/// A typed filter: comparisons of a column with a literal, combined with AND, OR and NOT.
+// By hand: a derived untagged enum is a `oneOf`, which a whole number (both an integer and a
+// number) would fail.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Literal {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        let of = |t: Type, description: &str| {
+            ObjectBuilder::new()
+                .schema_type(t)
+                .description(Some(description))
+        };
+        AnyOfBuilder::new()
+            .item(of(Type::Boolean, "true or false (boolean columns)"))
+            .item(of(
+                Type::Integer,
+                "a whole number (integer or decimal columns)",
+            ))
+            .item(of(Type::Number, "a number (decimal columns)"))
+            .item(of(
+                Type::String,
+                "a category value, from the column's domain",
+            ))
+            .description(Some(
+                "A literal in a filter; its type must match the column's.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Literal {}
+
+/// A typed filter: comparisons of a column with a literal, combined with AND, OR and NOT
+/// (at most 16 operators deep and 256 comparisons in all).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Filter {
     /// `column op value`.
@@ -89,18 +129,23 @@ pub enum Filter {
         value: Literal,
     },
     /// All of these.
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
     And(Vec<Filter>),
     /// Any of these.
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
     Or(Vec<Filter>),
     /// Not this.
+    #[cfg_attr(feature = "openapi", schema(no_recursion))]
     Not(Box<Filter>),
 }
 
 /// A query as a researcher submits it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Query {
     /// The dataset's id.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z0-9][a-z0-9-]{0,63}$"))]
     pub dataset: String,
     /// What to compute.
     pub statistic: Statistic,

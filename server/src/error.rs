@@ -102,6 +102,16 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// An endpoint asked for with a method it does not take.
+    #[error("{path} does not take {method}; it takes {}", .allowed.join(", "))]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path.
+        path: String,
+        /// The methods it takes.
+        allowed: Vec<String>,
+    },
     /// A JSON body sent with another content type.
     #[error("send the body as Content-Type: application/json")]
     UnsupportedMediaType,
@@ -201,6 +211,7 @@ impl Error {
             Error::UnsupportedMediaType => {
                 shown(StatusCode::UNSUPPORTED_MEDIA_TYPE, C::RequestContentType)
             }
+            Error::MethodNotAllowed { .. } => shown(StatusCode::METHOD_NOT_ALLOWED, C::RequestMethod),
             Error::Conflict { code, .. } => shown(StatusCode::CONFLICT, *code),
             Error::RoundNotDrivenHere(_) => {
                 shown(StatusCode::SERVICE_UNAVAILABLE, C::RoundNotDrivenHere)
@@ -364,6 +375,10 @@ impl ResponseError for Error {
         response.content_type(PROBLEM_CONTENT_TYPE);
         if let Error::TooManyAuthFailures { retry_after_secs } = self {
             response.insert_header((RETRY_AFTER, HeaderValue::from(*retry_after_secs)));
+        } else if let Error::MethodNotAllowed { allowed, .. } = self
+            && let Ok(allow) = HeaderValue::from_str(&allowed.join(", "))
+        {
+            response.insert_header((actix_web::http::header::ALLOW, allow));
         } else if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS

@@ -120,10 +120,17 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         routes::extractor_configs(cfg, json_limit);
         routes::routes(cfg);
         cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
-            Err::<HttpResponse, _>(Error::NotFound(Missing::Endpoint {
-                method: req.method().to_string(),
-                path: req.path().to_string(),
-            }))
+            let (method, path) = (req.method().to_string(), req.path().to_string());
+            let allowed = openapi::methods_of(&path);
+            Err::<HttpResponse, _>(if allowed.is_empty() {
+                Error::NotFound(Missing::Endpoint { method, path })
+            } else {
+                Error::MethodNotAllowed {
+                    method,
+                    path,
+                    allowed,
+                }
+            })
         }));
     }
 }

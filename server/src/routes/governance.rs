@@ -53,7 +53,7 @@ pub async fn rotate_token(s: web::Data<AppState>, c: Caller) -> Result<HttpRespo
 
 /// Issues account `name` a new token (shown once), retiring its old one: for a lost or
 /// leaked token. Roles: admin.
-#[utoipa::path(post, path = "/v1/admin/accounts/{name}/token", tag = "admin",
+#[utoipa::path(post, path = "/v1/admin/accounts/{name}/token", tag = "admin", params(("name" = String, Path, description = "The account's name")),
     security(("bearer" = [])), responses((status = 201, body = CreatedAccount)))]
 #[post("/v1/admin/accounts/{name}/token")]
 pub async fn reissue_token(
@@ -68,7 +68,7 @@ pub async fn reissue_token(
 
 /// Revokes account `name`'s token: it stops working at once, and no new one is shown until
 /// an administrator issues one (`POST /v1/admin/accounts/{name}/token`). Roles: admin.
-#[utoipa::path(delete, path = "/v1/admin/accounts/{name}/token", tag = "admin",
+#[utoipa::path(delete, path = "/v1/admin/accounts/{name}/token", tag = "admin", params(("name" = String, Path, description = "The account's name")),
     security(("bearer" = [])), responses((status = 204)))]
 #[delete("/v1/admin/accounts/{name}/token")]
 pub async fn revoke_token(
@@ -91,7 +91,7 @@ pub async fn list_datasets(s: web::Data<AppState>, c: Caller) -> Result<HttpResp
 }
 
 /// A dataset's latest policy. Roles: all.
-#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")), security(("bearer" = [])),
     responses((status = 200, body = DatasetView)))]
 #[get("/v1/datasets/{id}")]
 pub async fn get_dataset(
@@ -104,7 +104,7 @@ pub async fn get_dataset(
 }
 
 /// One version of a dataset's policy (agents compile plans against it). Roles: all.
-#[utoipa::path(get, path = "/v1/datasets/{id}/versions/{version}", tag = "datasets", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/datasets/{id}/versions/{version}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id"), ("version" = i64, Path, description = "The policy version (1 for the first)")), security(("bearer" = [])),
     responses((status = 200, body = DatasetView)))]
 #[get("/v1/datasets/{id}/versions/{version}")]
 pub async fn get_dataset_version(
@@ -117,7 +117,7 @@ pub async fn get_dataset_version(
 }
 
 /// Uploads a new version of a dataset's policy (TOML or JSON). Roles: governance.
-#[utoipa::path(put, path = "/v1/datasets/{id}", tag = "datasets", request_body = UploadPolicy,
+#[utoipa::path(put, path = "/v1/datasets/{id}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id")), request_body = UploadPolicy,
     security(("bearer" = [])), responses((status = 201, body = DatasetView)))]
 #[put("/v1/datasets/{id}")]
 pub async fn put_dataset(
@@ -144,7 +144,7 @@ pub async fn create_project(
 }
 
 /// Sets a project's allocation of a dataset's budget. Roles: governance.
-#[utoipa::path(put, path = "/v1/projects/{project}/allocations/{dataset}", tag = "governance",
+#[utoipa::path(put, path = "/v1/projects/{project}/allocations/{dataset}", tag = "governance", params(("project" = String, Path, description = "The project's id"), ("dataset" = String, Path, description = "The dataset's id")),
     request_body = SetAllocation, security(("bearer" = [])), responses((status = 200, body = BudgetView)))]
 #[put("/v1/projects/{project}/allocations/{dataset}")]
 pub async fn set_allocation(
@@ -159,7 +159,7 @@ pub async fn set_allocation(
 }
 
 /// A dataset's budget: total, used, charged, per project. Roles: governance.
-#[utoipa::path(get, path = "/v1/budgets/{dataset}", tag = "governance", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/budgets/{dataset}", tag = "governance", params(("dataset" = String, Path, description = "The dataset's id")), security(("bearer" = [])),
     responses((status = 200, body = BudgetView)))]
 #[get("/v1/budgets/{dataset}")]
 pub async fn get_budget(
@@ -173,13 +173,16 @@ pub async fn get_budget(
 
 /// Paging through the audit log.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// Entries after this seq (0 for the start).
+    /// Entries after this position (0 for the start).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     pub after: u64,
-    /// At most this many (default 1000, at most 10000).
+    /// At most this many (default 1000).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: u64,
 }
 
@@ -219,7 +222,7 @@ pub async fn verify_audit(s: web::Data<AppState>, c: Caller) -> Result<HttpRespo
 }
 
 /// Approves or rejects a query awaiting approval. Roles: governance.
-#[utoipa::path(post, path = "/v1/queries/{id}/decision", tag = "governance", request_body = Decision,
+#[utoipa::path(post, path = "/v1/queries/{id}/decision", tag = "governance", params(("id" = i64, Path, description = "The query's id")), request_body = Decision,
     security(("bearer" = [])), responses((status = 200, body = QueryView)))]
 #[post("/v1/queries/{id}/decision")]
 pub async fn decide(

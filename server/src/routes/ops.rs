@@ -3,19 +3,22 @@
 use actix_web::{HttpResponse, get, web};
 
 use crate::AppState;
+use crate::error::{Error, Result};
+use crate::store::StoreError;
 
 /// Liveness and store reachability.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The coordinator and its store answer"),
-              (status = 503, description = "The store does not answer")))]
+    responses((status = 200, description = "The coordinator and its store answer", body = Object)))]
 #[get("/healthz")]
-pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse> {
     if state.store.ping().await {
-        HttpResponse::Ok()
-            .json(serde_json::json!({ "status": "ok", "open_rounds": state.rounds.count() }))
+        Ok(HttpResponse::Ok()
+            .json(serde_json::json!({ "status": "ok", "open_rounds": state.rounds.count() })))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "store unavailable" }))
+        // A problem like any other 503, with Retry-After, for load balancers and people alike.
+        Err(Error::Store(StoreError::Busy(
+            "the store does not answer".into(),
+        )))
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn register_identity(
 /// Open rounds this partner is part of. Roles: partner.
 #[utoipa::path(get, path = "/v1/partner/rounds", tag = "partners", security(("bearer" = [])),
     responses((status = 200, body = PartnerRounds),
-        (status = 503, body = civic_api::Problem, description = "round.not_driven_here: a round is open but not driven by this coordinator yet; retry after Retry-After")))]
+        (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: a round is open but not driven by this coordinator yet; retry after Retry-After")))]
 #[get("/v1/partner/rounds")]
 pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
     let me = PartnerId(c.partner_id()?);
@@ -53,10 +53,10 @@ pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> Result<HttpRespon
 }
 
 /// What the last closed phase sent this partner (binary `Inbox`). Roles: partner.
-#[utoipa::path(get, path = "/v1/partner/rounds/{id}/inbox", tag = "partners", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/partner/rounds/{id}/inbox", tag = "partners", params(("id" = i64, Path, description = "The round's id")), security(("bearer" = [])),
     responses((status = 200, description = "bincode Inbox", content_type = "application/octet-stream"),
-        (status = 409, body = civic_api::Problem, description = "round.dropped, round.finished or round.aborted"),
-        (status = 503, body = civic_api::Problem, description = "round.not_driven_here: retry after Retry-After")))]
+        (status = 409, body = civic_api::Problem, content_type = "application/problem+json", description = "round.dropped, round.finished or round.aborted"),
+        (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: retry after Retry-After")))]
 #[get("/v1/partner/rounds/{id}/inbox")]
 pub async fn inbox(s: web::Data<AppState>, c: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
     let inbox = svc::inbox(&s, *id, PartnerId(c.partner_id()?)).await?;
@@ -66,12 +66,12 @@ pub async fn inbox(s: web::Data<AppState>, c: Caller, id: web::Path<i64>) -> Res
 }
 
 /// Posts one protocol message (binary `ClientMessage`). Roles: partner (as itself).
-#[utoipa::path(post, path = "/v1/partner/rounds/{id}/messages", tag = "partners", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/partner/rounds/{id}/messages", tag = "partners", params(("id" = i64, Path, description = "The round's id")), security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "bincode ClientMessage"),
     responses((status = 204, description = "Accepted (also a byte-identical retry of a message already taken)"),
-        (status = 400, body = civic_api::Problem, description = "protocol.malformed, protocol.wrong_round, or the protocol's refusal"),
-        (status = 409, body = civic_api::Problem, description = "out of phase, a different message for the same step (protocol.duplicate), round.finished or round.aborted"),
-        (status = 503, body = civic_api::Problem, description = "round.not_driven_here: retry after Retry-After")))]
+        (status = 400, body = civic_api::Problem, content_type = "application/problem+json", description = "protocol.malformed, protocol.wrong_round, or the protocol's refusal"),
+        (status = 409, body = civic_api::Problem, content_type = "application/problem+json", description = "out of phase, a different message for the same step (protocol.duplicate), round.finished or round.aborted"),
+        (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: retry after Retry-After")))]
 #[post("/v1/partner/rounds/{id}/messages")]
 pub async fn post_message(
     s: web::Data<AppState>,
@@ -92,10 +92,10 @@ pub async fn post_message(
 
 /// Declines a round under the partner's local policy, before taking part; the reason is
 /// audited. Roles: partner.
-#[utoipa::path(post, path = "/v1/partner/rounds/{id}/decline", tag = "partners", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/partner/rounds/{id}/decline", tag = "partners", params(("id" = i64, Path, description = "The round's id")), security(("bearer" = [])),
     request_body = DeclineRound, responses((status = 204, description = "Declined"),
-        (status = 409, body = civic_api::Problem, description = "round.already_joined, round.finished or round.aborted"),
-        (status = 503, body = civic_api::Problem, description = "round.not_driven_here: retry after Retry-After")))]
+        (status = 409, body = civic_api::Problem, content_type = "application/problem+json", description = "round.already_joined, round.finished or round.aborted"),
+        (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: retry after Retry-After")))]
 #[post("/v1/partner/rounds/{id}/decline")]
 pub async fn decline(
     s: web::Data<AppState>,

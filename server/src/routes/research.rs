@@ -38,7 +38,7 @@ pub async fn submit(
 
 /// A query's status and, once released, its result and privacy receipt. Roles: researcher
 /// (own project), governance.
-#[utoipa::path(get, path = "/v1/queries/{id}", tag = "queries", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/queries/{id}", tag = "queries", params(("id" = i64, Path, description = "The query's id")), security(("bearer" = [])),
     responses((status = 200, body = QueryView)))]
 #[get("/v1/queries/{id}")]
 pub async fn get_query(
@@ -51,10 +51,12 @@ pub async fn get_query(
 
 /// Paging of the register.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterQuery {
     /// At most this many, newest first (default 100).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: i64,
 }
 

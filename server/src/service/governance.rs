@@ -615,11 +615,23 @@ pub async fn audit_head(state: &AppState) -> Result<ChainHead> {
     Ok(audit::head(&mut *state.store.read().await?).await?)
 }
 
-/// A page of the audit log.
+/// The most entries one page of the audit log holds.
+pub const AUDIT_PAGE_MAX: u64 = 10_000;
+
+/// A page of the audit log: at most `limit` entries after position `after`.
 pub async fn audit_page(state: &AppState, after: u64, limit: u64) -> Result<AuditPage> {
+    if !(1..=AUDIT_PAGE_MAX).contains(&limit) || after > i64::MAX as u64 {
+        return Err(Error::invalid(
+            ProblemCode::RequestQueryString,
+            format!(
+                "limit must be 1 to {AUDIT_PAGE_MAX} (got {limit}) and after 0 to {} (got {after})",
+                i64::MAX
+            ),
+        ));
+    }
     let mut conn = state.store.read().await?;
     let head = audit::head(&mut conn).await?;
-    let records = audit::page(&mut conn, after, limit.clamp(1, 10_000)).await?;
+    let records = audit::page(&mut conn, after, limit).await?;
     Ok(AuditPage { records, head })
 }
 

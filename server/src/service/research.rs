@@ -359,9 +359,18 @@ pub async fn view(conn: &mut AnyConnection, q: QueryRow) -> Result<QueryView> {
     })
 }
 
-/// The public register: every release, newest first.
+/// The most releases one page of the register holds.
+pub const REGISTER_PAGE_MAX: i64 = 1000;
+
+/// The public register: the newest `limit` releases, newest first.
 pub async fn register(state: &AppState, limit: i64) -> Result<Vec<RegisterEntry>> {
-    let rows = queries::register(&mut *state.store.read().await?, limit.clamp(1, 1000)).await?;
+    if !(1..=REGISTER_PAGE_MAX).contains(&limit) {
+        return Err(Error::invalid(
+            ProblemCode::RequestQueryString,
+            format!("limit must be 1 to {REGISTER_PAGE_MAX}, got {limit}"),
+        ));
+    }
+    let rows = queries::register(&mut *state.store.read().await?, limit).await?;
     Ok(rows
         .into_iter()
         .map(|(q, release, title)| RegisterEntry {
