@@ -70,6 +70,24 @@ pub struct RemainingView {
     pub per_query_rho: f64,
 }
 
+/// How accurate one row of a release will be, known before any data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatisticAccuracy {
+    /// The row, as the release will name it: "count", "mean(hba1c)", "q0.5(hba1c)".
+    pub name: String,
+    /// Each cell's interval half-width in the statistic's units, where it does not depend on
+    /// the data (counts, including disclosure rounding; sums).
+    pub half_width: Option<f64>,
+    /// For a mean: `[rows, half-width]` for cells of 100 to 100 000 rows, at the widest mean
+    /// the column's bounds allow.
+    pub half_width_at_rows: Vec<(u64, f64)>,
+    /// The confidence of these intervals.
+    pub confidence: f64,
+    /// What else shapes the accuracy (rounding; no interval stated for quantiles and
+    /// regression coefficients).
+    pub note: Option<String>,
+}
+
 /// `POST /v1/queries/preview`: what a submission would cost and how accurate it would be.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Preview {
@@ -87,6 +105,9 @@ pub struct Preview {
     pub confidence: f64,
     /// The confidence-interval half-width of each block's cells, in its own units.
     pub half_widths: Vec<f64>,
+    /// The accuracy of what the release will state, row by row as it will name them (a
+    /// mean's, not its sum's and count's).
+    pub accuracy: Vec<StatisticAccuracy>,
     /// The budget left.
     pub remaining: RemainingView,
     /// Whether the cost fits every cap now.

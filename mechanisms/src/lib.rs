@@ -28,4 +28,4 @@ pub use error::MechanismError;
 pub use noise::{NoiseKind, NoiseSpec};
 pub use plan::{AggregationPlan, Block, BlockKind};
 pub use pricing::{Cost, Priced, PricingContext, PricingError, price};
-pub use release::{PrivacyChoice, Release, ReleasePlan};
+pub use release::{PrivacyChoice, Release, ReleasePlan, RowAccuracy};

@@ -21,7 +21,7 @@ use crate::accounting::epsilon_at_delta;
 use crate::error::MechanismError;
 use crate::noise::NoiseKind;
 use crate::plan::{AggregationPlan, BlockKind};
-use crate::release::{PrivacyChoice, Release, ReleasePlan};
+use crate::release::{PrivacyChoice, Release, ReleasePlan, RowAccuracy};
 
 /// The interval confidence when a request names none.
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
@@ -63,6 +63,8 @@ pub struct Priced {
     pub half_widths: Vec<f64>,
     /// What each block is: `count`, `sum(column)`, `left·right`.
     pub blocks: Vec<String>,
+    /// The accuracy of each row the release will state.
+    pub accuracy: Vec<RowAccuracy>,
     /// The interval confidence.
     pub confidence: f64,
     /// The settings it was priced under.
@@ -208,6 +210,7 @@ pub fn price(
         ),
     };
     let half_widths = release_plan.half_widths(&plan)?;
+    let accuracy = release_plan.accuracy(&plan, policy)?;
     let blocks = plan
         .blocks
         .iter()
@@ -223,6 +226,7 @@ pub fn price(
         cost,
         half_widths,
         blocks,
+        accuracy,
         confidence,
         context,
     })

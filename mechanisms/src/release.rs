@@ -101,6 +101,49 @@ pub struct Receipt {
     pub caveats: Vec<String>,
 }
 
+/// What each output row of `statistic` is called: "count", "sum(c)", "mean(c)", "q0.5(c)",
+/// "beta(intercept) for y", "beta(x)".
+pub fn row_names(statistic: &Statistic) -> Vec<String> {
+    match statistic {
+        Statistic::Count | Statistic::Histogram { .. } => vec!["count".into()],
+        Statistic::Sum { column } => vec![format!("sum({column})")],
+        Statistic::Mean { column } => vec![format!("mean({column})")],
+        Statistic::Quantiles {
+            column,
+            probabilities,
+        } => probabilities
+            .iter()
+            .map(|p| format!("q{p}({column})"))
+            .collect(),
+        Statistic::LinearRegression { features, target } => {
+            std::iter::once(format!("beta(intercept) for {target}"))
+                .chain(features.iter().map(|f| format!("beta({f})")))
+                .collect()
+        }
+    }
+}
+
+/// How accurate one row of a release will be, as far as is known before any data: what a
+/// preview shows a researcher about the statistic asked for (not its internal blocks).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowAccuracy {
+    /// The row, as the release will name it.
+    pub name: String,
+    /// The half-width of each cell's interval, in the statistic's units, where it does not
+    /// depend on the data (counts, sums).
+    pub half_width: Option<f64>,
+    /// For a mean, whose half-width depends on its cell's rows: (rows, half-width) for cells
+    /// of 100 to 100 000 rows, at the widest mean the column's bounds allow.
+    pub half_width_at_rows: Vec<(u64, f64)>,
+    /// The confidence of these intervals.
+    pub confidence: f64,
+    /// What else shapes the accuracy (rounding, no stated interval).
+    pub note: Option<String>,
+}
+
+/// The cell sizes a mean's half-width is shown at.
+const MEAN_ROWS: [u64; 4] = [100, 1_000, 10_000, 100_000];
+
 fn split(choice: PrivacyChoice, parts: usize) -> PrivacyChoice {
     match choice {
         PrivacyChoice::Epsilon(e) => PrivacyChoice::Epsilon(e / parts as f64),
@@ -347,6 +390,88 @@ impl ReleasePlan {
         Ok(out)
     }
 
+    /// The accuracy of each row the release will state, before any data (see
+    /// [`RowAccuracy`]). A count's half-width includes the most disclosure rounding moves it;
+    /// a mean's follows the release's interval for a cell of n rows, (a_sum + M·a_count) /
+    /// (n − a_count) with M the largest |value| the bounds allow.
+    pub fn accuracy(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+    ) -> Result<Vec<RowAccuracy>, MechanismError> {
+        let widths = self.half_widths(plan)?;
+        let confidence = 1.0 - self.alpha;
+        let row = |name: String, half_width: Option<f64>, note: Option<String>| RowAccuracy {
+            name,
+            half_width,
+            half_width_at_rows: Vec::new(),
+            confidence,
+            note,
+        };
+        let names = row_names(&plan.statistic);
+        Ok(match &plan.statistic {
+            Statistic::Count | Statistic::Histogram { .. } => {
+                let (suppress, round_to) = policy.disclosure().rule();
+                let rounding = f64::from(if round_to > 1 { round_to / 2 } else { 0 });
+                let note = (round_to > 1 || suppress > 0).then(|| {
+                    format!(
+                        "counts 1-{suppress} are suppressed and the others rounded to the \
+                         nearest {round_to}; the half-width includes the rounding"
+                    )
+                });
+                vec![row(names[0].clone(), Some(widths[0] + rounding), note)]
+            }
+            Statistic::Sum { .. } => vec![row(names[0].clone(), Some(widths[0]), None)],
+            Statistic::Mean { column } => {
+                let (lo, hi) = numeric_bounds(policy, column)?;
+                let widest = lo.abs().max(hi.abs());
+                let (a_sum, a_count) = (widths[0], widths[1]);
+                let half_width_at_rows = MEAN_ROWS
+                    .into_iter()
+                    .filter(|&n| n as f64 > a_count)
+                    .map(|n| {
+                        (
+                            n,
+                            ((a_sum + widest * a_count) / (n as f64 - a_count)).min(hi - lo),
+                        )
+                    })
+                    .collect();
+                vec![RowAccuracy {
+                    name: names[0].clone(),
+                    half_width: None,
+                    half_width_at_rows,
+                    // To 12 decimals, so that 95% twice reads 0.9, not 0.8999999999999999.
+                    confidence: ((1.0 - 2.0 * self.alpha) * 1e12).round() / 1e12,
+                    note: Some(format!(
+                        "a mean's interval combines its sum's (± {a_sum:.4} in the column's \
+                         units) and its count's (± {a_count:.4} rows), so it narrows as its cell \
+                         holds more rows; confidence at least {:.0}%",
+                        (1.0 - 2.0 * self.alpha) * 100.0
+                    )),
+                }]
+            }
+            Statistic::Quantiles { .. } => names
+                .into_iter()
+                .map(|name| {
+                    let note = format!(
+                        "no interval is stated: quantiles are read from a noisy histogram whose \
+                         bins are each within ± {:.4} counts",
+                        widths[0]
+                    );
+                    row(name, None, Some(note))
+                })
+                .collect(),
+            Statistic::LinearRegression { .. } => names
+                .into_iter()
+                .map(|name| {
+                    let note = "no interval is stated: coefficients are solved from noisy \
+                                sufficient statistics (the blocks' half-widths say how noisy)";
+                    row(name, None, Some(note.to_string()))
+                })
+                .collect(),
+        })
+    }
+
     /// Samples the noise (once), post-processes and assembles the statistic. Refuses, without
     /// sampling, if the plan's cost exceeds `budget` (the reservation being charged). The
     /// receipt states the cost as (ε, δ) at `reporting_delta`.
@@ -417,7 +542,7 @@ impl ReleasePlan {
         let (names, rows) = match statistic {
             Statistic::Count | Statistic::Histogram { .. } => {
                 rules.push(disclosure.describe());
-                (vec!["count".to_string()], vec![counts(block(0), widths[0])])
+                (row_names(statistic), vec![counts(block(0), widths[0])])
             }
             Statistic::Sum { column } => {
                 // A sum of values clamped to [lo, hi] has the sign of the bounds when they
@@ -436,7 +561,7 @@ impl ReleasePlan {
                         )),
                     })
                     .collect();
-                (vec![format!("sum({column})")], vec![cells])
+                (row_names(statistic), vec![cells])
             }
             Statistic::Mean { column } => {
                 let (lo, hi) = numeric_bounds(policy, column)?;
@@ -454,7 +579,7 @@ impl ReleasePlan {
                     .zip(block(1))
                     .map(|(s, c)| mean_cell(s, c, widths[0], widths[1], lo, hi))
                     .collect();
-                (vec![format!("mean({column})")], vec![cells])
+                (row_names(statistic), vec![cells])
             }
             Statistic::Quantiles {
                 column,
@@ -475,15 +600,9 @@ impl ReleasePlan {
                             .collect()
                     })
                     .collect();
-                (
-                    probabilities
-                        .iter()
-                        .map(|p| format!("q{p}({column})"))
-                        .collect(),
-                    rows,
-                )
+                (row_names(statistic), rows)
             }
-            Statistic::LinearRegression { features, target } => {
+            Statistic::LinearRegression { features, .. } => {
                 let (beta, ridge) = solve_regression(
                     features.len() + 1,
                     &(0..plan.blocks.len())
@@ -496,8 +615,6 @@ impl ReleasePlan {
                     ));
                 }
                 caveats.push("regression coefficients are post-processed from noisy sufficient statistics; no intervals are stated".into());
-                let mut names = vec![format!("beta(intercept) for {target}")];
-                names.extend(features.iter().map(|f| format!("beta({f})")));
                 let rows = beta
                     .into_iter()
                     .map(|b| {
@@ -507,7 +624,7 @@ impl ReleasePlan {
                         }]
                     })
                     .collect();
-                (names, rows)
+                (row_names(statistic), rows)
             }
         };
         let epsilon = self.groups.iter().map(|g| g.epsilon).sum::<Option<f64>>();

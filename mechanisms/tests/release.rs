@@ -352,3 +352,62 @@ fn a_request_is_charged_exactly_what_it_asks_and_never_less_than_it_spends() {
         }
     }
 }
+
+#[test]
+fn a_preview_states_the_accuracy_of_the_rows_the_release_will_name() {
+    let falls = samples::falls_housing();
+    let plan = compile(
+        &falls,
+        r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
+    );
+    let p = ReleasePlan::new(&plan, PrivacyChoice::Epsilon(0.5), 0.05).unwrap();
+    let accuracy = p.accuracy(&plan, &falls).unwrap();
+    let widths = p.half_widths(&plan).unwrap();
+    // The NHS rule rounds to 5: the half-width takes in the 2 rounding may move a count.
+    assert_eq!(accuracy[0].name, "count");
+    assert_eq!(accuracy[0].half_width, Some(widths[0] + 2.0));
+    assert!(
+        accuracy[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("rounded to the nearest 5")
+    );
+
+    // A mean: its own half-width, by the rows of its cell, never its blocks'.
+    let diabetes = samples::diabetes();
+    let plan = compile(
+        &diabetes,
+        r#"{"dataset":"diabetes","statistic":{"mean":{"column":"hba1c"}}}"#,
+    );
+    let p = ReleasePlan::new(&plan, PrivacyChoice::Rho(0.05), 0.05).unwrap();
+    let accuracy = p.accuracy(&plan, &diabetes).unwrap();
+    let widths = p.half_widths(&plan).unwrap();
+    assert_eq!(accuracy.len(), 1);
+    let mean = &accuracy[0];
+    assert_eq!((mean.name.as_str(), mean.half_width), ("mean(hba1c)", None));
+    assert_eq!(mean.confidence, 0.9);
+    let rows: Vec<u64> = mean.half_width_at_rows.iter().map(|r| r.0).collect();
+    assert_eq!(rows, [100, 1000, 10_000, 100_000]);
+    // (a_sum + 150·a_count) / (n − a_count), HbA1c in [20, 150], capped at the range.
+    for &(n, hw) in &mean.half_width_at_rows {
+        let expected = ((widths[0] + 150.0 * widths[1]) / (n as f64 - widths[1])).min(130.0);
+        assert!((hw - expected).abs() < 1e-9, "{n}: {hw} vs {expected}");
+    }
+    assert!(mean.half_width_at_rows.windows(2).all(|w| w[1].1 < w[0].1));
+
+    // Quantiles and regression coefficients: named, with no interval and a note saying so.
+    let plan = compile(
+        &diabetes,
+        r#"{"dataset":"diabetes","statistic":{"quantiles":{"column":"age","probabilities":[0.25,0.5]}}}"#,
+    );
+    let p = ReleasePlan::new(&plan, PrivacyChoice::Rho(0.05), 0.05).unwrap();
+    let accuracy = p.accuracy(&plan, &diabetes).unwrap();
+    let names: Vec<&str> = accuracy.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["q0.25(age)", "q0.5(age)"]);
+    assert!(
+        accuracy
+            .iter()
+            .all(|a| a.half_width.is_none() && a.note.is_some())
+    );
+}

@@ -47,6 +47,12 @@ def test_preview_prices_without_spending(client):
     assert first.blocks and len(first.half_widths) == len(first.blocks)
     assert all(w > 0 for w in first.half_widths)
     assert first.confidence == pytest.approx(0.95)
+    # The mean's own accuracy, by the rows of its cell (not its sum's and count's).
+    [mean] = first.accuracy
+    assert mean["name"] == "mean(hba1c)" and mean["half_width"] is None
+    assert mean["confidence"] == pytest.approx(0.9)
+    widths = [hw for _, hw in mean["half_width_at_rows"]]
+    assert widths == sorted(widths, reverse=True) and len(widths) >= 3
     second = client.preview(MEAN_BY_AGE, {"rho": 0.05}, confidence=0.99)
     assert second.confidence == pytest.approx(0.99)
     # A higher confidence gives wider intervals; neither preview spent anything.

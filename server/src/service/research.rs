@@ -3,6 +3,7 @@
 use actix_web::web;
 use civic_api::query::{
     CostView, Preview, QueryRequest, QueryState, QueryView, RegisterEntry, RemainingView,
+    StatisticAccuracy,
 };
 use civic_api::{ProblemCode, Role};
 use civic_mechanisms::{Priced, PricingContext};
@@ -151,6 +152,17 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
         reuses_release,
         blocks: priced.blocks,
         half_widths: priced.half_widths,
+        accuracy: priced
+            .accuracy
+            .into_iter()
+            .map(|a| StatisticAccuracy {
+                name: a.name,
+                half_width: a.half_width,
+                half_width_at_rows: a.half_width_at_rows,
+                confidence: a.confidence,
+                note: a.note,
+            })
+            .collect(),
     })
 }
 

@@ -33,8 +33,10 @@ class Preview:
     """What a submission would cost and how accurate it would be (nothing is spent).
 
     ``cost`` is a dict (``rho``, ``epsilon``, ``approx_dp``), ``remaining`` a dict
-    (``dataset_rho``, ``project_rho``, ``per_query_rho``); ``half_widths[i]`` is the
-    confidence-interval half-width of every cell of ``blocks[i]`` (``"count"``,
+    (``dataset_rho``, ``project_rho``, ``per_query_rho``). ``accuracy`` has one dict per
+    row the release will name (``name``, ``half_width``, ``half_width_at_rows`` for a mean,
+    ``confidence``, ``note``): the accuracy of the statistic asked for. ``half_widths[i]`` is
+    the confidence-interval half-width of every cell of ``blocks[i]`` (``"count"``,
     ``"sum(hba1c)"``, ...), at ``confidence``.
     """
 
@@ -45,6 +47,7 @@ class Preview:
     cost: dict[str, Any]
     confidence: float | None
     half_widths: list[float]
+    accuracy: list[dict[str, Any]]
     remaining: dict[str, Any]
     affordable: bool
     refusal: str | None
@@ -62,6 +65,7 @@ class Preview:
             cost=dict(d.get("cost") or {}),
             confidence=d.get("confidence"),
             half_widths=list(d.get("half_widths") or []),
+            accuracy=list(d.get("accuracy") or []),
             remaining=dict(d.get("remaining") or {}),
             affordable=bool(d.get("affordable")),
             refusal=d.get("refusal"),
