@@ -93,6 +93,8 @@ pub fn check_round(
     let context = PricingContext {
         max_rows_per_partner: ann.max_rows_per_partner,
         reporting_delta: ann.reporting_delta.unwrap_or(DEFAULT_REPORTING_DELTA),
+        // From the manifest this agent verified, never from the announcement.
+        board_floor: Rho::cap(floor.min_rho_per_query).unwrap_or(Rho::ZERO),
     };
     let priced = price(policy, &ann.query, ann.privacy, ann.confidence, context).map_err(|e| {
         let code = match e {

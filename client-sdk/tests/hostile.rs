@@ -418,6 +418,7 @@ fn announcement(id: i64, privacy: PrivacyRequest, n: u32) -> RoundAnnouncement {
     let context = PricingContext {
         max_rows_per_partner: 1000,
         reporting_delta: 1e-6,
+        board_floor: civic_policies::Rho::ZERO,
     };
     let priced = civic_mechanisms::price(&policy, &query, privacy, None, context).unwrap();
     let plan = &priced.plan;

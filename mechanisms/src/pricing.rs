@@ -37,6 +37,12 @@ pub struct PricingContext {
     pub max_rows_per_partner: u64,
     /// The δ at which ρ costs are also stated as (ε, δ).
     pub reporting_delta: f64,
+    /// The board's least cost per query (its manifest's `min_rho_per_query`; zero before it
+    /// has published one). With the policy's floor it is the least a query may cost, and
+    /// where a target accuracy's search stops. Agents take it from the manifest they
+    /// verified, never from the coordinator.
+    #[serde(default)]
+    pub board_floor: Rho,
 }
 
 /// A cost in every form a board reads.
@@ -86,13 +92,15 @@ pub enum PricingError {
     /// The confidence level is not a probability.
     #[error("confidence must be strictly between 0 and 1 (0.95 for 95%), got {0}")]
     Confidence(f64),
-    /// ε, ρ or the target half-width is not a positive, finite number.
-    #[error("{name} must be a positive, finite number, got {value}")]
+    /// ε, ρ or the target half-width is outside what can be priced.
+    #[error("{name} must be a number {range}, got {value}")]
     Privacy {
         /// Which number.
         name: &'static str,
         /// Its value.
         value: f64,
+        /// What it may be.
+        range: String,
     },
     /// The query does not fit the policy.
     #[error(transparent)]
@@ -100,11 +108,12 @@ pub enum PricingError {
     /// The noise cannot be calibrated as asked.
     #[error(transparent)]
     Mechanism(#[from] MechanismError),
-    /// The request costs less than the policy's per-query floor.
+    /// The request costs less than the least a query may cost: the policy's per-query floor
+    /// or the board's, whichever is higher.
     #[error(
-        "the request costs ρ = {} (ε = {epsilon}), below dataset {dataset}'s floor of ρ = {} per query; ask for more privacy budget (or a narrower target half-width)",
+        "the request costs ρ = {}{epsilon}, below the least a query on dataset {dataset} may cost, ρ = {} (the higher of the policy's floor and the board's); ask for more privacy budget (or a narrower target half-width)",
         cost.as_f64(), floor.as_f64(),
-        epsilon = epsilon.map_or_else(|| "n/a".to_string(), |e| e.to_string())
+        epsilon = epsilon.map_or_else(String::new, |e| format!(" (ε = {e})"))
     )]
     BelowFloor {
         /// The dataset.
@@ -113,7 +122,7 @@ pub enum PricingError {
         cost: Rho,
         /// Its ε, for a pure-DP request.
         epsilon: Option<f64>,
-        /// The policy's floor.
+        /// The higher of the policy's floor and the board's.
         floor: Rho,
     },
 }
@@ -132,12 +141,28 @@ impl PricingError {
     }
 }
 
-fn positive(name: &'static str, value: f64) -> Result<f64, PricingError> {
-    if value.is_finite() && value > 0.0 {
+/// `value` if it lies in [`low`, `high`] (above 0 when `low` is 0), or the error naming it.
+fn within(name: &'static str, value: f64, low: f64, high: f64) -> Result<f64, PricingError> {
+    let above_low = if low == 0.0 {
+        value > 0.0
+    } else {
+        value >= low
+    };
+    if value.is_finite() && above_low && value <= high {
         Ok(value)
     } else {
-        Err(PricingError::Privacy { name, value })
+        let range = match (low == 0.0, high.is_finite()) {
+            (true, true) => format!("above 0 and at most {high}"),
+            (true, false) => "above 0".to_string(),
+            (false, _) => format!("from {low} to {high}"),
+        };
+        Err(PricingError::Privacy { name, value, range })
     }
+}
+
+/// The ε range a ledger can charge: ρ = ε²/2 within (0, MAX_RHO], ε at least 10⁻⁶.
+fn epsilon_range() -> (f64, f64) {
+    (1e-6, (2.0 * civic_policies::privacy::MAX_RHO).sqrt())
 }
 
 /// Compiles and calibrates `query` with `privacy` under `policy`. Pure and deterministic:
@@ -160,16 +185,18 @@ pub fn price(
         return Err(PricingError::Confidence(confidence));
     }
     let alpha = 1.0 - confidence;
+    let floor = policy.min_per_query.max(context.board_floor);
     let validated = query.clone().validate(policy)?;
     let plan = AggregationPlan::compile(&validated, policy, context.max_rows_per_partner)?;
     let release_plan = match privacy {
         PrivacyRequest::Epsilon(e) => ReleasePlan::new(
             &plan,
-            PrivacyChoice::Epsilon(positive("epsilon", e)?),
+            PrivacyChoice::Epsilon(within("epsilon", e, epsilon_range().0, epsilon_range().1)?),
             alpha,
         )?,
         PrivacyRequest::Rho(r) => {
-            ReleasePlan::new(&plan, PrivacyChoice::Rho(positive("rho", r)?), alpha)?
+            let r = within("rho", r, 0.0, civic_policies::privacy::MAX_RHO)?;
+            ReleasePlan::new(&plan, PrivacyChoice::Rho(r), alpha)?
         }
         PrivacyRequest::TargetHalfWidth {
             half_width,
@@ -179,10 +206,10 @@ pub fn price(
                 MechanismChoice::Laplace => NoiseKind::DiscreteLaplace,
                 MechanismChoice::Gaussian => NoiseKind::DiscreteGaussian,
             };
-            let target = positive("half_width", half_width)?;
+            let target = within("half_width", half_width, 0.0, f64::INFINITY)?;
             // A target the floor's calibration already meets is priced at the floor: the
             // cheapest cost the policy allows, with intervals narrower than asked.
-            match at_floor(&plan, kind, policy.min_per_query, alpha) {
+            match at_floor(&plan, kind, floor, alpha) {
                 Some(floor) if widest(&floor, &plan)? <= target => floor,
                 _ => ReleasePlan::for_target_half_width(&plan, kind, target, alpha)?,
             }
@@ -193,12 +220,12 @@ pub fn price(
         .iter()
         .map(|g| g.epsilon)
         .sum::<Option<f64>>();
-    if release_plan.cost < policy.min_per_query {
+    if release_plan.cost < floor {
         return Err(PricingError::BelowFloor {
             dataset: policy.id().to_string(),
             cost: release_plan.cost,
             epsilon,
-            floor: policy.min_per_query,
+            floor,
         });
     }
     let cost = Cost {
@@ -288,6 +315,7 @@ mod tests {
         PricingContext {
             max_rows_per_partner: 10_000,
             reporting_delta: 1e-6,
+            board_floor: Rho::ZERO,
         }
     }
 

@@ -22,6 +22,7 @@ fn concurrent_pricing_leaves_the_panic_hook_in_place() {
     let context = PricingContext {
         max_rows_per_partner: 10_000,
         reporting_delta: 1e-6,
+        board_floor: civic_policies::Rho::ZERO,
     };
     std::thread::scope(|scope| {
         for t in 0..8 {

@@ -39,7 +39,7 @@ pub enum PolicyError {
     Query {
         /// The dataset asked.
         dataset: String,
-        /// Where in the query, e.g. `statistic.column` or `filter.and[1].value`.
+        /// Where in the query, e.g. `statistic.column` or `filter.and[1].compare.value`.
         field: String,
         /// What is wrong and what was expected.
         reason: String,

@@ -165,6 +165,47 @@ pub struct PrivacyStatement {
     pub rho: Option<f64>,
 }
 
+// By hand: the three forms a board writes, each closed, where a derived schema would allow
+// any combination of the three optional fields.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for PrivacyStatement {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let number = |description: &str, below_one: bool| {
+            let n = ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0.0))
+                .description(Some(description));
+            if below_one {
+                n.exclusive_maximum(Some(1.0))
+            } else {
+                n
+            }
+        };
+        let form = |fields: &[(&str, &str, bool)], description: &str| {
+            let mut o = ObjectBuilder::new()
+                .description(Some(description))
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+            for (name, what, below_one) in fields {
+                o = o.property(*name, number(what, *below_one)).required(*name);
+            }
+            o
+        };
+        OneOfBuilder::new()
+            .item(form(&[("rho", "ρ (zCDP)", false)], "ρ-zCDP"))
+            .item(form(&[("epsilon", "ε", false)], "pure ε-DP"))
+            .item(form(
+                &[("epsilon", "ε", false), ("delta", "δ", true)],
+                "(ε, δ)-DP, held as the largest ρ within it",
+            ))
+            .description(Some("A privacy amount as a board writes it."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for PrivacyStatement {}
+
 impl PrivacyStatement {
     /// The cap this statement sets, in ρ.
     pub fn as_cap(&self) -> Result<Rho, PolicyError> {
@@ -190,7 +231,7 @@ impl PrivacyStatement {
 
 /// How much privacy a researcher spends on one release, or how accurate it must be: the
 /// request that [`crate::Query`] travels with, priced by `civic_mechanisms::pricing`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum PrivacyRequest {
@@ -205,6 +246,47 @@ pub enum PrivacyRequest {
         /// Which noise: Laplace (pure ε) or Gaussian (ρ).
         mechanism: MechanismChoice,
     },
+}
+
+/// A privacy request as JSON, read field by field so that a request in the wrong form (two
+/// amounts, or an (ε, δ) pair, which is a form for caps) is told which forms there are.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestFields {
+    epsilon: Option<f64>,
+    rho: Option<f64>,
+    delta: Option<f64>,
+    target_half_width: Option<TargetFields>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    half_width: f64,
+    mechanism: MechanismChoice,
+}
+
+impl<'de> Deserialize<'de> for PrivacyRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FORMS: &str = "a query's privacy is one of {\"rho\": …} (zCDP, discrete \
+            Gaussian noise), {\"epsilon\": …} (pure ε, discrete Laplace noise) or \
+            {\"target_half_width\": {\"half_width\": …, \"mechanism\": \"laplace\" | \
+            \"gaussian\"}}";
+        let f = RequestFields::deserialize(deserializer)?;
+        match (f.epsilon, f.rho, f.delta, f.target_half_width) {
+            (Some(e), None, None, None) => Ok(PrivacyRequest::Epsilon(e)),
+            (None, Some(r), None, None) => Ok(PrivacyRequest::Rho(r)),
+            (None, None, None, Some(t)) => Ok(PrivacyRequest::TargetHalfWidth {
+                half_width: t.half_width,
+                mechanism: t.mechanism,
+            }),
+            (_, _, Some(_), _) => Err(serde::de::Error::custom(format!(
+                "{FORMS}; (ε, δ) is a form for budget caps, not for a query: ask for ρ \
+                 instead (a ρ-zCDP release is (ρ + 2√(ρ ln(1/δ)), δ)-DP)"
+            ))),
+            _ => Err(serde::de::Error::custom(format!("{FORMS}, exactly one"))),
+        }
+    }
 }
 
 /// The noise family of a target-accuracy request.

@@ -68,7 +68,7 @@ pub enum CompareOp {
 }
 
 /// A literal in a filter; its type must match the column's.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Literal {
     /// true or false (boolean columns).
@@ -79,6 +79,50 @@ pub enum Literal {
     Decimal(f64),
     /// A category value, from the column's domain.
     Category(String),
+}
+
+impl std::fmt::Display for Literal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Literal::Boolean(b) => write!(f, "{b}"),
+            Literal::Integer(i) => write!(f, "{i}"),
+            // 65.0 stays 65.0: a decimal literal where a whole number is wanted says so.
+            Literal::Decimal(d) if d.fract() == 0.0 && d.abs() < 1e16 => write!(f, "{d:.1}"),
+            Literal::Decimal(d) => write!(f, "{d}"),
+            Literal::Category(c) => write!(f, "{c:?}"),
+        }
+    }
+}
+
+// By hand rather than `untagged`, so that a null, a list or an out-of-range number is named
+// (serde's untagged enums only say that nothing matched).
+impl<'de> Deserialize<'de> for Literal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Literal;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a filter value: true or false, a number, or a category in quotes")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Literal, E> {
+                Ok(Literal::Boolean(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Literal, E> {
+                Ok(Literal::Integer(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Literal, E> {
+                // Beyond i64 a whole number can only be a decimal column's.
+                Ok(i64::try_from(v).map_or(Literal::Decimal(v as f64), Literal::Integer))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Literal, E> {
+                Ok(Literal::Decimal(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Literal, E> {
+                Ok(Literal::Category(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 // By hand: a derived untagged enum is a `oneOf`, which a whole number (both an integer and a
@@ -335,6 +379,34 @@ impl Query {
         for (i, g) in self.group_by.iter().enumerate() {
             add_cells(&format!("group_by[{i}]"), g)?;
         }
+        // A column indexing the cells twice would release impossible combinations (male ×
+        // female) as noisy zeros.
+        let histogram: &[String] = match &self.statistic {
+            Statistic::Histogram { columns } => columns,
+            _ => &[],
+        };
+        let keys: Vec<(String, &String)> = histogram
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("statistic.columns[{i}]"), c))
+            .chain(
+                self.group_by
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (format!("group_by[{i}]"), g)),
+            )
+            .collect();
+        for (i, (field, column)) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|(_, c)| c == column) {
+                return Err(err(
+                    field,
+                    format!(
+                        "column \"{column}\" is named twice among the histogram's columns and \
+                         group_by: each column may index the cells once"
+                    ),
+                ));
+            }
+        }
         if let Some(filter) = &self.filter {
             let mut terms = 0;
             check_filter(filter, policy, "filter", 0, &mut terms)
@@ -379,7 +451,7 @@ fn check_filter(
         }
         Filter::Not(inner) => check_filter(inner, policy, &format!("{path}.not"), depth + 1, terms),
         Filter::Compare { column, op, value } => {
-            let here = |field: &str| format!("{path}.{field}");
+            let here = |field: &str| format!("{path}.compare.{field}");
             let Some(col) = policy.column(column) else {
                 return Err((here("column"), format!("no column \"{column}\"")));
             };
@@ -427,7 +499,7 @@ fn check_filter(
                 };
                 return Err((
                     here("value"),
-                    format!("column \"{column}\" takes {expected}, got {value:?}"),
+                    format!("column \"{column}\" takes {expected}, got {value}"),
                 ));
             }
             Ok(())

@@ -83,7 +83,7 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
         (
             &falls,
             r#"{"dataset":"falls-housing","statistic":"count","filter":{"compare":{"column":"age","op":"gt","value":"old"}}}"#,
-            "filter.value: column \"age\" takes a whole number",
+            "filter.compare.value: column \"age\" takes a whole number, got \"old\"",
         ),
         (
             &falls,
@@ -93,7 +93,7 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
         (
             &falls,
             r#"{"dataset":"falls-housing","statistic":"count","filter":{"compare":{"column":"tenure","op":"lt","value":"owner"}}}"#,
-            "filter.op: category column \"tenure\" only takes eq and ne",
+            "filter.compare.op: category column \"tenure\" only takes eq and ne",
         ),
         (
             &falls,
@@ -103,7 +103,7 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
         (
             &falls,
             r#"{"dataset":"falls-housing","statistic":"count","filter":{"or":[{"compare":{"column":"lives_alone","op":"eq","value":1}}]}}"#,
-            "filter.or[0].value: column \"lives_alone\" takes true or false",
+            "filter.or[0].compare.value: column \"lives_alone\" takes true or false, got 1",
         ),
         (
             &diabetes,
@@ -129,6 +129,16 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
             &falls,
             r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["age"],"target":"falls_admissions"}},"group_by":["sex"]}"#,
             "group_by: a linear regression is fitted over all rows",
+        ),
+        (
+            &falls,
+            r#"{"dataset":"falls-housing","statistic":{"histogram":{"columns":["sex"]}},"group_by":["tenure","sex"]}"#,
+            "group_by[1]: column \"sex\" is named twice",
+        ),
+        (
+            &diabetes,
+            r#"{"dataset":"diabetes","statistic":"count","filter":{"compare":{"column":"age","op":"ge","value":65.0}}}"#,
+            "takes a whole number, got 65.0",
         ),
     ];
     let mut seen = std::collections::BTreeSet::new();
@@ -221,4 +231,47 @@ fn cells_are_labelled_group_major_with_the_last_key_varying_fastest() {
     let labels = q.cell_labels(&diabetes);
     assert!(labels.keys.is_empty());
     assert_eq!(labels.cells, [Vec::<String>::new()]);
+}
+
+#[test]
+fn malformed_literals_and_privacy_requests_say_what_is_expected() {
+    let parse = |json: &str| serde_json::from_str::<Query>(json).unwrap_err().to_string();
+    let e = parse(
+        r#"{"dataset":"diabetes","statistic":"count","filter":{"compare":{"column":"age","op":"ge","value":null}}}"#,
+    );
+    assert!(
+        e.contains("expected a filter value: true or false, a number"),
+        "{e}"
+    );
+    let e = parse(
+        r#"{"dataset":"diabetes","statistic":"count","filter":{"compare":{"column":"age","op":"ge","value":[1]}}}"#,
+    );
+    assert!(e.contains("expected a filter value"), "{e}");
+
+    use civic_policies::PrivacyRequest;
+    let request = |json: &str| serde_json::from_str::<PrivacyRequest>(json);
+    assert_eq!(
+        request(r#"{"rho": 0.1}"#).unwrap(),
+        PrivacyRequest::Rho(0.1)
+    );
+    assert_eq!(
+        request(r#"{"epsilon": 1}"#).unwrap(),
+        PrivacyRequest::Epsilon(1.0)
+    );
+    assert!(
+        request(r#"{"target_half_width": {"half_width": 5, "mechanism": "gaussian"}}"#).is_ok()
+    );
+    let e = request(r#"{"epsilon": 1, "delta": 1e-6}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(ε, δ) is a form for budget caps") && e.contains("{\"rho\": …}"),
+        "{e}"
+    );
+    let e = request(r#"{"epsilon": 1, "rho": 0.1}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exactly one"), "{e}");
+    let e = request(r#"{"epsilom": 1}"#).unwrap_err().to_string();
+    assert!(e.contains("unknown field `epsilom`"), "{e}");
 }

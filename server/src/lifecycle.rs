@@ -453,6 +453,7 @@ mod tests {
             PricingContext {
                 max_rows_per_partner: 10_000,
                 reporting_delta: 1e-6,
+                board_floor: civic_policies::Rho::ZERO,
             },
         )
         .unwrap()

@@ -200,6 +200,7 @@ fn hostile_cases() -> Vec<(&'static str, Value, Value, Expect)> {
     let (city_floor, wide_floor) = (1e-4, 1e-12);
     let below_floor = Expect::Refused(400, "query.below_floor");
     let invalid = Expect::Refused(400, "mechanism.invalid_parameter");
+    let out_of_range = Expect::Refused(400, "query.privacy");
     vec![
         // "city" has a floor of ρ = 10⁻⁴: tiny budgets are refused before any accuracy.
         (
@@ -210,12 +211,12 @@ fn hostile_cases() -> Vec<(&'static str, Value, Value, Expect)> {
         ),
         ("city ages ρ=1e-300", ages.clone(), rho(1e-300), below_floor),
         ("city count ρ=1e-14", count("city"), rho(1e-14), below_floor),
-        // ε is refused outside [10⁻⁶, √(2·10⁶)] when its cost is computed.
+        // ε is refused outside [10⁻⁶, √(2·10⁶)] before anything is calibrated.
         (
             "city count ε=1e-300",
             count("city"),
             epsilon(1e-300),
-            invalid,
+            out_of_range,
         ),
         // A target the floor's calibration already meets is priced at the floor.
         (
@@ -255,7 +256,7 @@ fn hostile_cases() -> Vec<(&'static str, Value, Value, Expect)> {
             "wide sum ε=1e-150",
             income.clone(),
             epsilon(1e-150),
-            invalid,
+            out_of_range,
         ),
         // The smallest ε accepted: a discrete-Laplace scale of 10¹⁸ units.
         (

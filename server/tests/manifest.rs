@@ -225,9 +225,41 @@ async fn rounds_need_the_manifests_partners_keys_and_policy() {
         "{v}"
     );
     assert!(
-        v["detail"].as_str().unwrap().contains("board's least cost"),
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the higher of the policy's floor and the board's"),
         "{v}"
     );
+    // A preview is refused alike, and a target accuracy is priced at the board's floor, not
+    // below it (where every agent would decline it).
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/v1/queries/preview",
+            Some(&c.researcher),
+            Some(common::count_query(0.1)),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("query.below_floor")),
+        "{v}"
+    );
+    let mut wide = common::count_query(0.1);
+    wide["privacy"] =
+        json!({ "target_half_width": { "half_width": 1e6, "mechanism": "gaussian" } });
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/v1/queries/preview",
+            Some(&c.researcher),
+            Some(wide),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rho = v["cost"]["rho"].as_f64().unwrap();
+    assert!((0.01..0.0101).contains(&rho), "{v}");
     // A policy version the manifest does not sign: no round can be configured for it.
     let (s, v) = c
         .call(

@@ -7,8 +7,8 @@ use civic_api::query::{
 };
 use civic_api::{ProblemCode, Role};
 use civic_mechanisms::{Priced, PricingContext};
-use civic_policies::DatasetPolicy;
 use civic_policies::manifest::SignedManifest;
+use civic_policies::{DatasetPolicy, Rho};
 use serde_json::json;
 use sqlx::AnyConnection;
 
@@ -22,11 +22,13 @@ use crate::store::{
     Account, NewQuery, QueryRow, audit, budgets, datasets, manifests, projects, queries,
 };
 
-/// The pricing context of this coordinator.
-pub fn context(state: &AppState) -> PricingContext {
+/// The pricing context of this coordinator under the board's newest manifest, if any.
+pub fn context(state: &AppState, manifest: Option<&SignedManifest>) -> PricingContext {
+    let floor = manifest.map_or(0.0, |m| m.manifest.requirements.min_rho_per_query);
     PricingContext {
         max_rows_per_partner: state.config.max_rows_per_partner,
         reporting_delta: state.config.reporting_delta,
+        board_floor: Rho::cap(floor).unwrap_or(Rho::ZERO),
     }
 }
 
@@ -34,10 +36,11 @@ pub fn context(state: &AppState) -> PricingContext {
 /// Send nor Sync) and holding no store connection.
 pub async fn price(
     state: &AppState,
+    manifest: Option<&SignedManifest>,
     policy: &DatasetPolicy,
     request: &QueryRequest,
 ) -> Result<Priced> {
-    price_in(context(state), policy, request).await
+    price_in(context(state, manifest), policy, request).await
 }
 
 /// [`price`] in a given context.
@@ -101,11 +104,11 @@ async fn admissible(
 /// What a submission would cost and how accurate it would be; nothing is spent.
 pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Result<Preview> {
     let dataset = admissible(&mut *state.store.read().await?, who, &req).await?;
-    let priced = price(state, &dataset.policy, &req).await?;
+    let manifest = manifests::latest(&mut *state.store.read().await?).await?;
+    let priced = price(state, manifest.as_ref(), &dataset.policy, &req).await?;
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let mut conn = state.store.read().await?;
     let reuses_release = queries::release_by_fingerprint(&mut conn, &fingerprint).await?;
-    let manifest = manifests::latest(&mut conn).await?;
     let ledger = budgets::read(&mut conn, &dataset.id)
         .await?
         .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
@@ -117,15 +120,10 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
     // The refusal a submission would meet, from the same pure check, changing nothing.
     let refusal = match reuses_release {
         Some(_) => None,
-        None => below_board_floor(manifest.as_ref(), &priced)
+        None => ledger
+            .check_reserve(&req.project, priced.cost.rho)
             .err()
-            .map(|e| e.to_string())
-            .or_else(|| {
-                ledger
-                    .check_reserve(&req.project, priced.cost.rho)
-                    .err()
-                    .map(|e| e.to_string())
-            }),
+            .map(|e| e.to_string()),
     };
     Ok(Preview {
         dataset: dataset.id,
@@ -177,33 +175,15 @@ fn approvals_needed(
     manifest.map_or(n, |s| s.manifest.approvals_needed(n))
 }
 
-/// Refuses a query costing less than the board's least cost per query: every agent would
-/// decline it (`query.cost_below_minimum`), so it is refused before anything is reserved.
-fn below_board_floor(manifest: Option<&SignedManifest>, priced: &Priced) -> Result<()> {
-    let Some(floor) = manifest.map(|s| s.manifest.requirements.min_rho_per_query) else {
-        return Ok(());
-    };
-    let cost = priced.cost.rho.as_f64();
-    if cost < floor * (1.0 - 1e-12) {
-        return Err(Error::invalid(
-            ProblemCode::QueryBelowFloor,
-            format!(
-                "the query costs ρ = {cost}, below the board's least cost per query (ρ = {floor}, \
-                 in its manifest): ask for more privacy budget or a coarser accuracy"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Submits a query: re-served at no cost if an identical release exists; otherwise its
 /// calibrated plan is stored and its cost reserved (atomically against every cap), and it
 /// waits for approval or runs.
 pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Result<QueryView> {
     let dataset = admissible(&mut *state.store.read().await?, who, &req).await?;
-    let priced = price(state, &dataset.policy, &req).await?;
-    let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
+    // Priced under the newest manifest, whose floor every agent also checks.
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
+    let priced = price(state, manifest.as_ref(), &dataset.policy, &req).await?;
+    let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let approvals_required = approvals_needed(&dataset.policy, &priced, manifest.as_ref());
     let at = state.clock.rfc3339();
     let (id, round, reused) = state
@@ -215,9 +195,6 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
                 .await?
                 .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
             let released = queries::release_by_fingerprint(tx, &fingerprint).await?;
-            if released.is_none() {
-                below_board_floor(manifest.as_ref(), &priced)?;
-            }
             let in_flight = match released {
                 Some(_) => None,
                 None => queries::in_flight(tx, &fingerprint, &req.project).await?,

@@ -146,6 +146,8 @@ pub async fn calibration(
     let context = civic_mechanisms::PricingContext {
         max_rows_per_partner,
         reporting_delta: state.config.reporting_delta,
+        // Such queries were priced before the board's floor entered pricing.
+        board_floor: Rho::ZERO,
     };
     super::research::price_in(context, policy, &q.request).await
 }
