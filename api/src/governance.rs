@@ -16,7 +16,19 @@ pub struct CreateAccount {
     #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// Admin, governance or researcher (partners are created with `POST /v1/admin/partners`).
+    #[schema(value_type = AccountRole)]
     pub role: Role,
+}
+
+/// The roles `POST /v1/admin/accounts` creates (a partner's account comes with its partner
+/// id from `POST /v1/admin/partners`): the schema of [`CreateAccount::role`].
+#[derive(ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum AccountRole {
+    Admin,
+    Governance,
+    Researcher,
 }
 
 /// `POST /v1/admin/partners`.
@@ -120,7 +132,6 @@ pub struct ProjectView {
 #[serde(deny_unknown_fields)]
 pub struct SetAllocation {
     /// The cap: `{"rho": …}`, `{"epsilon": …}` or `{"epsilon": …, "delta": …}`.
-    #[schema(value_type = Object)]
     pub cap: PrivacyStatement,
 }
 
@@ -137,7 +148,6 @@ pub struct Decision {
     /// FINGERPRINT` prints it). Required to approve once the board has published a manifest:
     /// approvals then count distinct board members' keys, and agents check them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub signature: Option<BoardSignature>,
 }
 
@@ -145,7 +155,6 @@ pub struct Decision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ManifestChain {
     /// The signed manifests.
-    #[schema(value_type = Vec<Object>)]
     pub manifests: Vec<SignedManifest>,
 }
 

@@ -16,6 +16,7 @@ pub const BINARY_CONTENT_TYPE: &str = "application/octet-stream";
 #[serde(deny_unknown_fields)]
 pub struct RegisterIdentity {
     /// 32 bytes, hex.
+    #[schema(pattern = r"^[0-9a-fA-F]{64}$")]
     pub public_key: String,
 }
 

@@ -77,11 +77,14 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ManifestError
 
 /// One version of the federation manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The federation's name.
     pub federation: String,
     /// 1 for the first manifest, then one more each time.
+    #[serde(deserialize_with = "whole_number")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub version: u64,
     /// The digest (hex) of the manifest this one replaces; absent for version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,11 +101,48 @@ pub struct Manifest {
     pub datasets: Vec<ManifestDataset>,
 }
 
+/// A whole number written as JSON's `2` or `2.0` alike (JSON Schema's integers include
+/// both, and a manifest may pass through tools that write either); a fraction, a negative
+/// or a number beyond the type is refused, naming it.
+fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number, 0 or more")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is below 0")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.fract() == 0.0 && (0.0..=9_007_199_254_740_991.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not a whole number up to 2^53 - 1"
+                )))
+            }
+        }
+    }
+    let v = deserializer.deserialize_any(Whole)?;
+    T::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is too large here")))
+}
+
 /// The board: its members' keys and how many must sign.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Board {
     /// Signatures needed: more than half the members.
+    #[serde(deserialize_with = "whole_number")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub threshold: usize,
     /// The members.
     pub members: Vec<BoardMember>,
@@ -110,6 +150,7 @@ pub struct Board {
 
 /// One board member.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BoardMember {
     /// Their name, for people.
@@ -120,6 +161,7 @@ pub struct BoardMember {
 
 /// One partner organisation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ManifestPartner {
     /// Its account name at the coordinator, as policies list it.
@@ -132,6 +174,7 @@ pub struct ManifestPartner {
 
 /// One dataset and the digest of the policy it runs under.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ManifestDataset {
     /// The dataset's id.
@@ -142,24 +185,32 @@ pub struct ManifestDataset {
 
 /// The floor under every round, which each agent also raises by its own limits.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RoundRequirements {
     /// Partners that may collude with the coordinator without learning an honest input
     /// (at least 1): the round's threshold must satisfy 2t > n + this.
+    #[serde(deserialize_with = "whole_number")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub tolerated_colluders: usize,
     /// The fewest partners whose sum may be released (at least 2).
+    #[serde(deserialize_with = "whole_number")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub min_survivors: usize,
     /// The least ρ any query may cost: a flood of near-free queries is refused.
     pub min_rho_per_query: f64,
     /// The most rounds an agent joins per dataset per day (UTC).
+    #[serde(deserialize_with = "whole_number")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 4294967295_u64))]
     pub max_rounds_per_dataset_per_day: u32,
 }
 
 /// A manifest with the board's signatures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedManifest {
-    /// The manifest.
+    /// The manifest (`civic-board sign` writes it).
     pub manifest: Manifest,
     /// Signatures by members of the previous manifest's board (for version 1, its own).
     pub signatures: Vec<BoardSignature>,
@@ -167,11 +218,14 @@ pub struct SignedManifest {
 
 /// One member's signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BoardSignature {
     /// The member's public key, hex.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub key: String,
     /// The Ed25519 signature, hex.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9a-fA-F]{128}$"))]
     pub signature: String,
 }
 

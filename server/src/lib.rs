@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use civic_api::ProblemCode;
 
 pub use config::Config;
 use error::{Error, Missing};
@@ -122,14 +123,20 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
             let (method, path) = (req.method().to_string(), req.path().to_string());
             let allowed = openapi::methods_of(&path);
-            Err::<HttpResponse, _>(if allowed.is_empty() {
-                Error::NotFound(Missing::Endpoint { method, path })
-            } else {
+            Err::<HttpResponse, _>(if !allowed.is_empty() {
                 Error::MethodNotAllowed {
                     method,
                     path,
                     allowed,
                 }
+            } else if let Some(template) = openapi::template_with_integer_of(&path, &method) {
+                // `/v1/queries/abc`: the endpoint, with an id that is not one.
+                Error::invalid(
+                    ProblemCode::RequestPath,
+                    format!("{path}: the ids in {template} are whole numbers"),
+                )
+            } else {
+                Error::NotFound(Missing::Endpoint { method, path })
             })
         }));
     }

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 use actix_web::dev::ResourceDef;
 use civic_api::problem::PROBLEM_CONTENT_TYPE;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -26,7 +27,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Civic coordinator", description = "Privacy-preserving analytics for data co-operatives. Errors are RFC 9457 problem+json with a stable `code`. Any endpoint may answer 503 (`store.busy`, `request.timeout`) with a `Retry-After` header; nothing was changed, retry after it."),
-    modifiers(&BearerAuth, &ProblemResponses),
+    modifiers(&BearerAuth, &ProblemResponses, &ClosedRequestObjects),
     paths(
         ops::healthz, ops::metrics, ops::openapi,
         governance::create_account, governance::create_partner,
@@ -137,17 +138,64 @@ impl Modify for ProblemResponses {
     }
 }
 
+/// Marks every object in the query language's and the privacy request's schemas closed
+/// (`additionalProperties: false`), as serde reads them (`deny_unknown_fields`): utoipa
+/// closes structs but not the objects of an enum's variants.
+struct ClosedRequestObjects;
+
+impl ClosedRequestObjects {
+    fn close(schema: &mut Schema) {
+        match schema {
+            Schema::Object(o) => {
+                if !o.properties.is_empty() && o.additional_properties.is_none() {
+                    o.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+                for property in o.properties.values_mut() {
+                    if let RefOr::T(s) = property {
+                        Self::close(s);
+                    }
+                }
+            }
+            Schema::OneOf(one) => one.items.iter_mut().for_each(|i| {
+                if let RefOr::T(s) = i {
+                    Self::close(s);
+                }
+            }),
+            _ => {}
+        }
+    }
+}
+
+impl Modify for ClosedRequestObjects {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = api.components.as_mut() else {
+            return;
+        };
+        for name in ["Statistic", "Filter", "PrivacyRequest"] {
+            if let Some(RefOr::T(schema)) = components.schemas.get_mut(name) {
+                Self::close(schema);
+            }
+        }
+    }
+}
+
 /// The document.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// Every documented path as the router matches it, with its methods.
-static ROUTES: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
-    document()
-        .paths
+/// The pattern an integer path parameter's route matches (`/v1/queries/{id}` is
+/// `/v1/queries/{id:-?\d+}` to the router, so that `/v1/queries/preview` is not a query id).
+pub const INTEGER_SEGMENT: &str = r"-?\d+";
+
+/// Every documented path with integer parameters as any segment, for telling a malformed id
+/// from a missing endpoint: (template, pattern, methods).
+static LOOSE_ROUTES: LazyLock<Vec<(String, ResourceDef, Vec<String>)>> = LazyLock::new(|| {
+    let doc = document();
+    doc.paths
         .paths
         .iter()
+        .filter(|(path, _)| path.contains('{'))
         .map(|(path, item)| {
             let methods = [
                 ("GET", item.get.is_some()),
@@ -159,7 +207,45 @@ static ROUTES: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
             .filter(|(_, present)| *present)
             .map(|(m, _)| m.to_string())
             .collect();
-            (ResourceDef::new(path.as_str()), methods)
+            (path.clone(), ResourceDef::new(path.as_str()), methods)
+        })
+        .collect()
+});
+
+/// The documented template `path` would match with `method` if its integer parameters took
+/// any text (`/v1/queries/abc` → `/v1/queries/{id}`): the path names the endpoint, with an id
+/// that is not a whole number.
+pub fn template_with_integer_of(path: &str, method: &str) -> Option<String> {
+    LOOSE_ROUTES
+        .iter()
+        .find(|(_, def, methods)| def.is_match(path) && methods.iter().any(|m| m == method))
+        .map(|(template, _, _)| template.clone())
+}
+
+/// Every documented path as the router matches it, with its methods.
+static ROUTES: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
+    let doc = serde_json::to_value(document()).unwrap_or_default();
+    let Some(paths) = doc["paths"].as_object() else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .map(|(path, item)| {
+            let mut pattern = path.clone();
+            let mut methods = Vec::new();
+            for (method, op) in item.as_object().into_iter().flatten() {
+                methods.push(method.to_uppercase());
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["in"] == "path" && p["schema"]["type"] == "integer" {
+                        let name = p["name"].as_str().unwrap_or_default();
+                        pattern = pattern.replace(
+                            &format!("{{{name}}}"),
+                            &format!("{{{name}:{INTEGER_SEGMENT}}}"),
+                        );
+                    }
+                }
+            }
+            (ResourceDef::new(pattern), methods)
         })
         .collect()
 });

@@ -53,10 +53,45 @@ fn template_names(path: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Whether `path` matches the template segment by segment.
-fn matches_template(template: &str, path: &str) -> bool {
+/// Whether `path` matches the documented template segment by segment, an integer
+/// parameter only by a whole number.
+fn matches_template(doc: &Value, template: &str, path: &str) -> bool {
+    let integers: BTreeSet<String> = doc["paths"][template]
+        .as_object()
+        .into_iter()
+        .flat_map(|item| item.values())
+        .flat_map(|op| op["parameters"].as_array().cloned().unwrap_or_default())
+        .filter(|p| p["schema"]["type"] == "integer")
+        .map(|p| format!("{{{}}}", p["name"].as_str().unwrap()))
+        .collect();
     let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
-    t.len() == p.len() && t.iter().zip(&p).all(|(t, p)| t.starts_with('{') || t == p)
+    t.len() == p.len()
+        && t.iter().zip(&p).all(|(t, p)| {
+            if integers.contains(*t) {
+                p.parse::<i64>().is_ok()
+            } else {
+                t.starts_with('{') || t == p
+            }
+        })
+}
+
+/// A route as the document writes it: `{id:-?\\d+}` (the router's integer segment, as the
+/// source spells it) is `{id}`.
+fn as_documented(route: &str) -> String {
+    let mut out = String::new();
+    let mut in_pattern = false;
+    for c in route.chars() {
+        match c {
+            ':' if out.rfind('{') > out.rfind('}') => in_pattern = true,
+            '}' => {
+                in_pattern = false;
+                out.push(c);
+            }
+            _ if in_pattern => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 #[test]
@@ -64,7 +99,26 @@ fn every_route_is_documented_with_its_parameters_and_problem_answers() {
     let doc = document();
     let declared = declared_routes();
     assert!(declared.len() > 20, "the source walk found {declared:?}");
-    assert_eq!(declared, documented_routes(&doc));
+    let routed: BTreeSet<(String, String)> = declared
+        .iter()
+        .map(|(m, p)| (m.clone(), as_documented(p)))
+        .collect();
+    assert_eq!(routed, documented_routes(&doc));
+    // Every integer path parameter is an integer segment to the router as well, so that a
+    // literal sibling (`/v1/queries/preview`) is never taken for an id.
+    for (method, route) in &declared {
+        let path = as_documented(route);
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        for p in op["parameters"].as_array().into_iter().flatten() {
+            if p["in"] == "path" && p["schema"]["type"] == "integer" {
+                let name = p["name"].as_str().unwrap();
+                assert!(
+                    route.contains(&format!("{{{name}:-?\\\\d+}}")),
+                    "{method} {route}: integer parameter {name} without the integer segment"
+                );
+            }
+        }
+    }
 
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
@@ -119,7 +173,8 @@ fn every_route_is_documented_with_its_parameters_and_problem_answers() {
 #[actix_web::test]
 async fn the_router_serves_every_documented_route_and_405s_other_methods() {
     let c = Coordinator::start(&fresh_store_url("openapi-router")).await;
-    let documented = documented_routes(&document());
+    let doc = document();
+    let documented = documented_routes(&doc);
     let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
     for path in paths {
         // Numeric placeholders parse as ids and as names alike.
@@ -130,7 +185,7 @@ async fn the_router_serves_every_documented_route_and_405s_other_methods() {
         // /v1/queries/{id}, with an id that will not parse).
         let takes: BTreeSet<&str> = documented
             .iter()
-            .filter(|(_, p)| matches_template(p, &concrete))
+            .filter(|(_, p)| matches_template(&doc, p, &concrete))
             .map(|(m, _)| m.as_str())
             .collect();
         for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
@@ -173,6 +228,16 @@ async fn the_router_serves_every_documented_route_and_405s_other_methods() {
             }
         }
     }
+    // A literal beside an integer parameter is not taken for an id: GET /v1/queries/preview
+    // is a method the path does not take.
+    let response = c
+        .http
+        .get(format!("{}/v1/queries/preview", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
     // A path no route matches is still 404.
     let (s, v) = c.call(Method::GET, "/v1/nothing-here", None, None).await;
     assert_eq!(s.as_u16(), 404, "{v}");

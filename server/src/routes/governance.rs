@@ -106,7 +106,7 @@ pub async fn get_dataset(
 /// One version of a dataset's policy (agents compile plans against it). Roles: all.
 #[utoipa::path(get, path = "/v1/datasets/{id}/versions/{version}", tag = "datasets", params(("id" = String, Path, description = "The dataset's id"), ("version" = i64, Path, description = "The policy version (1 for the first)")), security(("bearer" = [])),
     responses((status = 200, body = DatasetView)))]
-#[get("/v1/datasets/{id}/versions/{version}")]
+#[get("/v1/datasets/{id}/versions/{version:-?\\d+}")]
 pub async fn get_dataset_version(
     s: web::Data<AppState>,
     c: Caller,
@@ -224,7 +224,7 @@ pub async fn verify_audit(s: web::Data<AppState>, c: Caller) -> Result<HttpRespo
 /// Approves or rejects a query awaiting approval. Roles: governance.
 #[utoipa::path(post, path = "/v1/queries/{id}/decision", tag = "governance", params(("id" = i64, Path, description = "The query's id")), request_body = Decision,
     security(("bearer" = [])), responses((status = 200, body = QueryView)))]
-#[post("/v1/queries/{id}/decision")]
+#[post("/v1/queries/{id:-?\\d+}/decision")]
 pub async fn decide(
     s: web::Data<AppState>,
     c: Caller,
@@ -239,7 +239,7 @@ pub async fn decide(
 /// carries the threshold of signatures of the board before it and follows the newest stored
 /// one. Roles: governance, admin (the signatures, not the role, make it valid).
 #[utoipa::path(put, path = "/v1/manifests", tag = "governance",
-    request_body(content = Object, description = "A signed manifest, as `civic-board sign` writes it"),
+    request_body(content = civic_policies::manifest::SignedManifest, description = "A signed manifest, as `civic-board sign` writes it"),
     security(("bearer" = [])), responses((status = 200, body = ManifestChain)))]
 #[put("/v1/manifests")]
 pub async fn publish_manifest(

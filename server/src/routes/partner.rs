@@ -57,7 +57,7 @@ pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> Result<HttpRespon
     responses((status = 200, description = "bincode Inbox", content_type = "application/octet-stream"),
         (status = 409, body = civic_api::Problem, content_type = "application/problem+json", description = "round.dropped, round.finished or round.aborted"),
         (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: retry after Retry-After")))]
-#[get("/v1/partner/rounds/{id}/inbox")]
+#[get("/v1/partner/rounds/{id:-?\\d+}/inbox")]
 pub async fn inbox(s: web::Data<AppState>, c: Caller, id: web::Path<i64>) -> Result<HttpResponse> {
     let inbox = svc::inbox(&s, *id, PartnerId(c.partner_id()?)).await?;
     Ok(HttpResponse::Ok()
@@ -72,7 +72,7 @@ pub async fn inbox(s: web::Data<AppState>, c: Caller, id: web::Path<i64>) -> Res
         (status = 400, body = civic_api::Problem, content_type = "application/problem+json", description = "protocol.malformed, protocol.wrong_round, or the protocol's refusal"),
         (status = 409, body = civic_api::Problem, content_type = "application/problem+json", description = "out of phase, a different message for the same step (protocol.duplicate), round.finished or round.aborted"),
         (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: retry after Retry-After")))]
-#[post("/v1/partner/rounds/{id}/messages")]
+#[post("/v1/partner/rounds/{id:-?\\d+}/messages")]
 pub async fn post_message(
     s: web::Data<AppState>,
     c: Caller,
@@ -96,7 +96,7 @@ pub async fn post_message(
     request_body = DeclineRound, responses((status = 204, description = "Declined"),
         (status = 409, body = civic_api::Problem, content_type = "application/problem+json", description = "round.already_joined, round.finished or round.aborted"),
         (status = 503, body = civic_api::Problem, content_type = "application/problem+json", description = "round.not_driven_here: retry after Retry-After")))]
-#[post("/v1/partner/rounds/{id}/decline")]
+#[post("/v1/partner/rounds/{id:-?\\d+}/decline")]
 pub async fn decline(
     s: web::Data<AppState>,
     c: Caller,

@@ -40,7 +40,7 @@ pub async fn submit(
 /// (own project), governance.
 #[utoipa::path(get, path = "/v1/queries/{id}", tag = "queries", params(("id" = i64, Path, description = "The query's id")), security(("bearer" = [])),
     responses((status = 200, body = QueryView)))]
-#[get("/v1/queries/{id}")]
+#[get("/v1/queries/{id:-?\\d+}")]
 pub async fn get_query(
     s: web::Data<AppState>,
     c: Caller,
