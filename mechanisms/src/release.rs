@@ -95,7 +95,8 @@ pub struct Receipt {
     pub survivors: usize,
     /// Post-processing applied.
     pub rules: Vec<String>,
-    /// Interval confidence (0.95 for α = 0.05).
+    /// The intervals' confidence: 0.95 for α = 0.05, and 1 − 2α (0.9) for a mean's, which
+    /// combine two intervals.
     pub confidence: f64,
     /// Caveats a researcher must read (e.g. a ridge-regularised regression).
     pub caveats: Vec<String>,
@@ -185,8 +186,7 @@ fn charges(choice: PrivacyChoice, parts: usize) -> Result<Vec<Rho>, MechanismErr
                 .collect())
         }
         PrivacyChoice::Epsilon(e) => {
-            let share = e / parts as f64;
-            let rho = Rho::nearest(share * share / 2.0).map_err(invalid)?;
+            let rho = Rho::asked_of_pure_epsilon(e / parts as f64).map_err(invalid)?;
             Ok(vec![rho; parts])
         }
     }
@@ -679,7 +679,11 @@ impl ReleasePlan {
             approx_dp: (epsilon_at_delta(self.cost, delta)?, delta),
             survivors,
             rules,
-            confidence: 1.0 - self.alpha,
+            // A mean's interval holds with at least 1 − 2α: the receipt says the true number.
+            confidence: match statistic {
+                Statistic::Mean { .. } => ((1.0 - 2.0 * self.alpha) * 1e12).round() / 1e12,
+                _ => 1.0 - self.alpha,
+            },
             caveats,
         };
         Ok(Release {

@@ -72,10 +72,28 @@ impl Rho {
         Rho::derived_cost(epsilon * epsilon / 2.0)
     }
 
-    /// The cap a pure ε statement sets: ρ = ε²/2, rounded down.
+    /// The cap a pure ε statement sets: ρ = ε²/2, rounded down. An ε written with at most
+    /// six decimals is exact in micro-ε, so its ρ is computed in integers: a cap of ε = 0.5 is
+    /// ρ = 0.125 exactly, which a query at exactly ε = 0.5 (charged 0.125) meets.
     pub fn cap_from_pure_epsilon(epsilon: f64) -> Result<Rho, PolicyError> {
         check_epsilon(epsilon)?;
-        Rho::derived_cap(epsilon * epsilon / 2.0)
+        match micro_epsilon(epsilon) {
+            // (m·10⁻⁶)²/2 = m²/2 units of 10⁻¹².
+            Some(m) => Ok(Rho(u64::try_from(m * m / 2).unwrap_or(u64::MAX))),
+            None => Rho::derived_cap(epsilon * epsilon / 2.0),
+        }
+    }
+
+    /// The cost of a pure ε request as asked for: ε²/2 to the unit, exact (rounded up) for an
+    /// ε written with at most six decimals, the nearest unit otherwise. With
+    /// [`Rho::cap_from_pure_epsilon`], a cap and a request of the same ε with at most five
+    /// decimals are the same number of units.
+    pub fn asked_of_pure_epsilon(epsilon: f64) -> Result<Rho, PolicyError> {
+        check_epsilon(epsilon)?;
+        match micro_epsilon(epsilon) {
+            Some(m) => Ok(Rho(u64::try_from(m * m).unwrap_or(u64::MAX).div_ceil(2))),
+            None => Rho::nearest(epsilon * epsilon / 2.0),
+        }
     }
 
     /// The largest ρ within an (ε, δ) cap (see the module docs).
@@ -118,6 +136,13 @@ impl fmt::Display for Rho {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ρ={}", self.as_f64())
     }
+}
+
+/// ε in whole micro-ε, when ε is exactly the double nearest a decimal of at most six places
+/// (as a person writes it).
+fn micro_epsilon(epsilon: f64) -> Option<u128> {
+    let micros = (epsilon * 1e6).round();
+    ((1.0..1e15).contains(&micros) && micros / 1e6 == epsilon).then_some(micros as u128)
 }
 
 fn check_positive(name: &str, value: f64) -> Result<(), PolicyError> {
@@ -313,6 +338,32 @@ mod tests {
             "rounded up past the exact 0.5"
         );
         assert!((Rho::cost_of_pure_epsilon(0.2).unwrap().as_f64() - 0.02).abs() < 1e-11);
+    }
+
+    #[test]
+    fn an_epsilon_written_as_a_decimal_caps_and_costs_exactly() {
+        for (epsilon, units) in [
+            (0.5, 125_000_000_000),
+            (0.1, 5_000_000_000),
+            (1.3, 845_000_000_000),
+        ] {
+            let cap = Rho::cap_from_pure_epsilon(epsilon).unwrap();
+            let asked = Rho::asked_of_pure_epsilon(epsilon).unwrap();
+            assert_eq!(
+                (cap.units(), asked.units()),
+                (units, units),
+                "ε = {epsilon}"
+            );
+        }
+        // Six decimals, odd in micro-ε: half a unit apart, the cap below and the cost above.
+        let (cap, asked) = (
+            Rho::cap_from_pure_epsilon(0.000003).unwrap(),
+            Rho::asked_of_pure_epsilon(0.000003).unwrap(),
+        );
+        assert_eq!((cap.units(), asked.units()), (4, 5));
+        // Not a short decimal: the derived path, never looser than ε²/2.
+        let third = 1.0 / 3.0;
+        assert!(Rho::cap_from_pure_epsilon(third).unwrap().as_f64() <= third * third / 2.0);
     }
 
     #[test]
