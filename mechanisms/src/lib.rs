@@ -23,6 +23,7 @@ mod opendp_guard;
 pub mod plan;
 pub mod pricing;
 pub mod release;
+pub mod sampler;
 
 pub use error::MechanismError;
 pub use noise::{NoiseKind, NoiseSpec};
