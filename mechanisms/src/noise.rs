@@ -1,4 +1,7 @@
-//! Exact integer noise through OpenDP (Canonne, Kamath & Steinke 2020 samplers).
+//! Exact integer noise (Canonne, Kamath & Steinke 2020): OpenDP's measurement gives the
+//! privacy map; the noise itself comes from Civic's own samplers of the same distributions
+//! ([`crate::sampler`], some 20–50× faster), on a ChaCha20 stream seeded from the OS for each
+//! release, or from OpenDP's where a scale does not fit them.
 //!
 //! - Discrete Laplace, pure ε-DP: for an integer vector whose L1 sensitivity is Δ₁ (the most
 //!   one resident can change it, summed over slots), scale b = Δ₁/ε gives ε-DP, counted in the
@@ -15,9 +18,12 @@ use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::measurements::{make_gaussian, make_laplace};
 use opendp::measures::{MaxDivergence, ZeroConcentratedDivergence};
 use opendp::metrics::{L1Distance, L2Distance};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::MechanismError;
+use crate::sampler::{GaussianScale, LaplaceScale};
 
 /// Which noise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +136,11 @@ impl NoiseSpec {
                         budget: budget.to_string(),
                     });
                 }
-                Ok((cost, Some(invoke(&values.to_vec()).map_err(&opendp)?)))
+                let noisy = match self.exact_noise(stage, values)? {
+                    Some(noisy) => noisy,
+                    None => invoke(&values.to_vec()).map_err(&opendp)?,
+                };
+                Ok((cost, Some(noisy)))
             };
         let domain = VectorDomain::new(AtomDomain::<i64>::default());
         match self.kind {
@@ -165,6 +175,36 @@ impl NoiseSpec {
                 finish(cost, &|v| m.invoke(v))
             }
         }
+    }
+}
+
+impl NoiseSpec {
+    /// `values` plus this mechanism's noise from [`crate::sampler`], on a ChaCha20 stream
+    /// seeded from the OS for this call; None where the scale does not fit the samplers (the
+    /// caller then samples with OpenDP). The discrete Gaussian's σ² is rounded up, never
+    /// down, from the scale the privacy map was read at. Sums saturate, as OpenDP's do.
+    fn exact_noise(
+        &self,
+        stage: &'static str,
+        values: &[i64],
+    ) -> Result<Option<Vec<i64>>, MechanismError> {
+        let mut rng = ChaCha20Rng::try_from_rng(&mut getrandom::SysRng).map_err(|e| {
+            MechanismError::InvalidParameter {
+                stage,
+                reason: format!("the operating system gave no randomness: {e}"),
+            }
+        })?;
+        let add = |sample: &mut dyn FnMut() -> i64| -> Vec<i64> {
+            values.iter().map(|v| v.saturating_add(sample())).collect()
+        };
+        Ok(match self.kind {
+            NoiseKind::DiscreteLaplace => LaplaceScale::exact(self.scale)
+                .ok()
+                .map(|scale| add(&mut || scale.sample(&mut rng))),
+            NoiseKind::DiscreteGaussian => GaussianScale::at_least(self.scale)
+                .ok()
+                .map(|scale| add(&mut || scale.sample(&mut rng))),
+        })
     }
 }
 
