@@ -241,10 +241,7 @@ impl GaussianScale {
     /// One sample (CKS20 Algorithm 3): a discrete Laplace candidate Y of scale t, kept with
     /// probability exp(−(|Y| − σ²/t)² / (2σ²)) = exp(−(|Y|qt − p)² / (2pqt²)).
     pub fn sample<R: Rng + ?Sized>(self, rng: &mut R) -> i64 {
-        let proposal = LaplaceScale {
-            t: self.t,
-            s: 1,
-        };
+        let proposal = LaplaceScale { t: self.t, s: 1 };
         let t = u128::from(self.t);
         loop {
             let y = proposal.sample(rng);
@@ -308,14 +305,8 @@ mod tests {
     fn f64_scales_are_read_exactly() {
         assert_eq!(dyadic(6.0), Ok((3, 1)));
         assert_eq!(dyadic(0.75), Ok((3, -2)));
-        assert_eq!(
-            LaplaceScale::exact(6.0),
-            Ok(LaplaceScale { t: 6, s: 1 })
-        );
-        assert_eq!(
-            LaplaceScale::exact(2.5),
-            Ok(LaplaceScale { t: 5, s: 2 })
-        );
+        assert_eq!(LaplaceScale::exact(6.0), Ok(LaplaceScale { t: 6, s: 1 }));
+        assert_eq!(LaplaceScale::exact(2.5), Ok(LaplaceScale { t: 5, s: 2 }));
         let nudged = 6.0f64.next_up();
         let s = LaplaceScale::exact(nudged).unwrap();
         assert_eq!(s.t as f64 / s.s as f64, nudged);

@@ -87,19 +87,31 @@ fn gaussian_draws(sigma: f64, seed: u64, n: usize) -> Vec<i64> {
 #[test]
 fn laplace_draws_fit_the_exact_pmf_at_integer_and_fractional_scales() {
     // 0.3 and 2.5 are non-integer rationals; 6.000…01 is a scale raised by one ulp.
-    for (i, b) in [0.3, 1.0, 2.5, 6.0, 6.0f64.next_up(), 37.0].into_iter().enumerate() {
+    for (i, b) in [0.3, 1.0, 2.5, 6.0, 6.0f64.next_up(), 37.0]
+        .into_iter()
+        .enumerate()
+    {
         let samples = laplace_draws(b, 100 + i as u64, DRAWS);
         let (stat, df) = chi_square(&samples, &|x| laplace_pmf(b, x));
-        assert!(stat < chi2_critical(df), "b = {b}: χ² = {stat:.1} on {df} df");
+        assert!(
+            stat < chi2_critical(df),
+            "b = {b}: χ² = {stat:.1} on {df} df"
+        );
     }
 }
 
 #[test]
 fn gaussian_draws_fit_the_exact_pmf_at_integer_and_fractional_scales() {
-    for (i, sigma) in [0.6, 1.0, 2.449_489_742_783_178, 3.0, 17.25].into_iter().enumerate() {
+    for (i, sigma) in [0.6, 1.0, 2.449_489_742_783_178, 3.0, 17.25]
+        .into_iter()
+        .enumerate()
+    {
         let samples = gaussian_draws(sigma, 200 + i as u64, DRAWS);
         let (stat, df) = chi_square(&samples, &gaussian_pmf(sigma));
-        assert!(stat < chi2_critical(df), "σ = {sigma}: χ² = {stat:.1} on {df} df");
+        assert!(
+            stat < chi2_critical(df),
+            "σ = {sigma}: χ² = {stat:.1} on {df} df"
+        );
     }
 }
 
@@ -111,8 +123,15 @@ fn variance_and_tails_match_the_distributions() {
     let r = (-1.0f64 / b).exp();
     let variance = 2.0 * r / (1.0 - r).powi(2);
     let mean = samples.iter().sum::<i64>() as f64 / DRAWS as f64;
-    let observed = samples.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / DRAWS as f64;
-    assert!((observed / variance - 1.0).abs() < 0.03, "{observed} vs {variance}");
+    let observed = samples
+        .iter()
+        .map(|&x| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / DRAWS as f64;
+    assert!(
+        (observed / variance - 1.0).abs() < 0.03,
+        "{observed} vs {variance}"
+    );
     let k = 30;
     let tail = samples.iter().filter(|x| x.unsigned_abs() >= k).count() as f64 / DRAWS as f64;
     let expected = 2.0 * r.powi(k as i32) / (1.0 + r);
@@ -132,8 +151,13 @@ fn opendp_draws(gaussian: bool, scale: f64, n: usize) -> Vec<i64> {
     let zeros = vec![0i64; n];
     let domain = VectorDomain::new(AtomDomain::<i64>::default());
     if gaussian {
-        make_gaussian::<_, _, ZeroConcentratedDivergence>(domain, L2Distance::<f64>::default(), scale, None)
-            .and_then(|m| m.invoke(&zeros))
+        make_gaussian::<_, _, ZeroConcentratedDivergence>(
+            domain,
+            L2Distance::<f64>::default(),
+            scale,
+            None,
+        )
+        .and_then(|m| m.invoke(&zeros))
     } else {
         make_laplace::<_, _, MaxDivergence>(domain, L1Distance::<i64>::default(), scale, None)
             .and_then(|m| m.invoke(&zeros))
@@ -170,7 +194,11 @@ fn two_sample(a: &[i64], b: &[i64]) -> (f64, usize) {
 
 #[test]
 fn the_samplers_draw_what_opendp_draws() {
-    for (gaussian, scale) in [(false, 2.5), (false, 6.0f64.next_up()), (true, 2.449_489_742_783_178)] {
+    for (gaussian, scale) in [
+        (false, 2.5),
+        (false, 6.0f64.next_up()),
+        (true, 2.449_489_742_783_178),
+    ] {
         let ours = if gaussian {
             gaussian_draws(scale, 300, DRAWS)
         } else {
