@@ -188,42 +188,17 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// `/v1/queries/{id:-?\d+}` to the router, so that `/v1/queries/preview` is not a query id).
 pub const INTEGER_SEGMENT: &str = r"-?\d+";
 
-/// Every documented path with integer parameters as any segment, for telling a malformed id
-/// from a missing endpoint: (template, pattern, methods).
-static LOOSE_ROUTES: LazyLock<Vec<(String, ResourceDef, Vec<String>)>> = LazyLock::new(|| {
-    let doc = document();
-    doc.paths
-        .paths
-        .iter()
-        .filter(|(path, _)| path.contains('{'))
-        .map(|(path, item)| {
-            let methods = [
-                ("GET", item.get.is_some()),
-                ("PUT", item.put.is_some()),
-                ("POST", item.post.is_some()),
-                ("DELETE", item.delete.is_some()),
-            ]
-            .into_iter()
-            .filter(|(_, present)| *present)
-            .map(|(m, _)| m.to_string())
-            .collect();
-            (path.clone(), ResourceDef::new(path.as_str()), methods)
-        })
-        .collect()
-});
-
-/// The documented template `path` would match with `method` if its integer parameters took
-/// any text (`/v1/queries/abc` → `/v1/queries/{id}`): the path names the endpoint, with an id
-/// that is not a whole number.
-pub fn template_with_integer_of(path: &str, method: &str) -> Option<String> {
-    LOOSE_ROUTES
-        .iter()
-        .find(|(_, def, methods)| def.is_match(path) && methods.iter().any(|m| m == method))
-        .map(|(template, _, _)| template.clone())
+/// A documented path as the router matches it (integer parameters as integer segments) and
+/// as a loose pattern (any segment), with its methods.
+struct Route {
+    template: String,
+    strict: ResourceDef,
+    loose: ResourceDef,
+    methods: Vec<String>,
 }
 
-/// Every documented path as the router matches it, with its methods.
-static ROUTES: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
+/// Every documented path.
+static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
     let doc = serde_json::to_value(document()).unwrap_or_default();
     let Some(paths) = doc["paths"].as_object() else {
         return Vec::new();
@@ -245,7 +220,12 @@ static ROUTES: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
                     }
                 }
             }
-            (ResourceDef::new(pattern), methods)
+            Route {
+                template: path.clone(),
+                strict: ResourceDef::new(pattern),
+                loose: ResourceDef::new(path.as_str()),
+                methods,
+            }
         })
         .collect()
 });
@@ -255,7 +235,17 @@ static ROUTES: LazyLock<Vec<(ResourceDef, Vec<String>)>> = LazyLock::new(|| {
 pub fn methods_of(path: &str) -> Vec<String> {
     ROUTES
         .iter()
-        .filter(|(def, _)| def.is_match(path))
-        .flat_map(|(_, methods)| methods.iter().cloned())
+        .filter(|r| r.strict.is_match(path))
+        .flat_map(|r| r.methods.iter().cloned())
         .collect()
+}
+
+/// The documented template `path` would match with `method` if its integer parameters took
+/// any text (`/v1/queries/abc` → `/v1/queries/{id}`): the path names the endpoint, with an id
+/// that is not a whole number.
+pub fn template_with_integer_of(path: &str, method: &str) -> Option<String> {
+    ROUTES
+        .iter()
+        .find(|r| r.loose.is_match(path) && r.methods.iter().any(|m| m == method))
+        .map(|r| r.template.clone())
 }
