@@ -124,6 +124,8 @@ problem_codes! {
     QueryPrivacy = "query.privacy",
     /// The request costs less than the dataset's per-query floor.
     QueryBelowFloor = "query.below_floor",
+    /// Pure ε (discrete Laplace) asked of a dataset whose noise is distributed: ask in ρ.
+    QueryPureEpsilonCentralOnly = "query.pure_epsilon_central_only",
     /// The query is not awaiting approval.
     QueryNotAwaitingApproval = "query.not_awaiting_approval",
     /// This board member already decided on the query.

@@ -435,7 +435,7 @@ impl Agent {
             truncated = counts.truncated,
             "aggregated locally"
         );
-        let (vector, clamped) = fit_to_round(vector, checked.plan.max_slot_per_partner);
+        let (mut vector, clamped) = fit_to_round(vector, checked.plan.max_slot_per_partner);
         if clamped > 0 || counts.aggregated > ann.max_rows_per_partner {
             // Never a refusal: whether this partner takes part must not depend on its data.
             tracing::warn!(
@@ -448,6 +448,14 @@ impl Agent {
                  is biased: raise the coordinator's max_rows_per_partner"
             );
         }
+        // This partner's share of distributed noise, from its own OS-seeded generator: the
+        // coordinator only ever unmasks a noisy sum.
+        let mut rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
+            .map_err(|e| AgentError::Protocol(format!("the OS random source failed: {e}")))?;
+        checked
+            .noise
+            .add_noise_shares(&checked.plan, &mut vector, &mut rng)
+            .map_err(|e| AgentError::Protocol(format!("adding the noise share: {e}")))?;
         Ok(Prepared {
             dataset: ann.dataset.clone(),
             cost: checked.cost,

@@ -14,16 +14,18 @@
 //! - with what this partner has already spent on the dataset it stays within `total_rho`
 //!   ([`check_total`], checked again under the ledger's lock just before the vector leaves);
 //! - the round's configuration is the one the plan needs (round id, vector length, a ring wide
-//!   enough for the sums) and its secure aggregation meets the manifest's and this partner's
+//!   enough for the sums and the noise shares' tail), it guarantees as many honest
+//!   contributors under this partner's colluder assumption as under the board's (the number
+//!   the noise shares are sized for), and its secure aggregation meets the manifest's and this partner's
 //!   requirements (tolerated dropouts and colluders, the survivor floor).
 //!
 //! A refusal carries a [`DeclineCode`]: the coordinator hears only the code.
 
 use civic_api::round::RoundAnnouncement;
-use civic_mechanisms::AggregationPlan;
 use civic_mechanisms::pricing::{DEFAULT_REPORTING_DELTA, PricingContext, PricingError, price};
+use civic_mechanisms::{AggregationPlan, ReleasePlan};
 use civic_policies::Rho;
-use civic_policies::dataset::DatasetPolicy;
+use civic_policies::dataset::{DatasetPolicy, NoisePlacement};
 use civic_policies::manifest::RoundRequirements;
 use civic_policies::query::Statistic;
 use civic_secagg::{Requirements, Tolerances, Width};
@@ -40,6 +42,8 @@ pub const SECURE_SUM: &str = "secure-sum/v3";
 pub struct CheckedRound {
     /// The plan compiled locally.
     pub plan: AggregationPlan,
+    /// The noise calibrated locally: with distributed noise, the share this partner adds.
+    pub noise: ReleasePlan,
     /// The plan against the row layout.
     pub compiled: CompiledPlan,
     /// What the round costs, as this agent computes it.
@@ -90,11 +94,31 @@ pub fn check_round(
             allowed.join(", ")
         )));
     }
+    // The honest shares the round's configuration guarantees against the board's colluders:
+    // what the coordinator sized the noise for. Under this partner's own colluder assumption,
+    // if stricter, the round must guarantee as many, or the shares would be too thin.
+    let honest = ann.config.honest_contributors(floor.tolerated_colluders);
+    let honest_here = ann
+        .config
+        .honest_contributors(floor.tolerated_colluders.max(limits.min_colluders));
+    if policy.noise() == NoisePlacement::Distributed && honest_here < honest {
+        return Err(refuse(ThresholdTooLow)(format!(
+            "the round guarantees {honest_here} honest contributors when {} partners may collude \
+             (this partner's min_colluders), fewer than the {honest} its noise shares are sized for",
+            limits.min_colluders
+        )));
+    }
     let context = PricingContext {
         max_rows_per_partner: ann.max_rows_per_partner,
         reporting_delta: ann.reporting_delta.unwrap_or(DEFAULT_REPORTING_DELTA),
         // From the manifest this agent verified, never from the announcement.
         board_floor: Rho::cap(floor.min_rho_per_query).unwrap_or(Rho::ZERO),
+        // From the round's configuration, checked below against the manifest and this
+        // partner's requirements: never a noise scale taken from the coordinator.
+        honest_survivors: match policy.noise() {
+            NoisePlacement::Distributed => honest,
+            NoisePlacement::Central => 0,
+        },
     };
     let priced = price(policy, &ann.query, ann.privacy, ann.confidence, context).map_err(|e| {
         let code = match e {
@@ -132,7 +156,7 @@ pub fn check_round(
              manifest's floor and this partner's)"
         )));
     }
-    let plan = priced.plan;
+    let (plan, noise) = (priced.plan, priced.release_plan);
     let c = &ann.config;
     if c.round_id.0 != ann.round_id as u64 || c.vector_len != plan.vector_len {
         return Err(refuse(ConfigurationMismatch)(format!(
@@ -140,11 +164,15 @@ pub fn check_round(
             c.round_id, c.vector_len, ann.round_id, plan.vector_len
         )));
     }
-    let needed = Width::for_layout(plan.max_slot_per_partner, c.participants.len(), 0)
-        .map_err(|e| refuse(ConfigurationMismatch)(e.to_string()))?;
+    let needed = Width::for_layout(
+        plan.max_slot_per_partner,
+        c.participants.len(),
+        noise.noise_tail(&plan),
+    )
+    .map_err(|e| refuse(ConfigurationMismatch)(e.to_string()))?;
     if c.width.max_magnitude() < needed.max_magnitude() {
         return Err(refuse(ConfigurationMismatch)(format!(
-            "the round's ring ({:?}) is too narrow for the plan's sums (needs {needed:?})",
+            "the round's ring ({:?}) is too narrow for the plan's sums and noise (needs {needed:?})",
             c.width
         )));
     }
@@ -164,6 +192,7 @@ pub fn check_round(
     let compiled = CompiledPlan::new(&validated, policy, &plan).map_err(refuse(QueryInvalid))?;
     Ok(CheckedRound {
         plan,
+        noise,
         compiled,
         cost,
         requirements,
@@ -222,7 +251,7 @@ pub fn check_total(
 mod tests {
     use super::*;
     use civic_api::query::PrivacyRequest;
-    use civic_policies::samples::diabetes;
+    use civic_policies::samples::diabetes_central as diabetes;
     use civic_secagg::{GraphKind, PartnerId, RoundConfig, RoundId};
     use serde_json::json;
 

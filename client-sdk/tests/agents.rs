@@ -134,6 +134,7 @@ poll_seconds = 0.2
 
 [limits]
 max_epsilon_per_query = {max_epsilon}
+max_rho_per_query = 100000.0
 total_rho = 100000.0
 min_survivors = 2
 
@@ -184,7 +185,31 @@ async fn setup(
     root: &Path,
     max_epsilon: [f64; 4],
 ) -> (Vec<Site>, Vec<Arc<Agent>>) {
+    setup_with(c, root, max_epsilon, true).await
+}
+
+/// [`setup`], with the "city" policy's central noise (`central`) or without it: then the
+/// partners add distributed noise shares, the default.
+async fn setup_with(
+    c: &mut Coordinator,
+    root: &Path,
+    max_epsilon: [f64; 4],
+    central: bool,
+) -> (Vec<Site>, Vec<Arc<Agent>>) {
     c.add_partner("clinic-d").await;
+    let mut city = c.city_toml();
+    if !central {
+        city = city.replace("noise = \"central\"\n", "");
+        let (s, body) = c
+            .call(
+                Method::PUT,
+                "/v1/datasets/city",
+                Some(&c.board[0]),
+                Some(json!({ "policy": city })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
     let mut sites = Vec::new();
     let mut agents = Vec::new();
     let mut listed = Vec::new();
@@ -196,7 +221,7 @@ async fn setup(
     // The board signs the partners' keys into the federation's manifest.
     let (s, v) = c
         .publish(&common::signed(
-            common::city_manifest(&listed, &c.city_toml()),
+            common::city_manifest(&listed, &city),
             &[201, 203],
         ))
         .await;
@@ -267,7 +292,7 @@ async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
     let done = c.wait_done(id).await;
     assert_eq!(done["state"], "released", "{done}");
     let exact: i64 = truths.iter().map(|t| t.0).sum();
-    assert_eq!(c.state.rounds.exact_sum(id), Some(vec![exact]));
+    assert_eq!(c.state.rounds.unmasked_sum(id), Some(vec![exact]));
     // ε = 60 at sensitivity 1: the noise is 0 except with probability ~1e-26.
     assert_eq!(released_values(&done), vec![exact as f64]);
 
@@ -288,7 +313,7 @@ async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
         bands.iter().all(|b| *b > 0),
         "the data exercise every band: {bands:?}"
     );
-    assert_eq!(c.state.rounds.exact_sum(hid), Some(bands));
+    assert_eq!(c.state.rounds.unmasked_sum(hid), Some(bands));
     // Each cell says which band it is.
     assert_eq!(done["result"]["keys"], json!(["age"]), "{done}");
     assert_eq!(
@@ -348,6 +373,55 @@ async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
 
 /// The log as an operator with write access could leave it: entry `seq` altered and every
 /// entry from it rehashed, so that the chain verifies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_distributed_noise_the_coordinator_only_ever_holds_a_noisy_sum() {
+    let mut c = start_coordinator(test_config(&fresh_store_url("agents-distributed")));
+    let root = tempfile::tempdir().unwrap();
+    let (sites, agents) = setup_with(&mut c, root.path(), [100.0; 4], false).await;
+    let truths: Vec<(i64, [i64; 3])> = sites.iter().map(|s| truth(&s.rows)).collect();
+
+    // Pure ε is central-only: refused at submission, with its code, reserving nothing.
+    let (s, body) = c.submit(histogram_of_falls(1.0)).await;
+    assert!(s.is_client_error(), "{body}");
+    assert_eq!(body["code"], "query.pure_epsilon_central_only", "{body}");
+
+    let mut query = histogram_of_falls(1.0);
+    query["privacy"] = json!({ "rho": 0.01 });
+    let (id, round) = submit(&c, query).await;
+    let outcomes = all_once(&agents).await;
+    for o in &outcomes {
+        assert_eq!(o, &vec![(round, RoundOutcome::Finished)]);
+    }
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    let bands: Vec<i64> = (0..3)
+        .map(|b| truths.iter().map(|t| t.1[b]).sum())
+        .collect();
+    // The only sum the coordinator held is noisy: four partners' shares of σ ≈ 14 each
+    // (Δ₂ = 2 for 2 rows per resident, ρ = 0.01, 2 honest shares) leave every band exact
+    // with probability ~10⁻⁴, and none beyond the ring's tail.
+    let unmasked = c.state.rounds.unmasked_sum(id).unwrap();
+    assert_ne!(unmasked, bands, "the partners added no noise");
+    for (u, b) in unmasked.iter().zip(&bands) {
+        assert!((u - b).abs() < 300, "{unmasked:?} vs {bands:?}");
+    }
+    // The release is that sum post-processed (clamped at 0), never noised a second time.
+    let released: Vec<f64> = released_values(&done);
+    let expected: Vec<f64> = unmasked.iter().map(|u| (*u).max(0) as f64).collect();
+    assert_eq!(released, expected, "{done}");
+    let receipt = &done["result"]["receipt"];
+    assert_eq!(receipt["noise"], "distributed", "{receipt}");
+    // Four partners, one colluder withstood: t = 3, of which 2 are surely honest.
+    assert_eq!(receipt["honest_shares"], 2, "{receipt}");
+    assert_eq!(receipt["survivors"], 4, "{receipt}");
+    let mechanism = receipt["mechanisms"][0].as_str().unwrap();
+    assert!(
+        mechanism.starts_with("distributed discrete Gaussian"),
+        "{mechanism}"
+    );
+    c.stop().await;
+}
+
 fn rewrite_from(
     records: &[civic_policies::audit::AuditRecord],
     seq: usize,
@@ -420,7 +494,7 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
     assert_eq!(done["state"], "released", "{done}");
     assert_eq!(done["result"]["receipt"]["survivors"], 3, "{done}");
     let exact: i64 = [0, 1, 3].iter().map(|&i| truth(&sites[i].rows).0).sum();
-    assert_eq!(c.state.rounds.exact_sum(id), Some(vec![exact]));
+    assert_eq!(c.state.rounds.unmasked_sum(id), Some(vec![exact]));
 
     // Restarted on the same state directory, the agent knows it lost the round's secrets.
     let restarted = sites[2].agent();
@@ -459,7 +533,7 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
     let bands: Vec<i64> = (0..3)
         .map(|b| [0, 1, 3].iter().map(|&i| truth(&sites[i].rows).1[b]).sum())
         .collect();
-    assert_eq!(c.state.rounds.exact_sum(id), Some(bands));
+    assert_eq!(c.state.rounds.unmasked_sum(id), Some(bands));
     // The board sees why in the audit log.
     let (s, log) = c
         .call(Method::GET, "/v1/audit?limit=1000", Some(&c.board[0]), None)

@@ -419,6 +419,7 @@ fn announcement(id: i64, privacy: PrivacyRequest, n: u32) -> RoundAnnouncement {
         max_rows_per_partner: 1000,
         reporting_delta: 1e-6,
         board_floor: civic_policies::Rho::ZERO,
+        honest_survivors: 2,
     };
     let priced = civic_mechanisms::price(&policy, &query, privacy, None, context).unwrap();
     let plan = &priced.plan;

@@ -6,6 +6,8 @@
 //! - [`accuracy`]: confidence-interval half-widths and their inverse (the budget a target
 //!   half-width needs), through OpenDP's accuracy functions.
 //! - [`accounting`]: zCDP totals reported as (ε, δ) through OpenDP's conversion.
+//! - [`distributed`]: the partners' shares of discrete Gaussian noise, sized for a round's
+//!   honest survivors, so the coordinator only ever unmasks a noisy sum.
 //! - [`plan`], [`release`]: the vector layout of a query, and the calibrated release.
 //! - [`pricing`]: request → calibrated plan → cost and half-widths, the one function the
 //!   coordinator and every agent call.
@@ -17,6 +19,7 @@
 
 pub mod accounting;
 pub mod accuracy;
+pub mod distributed;
 pub mod error;
 pub mod noise;
 mod opendp_guard;
@@ -25,8 +28,9 @@ pub mod pricing;
 pub mod release;
 pub mod sampler;
 
+pub use distributed::ShareCount;
 pub use error::MechanismError;
 pub use noise::{NoiseKind, NoiseSpec};
 pub use plan::{AggregationPlan, Block, BlockKind};
 pub use pricing::{Cost, Priced, PricingContext, PricingError, price};
-pub use release::{PrivacyChoice, Release, ReleasePlan, RowAccuracy};
+pub use release::{NoiseSetting, PrivacyChoice, Release, ReleasePlan, RowAccuracy};

@@ -86,13 +86,15 @@ pub struct AggregationPlan {
 
 impl AggregationPlan {
     /// Whether every slot of a sum over `contributors` partners lies within what their
-    /// inputs can produce: |slot| ≤ contributors × `max_slot_per_partner`. A slot outside it
-    /// means a partner sent a wrong share or an input the round was not sized for, so the
-    /// unmasked sum is garbage and must not be released.
-    pub fn admits_sum(&self, sum: &[i64], contributors: usize) -> bool {
+    /// inputs can produce: |slot| ≤ contributors × `max_slot_per_partner` + `noise_tail`
+    /// (the partners' noise shares, beyond which a sum strays with probability below 2⁻⁴⁰).
+    /// A slot outside it means a partner sent a wrong share or an input the round was not
+    /// sized for, so the unmasked sum is garbage and must not be released.
+    pub fn admits_sum(&self, sum: &[i64], contributors: usize, noise_tail: u128) -> bool {
         let bound = self
             .max_slot_per_partner
-            .saturating_mul(contributors as u128);
+            .saturating_mul(contributors as u128)
+            .saturating_add(noise_tail);
         sum.len() == self.vector_len && sum.iter().all(|v| u128::from(v.unsigned_abs()) <= bound)
     }
 
@@ -220,16 +222,17 @@ impl AggregationPlan {
     /// cross products, where one row touches a slot in every block).
     pub fn joint_sensitivity(&self, blocks: &[Block]) -> Result<(u64, f64), MechanismError> {
         let mut l1: u64 = 0;
-        let mut squares = 0f64;
+        // Summed exactly: each square is below 2^106 and a query has fewer than 2^20 blocks.
+        let mut squares: u128 = 0;
         for b in blocks {
             let s = self.l1_sensitivity(b)?;
             l1 = l1
                 .checked_add(s)
                 .filter(|s| *s <= MAX_SENSITIVITY)
                 .ok_or_else(|| too_sensitive(self.rows_per_resident, b.per_row_max))?;
-            squares += (s as f64).powi(2);
+            squares = squares.saturating_add(u128::from(s) * u128::from(s));
         }
-        Ok((l1, squares.sqrt()))
+        Ok((l1, sqrt_up(squares)))
     }
 
     /// Checks that the layout is what [`AggregationPlan::compile`] makes for the plan's
@@ -300,6 +303,37 @@ pub const MAX_VECTOR_LEN: usize = 1 << 26;
 /// The largest sensitivity calibrated: f64 holds every integer up to 2^53 exactly.
 pub const MAX_SENSITIVITY: u64 = 1 << 53;
 
+/// The least f64 at or above √q: an L2 sensitivity is never rounded down (a rounded-down one
+/// would under-noise).
+pub fn sqrt_up(q: u128) -> f64 {
+    let mut root = (q as f64).sqrt();
+    while !square_at_least(root, q) {
+        root = root.next_up();
+    }
+    root
+}
+
+/// Whether x² ≥ q exactly, for finite x ≥ 0: x = m·2^e with m a 53-bit integer, so x² ≥ q is
+/// m² ≥ q·2^(−2e) (e < 0) or m²·2^(2e) ≥ q (e ≥ 0), compared in arbitrary precision.
+fn square_at_least(x: f64, q: u128) -> bool {
+    use dashu_int::UBig;
+    let bits = x.to_bits();
+    let exponent_bits = ((bits >> 52) & 0x7ff) as i64;
+    let fraction = bits & ((1u64 << 52) - 1);
+    let (m, e) = if exponent_bits == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1u64 << 52), exponent_bits - 1075)
+    };
+    let square = UBig::from(m) * UBig::from(m);
+    let q = UBig::from(q);
+    if e >= 0 {
+        (square << (2 * e as usize)) >= q
+    } else {
+        square >= (q << (-2 * e) as usize)
+    }
+}
+
 fn layout_error(reason: &str) -> MechanismError {
     MechanismError::InvalidParameter {
         stage: "plan",
@@ -341,4 +375,38 @@ fn checked_product(a: u64, b: u64) -> Result<u64, MechanismError> {
         stage: "plan",
         reason: format!("a cross product of bounds {a} × {b} overflows 64 bits: narrow the bounds or coarsen the resolution"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_sensitivities_are_never_rounded_down() {
+        for q in [
+            0u128,
+            1,
+            2,
+            3,
+            4,
+            5,
+            10,
+            99,
+            1 << 60,
+            (1 << 100) + 12_345,
+            u128::MAX >> 22,
+        ] {
+            let r = sqrt_up(q);
+            assert!(square_at_least(r, q), "{q}");
+            // ... and it is the least such f64.
+            if r > 0.0 {
+                assert!(
+                    !square_at_least(r.next_down(), q),
+                    "{q}: {r} is not the least"
+                );
+            }
+        }
+        // The f64 square root of 2^106 − 1 rounds to 2^53, which is above; of 2 it is below.
+        assert!(sqrt_up(2) * sqrt_up(2) >= 2.0);
+    }
 }

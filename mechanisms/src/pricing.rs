@@ -13,15 +13,16 @@
 //! The result ([`Priced`]) is plain data: the coordinator stores it with the reservation and
 //! releases from the stored copy, never from a second pricing.
 
-use civic_policies::dataset::DatasetPolicy;
+use civic_policies::dataset::{DatasetPolicy, NoisePlacement};
 use civic_policies::{MechanismChoice, PolicyError, PrivacyRequest, Query, Rho};
 use serde::{Deserialize, Serialize};
 
 use crate::accounting::epsilon_at_delta;
+use crate::distributed::ShareCount;
 use crate::error::MechanismError;
 use crate::noise::NoiseKind;
 use crate::plan::{AggregationPlan, BlockKind};
-use crate::release::{PrivacyChoice, Release, ReleasePlan, RowAccuracy};
+use crate::release::{NoiseSetting, PrivacyChoice, Release, ReleasePlan, RowAccuracy};
 
 /// The interval confidence when a request names none.
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
@@ -43,6 +44,12 @@ pub struct PricingContext {
     /// verified, never from the coordinator.
     #[serde(default)]
     pub board_floor: Rho,
+    /// For a dataset with distributed noise: the shares counted as noise, which the round's
+    /// configuration guarantees (`civic_secagg::RoundConfig::honest_contributors`). Each side derives
+    /// it itself: the coordinator from the round it will run, an agent from the round's
+    /// configuration it checked against the manifest. 0 where unknown (central noise).
+    #[serde(default)]
+    pub honest_survivors: usize,
 }
 
 /// A cost in every form a board reads.
@@ -108,6 +115,14 @@ pub enum PricingError {
     /// The noise cannot be calibrated as asked.
     #[error(transparent)]
     Mechanism(#[from] MechanismError),
+    /// A pure-ε request (or a Laplace target) on a dataset whose noise is distributed.
+    #[error(
+        "dataset {dataset} adds its noise at the partners (distributed noise), and pure ε-DP is central-only: no exactly divisible discrete-Laplace share is implemented. Ask in ρ (zCDP) instead: {{\"rho\": ε²/2}} costs the ledger the same (ε = 1 is ρ = 0.5), or a target half-width with mechanism \"gaussian\"; or the board may set noise = \"central\" in the policy's [governance]"
+    )]
+    PureEpsilonCentralOnly {
+        /// The dataset.
+        dataset: String,
+    },
     /// The request costs less than the least a query may cost: the policy's per-query floor
     /// or the board's, whichever is higher.
     #[error(
@@ -137,6 +152,7 @@ impl PricingError {
             Self::Query(e) => e.code(),
             Self::Mechanism(e) => e.code(),
             Self::BelowFloor { .. } => "query.below_floor",
+            Self::PureEpsilonCentralOnly { .. } => "query.pure_epsilon_central_only",
         }
     }
 }
@@ -187,6 +203,28 @@ pub fn price(
     let alpha = 1.0 - confidence;
     let floor = policy.min_per_query.max(context.board_floor);
     let validated = query.clone().validate(policy)?;
+    let setting = match policy.noise() {
+        NoisePlacement::Central => NoiseSetting::Central,
+        NoisePlacement::Distributed => {
+            let laplace = matches!(
+                privacy,
+                PrivacyRequest::Epsilon(_)
+                    | PrivacyRequest::TargetHalfWidth {
+                        mechanism: MechanismChoice::Laplace,
+                        ..
+                    }
+            );
+            if laplace {
+                return Err(PricingError::PureEpsilonCentralOnly {
+                    dataset: policy.id().to_string(),
+                });
+            }
+            NoiseSetting::Distributed(ShareCount {
+                honest: context.honest_survivors,
+                partners: policy.partners().len(),
+            })
+        }
+    };
     let plan = AggregationPlan::compile(&validated, policy, context.max_rows_per_partner)?;
     let release_plan = match privacy {
         PrivacyRequest::Epsilon(e) => ReleasePlan::new(
@@ -196,7 +234,7 @@ pub fn price(
         )?,
         PrivacyRequest::Rho(r) => {
             let r = within("rho", r, 0.0, civic_policies::privacy::MAX_RHO)?;
-            ReleasePlan::new(&plan, PrivacyChoice::Rho(r), alpha)?
+            ReleasePlan::calibrate(&plan, PrivacyChoice::Rho(r), alpha, setting)?
         }
         PrivacyRequest::TargetHalfWidth {
             half_width,
@@ -209,9 +247,9 @@ pub fn price(
             let target = within("half_width", half_width, 0.0, f64::INFINITY)?;
             // A target the floor's calibration already meets is priced at the floor: the
             // cheapest cost the policy allows, with intervals narrower than asked.
-            match at_floor(&plan, kind, floor, alpha) {
+            match at_floor(&plan, kind, floor, alpha, setting) {
                 Some(floor) if widest(&floor, &plan)? <= target => floor,
-                _ => ReleasePlan::for_target_half_width(&plan, kind, target, alpha)?,
+                _ => ReleasePlan::for_target_half_width(&plan, kind, target, alpha, setting)?,
             }
         }
     };
@@ -266,13 +304,14 @@ fn at_floor(
     kind: NoiseKind,
     floor: Rho,
     alpha: f64,
+    setting: NoiseSetting,
 ) -> Option<ReleasePlan> {
     let rho = floor.as_f64() * (1.0 + 1e-9);
     let choice = match kind {
         NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon((2.0 * rho).sqrt()),
         NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(rho),
     };
-    ReleasePlan::new(plan, choice, alpha)
+    ReleasePlan::calibrate(plan, choice, alpha, setting)
         .ok()
         .filter(|p| p.cost >= floor)
 }
@@ -309,13 +348,14 @@ impl Priced {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use civic_policies::samples::diabetes;
+    use civic_policies::samples::{diabetes, diabetes_central};
 
     fn context() -> PricingContext {
         PricingContext {
             max_rows_per_partner: 10_000,
             reporting_delta: 1e-6,
             board_floor: Rho::ZERO,
+            honest_survivors: 2,
         }
     }
 
@@ -327,7 +367,7 @@ mod tests {
     #[test]
     fn a_pure_epsilon_count_costs_half_its_square_and_states_every_form() {
         let p = price(
-            &diabetes(),
+            &diabetes_central(),
             &count(),
             PrivacyRequest::Epsilon(0.4),
             None,
@@ -344,7 +384,7 @@ mod tests {
         assert_eq!(p.half_widths.len(), 1);
         // Deterministic: the agent's price is the coordinator's.
         let again = price(
-            &diabetes(),
+            &diabetes_central(),
             &count(),
             PrivacyRequest::Epsilon(0.4),
             Some(0.95),
@@ -355,11 +395,60 @@ mod tests {
     }
 
     #[test]
+    fn distributed_noise_is_gaussian_shares_for_the_honest_contributors() {
+        // diabetes.toml asks for no central noise: its partners add shares.
+        let policy = diabetes();
+        let refused = price(
+            &policy,
+            &count(),
+            PrivacyRequest::Epsilon(1.0),
+            None,
+            context(),
+        );
+        assert_eq!(
+            refused.unwrap_err().code(),
+            "query.pure_epsilon_central_only"
+        );
+        let p = price(&policy, &count(), PrivacyRequest::Rho(0.1), None, context()).unwrap();
+        let group = &p.release_plan.groups[0];
+        let shares = group.shares.expect("distributed");
+        assert_eq!((shares.count.honest, shares.count.partners), (2, 5));
+        // K = 2 rows per resident, so Δ₂ = 2; two honest shares carry ρ = Δ₂²/(2·2σ²).
+        let expected = 2.0 / (2.0 * 2.0 * 0.1f64).sqrt();
+        assert!(
+            (shares.sigma / expected - 1.0).abs() < 1e-6,
+            "{}",
+            shares.sigma
+        );
+        assert_eq!(p.cost.rho, Rho::nearest(0.1).unwrap());
+        // The preview's half-width is for all five partners' shares: √(5/2) × the honest sum's.
+        let central = price(
+            &diabetes_central(),
+            &count(),
+            PrivacyRequest::Rho(0.1),
+            None,
+            context(),
+        )
+        .unwrap();
+        assert!(
+            p.half_widths[0] > central.half_widths[0] * 1.4,
+            "{:?}",
+            p.half_widths
+        );
+        // With no honest count (a context that is not a round's) nothing is priced.
+        let unknown = PricingContext {
+            honest_survivors: 0,
+            ..context()
+        };
+        assert!(price(&policy, &count(), PrivacyRequest::Rho(0.1), None, unknown).is_err());
+    }
+
+    #[test]
     fn a_stored_calibration_reads_back_bit_for_bit_and_releases() {
         // The coordinator stores the priced plan as JSON with the reservation and releases
         // from the stored copy: every float must survive the round trip exactly, or the
         // release's own cost check can refuse what was reserved.
-        let policy = diabetes();
+        let policy = diabetes_central();
         for i in 1..200 {
             let privacy = if i % 2 == 0 {
                 PrivacyRequest::Epsilon(0.013 * i as f64)
@@ -379,7 +468,7 @@ mod tests {
     fn the_reporting_delta_is_the_contexts() {
         let at = |delta| {
             price(
-                &diabetes(),
+                &diabetes_central(),
                 &count(),
                 PrivacyRequest::Rho(0.05),
                 None,
@@ -400,7 +489,14 @@ mod tests {
     #[test]
     fn bad_numbers_are_refused_with_their_names() {
         let refuse = |privacy, confidence| {
-            price(&diabetes(), &count(), privacy, confidence, context()).unwrap_err()
+            price(
+                &diabetes_central(),
+                &count(),
+                privacy,
+                confidence,
+                context(),
+            )
+            .unwrap_err()
         };
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let e = refuse(PrivacyRequest::Epsilon(bad), None);
@@ -425,7 +521,7 @@ mod tests {
         let mut other = count();
         other.dataset = "falls".into();
         let e = price(
-            &diabetes(),
+            &diabetes_central(),
             &other,
             PrivacyRequest::Rho(0.05),
             None,
@@ -437,7 +533,7 @@ mod tests {
 
     #[test]
     fn requests_below_the_floor_are_refused_before_any_accuracy_is_computed() {
-        let policy = diabetes();
+        let policy = diabetes_central();
         let floor = policy.min_per_query;
         assert!(floor > Rho::ZERO);
         for privacy in [

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounting::epsilon_at_delta;
 use crate::accuracy::half_width;
+use crate::distributed::{
+    ShareCount, noise_tail, rho_of_shares, share_sigma_for_rho, sum_half_width,
+};
 use crate::error::MechanismError;
 use crate::noise::{Cost, NoiseKind, NoiseSpec};
 use crate::plan::{AggregationPlan, BlockKind};
@@ -27,6 +30,28 @@ pub enum PrivacyChoice {
     Rho(f64),
 }
 
+/// Where a release's noise is added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseSetting {
+    /// By the coordinator, to the exact sum.
+    Central,
+    /// By the partners, in shares sized for the round's honest survivors (see
+    /// [`crate::distributed`]).
+    Distributed(ShareCount),
+}
+
+/// A group's distributed noise: what each contributing partner adds to each of its slots.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Shares {
+    /// The shares counted as noise, and the partners that may add one.
+    pub count: ShareCount,
+    /// σ of each partner's N_Z(0, σ²), in fixed-point units.
+    pub sigma: f64,
+    /// ρ of the honest shares' sum (KLS21 Proposition 14): at most the group's charge.
+    pub rho_bound: f64,
+}
+
 /// Blocks noised together, with their mechanism and cost.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NoiseGroup {
@@ -38,6 +63,11 @@ pub struct NoiseGroup {
     pub epsilon: Option<f64>,
     /// Its ρ, as charged.
     pub rho: Rho,
+    /// Distributed noise: the partners' shares (None: central noise, added by the
+    /// coordinator with `spec`). For distributed noise `spec` is the discrete Gaussian the
+    /// honest shares amount to (scale σ·√h), kept for the sensitivity it was calibrated for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<Shares>,
 }
 
 /// The calibrated mechanisms of one release: what it costs and how accurate it will be.
@@ -100,6 +130,14 @@ pub struct Receipt {
     pub confidence: f64,
     /// Caveats a researcher must read (e.g. a ridge-regularised regression).
     pub caveats: Vec<String>,
+    /// Where the noise was added: `distributed` (by the partners, before masking: the
+    /// coordinator never held the exact sum) or `central` (by the coordinator).
+    pub noise: civic_policies::dataset::NoisePlacement,
+    /// For distributed noise: the shares counted as noise whatever the coordinator does (the
+    /// round's least contributors minus the colluders it withstands), for which `rho` is
+    /// guaranteed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honest_shares: Option<usize>,
 }
 
 /// What each output row of `statistic` is called: "count", "sum(c)", "mean(c)", "q0.5(c)",
@@ -193,12 +231,24 @@ fn charges(choice: PrivacyChoice, parts: usize) -> Result<Vec<Rho>, MechanismErr
 }
 
 impl ReleasePlan {
-    /// Calibrates the noise for `statistic` under `plan`: a mean splits the budget in half
-    /// between its sum and its count; everything else is one group.
+    /// Calibrates central noise for `statistic` under `plan` (see [`ReleasePlan::calibrate`]).
     pub fn new(
         plan: &AggregationPlan,
         privacy: PrivacyChoice,
         alpha: f64,
+    ) -> Result<Self, MechanismError> {
+        Self::calibrate(plan, privacy, alpha, NoiseSetting::Central)
+    }
+
+    /// Calibrates the noise for `statistic` under `plan`, central or in partners' shares: a
+    /// mean splits the budget in half between its sum and its count; everything else is one
+    /// group. Distributed noise is discrete Gaussian only (pure ε is central-only; see
+    /// [`crate::distributed`]).
+    pub fn calibrate(
+        plan: &AggregationPlan,
+        privacy: PrivacyChoice,
+        alpha: f64,
+        setting: NoiseSetting,
     ) -> Result<Self, MechanismError> {
         plan.check_layout()?;
         let groups_of_blocks: Vec<Vec<usize>> = match plan.statistic {
@@ -211,6 +261,12 @@ impl ReleasePlan {
         for (blocks, charge) in groups_of_blocks.into_iter().zip(charges) {
             let members: Vec<_> = blocks.iter().map(|&i| plan.blocks[i].clone()).collect();
             let (l1, l2) = plan.joint_sensitivity(&members)?;
+            if let NoiseSetting::Distributed(count) = setting {
+                groups.push(distributed_group(
+                    blocks, &members, share, charge, count, l1, l2,
+                )?);
+                continue;
+            }
             let spec = match share {
                 PrivacyChoice::Epsilon(e) => NoiseSpec::laplace_for_epsilon(l1, e)?,
                 PrivacyChoice::Rho(r) => NoiseSpec::gaussian_for_rho(l2, r)?,
@@ -226,6 +282,7 @@ impl ReleasePlan {
                 }),
                 // Never less than the mechanism's own cost: the charge is a floor.
                 rho: cost.rho.max(charge),
+                shares: None,
             });
         }
         half_width(&groups[0].spec, alpha)?;
@@ -248,6 +305,7 @@ impl ReleasePlan {
         kind: NoiseKind,
         target: f64,
         alpha: f64,
+        setting: NoiseSetting,
     ) -> Result<Self, MechanismError> {
         if !(target.is_finite() && target > 0.0) {
             return Err(MechanismError::InvalidParameter {
@@ -260,7 +318,7 @@ impl ReleasePlan {
                 NoiseKind::DiscreteLaplace => PrivacyChoice::Epsilon(amount),
                 NoiseKind::DiscreteGaussian => PrivacyChoice::Rho(amount),
             };
-            let candidate = Self::new(plan, choice, alpha)?;
+            let candidate = Self::calibrate(plan, choice, alpha, setting)?;
             let widest = candidate.half_widths(plan)?.into_iter().fold(0.0, f64::max);
             Ok::<_, MechanismError>((widest <= target, candidate))
         };
@@ -374,15 +432,50 @@ impl ReleasePlan {
                     g.spec.sensitivity
                 ));
             }
+            if let Some(sh) = g.shares {
+                let dims = members.iter().map(|b| b.len).sum();
+                let bound = rho_of_shares(sh.sigma, sh.count.honest, dims, l1 as f64, l2);
+                if bound > g.rho.as_f64() {
+                    return refuse(format!(
+                        "the partners' noise shares (σ {}, {} honest) cost ρ {bound}, above the {} charged",
+                        sh.sigma,
+                        sh.count.honest,
+                        g.rho.as_f64()
+                    ));
+                }
+                if survivors < sh.count.honest {
+                    return refuse(format!(
+                        "{survivors} partners contributed; the noise was sized for at least {} honest shares",
+                        sh.count.honest
+                    ));
+                }
+            }
         }
         Ok(())
     }
 
-    /// The (1 − α) half-width of each block's cells, in statistic units.
+    /// The (1 − α) half-width of each block's cells, in statistic units; for distributed
+    /// noise, when every partner contributes a share (the most noise a round can carry).
     pub fn half_widths(&self, plan: &AggregationPlan) -> Result<Vec<f64>, MechanismError> {
+        self.half_widths_with(plan, None)
+    }
+
+    /// [`ReleasePlan::half_widths`] for a sum of `contributors` partners' shares (None: all).
+    fn half_widths_with(
+        &self,
+        plan: &AggregationPlan,
+        contributors: Option<usize>,
+    ) -> Result<Vec<f64>, MechanismError> {
         let mut out = vec![0.0; plan.blocks.len()];
         for g in &self.groups {
-            let a = half_width(&g.spec, self.alpha)?;
+            let a = match g.shares {
+                None => half_width(&g.spec, self.alpha)?,
+                Some(s) => sum_half_width(
+                    s.sigma,
+                    contributors.unwrap_or(s.count.partners),
+                    self.alpha,
+                )?,
+            };
             for &b in &g.blocks {
                 out[b] = a / plan.blocks[b].units_per_value;
             }
@@ -502,10 +595,14 @@ impl ReleasePlan {
                 .flat_map(|&b| plan.blocks[b].offset..plan.blocks[b].offset + plan.blocks[b].len)
                 .collect();
             let values: Vec<i64> = slots.iter().map(|&i| summed[i]).collect();
-            let out = g.spec.release(&values, g.rho)?;
+            // Distributed noise arrived in the sum, from the partners' shares.
+            let out = match g.shares {
+                None => g.spec.release(&values, g.rho)?,
+                Some(_) => values,
+            };
             slots.iter().zip(out).for_each(|(&i, v)| noisy[i] = v);
         }
-        let widths = self.half_widths(plan)?;
+        let widths = self.half_widths_with(plan, Some(survivors))?;
         let block = |i: usize| -> Vec<f64> {
             let b = &plan.blocks[i];
             noisy[b.offset..b.offset + b.len]
@@ -644,6 +741,7 @@ impl ReleasePlan {
             }
         }
         let delta = reporting_delta;
+        let distributed = self.groups.iter().find_map(|g| g.shares);
         let receipt = Receipt {
             privacy_unit: "one resident".into(),
             rows_per_resident: plan.rows_per_resident,
@@ -657,6 +755,20 @@ impl ReleasePlan {
                         .iter()
                         .map(|&b| describe(&plan.blocks[b].kind))
                         .collect();
+                    if let Some(s) = g.shares {
+                        return format!(
+                            "distributed discrete Gaussian on {}: {survivors} partners' shares of \
+                             σ {} each (fixed-point units; sum variance {}), sensitivity {}; rho \
+                             {} guaranteed by the {} honest shares alone (KLS21 Prop. 14 bound {})",
+                            blocks.join(", "),
+                            significant(s.sigma),
+                            significant(s.sigma * s.sigma * survivors as f64),
+                            g.spec.sensitivity,
+                            g.rho.as_f64(),
+                            s.count.honest,
+                            significant(s.rho_bound),
+                        );
+                    }
                     let name = match g.spec.kind {
                         NoiseKind::DiscreteLaplace => "discrete Laplace",
                         NoiseKind::DiscreteGaussian => "discrete Gaussian",
@@ -666,9 +778,7 @@ impl ReleasePlan {
                     format!(
                         "{name} on {}: scale {} (fixed-point units), sensitivity {}, rho {}",
                         blocks.join(", "),
-                        format!("{:.12e}", g.spec.scale)
-                            .parse::<f64>()
-                            .unwrap_or(g.spec.scale),
+                        significant(g.spec.scale),
                         g.spec.sensitivity,
                         g.rho.as_f64()
                     )
@@ -685,12 +795,125 @@ impl ReleasePlan {
                 _ => 1.0 - self.alpha,
             },
             caveats,
+            noise: if distributed.is_some() {
+                civic_policies::dataset::NoisePlacement::Distributed
+            } else {
+                civic_policies::dataset::NoisePlacement::Central
+            },
+            honest_shares: distributed.map(|s| s.count.honest),
         };
         Ok(Release {
             names,
             rows,
             receipt,
         })
+    }
+}
+
+/// `x` to 12 significant digits: the ulps a calibration may have added are noise about the
+/// noise.
+fn significant(x: f64) -> f64 {
+    format!("{x:.12e}").parse::<f64>().unwrap_or(x)
+}
+
+/// A group of blocks noised by the partners' shares: the least share σ whose honest sum
+/// costs at most the group's charge.
+fn distributed_group(
+    blocks: Vec<usize>,
+    members: &[crate::plan::Block],
+    share: PrivacyChoice,
+    charge: Rho,
+    count: ShareCount,
+    l1: u64,
+    l2: f64,
+) -> Result<NoiseGroup, MechanismError> {
+    if let PrivacyChoice::Epsilon(_) = share {
+        return Err(MechanismError::InvalidParameter {
+            stage: "calibrate",
+            reason: "pure ε is central-only: distributed noise is discrete Gaussian (ask in ρ)"
+                .into(),
+        });
+    }
+    let dims = members.iter().map(|b| b.len).sum();
+    let sigma = share_sigma_for_rho(charge.as_f64(), count, dims, l1 as f64, l2)?;
+    Ok(NoiseGroup {
+        blocks,
+        spec: NoiseSpec {
+            kind: NoiseKind::DiscreteGaussian,
+            scale: sigma * (count.honest as f64).sqrt(),
+            sensitivity: l2,
+        },
+        epsilon: None,
+        rho: charge,
+        shares: Some(Shares {
+            count,
+            sigma,
+            rho_bound: rho_of_shares(sigma, count.honest, dims, l1 as f64, l2),
+        }),
+    })
+}
+
+impl ReleasePlan {
+    /// Where the noise is added.
+    pub fn setting(&self) -> NoiseSetting {
+        match self.groups.iter().find_map(|g| g.shares) {
+            Some(s) => NoiseSetting::Distributed(s.count),
+            None => NoiseSetting::Central,
+        }
+    }
+
+    /// A bound on the noise any slot of a sum of every partner's shares carries, exceeded
+    /// with probability below 2⁻⁴⁰ (0 for central noise): the ring must hold it, and a sum
+    /// beyond the data's range by more is not a sum of honest inputs.
+    pub fn noise_tail(&self, plan: &AggregationPlan) -> u128 {
+        self.groups
+            .iter()
+            .filter_map(|g| {
+                let s = g.shares?;
+                let dims = g.blocks.iter().map(|&b| plan.blocks[b].len).sum();
+                Some(noise_tail(s.sigma, s.count.partners, dims))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Adds this partner's share of the distributed noise to its vector `values`, in place,
+    /// from `rng` (the agent seeds it from the OS for each round). Nothing for central noise.
+    pub fn add_noise_shares<R: rand_core::Rng + ?Sized>(
+        &self,
+        plan: &AggregationPlan,
+        values: &mut [i64],
+        rng: &mut R,
+    ) -> Result<(), MechanismError> {
+        let invalid = |reason: String| MechanismError::InvalidParameter {
+            stage: "noise share",
+            reason,
+        };
+        if values.len() != plan.vector_len {
+            return Err(invalid(format!(
+                "the vector has {} slots, the plan {}",
+                values.len(),
+                plan.vector_len
+            )));
+        }
+        for g in &self.groups {
+            let Some(s) = g.shares else { continue };
+            let scale = crate::sampler::GaussianScale::at_least(s.sigma).map_err(|_| {
+                invalid(format!(
+                    "share σ {} is outside the sampler's range",
+                    s.sigma
+                ))
+            })?;
+            for &b in &g.blocks {
+                let block = &plan.blocks[b];
+                for v in &mut values[block.offset..block.offset + block.len] {
+                    *v = v.checked_add(scale.sample(rng)).ok_or_else(|| {
+                        invalid("a slot plus its noise share overflows 64 bits".into())
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ fn concurrent_pricing_leaves_the_panic_hook_in_place() {
         max_rows_per_partner: 10_000,
         reporting_delta: 1e-6,
         board_floor: civic_policies::Rho::ZERO,
+        honest_survivors: 2,
     };
     std::thread::scope(|scope| {
         for t in 0..8 {

@@ -116,10 +116,13 @@ fn a_sum_outside_what_the_survivors_can_add_up_to_is_not_admitted() {
         r#"{"dataset":"falls-housing","statistic":"count","group_by":["property_type"]}"#,
     );
     // Each partner adds at most 1,000,000 to a slot.
-    assert!(p.admits_sum(&[0, 3_000_000, -3_000_000, 5, 7], 3));
-    assert!(!p.admits_sum(&[0, 3_000_001, 0, 5, 7], 3));
-    assert!(!p.admits_sum(&[0, 2_000_001, 0, 5, 7], 2));
+    assert!(p.admits_sum(&[0, 3_000_000, -3_000_000, 5, 7], 3, 0));
+    // The partners' noise shares widen it by their tail, no more.
+    assert!(p.admits_sum(&[0, 3_000_040, 0, 5, 7], 3, 40));
+    assert!(!p.admits_sum(&[0, 3_000_041, 0, 5, 7], 3, 40));
+    assert!(!p.admits_sum(&[0, 3_000_001, 0, 5, 7], 3, 0));
+    assert!(!p.admits_sum(&[0, 2_000_001, 0, 5, 7], 2, 0));
     // A masked value left in by a wrong share is almost surely far outside.
-    assert!(!p.admits_sum(&[0, i64::MIN, 0, 5, 7], 3));
-    assert!(!p.admits_sum(&[0, 0, 0, 0], 3), "wrong length");
+    assert!(!p.admits_sum(&[0, i64::MIN, 0, 5, 7], 3, 0));
+    assert!(!p.admits_sum(&[0, 0, 0, 0], 3, 0), "wrong length");
 }

@@ -2,7 +2,7 @@
 //! intervals and the receipt.
 
 use civic_mechanisms::plan::MAX_SENSITIVITY;
-use civic_mechanisms::{AggregationPlan, NoiseKind, PrivacyChoice, ReleasePlan};
+use civic_mechanisms::{AggregationPlan, NoiseKind, NoiseSetting, PrivacyChoice, ReleasePlan};
 use civic_policies::samples;
 use civic_policies::{DatasetPolicy, Query, Rho};
 
@@ -275,7 +275,14 @@ fn a_target_accuracy_buys_the_cheapest_calibration_that_meets_it() {
     ] {
         let plan = compile(&policy, json);
         for kind in [NoiseKind::DiscreteLaplace, NoiseKind::DiscreteGaussian] {
-            let chosen = ReleasePlan::for_target_half_width(&plan, kind, target, 0.05).unwrap();
+            let chosen = ReleasePlan::for_target_half_width(
+                &plan,
+                kind,
+                target,
+                0.05,
+                NoiseSetting::Central,
+            )
+            .unwrap();
             let widest = |p: &ReleasePlan| {
                 p.half_widths(&plan)
                     .unwrap()
@@ -311,8 +318,14 @@ fn a_target_accuracy_buys_the_cheapest_calibration_that_meets_it() {
     let plan = compile(&policy, r#"{"dataset":"diabetes","statistic":"count"}"#);
     for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert!(
-            ReleasePlan::for_target_half_width(&plan, NoiseKind::DiscreteLaplace, bad, 0.05)
-                .is_err()
+            ReleasePlan::for_target_half_width(
+                &plan,
+                NoiseKind::DiscreteLaplace,
+                bad,
+                0.05,
+                NoiseSetting::Central
+            )
+            .is_err()
         );
     }
 }

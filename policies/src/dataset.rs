@@ -114,6 +114,32 @@ pub struct GovernanceFile {
     /// Queries costing more than `above` wait for `approvals_required` board members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalFile>,
+    /// Where the noise is added: `distributed` (the default: each partner adds a share before
+    /// masking, so the coordinator only ever unmasks a noisy sum) or `central` (the
+    /// coordinator adds it to the exact sum it unmasks; the only way to pure ε-DP).
+    #[serde(default, skip_serializing_if = "NoisePlacement::is_default")]
+    pub noise: NoisePlacement,
+}
+
+/// Where a dataset's noise is added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoisePlacement {
+    /// Each partner adds a share of the noise before masking, sized so that the honest
+    /// survivors' shares alone meet the charged cost: the coordinator never holds an
+    /// un-noised statistic (guarantee 2).
+    #[default]
+    Distributed,
+    /// The coordinator adds the noise to the exact sum it unmasks: it sees that sum. Only
+    /// where a board asks for it explicitly (pure ε-DP, which no exactly divisible noise
+    /// here provides, needs it).
+    Central,
+}
+
+impl NoisePlacement {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// `[governance.approval]`.
@@ -288,7 +314,12 @@ impl DatasetPolicy {
         self.file.contribution.rows_per_resident_per_partner
     }
 
-    /// The quorum of surviving partners.
+    /// Where the noise is added.
+    pub fn noise(&self) -> NoisePlacement {
+        self.file.governance.noise
+    }
+
+    /// No release from fewer surviving partners.
     pub fn min_partners(&self) -> u32 {
         self.file.governance.min_partners
     }

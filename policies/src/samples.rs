@@ -19,6 +19,17 @@ pub fn diabetes() -> DatasetPolicy {
     )
 }
 
+/// `examples/policies/diabetes.toml` with central noise (`noise = "central"`): for tests of
+/// pure ε (discrete Laplace), and of the exact sums partners send.
+pub fn diabetes_central() -> DatasetPolicy {
+    parse(&central_noise(DIABETES_TOML), "diabetes.toml")
+}
+
+/// A policy's TOML with `noise = "central"` in its `[governance]`.
+pub fn central_noise(toml: &str) -> String {
+    toml.replacen("[governance]\n", "[governance]\nnoise = \"central\"\n", 1)
+}
+
 /// The text of `examples/policies/diabetes.toml`, for tests that vary it.
 pub const DIABETES_TOML: &str = include_str!("../../examples/policies/diabetes.toml");
 

@@ -112,6 +112,27 @@ impl RoundConfig {
         Ok(config)
     }
 
+    /// The honest contributors every completed round of this configuration has, whatever
+    /// the coordinator does: its least contributors (`max(threshold, min_survivors)` on the
+    /// complete graph; `min_survivors` on a sparse graph, whose threshold is per
+    /// neighbourhood) minus the colluders it must withstand: the most its threshold
+    /// withstands (2t > holders + c, on the complete graph, where that is global), never
+    /// fewer than `colluders` (the board's manifest) nor than one. At least 1. Distributed
+    /// noise counts only these partners' shares.
+    pub fn honest_contributors(&self, colluders: usize) -> usize {
+        let n = self.participants.len();
+        let (least, withstood) = match self.topology {
+            Topology::Complete => (
+                self.threshold.max(self.min_survivors),
+                (2 * self.threshold).saturating_sub(n + 1),
+            ),
+            Topology::Harary { .. } => (self.min_survivors, 0),
+        };
+        least
+            .saturating_sub(withstood.max(colluders).max(MIN_TOLERATED_COLLUDERS))
+            .max(1)
+    }
+
     /// Checks the invariants the protocol's security rests on.
     pub fn validate(&self) -> Result<(), SecAggError> {
         let invalid = |reason: String| Err(SecAggError::InvalidConfig { reason });
@@ -242,6 +263,28 @@ mod tests {
             2,
         )
         .expect("valid")
+    }
+
+    #[test]
+    fn honest_contributors_subtract_the_colluders_the_threshold_withstands() {
+        let mut c = valid();
+        c.participants = (1..=5).map(PartnerId).collect();
+        c.topology = Topology::Complete;
+        c.threshold = 4;
+        c.min_survivors = 2;
+        // 2·4 > 5 + c for c ≤ 2: 4 contributors, 2 of them perhaps colluding.
+        assert_eq!(c.honest_contributors(1), 2);
+        // A quorum above the threshold counts; so does a board asking for more colluders.
+        c.min_survivors = 5;
+        assert_eq!(c.honest_contributors(1), 3);
+        assert_eq!(c.honest_contributors(3), 2);
+        // t = n: everyone contributes, n − 1 may collude, one share is honest.
+        c.threshold = 5;
+        assert_eq!(c.honest_contributors(1), 1);
+        // A sparse graph: the quorum minus the board's colluders.
+        c.topology = Topology::Harary { degree: 2 };
+        c.min_survivors = 4;
+        assert_eq!(c.honest_contributors(2), 2);
     }
 
     #[test]

@@ -234,6 +234,9 @@ impl Error {
                 PricingError::BelowFloor { .. } => {
                     shown(StatusCode::BAD_REQUEST, C::QueryBelowFloor)
                 }
+                PricingError::PureEpsilonCentralOnly { .. } => {
+                    shown(StatusCode::BAD_REQUEST, C::QueryPureEpsilonCentralOnly)
+                }
                 _ => shown(StatusCode::BAD_REQUEST, C::QueryPrivacy),
             },
             // Outside pricing (which wraps its own), a mechanism failure is the coordinator's:

@@ -394,7 +394,39 @@ pub fn round_setup(
         roster.insert(partner.id, IdentityPublicKey(key));
     }
     let n = participants.len();
-    let width = Width::for_layout(priced.plan.max_slot_per_partner, n, 0)?;
+    let width = Width::for_layout(
+        priced.plan.max_slot_per_partner,
+        n,
+        priced.release_plan.noise_tail(&priced.plan),
+    )?;
+    let config = round_config(
+        round,
+        participants,
+        priced.plan.vector_len,
+        width,
+        policy,
+        settings,
+        manifest,
+    )?;
+    Ok(RoundSetup {
+        config,
+        roster,
+        max_rows_per_partner: settings.max_rows_per_partner,
+    })
+}
+
+/// The configuration of a round among `participants` (the graph, the threshold for the
+/// settings' tolerances raised to the board's colluders, the survivor floor).
+fn round_config(
+    round: i64,
+    participants: Vec<PartnerId>,
+    vector_len: usize,
+    width: Width,
+    policy: &DatasetPolicy,
+    settings: RoundSettings,
+    manifest: Option<&Manifest>,
+) -> Result<RoundConfig, LifecycleError> {
+    let n = participants.len();
     let graph = if n > COMPLETE_GRAPH_MAX {
         GraphKind::Sparse
     } else {
@@ -408,7 +440,7 @@ pub fn round_setup(
     let mut config = RoundConfig::new(
         RoundId(round as u64),
         participants,
-        priced.plan.vector_len,
+        vector_len,
         width,
         graph,
         Tolerances {
@@ -426,11 +458,27 @@ pub fn round_setup(
         ));
         config.validate()?;
     }
-    Ok(RoundSetup {
-        config,
-        roster,
-        max_rows_per_partner: settings.max_rows_per_partner,
-    })
+    Ok(config)
+}
+
+/// The honest contributors a round of `policy` will guarantee (see
+/// `RoundConfig::honest_contributors`), before the round exists: what distributed noise is
+/// priced for at preview and submission. The same configuration [`round_setup`] builds.
+pub fn honest_contributors(
+    policy: &DatasetPolicy,
+    settings: RoundSettings,
+    manifest: Option<&Manifest>,
+) -> Result<usize, LifecycleError> {
+    let participants = (1..=policy.partners().len() as u32)
+        .map(PartnerId)
+        .collect();
+    let config = round_config(0, participants, 1, Width::W64, policy, settings, manifest)?;
+    Ok(config.honest_contributors(board_colluders(manifest)))
+}
+
+/// The colluders the board's manifest asks every round to withstand (one without a manifest).
+pub fn board_colluders(manifest: Option<&Manifest>) -> usize {
+    manifest.map_or(1, |m| m.requirements.tolerated_colluders)
 }
 
 #[cfg(test)]
@@ -438,7 +486,7 @@ mod tests {
     use super::*;
     use civic_mechanisms::PricingContext;
     use civic_policies::Rho;
-    use civic_policies::samples::diabetes;
+    use civic_policies::samples::diabetes_central as diabetes;
 
     fn priced(epsilon: f64) -> Priced {
         let query = serde_json::from_value(serde_json::json!({
@@ -454,6 +502,7 @@ mod tests {
                 max_rows_per_partner: 10_000,
                 reporting_delta: 1e-6,
                 board_floor: civic_policies::Rho::ZERO,
+                honest_survivors: 2,
             },
         )
         .unwrap()

@@ -54,6 +54,9 @@ min_per_query = { rho = 1.5e-12 }
 
 [governance]
 min_partners = 2
+# These tests' partners speak the secure-sum protocol without adding noise shares: the
+# coordinator noises centrally (client-sdk's tests run real agents with distributed noise).
+noise = "central"
 
 [disclosure]
 profile = "none"

@@ -21,7 +21,7 @@ use super::registry::LiveRound;
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::service;
-use crate::store::{RoundRow, rounds};
+use crate::store::{RoundRow, RoundSetup, rounds};
 
 /// The tasks that drive rounds: this loop and the lease keeper.
 pub struct Driving {
@@ -237,7 +237,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         "closing step"
     );
     let mut next = r.state.box_clone();
-    let (query, max_rows) = (r.query_id, r.setup.max_rows_per_partner);
+    let (query, setup) = (r.query_id, r.setup.clone());
     let declines = r.declines_in_words();
     if protocol(state, r.protocol)?.steps().last() == Some(&closing) {
         // The last step computes the output (for a secure sum: the unmasking, the
@@ -258,7 +258,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
         };
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(round = id, closed = closing, took_ms, "last step closed");
-        return end(state, &round, id, closing, query, max_rows, outcome).await;
+        return end(state, &round, id, closing, query, &setup, outcome).await;
     }
     let started = Instant::now();
     let outcome = next
@@ -284,7 +284,7 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
     // The round ends: keep it in memory, marked, until the store says so.
     r.closing = true;
     drop(r);
-    end(state, &round, id, closing, query, max_rows, outcome).await
+    end(state, &round, id, closing, query, &setup, outcome).await
 }
 
 /// Takes into round `r` every message the store holds for its open step that the round has
@@ -328,12 +328,12 @@ async fn end(
     id: i64,
     closing: &str,
     query: i64,
-    max_rows: u64,
+    setup: &RoundSetup,
     outcome: std::result::Result<Closed, String>,
 ) -> Result<()> {
     let result = match outcome {
         Ok(Closed::Finished(output)) => {
-            match service::rounds::release(state, id, query, max_rows, output).await {
+            match service::rounds::release(state, id, query, setup, output).await {
                 Err(e) if !transient(&e) => {
                     tracing::error!(round = id, error = %e, "the release failed");
                     let reason = format!("the release failed: {}", e.body().detail);

@@ -93,9 +93,9 @@ pub struct Rounds {
     /// This process's name in the driver lease.
     owner: String,
     holds_lease: AtomicBool,
-    /// The un-noised sum of each query's last round, for tests only (feature `test-util`).
+    /// The sum each query's last round unmasked, for tests only (feature `test-util`).
     #[cfg(feature = "test-util")]
-    exact_sums: SyncMutex<HashMap<i64, Vec<i64>>>,
+    unmasked_sums: SyncMutex<HashMap<i64, Vec<i64>>>,
 }
 
 impl Rounds {
@@ -109,7 +109,7 @@ impl Rounds {
             owner,
             holds_lease: AtomicBool::default(),
             #[cfg(feature = "test-util")]
-            exact_sums: SyncMutex::default(),
+            unmasked_sums: SyncMutex::default(),
         }
     }
 
@@ -233,20 +233,23 @@ impl Rounds {
         self.live.lock().map(|m| m.len()).unwrap_or_default()
     }
 
-    /// Keeps a query's un-noised sum for tests (feature `test-util`; a no-op otherwise).
-    pub(crate) fn record_exact_sum(&self, _query: i64, _sum: &[i64]) {
+    /// Keeps the sum a query's round unmasked, for tests (feature `test-util`; a no-op
+    /// otherwise).
+    pub(crate) fn record_unmasked_sum(&self, _query: i64, _sum: &[i64]) {
         #[cfg(feature = "test-util")]
-        if let Ok(mut sums) = self.exact_sums.lock() {
+        if let Ok(mut sums) = self.unmasked_sums.lock() {
             sums.insert(_query, _sum.to_vec());
         }
     }
 
-    /// The secure aggregate of query `query`'s last round before noise, if it was released
-    /// here. A test hook (feature `test-util`): lets a whole-system test check partners'
-    /// local aggregation exactly without any switch that could turn noise off.
+    /// The sum query `query`'s last round unmasked here, before any central noise: all the
+    /// coordinator ever holds of the data. A test hook (feature `test-util`): with
+    /// distributed noise it is already noisy (a test shows it), and with central noise it is
+    /// the exact sum, which lets a whole-system test check partners' local aggregation
+    /// without any switch that could turn noise off.
     #[cfg(feature = "test-util")]
-    pub fn exact_sum(&self, query: i64) -> Option<Vec<i64>> {
-        self.exact_sums.lock().ok()?.get(&query).cloned()
+    pub fn unmasked_sum(&self, query: i64) -> Option<Vec<i64>> {
+        self.unmasked_sums.lock().ok()?.get(&query).cloned()
     }
 }
 

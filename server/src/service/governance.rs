@@ -391,7 +391,12 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
     let member = deciding_member(manifest.as_ref().map(|s| &s.manifest), by, &q, &req)?;
     let priced = match req.approve {
-        true => Some(calibration(state, &q, &policy, state.config.max_rows_per_partner).await?),
+        true => {
+            let honest =
+                super::research::context(state, manifest.as_ref(), &policy)?.honest_survivors;
+            let rows = state.config.max_rows_per_partner;
+            Some(calibration(state, &q, &policy, rows, honest).await?)
+        }
         false => None,
     };
     let at = state.clock.rfc3339();

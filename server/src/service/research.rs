@@ -7,6 +7,7 @@ use civic_api::query::{
 };
 use civic_api::{ProblemCode, Role};
 use civic_mechanisms::{Priced, PricingContext};
+use civic_policies::dataset::NoisePlacement;
 use civic_policies::manifest::SignedManifest;
 use civic_policies::{DatasetPolicy, Rho};
 use serde_json::json;
@@ -22,14 +23,29 @@ use crate::store::{
     Account, NewQuery, QueryRow, audit, budgets, datasets, manifests, projects, queries,
 };
 
-/// The pricing context of this coordinator under the board's newest manifest, if any.
-pub fn context(state: &AppState, manifest: Option<&SignedManifest>) -> PricingContext {
+/// The pricing context of this coordinator under the board's newest manifest, if any, for
+/// a query on `policy`: with distributed noise, the honest contributors its round will
+/// guarantee.
+pub fn context(
+    state: &AppState,
+    manifest: Option<&SignedManifest>,
+    policy: &DatasetPolicy,
+) -> Result<PricingContext> {
     let floor = manifest.map_or(0.0, |m| m.manifest.requirements.min_rho_per_query);
-    PricingContext {
+    let honest_survivors = match policy.noise() {
+        NoisePlacement::Central => 0,
+        NoisePlacement::Distributed => lifecycle::honest_contributors(
+            policy,
+            super::rounds::settings(state),
+            manifest.map(|m| &m.manifest),
+        )?,
+    };
+    Ok(PricingContext {
         max_rows_per_partner: state.config.max_rows_per_partner,
         reporting_delta: state.config.reporting_delta,
         board_floor: Rho::cap(floor).unwrap_or(Rho::ZERO),
-    }
+        honest_survivors,
+    })
 }
 
 /// Prices a request with the shared pricing core, on a blocking thread (OpenDP is neither
@@ -40,7 +56,7 @@ pub async fn price(
     policy: &DatasetPolicy,
     request: &QueryRequest,
 ) -> Result<Priced> {
-    price_in(context(state, manifest), policy, request).await
+    price_in(context(state, manifest, policy)?, policy, request).await
 }
 
 /// [`price`] in a given context.

@@ -7,6 +7,7 @@ use actix_web::web;
 use civic_api::ProblemCode;
 use civic_api::query::{CellView, QueryState, ReleaseView};
 use civic_mechanisms::{Priced, Release};
+use civic_policies::dataset::NoisePlacement;
 use civic_policies::query::CellLabels;
 use civic_policies::{DatasetPolicy, Rho};
 use serde_json::json;
@@ -19,7 +20,7 @@ use crate::lifecycle::{self, Current, Partner, RoundSettings};
 use crate::rounds::{RoundOutput, lease};
 use crate::store::rounds::RoundState;
 use crate::store::{
-    QueryRow, RoundRow, accounts, audit, budgets, datasets, manifests, queries, rounds,
+    QueryRow, RoundRow, RoundSetup, accounts, audit, budgets, datasets, manifests, queries, rounds,
 };
 
 /// The round settings of this coordinator's configuration.
@@ -129,49 +130,70 @@ pub async fn query_and_policy(state: &AppState, id: i64) -> Result<(QueryRow, Da
     Ok((q, version.policy))
 }
 
-/// The calibration reserved with a query. Queries stored before calibrations were kept
-/// (store version 3) have none: they are priced again, once, with the same function, the row
-/// bound their round is sized for and today's reporting δ. If that price exceeds what was
-/// reserved the release refuses and the query is refunded; if it is lower, the reservation
-/// is charged in full (never less than the noise costs).
+/// The calibration reserved with a query, for a round guaranteeing `honest` contributors.
+/// Queries stored before calibrations were kept (store version 3) have none, and a
+/// distributed-noise calibration made for another honest count (the coordinator's settings
+/// or the board's manifest changed since submission) no longer matches the shares the
+/// partners add: either is priced again, once, with the same function, the row bound the
+/// round is sized for, its honest contributors and today's reporting δ. If that price
+/// exceeds what was reserved the release refuses and the query is refunded; if it is lower,
+/// the reservation is charged in full (never less than the noise costs).
 pub async fn calibration(
     state: &AppState,
     q: &QueryRow,
     policy: &DatasetPolicy,
     max_rows_per_partner: u64,
+    honest: usize,
 ) -> Result<Priced> {
-    if let Some(p) = &q.calibration {
-        return Ok(p.clone());
-    }
+    let honest = match policy.noise() {
+        NoisePlacement::Distributed => honest,
+        NoisePlacement::Central => 0,
+    };
+    let board_floor = match &q.calibration {
+        Some(p) if p.context.honest_survivors == honest => return Ok(p.clone()),
+        Some(p) => p.context.board_floor,
+        // Such queries were priced before the board's floor entered pricing.
+        None => Rho::ZERO,
+    };
     let context = civic_mechanisms::PricingContext {
         max_rows_per_partner,
         reporting_delta: state.config.reporting_delta,
-        // Such queries were priced before the board's floor entered pricing.
-        board_floor: Rho::ZERO,
+        board_floor,
+        honest_survivors: honest,
     };
     super::research::price_in(context, policy, &q.request).await
 }
 
-/// Releases query `query` from round `round`'s output: samples the noise once from the
-/// stored calibration (on a blocking thread, holding no store connection), then in one
-/// transaction charges the reservation, stores the release, closes the round and audits.
+/// Releases query `query` from the output of round `round` (set up as `setup`): samples
+/// central noise once from the stored calibration (on a blocking thread, holding no store
+/// connection), or takes the partners' distributed noise as it arrived in the sum; then in
+/// one transaction charges the reservation, stores the release, closes the round and
+/// audits.
 pub async fn release(
     state: &AppState,
     round: i64,
     query: i64,
-    max_rows_per_partner: u64,
+    setup: &RoundSetup,
     output: RoundOutput,
 ) -> Result<()> {
     let (q, policy) = query_and_policy(state, query).await?;
-    let priced = calibration(state, &q, &policy, max_rows_per_partner).await?;
-    state.rounds.record_exact_sum(query, &output.sum);
+    let manifest = {
+        let mut conn = state.store.read().await?;
+        manifests::latest(&mut conn).await?.map(|s| s.manifest)
+    };
+    let honest = setup
+        .config
+        .honest_contributors(lifecycle::board_colluders(manifest.as_ref()));
+    let priced = calibration(state, &q, &policy, setup.max_rows_per_partner, honest).await?;
+    state.rounds.record_unmasked_sum(query, &output.sum);
     let survivors = output.contributors.len();
     let misbehaviour = output.misbehaviour.clone();
     for m in &misbehaviour {
         tracing::warn!(round, query, misbehaviour = %m, "a partner deviated; the round recovered");
     }
-    if !priced.plan.admits_sum(&output.sum, survivors) {
-        // Never the value: it is the un-noised sum.
+    let noise_tail = priced.release_plan.noise_tail(&priced.plan);
+    if !priced.plan.admits_sum(&output.sum, survivors, noise_tail) {
+        // Never the value: with central noise it is the un-noised sum.
         return Err(Error::conflict(
             ProblemCode::RoundSumOutOfRange,
             format!(

@@ -43,6 +43,9 @@ min_per_query = { rho = 0.0001 }
 
 [governance]
 min_partners = 2
+# These tests' partners speak the secure-sum protocol without adding noise shares: the
+# coordinator noises centrally (client-sdk's tests run real agents with distributed noise).
+noise = "central"
 
 [governance.approval]
 above = { rho = 2500.0 }
