@@ -1,6 +1,7 @@
 //! Mechanism benchmarks: noise throughput beside OpenDP's own vector measurement, Civic's
-//! exact samplers (`civic_mechanisms::sampler`) beside OpenDP's on 10⁶ cells, and plan compile
-//! and decode for a 10⁴-cell contingency table.
+//! exact samplers (`civic_mechanisms::sampler`) beside OpenDP's on 10⁶ cells, plan compile
+//! and decode for a 10⁴-cell contingency table, and the accuracy cost of distributed noise
+//! against central noise at the same ρ (a table, calibrated and simulated).
 //!
 //! `cargo bench --bench mechanisms`; figures in `benches/README.md`.
 
@@ -187,5 +188,78 @@ fn plan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, noise, samplers, plan);
+/// Distributed against central noise at the same ρ, for n partners with no dropout and with
+/// the most dropouts the round tolerates: the share σ each partner adds (for the honest
+/// contributors the round guarantees), and the released error's standard deviation against
+/// the central mechanism's, calibrated (σ·√k against σ_central) and simulated (20,000 sums
+/// of k exact shares, fixed seed). Rounds as the coordinator configures them with a 20%
+/// dropout tolerance and one colluder (the board's default), for a count (Δ = 1) at
+/// ρ = 0.005 (σ_central = 10).
+fn distributed_accuracy(c: &mut Criterion) {
+    use civic_mechanisms::ShareCount;
+    use civic_mechanisms::distributed::share_sigma_for_rho;
+    use civic_secagg::{GraphKind, PartnerId, RoundConfig, RoundId, Tolerances, Width};
+    let rho = 0.005;
+    let central = 1.0 / (2.0f64 * rho).sqrt();
+    let mut rng = ChaCha20Rng::seed_from_u64(19);
+    println!("DISTRIBUTED rho {rho}, count, central sigma {central:.3}");
+    println!(
+        "DISTRIBUTED | n | t | least contributors k | honest h | share σ | error/central, no dropout (calibrated, simulated) | error/central, worst dropout (calibrated, simulated) |"
+    );
+    for n in [3usize, 5, 8, 20] {
+        let mut config = RoundConfig::new(
+            RoundId(1),
+            (1..=n as u32).map(PartnerId).collect(),
+            1,
+            Width::W64,
+            GraphKind::Complete,
+            Tolerances {
+                max_dropout_rate: 0.2,
+                max_corrupt_fraction: 0.0,
+            },
+            2,
+        )
+        .unwrap();
+        config.threshold = config
+            .threshold
+            .max(civic_secagg::graph::strict_majority(n + 1));
+        let honest = config.honest_contributors(1);
+        let least = config.threshold.max(config.min_survivors);
+        let count = ShareCount {
+            honest,
+            partners: n,
+        };
+        let sigma = share_sigma_for_rho(rho, count, 1, 1.0, 1.0).unwrap();
+        let scale = GaussianScale::at_least(sigma).unwrap();
+        let mut simulate = |k: usize| {
+            let draws = 20_000;
+            let sq: f64 = (0..draws)
+                .map(|_| {
+                    let s: i64 = (0..k).map(|_| scale.sample(&mut rng)).sum();
+                    (s as f64).powi(2)
+                })
+                .sum();
+            (sq / draws as f64).sqrt() / central
+        };
+        let (all, fewest) = (simulate(n), simulate(least));
+        println!(
+            "DISTRIBUTED | {n} | {} | {least} | {honest} | {sigma:.3} | {:.2}, {all:.2} | {:.2}, {fewest:.2} |",
+            config.threshold,
+            sigma * (n as f64).sqrt() / central,
+            sigma * (least as f64).sqrt() / central,
+        );
+    }
+    let mut group = c.benchmark_group("distributed");
+    group.sample_size(10);
+    group.bench_function("calibrate share σ, 10^6 slots, h = 10", |b| {
+        let count = ShareCount {
+            honest: 10,
+            partners: 20,
+        };
+        b.iter(|| black_box(share_sigma_for_rho(rho, count, 1_000_000, 1.0, 1.0)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, noise, samplers, plan, distributed_accuracy);
 criterion_main!(benches);

@@ -334,13 +334,13 @@ async fn main() -> Result<(), Error> {
         "project": "falls-prevention",
         "query": { "dataset": "falls-housing", "statistic": { "linear_regression": { "features": ["decades_over_65", "lives_alone", "home_adaptations"], "target": "falls_admissions" } },
                    "filter": { "compare": { "column": "age", "op": "ge", "value": 75 } } },
-        "privacy": { "epsilon": 0.8 }
+        "privacy": { "rho": 0.32 }
     });
     let (status, refusal) = api
         .call(Method::POST, "/v1/queries", &tokens["dr-ben"], Some(over))
         .await?;
     println!(
-        "dr-ben asks for another regression (over-75s) at ε = 0.8: refused ({status} {})",
+        "dr-ben asks for another regression (over-75s) at ρ = 0.32: refused ({status} {})",
         refusal["code"].as_str().unwrap_or("")
     );
     println!("  {}\n", refusal["detail"].as_str().unwrap_or(""));
@@ -675,7 +675,7 @@ fn questions() -> Vec<Question> {
         Question {
             title: "Falls admissions among over-65s, by property type",
             researcher: "dr-ben",
-            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "sum": { "column": "falls_admissions" } }, "group_by": ["property_type"], "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "epsilon": 0.3 } }),
+            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "sum": { "column": "falls_admissions" } }, "group_by": ["property_type"], "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "rho": 0.045 } }),
             partners: &FALLS_PARTNERS,
             statistic: "sum",
             value_axis: "falls admissions of over-65s (sum over partners' rows)",
@@ -686,7 +686,7 @@ fn questions() -> Vec<Question> {
         Question {
             title: "Damp and mould reports × respiratory admissions",
             researcher: "dr-ben",
-            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "histogram": { "columns": ["damp_mould_reports", "respiratory_admissions"] } } }, "privacy": { "epsilon": 0.3 } }),
+            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "histogram": { "columns": ["damp_mould_reports", "respiratory_admissions"] } } }, "privacy": { "rho": 0.045 } }),
             partners: &FALLS_PARTNERS,
             statistic: "histogram",
             value_axis: "partners' rows (count)",
@@ -705,7 +705,7 @@ fn questions() -> Vec<Question> {
         Question {
             title: "Linear model of falls admissions (over-65s) on age (decades past 65), living alone and home adaptations",
             researcher: "dr-ben",
-            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "linear_regression": { "features": ["decades_over_65", "lives_alone", "home_adaptations"], "target": "falls_admissions" } }, "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "epsilon": 0.8 } }),
+            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "linear_regression": { "features": ["decades_over_65", "lives_alone", "home_adaptations"], "target": "falls_admissions" } }, "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "rho": 0.32 } }),
             partners: &FALLS_PARTNERS,
             statistic: "linear_regression",
             value_axis: "coefficient (falls admissions a year)",
@@ -934,6 +934,14 @@ async fn ask(
     }
     for c in receipt["caveats"].as_array().into_iter().flatten() {
         println!("   note: {}", c.as_str().unwrap_or(""));
+    }
+    match receipt["noise"].as_str() {
+        Some("distributed") => println!(
+            "   noise: distributed: each of the {} partners added its share before masking, so the coordinator only ever held the noisy sum; the cost is guaranteed by {} honest shares alone",
+            receipt["survivors"], receipt["honest_shares"]
+        ),
+        Some(other) => println!("   noise: {other}, added by the coordinator"),
+        None => {}
     }
     let dataset = done["dataset"].as_str().unwrap_or("");
     let budget = api

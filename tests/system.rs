@@ -423,6 +423,9 @@ per_query = {{ rho = 5000.0 }}
 
 [governance]
 min_partners = {min_partners}
+# Central noise: these tests check the partners' exact sums at a vanishing noise (ε = 60);
+# client-sdk's agents tests and the Liverpool demo run the default, distributed noise.
+noise = "central"
 
 [disclosure]
 profile = "none"

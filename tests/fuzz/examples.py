@@ -30,7 +30,7 @@ EXAMPLES: dict[str, list[dict]] = {
     "POST /v1/queries/preview": [
         {"body": query("count", {"rho": 0.01}, filter=HAS_DIABETES, group_by=["deprivation_decile"])},
         {"body": query({"sum": {"column": "hba1c"}}, {"rho": 0.05})},
-        {"body": query({"mean": {"column": "hba1c"}}, {"epsilon": 0.2}, filter=HAS_DIABETES, group_by=["age"])},
+        {"body": query({"mean": {"column": "hba1c"}}, {"rho": 0.02}, filter=HAS_DIABETES, group_by=["age"])},
         {
             "body": query(
                 {"histogram": {"columns": ["age"]}},
