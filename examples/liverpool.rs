@@ -892,13 +892,11 @@ async fn ask(
             truth,
         })
         .collect();
-    // A mean's interval combines two (its sum's and its count's): the receipt says so.
+    // A mean's interval combines two (its sum's and its count's): the receipt's confidence
+    // is already the combined one, a lower bound.
     let confidence = receipt["confidence"].as_f64().unwrap_or(0.95);
     let interval_label = if q.statistic == "mean" {
-        format!(
-            "interval (confidence ≥ {:.0}%)",
-            (2.0 * confidence - 1.0) * 100.0
-        )
+        format!("interval (confidence ≥ {:.0}%)", confidence * 100.0)
     } else {
         format!("{:.0}% interval", confidence * 100.0)
     };
@@ -937,7 +935,7 @@ async fn ask(
     }
     match receipt["noise"].as_str() {
         Some("distributed") => println!(
-            "   noise: distributed: each of the {} partners added its share before masking, so the coordinator only ever held the noisy sum; the cost is guaranteed by {} honest shares alone",
+            "   noise: distributed: each of the {} partners added its share before masking, so the coordinator only ever held the noisy sum; the cost is guaranteed by the honest contributors' shares alone ({} of them)",
             receipt["survivors"], receipt["honest_shares"]
         ),
         Some(other) => println!("   noise: {other}, added by the coordinator"),

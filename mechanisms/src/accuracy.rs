@@ -108,16 +108,41 @@ fn overflow(kind: NoiseKind, scale: f64, alpha: f64) -> MechanismError {
     ))
 }
 
-/// The half-width of the (1 − α) interval of one cell released with `spec`: P[|noise| ≥ a] ≤ α.
+/// The half-width of the closed (1 − α) interval of one cell released with `spec`: the
+/// released value ± a covers the truth with probability at least 1 − α, P[|noise| > a] ≤ α.
+///
+/// The noise is an integer, so this is a whole number of fixed-point units: one less than the
+/// least whole a' with P[|noise| ≥ a'] ≤ α, OpenDP's convention (which leaves a' itself out).
+/// Published intervals are closed, so a' would state 95% where the truth is nearer 99% (at
+/// σ = 3, 98.8%), and charge a target accuracy for more noise than it needs.
 pub fn half_width(spec: &NoiseSpec, alpha: f64) -> Result<f64, MechanismError> {
     let _opendp = crate::opendp_guard::lock();
     check_alpha(alpha)?;
     check_scale(spec.scale)?;
-    match spec.kind {
-        NoiseKind::DiscreteLaplace => laplace_half_width(spec.scale, alpha),
-        NoiseKind::DiscreteGaussian => GaussianTail::new(alpha).half_width(spec.scale),
+    closed_half_width(spec.kind, spec.scale, alpha)
+        .ok_or_else(|| overflow(spec.kind, spec.scale, alpha))
+}
+
+/// OpenDP's convention: the least a with P[|noise| ≥ a] ≤ α (real for the discrete Laplace,
+/// whole for the discrete Gaussian). What [`half_width`] is one whole unit below; public so
+/// that it can be checked against OpenDP's accuracy functions.
+pub fn excluded_half_width(spec: &NoiseSpec, alpha: f64) -> Result<f64, MechanismError> {
+    let _opendp = crate::opendp_guard::lock();
+    check_alpha(alpha)?;
+    check_scale(spec.scale)?;
+    excluded(spec.kind, spec.scale, alpha).ok_or_else(|| overflow(spec.kind, spec.scale, alpha))
+}
+
+fn excluded(kind: NoiseKind, scale: f64, alpha: f64) -> Option<f64> {
+    match kind {
+        NoiseKind::DiscreteLaplace => laplace_half_width(scale, alpha),
+        NoiseKind::DiscreteGaussian => GaussianTail::new(alpha).half_width(scale),
     }
-    .ok_or_else(|| overflow(spec.kind, spec.scale, alpha))
+}
+
+/// [`half_width`] without the lock or the checks.
+fn closed_half_width(kind: NoiseKind, scale: f64, alpha: f64) -> Option<f64> {
+    Some((excluded(kind, scale, alpha)?.ceil() - 1.0).max(0.0))
 }
 
 /// The discrete-Gaussian half-width from the closed-form tail bounds alone, at any σ: what
@@ -169,12 +194,13 @@ pub fn scale_for_half_width(
     check_target(accuracy)?;
     let found = match kind {
         NoiseKind::DiscreteLaplace => {
-            largest_grid_scale(|b| laplace_half_width(b, alpha).is_some_and(|a| a <= accuracy))
+            largest_grid_scale(|b| closed_half_width(kind, b, alpha).is_some_and(|a| a <= accuracy))
         }
         NoiseKind::DiscreteGaussian => {
-            let tail = GaussianTail::new(alpha);
             let whole = accuracy.floor();
-            largest_grid_scale(|sigma| tail.half_width(sigma).is_some_and(|a| a <= whole))
+            largest_grid_scale(|sigma| {
+                closed_half_width(kind, sigma, alpha).is_some_and(|a| a <= whole)
+            })
         }
     };
     found.ok_or_else(|| {

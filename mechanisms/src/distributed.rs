@@ -100,7 +100,8 @@ pub fn share_sigma_for_rho(
         stage: "calibrate",
         reason,
     };
-    if !(rho.is_finite() && rho > 0.0) || !(l2.is_finite() && l2 > 0.0) || dims == 0 {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(rho) || !positive(l2) || dims == 0 {
         return Err(invalid(format!(
             "distributed noise needs ρ > 0, a positive L2 sensitivity and a slot, got ρ {rho}, Δ₂ {l2}, {dims} slots"
         )));
@@ -136,7 +137,7 @@ pub fn share_sigma_for_rho(
     Ok(high)
 }
 
-/// The half-width, in fixed-point units, of a (1 − α) interval for the sum of `shares`
+/// The half-width, in fixed-point units, of a closed (1 − α) interval for the sum of `shares`
 /// independent N_Z(0, σ²): the smaller of two bounds that both hold.
 ///
 /// - Near the discrete Gaussian of variance kσ² (Y): each point's probability under the sum
@@ -146,8 +147,9 @@ pub fn share_sigma_for_rho(
 /// - Sub-Gaussian: each share is σ-sub-Gaussian (CKS20), so P[|sum| ≥ w] ≤ 2·exp(−w²/(2kσ²)).
 pub fn sum_half_width(sigma: f64, shares: usize, alpha: f64) -> Result<f64, MechanismError> {
     let k = shares.max(1) as f64;
+    // P[|sum| ≥ w] ≤ α at the whole w below, so the closed interval ± (w − 1) holds.
     let sub_gaussian =
-        (sigma * k.sqrt() * (2.0 * (2.0 / alpha).ln()).sqrt() * (1.0 + 1e-12)).ceil();
+        (sigma * k.sqrt() * (2.0 * (2.0 / alpha).ln()).sqrt() * (1.0 + 1e-12)).ceil() - 1.0;
     let near = 1.0 - (1.0 - alpha) * tau(sigma, shares).exp();
     if near <= 0.0 {
         return Ok(sub_gaussian);

@@ -27,6 +27,7 @@ pub mod plan;
 pub mod pricing;
 pub mod release;
 pub mod sampler;
+pub mod suppression;
 
 pub use distributed::ShareCount;
 pub use error::MechanismError;

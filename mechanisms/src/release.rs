@@ -19,6 +19,7 @@ use crate::distributed::{
 use crate::error::MechanismError;
 use crate::noise::{Cost, NoiseKind, NoiseSpec};
 use crate::plan::{AggregationPlan, BlockKind};
+use crate::suppression::{NoiseCdf, shown_count_interval};
 
 /// The privacy a researcher spends on one release.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -509,7 +510,9 @@ impl ReleasePlan {
                 let note = (round_to > 1 || suppress > 0).then(|| {
                     format!(
                         "counts 1-{suppress} are suppressed and the others rounded to the \
-                         nearest {round_to}; the half-width includes the rounding"
+                         nearest {round_to}; the half-width includes the rounding, and a shown \
+                         count near the suppression band gets a wider interval, one that covers \
+                         given that the count was shown"
                     )
                 });
                 vec![row(names[0].clone(), Some(widths[0] + rounding), note)]
@@ -615,19 +618,44 @@ impl ReleasePlan {
         let mut caveats = Vec::new();
         // A rounded count's interval is centred on the rounded value and widened by the
         // most rounding moves a count (half the step), so that it still covers the truth at
-        // its rate and its midpoint does not give back the unrounded noisy count.
-        let (_, round_to) = disclosure.rule();
+        // its rate and its midpoint does not give back the unrounded noisy count. Under a
+        // suppression band, whether a count is shown depends on its noise, so a shown count's
+        // interval is the one that covers given that it was shown (`crate::suppression`).
+        let (suppress, round_to) = disclosure.rule();
         let rounding = f64::from(if round_to > 1 { round_to / 2 } else { 0 });
+        let shown_noise = match statistic {
+            Statistic::Count | Statistic::Histogram { .. } if suppress > 0 => {
+                self.noise_cdf(0, survivors)
+            }
+            _ => None,
+        };
+        if suppress > 0 && shown_noise.is_none() {
+            caveats.push(format!(
+                "shown counts within reach of the suppression band (1-{suppress}) have their \
+                 interval's lower end set to 0: whether they were shown depends on their noise"
+            ));
+        }
         let counts = |values: Vec<f64>, width: f64| -> Vec<Cell> {
             values
                 .into_iter()
                 .map(|v| match disclosure.apply(v.round() as i64) {
                     Disclosed::Value(x) => Cell {
                         value: Some(x as f64),
-                        interval: Some((
-                            (x as f64 - width - rounding).max(0.0),
-                            (x as f64 + width + rounding).max(0.0),
-                        )),
+                        interval: Some(match &shown_noise {
+                            Some(noise) => shown_count_interval(x, noise, disclosure, self.alpha),
+                            None => {
+                                let near = suppress > 0
+                                    && (x as f64) <= f64::from(suppress) + 2.0 * (width + rounding);
+                                (
+                                    if near {
+                                        0.0
+                                    } else {
+                                        (x as f64 - width - rounding).max(0.0)
+                                    },
+                                    (x as f64 + width + rounding).max(0.0),
+                                )
+                            }
+                        }),
                     },
                     Disclosed::Redacted => Cell {
                         value: None,
@@ -807,6 +835,19 @@ impl ReleasePlan {
             rows,
             receipt,
         })
+    }
+}
+
+impl ReleasePlan {
+    /// The law of group `group`'s noise in a sum of `contributors` partners (None where too
+    /// wide to tabulate): central discrete Laplace or Gaussian, or the partners' shares.
+    fn noise_cdf(&self, group: usize, contributors: usize) -> Option<NoiseCdf> {
+        let g = self.groups.get(group)?;
+        match (g.shares, g.spec.kind) {
+            (Some(s), _) => NoiseCdf::gaussian_shares(s.sigma, contributors),
+            (None, NoiseKind::DiscreteLaplace) => NoiseCdf::laplace(g.spec.scale),
+            (None, NoiseKind::DiscreteGaussian) => NoiseCdf::gaussian(g.spec.scale),
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 use civic_mechanisms::accounting::epsilon_at_delta;
 use civic_mechanisms::accuracy::{
     EXACT_GAUSSIAN_MAX_SCALE, EXACT_GAUSSIAN_MIN_ALPHA, discrete_gaussian_half_width_bound,
-    epsilon_for_half_width, half_width, rho_for_half_width, scale_for_half_width,
+    epsilon_for_half_width, excluded_half_width, half_width, rho_for_half_width,
+    scale_for_half_width,
 };
 use civic_mechanisms::{MechanismError, NoiseKind, NoiseSpec};
 use civic_policies::Rho;
@@ -28,7 +29,7 @@ fn spec(kind: NoiseKind, scale: f64) -> NoiseSpec {
 }
 
 fn gaussian(sigma: f64, alpha: f64) -> f64 {
-    half_width(&spec(NoiseKind::DiscreteGaussian, sigma), alpha).unwrap()
+    excluded_half_width(&spec(NoiseKind::DiscreteGaussian, sigma), alpha).unwrap()
 }
 
 fn opendp_gaussian(sigma: f64, alpha: f64) -> f64 {
@@ -151,7 +152,7 @@ fn tiny_alpha_uses_the_subgaussian_bound_and_still_covers() {
 fn laplace_half_widths_match_opendp_and_never_fall_below_it() {
     for b in [1e-2, 0.1, 0.5, 1.0, 10.0, 1e3, 1e6, 1e12] {
         for alpha in [0.9, 0.5, 0.05, 1e-3, 1e-12] {
-            let ours = half_width(&spec(NoiseKind::DiscreteLaplace, b), alpha).unwrap();
+            let ours = excluded_half_width(&spec(NoiseKind::DiscreteLaplace, b), alpha).unwrap();
             let theirs = discrete_laplacian_scale_to_accuracy(b, alpha).unwrap();
             let allowance = 64.0 * f64::EPSILON * b * (1.0 + (2.0 / alpha).ln());
             assert!(
@@ -166,7 +167,7 @@ fn laplace_half_widths_match_opendp_and_never_fall_below_it() {
     }
     // Where OpenDP's form overflows (it returns −∞ below b ≈ 1/710), a small positive width.
     for b in [1e-3, 1e-10, 1e-300] {
-        let a = half_width(&spec(NoiseKind::DiscreteLaplace, b), 0.05).unwrap();
+        let a = excluded_half_width(&spec(NoiseKind::DiscreteLaplace, b), 0.05).unwrap();
         assert!(a > 0.0 && a < 1.0, "b={b}: {a}");
         assert!(discrete_laplacian_scale_to_accuracy(b, 0.05).unwrap() < 0.0);
     }
@@ -246,7 +247,7 @@ fn the_budget_for_a_target_half_width_round_trips_through_calibration() {
 fn extreme_inputs_return_a_value_or_a_clear_error() {
     // ρ = 10⁻³⁰⁰ at Δ₂ = 1 is σ ≈ 7 × 10¹⁴⁹: OpenDP's search would never return.
     let tiny_rho = NoiseSpec::gaussian_for_rho(1.0, 1e-300).unwrap();
-    let a = half_width(&tiny_rho, 0.05).unwrap();
+    let a = excluded_half_width(&tiny_rho, 0.05).unwrap();
     assert!(
         a >= 1.959 * tiny_rho.scale && a <= 1.97 * tiny_rho.scale,
         "{a}"
@@ -254,7 +255,7 @@ fn extreme_inputs_return_a_value_or_a_clear_error() {
     for kind in KINDS {
         for scale in [5e-324, 1e-300, 1e-3, 1.0, 7e6, 1e15, 1e300] {
             for alpha in [1e-300, 1e-12, 0.05, 0.5, 1.0 - 1e-12] {
-                let a = half_width(&spec(kind, scale), alpha).unwrap();
+                let a = excluded_half_width(&spec(kind, scale), alpha).unwrap();
                 assert!(a.is_finite() && a > 0.0, "{kind:?} {scale} {alpha}: {a}");
                 if kind == NoiseKind::DiscreteGaussian {
                     assert!(a >= 1.0 && a == a.floor(), "{scale} {alpha}: {a}");
@@ -262,7 +263,7 @@ fn extreme_inputs_return_a_value_or_a_clear_error() {
             }
         }
         // Half-widths beyond f64.
-        let e = half_width(&spec(kind, f64::MAX), 0.05).unwrap_err();
+        let e = excluded_half_width(&spec(kind, f64::MAX), 0.05).unwrap_err();
         assert!(
             invalid(&e) && e.to_string().contains("beyond the range of f64"),
             "{e}"
@@ -276,11 +277,11 @@ fn extreme_inputs_return_a_value_or_a_clear_error() {
         }
         // Invalid scale, α and target: named in the error.
         for scale in [0.0, -1.0, f64::NAN, f64::INFINITY, -0.0] {
-            let e = half_width(&spec(kind, scale), 0.05).unwrap_err();
+            let e = excluded_half_width(&spec(kind, scale), 0.05).unwrap_err();
             assert!(invalid(&e) && e.to_string().contains("noise scale"), "{e}");
         }
         for alpha in [0.0, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
-            let e = half_width(&spec(kind, 10.0), alpha).unwrap_err();
+            let e = excluded_half_width(&spec(kind, 10.0), alpha).unwrap_err();
             assert!(
                 invalid(&e) && e.to_string().contains("alpha must be"),
                 "{e}"
@@ -387,4 +388,33 @@ fn epsilon_at_delta_handles_extreme_inputs() {
         let e = epsilon_at_delta(Rho::cost(1.0).unwrap(), delta).unwrap_err();
         assert!(invalid(&e) && e.to_string().contains("delta"), "{e}");
     }
+}
+
+#[test]
+fn published_closed_intervals_cover_at_their_rate_not_a_unit_more() {
+    // The released value ± a is a closed interval, so a is one unit below OpenDP's
+    // excluded end point: at σ = 3 the 95% interval was ± 7 (covering 98.8%); it is ± 6,
+    // covering 97.0%, and ± 5 would cover 93.4%. Checked here from the exact pmf.
+    for (sigma, alpha) in [(3.0, 0.05), (1.0, 0.05), (10.0, 0.1), (30.0, 0.01)] {
+        let a = half_width(&spec(NoiseKind::DiscreteGaussian, sigma), alpha).unwrap();
+        let excluded =
+            excluded_half_width(&spec(NoiseKind::DiscreteGaussian, sigma), alpha).unwrap();
+        assert_eq!(a, excluded - 1.0, "σ {sigma}");
+        let weight = |x: i64| (-(x * x) as f64 / (2.0 * sigma * sigma)).exp();
+        let reach = (60.0 * sigma) as i64;
+        let total: f64 = (-reach..=reach).map(weight).sum();
+        let covered: f64 = (-(a as i64)..=a as i64).map(weight).sum::<f64>() / total;
+        assert!(covered >= 1.0 - alpha, "σ {sigma}: ± {a} covers {covered}");
+        let wider: f64 = (-(a as i64 + 1)..=a as i64 + 1).map(weight).sum::<f64>() / total;
+        assert!(wider > covered, "σ {sigma}");
+        // One unit narrower would not cover: a is the least.
+        let narrower: f64 = (-(a as i64 - 1)..=a as i64 - 1).map(weight).sum::<f64>() / total;
+        assert!(
+            a == 0.0 || narrower < 1.0 - alpha,
+            "σ {sigma}: ± {} covers {narrower}",
+            a - 1.0
+        );
+    }
+    let three = half_width(&spec(NoiseKind::DiscreteGaussian, 3.0), 0.05).unwrap();
+    assert_eq!(three, 6.0);
 }
