@@ -1,7 +1,8 @@
 //! Exact integer noise (Canonne, Kamath & Steinke 2020): OpenDP's measurement gives the
 //! privacy map; the noise itself comes from Civic's own samplers of the same distributions
 //! ([`crate::sampler`], some 20–50× faster), on a ChaCha20 stream seeded from the OS for each
-//! release, or from OpenDP's where a scale does not fit them.
+//! release. A scale they cannot take is refused at pricing; OpenDP's own samplers are only
+//! the tests' reference (Civic builds OpenDP without `use-openssl`).
 //!
 //! - Discrete Laplace, pure ε-DP: for an integer vector whose L1 sensitivity is Δ₁ (the most
 //!   one resident can change it, summed over slots), scale b = Δ₁/ε gives ε-DP, counted in the
@@ -108,7 +109,8 @@ impl NoiseSpec {
     }
 
     /// Builds the OpenDP measurement, reads its cost from its privacy map and, when asked to
-    /// sample, invokes that same measurement only if the cost is within the budget.
+    /// sample, samples the same distribution with Civic's exact samplers, only if the cost is
+    /// within the budget.
     fn measure(
         &self,
         stage: &'static str,
@@ -124,24 +126,29 @@ impl NoiseSpec {
             })
         };
         // Samples with the measurement whose map was just read, and only within the budget.
-        let finish =
-            |cost: Cost, invoke: &dyn Fn(&Vec<i64>) -> opendp::error::Fallible<Vec<i64>>| {
-                let Some((values, budget)) = sample else {
-                    return Ok((cost, None));
-                };
-                if cost.rho > budget {
-                    return Err(MechanismError::OverBudget {
-                        stage,
-                        cost: cost.rho.to_string(),
-                        budget: budget.to_string(),
-                    });
-                }
-                let noisy = match self.exact_noise(stage, values)? {
-                    Some(noisy) => noisy,
-                    None => invoke(&values.to_vec()).map_err(&opendp)?,
-                };
-                Ok((cost, Some(noisy)))
+        let finish = |cost: Cost| {
+            let Some((values, budget)) = sample else {
+                return Ok((cost, None));
             };
+            if cost.rho > budget {
+                return Err(MechanismError::OverBudget {
+                    stage,
+                    cost: cost.rho.to_string(),
+                    budget: budget.to_string(),
+                });
+            }
+            // OpenDP's own sampler is never the fallback: built without `use-openssl`
+            // (which vendored OpenSSL into every build), it draws from a generator OpenDP
+            // itself calls non-secure. A scale the exact samplers cannot take is refused
+            // at pricing (`check_samplable`), so this is not reached.
+            let noisy = self.exact_noise(stage, values)?.ok_or_else(|| {
+                MechanismError::InvalidParameter {
+                    stage,
+                    reason: self.unsamplable(),
+                }
+            })?;
+            Ok((cost, Some(noisy)))
+        };
         let domain = VectorDomain::new(AtomDomain::<i64>::default());
         match self.kind {
             NoiseKind::DiscreteLaplace => {
@@ -157,7 +164,7 @@ impl NoiseSpec {
                     epsilon: Some(epsilon),
                     rho: ledger(Rho::cost_of_pure_epsilon(epsilon))?,
                 };
-                finish(cost, &|v| m.invoke(v))
+                finish(cost)
             }
             NoiseKind::DiscreteGaussian => {
                 let m = make_gaussian::<_, _, ZeroConcentratedDivergence>(
@@ -172,16 +179,43 @@ impl NoiseSpec {
                     epsilon: None,
                     rho: ledger(Rho::cost(rho))?,
                 };
-                finish(cost, &|v| m.invoke(v))
+                finish(cost)
             }
         }
     }
 }
 
 impl NoiseSpec {
+    /// Refuses a scale Civic's exact samplers cannot take (a discrete Laplace narrower than
+    /// 2⁻⁹ or wider than 2⁶³, a discrete Gaussian outside 10⁻⁶ to 10¹⁵): checked when a
+    /// request is priced, before anything is reserved.
+    pub fn check_samplable(&self) -> Result<(), MechanismError> {
+        let fits = match self.kind {
+            NoiseKind::DiscreteLaplace => LaplaceScale::exact(self.scale).is_ok(),
+            NoiseKind::DiscreteGaussian => GaussianScale::at_least(self.scale).is_ok(),
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(MechanismError::InvalidParameter {
+                stage: "calibrate",
+                reason: self.unsamplable(),
+            })
+        }
+    }
+
+    fn unsamplable(&self) -> String {
+        format!(
+            "the noise scale {} is outside what the exact samplers take (ask for less privacy \
+             loss: at a scale this small the noise would be zero almost always; or narrow the \
+             bounds, for one this large)",
+            self.scale
+        )
+    }
+
     /// `values` plus this mechanism's noise from [`crate::sampler`], on a ChaCha20 stream
     /// seeded from the OS for this call; None where the scale does not fit the samplers (the
-    /// caller then samples with OpenDP). The discrete Gaussian's σ² is rounded up, never
+    /// caller refuses). The discrete Gaussian's σ² is rounded up, never
     /// down, from the scale the privacy map was read at. Sums saturate, as OpenDP's do.
     fn exact_noise(
         &self,

@@ -266,6 +266,7 @@ pub fn price(
             floor,
         });
     }
+    release_plan.check_samplable()?;
     let cost = Cost {
         rho: release_plan.cost,
         epsilon,
@@ -392,6 +393,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p, again);
+    }
+
+    #[test]
+    fn a_scale_the_exact_samplers_cannot_take_is_refused_before_anything_is_reserved() {
+        // ρ = 10⁻⁴⁰ at Δ₂ = 2 is σ ≈ 1.4 × 10²⁰, beyond the Gaussian sampler's 10¹⁵; the
+        // floor refuses it first, so a policy without one shows the samplers' refusal.
+        let policy = DatasetPolicy::from_toml(
+            &civic_policies::samples::central_noise(civic_policies::samples::DIABETES_TOML)
+                .replace("[budget]\n", "[budget]\nmin_per_query = { rho = 1e-40 }\n"),
+            "diabetes.toml",
+        )
+        .unwrap();
+        let e = price(
+            &policy,
+            &count(),
+            PrivacyRequest::Rho(1e-40),
+            None,
+            context(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("outside what the exact samplers take"),
+            "{e}"
+        );
+        let fine = price(
+            &policy,
+            &count(),
+            PrivacyRequest::Rho(1e-20),
+            None,
+            context(),
+        );
+        assert!(fine.is_ok(), "{fine:?}");
     }
 
     #[test]

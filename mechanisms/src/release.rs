@@ -895,6 +895,24 @@ fn distributed_group(
 }
 
 impl ReleasePlan {
+    /// Refuses a calibration whose noise Civic's exact samplers cannot draw (a central scale,
+    /// or a partner's share σ, outside their range): priced requests are checked, so that
+    /// nothing is reserved that could not be released.
+    pub fn check_samplable(&self) -> Result<(), MechanismError> {
+        for g in &self.groups {
+            match g.shares {
+                None => g.spec.check_samplable()?,
+                Some(s) => NoiseSpec {
+                    kind: NoiseKind::DiscreteGaussian,
+                    scale: s.sigma,
+                    sensitivity: g.spec.sensitivity,
+                }
+                .check_samplable()?,
+            }
+        }
+        Ok(())
+    }
+
     /// Where the noise is added.
     pub fn setting(&self) -> NoiseSetting {
         match self.groups.iter().find_map(|g| g.shares) {

@@ -230,7 +230,8 @@ class Client:
         Args:
             query: The question, as the API takes it: ``{"dataset": ..., "statistic": ...,
                 "filter": ..., "group_by": [...]}``.
-            privacy: ``{"rho": 0.05}`` (zCDP), ``{"epsilon": 0.5}`` (pure ε) or
+            privacy: ``{"rho": 0.05}`` (zCDP), ``{"epsilon": 0.5}`` (pure ε, on
+                central-noise datasets only) or
                 ``{"target_half_width": {"half_width": 10, "mechanism": "gaussian"}}``.
             confidence: Confidence level of the intervals (the coordinator's default: 0.95).
             project: The paying project (default: the client's).
