@@ -338,6 +338,32 @@ mod tests {
     }
 
     #[test]
+    fn distributed_noise_is_sized_here_from_the_rounds_configuration() {
+        // diabetes.toml itself: the partners add the noise.
+        let policy = civic_policies::samples::diabetes();
+        let ann = announcement(count(), PrivacyRequest::Rho(0.05), 3);
+        let checked = check_round(&ann, &policy, &limits(), &floor()).unwrap();
+        let shares = checked.noise.groups[0].shares.expect("distributed");
+        assert_eq!(shares.count.honest, ann.config.honest_contributors(1));
+        assert_eq!(shares.count.partners, 5);
+        // A partner that assumes more colluders than the board refuses a round that leaves
+        // fewer honest shares under its assumption than the noise is sized for.
+        let wary: LocalLimits = toml::from_str(
+            "max_rho_per_query = 0.1\ntotal_rho = 0.3\nmin_survivors = 3\nmin_colluders = 4",
+        )
+        .unwrap();
+        let e = refusal(check_round(&ann, &policy, &wary, &floor()));
+        assert!(
+            e.starts_with("round.threshold_too_low") && e.contains("honest"),
+            "{e}"
+        );
+        // Pure ε cannot be split into shares.
+        let ann = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);
+        let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
+        assert!(e.contains("central-only"), "{e}");
+    }
+
+    #[test]
     fn rounds_over_a_local_limit_are_refused_with_the_reason() {
         let policy = diabetes();
         let e = refusal(check_round(
