@@ -38,9 +38,11 @@ pub struct RoundAnnouncement {
     pub round_id: i64,
     /// The query it answers (a query may own several rounds).
     pub query_id: i64,
-    /// The protocol the round runs (`secure-sum/v3`: secure aggregation of the plan's
-    /// vector, masks from AES-256-CTR; absent from coordinators older than the field, which
-    /// ran `secure-sum/v1`, masks from ChaCha12).
+    /// The protocol the round runs (`secure-sum/v4`: secure aggregation of the plan's
+    /// vector, masks from AES-256-CTR, each partner adding its share of the noise where the
+    /// policy's noise is distributed; `secure-sum/v3` was the same without noise shares;
+    /// absent from coordinators older than the field, which ran `secure-sum/v1`, masks from
+    /// ChaCha12).
     #[serde(default = "secure_sum")]
     pub protocol: String,
     /// The dataset and the policy version the plan was compiled under (fetch it from

@@ -36,7 +36,7 @@ use crate::error::AgentError;
 use crate::evaluate::CompiledPlan;
 
 /// The protocol this agent speaks.
-pub const SECURE_SUM: &str = "secure-sum/v3";
+pub const SECURE_SUM: &str = "secure-sum/v4";
 
 /// A round that passed the local policy.
 pub struct CheckedRound {
@@ -474,7 +474,7 @@ mod tests {
         let mut ann = announcement(count(), PrivacyRequest::Rho(0.01), 3);
         ann.protocol = "something-else/v9".into();
         let e = refusal(check_round(&ann, &policy, &limits(), &floor()));
-        assert!(e.contains("takes part only in secure-sum/v3"), "{e}");
+        assert!(e.contains("takes part only in secure-sum/v4"), "{e}");
     }
 
     #[test]

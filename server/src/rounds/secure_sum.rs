@@ -20,7 +20,9 @@ use crate::store::RoundSetup;
 pub struct SecureSum;
 
 /// Its name, stored with each round.
-pub const NAME: &str = "secure-sum/v3";
+/// v4: partners add their shares of distributed noise where the policy asks for it; an agent
+/// that speaks only v3 would not, and refuses the round rather than send an un-noised vector.
+pub const NAME: &str = "secure-sum/v4";
 
 const STEPS: [&str; 5] = [
     "advertise_keys",
