@@ -334,11 +334,13 @@ SEMANTIC_400: dict[str, set[str]] = {
     "PUT /v1/datasets/{id}": {"policy.parse", "policy.invalid", "policy.privacy", "dataset.id_mismatch"},
     "POST /v1/queries/preview": {
         "policy.query", "policy.privacy", "query.dataset_mismatch", "query.privacy", "query.below_floor",
-        "mechanism.invalid_parameter",
+        # Pure ε is refused where the dataset's policy has distributed noise: the policy's.
+        "query.pure_epsilon_central_only", "mechanism.invalid_parameter",
     },
     "POST /v1/queries": {
         "policy.query", "policy.privacy", "query.dataset_mismatch", "query.privacy", "query.below_floor",
-        "mechanism.invalid_parameter",
+        # Pure ε is refused where the dataset's policy has distributed noise: the policy's.
+        "query.pure_epsilon_central_only", "mechanism.invalid_parameter",
     },
     "POST /v1/projects": {"project.member_unknown", "project.member_role"},
     "POST /v1/queries/{id}/decision": {"decision.signature"},
