@@ -51,12 +51,14 @@ pub fn policy_toml(partners: usize, columns: &[(&str, usize)]) -> String {
             )
         })
         .collect();
+    // Central noise: the benches' partners send their exact vectors through the secure-sum
+    // protocol (what is measured is the masking), and check the unmasked sum against them.
     format!(
         "[dataset]\nid = \"bench\"\ntitle = \"Bench\"\npartners = [{}]\n\n\
          [contribution]\nrows_per_resident_per_partner = 1\nmax_partners_per_person = 1\n\n\
          {columns}\
          [budget]\ntotal = {{ rho = 1000000.0 }}\nper_query = {{ rho = 100000.0 }}\nmin_per_query = {{ rho = 0.0001 }}\n\n\
-         [governance]\nmin_partners = 2\n\n[disclosure]\nprofile = \"none\"\n",
+         [governance]\nmin_partners = 2\nnoise = \"central\"\n\n[disclosure]\nprofile = \"none\"\n",
         names.join(", "),
     )
 }
