@@ -41,6 +41,9 @@ pub enum NoiseCdf {
 /// The longest table built: beyond it (σ above ~10⁵) the caller falls back.
 const MAX_TABLE: usize = 4_000_000;
 
+/// The most narrow shares convolved exactly: beyond it the caller falls back.
+const MAX_CONVOLVED: usize = 256;
+
 impl NoiseCdf {
     /// The discrete Laplace of scale `b`.
     pub fn laplace(b: f64) -> Option<Self> {
@@ -55,10 +58,14 @@ impl NoiseCdf {
 
     /// The sum of `shares` independent N_Z(0, σ²): by exact convolution where the shares are
     /// narrow (τ not negligible), else as N_Z(0, kσ²), to which it is pointwise within
-    /// e^(±τ) (see [`crate::distributed`]), τ below 10⁻¹².
+    /// e^(±τ) (see [`crate::distributed`]), τ below 10⁻¹². None for narrow shares of more
+    /// than [`MAX_CONVOLVED`] partners (the convolution's cost grows as their square).
     pub fn gaussian_shares(sigma: f64, shares: usize) -> Option<Self> {
         if shares <= 1 || tau(sigma, shares) < 1e-12 {
             return Self::gaussian(sigma * (shares.max(1) as f64).sqrt());
+        }
+        if shares > MAX_CONVOLVED {
+            return None;
         }
         let one = discrete_gaussian_pmf(sigma)?;
         let mut sum = one.clone();
