@@ -603,7 +603,7 @@ impl ServerRound {
         match self.phase {
             Phase::AdvertiseKeys => {
                 let u1: BTreeSet<PartnerId> = self.advertised.keys().copied().collect();
-                self.check_quorum(&u1)?;
+                self.check_quorum(&u1, &u1)?;
                 self.phase = Phase::ShareKeys;
                 Ok(ServerOutput::KeyRoster(KeyRoster {
                     round_id: round,
@@ -612,7 +612,7 @@ impl ServerRound {
             }
             Phase::ShareKeys => {
                 let u2 = self.shared.clone();
-                self.check_quorum(&u2)?;
+                self.check_quorum(&u2, &u2)?;
                 let mut outbox = std::mem::take(&mut self.outbox);
                 let forwards = u2
                     .iter()
@@ -638,7 +638,8 @@ impl ServerRound {
             }
             Phase::MaskedInputCollection => {
                 let u3 = self.masked.clone();
-                self.check_quorum(&u3)?;
+                let owners = self.shared.clone();
+                self.check_quorum(&u3, &owners)?;
                 self.survivors = u3.into_iter().collect();
                 self.phase = Phase::ConsistencyCheck;
                 Ok(ServerOutput::SurvivorList(SurvivorList {
@@ -648,7 +649,8 @@ impl ServerRound {
             }
             Phase::ConsistencyCheck => {
                 let u4: BTreeSet<PartnerId> = self.signatures.keys().copied().collect();
-                self.check_quorum(&u4)?;
+                let owners = self.shared.clone();
+                self.check_quorum(&u4, &owners)?;
                 self.phase = Phase::Unmasking;
                 Ok(ServerOutput::SignedSurvivors(SignedSurvivors {
                     round_id: round,
@@ -658,7 +660,8 @@ impl ServerRound {
             }
             Phase::Unmasking => {
                 let u5 = self.unmasked.clone();
-                self.check_quorum(&u5)?;
+                let owners = self.shared.clone();
+                self.check_quorum(&u5, &owners)?;
                 match self.unmask() {
                     Ok((sum, misbehaviour)) => {
                         self.phase = Phase::Finished;
@@ -686,13 +689,20 @@ impl ServerRound {
         }
     }
 
-    /// Aborts unless `present` is a quorum: at least `min_survivors`, and at least t of the
-    /// holders of every present partner's shares (in the complete graph, t overall).
-    fn check_quorum(&mut self, present: &BTreeSet<PartnerId>) -> Result<(), SecAggError> {
+    /// Aborts unless `present` is a quorum: at least `min_survivors`, and at least t present
+    /// holders of the shares of every partner in `owners` (in the complete graph, t overall).
+    /// From MaskedInputCollection on, the owners are every partner that shared its secrets:
+    /// a survivor's self-mask and a dropout's mask key must both be rebuilt from present
+    /// holders, so a dropout whose holders left too is a lost quorum, not a failed unmasking.
+    fn check_quorum(
+        &mut self,
+        present: &BTreeSet<PartnerId>,
+        owners: &BTreeSet<PartnerId>,
+    ) -> Result<(), SecAggError> {
         let t = self.config.threshold;
         let thinnest = match self.config.topology {
             Topology::Complete => present.len(),
-            Topology::Harary { .. } => present
+            Topology::Harary { .. } => owners
                 .iter()
                 .map(|&u| {
                     self.graph
