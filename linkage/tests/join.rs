@@ -147,7 +147,7 @@ fn linked_tables_equal_the_plaintext_join_for_random_data_and_overlaps() {
 }
 
 #[test]
-fn the_matcher_counts_carry_the_dummies_and_the_holder_shares_look_uniform() {
+fn the_matcher_counts_carry_the_holders_dummies() {
     let s = setup(2, 1, 30, 30);
     let params = Params::new(s.clone()).unwrap();
     let data = random_data(7, 40, 0.7, 0.7, &s);
