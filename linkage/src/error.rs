@@ -13,7 +13,9 @@ pub enum LinkError {
     #[error("a list in the message does not have the length the session's parameters fix")]
     WrongSize,
     /// Bytes that are not a canonical Ristretto255 point, or are the identity.
-    #[error("a point in the message is not a canonical Ristretto255 encoding of a non-identity point")]
+    #[error(
+        "a point in the message is not a canonical Ristretto255 encoding of a non-identity point"
+    )]
     BadPoint,
     /// The same point twice in one list: never the case for honest blinded identifiers.
     #[error("a point appears twice in one list")]

@@ -27,7 +27,10 @@ pub fn expand_message_xmd<H: Digest + BlockSizeUser>(
 ) -> Vec<u8> {
     let b_in_bytes = <H as Digest>::output_size();
     let ell = len.div_ceil(b_in_bytes);
-    assert!(ell <= 255 && len <= 0xffff && tag.len() <= 255, "expand_message_xmd bounds");
+    assert!(
+        ell <= 255 && len <= 0xffff && tag.len() <= 255,
+        "expand_message_xmd bounds"
+    );
     let tag_prime = |h: &mut H| {
         h.update(tag);
         h.update([tag.len() as u8]);

@@ -1,6 +1,88 @@
-//! Linked statistics for Civic (see the crate's README section in `docs/linkage.md`).
+//! Linked statistics for Civic: sums over the residents two partners both hold, computed
+//! without either learning which of its residents the other holds, and output as additive
+//! shares that enter the secure sum with the distributed noise.
 //!
-//! Placeholder: the module doc is written with the protocol below.
+//! # One pairwise session
+//!
+//! A *holder* (a housing association, say) has per resident an identifier w and a small
+//! vector t_w of public-bounded values (a one-hot of its own category, or a clamped number).
+//! A *matcher* (an acute trust) has per resident an identifier v and a category c(v). The
+//! session computes, for every category c, S_c = Σ t_w over residents in both lists whose
+//! matcher category is c, as shares: the holder ends with S_c + r_c mod 2⁶⁴, the matcher with
+//! −r_c mod 2⁶⁴. Each side adds its shares into its secure-aggregation vector, so the
+//! coordinator sees only the sum over every pair and partner, with the noise.
+//!
+//! 1. Holder: a fresh Paillier key and a fresh exponent k₂; sends, shuffled and padded to its
+//!    public capacity, (k₂·H(w), Enc(t_w)) per resident, plus dummy entries (s·B, Enc(0)).
+//!    H is [`group::identifier_point`]: RFC 9380's `expand_message_xmd` (SHA-512) with a Civic
+//!    tag and the session id, then Elligator (`from_uniform_bytes`).
+//! 2. Matcher: a fresh exponent k₁,c per category; sends K_c = k₁,c·B and, shuffled and
+//!    padded, k₁,c(v)·H(v) per resident.
+//! 3. Holder: returns every matcher point times k₂, shuffled, with each category's dummy
+//!    partners s·K_c = k₁,c·(s·B) and padding.
+//! 4. Matcher: for each holder entry X and category c, looks up k₁,c·X among the returned
+//!    points; a hit means "this holder entry is one of my category-c residents" (or a dummy)
+//!    without saying which resident on either side. It multiplies the matched ciphertexts
+//!    per category, multiplies in Enc(r_c) with full randomness (so the product is freshly
+//!    random), and sends Enc(S_c + r_c). Masks are 40 bits wider than any sum.
+//! 5. Holder: decrypts its shares; bits outside the slots mean the matcher deviated.
+//!
+//! # Why this protocol, and what it costs
+//!
+//! It is Ion et al.'s DDH-based Private Intersection-Sum ("On Deploying Secure Computing:
+//! Private Intersection-Sum-with-Cardinality", EuroS&P 2020) with three changes. The sums
+//! come out as shares, as in Private-ID's PS3I, so that no party ever sees one pair's
+//! un-noised statistic (guarantee 2). The matcher's categories travel as separate keys, not
+//! separate lists, so the holder learns nothing of them. And Ion et al.'s cardinality, the
+//! one count the matcher learns, is noised by dummy matches (below).
+//!
+//! The additively homomorphic scheme is Paillier with a 3072-bit N (`paillier`), not
+//! exponential ElGamal on Ristretto:
+//!
+//! - A share must be a statistically masked sum, S + r with r 40 bits wider than S (up to
+//!   about 120 bits).
+//! - ElGamal decrypts only by a discrete logarithm, which is feasible up to about 2⁴⁰.
+//!   Paillier decrypts any value below N.
+//! - Paillier is about 100 times dearer to encrypt. The holder, which should be the smaller
+//!   list, encrypts once per record, with short-exponent randomness from a fixed-base table:
+//!   32 multiplications mod N² instead of a 3072-bit exponentiation.
+//! - The larger list pays only elliptic-curve work: a hash, two scalar multiplications and
+//!   two compressions per record.
+//! - Measured on the 2-core CI machine: see `benches/README.md` (`cargo bench --bench
+//!   linkage`).
+//!
+//! # What each party learns
+//!
+//! - **The coordinator** relays messages it cannot read (the relay encrypts end to end).
+//!   Their lengths depend only on the public parameters; a test checks this.
+//! - **The holder** sees random-looking points. It learns nothing of which of its residents
+//!   matched: under DDH the matcher's points are pseudorandom, and the masked sums are within
+//!   2⁻⁴⁰ of uniform.
+//! - **The matcher** learns, per category, how many of its residents are also at the holder,
+//!   plus the dummies: D_c = clamp(shift + Z, 0, 2·shift), Z ~ N_Z(0, σ²). This count is
+//!   δ-approximately ρ-zCDP with ρ = Δ²/2σ², and δ from the clamp (see
+//!   [`params::DummyNoise`]). Its cost is charged with the query. The matcher cannot tell a
+//!   dummy match from a real one: both are (X, k₁,c·X) pairs of pseudorandom points.
+//! - Message sizes: the holder's list is its capacity plus 2·shift per category; the
+//!   matcher's is its capacity.
+//!
+//! # Against a party that deviates
+//!
+//! The protocol is secure against semi-honest partners, under DDH in the random-oracle model
+//! for H, and under DCR with short exponents for Paillier. What a deviating party can do:
+//!
+//! - **A matcher** can choose which ciphertexts it multiplies, and raise one to a power. It
+//!   could single out one resident's values, or amplify them beyond the plan's sensitivity,
+//!   in the released sum. Nothing here proves it did not (that would take zero-knowledge
+//!   proofs of correct aggregation). The matcher can also put one target alone in a category
+//!   list: it then learns that target's membership only through the noisy count.
+//! - **A holder** can encrypt values outside the bounds. That is lying about its own data,
+//!   which any partner can do. Leaving out the dummies exposes only its own residents' counts
+//!   to the matcher.
+//! - **Either side** is refused with a code, and its state is left unchanged, when it sends:
+//!   a message for another session (round, pair, parameters or protocol version); a list of
+//!   the wrong length; a non-canonical or identity point; a repeated point; a modulus of the
+//!   wrong size; a ciphertext outside [1, N²); or a plaintext that overflows its slots.
 
 pub mod error;
 pub mod group;

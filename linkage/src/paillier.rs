@@ -82,7 +82,9 @@ impl PublicKey {
 
     fn new(n: Odd<U3072>) -> Self {
         let square: U6144 = n.get().concatenating_mul(n.as_ref());
-        let square = Odd::new(square).into_option().expect("an odd N has an odd square");
+        let square = Odd::new(square)
+            .into_option()
+            .expect("an odd N has an odd square");
         Self {
             bits: n.bit_width_vartime(),
             n,
@@ -137,7 +139,9 @@ impl PublicKey {
 
     /// Enc(m) with full randomness r^N, r uniform in [1, N).
     pub fn encrypt<R: CryptoRng + ?Sized>(&self, m: &U3072, rng: &mut R) -> Ciphertext {
-        let modulus = NonZero::new(self.n.get()).into_option().expect("N is not zero");
+        let modulus = NonZero::new(self.n.get())
+            .into_option()
+            .expect("N is not zero");
         let r = loop {
             let r = U3072::random_mod_vartime(rng, &modulus);
             if !bool::from(r.is_zero()) {
@@ -191,7 +195,9 @@ impl SecretKey {
 
     fn from_primes<R: CryptoRng + ?Sized>(p: &U1536, q: &U1536, rng: &mut R) -> Self {
         let n: U3072 = p.concatenating_mul(q);
-        let n = Odd::new(n).into_option().expect("a product of odd primes is odd");
+        let n = Odd::new(n)
+            .into_option()
+            .expect("a product of odd primes is odd");
         let public = PublicKey::new(n);
         let lambda: U3072 = p
             .wrapping_sub(&U1536::ONE)
@@ -340,24 +346,45 @@ pub(crate) mod tests {
     fn out_of_range_ciphertexts_and_keys_are_refused() {
         let public = test_key().public();
         let zero = WireCiphertext(vec![0; CIPHERTEXT_BYTES]);
-        assert_eq!(public.ciphertext(&zero).err(), Some(LinkError::CiphertextOutOfRange));
+        assert_eq!(
+            public.ciphertext(&zero).err(),
+            Some(LinkError::CiphertextOutOfRange)
+        );
         let too_big = WireCiphertext(vec![0xff; CIPHERTEXT_BYTES]);
-        assert_eq!(public.ciphertext(&too_big).err(), Some(LinkError::CiphertextOutOfRange));
+        assert_eq!(
+            public.ciphertext(&too_big).err(),
+            Some(LinkError::CiphertextOutOfRange)
+        );
         let short = WireCiphertext(vec![1; 10]);
-        assert_eq!(public.ciphertext(&short).err(), Some(LinkError::CiphertextOutOfRange));
+        assert_eq!(
+            public.ciphertext(&short).err(),
+            Some(LinkError::CiphertextOutOfRange)
+        );
         // N itself shares a factor with N.
         let mut n = vec![0; CIPHERTEXT_BYTES - MODULUS_BYTES];
         n.extend_from_slice(&public.to_wire().0);
         let n = WireCiphertext(n);
         assert!(public.ciphertext(&n).is_ok());
-        assert_eq!(public.unit_ciphertext(&n).err(), Some(LinkError::CiphertextOutOfRange));
+        assert_eq!(
+            public.unit_ciphertext(&n).err(),
+            Some(LinkError::CiphertextOutOfRange)
+        );
 
-        assert_eq!(PublicKey::from_wire(&WireKey(vec![0xff; 10])).err(), Some(LinkError::BadKey));
+        assert_eq!(
+            PublicKey::from_wire(&WireKey(vec![0xff; 10])).err(),
+            Some(LinkError::BadKey)
+        );
         let mut small = vec![0; MODULUS_BYTES];
         small[MODULUS_BYTES - 1] = 15;
-        assert_eq!(PublicKey::from_wire(&WireKey(small)).err(), Some(LinkError::BadKey));
+        assert_eq!(
+            PublicKey::from_wire(&WireKey(small)).err(),
+            Some(LinkError::BadKey)
+        );
         let mut even = public.to_wire().0;
         even[MODULUS_BYTES - 1] &= 0xfe;
-        assert_eq!(PublicKey::from_wire(&WireKey(even)).err(), Some(LinkError::BadKey));
+        assert_eq!(
+            PublicKey::from_wire(&WireKey(even)).err(),
+            Some(LinkError::BadKey)
+        );
     }
 }

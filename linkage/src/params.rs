@@ -35,7 +35,12 @@ impl DummyNoise {
     /// the clamp from binding in any of `categories` counts with probability above `delta`
     /// (the discrete Gaussian's tail: P[|Z| > t] ≤ 2·exp(−t²/2σ²), Canonne, Kamath and
     /// Steinke 2020). The view is then δ-approximately ρ-zCDP.
-    pub fn calibrate(rho: f64, l2_squared: f64, categories: u32, delta: f64) -> Result<Self, LinkError> {
+    pub fn calibrate(
+        rho: f64,
+        l2_squared: f64,
+        categories: u32,
+        delta: f64,
+    ) -> Result<Self, LinkError> {
         let valid = rho.is_finite()
             && rho > 0.0
             && l2_squared.is_finite()
@@ -44,14 +49,21 @@ impl DummyNoise {
             && delta < 1.0
             && categories > 0;
         if !valid {
-            return Err(LinkError::BadParameters("the dummy noise needs ρ > 0, a sensitivity and 0 < δ < 1"));
+            return Err(LinkError::BadParameters(
+                "the dummy noise needs ρ > 0, a sensitivity and 0 < δ < 1",
+            ));
         }
         let sigma = (l2_squared / (2.0 * rho)).sqrt();
         let shift = (sigma * (2.0 * (2.0 * f64::from(categories) / delta).ln()).sqrt()).ceil();
         if !(1.0..=1e6).contains(&shift) {
-            return Err(LinkError::BadParameters("the dummy noise's scale is out of range"));
+            return Err(LinkError::BadParameters(
+                "the dummy noise's scale is out of range",
+            ));
         }
-        Ok(Self { sigma, shift: shift as u32 })
+        Ok(Self {
+            sigma,
+            shift: shift as u32,
+        })
     }
 
     /// ρ of the matcher's view for counts of L2 sensitivity squared `l2_squared`.
@@ -109,20 +121,29 @@ pub struct Params {
 impl Params {
     pub fn new(setup: Setup) -> Result<Self, LinkError> {
         if setup.categories == 0 || setup.width == 0 || setup.value_max == 0 {
-            return Err(LinkError::BadParameters("categories, width and value bound must be positive"));
+            return Err(LinkError::BadParameters(
+                "categories, width and value bound must be positive",
+            ));
         }
         if setup.holder_capacity == 0
             || setup.matcher_capacity == 0
             || setup.holder_capacity > MAX_CAPACITY
             || setup.matcher_capacity > MAX_CAPACITY
         {
-            return Err(LinkError::BadParameters("capacities must be between 1 and 2^26"));
+            return Err(LinkError::BadParameters(
+                "capacities must be between 1 and 2^26",
+            ));
         }
         if u64::from(setup.categories) * u64::from(setup.width) > MAX_CELLS {
             return Err(LinkError::BadParameters("more than 65,536 cells"));
         }
-        if !setup.dummies.sigma.is_finite() || setup.dummies.sigma <= 0.0 || setup.dummies.shift == 0 {
-            return Err(LinkError::BadParameters("the dummy noise needs σ > 0 and a positive shift"));
+        if !setup.dummies.sigma.is_finite()
+            || setup.dummies.sigma <= 0.0
+            || setup.dummies.shift == 0
+        {
+            return Err(LinkError::BadParameters(
+                "the dummy noise needs σ > 0 and a positive shift",
+            ));
         }
         let largest_sum = u128::from(setup.holder_capacity) * u128::from(setup.value_max);
         let sum_bits = 128 - largest_sum.leading_zeros();
@@ -220,7 +241,11 @@ mod tests {
         assert_eq!(p.slot_bits, 55);
         assert_eq!(p.slots_per_block, 3068 / 55);
         assert_eq!(p.blocks, 1);
-        let wide = Params::new(Setup { width: 200, ..setup() }).unwrap();
+        let wide = Params::new(Setup {
+            width: 200,
+            ..setup()
+        })
+        .unwrap();
         assert_eq!(wide.blocks, 200u32.div_ceil(3068 / 55));
         assert_eq!(wide.block_values(3), 165..200);
     }
@@ -228,9 +253,33 @@ mod tests {
     #[test]
     fn any_difference_in_the_setup_changes_the_session() {
         let a = Params::new(setup()).unwrap().session;
-        assert_ne!(a, Params::new(Setup { context: b"round 2".to_vec(), ..setup() }).unwrap().session);
-        assert_ne!(a, Params::new(Setup { value_max: 2, ..setup() }).unwrap().session);
-        assert_ne!(a, Params::new(Setup { holder_capacity: 10_001, ..setup() }).unwrap().session);
+        assert_ne!(
+            a,
+            Params::new(Setup {
+                context: b"round 2".to_vec(),
+                ..setup()
+            })
+            .unwrap()
+            .session
+        );
+        assert_ne!(
+            a,
+            Params::new(Setup {
+                value_max: 2,
+                ..setup()
+            })
+            .unwrap()
+            .session
+        );
+        assert_ne!(
+            a,
+            Params::new(Setup {
+                holder_capacity: 10_001,
+                ..setup()
+            })
+            .unwrap()
+            .session
+        );
     }
 
     #[test]
@@ -247,13 +296,39 @@ mod tests {
     #[test]
     fn unusable_setups_are_refused() {
         for bad in [
-            Setup { categories: 0, ..setup() },
-            Setup { width: 0, ..setup() },
-            Setup { holder_capacity: 0, ..setup() },
-            Setup { matcher_capacity: MAX_CAPACITY + 1, ..setup() },
-            Setup { value_max: u64::MAX, holder_capacity: 1 << 26, ..setup() },
-            Setup { categories: 1 << 10, width: 1 << 10, ..setup() },
-            Setup { dummies: DummyNoise { sigma: f64::NAN, shift: 3 }, ..setup() },
+            Setup {
+                categories: 0,
+                ..setup()
+            },
+            Setup {
+                width: 0,
+                ..setup()
+            },
+            Setup {
+                holder_capacity: 0,
+                ..setup()
+            },
+            Setup {
+                matcher_capacity: MAX_CAPACITY + 1,
+                ..setup()
+            },
+            Setup {
+                value_max: u64::MAX,
+                holder_capacity: 1 << 26,
+                ..setup()
+            },
+            Setup {
+                categories: 1 << 10,
+                width: 1 << 10,
+                ..setup()
+            },
+            Setup {
+                dummies: DummyNoise {
+                    sigma: f64::NAN,
+                    shift: 3,
+                },
+                ..setup()
+            },
         ] {
             assert!(matches!(Params::new(bad), Err(LinkError::BadParameters(_))));
         }

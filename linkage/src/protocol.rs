@@ -131,7 +131,11 @@ pub fn holder_start<R: CryptoRng + ?Sized>(
     for _ in 0..params.categories() {
         let count = params.setup.dummies.sample(rng)?;
         let secrets: Vec<Secret> = (0..count).map(|_| Secret::random(rng)).collect();
-        dummy_points.extend(secrets.iter().map(|s| RISTRETTO_BASEPOINT_TABLE * s.scalar()));
+        dummy_points.extend(
+            secrets
+                .iter()
+                .map(|s| RISTRETTO_BASEPOINT_TABLE * s.scalar()),
+        );
         dummies.push(secrets);
     }
     let real_points = parallel_map(records, threads, |r| {
@@ -151,7 +155,9 @@ pub fn holder_start<R: CryptoRng + ?Sized>(
         .zip(ciphertexts)
         .collect();
     let padding = params.holder_list_len() - entries.len();
-    let modulus = NonZero::new(*key_square(&key)).into_option().expect("N² is not zero");
+    let modulus = NonZero::new(*key_square(&key))
+        .into_option()
+        .expect("N² is not zero");
     for _ in 0..padding {
         let point = WirePoint::of(&RistrettoPoint::random(rng));
         let blocks = (0..params.blocks())
@@ -260,7 +266,9 @@ pub fn matcher_start<R: CryptoRng + ?Sized>(
     threads: usize,
 ) -> Result<(MatcherStarted, MatcherOffer), LinkError> {
     check_matcher_records(&params, records)?;
-    let keys: Vec<Secret> = (0..params.categories()).map(|_| Secret::random(rng)).collect();
+    let keys: Vec<Secret> = (0..params.categories())
+        .map(|_| Secret::random(rng))
+        .collect();
     let mut points: Vec<RistrettoPoint> = parallel_map(records, threads, |r| {
         identifier_point(&params.session, &r.identifier) * keys[r.category as usize].scalar()
     });
@@ -331,7 +339,10 @@ impl MatcherStarted {
         for (index, items) in per_block.iter().enumerate() {
             let (category, block) = (index / blocks, index % blocks);
             let values = params.block_values(block);
-            let masks: Vec<u128> = values.clone().map(|_| random_bits(rng, params.mask_bits())).collect();
+            let masks: Vec<u128> = values
+                .clone()
+                .map(|_| random_bits(rng, params.mask_bits()))
+                .collect();
             for (j, mask) in values.zip(&masks) {
                 shares[category * params.width() + j] = (*mask as u64).wrapping_neg();
             }
@@ -360,7 +371,8 @@ fn check_holder_records(params: &Params, records: &[HolderRecord]) -> Result<(),
     }
     let mut seen = HashSet::with_capacity(records.len());
     for r in records {
-        if r.values.len() != params.width() || r.values.iter().any(|v| *v > params.setup.value_max) {
+        if r.values.len() != params.width() || r.values.iter().any(|v| *v > params.setup.value_max)
+        {
             return Err(LinkError::ValueOutOfRange);
         }
         if !seen.insert(r.identifier.as_slice()) {
@@ -484,8 +496,10 @@ fn encrypt_all<R: CryptoRng + ?Sized>(
                         .map(|v| {
                             (0..params.blocks())
                                 .map(|b| {
-                                    let slots: Vec<u128> =
-                                        v[params.block_values(b)].iter().map(|x| u128::from(*x)).collect();
+                                    let slots: Vec<u128> = v[params.block_values(b)]
+                                        .iter()
+                                        .map(|x| u128::from(*x))
+                                        .collect();
                                     key.encrypt(&slots::pack(&slots, params.slot_bits), &mut rng)
                                         .to_wire()
                                 })
@@ -507,7 +521,11 @@ fn compress_all(points: &[RistrettoPoint], threads: usize) -> Vec<WirePoint> {
 }
 
 /// `f` over `items` in order, split into contiguous chunks over `threads` scoped threads.
-fn parallel_map<T: Sync, U: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+fn parallel_map<T: Sync, U: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> U + Sync,
+) -> Vec<U> {
     let chunks = chunk_bounds(items.len(), threads);
     if chunks.len() <= 1 {
         return items.iter().map(&f).collect();
@@ -528,14 +546,20 @@ fn parallel_map<T: Sync, U: Send>(items: &[T], threads: usize, f: impl Fn(&T) ->
 fn chunk_bounds(len: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     let threads = threads.clamp(1, 64);
     let size = len.div_ceil(threads).max(1);
-    (0..len).step_by(size).map(|s| s..(s + size).min(len)).collect()
+    (0..len)
+        .step_by(size)
+        .map(|s| s..(s + size).min(len))
+        .collect()
 }
 
 fn key_square(key: &SecretKey) -> &U6144 {
     key.public().square()
 }
 
-fn random_unit_wire<R: CryptoRng + ?Sized>(rng: &mut R, modulus: &NonZero<U6144>) -> WireCiphertext {
+fn random_unit_wire<R: CryptoRng + ?Sized>(
+    rng: &mut R,
+    modulus: &NonZero<U6144>,
+) -> WireCiphertext {
     loop {
         let c = U6144::random_mod_vartime(rng, modulus);
         if c != U6144::ZERO {
@@ -547,7 +571,11 @@ fn random_unit_wire<R: CryptoRng + ?Sized>(rng: &mut R, modulus: &NonZero<U6144>
 /// A uniform integer of `bits` ≤ 128 bits.
 fn random_bits<R: Rng + ?Sized>(rng: &mut R, bits: u32) -> u128 {
     let wide = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
-    if bits >= 128 { wide } else { wide & ((1u128 << bits) - 1) }
+    if bits >= 128 {
+        wide
+    } else {
+        wide & ((1u128 << bits) - 1)
+    }
 }
 
 /// Fisher–Yates with unbiased bounded draws.
@@ -594,6 +622,9 @@ mod tests {
             counts[v[0]] += 1;
         }
         // Each lands first 10,000 times; 5 SE ≈ 408.
-        assert!(counts.iter().all(|c| (9_592..=10_408).contains(c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|c| (9_592..=10_408).contains(c)),
+            "{counts:?}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use civic_linkage::group::{WirePoint, identifier_point};
 use civic_linkage::paillier::{PublicKey, WireCiphertext};
 use civic_linkage::slots;
 use civic_linkage::{
-    DummyNoise, HolderOffer, HolderRecord, LinkError, MaskedSums, MatcherOffer, MatcherRecord, Params,
-    Returned, Setup, holder_start, matcher_start,
+    DummyNoise, HolderOffer, HolderRecord, LinkError, MaskedSums, MatcherOffer, MatcherRecord,
+    Params, Returned, Setup, holder_start, matcher_start,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -50,11 +50,17 @@ fn random_data(seed: u64, universe: u64, p_holder: f64, p_matcher: f64, s: &Setu
             let values = (0..s.width)
                 .map(|_| (uniform() * (s.value_max + 1) as f64) as u64)
                 .collect();
-            holder.push(HolderRecord { identifier: id(i), values });
+            holder.push(HolderRecord {
+                identifier: id(i),
+                values,
+            });
         }
         if uniform() < p_matcher && matcher.len() < s.matcher_capacity as usize {
             let category = (uniform() * s.categories as f64) as u32;
-            matcher.push(MatcherRecord { identifier: id(i), category });
+            matcher.push(MatcherRecord {
+                identifier: id(i),
+                category,
+            });
         }
     }
     Data { holder, matcher }
@@ -92,9 +98,14 @@ struct Transcript {
 
 fn run(params: &Params, data: &Data, seed: u64) -> Transcript {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let (holder, holder_offer) = holder_start(params.clone(), &data.holder, &mut rng, THREADS).unwrap();
-    let (matcher, matcher_offer) = matcher_start(params.clone(), &data.matcher, &mut rng, THREADS).unwrap();
-    let (holder, returned) = holder.respond(&matcher_offer, &mut rng, THREADS).map_err(|e| e.1).unwrap();
+    let (holder, holder_offer) =
+        holder_start(params.clone(), &data.holder, &mut rng, THREADS).unwrap();
+    let (matcher, matcher_offer) =
+        matcher_start(params.clone(), &data.matcher, &mut rng, THREADS).unwrap();
+    let (holder, returned) = holder
+        .respond(&matcher_offer, &mut rng, THREADS)
+        .map_err(|e| e.1)
+        .unwrap();
     let (output, sums) = matcher
         .finish(&holder_offer, &returned, &mut rng, THREADS)
         .map_err(|e| e.1)
@@ -135,7 +146,10 @@ fn linked_tables_equal_the_plaintext_join_for_random_data_and_overlaps() {
         let data = random_data(100 + n as u64, universe, ph, pm, &s);
         let (truth, counts) = plaintext_join(&data, &s);
         let t = run(&params, &data, 200 + n as u64);
-        assert_eq!(t.table, truth, "case {n}: the shares must add up to the join");
+        assert_eq!(
+            t.table, truth,
+            "case {n}: the shares must add up to the join"
+        );
         for (c, (noisy, exact)) in t.noisy_counts.iter().zip(&counts).enumerate() {
             let dummies = noisy - exact;
             assert!(
@@ -198,10 +212,18 @@ fn message_sizes_depend_only_on_the_public_parameters() {
     let sizes = |data: &Data, seed| {
         let t = run(&params, data, seed);
         [
-            bincode::serde::encode_to_vec(&t.holder_offer, config).unwrap().len(),
-            bincode::serde::encode_to_vec(&t.matcher_offer, config).unwrap().len(),
-            bincode::serde::encode_to_vec(&t.returned, config).unwrap().len(),
-            bincode::serde::encode_to_vec(&t.sums, config).unwrap().len(),
+            bincode::serde::encode_to_vec(&t.holder_offer, config)
+                .unwrap()
+                .len(),
+            bincode::serde::encode_to_vec(&t.matcher_offer, config)
+                .unwrap()
+                .len(),
+            bincode::serde::encode_to_vec(&t.returned, config)
+                .unwrap()
+                .len(),
+            bincode::serde::encode_to_vec(&t.sums, config)
+                .unwrap()
+                .len(),
         ]
     };
     // A small overlap of few records against a large overlap of full lists.
@@ -219,16 +241,23 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
     let data = random_data(31, 30, 0.6, 0.6, &s);
     let (truth, _) = plaintext_join(&data, &s);
     let mut rng = ChaCha20Rng::seed_from_u64(32);
-    let (holder, holder_offer) = holder_start(params.clone(), &data.holder, &mut rng, THREADS).unwrap();
-    let (matcher, matcher_offer) = matcher_start(params.clone(), &data.matcher, &mut rng, THREADS).unwrap();
+    let (holder, holder_offer) =
+        holder_start(params.clone(), &data.holder, &mut rng, THREADS).unwrap();
+    let (matcher, matcher_offer) =
+        matcher_start(params.clone(), &data.matcher, &mut rng, THREADS).unwrap();
 
     // A replay from another session: same data, another round.
-    let other = Params::new(Setup { context: b"another round".to_vec(), ..s.clone() }).unwrap();
+    let other = Params::new(Setup {
+        context: b"another round".to_vec(),
+        ..s.clone()
+    })
+    .unwrap();
     let (_, other_matcher_offer) = matcher_start(other, &data.matcher, &mut rng, THREADS).unwrap();
 
     let bad_point = WirePoint([0xff; 32]);
     let identity = WirePoint([0; 32]);
-    let mut matcher_offers: Vec<(MatcherOffer, LinkError)> = vec![(other_matcher_offer, LinkError::WrongSession)];
+    let mut matcher_offers: Vec<(MatcherOffer, LinkError)> =
+        vec![(other_matcher_offer, LinkError::WrongSession)];
     let mut m = matcher_offer.clone();
     m.points.pop();
     matcher_offers.push((m, LinkError::WrongSize));
@@ -247,11 +276,17 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
 
     let mut holder = holder;
     for (bad, expected) in &matcher_offers {
-        let (back, error) = holder.respond(bad, &mut rng, THREADS).err().expect("refused");
+        let (back, error) = holder
+            .respond(bad, &mut rng, THREADS)
+            .err()
+            .expect("refused");
         assert_eq!(error, *expected);
         holder = back;
     }
-    let (holder, returned) = holder.respond(&matcher_offer, &mut rng, THREADS).map_err(|e| e.1).unwrap();
+    let (holder, returned) = holder
+        .respond(&matcher_offer, &mut rng, THREADS)
+        .map_err(|e| e.1)
+        .unwrap();
 
     let mut holder_offers: Vec<(HolderOffer, LinkError)> = Vec::new();
     let mut h = holder_offer.clone();
@@ -275,17 +310,26 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
 
     let mut matcher = matcher;
     for (bad, expected) in &holder_offers {
-        let (back, error) = matcher.finish(bad, &returned, &mut rng, THREADS).err().expect("refused");
+        let (back, error) = matcher
+            .finish(bad, &returned, &mut rng, THREADS)
+            .err()
+            .expect("refused");
         assert_eq!(error, *expected);
         matcher = back;
     }
     let mut r = returned.clone();
     r.points.truncate(r.points.len() - 1);
-    let (back, error) = matcher.finish(&holder_offer, &r, &mut rng, THREADS).err().unwrap();
+    let (back, error) = matcher
+        .finish(&holder_offer, &r, &mut rng, THREADS)
+        .err()
+        .unwrap();
     assert_eq!(error, LinkError::WrongSize);
     let mut r = returned.clone();
     r.points[1] = r.points[0];
-    let (matcher, error) = back.finish(&holder_offer, &r, &mut rng, THREADS).err().unwrap();
+    let (matcher, error) = back
+        .finish(&holder_offer, &r, &mut rng, THREADS)
+        .err()
+        .unwrap();
     assert_eq!(error, LinkError::DuplicatePoint);
 
     let (output, sums) = matcher
@@ -322,7 +366,10 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
         .zip(&output.shares.0)
         .map(|(a, b)| a.wrapping_add(*b))
         .collect();
-    assert_eq!(table, truth, "after every refusal the session still completes correctly");
+    assert_eq!(
+        table, truth,
+        "after every refusal the session still completes correctly"
+    );
 }
 
 #[test]
@@ -330,17 +377,32 @@ fn local_records_outside_the_public_bounds_are_refused() {
     let s = setup(2, 2, 3, 3);
     let params = Params::new(s).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(41);
-    let record = |i, values: Vec<u64>| HolderRecord { identifier: id(i), values };
+    let record = |i, values: Vec<u64>| HolderRecord {
+        identifier: id(i),
+        values,
+    };
     let cases = [
-        (vec![record(1, vec![1, 1]); 2], LinkError::DuplicateIdentifier),
-        ((0..4).map(|i| record(i, vec![0, 0])).collect(), LinkError::OverCapacity),
+        (
+            vec![record(1, vec![1, 1]); 2],
+            LinkError::DuplicateIdentifier,
+        ),
+        (
+            (0..4).map(|i| record(i, vec![0, 0])).collect(),
+            LinkError::OverCapacity,
+        ),
         (vec![record(1, vec![10, 0])], LinkError::ValueOutOfRange),
         (vec![record(1, vec![1])], LinkError::ValueOutOfRange),
     ];
     for (records, expected) in cases {
-        assert_eq!(holder_start(params.clone(), &records, &mut rng, 1).err(), Some(expected));
+        assert_eq!(
+            holder_start(params.clone(), &records, &mut rng, 1).err(),
+            Some(expected)
+        );
     }
-    let out_of_domain = [MatcherRecord { identifier: id(1), category: 2 }];
+    let out_of_domain = [MatcherRecord {
+        identifier: id(1),
+        category: 2,
+    }];
     assert_eq!(
         matcher_start(params, &out_of_domain, &mut rng, 1).err(),
         Some(LinkError::ValueOutOfRange)

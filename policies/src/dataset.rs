@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::disclosure::DisclosureProfile;
 use crate::error::PolicyError;
+use crate::linkage::{Linkage, LinkageFile};
 use crate::privacy::{PrivacyStatement, Rho};
 
 /// The policy as written (the file's shape). Validated into [`DatasetPolicy`].
@@ -30,6 +31,10 @@ pub struct PolicyFile {
     pub governance: GovernanceFile,
     /// Disclosure control applied to released counts.
     pub disclosure: DisclosureProfile,
+    /// For a linked dataset: which kinds of partner hold which columns, joined per resident
+    /// on a linkage identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linkage: Option<LinkageFile>,
 }
 
 /// `[dataset]`.
@@ -266,6 +271,8 @@ pub struct DatasetPolicy {
     pub min_per_query: Rho,
     /// The cost above which approval is needed, and how many approvals.
     pub approval: Option<(Rho, u32)>,
+    /// A linked dataset's sides.
+    pub linkage: Option<Linkage>,
 }
 
 /// Without `budget.min_per_query`, the floor is the total divided by this: at most this many
@@ -477,6 +484,8 @@ impl DatasetPolicy {
             ));
         }
 
+        let linkage = Linkage::validate(&file, per_query, source_name)?;
+
         Ok(Self {
             file,
             columns,
@@ -485,6 +494,7 @@ impl DatasetPolicy {
             per_query,
             min_per_query,
             approval,
+            linkage,
         })
     }
 }

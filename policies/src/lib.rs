@@ -22,6 +22,7 @@ pub mod budget;
 pub mod dataset;
 pub mod disclosure;
 pub mod error;
+pub mod linkage;
 pub mod manifest;
 pub mod privacy;
 pub mod query;

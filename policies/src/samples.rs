@@ -19,6 +19,14 @@ pub fn diabetes() -> DatasetPolicy {
     )
 }
 
+/// `examples/policies/housing-health.toml`: a linked dataset.
+pub fn housing_health() -> DatasetPolicy {
+    parse(HOUSING_HEALTH_TOML, "housing-health.toml")
+}
+
+/// The text of `examples/policies/housing-health.toml`, for tests that vary it.
+pub const HOUSING_HEALTH_TOML: &str = include_str!("../../examples/policies/housing-health.toml");
+
 /// `examples/policies/diabetes.toml` with central noise (`noise = "central"`): for tests of
 /// pure ε (discrete Laplace), and of the exact sums partners send.
 pub fn diabetes_central() -> DatasetPolicy {

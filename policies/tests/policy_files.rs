@@ -29,7 +29,10 @@ fn samples() -> Vec<(String, DatasetPolicy)> {
 fn sample_policies_parse_with_the_values_they_state() {
     let samples = samples();
     let names: Vec<&str> = samples.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, vec!["diabetes.toml", "falls-housing.toml"]);
+    assert_eq!(
+        names,
+        vec!["diabetes.toml", "falls-housing.toml", "housing-health.toml"]
+    );
     let (_, diabetes) = &samples[0];
     assert_eq!(diabetes.id(), "diabetes");
     assert_eq!(diabetes.partners().len(), 5);
