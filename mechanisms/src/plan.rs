@@ -23,6 +23,7 @@
 //! slot. Nothing here looks at data.
 
 use civic_policies::dataset::{ColumnType, DatasetPolicy};
+use civic_policies::linkage::LinkedShape;
 use civic_policies::query::{Statistic, ValidatedQuery};
 use serde::{Deserialize, Serialize};
 
@@ -180,8 +181,19 @@ impl AggregationPlan {
                 "the query needs {vector_len} slots; at most {MAX_VECTOR_LEN} are allowed: ask for fewer cells or features"
             ));
         }
-        let rows_per_resident = u64::from(policy.rows_per_resident_per_partner())
-            * u64::from(policy.max_partners_per_person);
+        let rows_per_resident = match &policy.linkage {
+            // A linked table gets one "row" per pair of partners holding the resident.
+            Some(_) => LinkedShape::of(query, policy)
+                .map_err(|e| MechanismError::InvalidParameter {
+                    stage: "plan",
+                    reason: e.to_string(),
+                })?
+                .pairs_per_resident(),
+            None => {
+                u64::from(policy.rows_per_resident_per_partner())
+                    * u64::from(policy.max_partners_per_person)
+            }
+        };
         let max_slot_per_partner = blocks
             .iter()
             .map(|b| u128::from(b.per_row_max) * u128::from(max_rows_per_partner))

@@ -82,6 +82,10 @@ pub struct Priced {
     pub confidence: f64,
     /// The settings it was priced under.
     pub context: PricingContext,
+    /// For a linked dataset, the part of `cost` charged for the matching partners' noisy
+    /// match counts (zero otherwise).
+    #[serde(default)]
+    pub match_counts: Rho,
 }
 
 /// Why a request cannot be priced. Every message says what to change.
@@ -267,11 +271,23 @@ pub fn price(
         });
     }
     release_plan.check_samplable()?;
+    // A linked query also pays for the noisy match counts its joins show the matching
+    // partners (their dummies are sized for exactly this).
+    let match_counts = policy
+        .linkage
+        .as_ref()
+        .map_or(Rho::ZERO, |l| l.match_counts);
+    let total = release_plan.cost.checked_add(match_counts).ok_or_else(|| {
+        MechanismError::InvalidParameter {
+            stage: "pricing",
+            reason: "the release and match-count costs overflow the ledger's range".into(),
+        }
+    })?;
     let cost = Cost {
-        rho: release_plan.cost,
-        epsilon,
+        rho: total,
+        epsilon: epsilon.filter(|_| match_counts == Rho::ZERO),
         approx_dp: (
-            epsilon_at_delta(release_plan.cost, context.reporting_delta)?,
+            epsilon_at_delta(total, context.reporting_delta)?,
             context.reporting_delta,
         ),
     };
@@ -295,6 +311,7 @@ pub fn price(
         accuracy,
         confidence,
         context,
+        match_counts,
     })
 }
 

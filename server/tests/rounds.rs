@@ -542,3 +542,61 @@ async fn a_wrong_share_is_named_in_the_audit_log_and_the_round_recovers_from_the
     assert!(named.iter().all(|m| m.contains(&culprit)), "{named:?}");
     c.stop().await;
 }
+
+/// A linked dataset's queries are priced, with the match counts' charge, but not run: the
+/// coordinator has no pairwise joins yet, so a submission is refused and reserves nothing.
+#[actix_web::test]
+async fn linked_queries_are_previewed_but_refused_at_submission_reserving_nothing() {
+    let c = Coordinator::start(&fresh_store_url("linked")).await;
+    let policy = civic_policies::samples::HOUSING_HEALTH_TOML;
+    let (s, body) = c
+        .call(
+            Method::PUT,
+            "/v1/datasets/housing-health",
+            Some(&c.board[0]),
+            Some(json!({ "policy": policy })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, body) = c
+        .call(
+            Method::PUT,
+            "/v1/projects/falls/allocations/housing-health",
+            Some(&c.board[0]),
+            Some(json!({ "cap": { "rho": 0.5 } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let query = json!({
+        "project": "falls",
+        "query": {
+            "dataset": "housing-health",
+            "statistic": {"histogram": {"columns": ["damp_mould_reported", "respiratory_admissions"]}},
+        },
+        "privacy": { "rho": 0.05 },
+    });
+    let (s, preview) = c
+        .call(
+            Method::POST,
+            "/v1/queries/preview",
+            Some(&c.researcher),
+            Some(query.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{preview}");
+    assert!(common::close(&preview["cost"]["rho"], 0.06), "{preview}");
+    let (s, refused) = c.submit(query).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "query.linked_not_yet_run", "{refused}");
+    let (s, b) = c
+        .call(
+            Method::GET,
+            "/v1/budgets/housing-health",
+            Some(&c.board[0]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(common::close(&b["used_rho"], 0.0), "{b}");
+    c.stop().await;
+}

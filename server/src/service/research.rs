@@ -199,6 +199,15 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
     // Priced under the newest manifest, whose floor every agent also checks.
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
     let priced = price(state, manifest.as_ref(), &dataset.policy, &req).await?;
+    if dataset.policy.linkage.is_some() {
+        return Err(Error::Conflict {
+            code: ProblemCode::QueryLinkedNotYetRun,
+            detail: format!(
+                "dataset {} is linked: its queries are priced (POST /v1/queries/preview) but this coordinator does not yet run the pairwise joins they need; nothing was reserved",
+                dataset.id
+            ),
+        });
+    }
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let approvals_required = approvals_needed(&dataset.policy, &priced, manifest.as_ref());
     let at = state.clock.rfc3339();
