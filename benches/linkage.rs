@@ -44,10 +44,22 @@ struct Case {
 }
 
 const FULL: [Case; 2] = [
-    Case { holder: 10_000, matcher: 1_000_000, overlap: 6_000 },
-    Case { holder: 100_000, matcher: 100_000, overlap: 40_000 },
+    Case {
+        holder: 10_000,
+        matcher: 1_000_000,
+        overlap: 6_000,
+    },
+    Case {
+        holder: 100_000,
+        matcher: 100_000,
+        overlap: 40_000,
+    },
 ];
-const CHECK: Case = Case { holder: 300, matcher: 2_000, overlap: 150 };
+const CHECK: Case = Case {
+    holder: 300,
+    matcher: 2_000,
+    overlap: 150,
+};
 
 fn id(i: usize) -> Vec<u8> {
     format!("{:010}", 4_000_000_000u64 + i as u64).into_bytes()
@@ -113,8 +125,8 @@ fn wire<T: Serialize + DeserializeOwned>(message: &T) -> (usize, T) {
 
 struct Report {
     steps: Vec<(&'static str, Duration)>,
-    holder_bytes: usize,
-    matcher_bytes: usize,
+    /// Bytes of the holder's offer, the returned list, the matcher's offer, the masked sums.
+    messages: [usize; 4],
     plaintext: Duration,
 }
 
@@ -154,7 +166,10 @@ fn session(case: &Case) -> Report {
     step("matcher: match, sum, mask", t);
 
     let t = Instant::now();
-    let holder_shares = holder.finish(&sums).map_err(|e| e.1).expect("holder finishes");
+    let holder_shares = holder
+        .finish(&sums)
+        .map_err(|e| e.1)
+        .expect("holder finishes");
     step("holder: decrypt shares", t);
 
     let t = Instant::now();
@@ -170,8 +185,7 @@ fn session(case: &Case) -> Report {
 
     Report {
         steps,
-        holder_bytes: offer_bytes + returned_bytes,
-        matcher_bytes: matcher_offer_bytes + sums_bytes,
+        messages: [offer_bytes, returned_bytes, matcher_offer_bytes, sums_bytes],
         plaintext,
     }
 }
@@ -191,12 +205,19 @@ fn print(case: &Case, r: &Report) {
         r.plaintext.as_secs_f64(),
         total.as_secs_f64() / r.plaintext.as_secs_f64()
     );
+    let [offer, returned, matcher_offer, sums] = r.messages.map(|b| b as f64);
+    let (h, m) = (case.holder as f64, case.matcher as f64);
     println!(
-        "  bytes sent: holder {:.1} MB ({:.0} B per holder record), matcher {:.1} MB ({:.0} B per matcher record)",
-        r.holder_bytes as f64 / 1e6,
-        r.holder_bytes as f64 / case.holder as f64,
-        r.matcher_bytes as f64 / 1e6,
-        r.matcher_bytes as f64 / case.matcher as f64,
+        "  holder sends {:.1} MB: its list {:.0} B per own record, the returned list {:.0} B per matcher record",
+        (offer + returned) / 1e6,
+        offer / h,
+        returned / m
+    );
+    println!(
+        "  matcher sends {:.1} MB: its list {:.0} B per own record, the masked sums {:.0} B in all",
+        (matcher_offer + sums) / 1e6,
+        matcher_offer / m,
+        sums
     );
 }
 
@@ -209,7 +230,9 @@ fn operations(c: &mut Criterion) {
     let point = identifier_point(&[0; 32], b"4000000001");
     let scalar = curve25519_dalek::scalar::Scalar::from(123_456_789u64);
     let mut group = c.benchmark_group("linkage_operations");
-    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
     group.bench_function("hash_to_ristretto", |b| {
         b.iter(|| identifier_point(black_box(&[0; 32]), black_box(b"4000000001")))
     });
@@ -225,15 +248,23 @@ fn operations(c: &mut Criterion) {
     group.bench_function("paillier_add", |b| {
         b.iter(|| key.public().add(black_box(&c1), black_box(&c1)))
     });
-    group.bench_function("paillier_decrypt", |b| b.iter(|| key.decrypt(black_box(&c1))));
+    group.bench_function("paillier_decrypt", |b| {
+        b.iter(|| key.decrypt(black_box(&c1)))
+    });
     group.sample_size(10);
-    group.bench_function("paillier_keygen", |b| b.iter(|| SecretKey::generate(&mut rng)));
+    group.bench_function("paillier_keygen", |b| {
+        b.iter(|| SecretKey::generate(&mut rng))
+    });
     group.finish();
 }
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let cases: &[Case] = if full { &FULL } else { std::slice::from_ref(&CHECK) };
+    let cases: &[Case] = if full {
+        &FULL
+    } else {
+        std::slice::from_ref(&CHECK)
+    };
     for case in cases {
         let report = session(case);
         print(case, &report);
