@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use civic_policies::Rho;
 use civic_policies::dataset::{ColumnType, DatasetPolicy};
+use civic_policies::linkage::{IdentifierFormat, IdentifierProblem, Side};
 use civic_policies::manifest::{Manifest, policy_digest, verify_chain};
 
 use crate::config::{AgentConfig, DatasetMapping, STATISTICS};
@@ -338,8 +339,12 @@ async fn check_dataset(
             ));
         }
     }
+    let Some(side) = linked_side(mapping, policy, report) else {
+        return;
+    };
     let mut readers = Vec::new();
-    for column in &policy.columns {
+    let held = |name: &str| side.is_none_or(|s: &Side| s.columns.iter().any(|c| c == name));
+    for column in policy.columns.iter().filter(|c| held(&c.name)) {
         let Some(m) = mapping.columns.get(&column.name) else {
             report.problem(format!(
                 "federated column {} is not mapped: queries using it will be declined",
@@ -355,6 +360,8 @@ async fn check_dataset(
     let k = policy.rows_per_resident_per_partner();
     let mut counts = vec![ColumnCounts::default(); readers.len()];
     let mut per_resident: HashMap<Vec<u8>, u32> = HashMap::new();
+    let format = policy.linkage.as_ref().map(|l| l.identifier);
+    let mut identifiers = IdentifierHealth::default();
     let scanned = crate::source::scan(
         mapping,
         &readers,
@@ -364,7 +371,10 @@ async fn check_dataset(
                 tally(c, &reader.column.kind, *cell, at);
             }
             if let Some(r) = resident {
-                *per_resident.entry(r.to_vec()).or_insert(0) += 1;
+                match format {
+                    Some(f) => identifiers.tally(f, r, at),
+                    None => *per_resident.entry(r.to_vec()).or_insert(0) += 1,
+                }
             }
         },
     )
@@ -399,6 +409,11 @@ async fn check_dataset(
             report.problem(problem);
         }
     }
+    if let (Some(side), Some(format)) = (side, format) {
+        identifiers.report(mapping, side, format, report);
+        refusals(config, policy, report);
+        return;
+    }
     match &mapping.resident_column {
         Some(col) => {
             let over = per_resident.values().filter(|n| **n > k).count();
@@ -412,6 +427,146 @@ async fn check_dataset(
         )),
     }
     refusals(config, policy, report);
+}
+
+/// For a linked dataset, the side this partner declared (`Some(Some(side))`); for another
+/// dataset `Some(None)`; `None` (with the problem reported) when the mapping cannot be
+/// checked further.
+fn linked_side<'p>(
+    mapping: &DatasetMapping,
+    policy: &'p DatasetPolicy,
+    report: &mut CheckReport,
+) -> Option<Option<&'p Side>> {
+    let Some(linkage) = &policy.linkage else {
+        if mapping.side.is_some() {
+            report.problem(format!(
+                "side: dataset {} is not linked (its policy has no [linkage]): remove side",
+                policy.id()
+            ));
+            return None;
+        }
+        return Some(None);
+    };
+    let kinds: Vec<&str> = linkage.sides.iter().map(|s| s.kind.as_str()).collect();
+    let Some(declared) = &mapping.side else {
+        report.problem(format!(
+            "dataset {} is linked: set side = one of {} in its [[datasets]] entry, and              resident_column to the local column holding the residents' linkage identifier",
+            policy.id(),
+            kinds.join(", ")
+        ));
+        return None;
+    };
+    let Some(side) = linkage.sides.iter().find(|s| &s.kind == declared) else {
+        report.problem(format!(
+            "side: \"{declared}\" is not a side of dataset {}; its sides are {}",
+            policy.id(),
+            kinds.join(", ")
+        ));
+        return None;
+    };
+    report.line(format!(
+        "  linked dataset: this partner is on the {} side ({} residents at most; lists are padded to that size)",
+        side.kind, side.capacity
+    ));
+    for name in mapping.columns.keys() {
+        if let Some(other) = linkage.side_of_column(name).filter(|o| o.kind != side.kind) {
+            report.problem(format!(
+                "columns.{name}: held by the {} side, not {}: remove it from this mapping",
+                other.kind, side.kind
+            ));
+        }
+    }
+    if mapping.resident_column.is_none() {
+        report.problem(format!(
+            "resident_column: a linked dataset needs the local column holding the residents'              linkage identifier ({})",
+            identifier_name(linkage.identifier)
+        ));
+    }
+    Some(Some(side))
+}
+
+fn identifier_name(format: IdentifierFormat) -> &'static str {
+    match format {
+        IdentifierFormat::NhsNumber => "an NHS number",
+        IdentifierFormat::Pseudonym => "a pseudonym made at source",
+    }
+}
+
+/// The linkage identifiers of an extract, as counts and row places (never values).
+#[derive(Default)]
+struct IdentifierHealth {
+    usable: HashMap<String, u32>,
+    missing: u64,
+    malformed: u64,
+    check_digit: u64,
+    duplicated_rows: u64,
+    first_bad: Vec<RowAt>,
+    first_duplicate: Vec<RowAt>,
+}
+
+impl IdentifierHealth {
+    fn tally(&mut self, format: IdentifierFormat, raw: &[u8], at: RowAt) {
+        let normalised = std::str::from_utf8(raw)
+            .map_err(|_| IdentifierProblem::Malformed)
+            .and_then(|text| format.normalise(text));
+        match normalised {
+            Ok(id) => {
+                let seen = self.usable.entry(id).or_insert(0);
+                *seen += 1;
+                if *seen > 1 {
+                    self.duplicated_rows += 1;
+                    note_place(&mut self.first_duplicate, at);
+                }
+            }
+            Err(problem) => {
+                match problem {
+                    IdentifierProblem::Missing => self.missing += 1,
+                    IdentifierProblem::Malformed => self.malformed += 1,
+                    IdentifierProblem::CheckDigit => self.check_digit += 1,
+                }
+                note_place(&mut self.first_bad, at);
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        mapping: &DatasetMapping,
+        side: &Side,
+        format: IdentifierFormat,
+        report: &mut CheckReport,
+    ) {
+        let column = mapping.resident_column.as_deref().unwrap_or("?");
+        let bad = self.missing + self.malformed + self.check_digit;
+        report.line(format!(
+            "  linkage identifier ({column}, {}): {} residents; {} missing, {} malformed, {} with a wrong check digit; {} rows repeat an identifier",
+            identifier_name(format),
+            self.usable.len(),
+            self.missing,
+            self.malformed,
+            self.check_digit,
+            self.duplicated_rows,
+        ));
+        if bad > 0 {
+            report.problem(format!(
+                "{column}: {bad} row(s) have no usable linkage identifier ({}): they cannot be                  linked and are left out of every join; fix them at source",
+                places(&self.first_bad, bad)
+            ));
+        }
+        if self.duplicated_rows > 0 {
+            report.problem(format!(
+                "{column}: {} row(s) repeat an identifier already seen ({}): a linked dataset                  holds one record per resident; merge each resident's rows in the extract",
+                self.duplicated_rows,
+                places(&self.first_duplicate, self.duplicated_rows)
+            ));
+        }
+        if self.usable.len() as u64 > u64::from(side.capacity) {
+            report.problem(format!(
+                "{column}: more residents than the {} side's capacity of {} in the policy:                  ask the board to raise it, as joins are refused until then",
+                side.kind, side.capacity
+            ));
+        }
+    }
 }
 
 fn tally(c: &mut ColumnCounts, kind: &ColumnType, cell: Cell, at: RowAt) {

@@ -193,6 +193,12 @@ pub struct DatasetMapping {
     /// resident, and `check` says so.
     #[serde(default)]
     pub resident_column: Option<String>,
+    /// For a linked dataset (one with `[linkage]` in its policy): the kind of partner this
+    /// is, one of the policy's sides (e.g. `housing`). Only that side's columns are mapped,
+    /// and `resident_column` holds the linkage identifier (an NHS number, or a pseudonym made
+    /// at source), which never leaves this machine in the clear.
+    #[serde(default)]
+    pub side: Option<String>,
     /// SQL sources with a resident column: a unique column giving the rows' order, so that
     /// "the first K rows of each resident" is well defined.
     #[serde(default)]

@@ -228,3 +228,115 @@ fn a_bad_configuration_is_named_by_field() {
         assert!(text(&o).contains(expected), "{to}: {}", text(&o));
     }
 }
+
+/// A housing association on the linked housing-health dataset: only its side's columns are
+/// mapped, and the linkage identifier's health is reported as counts and line numbers, never
+/// an identifier.
+#[test]
+fn check_reports_a_linked_partners_identifier_health_without_printing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let sample = std::fs::read_to_string(examples.join("agent/partner.toml")).unwrap();
+    let head = sample.split("[[datasets]]").next().unwrap();
+    let config = format!(
+        "{head}[[datasets]]\nid = \"housing-health\"\npolicy = {:?}\nresident_column = \"nhs_no\"\nside = \"housing\"\n\n\
+         [datasets.source]\nkind = \"csv\"\npath = \"tenancies.csv\"\n\n\
+         [datasets.columns]\nproperty_type = \"prop\"\ntenure = \"tenure\"\n\
+         damp_mould_reported = {{ column = \"damp\", values = {{ Y = \"true\", N = \"false\" }} }}\nadaptations = \"adapt\"\n",
+        examples.join("policies/housing-health.toml")
+    );
+    let config_path = dir.path().join("housing.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    assert!(
+        agent(&["keygen", "--out", "identity.key"], dir.path())
+            .status
+            .success()
+    );
+
+    // Valid NHS numbers: nine digits and their modulus-11 check digit.
+    let valid: Vec<String> = (0..40u32)
+        .map(|i| format!("{:09}", 401_023_000 + i * 37))
+        .filter_map(|nine| {
+            civic_policies::linkage::nhs_check_digit(nine.as_bytes()).map(|d| format!("{nine}{d}"))
+        })
+        .take(3)
+        .collect();
+    let mut wrong_digit = valid[2].clone().into_bytes();
+    wrong_digit[9] = b'0' + (wrong_digit[9] - b'0' + 1) % 10;
+    let wrong_digit = String::from_utf8(wrong_digit).unwrap();
+    let rows = [
+        valid[0].as_str(),
+        valid[1].as_str(),
+        "",
+        "12345",
+        wrong_digit.as_str(),
+        valid[0].as_str(),
+    ];
+    let mut csv = String::from("nhs_no,prop,tenure,damp,adapt\n");
+    for id in rows {
+        csv.push_str(&format!("{id},flat,social_rent,Y,1\n"));
+    }
+    std::fs::write(dir.path().join("tenancies.csv"), &csv).unwrap();
+
+    let run = || {
+        agent(
+            &[
+                "check",
+                "--config",
+                config_path.to_str().unwrap(),
+                "--offline",
+            ],
+            dir.path(),
+        )
+    };
+    let o = run();
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    for expected in [
+        "linked dataset: this partner is on the housing side (60000 residents at most",
+        "linkage identifier (nhs_no, an NHS number): 2 residents; 1 missing, 1 malformed, 1 with a wrong check digit; 1 rows repeat an identifier",
+        "nhs_no: 3 row(s) have no usable linkage identifier (lines 4, 5, 6)",
+        "nhs_no: 1 row(s) repeat an identifier already seen (line 7)",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("federated column age_band"),
+        "other sides' columns are not asked for:\n{out}"
+    );
+    for id in valid.iter().chain([&wrong_digit]) {
+        assert!(
+            !out.contains(id.as_str()),
+            "an identifier was printed:\n{out}"
+        );
+    }
+
+    // Clean identifiers: ready.
+    let clean: String = std::iter::once("nhs_no,prop,tenure,damp,adapt\n".to_string())
+        .chain(valid.iter().map(|id| format!("{id},house,other,N,0\n")))
+        .collect();
+    std::fs::write(dir.path().join("tenancies.csv"), clean).unwrap();
+    let o = run();
+    assert!(o.status.success(), "{}", text(&o));
+
+    // A column of another side, or no side at all, is named.
+    std::fs::write(
+        &config_path,
+        config.replace(
+            "adaptations = \"adapt\"",
+            "adaptations = \"adapt\"\nhba1c = \"adapt\"",
+        ),
+    )
+    .unwrap();
+    let out = text(&run());
+    assert!(
+        out.contains("columns.hba1c: held by the primary-care side, not housing"),
+        "{out}"
+    );
+    std::fs::write(&config_path, config.replace("side = \"housing\"\n", "")).unwrap();
+    let out = text(&run());
+    assert!(
+        out.contains("dataset housing-health is linked: set side = one of housing, admissions"),
+        "{out}"
+    );
+}
