@@ -85,6 +85,7 @@
 //!   wrong size; a ciphertext outside [1, N²); or a plaintext that overflows its slots.
 
 pub mod error;
+pub mod federation;
 pub mod group;
 pub mod paillier;
 pub mod params;

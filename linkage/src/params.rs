@@ -18,8 +18,8 @@ pub const MAX_SUM_BITS: u32 = 80;
 /// Cells per session (categories × values), a bound that keeps a malformed plan from
 /// asking for gigabytes of ciphertexts.
 pub const MAX_CELLS: u64 = 1 << 16;
-/// Records per side.
-pub const MAX_CAPACITY: u32 = 1 << 26;
+/// Records per side: the policy's own bound on a side's capacity.
+pub const MAX_CAPACITY: u32 = civic_policies::linkage::MAX_CAPACITY;
 
 /// The dummy matches the holder adds so that the counts the matcher sees are noisy: per
 /// category, D = clamp(shift + Z, 0, 2·shift) dummies with Z ~ N_Z(0, σ²).
