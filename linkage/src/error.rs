@@ -34,6 +34,16 @@ pub enum LinkError {
     /// a capacity of zero, a noise scale out of range).
     #[error("the linkage parameters are not usable: {0}")]
     BadParameters(&'static str),
+    /// A peer's session key not signed by the identity the manifest lists for it, for the
+    /// wrong role, or a low-order point.
+    #[error(
+        "the peer's session key is not signed by its manifest identity, or is not a usable key"
+    )]
+    BadRelayKey,
+    /// A relayed message that does not open: changed on the way, or made for another
+    /// session, phase or direction.
+    #[error("a relayed message does not open under the session's keys")]
+    BadSeal,
     /// Local data over the public capacity the dataset declares for this kind of partner.
     #[error("more distinct identifiers than the dataset's declared capacity for this partner")]
     OverCapacity,
@@ -58,6 +68,8 @@ impl LinkError {
             Self::CiphertextOutOfRange => "linkage.ciphertext_out_of_range",
             Self::SlotOverflow => "linkage.slot_overflow",
             Self::BadParameters(_) => "linkage.bad_parameters",
+            Self::BadRelayKey => "linkage.bad_relay_key",
+            Self::BadSeal => "linkage.bad_seal",
             Self::OverCapacity => "linkage.over_capacity",
             Self::DuplicateIdentifier => "linkage.duplicate_identifier",
             Self::ValueOutOfRange => "linkage.value_out_of_range",

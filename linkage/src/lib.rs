@@ -90,6 +90,7 @@ pub mod group;
 pub mod paillier;
 pub mod params;
 pub mod protocol;
+pub mod relay;
 pub mod slots;
 
 pub use error::LinkError;

@@ -408,3 +408,86 @@ fn local_records_outside_the_public_bounds_are_refused() {
         Some(LinkError::ValueOutOfRange)
     );
 }
+
+/// What the coordinator records of a session: each message sealed end to end, in order.
+fn coordinator_view(params: &Params, data: &Data, seed: u64) -> Vec<Vec<u8>> {
+    use civic_linkage::relay::{Phase, RelayKey, Role};
+    use civic_secagg::identity::IdentityKey;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let (h_id, m_id) = (
+        IdentityKey::generate(&mut rng),
+        IdentityKey::generate(&mut rng),
+    );
+    let (h_key, h_signed) = RelayKey::new(&mut rng, &h_id, params.session, Role::Holder);
+    let (m_key, m_signed) = RelayKey::new(&mut rng, &m_id, params.session, Role::Matcher);
+    let h_channel = h_key.channel(&m_signed, &m_id.public()).unwrap();
+    let m_channel = m_key.channel(&h_signed, &h_id.public()).unwrap();
+    let t = run(params, data, seed + 1);
+    let view = vec![
+        h_channel.seal(&mut rng, Phase::HolderOffer, &encode(&t.holder_offer)),
+        m_channel.seal(&mut rng, Phase::MatcherOffer, &encode(&t.matcher_offer)),
+        h_channel.seal(&mut rng, Phase::Returned, &encode(&t.returned)),
+        m_channel.seal(&mut rng, Phase::MaskedSums, &encode(&t.sums)),
+    ];
+    // The peers open what the coordinator relayed.
+    assert_eq!(
+        m_channel.open(Phase::HolderOffer, &view[0]).unwrap(),
+        encode(&t.holder_offer)
+    );
+    assert_eq!(
+        h_channel.open(Phase::MaskedSums, &view[3]).unwrap(),
+        encode(&t.sums)
+    );
+    view
+}
+
+fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {
+    let config = bincode::config::standard().with_fixed_int_encoding();
+    bincode::serde::encode_to_vec(message, config).unwrap()
+}
+
+/// Pearson's χ² of byte values against uniform.
+fn chi_square(bytes: &[u8]) -> f64 {
+    let mut counts = [0u64; 256];
+    bytes.iter().for_each(|b| counts[*b as usize] += 1);
+    let expected = bytes.len() as f64 / 256.0;
+    counts
+        .iter()
+        .map(|c| (*c as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
+#[test]
+fn the_coordinators_view_of_two_datasets_is_sealed_bytes_of_the_same_lengths() {
+    let s = setup(2, 2, 40, 60);
+    let params = Params::new(s.clone()).unwrap();
+    let sparse = random_data(51, 300, 0.05, 0.05, &s);
+    let dense = random_data(52, 60, 1.0, 1.0, &s);
+    let a = coordinator_view(&params, &sparse, 53);
+    let b = coordinator_view(&params, &dense, 53);
+    let lengths = |v: &[Vec<u8>]| v.iter().map(Vec::len).collect::<Vec<_>>();
+    assert_eq!(
+        lengths(&a),
+        lengths(&b),
+        "lengths are fixed by the public parameters"
+    );
+    // Sealed bytes are uniform: χ² with 255 degrees of freedom stays below 330 (p ≈ 0.001)
+    // for each view, and the two views differ in every message.
+    for view in [&a, &b] {
+        let all: Vec<u8> = view.concat();
+        assert!(all.len() > 50_000, "{}", all.len());
+        let chi = chi_square(&all);
+        assert!(chi < 330.0, "χ² = {chi}");
+    }
+    assert!(a.iter().zip(&b).all(|(x, y)| x != y));
+    // The test can tell: the same messages unsealed are far from uniform.
+    let t = run(&params, &dense, 54);
+    let plain = [
+        encode(&t.holder_offer),
+        encode(&t.matcher_offer),
+        encode(&t.returned),
+        encode(&t.sums),
+    ]
+    .concat();
+    assert!(chi_square(&plain) > 1000.0, "χ² = {}", chi_square(&plain));
+}
