@@ -187,7 +187,7 @@ impl CompiledPlan {
     }
 }
 
-fn binning(kind: &ColumnType) -> Result<Binning, String> {
+pub(crate) fn binning(kind: &ColumnType) -> Result<Binning, String> {
     Ok(match kind {
         ColumnType::Category { .. } => Binning::Category,
         ColumnType::Boolean => Binning::Boolean,
@@ -214,7 +214,7 @@ fn binning(kind: &ColumnType) -> Result<Binning, String> {
     })
 }
 
-fn encoding(kind: &ColumnType) -> Result<Encoding, String> {
+pub(crate) fn encoding(kind: &ColumnType) -> Result<Encoding, String> {
     Ok(match kind {
         ColumnType::Integer { min, max, .. } => Encoding::Int {
             min: *min,
@@ -234,7 +234,7 @@ fn encoding(kind: &ColumnType) -> Result<Encoding, String> {
     })
 }
 
-fn compile_filter(
+pub(crate) fn compile_filter(
     f: &Filter,
     policy: &DatasetPolicy,
     slot: &mut dyn FnMut(&str) -> usize,
@@ -281,7 +281,7 @@ fn compile_filter(
 }
 
 /// SQL's three-valued logic: None is unknown.
-fn evaluate(t: &Test, row: &[Cell]) -> Option<bool> {
+pub(crate) fn evaluate(t: &Test, row: &[Cell]) -> Option<bool> {
     match t {
         Test::Compare { slot, op, lit } => {
             let Cell::Value(v) = row[*slot] else {
@@ -330,7 +330,7 @@ fn evaluate(t: &Test, row: &[Cell]) -> Option<bool> {
     }
 }
 
-fn bin(binning: &Binning, v: Value) -> Option<usize> {
+pub(crate) fn bin(binning: &Binning, v: Value) -> Option<usize> {
     fn find<T: PartialOrd + Copy>(edges: &[T], x: T) -> Option<usize> {
         let last = edges.len() - 1;
         if x < edges[0] || x > edges[last] {
