@@ -60,6 +60,11 @@ enum Command {
         /// acute-trust, community-mh-trust, council-asc (falls and housing).
         #[arg(long)]
         partner: String,
+        /// `housing-health` for the linked dataset's extracts (partners housing-north,
+        /// housing-south, acute-trust, gp-fed-1 … gp-fed-5, council-asc, with NHS numbers in
+        /// the never-issued 999 range); without it, the partner's diabetes or falls extract.
+        #[arg(long)]
+        dataset: Option<String>,
         /// Where to write the CSV.
         #[arg(long)]
         out: PathBuf,
@@ -134,11 +139,44 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
         }
         Command::Synth {
             partner,
+            dataset,
             out,
             residents,
             seed,
         } => {
             use civic_client_sdk::synth;
+            let people = || synth::population(seed, residents);
+            if dataset.as_deref() == Some("housing-health") {
+                if !synth::LINKED_PARTNERS.contains(&partner.as_str()) {
+                    return Err(AgentError::Config {
+                        file: "command line".into(),
+                        field: "--partner".into(),
+                        reason: format!(
+                            "unknown partner {partner:?} of housing-health: one of {}",
+                            synth::LINKED_PARTNERS.join(", ")
+                        ),
+                    });
+                }
+                let rows = synth::write_linked_extract(&partner, &people(), &out)
+                    .map_err(|e| AgentError::local(&out, e))?;
+                println!(
+                    "{rows} rows for {partner} (housing-health) written to {}",
+                    out.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(other) = dataset
+                .as_deref()
+                .filter(|d| *d != "diabetes" && *d != "falls-housing")
+            {
+                return Err(AgentError::Config {
+                    file: "command line".into(),
+                    field: "--dataset".into(),
+                    reason: format!(
+                        "unknown dataset {other:?}: diabetes, falls-housing or housing-health"
+                    ),
+                });
+            }
             if !synth::GP_FEDERATIONS.contains(&partner.as_str())
                 && !synth::FALLS_PARTNERS.contains(&partner.as_str())
             {
@@ -152,8 +190,7 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
                     ),
                 });
             }
-            let people = synth::population(seed, residents);
-            let rows = synth::write_extract(&partner, &people, &out)
+            let rows = synth::write_extract(&partner, &people(), &out)
                 .map_err(|e| AgentError::local(&out, e))?;
             println!("{rows} rows for {partner} written to {}", out.display());
             Ok(ExitCode::SUCCESS)

@@ -271,6 +271,138 @@ pub fn decades_over_65(age: u32) -> u32 {
     (age.saturating_sub(65) / 10).min(4)
 }
 
+/// The partners of the linked housing-and-health dataset
+/// (`examples/policies/housing-health.toml`), each holding only its own kind's columns.
+pub const LINKED_PARTNERS: [&str; 9] = [
+    "housing-north",
+    "housing-south",
+    "acute-trust",
+    "gp-fed-1",
+    "gp-fed-2",
+    "gp-fed-3",
+    "gp-fed-4",
+    "gp-fed-5",
+    "council-asc",
+];
+
+/// The resident's NHS number: ten digits with a valid modulus-11 check digit, in the
+/// 999 range that the NHS never issues (so no synthetic number is a real person's). Distinct
+/// for ids below 5·10⁶: of the two candidates 99·(2·id) and 99·(2·id + 1), which differ in
+/// the ninth digit only, at most one has no valid check digit.
+pub fn nhs_number(id: u32) -> String {
+    (0..2)
+        .map(|k| format!("99{:07}", 2 * u64::from(id) + k))
+        .find_map(|nine| {
+            civic_policies::linkage::nhs_check_digit(nine.as_bytes()).map(|d| format!("{nine}{d}"))
+        })
+        .expect("one of two neighbouring prefixes has a check digit")
+}
+
+/// A stable per-resident, per-partner draw in [0, 1).
+fn draw(r: &Resident, salt: u32) -> f64 {
+    let mut x = u64::from(r.id) ^ (u64::from(salt) << 40) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 29;
+    (x % 1000) as f64 / 1000.0
+}
+
+/// Whether `partner` of the linked dataset holds `r`. Overlaps are partial, as in life:
+/// social tenants of the north and south associations; the trust's patients (every resident
+/// admitted, a share of the rest); the GP federation the resident is registered with (97%
+/// of adults); the council's care and adaptation clients (a share of the rest over 50).
+pub fn linked_holds(partner: &str, r: &Resident) -> bool {
+    match partner {
+        "housing-north" => r.tenure == "social_rent" && r.decile <= 4,
+        "housing-south" => r.tenure == "social_rent" && r.decile > 4,
+        "acute-trust" => r.falls_admissions + r.respiratory_admissions > 0 || draw(r, 11) < 0.3,
+        "council-asc" => {
+            r.age >= 50 && (r.care_package || r.home_adaptations > 0 || draw(r, 12) < 0.2)
+        }
+        p => {
+            let federation = p
+                .strip_prefix("gp-fed-")
+                .and_then(|k| k.parse::<usize>().ok());
+            r.age >= 18 && federation == Some(r.gp + 1) && draw(r, 13) < 0.97
+        }
+    }
+}
+
+/// The CSV header of a linked partner's extract.
+pub fn linked_header(partner: &str) -> &'static str {
+    match partner {
+        "housing-north" | "housing-south" => {
+            "tenant_nhs_number,property,tenure_code,damp_mould,adaptations_fitted"
+        }
+        "acute-trust" => "nhs_number,age_band,respiratory_admissions,falls_admissions",
+        "council-asc" => "nhs_number,care_package",
+        _ => "nhs_number,diabetes,hba1c",
+    }
+}
+
+/// The age bands of the linked dataset.
+pub fn age_band(age: u32) -> &'static str {
+    match age {
+        0..=17 => "under-18",
+        18..=64 => "18-64",
+        65..=74 => "65-74",
+        75..=84 => "75-84",
+        _ => "85+",
+    }
+}
+
+/// Writes linked `partner`'s extract of `people` to `path`; returns the rows written. The
+/// housing associations write NHS numbers with spaces (943 476 5919) and local tenure codes
+/// (GN general needs, SO shared ownership), as a tenancy system might, in the layout
+/// `examples/agent/housing-north.toml` maps; the others write ten digits and the federated
+/// spellings.
+pub fn write_linked_extract(
+    partner: &str,
+    people: &[Resident],
+    path: &Path,
+) -> std::io::Result<u64> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "{}", linked_header(partner))?;
+    let mut rows = 0;
+    for r in people.iter().filter(|r| linked_holds(partner, r)) {
+        rows += 1;
+        let nhs = nhs_number(r.id);
+        match partner {
+            "housing-north" | "housing-south" => {
+                // One tenancy in ten is shared ownership in the association's records.
+                let tenure = if draw(r, 14) < 0.1 { "SO" } else { "GN" };
+                writeln!(
+                    out,
+                    "{} {} {},{},{tenure},{},{}",
+                    &nhs[..3],
+                    &nhs[3..6],
+                    &nhs[6..],
+                    r.property_type,
+                    if r.damp_mould_reports > 0 { "Y" } else { "N" },
+                    r.home_adaptations
+                )?;
+            }
+            "acute-trust" => writeln!(
+                out,
+                "{nhs},{},{},{}",
+                age_band(r.age),
+                r.respiratory_admissions,
+                r.falls_admissions
+            )?,
+            "council-asc" => writeln!(out, "{nhs},{}", r.care_package)?,
+            _ => {
+                let hba1c = r
+                    .hba1c
+                    .map(|h| format!("{}", h.round() as u32))
+                    .unwrap_or_default();
+                writeln!(out, "{nhs},{},{hba1c}", r.diabetes)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +457,54 @@ mod tests {
         );
         let rows = write_extract("council-asc", &people, &dir.path().join("c.csv")).unwrap();
         assert!(rows > 50);
+    }
+
+    #[test]
+    fn linked_extracts_carry_valid_distinct_nhs_numbers_and_partial_overlaps() {
+        let people = population(5, 20_000);
+        let numbers: std::collections::HashSet<String> =
+            people.iter().map(|r| nhs_number(r.id)).collect();
+        assert_eq!(numbers.len(), people.len(), "distinct");
+        let f = civic_policies::linkage::IdentifierFormat::NhsNumber;
+        assert!(
+            numbers
+                .iter()
+                .all(|n| n.starts_with("99") && f.normalise(n).as_deref() == Ok(n.as_str()))
+        );
+        let held = |p: &str| {
+            people
+                .iter()
+                .filter(|r| linked_holds(p, r))
+                .collect::<Vec<_>>()
+        };
+        let (north, trust) = (held("housing-north"), held("acute-trust"));
+        let both = north
+            .iter()
+            .filter(|r| linked_holds("acute-trust", r))
+            .count();
+        assert!(
+            both > 100 && both < north.len() && both < trust.len(),
+            "{both} of {} and {}",
+            north.len(),
+            trust.len()
+        );
+        // No tenant is at both associations; an adult is at one federation at most.
+        assert!(north.iter().all(|r| !linked_holds("housing-south", r)));
+        for r in people.iter().filter(|r| r.age >= 18) {
+            let feds = LINKED_PARTNERS
+                .iter()
+                .filter(|p| p.starts_with("gp-fed") && linked_holds(p, r))
+                .count();
+            assert!(feds <= 1);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for partner in LINKED_PARTNERS {
+            let path = dir.path().join(format!("{partner}.csv"));
+            let rows = write_linked_extract(partner, &people, &path).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.starts_with(linked_header(partner)));
+            assert_eq!(text.lines().count() as u64, rows + 1, "{partner}");
+            assert!(rows > 50, "{partner}: {rows}");
+        }
     }
 }
