@@ -152,7 +152,7 @@ fn session(case: &Case) -> Report {
     let t = Instant::now();
     let (holder, returned) = holder
         .respond(&matcher_offer, &mut rng, THREADS)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .expect("holder responds");
     let (returned_bytes, returned) = wire(&returned);
     step("holder: blind the matcher's list", t);
@@ -160,7 +160,7 @@ fn session(case: &Case) -> Report {
     let t = Instant::now();
     let (output, sums) = matcher
         .finish(&holder_offer, &returned, &mut rng, THREADS)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .expect("matcher finishes");
     let (sums_bytes, sums) = wire(&sums);
     step("matcher: match, sum, mask", t);
@@ -168,7 +168,7 @@ fn session(case: &Case) -> Report {
     let t = Instant::now();
     let holder_shares = holder
         .finish(&sums)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .expect("holder finishes");
     step("holder: decrypt shares", t);
 

@@ -97,5 +97,6 @@ pub use error::LinkError;
 pub use params::{DummyNoise, Params, Setup};
 pub use protocol::{
     HolderAwaitingSums, HolderOffer, HolderRecord, HolderStarted, MaskedSums, MatcherOffer,
-    MatcherOutput, MatcherRecord, MatcherStarted, Returned, Shares, holder_start, matcher_start,
+    MatcherOutput, MatcherRecord, MatcherStarted, Refused, Returned, Shares, holder_start,
+    matcher_start,
 };

@@ -87,6 +87,13 @@ pub struct MatcherOutput {
     pub noisy_match_counts: Vec<u64>,
 }
 
+/// A refused message: the state it was offered to, unchanged, and why.
+#[derive(Debug)]
+pub struct Refused<S> {
+    pub state: S,
+    pub error: LinkError,
+}
+
 /// The holder before the matcher's offer arrives.
 #[derive(Debug)]
 pub struct HolderStarted {
@@ -192,11 +199,11 @@ impl HolderStarted {
         offer: &MatcherOffer,
         rng: &mut R,
         threads: usize,
-    ) -> Result<(HolderAwaitingSums, Returned), (Self, LinkError)> {
+    ) -> Result<(HolderAwaitingSums, Returned), Box<Refused<Self>>> {
         let checked = check_matcher_offer(&self.params, offer);
         let (category_keys, points) = match checked {
             Ok(v) => v,
-            Err(e) => return Err((self, e)),
+            Err(error) => return Err(Box::new(Refused { state: self, error })),
         };
         let blinding = self.blinding.scalar();
         let mut returned: Vec<RistrettoPoint> = parallel_map(&points, threads, |p| p * blinding);
@@ -223,10 +230,10 @@ impl HolderStarted {
 
 impl HolderAwaitingSums {
     /// Decrypts the masked sums into the holder's shares.
-    pub fn finish(self, sums: &MaskedSums) -> Result<Shares, (Self, LinkError)> {
+    pub fn finish(self, sums: &MaskedSums) -> Result<Shares, Box<Refused<Self>>> {
         match self.shares(sums) {
             Ok(shares) => Ok(shares),
-            Err(e) => Err((self, e)),
+            Err(error) => Err(Box::new(Refused { state: self, error })),
         }
     }
 
@@ -296,10 +303,10 @@ impl MatcherStarted {
         returned: &Returned,
         rng: &mut R,
         threads: usize,
-    ) -> Result<(MatcherOutput, MaskedSums), (Self, LinkError)> {
+    ) -> Result<(MatcherOutput, MaskedSums), Box<Refused<Self>>> {
         match self.sums(offer, returned, rng, threads) {
             Ok(done) => Ok(done),
-            Err(e) => Err((self, e)),
+            Err(error) => Err(Box::new(Refused { state: self, error })),
         }
     }
 

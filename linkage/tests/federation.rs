@@ -96,12 +96,15 @@ fn linked_sum(
         let params = Params::new(setup(shape, b"round 17", pair, dummies)).unwrap();
         let (hs, offer) = holder_start(params.clone(), &holder, &mut rng, 2).unwrap();
         let (ms, moffer) = matcher_start(params, &matcher, &mut rng, 2).unwrap();
-        let (hs, returned) = hs.respond(&moffer, &mut rng, 2).map_err(|e| e.1).unwrap();
+        let (hs, returned) = hs
+            .respond(&moffer, &mut rng, 2)
+            .map_err(|e| e.error)
+            .unwrap();
         let (out, sums) = ms
             .finish(&offer, &returned, &mut rng, 2)
-            .map_err(|e| e.1)
+            .map_err(|e| e.error)
             .unwrap();
-        let holder_shares = hs.finish(&sums).map_err(|e| e.1).unwrap();
+        let holder_shares = hs.finish(&sums).map_err(|e| e.error).unwrap();
         for (partner, shares) in [(&pair.holder, &holder_shares), (&pair.matcher, &out.shares)] {
             let v = vectors
                 .entry(partner.clone())

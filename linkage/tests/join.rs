@@ -104,13 +104,13 @@ fn run(params: &Params, data: &Data, seed: u64) -> Transcript {
         matcher_start(params.clone(), &data.matcher, &mut rng, THREADS).unwrap();
     let (holder, returned) = holder
         .respond(&matcher_offer, &mut rng, THREADS)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .unwrap();
     let (output, sums) = matcher
         .finish(&holder_offer, &returned, &mut rng, THREADS)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .unwrap();
-    let holder_shares = holder.finish(&sums).map_err(|e| e.1).unwrap();
+    let holder_shares = holder.finish(&sums).map_err(|e| e.error).unwrap();
     let table = holder_shares
         .0
         .iter()
@@ -276,16 +276,14 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
 
     let mut holder = holder;
     for (bad, expected) in &matcher_offers {
-        let (back, error) = holder
-            .respond(bad, &mut rng, THREADS)
-            .err()
-            .expect("refused");
+        let refused = holder.respond(bad, &mut rng, THREADS).expect_err("refused");
+        let (back, error) = (refused.state, refused.error);
         assert_eq!(error, *expected);
         holder = back;
     }
     let (holder, returned) = holder
         .respond(&matcher_offer, &mut rng, THREADS)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .unwrap();
 
     let mut holder_offers: Vec<(HolderOffer, LinkError)> = Vec::new();
@@ -310,31 +308,33 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
 
     let mut matcher = matcher;
     for (bad, expected) in &holder_offers {
-        let (back, error) = matcher
+        let refused = matcher
             .finish(bad, &returned, &mut rng, THREADS)
-            .err()
-            .expect("refused");
+            .expect_err("refused");
+        let (back, error) = (refused.state, refused.error);
         assert_eq!(error, *expected);
         matcher = back;
     }
     let mut r = returned.clone();
     r.points.truncate(r.points.len() - 1);
-    let (back, error) = matcher
+    let refused = matcher
         .finish(&holder_offer, &r, &mut rng, THREADS)
         .err()
         .unwrap();
+    let (back, error) = (refused.state, refused.error);
     assert_eq!(error, LinkError::WrongSize);
     let mut r = returned.clone();
     r.points[1] = r.points[0];
-    let (matcher, error) = back
+    let refused = back
         .finish(&holder_offer, &r, &mut rng, THREADS)
         .err()
         .unwrap();
+    let (matcher, error) = (refused.state, refused.error);
     assert_eq!(error, LinkError::DuplicatePoint);
 
     let (output, sums) = matcher
         .finish(&holder_offer, &returned, &mut rng, THREADS)
-        .map_err(|e| e.1)
+        .map_err(|e| e.error)
         .unwrap();
 
     let mut bad_sums = Vec::new();
@@ -355,11 +355,12 @@ fn malformed_replayed_and_out_of_range_messages_are_refused_and_change_nothing()
     bad_sums.push((b, LinkError::SlotOverflow));
     let mut holder = holder;
     for (bad, expected) in &bad_sums {
-        let (back, error) = holder.finish(bad).err().unwrap();
+        let refused = holder.finish(bad).err().unwrap();
+        let (back, error) = (refused.state, refused.error);
         assert_eq!(error, *expected);
         holder = back;
     }
-    let holder_shares = holder.finish(&sums).map_err(|e| e.1).unwrap();
+    let holder_shares = holder.finish(&sums).map_err(|e| e.error).unwrap();
     let table: Vec<u64> = holder_shares
         .0
         .iter()
