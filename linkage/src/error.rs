@@ -26,10 +26,6 @@ pub enum LinkError {
     /// A ciphertext outside [1, N²) (or, for the masked sums, not a unit mod N).
     #[error("a ciphertext is not an integer in [1, N²) prime to N")]
     CiphertextOutOfRange,
-    /// A decrypted masked sum with bits outside its slots: the peer did not follow the
-    /// protocol.
-    #[error("a decrypted sum overflows its slot: the peer deviated from the protocol")]
-    SlotOverflow,
     /// Public parameters that cannot work (zero categories, slots wider than the plaintext,
     /// a capacity of zero, a noise scale out of range).
     #[error("the linkage parameters are not usable: {0}")]
@@ -66,7 +62,6 @@ impl LinkError {
             Self::DuplicatePoint => "linkage.duplicate_point",
             Self::BadKey => "linkage.bad_key",
             Self::CiphertextOutOfRange => "linkage.ciphertext_out_of_range",
-            Self::SlotOverflow => "linkage.slot_overflow",
             Self::BadParameters(_) => "linkage.bad_parameters",
             Self::BadRelayKey => "linkage.bad_relay_key",
             Self::BadSeal => "linkage.bad_seal",

@@ -10,8 +10,8 @@ use crate::params::{DummyNoise, Setup};
 use crate::protocol::Shares;
 
 /// The failure probability of the dummies' clamp, per query (the matcher's view is
-/// δ-approximately ρ-zCDP with this δ).
-pub const DUMMY_DELTA: f64 = 1e-12;
+/// δ-approximately ρ-zCDP with this δ, which pricing adds to the query's stated δ).
+pub const DUMMY_DELTA: f64 = civic_policies::linkage::MATCH_COUNT_DELTA;
 
 /// One pairwise session's two partners.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

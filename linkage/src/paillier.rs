@@ -96,11 +96,6 @@ impl PublicKey {
         WireKey(self.n.to_be_bytes().as_ref().to_vec())
     }
 
-    /// N², the ciphertext modulus.
-    pub(crate) fn square(&self) -> &U6144 {
-        self.n_squared.modulus().as_ref()
-    }
-
     /// Bits a plaintext may use without reaching N (two below N's length).
     pub fn plaintext_bits(&self) -> u32 {
         self.bits - 2
@@ -152,6 +147,32 @@ impl PublicKey {
         Ciphertext(self.plaintext_factor(m).mul(&rho).retrieve())
     }
 
+    /// A mask uniform in [0, N − 2^used): added to a sum below 2^used it never wraps, and
+    /// the result is within 2^(used − |N| + 1) of uniform whatever the sum.
+    pub fn random_mask<R: CryptoRng + ?Sized>(&self, used: u32, rng: &mut R) -> U3072 {
+        let bound = self.n.get().wrapping_sub(&U3072::ONE.shl_vartime(used));
+        let bound = NonZero::new(bound)
+            .into_option()
+            .expect("used bits are far below N's");
+        U3072::random_mod_vartime(rng, &bound)
+    }
+
+    /// The product of the ciphertexts whose flag is set, with a multiplication by 1 for
+    /// each one whose flag is not, so that the work does not depend on the flags.
+    pub fn product_where<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a Ciphertext, bool)>,
+    ) -> Ciphertext {
+        let one = Monty::one(&self.n_squared);
+        let mut acc = one;
+        for (c, selected) in items {
+            let converted = Monty::new(&c.0, &self.n_squared);
+            let factor = if selected { converted } else { one };
+            acc = acc.mul(&factor);
+        }
+        Ciphertext(acc.retrieve())
+    }
+
     /// Enc(a + b) from Enc(a) and Enc(b).
     pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Ciphertext {
         let a = Monty::new(&a.0, &self.n_squared);
@@ -190,7 +211,11 @@ impl SecretKey {
                 break (p, q);
             }
         };
-        Self::from_primes(&p, &q, rng)
+        let (mut p, mut q) = (p, q);
+        let key = Self::from_primes(&p, &q, rng);
+        p.zeroize();
+        q.zeroize();
+        key
     }
 
     fn from_primes<R: CryptoRng + ?Sized>(p: &U1536, q: &U1536, rng: &mut R) -> Self {
@@ -329,6 +354,26 @@ pub(crate) mod tests {
         assert_eq!(key.decrypt(&sum), a.wrapping_add(&b));
         let total = key.public().sum([&ca, &cb, &cb]).unwrap();
         assert_eq!(key.decrypt(&total), a.wrapping_add(&b).wrapping_add(&b));
+    }
+
+    /// A deviating holder that put a tag above the slots sees, after the matcher's mask, a
+    /// bit that is set half the time whether or not it tagged.
+    #[test]
+    fn the_full_range_mask_hides_bits_above_the_slots() {
+        let public = test_key().public();
+        let mut rng = ChaCha20Rng::seed_from_u64(9);
+        let used = 110;
+        let n = NonZero::new(public.n.get()).into_option().unwrap();
+        for tag in [U3072::ZERO, U3072::ONE.shl_vartime(used + 5)] {
+            let set = (0..400)
+                .filter(|_| {
+                    let y = tag.add_mod(&public.random_mask(used, &mut rng), &n);
+                    bool::from(y.bit(used + 5))
+                })
+                .count();
+            // Half of 400 within 5 standard errors (±50).
+            assert!((150..=250).contains(&set), "{set}");
+        }
     }
 
     #[test]

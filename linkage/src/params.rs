@@ -18,6 +18,10 @@ pub const MAX_SUM_BITS: u32 = 80;
 /// Cells per session (categories × values), a bound that keeps a malformed plan from
 /// asking for gigabytes of ciphertexts.
 pub const MAX_CELLS: u64 = 1 << 16;
+/// The largest message a session may make (the holder's list).
+pub const MAX_MESSAGE_BYTES: u64 = 1 << 32;
+/// The most scalar multiplications matching may take (holder entries × matcher cells).
+pub const MAX_MATCHING_WORK: u64 = 1 << 30;
 /// Records per side: the policy's own bound on a side's capacity.
 pub const MAX_CAPACITY: u32 = civic_policies::linkage::MAX_CAPACITY;
 
@@ -31,10 +35,13 @@ pub struct DummyNoise {
 
 impl DummyNoise {
     /// σ for a ρ-zCDP view of counts whose L2 sensitivity squared is `l2_squared` (one
-    /// resident moves one category count by one per pair it is in), and the shift that keeps
-    /// the clamp from binding in any of `categories` counts with probability above `delta`
-    /// (the discrete Gaussian's tail: P[|Z| > t] ≤ 2·exp(−t²/2σ²), Canonne, Kamath and
-    /// Steinke 2020). The view is then δ-approximately ρ-zCDP.
+    /// resident moves one count by one in each of up to `l2_squared` sessions), and the
+    /// shift that keeps the clamp from mattering. A neighbour shifts a count by one, so the
+    /// clamp can tell neighbours apart only when |Z| ≥ shift − 1, for one of the
+    /// `categories` counts of one of the `l2_squared` sessions. The discrete Gaussian's tail
+    /// (P[|Z| ≥ t] ≤ 2·exp(−t²/2σ²), Canonne, Kamath and Steinke 2020) with a union bound
+    /// over those counts puts that below `delta`. The view is then δ-approximately ρ-zCDP:
+    /// outside an event of probability δ, the mechanism is the unclamped Gaussian one.
     pub fn calibrate(
         rho: f64,
         l2_squared: f64,
@@ -44,7 +51,7 @@ impl DummyNoise {
         let valid = rho.is_finite()
             && rho > 0.0
             && l2_squared.is_finite()
-            && l2_squared > 0.0
+            && (1.0..=1e6).contains(&l2_squared)
             && delta > 0.0
             && delta < 1.0
             && categories > 0;
@@ -54,8 +61,10 @@ impl DummyNoise {
             ));
         }
         let sigma = (l2_squared / (2.0 * rho)).sqrt();
-        let shift = (sigma * (2.0 * (2.0 * f64::from(categories) / delta).ln()).sqrt()).ceil();
-        if !(1.0..=1e6).contains(&shift) {
+        let counts = f64::from(categories) * l2_squared.ceil();
+        let tail = (sigma * (2.0 * (2.0 * counts / delta).ln()).sqrt()).ceil();
+        let shift = tail + 1.0;
+        if !(2.0..=1e6).contains(&shift) {
             return Err(LinkError::BadParameters(
                 "the dummy noise's scale is out of range",
             ));
@@ -153,6 +162,20 @@ impl Params {
         let slot_bits = sum_bits + MASK_SECURITY_BITS + 1;
         let slots_per_block = PLAINTEXT_BITS / slot_bits;
         let blocks = setup.width.div_ceil(slots_per_block);
+        let entries = u64::from(setup.holder_capacity)
+            + u64::from(setup.categories) * 2 * u64::from(setup.dummies.shift);
+        if entries * u64::from(blocks) * crate::paillier::CIPHERTEXT_BYTES as u64
+            > MAX_MESSAGE_BYTES
+        {
+            return Err(LinkError::BadParameters(
+                "the holder's list would exceed 4 GiB: lower the capacity or the cells",
+            ));
+        }
+        if entries * u64::from(setup.categories) > MAX_MATCHING_WORK {
+            return Err(LinkError::BadParameters(
+                "matching would take more than 2^30 scalar multiplications: lower the capacity or the matcher's cells",
+            ));
+        }
         let session = session_id(&setup);
         Ok(Self {
             setup,
@@ -286,11 +309,12 @@ mod tests {
     fn dummy_noise_meets_its_rho_and_its_delta() {
         let d = DummyNoise::calibrate(0.05, 2.0, 4, 1e-12).unwrap();
         assert!((d.rho(2.0) - 0.05).abs() < 1e-12);
-        // σ = √20 ≈ 4.47; the shift covers 2·4·e^(−t²/2σ²) ≤ 1e-12.
-        let t = f64::from(d.shift);
-        assert!(8.0 * (-t * t / (2.0 * d.sigma * d.sigma)).exp() <= 1e-12);
-        let t = t - 1.0;
-        assert!(8.0 * (-t * t / (2.0 * d.sigma * d.sigma)).exp() > 1e-12);
+        // σ = √20 ≈ 4.47; the clamp matters when |Z| ≥ shift − 1, in one of 4 × 2 counts:
+        // 8 · 2·e^(−(shift−1)²/2σ²) ≤ 1e-12, and one less would not do.
+        let tail = |t: f64| 16.0 * (-t * t / (2.0 * d.sigma * d.sigma)).exp();
+        let t = f64::from(d.shift) - 1.0;
+        assert!(tail(t) <= 1e-12);
+        assert!(tail(t - 1.0) > 1e-12);
     }
 
     #[test]

@@ -14,12 +14,12 @@
 
 use std::collections::HashSet;
 
-use crypto_bigint::{NonZero, RandomMod, U6144};
-use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
+use curve25519_dalek::constants::{RISTRETTO_BASEPOINT_POINT, RISTRETTO_BASEPOINT_TABLE};
 use curve25519_dalek::ristretto::RistrettoPoint;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{CryptoRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroize;
 
 use crate::error::LinkError;
 use crate::group::{Secret, WirePoint, identifier_point};
@@ -28,14 +28,16 @@ use crate::params::Params;
 use crate::slots;
 
 /// A holder's record: a resident's linkage identifier and the values summed over matches.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HolderRecord {
     pub identifier: Vec<u8>,
     pub values: Vec<u64>,
 }
 
 /// A matcher's record: a resident's linkage identifier and the category its sums go to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
 pub struct MatcherRecord {
     pub identifier: Vec<u8>,
     pub category: u32,
@@ -76,12 +78,45 @@ pub struct MaskedSums {
 
 /// One side's additive shares of the table, mod 2⁶⁴: cell `c·width + j` is category c,
 /// value j. The holder's and matcher's shares add up to the sums over the intersection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` shows only the number of cells.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Shares(pub Vec<u64>);
 
+impl std::fmt::Debug for HolderRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HolderRecord {{ identifier: .., {} values }}",
+            self.values.len()
+        )
+    }
+}
+
+impl std::fmt::Debug for MatcherRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MatcherRecord { identifier: .., category: .. }")
+    }
+}
+
+impl std::fmt::Debug for MatcherOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MatcherOutput {{ shares: {:?}, noisy_match_counts: .. }}",
+            self.shares
+        )
+    }
+}
+
+impl std::fmt::Debug for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shares({} cells)", self.0.len())
+    }
+}
+
 /// What the matcher ends with: its shares and the one thing the protocol lets it learn,
-/// each category's match count plus the holder's dummies.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// each category's match count plus the holder's dummies. Its `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq)]
 pub struct MatcherOutput {
     pub shares: Shares,
     pub noisy_match_counts: Vec<u64>,
@@ -92,6 +127,13 @@ pub struct MatcherOutput {
 pub struct Refused<S> {
     pub state: S,
     pub error: LinkError,
+}
+
+/// Where a holder entry's point comes from: an identifier (a record's, or a random one for
+/// padding) blinded by k₂, or a dummy's exponent times the base point.
+enum PointSource {
+    Identifier(Vec<u8>),
+    Base(curve25519_dalek::scalar::Scalar),
 }
 
 /// The holder before the matcher's offer arrives.
@@ -131,47 +173,52 @@ pub fn holder_start<R: CryptoRng + ?Sized>(
     let blinding = Secret::random(rng);
     let zero = vec![0u64; params.width()];
 
-    // Real records, then each category's dummies (B·s, Enc(0)), then padding (random points
-    // with random integers mod N², which never match and are never summed).
+    // Real records, then each category's dummies (s·B, Enc(0)), then padding (a random
+    // identifier's point, Enc(0)): padding and dummies cost what a record costs, so the time
+    // taken says nothing of how many records there are.
     let mut dummies = Vec::with_capacity(params.categories());
-    let mut dummy_points = Vec::new();
     for _ in 0..params.categories() {
         let count = params.setup.dummies.sample(rng)?;
-        let secrets: Vec<Secret> = (0..count).map(|_| Secret::random(rng)).collect();
-        dummy_points.extend(
-            secrets
-                .iter()
-                .map(|s| RISTRETTO_BASEPOINT_TABLE * s.scalar()),
+        dummies.push(
+            (0..count)
+                .map(|_| Secret::random(rng))
+                .collect::<Vec<Secret>>(),
         );
-        dummies.push(secrets);
     }
-    let real_points = parallel_map(records, threads, |r| {
-        identifier_point(&params.session, &r.identifier) * blinding.scalar()
+    let dummy_count: usize = dummies.iter().map(Vec::len).sum();
+    let padding = params.holder_list_len() - records.len() - dummy_count;
+    let mut sources: Vec<PointSource> = records
+        .iter()
+        .map(|r| PointSource::Identifier(r.identifier.clone()))
+        .collect();
+    sources.extend(
+        dummies
+            .iter()
+            .flatten()
+            .map(|s| PointSource::Base(*s.scalar())),
+    );
+    sources.extend((0..padding).map(|_| {
+        let mut random = vec![0u8; 16];
+        rng.fill_bytes(&mut random);
+        PointSource::Identifier(random)
+    }));
+    let points = parallel_map(&sources, threads, |source| match source {
+        PointSource::Identifier(id) => identifier_point(&params.session, id) * blinding.scalar(),
+        PointSource::Base(s) => {
+            // The hash a record's point costs, spent and discarded.
+            std::hint::black_box(identifier_point(&params.session, &[]));
+            RISTRETTO_BASEPOINT_POINT * s
+        }
     });
+    drop(sources);
     let encrypted: Vec<&[u64]> = records
         .iter()
         .map(|r| r.values.as_slice())
-        .chain(std::iter::repeat_n(zero.as_slice(), dummy_points.len()))
+        .chain(std::iter::repeat_n(zero.as_slice(), dummy_count + padding))
         .collect();
     let ciphertexts = encrypt_all(&params, &key, &encrypted, rng, threads);
-
-    let mut entries: Vec<(WirePoint, Vec<WireCiphertext>)> = real_points
-        .iter()
-        .chain(dummy_points.iter())
-        .map(WirePoint::of)
-        .zip(ciphertexts)
-        .collect();
-    let padding = params.holder_list_len() - entries.len();
-    let modulus = NonZero::new(*key_square(&key))
-        .into_option()
-        .expect("N² is not zero");
-    for _ in 0..padding {
-        let point = WirePoint::of(&RistrettoPoint::random(rng));
-        let blocks = (0..params.blocks())
-            .map(|_| random_unit_wire(rng, &modulus))
-            .collect();
-        entries.push((point, blocks));
-    }
+    let mut entries: Vec<(WirePoint, Vec<WireCiphertext>)> =
+        points.iter().map(WirePoint::of).zip(ciphertexts).collect();
     shuffle(&mut entries, rng);
     let (points, ciphertexts): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
     let offer = HolderOffer {
@@ -210,8 +257,9 @@ impl HolderStarted {
         for (key, secrets) in category_keys.iter().zip(&self.dummies) {
             returned.extend(secrets.iter().map(|s| key * s.scalar()));
         }
+        // Padding costs a multiplication, as the points before it did.
         while returned.len() < self.params.returned_len() {
-            returned.push(RistrettoPoint::random(rng));
+            returned.push(RistrettoPoint::random(rng) * Secret::random(rng).scalar());
         }
         shuffle(&mut returned, rng);
         let message = Returned {
@@ -255,11 +303,15 @@ impl HolderAwaitingSums {
         for (index, c) in ciphertexts.iter().enumerate() {
             let (category, block) = (index / params.blocks(), index % params.blocks());
             let values = params.block_values(block);
-            let plaintext = self.key.decrypt(c);
-            let slots = slots::unpack(&plaintext, params.slot_bits, values.len())?;
-            for (j, slot) in values.zip(slots) {
-                shares[category * params.width() + j] = slot as u64;
+            // No check after decrypting: the bits above the slots are the matcher's mask, and
+            // a refusal that depended on the plaintext would be a decryption oracle.
+            let mut plaintext = self.key.decrypt(c);
+            let mut slots = slots::read(&plaintext, params.slot_bits, values.len());
+            for (j, slot) in values.zip(&slots) {
+                shares[category * params.width() + j] = *slot as u64;
             }
+            plaintext.zeroize();
+            slots.zeroize();
         }
         Ok(Shares(shares))
     }
@@ -279,8 +331,12 @@ pub fn matcher_start<R: CryptoRng + ?Sized>(
     let mut points: Vec<RistrettoPoint> = parallel_map(records, threads, |r| {
         identifier_point(&params.session, &r.identifier) * keys[r.category as usize].scalar()
     });
+    // Padding: random identifiers under a random category's key, at a record's cost.
     while points.len() < params.setup.matcher_capacity as usize {
-        points.push(RistrettoPoint::random(rng));
+        let mut random = [0u8; 16];
+        rng.fill_bytes(&mut random);
+        let key = &keys[below(rng, keys.len() as u64) as usize];
+        points.push(identifier_point(&params.session, &random) * key.scalar());
     }
     shuffle(&mut points, rng);
     let category_keys = keys
@@ -321,43 +377,52 @@ impl MatcherStarted {
         let (public, holder_points, ciphertexts) = check_holder_offer(params, offer, threads)?;
         let returned = check_returned(params, returned, threads)?;
 
-        // k₁,c·X for every holder point X and category c, looked up among the returned points.
+        // k₁,c·X for every holder point X and every category c (all of them, with no early
+        // exit, so the time taken says nothing of the matches), looked up among the
+        // returned points.
         let indices: Vec<usize> = (0..holder_points.len()).collect();
-        let matches: Vec<Option<usize>> = parallel_map(&indices, threads, |&i| {
-            self.keys.iter().position(|k| {
-                returned.contains(&(holder_points[i] * k.scalar()).compress().to_bytes())
-            })
+        let hits: Vec<Vec<bool>> = parallel_map(&indices, threads, |&i| {
+            self.keys
+                .iter()
+                .map(|k| returned.contains(&(holder_points[i] * k.scalar()).compress().to_bytes()))
+                .collect()
         });
-
-        let blocks = params.blocks();
         let mut counts = vec![0u64; params.categories()];
-        let mut per_block: Vec<Vec<&Ciphertext>> = vec![Vec::new(); params.categories() * blocks];
-        for (i, category) in matches.iter().enumerate() {
-            if let Some(c) = *category {
-                counts[c] += 1;
-                for b in 0..blocks {
-                    per_block[c * blocks + b].push(&ciphertexts[i * blocks + b]);
-                }
+        for row in &hits {
+            for (c, hit) in row.iter().enumerate() {
+                counts[c] += u64::from(*hit);
             }
         }
 
+        // Per category and block, the product over every holder entry of its ciphertext or
+        // of 1: the same number of multiplications whatever matched.
+        let blocks = params.blocks();
+        let cells: Vec<(usize, usize)> = (0..params.categories())
+            .flat_map(|c| (0..blocks).map(move |b| (c, b)))
+            .collect();
+        let products = parallel_map(&cells, threads, |&(c, b)| {
+            public.product_where(
+                (0..holder_points.len()).map(|i| (&ciphertexts[i * blocks + b], hits[i][c])),
+            )
+        });
+
         let mut shares = vec![0u64; params.categories() * params.width()];
-        let mut masked = Vec::with_capacity(per_block.len());
-        for (index, items) in per_block.iter().enumerate() {
-            let (category, block) = (index / blocks, index % blocks);
+        let mut masked = Vec::with_capacity(products.len());
+        for (&(category, block), product) in cells.iter().zip(products) {
             let values = params.block_values(block);
-            let masks: Vec<u128> = values
-                .clone()
-                .map(|_| random_bits(rng, params.mask_bits()))
-                .collect();
-            for (j, mask) in values.zip(&masks) {
-                shares[category * params.width() + j] = (*mask as u64).wrapping_neg();
+            // R uniform in [0, N − 2^used): its slots are the matcher's masks, and the bits
+            // above them hide anything a deviating holder put beyond its slots, so what the
+            // holder decrypts is independent of the sum (to within 2^(used − |N|)).
+            let used = values.len() as u32 * params.slot_bits;
+            let mut mask = public.random_mask(used, rng);
+            let mut slots_of_mask = slots::read(&mask, params.slot_bits, values.len());
+            for (j, slot) in values.zip(&slots_of_mask) {
+                shares[category * params.width() + j] = (*slot as u64).wrapping_neg();
             }
-            let mask = public.encrypt(&slots::pack(&masks, params.slot_bits), rng);
-            let sum = public
-                .sum(items.iter().copied().chain(std::iter::once(&mask)))
-                .expect("the mask is always there");
-            masked.push(sum.to_wire());
+            let encrypted_mask = public.encrypt(&mask, rng);
+            mask.zeroize();
+            slots_of_mask.zeroize();
+            masked.push(public.add(&product, &encrypted_mask).to_wire());
         }
         Ok((
             MatcherOutput {
@@ -557,32 +622,6 @@ fn chunk_bounds(len: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
         .step_by(size)
         .map(|s| s..(s + size).min(len))
         .collect()
-}
-
-fn key_square(key: &SecretKey) -> &U6144 {
-    key.public().square()
-}
-
-fn random_unit_wire<R: CryptoRng + ?Sized>(
-    rng: &mut R,
-    modulus: &NonZero<U6144>,
-) -> WireCiphertext {
-    loop {
-        let c = U6144::random_mod_vartime(rng, modulus);
-        if c != U6144::ZERO {
-            return WireCiphertext(c.to_be_bytes().as_ref().to_vec());
-        }
-    }
-}
-
-/// A uniform integer of `bits` ≤ 128 bits.
-fn random_bits<R: Rng + ?Sized>(rng: &mut R, bits: u32) -> u128 {
-    let wide = (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64());
-    if bits >= 128 {
-        wide
-    } else {
-        wide & ((1u128 << bits) - 1)
-    }
 }
 
 /// Fisher–Yates with unbiased bounded draws.

@@ -288,7 +288,12 @@ pub fn price(
         epsilon: epsilon.filter(|_| match_counts == Rho::ZERO),
         approx_dp: (
             epsilon_at_delta(total, context.reporting_delta)?,
-            context.reporting_delta,
+            context.reporting_delta
+                + if policy.linkage.is_some() {
+                    civic_policies::linkage::MATCH_COUNT_DELTA
+                } else {
+                    0.0
+                },
         ),
     };
     let half_widths = release_plan.half_widths(&plan)?;

@@ -43,6 +43,11 @@ fn a_linked_query_pays_its_release_and_the_match_counts() {
     );
     assert!((p.cost.rho.as_f64() - 0.06).abs() < 1e-9, "{}", p.cost.rho);
     assert_eq!(p.cost.epsilon, None);
+    // The match counts' clamp adds its δ to the stated (ε, δ).
+    assert_eq!(
+        p.cost.approx_dp.1,
+        1e-7 + civic_policies::linkage::MATCH_COUNT_DELTA
+    );
 }
 
 #[test]

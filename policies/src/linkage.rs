@@ -19,6 +19,10 @@ use crate::query::{Filter, Statistic, ValidatedQuery};
 /// The most residents one partner may hold in a linked dataset (lists are padded to the
 /// declared capacity, so this bounds every message of a join).
 pub const MAX_CAPACITY: u32 = 1 << 26;
+/// The δ of the matching partners' noisy counts (their dummies are clamped to be
+/// non-negative; see `civic_linkage::params::DummyNoise`): added to a linked query's stated
+/// (ε, δ).
+pub const MATCH_COUNT_DELTA: f64 = 1e-12;
 /// The most kinds of partner in one linked dataset.
 pub const MAX_SIDES: usize = 16;
 
