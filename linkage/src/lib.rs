@@ -53,36 +53,50 @@
 //!
 //! # What each party learns
 //!
-//! - **The coordinator** relays messages it cannot read (the relay encrypts end to end).
-//!   Their lengths depend only on the public parameters; a test checks this.
+//! - **The coordinator** relays messages it cannot read ([`relay`]: sealed end to end under
+//!   keys the partners' manifest identities sign). Their lengths depend only on the public
+//!   parameters, and padding costs what a record costs; tests check both. Their timing is the
+//!   shell's to fix (a schedule).
 //! - **The holder** sees random-looking points. It learns nothing of which of its residents
-//!   matched: under DDH the matcher's points are pseudorandom, and the masked sums are within
-//!   2⁻⁴⁰ of uniform.
+//!   matched: under DDH the matcher's points are pseudorandom. Each masked sum is masked by R
+//!   uniform in [0, N − 2^used), so what it decrypts is within 2^(used − |N| + 1) of uniform,
+//!   even if it encrypted values outside the bounds. It makes no check after decrypting, so
+//!   there is no oracle to query.
 //! - **The matcher** learns, per category, how many of its residents are also at the holder,
-//!   plus the dummies: D_c = clamp(shift + Z, 0, 2·shift), Z ~ N_Z(0, σ²). This count is
-//!   δ-approximately ρ-zCDP with ρ = Δ²/2σ², and δ from the clamp (see
-//!   [`params::DummyNoise`]). Its cost is charged with the query. The matcher cannot tell a
-//!   dummy match from a real one: both are (X, k₁,c·X) pairs of pseudorandom points.
+//!   plus the dummies: D_c = clamp(shift + Z, 0, 2·shift), Z ~ N_Z(0, σ²). Taken with every
+//!   other matcher's counts, this is δ-approximately ρ-zCDP with ρ = Δ²/2σ², Δ² the pairs a
+//!   resident can be in, and δ from the clamp (see [`params::DummyNoise`]). Its cost (the
+//!   policy's `match_counts`) is charged with the query and δ is added to the stated (ε, δ).
+//!   An honest matcher cannot tell a dummy match from a real one: both are (X, k₁,c·X)
+//!   pairs of pseudorandom points.
 //! - Message sizes: the holder's list is its capacity plus 2·shift per category; the
 //!   matcher's is its capacity.
 //!
 //! # Against a party that deviates
 //!
 //! The protocol is secure against semi-honest partners, under DDH in the random-oracle model
-//! for H, and under DCR with short exponents for Paillier. What a deviating party can do:
+//! for H, and under DCR with short exponents for Paillier. A deviating partner goes further.
+//! Nothing here proves correct behaviour (that would take zero-knowledge proofs, not built):
 //!
-//! - **A matcher** can choose which ciphertexts it multiplies, and raise one to a power. It
-//!   could single out one resident's values, or amplify them beyond the plan's sensitivity,
-//!   in the released sum. Nothing here proves it did not (that would take zero-knowledge
-//!   proofs of correct aggregation). The matcher can also put one target alone in a category
-//!   list: it then learns that target's membership only through the noisy count.
-//! - **A holder** can encrypt values outside the bounds. That is lying about its own data,
-//!   which any partner can do. Leaving out the dummies exposes only its own residents' counts
-//!   to the matcher.
+//! - **A matcher** can:
+//!   - choose which ciphertexts it multiplies, or raise one to a power, singling out or
+//!     amplifying one resident's values in the released sum beyond the plan's sensitivity;
+//!   - blind its points with keys other than the ones it announced, so that the dummies
+//!     (made with the announced keys) never mix with its real matches. It then learns exact
+//!     counts, and with one key per target, exact membership. Proofs that each point uses an
+//!     announced key (an OR of discrete-log equalities) would stop it.
+//! - **A holder** can encrypt values outside the bounds: that is lying about its own data,
+//!   which any partner can do, and the full-range mask keeps it from learning anything by it.
+//!   But it can also choose a malformed modulus N (one sharing a factor with φ(N)). The
+//!   matcher's r^N then no longer re-randomises the product, so tags hidden in the
+//!   ciphertexts' randomness survive into the masked sums, and the holder learns which of its
+//!   entries matched. A proof that N is a Paillier modulus (N-th roots of random challenges,
+//!   Goldberg, Reyzin, Sagga and Baldimtsi 2019) would stop it. Leaving out the dummies
+//!   exposes only its own residents' counts.
 //! - **Either side** is refused with a code, and its state is left unchanged, when it sends:
 //!   a message for another session (round, pair, parameters or protocol version); a list of
 //!   the wrong length; a non-canonical or identity point; a repeated point; a modulus of the
-//!   wrong size; a ciphertext outside [1, N²); or a plaintext that overflows its slots.
+//!   wrong size; or a ciphertext outside [1, N²) (or, in the masked sums, not prime to N).
 
 pub mod error;
 pub mod federation;

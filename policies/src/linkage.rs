@@ -631,10 +631,11 @@ impl LinkedShape {
         }
     }
 
-    /// The L2 sensitivity squared of the match counts one matcher partner learns: one per
-    /// holder partner the resident is at (its pairs with this matcher).
+    /// The L2 sensitivity squared of the match counts the matching partners learn, taken
+    /// together (they may collude with the coordinator): one resident moves one count by one
+    /// in each pair they are in.
     pub fn match_count_l2_squared(&self) -> f64 {
-        f64::from(self.holder.max_partners_per_person)
+        self.pairs_per_resident() as f64
     }
 }
 
