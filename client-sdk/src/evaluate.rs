@@ -102,19 +102,8 @@ impl CompiledPlan {
     ) -> Result<Self, String> {
         plan.check_layout().map_err(|e| e.to_string())?;
         let mut columns: Vec<String> = Vec::new();
-        let mut slot = |name: &str| -> usize {
-            if let Some(i) = columns.iter().position(|c| c == name) {
-                return i;
-            }
-            columns.push(name.to_string());
-            columns.len() - 1
-        };
-        let kind = |name: &str| -> Result<ColumnType, String> {
-            policy
-                .column(name)
-                .map(|c| c.kind.clone())
-                .ok_or_else(|| format!("the plan names column \"{name}\", which the policy lacks"))
-        };
+        let mut slot = |name: &str| slot_of(&mut columns, name);
+        let kind = |name: &str| column_kind(policy, name);
         let q = query.query();
         let mut grouping: Vec<&str> = q.group_by.iter().map(String::as_str).collect();
         match &q.statistic {
@@ -185,6 +174,23 @@ impl CompiledPlan {
         }
         Some(index)
     }
+}
+
+/// The slot of federated column `name` in a row layout, appended if new.
+pub(crate) fn slot_of(columns: &mut Vec<String>, name: &str) -> usize {
+    if let Some(i) = columns.iter().position(|c| c == name) {
+        return i;
+    }
+    columns.push(name.to_string());
+    columns.len() - 1
+}
+
+/// A column's type, or why the plan cannot use it.
+pub(crate) fn column_kind(policy: &DatasetPolicy, name: &str) -> Result<ColumnType, String> {
+    policy
+        .column(name)
+        .map(|c| c.kind.clone())
+        .ok_or_else(|| format!("the plan names column \"{name}\", which the policy lacks"))
 }
 
 pub(crate) fn binning(kind: &ColumnType) -> Result<Binning, String> {

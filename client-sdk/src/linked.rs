@@ -21,7 +21,8 @@ use civic_policies::dataset::DatasetPolicy;
 use civic_policies::linkage::{HolderValue, IdentifierFormat, LinkedShape};
 
 use crate::evaluate::{
-    Binning, Encoding, Test, bin, binning, compile_filter, encode, encoding, evaluate,
+    Binning, Encoding, Test, bin, binning, column_kind, compile_filter, encode, encoding, evaluate,
+    slot_of,
 };
 use crate::schema::Cell;
 
@@ -79,19 +80,8 @@ impl LinkedSide {
             .map(|l| l.identifier)
             .ok_or_else(|| format!("dataset {} is not linked", policy.id()))?;
         let mut columns: Vec<String> = Vec::new();
-        let mut slot = |name: &str| -> usize {
-            if let Some(i) = columns.iter().position(|c| c == name) {
-                return i;
-            }
-            columns.push(name.to_string());
-            columns.len() - 1
-        };
-        let kind = |name: &str| {
-            policy
-                .column(name)
-                .map(|c| c.kind.clone())
-                .ok_or_else(|| format!("the query names column \"{name}\", which the policy lacks"))
-        };
+        let mut slot = |name: &str| slot_of(&mut columns, name);
+        let kind = |name: &str| column_kind(policy, name);
         let (key_names, filter) = match role {
             Role::Holder => (&shape.holder_keys, &shape.holder_filter),
             Role::Matcher => (&shape.matcher_keys, &shape.matcher_filter),

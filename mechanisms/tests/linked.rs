@@ -23,16 +23,20 @@ fn damp_by_respiratory() -> Query {
     .unwrap()
 }
 
-#[test]
-fn a_linked_query_pays_its_release_and_the_match_counts() {
-    let p = price(
-        &housing_health(),
+fn priced(policy: &DatasetPolicy) -> civic_mechanisms::Priced {
+    price(
+        policy,
         &damp_by_respiratory(),
         PrivacyRequest::Rho(0.05),
         None,
         context(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_linked_query_pays_its_release_and_the_match_counts() {
+    let p = priced(&housing_health());
     assert_eq!(p.plan.cells, 6);
     // One housing association and one trust per resident: one pair.
     assert_eq!(p.plan.rows_per_resident, 1);
@@ -58,22 +62,8 @@ fn residents_at_several_partners_of_a_kind_widen_the_table_noise() {
         1,
     );
     let policy = DatasetPolicy::from_toml(&two_homes, "two-homes.toml").unwrap();
-    let one = price(
-        &housing_health(),
-        &damp_by_respiratory(),
-        PrivacyRequest::Rho(0.05),
-        None,
-        context(),
-    )
-    .unwrap();
-    let two = price(
-        &policy,
-        &damp_by_respiratory(),
-        PrivacyRequest::Rho(0.05),
-        None,
-        context(),
-    )
-    .unwrap();
+    let one = priced(&housing_health());
+    let two = priced(&policy);
     assert_eq!(two.plan.rows_per_resident, 2);
     // Twice the sensitivity at the same ρ: about twice the interval.
     let ratio = two.half_widths[0] / one.half_widths[0];
