@@ -23,9 +23,12 @@
 //! 4. Matcher: for each holder entry X and category c, looks up k₁,c·X among the returned
 //!    points; a hit means "this holder entry is one of my category-c residents" (or a dummy)
 //!    without saying which resident on either side. It multiplies the matched ciphertexts
-//!    per category, multiplies in Enc(r_c) with full randomness (so the product is freshly
-//!    random), and sends Enc(S_c + r_c). Masks are 40 bits wider than any sum.
-//! 5. Holder: decrypts its shares; bits outside the slots mean the matcher deviated.
+//!    per category (every entry, by 1 where it did not match), multiplies in Enc(R) with
+//!    full randomness (so the product is freshly random), R uniform in [0, N − 2^used), and
+//!    sends Enc(S_c + R). R's slots are the r_c. Slots are 41 bits wider than any sum, so a
+//!    carry between slots (which would put one cell off) has probability below 2⁻⁴⁰.
+//! 5. Holder: decrypts and reads its shares off the slots, checking nothing in the
+//!    plaintext (a check would be an oracle for the matcher).
 //!
 //! # Why this protocol, and what it costs
 //!
@@ -39,8 +42,8 @@
 //! The additively homomorphic scheme is Paillier with a 3072-bit N (`paillier`), not
 //! exponential ElGamal on Ristretto:
 //!
-//! - A share must be a statistically masked sum, S + r with r 40 bits wider than S (up to
-//!   about 120 bits).
+//! - A share must be a masked sum, S + R with R drawn over far more than a discrete
+//!   logarithm can search (here, the whole plaintext range).
 //! - ElGamal decrypts only by a discrete logarithm, which is feasible up to about 2⁴⁰.
 //!   Paillier decrypts any value below N.
 //! - Paillier is about 100 times dearer to encrypt. The holder, which should be the smaller

@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 use crate::error::LinkError;
 use crate::paillier::MIN_MODULUS_BITS;
 
-/// Statistical security of the masks that turn an encrypted sum into shares: the holder's
-/// view of a masked sum is within 2⁻⁴⁰ of uniform, whatever the sum.
+/// A slot's headroom above the largest sum: a carry out of a slot (which would put one cell
+/// of the shares off) happens with probability below 2⁻⁴⁰ under a uniform mask.
 pub const MASK_SECURITY_BITS: u32 = 40;
 /// Plaintext bits every key accepted by this crate offers (N ≥ 2³⁰⁷⁰, less two).
 pub const PLAINTEXT_BITS: u32 = MIN_MODULUS_BITS - 2;
@@ -216,11 +216,6 @@ impl Params {
     pub fn block_values(&self, block: usize) -> std::ops::Range<usize> {
         let start = block * self.slots_per_block as usize;
         start..(start + self.slots_per_block as usize).min(self.width())
-    }
-
-    /// Bits of a mask: uniform in [0, 2^(sum bits + 40)).
-    pub fn mask_bits(&self) -> u32 {
-        self.slot_bits - 1
     }
 }
 
