@@ -132,9 +132,6 @@ problem_codes! {
     QueryAlreadyDecided = "query.already_decided",
     /// An identical query is running or awaiting approval.
     QueryIdenticalInFlight = "query.identical_in_flight",
-    /// A query over a linked dataset: priced and previewed, but this coordinator does not
-    /// run the pairwise joins yet.
-    QueryLinkedNotYetRun = "query.linked_not_yet_run",
     /// The policy text does not parse.
     PolicyParse = "policy.parse",
     /// A policy field breaks the rules.

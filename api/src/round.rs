@@ -118,3 +118,94 @@ pub enum Inbox {
     /// ConsistencyCheck closed.
     SignedSurvivors(SignedSurvivors),
 }
+
+/// The steps of a linked round before its secure sum (`linked-sum/v1`), in order. In each,
+/// every partner still in the round posts one [`LinkedMessage::Join`], with an envelope for
+/// each partner its step has something for (none, if it has nothing to send: the post still
+/// says it is there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinStep {
+    /// Each partner's session key for each pair it is in, signed by its identity key.
+    RelayKeys,
+    /// Holders' encrypted lists and matchers' blinded lists.
+    Offers,
+    /// Holders' re-blinded returns of the matchers' lists.
+    Returns,
+    /// Matchers' masked sums.
+    Sums,
+}
+
+impl JoinStep {
+    /// Every step, in order.
+    pub const ALL: [JoinStep; 4] = [
+        JoinStep::RelayKeys,
+        JoinStep::Offers,
+        JoinStep::Returns,
+        JoinStep::Sums,
+    ];
+
+    /// The step's name, as announcements and the store show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinStep::RelayKeys => "relay_keys",
+            JoinStep::Offers => "offers",
+            JoinStep::Returns => "returns",
+            JoinStep::Sums => "sums",
+        }
+    }
+}
+
+/// A message sealed end to end for one other partner: the coordinator relays it as it is.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The partner it is for.
+    pub to: civic_secagg::PartnerId,
+    /// Sealed by the pair's session channel; opaque to the coordinator.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Envelope {{ to: {}, {} bytes }}",
+            self.to,
+            self.sealed.len()
+        )
+    }
+}
+
+/// `POST /v1/partner/rounds/{id}/messages` in a linked round (binary).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LinkedMessage {
+    /// A join step's envelopes.
+    Join {
+        /// The round.
+        round: u64,
+        /// The posting partner.
+        sender: civic_secagg::PartnerId,
+        /// The step.
+        step: JoinStep,
+        /// At most one per other partner.
+        envelopes: Vec<Envelope>,
+    },
+    /// A message of the secure sum that follows the join.
+    SecAgg(civic_secagg::ClientMessage),
+}
+
+/// `GET /v1/partner/rounds/{id}/inbox` of a linked round during its join steps (binary).
+/// Its secure-sum steps answer with [`Inbox`]; `Nothing` encodes the same in both.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JoinInbox {
+    /// Nothing new: the first step is open, or this partner answered the open one.
+    Nothing,
+    /// What the other partners sealed for this one when `step` closed, by sender. Only
+    /// partners that answered every step so far are still in the round.
+    Delivered {
+        /// The step that closed.
+        step: JoinStep,
+        /// Sender and envelope body.
+        from: Vec<(civic_secagg::PartnerId, Vec<u8>)>,
+    },
+}

@@ -17,13 +17,13 @@
 //! reveal shares (the reveal log saved first). A refusal before advertising is sent to the
 //! coordinator as a decline with its code only.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use civic_api::ProblemCode;
-use civic_api::round::{Inbox, RoundAnnouncement};
+use civic_api::round::{Inbox, LinkedMessage, RoundAnnouncement};
 use civic_mechanisms::pricing::DEFAULT_CONFIDENCE;
 use civic_policies::Rho;
 use civic_policies::dataset::DatasetPolicy;
@@ -38,13 +38,15 @@ use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::config::{AgentConfig, DatasetMapping, SourceConfig};
-use crate::decide::{check_round, check_total, fit_to_round, public_reason};
+use crate::decide::{CheckedRound, check_round, check_total, fit_to_round, public_reason};
 use crate::decline::DeclineCode;
 use crate::error::AgentError;
 use crate::evaluate::{Aggregator, CompiledPlan, ScanCounts};
 use crate::http::{CallError, CoordinatorClient};
 use crate::schema::ColumnReader;
 use crate::state::{RoundRecord, RoundStatus, StateFile};
+
+mod linked;
 
 /// How a round ended for this partner.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,6 +73,9 @@ struct Prepared {
     me: PartnerId,
     /// The question's fingerprint, recorded as answered once the input is sent.
     fingerprint: String,
+    /// A linked round's side, records and counterparts; `vector` then holds only the noise
+    /// share until the joins add the pairs' shares.
+    linked: Option<linked::LinkedPart>,
 }
 
 /// One partner's agent.
@@ -426,7 +431,23 @@ impl Agent {
                 Ok(())
             })?;
         }
-        let (roster, me) = self.roster(&manifest, &policy, ann).await?;
+        let (roster, me, names) = self.roster(&manifest, &policy, ann).await?;
+        if policy.linkage.is_some() {
+            let cells = checked.plan.cells;
+            let part = linked::prepare(mapping, &policy, ann, &names, &roster, me, cells).await?;
+            let mut vector = vec![0; checked.plan.vector_len];
+            add_noise_share(&checked, &mut vector)?;
+            return Ok(Prepared {
+                dataset: ann.dataset.clone(),
+                cost: checked.cost,
+                vector,
+                requirements: checked.requirements,
+                roster,
+                me,
+                fingerprint,
+                linked: Some(part),
+            });
+        }
         let (vector, counts) = aggregate(mapping, &policy, &checked.compiled).await?;
         tracing::info!(
             round = ann.round_id,
@@ -448,14 +469,7 @@ impl Agent {
                  is biased: raise the coordinator's max_rows_per_partner"
             );
         }
-        // This partner's share of distributed noise, from its own OS-seeded generator: the
-        // coordinator only ever unmasks a noisy sum.
-        let mut rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
-            .map_err(|e| AgentError::Protocol(format!("the OS random source failed: {e}")))?;
-        checked
-            .noise
-            .add_noise_shares(&checked.plan, &mut vector, &mut rng)
-            .map_err(|e| AgentError::Protocol(format!("adding the noise share: {e}")))?;
+        add_noise_share(&checked, &mut vector)?;
         Ok(Prepared {
             dataset: ann.dataset.clone(),
             cost: checked.cost,
@@ -464,6 +478,7 @@ impl Agent {
             roster,
             me,
             fingerprint,
+            linked: None,
         })
     }
 
@@ -477,11 +492,12 @@ impl Agent {
         manifest: &Manifest,
         policy: &DatasetPolicy,
         ann: &RoundAnnouncement,
-    ) -> Result<(Roster, PartnerId), AgentError> {
+    ) -> Result<(Roster, PartnerId, BTreeMap<PartnerId, String>), AgentError> {
         let registered = self.client.roster().await?;
         let mine = hex::encode(self.identity.public().0);
         let refuse = |m: String| AgentError::Refused(DeclineCode::ParticipantNotInManifest, m);
         let mut roster = Roster::new();
+        let mut names = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
         let mut me = None;
         for &p in &ann.config.participants {
@@ -513,6 +529,7 @@ impl Agent {
                 me = Some(p);
             }
             roster.insert(p, IdentityPublicKey(bytes));
+            names.insert(p, partner.name.clone());
         }
         let me = me.ok_or_else(|| {
             AgentError::Refused(
@@ -520,20 +537,32 @@ impl Agent {
                 "the round's participants do not include this partner's identity key".into(),
             )
         })?;
-        Ok((roster, me))
+        Ok((roster, me, names))
     }
 
-    async fn take_part(&self, ann: &RoundAnnouncement, p: Prepared) -> Result<(), AgentError> {
+    async fn take_part(&self, ann: &RoundAnnouncement, mut p: Prepared) -> Result<(), AgentError> {
         let id = ann.round_id;
         let (roster, me) = (p.roster.clone(), p.me);
-        let input = RingVector::from_signed(ann.config.width, &p.vector).map_err(|e| {
-            AgentError::Refused(
-                DeclineCode::ConfigurationMismatch,
-                format!("the local aggregate does not fit the ring: {e}"),
-            )
-        })?;
         let mut rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
             .map_err(|e| AgentError::Protocol(format!("the OS random source failed: {e}")))?;
+        let ring = |vector: &[i64]| {
+            RingVector::from_signed(ann.config.width, vector).map_err(|e| {
+                AgentError::Refused(
+                    DeclineCode::ConfigurationMismatch,
+                    format!("the local aggregate does not fit the ring: {e}"),
+                )
+            })
+        };
+        let linked = p.linked.take();
+        let wire = Wire {
+            linked: linked.is_some(),
+        };
+        // A local aggregate is checked against the ring before joining; a linked vector is
+        // whole only after the joins.
+        let early = match &linked {
+            None => Some(ring(&p.vector)?),
+            Some(_) => None,
+        };
         let (mut round, advert) = ClientRound::start(
             ann.config.clone(),
             me,
@@ -551,8 +580,17 @@ impl Agent {
             r.day = Some(today());
         })
         .await?;
-        self.client
-            .post(id, &ClientMessage::AdvertiseKeys(advert))
+        if let Some(part) = linked {
+            // The joins show the matching partners noisy counts, part of the query's cost:
+            // charged before anything derived from the data leaves.
+            self.charge(id, &p).await?;
+            self.join(id, me, part, &mut p.vector, &mut rng).await?;
+        }
+        let input = match early {
+            Some(input) => input,
+            None => ring(&p.vector)?,
+        };
+        self.post(id, wire, ClientMessage::AdvertiseKeys(advert))
             .await?;
         let keys = self
             .wait(id, |i| match i {
@@ -561,8 +599,7 @@ impl Agent {
             })
             .await?;
         let shares = round.handle_key_roster(&keys, &mut rng).map_err(protocol)?;
-        self.client
-            .post(id, &ClientMessage::ShareKeys(shares))
+        self.post(id, wire, ClientMessage::ShareKeys(shares))
             .await?;
         let forwarded = self
             .wait(id, |i| match i {
@@ -573,8 +610,65 @@ impl Agent {
         let masked = round
             .handle_forwarded_shares(&forwarded, &input)
             .map_err(protocol)?;
-        // Charge the local ledger before the vector leaves, checking the total again under
-        // the lock: another round of the same dataset may have been charged meanwhile.
+        if !wire.linked {
+            // Charge the local ledger before the vector leaves.
+            self.charge(id, &p).await?;
+        }
+        self.post(id, wire, ClientMessage::MaskedInput(masked))
+            .await?;
+        let list = self
+            .wait(id, |i| match i {
+                Inbox::SurvivorList(x) => Some(x),
+                _ => None,
+            })
+            .await?;
+        let signature = round
+            .handle_survivor_list(&list, &self.identity)
+            .map_err(protocol)?;
+        self.post(id, wire, ClientMessage::ConsistencySignature(signature))
+            .await?;
+        let signed = self
+            .wait(id, |i| match i {
+                Inbox::SignedSurvivors(x) => Some(x),
+                _ => None,
+            })
+            .await?;
+        let reveal = round.handle_signed_survivors(&signed).map_err(protocol)?;
+        for dealer in &reveal.refuted {
+            tracing::warn!(
+                round = id,
+                %dealer,
+                "partner {dealer} dealt this partner a share its own signed commitments refute; \
+                 it is not revealed, and the reveal names partner {dealer} to the coordinator"
+            );
+        }
+        let log = round.reveal_log().clone();
+        self.journal(id, |r| r.reveals = Some(log)).await?;
+        match self
+            .post(id, wire, ClientMessage::UnmaskingShares(reveal))
+            .await
+        {
+            Ok(()) => {}
+            // The round closed before this post landed: a retry whose first attempt was
+            // taken, or shares the coordinator no longer needed. This partner's part is done.
+            Err(CallError::Refused {
+                code: Some(ProblemCode::RoundFinished),
+                ..
+            }) => {
+                tracing::info!(
+                    round = id,
+                    "the round finished as the unmasking shares went"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.journal(id, |r| r.status = RoundStatus::Finished).await
+    }
+
+    /// Charges this partner's ledger for round `id`'s question, checking the total again
+    /// under the lock (another round of the same dataset may have been charged meanwhile),
+    /// and marks the question answered and the input sent.
+    async fn charge(&self, id: i64, p: &Prepared) -> Result<(), AgentError> {
         let limits = &self.config.limits;
         self.state.lock().await.update(|s| {
             // Two rounds of one question prepared side by side: only the first input leaves.
@@ -597,59 +691,18 @@ impl Agent {
                 r.status = RoundStatus::InputSent;
             }
             Ok(())
-        })?;
-        self.client
-            .post(id, &ClientMessage::MaskedInput(masked))
-            .await?;
-        let list = self
-            .wait(id, |i| match i {
-                Inbox::SurvivorList(x) => Some(x),
-                _ => None,
-            })
-            .await?;
-        let signature = round
-            .handle_survivor_list(&list, &self.identity)
-            .map_err(protocol)?;
-        self.client
-            .post(id, &ClientMessage::ConsistencySignature(signature))
-            .await?;
-        let signed = self
-            .wait(id, |i| match i {
-                Inbox::SignedSurvivors(x) => Some(x),
-                _ => None,
-            })
-            .await?;
-        let reveal = round.handle_signed_survivors(&signed).map_err(protocol)?;
-        for dealer in &reveal.refuted {
-            tracing::warn!(
-                round = id,
-                %dealer,
-                "partner {dealer} dealt this partner a share its own signed commitments refute; \
-                 it is not revealed, and the reveal names partner {dealer} to the coordinator"
-            );
+        })
+    }
+
+    /// Posts a secure-sum message, wrapped as a linked round takes it.
+    async fn post(&self, id: i64, wire: Wire, message: ClientMessage) -> Result<(), CallError> {
+        if wire.linked {
+            self.client
+                .post_as(id, &LinkedMessage::SecAgg(message))
+                .await
+        } else {
+            self.client.post(id, &message).await
         }
-        let log = round.reveal_log().clone();
-        self.journal(id, |r| r.reveals = Some(log)).await?;
-        match self
-            .client
-            .post(id, &ClientMessage::UnmaskingShares(reveal))
-            .await
-        {
-            Ok(()) => {}
-            // The round closed before this post landed: a retry whose first attempt was
-            // taken, or shares the coordinator no longer needed. This partner's part is done.
-            Err(CallError::Refused {
-                code: Some(ProblemCode::RoundFinished),
-                ..
-            }) => {
-                tracing::info!(
-                    round = id,
-                    "the round finished as the unmasking shares went"
-                );
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.journal(id, |r| r.status = RoundStatus::Finished).await
     }
 
     /// Polls the inbox until the coordinator has closed the phase this partner waits on,
@@ -682,6 +735,23 @@ impl Agent {
             Ok(())
         })
     }
+}
+
+/// How a round's secure-sum messages travel: as they are, or wrapped in a linked round's.
+#[derive(Clone, Copy)]
+struct Wire {
+    linked: bool,
+}
+
+/// Adds this partner's share of distributed noise to `vector`, from its own OS-seeded
+/// generator: the coordinator only ever unmasks a noisy sum.
+fn add_noise_share(checked: &CheckedRound, vector: &mut [i64]) -> Result<(), AgentError> {
+    let mut rng = ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
+        .map_err(|e| AgentError::Protocol(format!("the OS random source failed: {e}")))?;
+    checked
+        .noise
+        .add_noise_shares(&checked.plan, vector, &mut rng)
+        .map_err(|e| AgentError::Protocol(format!("adding the noise share: {e}")))
 }
 
 /// A query whose cost needs the board's approval must carry valid signatures over its

@@ -4,7 +4,8 @@
 //! coordinator as a decline with the reason.
 //!
 //! A round is refused unless:
-//! - it runs the protocol this agent speaks (secure aggregation of a sum);
+//! - it runs the protocol this agent speaks (secure aggregation of a sum; for a linked
+//!   dataset, the pairwise joins before it);
 //! - the query fits the policy version it names and its statistic is one this partner
 //!   answers (`allowed_statistics`);
 //! - its cost, computed here with the same pricing function the coordinator uses (never
@@ -35,8 +36,12 @@ use crate::decline::DeclineCode;
 use crate::error::AgentError;
 use crate::evaluate::CompiledPlan;
 
-/// The protocol this agent speaks.
+/// The protocol this agent speaks for a dataset's rounds.
 pub const SECURE_SUM: &str = "secure-sum/v4";
+
+/// The protocol this agent speaks for a linked dataset's rounds: the pairwise joins, then
+/// the secure sum.
+pub const LINKED_SUM: &str = "linked-sum/v1";
 
 /// A round that passed the local policy.
 pub struct CheckedRound {
@@ -74,10 +79,14 @@ pub fn check_round(
 ) -> Result<CheckedRound, AgentError> {
     use DeclineCode::*;
     let refuse = |code: DeclineCode| move |m: String| AgentError::Refused(code, m);
-    if ann.protocol != SECURE_SUM {
+    let speaks = match policy.linkage {
+        Some(_) => LINKED_SUM,
+        None => SECURE_SUM,
+    };
+    if ann.protocol != speaks {
         return Err(refuse(ProtocolUnsupported)(format!(
-            "the round runs protocol {:?}; this agent takes part only in {SECURE_SUM}",
-            ann.protocol
+            "the round runs protocol {:?}; for dataset {} this agent takes part only in {speaks}",
+            ann.protocol, ann.dataset
         )));
     }
     let validated = ann
@@ -170,6 +179,11 @@ pub fn check_round(
         noise.noise_tail(&plan),
     )
     .map_err(|e| refuse(ConfigurationMismatch)(e.to_string()))?;
+    // A linked round's pair shares add up only in the full ring.
+    let needed = match policy.linkage {
+        Some(_) => Width::W64,
+        None => needed,
+    };
     if c.width.max_magnitude() < needed.max_magnitude() {
         return Err(refuse(ConfigurationMismatch)(format!(
             "the round's ring ({:?}) is too narrow for the plan's sums and noise (needs {needed:?})",

@@ -259,6 +259,15 @@ impl CoordinatorClient {
 
     /// What the last closed phase of `round` sent this partner.
     pub async fn inbox(&self, round: i64) -> Result<Inbox, CallError> {
+        self.inbox_as(round).await
+    }
+
+    /// What the last closed step of `round` sent this partner, decoded as `T` (a linked
+    /// round's join steps answer with [`civic_api::round::JoinInbox`]).
+    pub async fn inbox_as<T: serde::de::DeserializeOwned>(
+        &self,
+        round: i64,
+    ) -> Result<T, CallError> {
         let url = format!("{}/v1/partner/rounds/{round}/inbox", self.base);
         let what = format!("inbox of round {round}");
         let bytes = read_limited(self.call(|h| h.get(&url)).await?, MAX_INBOX_BYTES, &what).await?;
@@ -271,6 +280,16 @@ impl CoordinatorClient {
 
     /// Posts one protocol message.
     pub async fn post(&self, round: i64, message: &ClientMessage) -> Result<(), CallError> {
+        self.post_as(round, message).await
+    }
+
+    /// Posts one protocol message of any protocol (a linked round's
+    /// [`civic_api::round::LinkedMessage`]).
+    pub async fn post_as<T: serde::Serialize>(
+        &self,
+        round: i64,
+        message: &T,
+    ) -> Result<(), CallError> {
         let url = format!("{}/v1/partner/rounds/{round}/messages", self.base);
         let body = encode_binary(message);
         self.call(|h| {

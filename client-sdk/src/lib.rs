@@ -17,6 +17,7 @@ pub mod error;
 pub mod evaluate;
 pub mod http;
 pub mod identity;
+pub mod join;
 pub mod linked;
 pub mod pushdown;
 pub mod schema;

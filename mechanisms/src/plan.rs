@@ -81,7 +81,9 @@ pub struct AggregationPlan {
     /// K: the most rows one resident has across all partners.
     pub rows_per_resident: u64,
     /// The magnitude bound of one partner's slot, for choosing the ring width: the most
-    /// rows a partner may hold × the per-row maximum.
+    /// rows a partner may hold × the per-row maximum. For a linked dataset, what one
+    /// holder's records can add to a cell over all its pairs (its capacity × the matching
+    /// partners): the partners' shares are uniform in the ring, but their sum is bounded so.
     pub max_slot_per_partner: u128,
 }
 
@@ -181,22 +183,29 @@ impl AggregationPlan {
                 "the query needs {vector_len} slots; at most {MAX_VECTOR_LEN} are allowed: ask for fewer cells or features"
             ));
         }
-        let rows_per_resident = match &policy.linkage {
-            // A linked table gets one "row" per pair of partners holding the resident.
-            Some(_) => LinkedShape::of(query, policy)
-                .map_err(|e| MechanismError::InvalidParameter {
-                    stage: "plan",
-                    reason: e.to_string(),
-                })?
-                .pairs_per_resident(),
-            None => {
-                u64::from(policy.rows_per_resident_per_partner())
-                    * u64::from(policy.max_partners_per_person)
+        let (rows_per_resident, rows_per_partner) = match &policy.linkage {
+            Some(_) => {
+                let shape = LinkedShape::of(query, policy).map_err(|e| {
+                    MechanismError::InvalidParameter {
+                        stage: "plan",
+                        reason: e.to_string(),
+                    }
+                })?;
+                // A linked table gets one "row" per pair of partners holding the resident;
+                // a holder's records join at most once per matching partner.
+                let joined = u64::from(shape.holder.capacity)
+                    .saturating_mul(shape.matcher.partners.len() as u64);
+                (shape.pairs_per_resident(), joined)
             }
+            None => (
+                u64::from(policy.rows_per_resident_per_partner())
+                    * u64::from(policy.max_partners_per_person),
+                max_rows_per_partner,
+            ),
         };
         let max_slot_per_partner = blocks
             .iter()
-            .map(|b| u128::from(b.per_row_max) * u128::from(max_rows_per_partner))
+            .map(|b| u128::from(b.per_row_max) * u128::from(rows_per_partner))
             .max()
             .unwrap_or(0);
         // The summed vector is decoded as i64: the largest possible sum must fit.

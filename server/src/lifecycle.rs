@@ -16,11 +16,14 @@
 //! and stored with the query; the release samples from that stored plan and charges exactly
 //! the reservation, so what was reserved is what is charged.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use civic_api::query::{QueryRequest, QueryState};
 use civic_mechanisms::Priced;
 use civic_policies::budget::{Held, LedgerEntry, QueryBudget};
+use civic_policies::linkage::LinkedShape;
 use civic_policies::manifest::{Manifest, policy_digest};
-use civic_policies::{DatasetPolicy, Ledger, PolicyError};
+use civic_policies::{DatasetPolicy, Ledger, PolicyError, Query};
 use civic_secagg::{
     GraphKind, IdentityPublicKey, PartnerId, Roster, RoundConfig, RoundId, SecAggError, Tolerances,
     Width,
@@ -341,13 +344,76 @@ pub struct RoundSettings {
     pub max_corrupt_fraction: f64,
 }
 
-/// How a query becomes a round: every partner of the dataset, with its registered identity
-/// key, takes part; the ring is sized for the plan's largest sum over all of them; the graph
-/// is complete up to [`COMPLETE_GRAPH_MAX`] partners and sparse above. Checked at submission
+/// The partners a query's round runs among: every partner of the dataset; for a linked
+/// dataset, the partners of the two sides the query joins.
+pub fn round_partners(policy: &DatasetPolicy, query: &Query) -> Result<Vec<String>, String> {
+    if policy.linkage.is_none() {
+        return Ok(policy.partners().to_vec());
+    }
+    let validated = query.clone().validate(policy).map_err(|e| e.to_string())?;
+    let shape = LinkedShape::of(&validated, policy).map_err(|e| e.to_string())?;
+    Ok(shape
+        .holder
+        .partners
+        .iter()
+        .chain(&shape.matcher.partners)
+        .cloned()
+        .collect())
+}
+
+/// What a linked release's receipt says of its joins: the two sides, the pairs joined and
+/// the pairs dropped (a partner that missed a join step drops its pairs, and the table
+/// lacks their residents), by partner name; and the charge for the matching partners'
+/// noisy match counts. `pairs` are the joined pairs' ids, in either order; `names` maps ids
+/// to names.
+pub fn linkage_receipt(
+    policy: &DatasetPolicy,
+    query: &Query,
+    names: &BTreeMap<PartnerId, String>,
+    pairs: &[(PartnerId, PartnerId)],
+    match_counts_rho: f64,
+) -> Result<serde_json::Value, String> {
+    let validated = query.clone().validate(policy).map_err(|e| e.to_string())?;
+    let shape = LinkedShape::of(&validated, policy).map_err(|e| e.to_string())?;
+    let name = |id: &PartnerId| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+    let joined: BTreeSet<(String, String)> = pairs
+        .iter()
+        .map(|(a, b)| match shape.holder.partners.contains(&name(a)) {
+            true => (name(a), name(b)),
+            false => (name(b), name(a)),
+        })
+        .collect();
+    let dropped: Vec<[&String; 2]> = shape
+        .holder
+        .partners
+        .iter()
+        .flat_map(|h| shape.matcher.partners.iter().map(move |m| (h, m)))
+        .filter(|(h, m)| !joined.contains(&((*h).clone(), (*m).clone())))
+        .map(|(h, m)| [h, m])
+        .collect();
+    Ok(serde_json::json!({
+        "holder_side": shape.holder.kind,
+        "matcher_side": shape.matcher.kind,
+        "pairs_joined": joined.iter().map(|(h, m)| [h, m]).collect::<Vec<_>>(),
+        "pairs_dropped": dropped,
+        "match_counts_rho": match_counts_rho,
+        "note": if dropped.is_empty() {
+            "every pair of partners joined"
+        } else {
+            "the residents held by a dropped pair are not in the table"
+        },
+    }))
+}
+
+/// How a query becomes a round: the partners `names` ([`round_partners`]), each with its
+/// registered identity key, take part; the ring is sized for the plan's largest sum over all
+/// of them (for a linked dataset, the full 2⁶⁴ its pairs' shares add up in); the graph is
+/// complete up to [`COMPLETE_GRAPH_MAX`] partners and sparse above. Checked at submission
 /// too, so that a query that could never run is refused before anything is reserved.
 pub fn round_setup(
     round: i64,
     policy: &DatasetPolicy,
+    names: &[String],
     priced: &Priced,
     partners: &[Partner],
     settings: RoundSettings,
@@ -364,7 +430,7 @@ pub fn round_setup(
     }
     let mut participants = Vec::new();
     let mut roster = Roster::new();
-    for name in policy.partners() {
+    for name in names {
         let partner = partners.iter().find(|p| &p.name == name).ok_or_else(|| {
             LifecycleError::PartnerUnknown {
                 dataset: policy.id().to_string(),
@@ -394,11 +460,15 @@ pub fn round_setup(
         roster.insert(partner.id, IdentityPublicKey(key));
     }
     let n = participants.len();
-    let width = Width::for_layout(
-        priced.plan.max_slot_per_partner,
-        n,
-        priced.release_plan.noise_tail(&priced.plan),
-    )?;
+    let width = match policy.linkage {
+        // A pair's two shares are uniform mod 2⁶⁴ and add up only in that ring.
+        Some(_) => Width::W64,
+        None => Width::for_layout(
+            priced.plan.max_slot_per_partner,
+            n,
+            priced.release_plan.noise_tail(&priced.plan),
+        )?,
+    };
     let config = round_config(
         round,
         participants,
@@ -466,12 +536,11 @@ fn round_config(
 /// priced for at preview and submission. The same configuration [`round_setup`] builds.
 pub fn honest_contributors(
     policy: &DatasetPolicy,
+    partners: usize,
     settings: RoundSettings,
     manifest: Option<&Manifest>,
 ) -> Result<usize, LifecycleError> {
-    let participants = (1..=policy.partners().len() as u32)
-        .map(PartnerId)
-        .collect();
+    let participants = (1..=partners as u32).map(PartnerId).collect();
     let config = round_config(0, participants, 1, Width::W64, policy, settings, manifest)?;
     Ok(config.honest_contributors(board_colluders(manifest)))
 }
@@ -688,19 +757,22 @@ mod tests {
                 identity_key: Some([i as u8; 32]),
             })
             .collect();
-        let setup = round_setup(7, &policy, &p, &partners, settings, None).unwrap();
+        let setup =
+            round_setup(7, &policy, policy.partners(), &p, &partners, settings, None).unwrap();
         assert_eq!(setup.config.round_id, RoundId(7));
         assert_eq!(setup.config.participants.len(), policy.partners().len());
         assert_eq!(setup.config.vector_len, p.plan.vector_len);
         partners[0].identity_key = None;
-        let e = round_setup(7, &policy, &p, &partners, settings, None).unwrap_err();
+        let e =
+            round_setup(7, &policy, policy.partners(), &p, &partners, settings, None).unwrap_err();
         assert!(
             e.to_string()
                 .contains("has not registered its identity key"),
             "{e}"
         );
         partners.remove(0);
-        let e = round_setup(7, &policy, &p, &partners, settings, None).unwrap_err();
+        let e =
+            round_setup(7, &policy, policy.partners(), &p, &partners, settings, None).unwrap_err();
         assert!(e.to_string().contains("which has no account"), "{e}");
     }
 

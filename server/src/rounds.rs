@@ -1,7 +1,9 @@
 //! Rounds: how the coordinator runs the protocols partners take part in.
 //!
 //! - [`protocol`]: the interface every protocol implements, and the registry of protocols;
-//! - [`secure_sum`]: secure aggregation of a sum, the protocol every statistic runs today;
+//! - [`secure_sum`]: secure aggregation of a sum, the protocol every statistic runs;
+//! - [`linked_sum`]: a linked dataset's statistics: pairwise private joins relayed between
+//!   two kinds of partner, then the secure sum of their shares;
 //! - [`registry`]: the open rounds in memory;
 //! - [`lease`]: which coordinator drives rounds;
 //! - [`driver`]: the loop that closes steps at their deadlines, and adoption after a restart.
@@ -11,6 +13,7 @@
 
 pub mod driver;
 pub mod lease;
+pub mod linked_sum;
 pub mod protocol;
 pub mod registry;
 pub mod secure_sum;

@@ -114,6 +114,7 @@ impl ProtocolRound for Counting {
             sum,
             contributors: self.counted.iter().copied().collect(),
             misbehaviour: Vec::new(),
+            linked_pairs: None,
         }))
     }
 

@@ -543,10 +543,11 @@ async fn a_wrong_share_is_named_in_the_audit_log_and_the_round_recovers_from_the
     c.stop().await;
 }
 
-/// A linked dataset's queries are priced, with the match counts' charge, but not run: the
-/// coordinator has no pairwise joins yet, so a submission is refused and reserves nothing.
+/// A linked dataset's queries are priced with the match counts' charge; a submission whose
+/// joined sides name partners the coordinator has no accounts for is refused, naming one,
+/// and reserves nothing. (Linked rounds run end to end in `client-sdk/tests/linked.rs`.)
 #[actix_web::test]
-async fn linked_queries_are_previewed_but_refused_at_submission_reserving_nothing() {
+async fn linked_queries_are_priced_with_the_match_counts_and_need_their_sides_partners() {
     let c = Coordinator::start(&fresh_store_url("linked")).await;
     let policy = civic_policies::samples::HOUSING_HEALTH_TOML;
     let (s, body) = c
@@ -587,7 +588,14 @@ async fn linked_queries_are_previewed_but_refused_at_submission_reserving_nothin
     assert!(common::close(&preview["cost"]["rho"], 0.06), "{preview}");
     let (s, refused) = c.submit(query).await;
     assert_eq!(s, StatusCode::CONFLICT, "{refused}");
-    assert_eq!(refused["code"], "query.linked_not_yet_run", "{refused}");
+    assert_eq!(refused["code"], "round.partner_unknown", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("housing-north"),
+        "{refused}"
+    );
     let (s, b) = c
         .call(
             Method::GET,

@@ -79,6 +79,9 @@ pub struct RoundOutput {
     /// Deviations the protocol detected and worked around, in words for the audit log (a
     /// partner that revealed a wrong share, and whom it named).
     pub misbehaviour: Vec<String>,
+    /// For a linked round, the pairs of partners whose joins are in the sum (lower id first:
+    /// the policy says which is the holder).
+    pub linked_pairs: Option<Vec<(PartnerId, PartnerId)>>,
 }
 
 /// What closing a step did.
@@ -149,6 +152,7 @@ pub trait ProtocolRound: Send + Sync {
 pub struct Protocols {
     by_name: BTreeMap<&'static str, Arc<dyn Protocol>>,
     for_statistics: &'static str,
+    for_linked: &'static str,
 }
 
 impl std::fmt::Debug for Protocols {
@@ -161,19 +165,23 @@ impl std::fmt::Debug for Protocols {
 }
 
 impl Default for Protocols {
-    /// Secure aggregation of a sum, for every statistic.
+    /// Secure aggregation of a sum, for every statistic; linked datasets' joins before it.
     fn default() -> Self {
         Self::new(Arc::new(super::secure_sum::SecureSum))
     }
 }
 
 impl Protocols {
-    /// A registry whose statistic rounds run `protocol`.
+    /// A registry whose statistic rounds run `protocol` (and linked datasets' rounds
+    /// [`super::linked_sum::LinkedSum`]).
     pub fn new(protocol: Arc<dyn Protocol>) -> Self {
         let for_statistics = protocol.name();
+        let linked: Arc<dyn Protocol> = Arc::new(super::linked_sum::LinkedSum);
+        let for_linked = linked.name();
         Self {
-            by_name: BTreeMap::from([(for_statistics, protocol)]),
+            by_name: BTreeMap::from([(for_statistics, protocol), (for_linked, linked)]),
             for_statistics,
+            for_linked,
         }
     }
 
@@ -191,5 +199,13 @@ impl Protocols {
     /// The protocol a statistic's round runs.
     pub fn for_statistics(&self) -> &Arc<dyn Protocol> {
         &self.by_name[self.for_statistics]
+    }
+
+    /// The protocol a round of a dataset under `policy` runs.
+    pub fn for_policy(&self, policy: &civic_policies::DatasetPolicy) -> &Arc<dyn Protocol> {
+        match policy.linkage {
+            Some(_) => &self.by_name[self.for_linked],
+            None => self.for_statistics(),
+        }
     }
 }

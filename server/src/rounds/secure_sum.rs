@@ -59,18 +59,13 @@ impl Protocol for SecureSum {
         round: i64,
         setup: &RoundSetup,
     ) -> Result<Box<dyn ProtocolRound>, ProtocolError> {
-        let nothing = encoded(&Inbox::Nothing);
-        Ok(Box::new(SecureSumRound {
-            round,
-            server: ServerRound::new(setup.config.clone(), setup.roster.clone())?,
-            inboxes: Inboxes::Everyone(nothing.clone()),
-            nothing_new: nothing,
-        }))
+        Ok(Box::new(SecureSumRound::new(round, setup)?))
     }
 }
 
+/// The coordinator's state of a secure sum (also the last part of a linked round).
 #[derive(Clone)]
-struct SecureSumRound {
+pub(super) struct SecureSumRound {
     round: i64,
     server: ServerRound,
     /// What the last closed phase sent, encoded once.
@@ -139,12 +134,23 @@ impl Inboxes {
 }
 
 impl SecureSumRound {
-    fn decode(&self, partner: PartnerId, body: &[u8]) -> Result<ClientMessage, ProtocolError> {
-        let msg: ClientMessage =
-            decode_binary(body).map_err(|reason| ProtocolError::Malformed {
-                round: self.round,
-                reason,
-            })?;
+    /// A round at AdvertiseKeys.
+    pub(super) fn new(round: i64, setup: &RoundSetup) -> Result<Self, ProtocolError> {
+        let nothing = encoded(&Inbox::Nothing);
+        Ok(Self {
+            round,
+            server: ServerRound::new(setup.config.clone(), setup.roster.clone())?,
+            inboxes: Inboxes::Everyone(nothing.clone()),
+            nothing_new: nothing,
+        })
+    }
+
+    /// Checks that a message names this round and its poster.
+    pub(super) fn check_sender(
+        &self,
+        partner: PartnerId,
+        msg: &ClientMessage,
+    ) -> Result<(), ProtocolError> {
         if msg.sender() != partner {
             return Err(ProtocolError::Impersonation {
                 partner,
@@ -157,6 +163,41 @@ impl SecureSumRound {
                 named: msg.round_id().0,
             });
         }
+        Ok(())
+    }
+
+    /// The step a message belongs to.
+    pub(super) fn step_of_message(msg: &ClientMessage) -> &'static str {
+        step_name(msg.phase())
+    }
+
+    /// Takes a decoded message.
+    pub(super) fn receive_message(
+        &mut self,
+        partner: PartnerId,
+        msg: ClientMessage,
+    ) -> Result<(), ProtocolError> {
+        self.check_sender(partner, &msg)?;
+        Ok(self.server.receive(msg)?)
+    }
+
+    /// Checks a decoded message without taking it.
+    pub(super) fn check_message(
+        &self,
+        partner: PartnerId,
+        msg: &ClientMessage,
+    ) -> Result<(), ProtocolError> {
+        self.check_sender(partner, msg)?;
+        Ok(self.server.check(msg)?)
+    }
+
+    fn decode(&self, partner: PartnerId, body: &[u8]) -> Result<ClientMessage, ProtocolError> {
+        let msg: ClientMessage =
+            decode_binary(body).map_err(|reason| ProtocolError::Malformed {
+                round: self.round,
+                reason,
+            })?;
+        self.check_sender(partner, &msg)?;
         Ok(msg)
     }
 }
@@ -168,7 +209,7 @@ impl ProtocolRound for SecureSumRound {
 
     fn receive(&mut self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
         let msg = self.decode(partner, body)?;
-        Ok(self.server.receive(msg)?)
+        self.receive_message(partner, msg)
     }
 
     fn step_of(&self, partner: PartnerId, body: &[u8]) -> Result<&'static str, ProtocolError> {
@@ -176,7 +217,7 @@ impl ProtocolRound for SecureSumRound {
     }
 
     fn check(&self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
-        Ok(self.server.check(&self.decode(partner, body)?)?)
+        self.check_message(partner, &self.decode(partner, body)?)
     }
 
     fn responded(&self) -> BTreeSet<PartnerId> {
@@ -188,6 +229,7 @@ impl ProtocolRound for SecureSumRound {
             ServerOutput::Aggregate(aggregate) => Ok(Closed::Finished(RoundOutput {
                 sum: aggregate.sum.to_signed(),
                 contributors: aggregate.survivors,
+                linked_pairs: None,
                 misbehaviour: aggregate
                     .misbehaviour
                     .iter()

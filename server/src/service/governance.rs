@@ -393,7 +393,8 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
     let priced = match req.approve {
         true => {
             let honest =
-                super::research::context(state, manifest.as_ref(), &policy)?.honest_survivors;
+                super::research::context(state, manifest.as_ref(), &policy, &q.request.query)?
+                    .honest_survivors;
             let rows = state.config.max_rows_per_partner;
             Some(calibration(state, &q, &policy, rows, honest).await?)
         }
@@ -447,7 +448,10 @@ pub async fn decide(state: &AppState, by: &Account, id: i64, req: Decision) -> R
                         Error::internal("starting an approved query", "no calibration")
                     })?;
                     queries::set_state(tx, id, QueryState::Running, None).await?;
-                    round = Some(super::rounds::open(state, tx, id, &policy, priced, &at).await?);
+                    round = Some(
+                        super::rounds::open(state, tx, id, &policy, &q.request.query, priced, &at)
+                            .await?,
+                    );
                 }
                 Decided::Approved { .. } => {}
             }

@@ -9,7 +9,7 @@ use civic_api::{ProblemCode, Role};
 use civic_mechanisms::{Priced, PricingContext};
 use civic_policies::dataset::NoisePlacement;
 use civic_policies::manifest::SignedManifest;
-use civic_policies::{DatasetPolicy, Rho};
+use civic_policies::{DatasetPolicy, Query, Rho};
 use serde_json::json;
 use sqlx::AnyConnection;
 
@@ -30,12 +30,15 @@ pub fn context(
     state: &AppState,
     manifest: Option<&SignedManifest>,
     policy: &DatasetPolicy,
+    query: &Query,
 ) -> Result<PricingContext> {
     let floor = manifest.map_or(0.0, |m| m.manifest.requirements.min_rho_per_query);
     let honest_survivors = match policy.noise() {
         NoisePlacement::Central => 0,
         NoisePlacement::Distributed => lifecycle::honest_contributors(
             policy,
+            // A query that does not fit the policy is refused by pricing, with the reason.
+            lifecycle::round_partners(policy, query).map_or(policy.partners().len(), |p| p.len()),
             super::rounds::settings(state),
             manifest.map(|m| &m.manifest),
         )?,
@@ -56,7 +59,12 @@ pub async fn price(
     policy: &DatasetPolicy,
     request: &QueryRequest,
 ) -> Result<Priced> {
-    price_in(context(state, manifest, policy)?, policy, request).await
+    price_in(
+        context(state, manifest, policy, &request.query)?,
+        policy,
+        request,
+    )
+    .await
 }
 
 /// [`price`] in a given context.
@@ -199,15 +207,6 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
     // Priced under the newest manifest, whose floor every agent also checks.
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
     let priced = price(state, manifest.as_ref(), &dataset.policy, &req).await?;
-    if dataset.policy.linkage.is_some() {
-        return Err(Error::Conflict {
-            code: ProblemCode::QueryLinkedNotYetRun,
-            detail: format!(
-                "dataset {} is linked: its queries are priced (POST /v1/queries/preview) but this coordinator does not yet run the pairwise joins they need; nothing was reserved",
-                dataset.id
-            ),
-        });
-    }
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let approvals_required = approvals_needed(&dataset.policy, &priced, manifest.as_ref());
     let at = state.clock.rfc3339();
@@ -270,13 +269,22 @@ pub async fn submit(state: &AppState, who: &Account, req: QueryRequest) -> Resul
                 budgets::record(tx, &ledger, &entry, &at).await?;
                 if state_now == QueryState::Running {
                     round = Some(
-                        super::rounds::open(state, tx, id, &dataset.policy, &priced, &at).await?,
+                        super::rounds::open(
+                            state,
+                            tx,
+                            id,
+                            &dataset.policy,
+                            &req.query,
+                            &priced,
+                            &at,
+                        )
+                        .await?,
                     );
                 } else {
                     // Checked now although approval comes first: a query that could never
                     // run (a partner without an identity key, a ring too narrow) is refused
                     // before it waits.
-                    super::rounds::check(state, tx, &dataset.policy, &priced).await?;
+                    super::rounds::check(state, tx, &dataset.policy, &req.query, &priced).await?;
                 }
             }
             audit::append(

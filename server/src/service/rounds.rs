@@ -9,7 +9,7 @@ use civic_api::query::{CellView, QueryState, ReleaseView};
 use civic_mechanisms::{Priced, Release};
 use civic_policies::dataset::NoisePlacement;
 use civic_policies::query::CellLabels;
-use civic_policies::{DatasetPolicy, Rho};
+use civic_policies::{DatasetPolicy, Query, Rho};
 use serde_json::json;
 use sqlx::AnyConnection;
 
@@ -55,6 +55,7 @@ pub async fn check(
     state: &AppState,
     conn: &mut AnyConnection,
     policy: &DatasetPolicy,
+    query: &Query,
     priced: &Priced,
 ) -> Result<()> {
     let partners = partners(conn).await?;
@@ -62,6 +63,7 @@ pub async fn check(
     lifecycle::round_setup(
         0,
         policy,
+        &round_partners(policy, query)?,
         priced,
         &partners,
         settings(state),
@@ -78,13 +80,14 @@ pub async fn open(
     tx: &mut AnyConnection,
     query: i64,
     policy: &DatasetPolicy,
+    request: &Query,
     priced: &Priced,
     at: &str,
 ) -> Result<RoundRow> {
     let partners = partners(tx).await?;
     let manifest = manifests::latest(tx).await?.map(|s| s.manifest);
     let id = rounds::next_id(tx).await?;
-    let protocol = state.protocols.for_statistics();
+    let protocol = state.protocols.for_policy(policy);
     let row = RoundRow {
         id,
         query_id: query,
@@ -92,6 +95,7 @@ pub async fn open(
         setup: lifecycle::round_setup(
             id,
             policy,
+            &round_partners(policy, request)?,
             priced,
             &partners,
             settings(state),
@@ -102,6 +106,12 @@ pub async fn open(
     rounds::insert(tx, &row, at).await?;
     queries::set_round(tx, query, id).await?;
     Ok(row)
+}
+
+/// The partners a query's round runs among (the query was priced, so it fits the policy).
+fn round_partners(policy: &DatasetPolicy, query: &Query) -> Result<Vec<String>> {
+    lifecycle::round_partners(policy, query)
+        .map_err(|e| Error::internal("choosing a round's partners", e))
 }
 
 /// The lifecycle's view of a stored query.
@@ -210,6 +220,21 @@ pub async fn release(
         .validate(&policy)
         .map_err(|e| Error::internal("labelling a release", e))?
         .cell_labels(&policy);
+    let linkage = match &output.linked_pairs {
+        Some(pairs) => {
+            let names = partners(&mut *state.store.read().await?)
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p.name))
+                .collect();
+            let rho = priced.match_counts.as_f64();
+            Some(
+                lifecycle::linkage_receipt(&policy, &q.request.query, &names, pairs, rho)
+                    .map_err(|e| Error::internal("stating a linked release's pairs", e))?,
+            )
+        }
+        None => None,
+    };
     let budget = Rho::from_units(q.cost_units);
     // OpenDP's measurements are neither Send nor Sync: build and sample on one thread.
     let release: Release =
@@ -217,7 +242,10 @@ pub async fn release(
             .await
             .map_err(|e| Error::internal("sampling a release", e))??;
     let at = state.clock.rfc3339();
-    let view = release_view(release, labels, at.clone())?;
+    let mut view = release_view(release, labels, at.clone())?;
+    if let (Some(linkage), Some(receipt)) = (linkage, view.receipt.as_object_mut()) {
+        receipt.insert("linkage".into(), linkage);
+    }
     let release_id = state
         .store
         .run_tx("release a query", async |tx| {
@@ -257,6 +285,7 @@ pub async fn release(
                         "misbehaviour": misbehaviour,
                         "names": view.names,
                         "values": view.rows,
+                        "linkage": view.receipt.get("linkage"),
                     }),
                 ),
                 &at,
