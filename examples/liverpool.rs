@@ -1,6 +1,9 @@
-//! The Liverpool demo: a coordinator on an embedded SQLite store and eight partner agents on
+//! The Liverpool demo: a coordinator on an embedded SQLite store and ten partner agents on
 //! loopback, each with its own synthetic extract of a 200,000-resident city region, playing a
-//! session a city-region data co-operative would recognise. A board of three (threshold 2)
+//! session a city-region data co-operative would recognise. Two housing associations join
+//! the acute trust and the council's adult social care on a linked dataset: each holds only
+//! its own columns and its residents' NHS numbers, and linked questions are answered by
+//! private joins (`docs/linkage.md`), with the truth computed over the real join. A board of three (threshold 2)
 //! signs the federation's manifest and the approval of a large query with `civic-board`'s
 //! functions; the agents trust the board's keys, not the coordinator.
 //!
@@ -24,6 +27,11 @@ use civic_client_sdk::agent::Agent;
 use civic_client_sdk::board;
 use civic_client_sdk::config::AgentConfig;
 use civic_client_sdk::synth::{self, FALLS_PARTNERS, GP_FEDERATIONS, Resident};
+
+/// The housing associations: partners of the linked dataset only.
+const HOUSING_ASSOCIATIONS: [&str; 2] = ["housing-north", "housing-south"];
+/// The partners that also serve the linked dataset, with their side's records.
+const LINKED_ALSO: [&str; 2] = ["acute-trust", "council-asc"];
 use civic_policies::manifest::{
     Board as ManifestBoard, BoardMember, Manifest, ManifestDataset, ManifestPartner,
     RoundRequirements,
@@ -79,6 +87,8 @@ struct Question {
     request: Value,
     /// The partners holding the dataset, each invited to the round.
     partners: &'static [&'static str],
+    /// A linked question: its truth is over the residents each joined pair both hold.
+    linked: bool,
     /// For the report: the statistic, what the values are, and what the rows are.
     statistic: &'static str,
     value_axis: &'static str,
@@ -199,6 +209,7 @@ async fn main() -> Result<(), Error> {
     let partners: Vec<&str> = GP_FEDERATIONS
         .iter()
         .chain(FALLS_PARTNERS.iter())
+        .chain(HOUSING_ASSOCIATIONS.iter())
         .copied()
         .collect();
     for p in &partners {
@@ -216,15 +227,15 @@ async fn main() -> Result<(), Error> {
     // The board: dataset policies (with the NHS disclosure-control profile), projects and
     // their budgets.
     let chair = tokens["board-chair"].clone();
-    for (id, file) in [
-        ("diabetes", "diabetes.toml"),
-        ("falls-housing", "falls-housing.toml"),
+    let linked_policy = work.join("housing-health.toml");
+    std::fs::write(&linked_policy, linked_policy_text(residents)?)?;
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/liverpool");
+    for (id, path) in [
+        ("diabetes", policies.join("diabetes.toml")),
+        ("falls-housing", policies.join("falls-housing.toml")),
+        ("housing-health", linked_policy.clone()),
     ] {
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("examples/liverpool")
-                .join(file),
-        )?;
+        let text = std::fs::read_to_string(path)?;
         api.ok(
             Method::PUT,
             &format!("/v1/datasets/{id}"),
@@ -248,6 +259,13 @@ async fn main() -> Result<(), Error> {
             "falls-housing",
             0.45,
         ),
+        (
+            "healthy-homes",
+            "Damp, cold and overcrowded homes and health",
+            "dr-ben",
+            "housing-health",
+            0.3,
+        ),
     ] {
         api.ok(
             Method::POST,
@@ -265,7 +283,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     }
     println!(
-        "board: datasets diabetes (5 GP federations) and falls-housing (acute trust, community & mental-health trust, council adult social care); NHS disclosure control; projects diabetes-care (ρ 0.6) and falls-prevention (ρ 0.45)\n"
+        "board: datasets diabetes (5 GP federations), falls-housing (acute trust, community & mental-health trust, council adult social care) and housing-health, linked on NHS numbers (housing associations' homes beside the acute trust's admissions and the council's care packages); NHS disclosure control; projects diabetes-care (ρ 0.6), falls-prevention (ρ 0.45) and healthy-homes (ρ 0.3)\n"
     );
 
     // The board: three members, each with a key on their own machine (`civic-board keygen`).
@@ -283,14 +301,24 @@ async fn main() -> Result<(), Error> {
     for p in &partners {
         let dir = work.join(p);
         std::fs::create_dir_all(&dir)?;
-        let rows = synth::write_extract(p, &people, &dir.join("extract.csv"))?;
+        let rows = if HOUSING_ASSOCIATIONS.contains(p) {
+            0
+        } else {
+            synth::write_extract(p, &people, &dir.join("extract.csv"))?
+        };
+        let linked_rows = if HOUSING_ASSOCIATIONS.contains(p) || LINKED_ALSO.contains(p) {
+            let n = synth::write_linked_extract(p, &people, &dir.join("linked.csv"))?;
+            format!(", {n:>6} linked records")
+        } else {
+            String::new()
+        };
         write_private(&dir.join("token"), &tokens[p])?;
         let public = civic_client_sdk::identity::generate(&dir.join("identity.key"))?;
         std::fs::write(
             dir.join("partner.toml"),
             partner_config(p, &base, &board_keys),
         )?;
-        println!("  {p:<20} {rows:>6} rows");
+        println!("  {p:<20} {rows:>6} rows{linked_rows}");
         identities.push((*p, public));
     }
     println!();
@@ -298,7 +326,7 @@ async fn main() -> Result<(), Error> {
     // The board's manifest: its members, the partners and their keys, each dataset's policy
     // by digest, and the least every round must meet. Two of the three sign it
     // (`civic-board sign`); the coordinator stores it and cannot make one of its own.
-    let manifest = federation_manifest(&board_keys, &identities)?;
+    let manifest = federation_manifest(&board_keys, &identities, &linked_policy)?;
     let manifest_toml = board_dir.join("manifest.toml");
     std::fs::write(&manifest_toml, toml::to_string(&manifest)?)?;
     let signed_path = board::signed_path(&manifest_toml);
@@ -310,7 +338,7 @@ async fn main() -> Result<(), Error> {
     api.ok(Method::PUT, "/v1/manifests", &chair, Some(signed))
         .await?;
     println!(
-        "board: manifest version 1 (digest {}…) signed by the chair and the vice-chair: {} partners, 2 datasets; every round withstands one colluding partner\n",
+        "board: manifest version 1 (digest {}…) signed by the chair and the vice-chair: {} partners, 3 datasets; every round withstands one colluding partner\n",
         &manifest.digest()[..16],
         identities.len()
     );
@@ -346,7 +374,7 @@ async fn main() -> Result<(), Error> {
     println!("  {}\n", refusal["detail"].as_str().unwrap_or(""));
 
     let mut budgets = Vec::new();
-    for d in ["diabetes", "falls-housing"] {
+    for d in ["diabetes", "falls-housing", "housing-health"] {
         let b = api
             .ok(Method::GET, &format!("/v1/budgets/{d}"), &chair, None)
             .await?;
@@ -405,6 +433,7 @@ fn organisation(partner: &str) -> &'static str {
         "acute-trust" => "an acute NHS trust",
         "community-mh-trust" => "a community and mental-health NHS trust",
         "council-asc" => "a council's adult social care",
+        "housing-north" | "housing-south" => "a housing association",
         _ => "a GP federation",
     }
 }
@@ -413,16 +442,18 @@ fn organisation(partner: &str) -> &'static str {
 fn federation_manifest(
     board_keys: &[(&str, String)],
     partners: &[(&str, String)],
+    linked_policy: &Path,
 ) -> Result<Manifest, Error> {
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/liverpool");
     let mut datasets = Vec::new();
-    for (id, file) in [
-        ("diabetes", "diabetes.toml"),
-        ("falls-housing", "falls-housing.toml"),
+    for (id, path) in [
+        ("diabetes", policies.join("diabetes.toml")),
+        ("falls-housing", policies.join("falls-housing.toml")),
+        ("housing-health", linked_policy.to_path_buf()),
     ] {
         datasets.push(ManifestDataset {
             id: id.into(),
-            policy_digest: board::policy_digest(&policies.join(file))?,
+            policy_digest: board::policy_digest(&path)?,
         });
     }
     Ok(Manifest {
@@ -455,6 +486,32 @@ fn federation_manifest(
             .collect(),
         datasets,
     })
+}
+
+/// The linked dataset's policy (`examples/policies/housing-health.toml`) with each side's
+/// capacity sized by the board for a region of `residents`: every list a partner sends is
+/// padded to its side's capacity, so it must exceed what any one partner of that kind
+/// holds (public figures: an association's tenancies, a trust's patients), and it sets the
+/// joins' cost.
+fn linked_policy_text(residents: u32) -> Result<String, Error> {
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/housing-health.toml"),
+    )?;
+    let share = |fraction: f64| (f64::from(residents) * fraction).ceil().max(100.0) as u32;
+    let mut text = sample;
+    for (sample_capacity, fraction) in [
+        (60_000, 0.3),
+        (1_500_000, 0.45),
+        (400_000, 0.3),
+        (200_000, 0.35),
+    ] {
+        let line = format!("capacity = {sample_capacity}\n");
+        if !text.contains(&line) {
+            return Err(format!("the sample linked policy has no {line:?}").into());
+        }
+        text = text.replace(&line, &format!("capacity = {}\n", share(fraction)));
+    }
+    Ok(text)
 }
 
 /// Starts the coordinator on a thread of its own and bootstraps the administrator, as
@@ -494,8 +551,39 @@ fn start_coordinator(config: Config) -> Result<(String, String), Error> {
 fn partner_config(partner: &str, base: &str, board_keys: &[(&str, String)]) -> String {
     let keys: Vec<String> = board_keys.iter().map(|(_, k)| format!("{k:?}")).collect();
     let keys = keys.join(", ");
+    let mut config = format!(
+        r#"identity_key = "identity.key"
+state_dir = "state"
+
+[board]
+threshold = 2
+keys = [{keys}]
+
+[coordinator]
+url = "{base}"
+token_file = "token"
+poll_seconds = 0.25
+
+[limits]
+max_epsilon_per_query = 1.0
+max_rho_per_query = 0.5
+total_rho = 2.0
+min_survivors = 3
+"#
+    );
+    if !HOUSING_ASSOCIATIONS.contains(&partner) {
+        config.push_str(&own_dataset(partner));
+    }
+    if let Some(linked) = linked_dataset(partner) {
+        config.push_str(&linked);
+    }
+    config
+}
+
+/// The `[[datasets]]` entry of a partner's own (not linked) dataset.
+fn own_dataset(partner: &str) -> String {
     let gp = GP_FEDERATIONS.contains(&partner);
-    let columns = if gp {
+    let columns: String = if gp {
         // gp-north's system codes sex as F/M and registers as Y/N: mapped here.
         let sex = if partner == "gp-north" {
             r#"{ column = "sex", values = { F = "female", M = "male" } }"#
@@ -530,24 +618,7 @@ fn partner_config(partner: &str, base: &str, board_keys: &[(&str, String)]) -> S
         ("falls-housing", "person_id")
     };
     format!(
-        r#"identity_key = "identity.key"
-state_dir = "state"
-
-[board]
-threshold = 2
-keys = [{keys}]
-
-[coordinator]
-url = "{base}"
-token_file = "token"
-poll_seconds = 0.25
-
-[limits]
-max_epsilon_per_query = 1.0
-max_rho_per_query = 0.5
-total_rho = 2.0
-min_survivors = 3
-
+        r#"
 [[datasets]]
 id = "{dataset}"
 resident_column = "{resident}"
@@ -559,6 +630,51 @@ path = "extract.csv"
 [datasets.columns]
 {columns}"#
     )
+}
+
+/// The `[[datasets]]` entry of the linked dataset, for the partners on one of its sides:
+/// the side, the local column with the residents' NHS numbers, and the side's columns in
+/// the partner's own spelling (`synth::linked_header`).
+fn linked_dataset(partner: &str) -> Option<String> {
+    let (side, resident, columns) = match partner {
+        "housing-north" | "housing-south" => (
+            "housing",
+            "tenant_nhs_number",
+            r#"property_type = "property"
+tenure = { column = "tenure_code", values = { GN = "social_rent", SO = "shared_ownership", OT = "other" } }
+damp_mould_reported = { column = "damp_mould", values = { Y = "true", N = "false" } }
+adaptations = "adaptations_fitted"
+"#,
+        ),
+        "acute-trust" => (
+            "admissions",
+            "nhs_number",
+            r#"age_band = "age_band"
+respiratory_admissions = "respiratory_admissions"
+falls_admissions = "falls_admissions"
+"#,
+        ),
+        "council-asc" => (
+            "social-care",
+            "nhs_number",
+            "care_package = \"care_package\"\n",
+        ),
+        _ => return None,
+    };
+    Some(format!(
+        r#"
+[[datasets]]
+id = "housing-health"
+side = "{side}"
+resident_column = "{resident}"
+
+[datasets.source]
+kind = "csv"
+path = "linked.csv"
+
+[datasets.columns]
+{columns}"#
+    ))
 }
 
 fn spawn_agent(dir: &Path) -> Result<tokio::task::JoinHandle<()>, Error> {
@@ -594,6 +710,17 @@ fn questions() -> Vec<Question> {
         }
         sums.iter().zip(&counts).map(|(s, c)| s / c).collect()
     };
+    // The linked questions' truths, over the residents each joined pair both holds, as
+    // the partners' extracts give them (damp: any report; admissions clamped to the public
+    // bound 5; respiratory admissions binned 0, 1, 2+).
+    let damp_respiratory = |rows: &[&Resident]| {
+        let mut counts = vec![0.0; 6];
+        for r in rows {
+            let bin = r.respiratory_admissions.min(2) as usize;
+            counts[usize::from(r.damp_mould_reports > 0) * 3 + bin] += 1.0;
+        }
+        counts
+    };
     let falls_by_type = |rows: &[&Resident]| {
         let mut sums = vec![0.0; 5];
         for r in rows.iter().filter(|r| r.age >= 65) {
@@ -605,15 +732,10 @@ fn questions() -> Vec<Question> {
         }
         sums
     };
-    let damp = |rows: &[&Resident]| {
-        let mut counts = vec![0.0; 6];
+    let care_by_damp = |rows: &[&Resident]| {
+        let mut counts = vec![0.0; 4];
         for r in rows {
-            let d = match r.damp_mould_reports.min(4) {
-                0 => 0,
-                1 => 1,
-                _ => 2,
-            };
-            counts[d * 2 + usize::from(r.respiratory_admissions > 0)] += 1.0;
+            counts[usize::from(r.damp_mould_reports > 0) * 2 + usize::from(r.care_package)] += 1.0;
         }
         counts
     };
@@ -645,6 +767,7 @@ fn questions() -> Vec<Question> {
             researcher: "dr-amara",
             request: json!({ "project": "diabetes-care", "query": { "dataset": "diabetes", "statistic": { "histogram": { "columns": ["has_diabetes"] } }, "group_by": ["deprivation_decile"] }, "privacy": { "rho": 0.05 } }),
             partners: &GP_FEDERATIONS,
+            linked: false,
             statistic: "histogram",
             value_axis: "registered adults (count)",
             category_axis: "deprivation decile",
@@ -663,6 +786,7 @@ fn questions() -> Vec<Question> {
             researcher: "dr-amara",
             request: json!({ "project": "diabetes-care", "query": { "dataset": "diabetes", "statistic": { "mean": { "column": "hba1c" } }, "group_by": ["age"], "filter": { "compare": { "column": "has_diabetes", "op": "eq", "value": true } } }, "privacy": { "rho": 0.08 } }),
             partners: &GP_FEDERATIONS,
+            linked: false,
             statistic: "mean",
             value_axis: "mean HbA1c (mmol/mol)",
             category_axis: "age band",
@@ -673,40 +797,11 @@ fn questions() -> Vec<Question> {
             truth: Box::new(means),
         },
         Question {
-            title: "Falls admissions among over-65s, by property type",
-            researcher: "dr-ben",
-            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "sum": { "column": "falls_admissions" } }, "group_by": ["property_type"], "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "rho": 0.045 } }),
-            partners: &FALLS_PARTNERS,
-            statistic: "sum",
-            value_axis: "falls admissions of over-65s (sum over partners' rows)",
-            category_axis: "property type",
-            cells: TYPES.iter().map(|t| Cell::new(None, *t)).collect(),
-            truth: Box::new(falls_by_type),
-        },
-        Question {
-            title: "Damp and mould reports × respiratory admissions",
-            researcher: "dr-ben",
-            request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "histogram": { "columns": ["damp_mould_reports", "respiratory_admissions"] } } }, "privacy": { "rho": 0.045 } }),
-            partners: &FALLS_PARTNERS,
-            statistic: "histogram",
-            value_axis: "partners' rows (count)",
-            category_axis: "damp and mould reports",
-            cells: ["no damp", "1 damp report", "2+ damp reports"]
-                .iter()
-                .flat_map(|d| {
-                    [
-                        Cell::new(Some("no resp. admission"), *d),
-                        Cell::new(Some("resp. admission"), *d),
-                    ]
-                })
-                .collect(),
-            truth: Box::new(damp),
-        },
-        Question {
             title: "Linear model of falls admissions (over-65s) on age (decades past 65), living alone and home adaptations",
             researcher: "dr-ben",
             request: json!({ "project": "falls-prevention", "query": { "dataset": "falls-housing", "statistic": { "linear_regression": { "features": ["decades_over_65", "lives_alone", "home_adaptations"], "target": "falls_admissions" } }, "filter": { "compare": { "column": "age", "op": "ge", "value": 65 } } }, "privacy": { "rho": 0.32 } }),
             partners: &FALLS_PARTNERS,
+            linked: false,
             statistic: "linear_regression",
             value_axis: "coefficient (falls admissions a year)",
             category_axis: "term",
@@ -720,6 +815,55 @@ fn questions() -> Vec<Question> {
             .map(|s| Cell::new(None, format!("β {s}")))
             .collect(),
             truth: Box::new(beta),
+        },
+        Question {
+            title: "Damp and mould reports × respiratory admissions, linked (housing associations ⋈ acute trust)",
+            researcher: "dr-ben",
+            request: json!({ "project": "healthy-homes", "query": { "dataset": "housing-health", "statistic": { "histogram": { "columns": ["damp_mould_reported", "respiratory_admissions"] } } }, "privacy": { "rho": 0.05 } }),
+            partners: &["housing-north", "housing-south", "acute-trust"],
+            linked: true,
+            statistic: "histogram",
+            value_axis: "tenants admitted or not (count)",
+            category_axis: "damp or mould reported",
+            cells: ["no damp report", "damp or mould reported"]
+                .iter()
+                .flat_map(|d| {
+                    [
+                        "no resp. admission",
+                        "1 resp. admission",
+                        "2+ resp. admissions",
+                    ]
+                    .map(|a| Cell::new(Some(a), *d))
+                })
+                .collect(),
+            truth: Box::new(damp_respiratory),
+        },
+        Question {
+            title: "Falls admissions among over-65s, by property type, linked (housing associations ⋈ acute trust)",
+            researcher: "dr-ben",
+            request: json!({ "project": "healthy-homes", "query": { "dataset": "housing-health", "statistic": { "sum": { "column": "falls_admissions" } }, "group_by": ["property_type"], "filter": { "or": [ { "compare": { "column": "age_band", "op": "eq", "value": "65-74" } }, { "compare": { "column": "age_band", "op": "eq", "value": "75-84" } }, { "compare": { "column": "age_band", "op": "eq", "value": "85+" } } ] } }, "privacy": { "rho": 0.05 } }),
+            partners: &["housing-north", "housing-south", "acute-trust"],
+            linked: true,
+            statistic: "sum",
+            value_axis: "falls admissions of over-65 tenants (sum)",
+            category_axis: "property type",
+            cells: TYPES.iter().map(|t| Cell::new(None, *t)).collect(),
+            truth: Box::new(falls_by_type),
+        },
+        Question {
+            title: "Care packages by damp and mould reports, linked (housing associations ⋈ council adult social care)",
+            researcher: "dr-ben",
+            request: json!({ "project": "healthy-homes", "query": { "dataset": "housing-health", "statistic": { "histogram": { "columns": ["damp_mould_reported", "care_package"] } } }, "privacy": { "rho": 0.05 } }),
+            partners: &["housing-north", "housing-south", "council-asc"],
+            linked: true,
+            statistic: "histogram",
+            value_axis: "tenants (count)",
+            category_axis: "damp or mould reported",
+            cells: ["no damp report", "damp or mould reported"]
+                .iter()
+                .flat_map(|d| ["no care package", "care package"].map(|c| Cell::new(Some(c), *d)))
+                .collect(),
+            truth: Box::new(care_by_damp),
         },
     ]
 }
@@ -863,11 +1007,23 @@ async fn ask(
         receipt["survivors"].as_u64(),
         dropout,
     )?;
-    let held: Vec<&Resident> = contributors
-        .contributed
-        .iter()
-        .flat_map(|p| people.iter().filter(move |r| synth::holds(p, r)))
-        .collect();
+    let held: Vec<&Resident> = if q.linked {
+        // A resident counts once for each joined pair of partners that both hold them.
+        joined_pairs(receipt)?
+            .into_iter()
+            .flat_map(|(a, b)| {
+                people
+                    .iter()
+                    .filter(move |r| synth::linked_holds(&a, r) && synth::linked_holds(&b, r))
+            })
+            .collect()
+    } else {
+        contributors
+            .contributed
+            .iter()
+            .flat_map(|p| people.iter().filter(move |r| synth::holds(p, r)))
+            .collect()
+    };
     let truth = (q.truth)(&held);
 
     let cells: Vec<&Value> = match result["rows"].as_array() {
@@ -909,11 +1065,29 @@ async fn ask(
     for (partner, what) in &contributors.dropped {
         println!("   dropped out: {partner}: {what}");
     }
-    println!(
-        "   true values over those {} partners ({})",
-        contributors.contributed.len(),
-        contributors.source
-    );
+    if q.linked {
+        let pairs: Vec<String> = joined_pairs(receipt)?
+            .iter()
+            .map(|(h, m)| format!("{h} ⋈ {m}"))
+            .collect();
+        println!(
+            "   private joins: {} (dropped: {}); the trust or council saw only noisy match counts (ρ {} of the cost)",
+            pairs.join(", "),
+            receipt["linkage"]["pairs_dropped"]
+                .as_array()
+                .map_or(0, Vec::len),
+            receipt["linkage"]["match_counts_rho"]
+        );
+    }
+    if q.linked {
+        println!("   true values over the real join of the synthetic extracts, pair by pair");
+    } else {
+        println!(
+            "   true values over those {} partners ({})",
+            contributors.contributed.len(),
+            contributors.source
+        );
+    }
     println!(
         "   {:<38} {:>12} {:>25} {:>12}",
         "", "released", interval_label, "true"
@@ -979,6 +1153,19 @@ async fn ask(
         "remaining_rho": budget["remaining_rho"],
         "receipt": receipt,
     }))
+}
+
+/// The pairs of partners a linked release joined, by name, from its receipt.
+fn joined_pairs(receipt: &Value) -> Result<Vec<(String, String)>, Error> {
+    receipt["linkage"]["pairs_joined"]
+        .as_array()
+        .ok_or("the linked release's receipt names no pairs")?
+        .iter()
+        .map(|p| match (p[0].as_str(), p[1].as_str()) {
+            (Some(h), Some(m)) => Ok((h.to_string(), m.to_string())),
+            _ => Err("a pair in the receipt is not two names".into()),
+        })
+        .collect()
 }
 
 /// Whose data is in a release.

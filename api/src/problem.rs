@@ -158,6 +158,8 @@ problem_codes! {
     RoundPartnerUnregistered = "round.partner_unregistered",
     /// A dataset's partner is not in the board's manifest, or registered another key.
     RoundPartnerNotInManifest = "round.partner_not_in_manifest",
+    /// A linked query's joins would post messages larger than this coordinator takes.
+    RoundTooLarge = "round.too_large",
     /// The round is open but not driven by this coordinator (yet): retry.
     RoundNotDrivenHere = "round.not_driven_here",
     /// The round finished and released; it takes no more messages.

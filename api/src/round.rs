@@ -200,12 +200,14 @@ pub enum LinkedMessage {
 pub enum JoinInbox {
     /// Nothing new: the first step is open, or this partner answered the open one.
     Nothing,
-    /// What the other partners sealed for this one when `step` closed, by sender. Only
-    /// partners that answered every step so far are still in the round.
+    /// What the other partners sealed for this one when `step` closed, by sender.
     Delivered {
         /// The step that closed.
         step: JoinStep,
         /// Sender and envelope body.
         from: Vec<(civic_secagg::PartnerId, Vec<u8>)>,
+        /// The partners that answered every step so far: the ones still in the round. A
+        /// session with any other partner is over.
+        present: Vec<civic_secagg::PartnerId>,
     },
 }

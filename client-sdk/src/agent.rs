@@ -16,6 +16,11 @@
 //! keys → charge the local ledger and send the masked vector → sign the survivor list →
 //! reveal shares (the reveal log saved first). A refusal before advertising is sent to the
 //! coordinator as a decline with its code only.
+//!
+//! A linked dataset's round (`linked`) reads this partner's side's records instead of
+//! aggregating, exchanges signed session keys with the partners on the other side, charges
+//! the local ledger, runs the pairwise joins, and then takes part in the secure sum with its
+//! pairs' shares plus its noise share.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -581,10 +586,8 @@ impl Agent {
         })
         .await?;
         if let Some(part) = linked {
-            // The joins show the matching partners noisy counts, part of the query's cost:
-            // charged before anything derived from the data leaves.
-            self.charge(id, &p).await?;
-            self.join(id, me, part, &mut p.vector, &mut rng).await?;
+            // Charges the local ledger before anything derived from the data leaves.
+            self.join(id, &mut p, part, &mut rng).await?;
         }
         let input = match early {
             Some(input) => input,

@@ -13,9 +13,10 @@
 //! A pair is complete when the matcher sent its masked sums and the holder its
 //! acknowledgement in the same step: then each side holds its share and adds it to its
 //! vector; the coordinator sees the same two envelopes and counts the pair. A counterpart
-//! that misses a step, or sends something its session refuses before the sums, drops its
-//! pair: both sides leave it out. Masked sums that arrive but are refused cannot be left
-//! out (the matcher has counted its share), so they fail the round for this partner, and
+//! that leaves the round (each inbox says who is still in it), or sends something its
+//! session refuses before the sums, drops its pair: both sides leave it out. Masked sums or
+//! an acknowledgement that arrive but are refused cannot be left out (the coordinator counts
+//! the pair, and the other side its share), so they fail the round for this partner, and
 //! the coordinator, missing a completed pair's share, releases nothing.
 
 use std::collections::BTreeMap;
@@ -74,10 +75,10 @@ enum State {
     Dropped(String),
 }
 
-/// Masked sums a counterpart sent that this partner's session refused: the pair cannot be
-/// left out, so the round fails for this partner.
+/// Masked sums or an acknowledgement a counterpart sent that this partner's session refused:
+/// the pair cannot be left out, so the round fails for this partner.
 #[derive(Debug, thiserror::Error)]
-#[error("partner {partner}'s masked sums were refused ({error}): the pair cannot be completed")]
+#[error("partner {partner}'s last message was refused ({error}): the pair cannot be completed")]
 pub struct JoinFailed {
     /// The counterpart.
     pub partner: String,
@@ -139,6 +140,17 @@ impl Joins {
             },
             envelopes,
         ))
+    }
+
+    /// Ends the sessions with counterparts no longer in the round (`present`, from the
+    /// inbox): whatever they sent, nothing more will come.
+    pub fn leave_absent(&mut self, present: &[PartnerId]) {
+        for (id, s) in self.sessions.iter_mut() {
+            let over = matches!(s.state, State::Done(_) | State::Dropped(_));
+            if !over && !present.contains(id) {
+                s.state = State::Dropped("it left the round".into());
+            }
+        }
     }
 
     /// The relay keys arrived: opens each channel and sends this side's first message. A
@@ -311,10 +323,18 @@ impl Joins {
                         }
                     }
                 }
+                State::MatcherSent(_) if from(delivered, *id).is_none() => {
+                    State::Dropped("it did not acknowledge the masked sums".into())
+                }
                 State::MatcherSent(shares) => {
                     match open::<()>(s.channel.as_ref(), delivered, *id, Phase::MaskedSums) {
                         Ok(()) => State::Done(shares),
-                        Err(e) => State::Dropped(format!("its acknowledgement: {e}")),
+                        Err(error) => {
+                            return Err(JoinFailed {
+                                partner: s.name.clone(),
+                                error,
+                            });
+                        }
                     }
                 }
                 State::Done(shares) => State::Done(shares),

@@ -27,6 +27,11 @@ const TRUSTS: [&str; 2] = ["acute-trust", "acute-trust-2"];
 /// The sample housing-health policy with a second acute trust, small capacities (lists
 /// are padded to them, so they set the joins' cost) and central noise.
 fn policy() -> String {
+    distributed_policy().replace("[governance]\n", "[governance]\nnoise = \"central\"\n")
+}
+
+/// [`policy`] with the sample's distributed noise.
+fn distributed_policy() -> String {
     civic_policies::samples::HOUSING_HEALTH_TOML
         .replace(
             "\"acute-trust\",\n",
@@ -38,7 +43,6 @@ fn policy() -> String {
         )
         .replace("capacity = 60000", "capacity = 150")
         .replace("capacity = 1500000", "capacity = 250")
-        .replace("[governance]\n", "[governance]\nnoise = \"central\"\n")
 }
 
 /// One resident: which association (if any) and trusts hold them, and their values.
@@ -204,10 +208,20 @@ async fn setup(
     people: &[Resident],
     max_rho: [f64; 4],
 ) -> Vec<Arc<Agent>> {
+    setup_with(c, root, people, max_rho, &policy()).await
+}
+
+/// [`setup`] with the linked policy `linked`.
+async fn setup_with(
+    c: &mut Coordinator,
+    root: &Path,
+    people: &[Resident],
+    max_rho: [f64; 4],
+    linked: &str,
+) -> Vec<Arc<Agent>> {
     for name in HOUSING.iter().chain(&TRUSTS) {
         c.add_partner(name).await;
     }
-    let linked = policy();
     let (s, body) = c
         .call(
             Method::PUT,
@@ -235,7 +249,7 @@ async fn setup(
         sites.push(site);
     }
     let mut manifest = common::city_manifest(&listed, &c.city_toml());
-    let policy = civic_policies::DatasetPolicy::from_toml(&linked, "housing-health").unwrap();
+    let policy = civic_policies::DatasetPolicy::from_toml(linked, "housing-health").unwrap();
     manifest
         .datasets
         .push(civic_policies::manifest::ManifestDataset {
@@ -364,5 +378,82 @@ async fn a_partner_that_declines_drops_its_pairs_and_the_receipt_names_them() {
     assert_eq!(dropped.len(), 2, "{receipt}");
     assert!(dropped.values().all(|m| m == "acute-trust-2"), "{receipt}");
     assert_eq!(pairs_of(receipt, "pairs_joined").len(), 2, "{receipt}");
+    c.stop().await;
+}
+
+/// With the policy's distributed noise, each partner adds its noise share to its pairs'
+/// shares: the coordinator only ever holds a noisy table, within the noise's reach of the
+/// join's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_distributed_noise_the_coordinator_holds_only_a_noisy_join() {
+    let mut c = start_coordinator(test_config(&fresh_store_url("linked-distributed")));
+    let root = tempfile::tempdir().unwrap();
+    let people = residents(13, 300);
+    let policy = distributed_policy();
+    let agents = setup_with(&mut c, root.path(), &people, [1.0; 4], &policy).await;
+
+    let (s, q) = c.submit(damp_by_respiratory()).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let id = q["id"].as_i64().unwrap();
+    all_once(&agents).await;
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(done["result"]["receipt"]["noise"], "distributed", "{done}");
+    let truth = plaintext_join(&people, &[(0, 0), (0, 1), (1, 0), (1, 1)]);
+    let noisy = c.state.rounds.unmasked_sum(id).unwrap();
+    // Sensitivity 2 (a resident is in up to two pairs) at ρ = 0.05: σ ≈ 6.3 in all. Each
+    // cell within 10σ, and not all exact (the chance that six cells all draw 0 is < 10⁻⁵).
+    let off: Vec<i64> = noisy.iter().zip(&truth).map(|(n, t)| n - t).collect();
+    assert!(off.iter().all(|d| d.abs() <= 63), "{off:?}");
+    assert!(off.iter().any(|d| *d != 0), "{off:?}");
+    c.stop().await;
+}
+
+/// A trust whose agent stops in the middle of the joins (after it charged its ledger and
+/// its offers may have gone): the other partners end their sessions with it, its pairs are
+/// dropped and named, and the table is the join over the pairs that remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partner_that_stops_mid_join_drops_its_pairs_and_the_round_goes_on() {
+    let mut config = test_config(&fresh_store_url("linked-stopped"));
+    // Long enough for a holder's Paillier keys on a busy machine; the stopped trust costs one.
+    config.join_deadline_secs = 12.0;
+    let mut c = start_coordinator(config);
+    let root = tempfile::tempdir().unwrap();
+    let people = residents(17, 300);
+    let agents = setup(&mut c, root.path(), &people, [1.0; 4]).await;
+
+    let (s, q) = c.submit(damp_by_respiratory()).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let id = q["id"].as_i64().unwrap();
+    let victim = {
+        let a = Arc::clone(&agents[3]);
+        tokio::spawn(async move { a.once().await })
+    };
+    let others = all_once(&agents[..3]);
+    let journal = root.path().join("site-3/state/agent-state.json");
+    let stopped = async {
+        for _ in 0..5000 {
+            let text = std::fs::read_to_string(&journal).unwrap_or_default();
+            if text.contains("input_sent") {
+                victim.abort();
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("the trust never charged its ledger");
+    };
+    let (outcomes, ()) = tokio::join!(others, stopped);
+    let done = c.wait_done(id).await;
+    assert_eq!(done["state"], "released", "{done} {outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| o[0].1 == RoundOutcome::Finished),
+        "{outcomes:?}"
+    );
+    let truth = plaintext_join(&people, &[(0, 0), (1, 0)]);
+    assert_eq!(c.state.rounds.unmasked_sum(id), Some(truth));
+    let receipt = &done["result"]["receipt"];
+    let dropped = pairs_of(receipt, "pairs_dropped");
+    assert_eq!(dropped.len(), 2, "{receipt}");
+    assert!(dropped.values().all(|m| m == "acute-trust-2"), "{receipt}");
     c.stop().await;
 }

@@ -97,3 +97,32 @@ pub fn add_shares(vector: &mut [u64], shape: &LinkedShape, cells: usize, shares:
         }
     }
 }
+
+/// The most bytes one partner posts in one join step of a linked round of this shape: a
+/// holder's offers (its padded list and ciphertexts, once per matching partner) or a
+/// matcher's (its padded list, once per holding partner), with room for the encoding and
+/// the seals. From public parameters only, so the coordinator can refuse at submission a
+/// query whose round its message limit could not carry.
+pub fn largest_post(shape: &LinkedShape, match_counts_rho: f64) -> Result<u64, LinkError> {
+    use crate::paillier::{CIPHERTEXT_BYTES, MODULUS_BYTES};
+    let dummies = dummy_noise(shape, match_counts_rho)?;
+    let pair = Pair {
+        holder: String::new(),
+        matcher: String::new(),
+    };
+    let params = crate::Params::new(setup(shape, b"", &pair, dummies))?;
+    // A point, or a ciphertext with its length prefix; a list's length prefix; the seal.
+    let point = 32;
+    let ciphertext = CIPHERTEXT_BYTES as u64 + 8;
+    let envelope = 64 + crate::relay::SEAL_OVERHEAD as u64;
+    let holder_list = params.holder_list_len() as u64;
+    let holder_offer = envelope
+        + MODULUS_BYTES as u64
+        + holder_list * (point + params.blocks() as u64 * ciphertext);
+    let returned = envelope + params.returned_len() as u64 * point;
+    let matcher_offer =
+        envelope + (params.categories() as u64 + u64::from(shape.matcher.capacity)) * point;
+    let matchers = shape.matcher.partners.len() as u64;
+    let holders = shape.holder.partners.len() as u64;
+    Ok((holder_offer.max(returned) * matchers).max(matcher_offer * holders))
+}

@@ -83,7 +83,8 @@ pub struct AggregationPlan {
     /// The magnitude bound of one partner's slot, for choosing the ring width: the most
     /// rows a partner may hold × the per-row maximum. For a linked dataset, what one
     /// holder's records can add to a cell over all its pairs (its capacity × the matching
-    /// partners): the partners' shares are uniform in the ring, but their sum is bounded so.
+    /// partners): the partners' shares are masked over the whole ring, but their sum is
+    /// bounded so.
     pub max_slot_per_partner: u128,
 }
 

@@ -24,6 +24,10 @@ pub struct Config {
     /// How long each step of a round (a secure-aggregation phase) stays open, seconds
     /// (fractions allowed).
     pub phase_deadline_secs: f64,
+    /// How long each join step of a linked round stays open, seconds: a pairwise join's
+    /// step takes time in proportion to the sides' public capacities (at the sample
+    /// policy's capacities, a minute or two on two cores), so its deadline is its own.
+    pub join_deadline_secs: f64,
     /// How often the round driver checks deadlines, milliseconds.
     pub tick_millis: u64,
     /// The public bound on rows one partner holds, used only to size the ring.
@@ -69,6 +73,7 @@ impl Default for Config {
             json_limit: 256 * 1024,
             binary_limit: 64 * 1024 * 1024,
             phase_deadline_secs: 60.0,
+            join_deadline_secs: 900.0,
             tick_millis: 200,
             max_rows_per_partner: 10_000_000,
             max_dropout_rate: 0.0,
@@ -104,6 +109,14 @@ impl Config {
             return Err(format!(
                 "phase_deadline_secs must be from 0.05 to 86400, got {}",
                 self.phase_deadline_secs
+            ));
+        }
+        if !(self.join_deadline_secs.is_finite() && self.join_deadline_secs >= 0.05)
+            || self.join_deadline_secs > 86_400.0
+        {
+            return Err(format!(
+                "join_deadline_secs must be from 0.05 to 86400, got {}",
+                self.join_deadline_secs
             ));
         }
         if self.tick_millis == 0 || self.tick_millis > 10_000 {
@@ -155,6 +168,15 @@ impl Config {
     /// The phase deadline.
     pub fn phase_deadline(&self) -> Duration {
         Duration::from_secs_f64(self.phase_deadline_secs)
+    }
+
+    /// How long a round's open step stays open: a linked round's join steps have their own
+    /// deadline.
+    pub fn step_deadline(&self, long: bool) -> Duration {
+        match long {
+            true => Duration::from_secs_f64(self.join_deadline_secs),
+            false => self.phase_deadline(),
+        }
     }
 
     /// How long the driver lease lasts.

@@ -405,6 +405,7 @@ impl From<crate::lifecycle::LifecycleError> for Error {
             }
             L::AlreadyDecided { .. } => Error::conflict(ProblemCode::QueryAlreadyDecided, detail),
             L::PartnerUnknown { .. } => Error::conflict(ProblemCode::RoundPartnerUnknown, detail),
+            L::LinkedPostTooLarge { .. } => Error::conflict(ProblemCode::RoundTooLarge, detail),
             L::PartnerUnregistered { .. } => {
                 Error::conflict(ProblemCode::RoundPartnerUnregistered, detail)
             }

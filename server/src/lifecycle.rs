@@ -98,6 +98,21 @@ pub enum LifecycleError {
         /// The partner.
         partner: String,
     },
+    /// A linked query's join step would post more than the coordinator's message limit.
+    #[error(
+        "a partner in this linked query's joins would post about {} MB in one step (its side's \
+         padded list for each partner on the other side), above this coordinator's limit of {} \
+         MB (binary_limit): the coordinator's operator can raise binary_limit, or the board can \
+         lower the sides' capacities",
+        bytes / 1_000_000 + 1,
+        limit / 1_000_000
+    )]
+    LinkedPostTooLarge {
+        /// The largest post.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A dataset's partner the board's manifest does not back as registered.
     #[error(
         "partner {partner:?} {why}; agents take part only with the manifest's partners and keys"
@@ -405,6 +420,34 @@ pub fn linkage_receipt(
     }))
 }
 
+/// Refuses a linked query whose joins would post more in one step than `binary_limit`
+/// bytes (a partner's offers: its padded list for each partner on the other side).
+pub fn check_linked_posts(
+    policy: &DatasetPolicy,
+    query: &Query,
+    binary_limit: usize,
+) -> Result<(), LifecycleError> {
+    let Some(linkage) = &policy.linkage else {
+        return Ok(());
+    };
+    let shape = query
+        .clone()
+        .validate(policy)
+        .ok()
+        .and_then(|v| LinkedShape::of(&v, policy).ok());
+    let Some(shape) = shape else {
+        // Pricing refuses such a query first, with its reason.
+        return Ok(());
+    };
+    let bytes = civic_linkage::federation::largest_post(&shape, linkage.match_counts.as_f64())
+        .unwrap_or(u64::MAX);
+    let limit = binary_limit as u64;
+    if bytes > limit {
+        return Err(LifecycleError::LinkedPostTooLarge { bytes, limit });
+    }
+    Ok(())
+}
+
 /// How a query becomes a round: the partners `names` ([`round_partners`]), each with its
 /// registered identity key, take part; the ring is sized for the plan's largest sum over all
 /// of them (for a linked dataset, the full 2⁶⁴ its pairs' shares add up in); the graph is
@@ -460,14 +503,16 @@ pub fn round_setup(
         roster.insert(partner.id, IdentityPublicKey(key));
     }
     let n = participants.len();
+    let needed = Width::for_layout(
+        priced.plan.max_slot_per_partner,
+        n,
+        priced.release_plan.noise_tail(&priced.plan),
+    )?;
     let width = match policy.linkage {
-        // A pair's two shares are uniform mod 2⁶⁴ and add up only in that ring.
+        // A pair's two shares add up only mod 2⁶⁴ (the matcher's is minus a mask over the
+        // whole plaintext): the sum and its noise must still fit, as checked above.
         Some(_) => Width::W64,
-        None => Width::for_layout(
-            priced.plan.max_slot_per_partner,
-            n,
-            priced.release_plan.noise_tail(&priced.plan),
-        )?,
+        None => needed,
     };
     let config = round_config(
         round,

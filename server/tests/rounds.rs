@@ -543,11 +543,14 @@ async fn a_wrong_share_is_named_in_the_audit_log_and_the_round_recovers_from_the
     c.stop().await;
 }
 
-/// A linked dataset's queries are priced with the match counts' charge; a submission whose
-/// joined sides name partners the coordinator has no accounts for is refused, naming one,
-/// and reserves nothing. (Linked rounds run end to end in `client-sdk/tests/linked.rs`.)
+/// A linked dataset's queries are priced with the match counts' charge. A submission whose
+/// joins would post more than the coordinator's message limit (the sample policy's trust
+/// capacity, 1.5 million, for two housing associations, at the default 64 MiB) is refused,
+/// saying what to change; one whose sides name partners the coordinator has no accounts for
+/// is refused, naming one. Neither reserves anything. (Linked rounds run end to end in
+/// `client-sdk/tests/linked.rs`.)
 #[actix_web::test]
-async fn linked_queries_are_priced_with_the_match_counts_and_need_their_sides_partners() {
+async fn linked_queries_are_priced_with_the_match_counts_and_checked_before_reserving() {
     let c = Coordinator::start(&fresh_store_url("linked")).await;
     let policy = civic_policies::samples::HOUSING_HEALTH_TOML;
     let (s, body) = c
@@ -586,6 +589,23 @@ async fn linked_queries_are_priced_with_the_match_counts_and_need_their_sides_pa
         .await;
     assert_eq!(s, StatusCode::OK, "{preview}");
     assert!(common::close(&preview["cost"]["rho"], 0.06), "{preview}");
+    let (s, refused) = c.submit(query.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["code"], "round.too_large", "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("binary_limit"),
+        "{refused}"
+    );
+    let smaller = policy.replace("capacity = 1500000", "capacity = 100000");
+    let (s, body) = c
+        .call(
+            Method::PUT,
+            "/v1/datasets/housing-health",
+            Some(&c.board[0]),
+            Some(json!({ "policy": smaller })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
     let (s, refused) = c.submit(query).await;
     assert_eq!(s, StatusCode::CONFLICT, "{refused}");
     assert_eq!(refused["code"], "round.partner_unknown", "{refused}");

@@ -12,7 +12,7 @@ use civic_policies::linkage::LinkedShape;
 use civic_secagg::{PartnerId, Roster};
 use rand_core::CryptoRng;
 
-use super::{Agent, readers};
+use super::{Agent, Prepared, readers};
 use crate::config::DatasetMapping;
 use crate::decline::DeclineCode;
 use crate::error::AgentError;
@@ -171,16 +171,18 @@ fn truncate<T>(records: &mut Vec<T>, capacity: u32) -> usize {
 }
 
 impl Agent {
-    /// Runs the join steps of round `id` as partner `me`, then adds every complete pair's
-    /// share to `vector` (which already holds this partner's noise share).
+    /// Runs the join steps of round `id`, then adds every complete pair's share to the
+    /// prepared vector (which already holds this partner's noise share). The local ledger is
+    /// charged once the relay keys are exchanged, just before the offers (the first message
+    /// derived from data) leave: the matchers' noisy counts are part of the query's cost.
     pub(super) async fn join<R: CryptoRng>(
         &self,
         id: i64,
-        me: PartnerId,
+        p: &mut Prepared,
         part: LinkedPart,
-        vector: &mut [i64],
         rng: &mut R,
     ) -> Result<(), AgentError> {
+        let me = p.me;
         let protocol = |e: civic_linkage::LinkError| {
             AgentError::Protocol(format!("linkage: {e} ({})", e.code()))
         };
@@ -196,19 +198,20 @@ impl Agent {
         )
         .map_err(protocol)?;
         self.post_join(id, me, JoinStep::RelayKeys, keys).await?;
-        let delivered = self.wait_join(id, JoinStep::RelayKeys).await?;
+        let delivered = self.wait_join(id, JoinStep::RelayKeys, &mut joins).await?;
+        self.charge(id, p).await?;
         let offers = joins
             .offers(&delivered, &part.records, rng)
             .map_err(protocol)?;
         drop(part.records);
         self.post_join(id, me, JoinStep::Offers, offers).await?;
-        let delivered = self.wait_join(id, JoinStep::Offers).await?;
+        let delivered = self.wait_join(id, JoinStep::Offers, &mut joins).await?;
         let returns = joins.returns(&delivered, rng);
         self.post_join(id, me, JoinStep::Returns, returns).await?;
-        let delivered = self.wait_join(id, JoinStep::Returns).await?;
+        let delivered = self.wait_join(id, JoinStep::Returns, &mut joins).await?;
         let sums = joins.sums(&delivered, rng);
         self.post_join(id, me, JoinStep::Sums, sums).await?;
-        let delivered = self.wait_join(id, JoinStep::Sums).await?;
+        let delivered = self.wait_join(id, JoinStep::Sums, &mut joins).await?;
         joins
             .finish(&delivered)
             .map_err(|e| AgentError::Protocol(e.to_string()))?;
@@ -220,9 +223,9 @@ impl Agent {
                 }
             }
         }
-        let mut words: Vec<u64> = vector.iter().map(|v| *v as u64).collect();
+        let mut words: Vec<u64> = p.vector.iter().map(|v| *v as u64).collect();
         joins.add_shares(&mut words, &part.shape, part.cells);
-        for (v, w) in vector.iter_mut().zip(words) {
+        for (v, w) in p.vector.iter_mut().zip(words) {
             *v = w as i64;
         }
         Ok(())
@@ -244,16 +247,25 @@ impl Agent {
         Ok(self.client.post_as(id, &message).await?)
     }
 
-    /// Polls the inbox until `step` has closed; returns what it delivered.
+    /// Polls the inbox until `step` has closed; ends the sessions with partners no longer in
+    /// the round and returns what the step delivered.
     async fn wait_join(
         &self,
         id: i64,
         step: JoinStep,
+        joins: &mut Joins,
     ) -> Result<Vec<(PartnerId, Vec<u8>)>, AgentError> {
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(3600);
         loop {
             match self.client.inbox_as::<JoinInbox>(id).await? {
-                JoinInbox::Delivered { step: s, from } if s == step => return Ok(from),
+                JoinInbox::Delivered {
+                    step: s,
+                    from,
+                    present,
+                } if s == step => {
+                    joins.leave_absent(&present);
+                    return Ok(from);
+                }
                 JoinInbox::Delivered { step: s, .. } => {
                     return Err(AgentError::Protocol(format!(
                         "round {id}: waiting for step {} the inbox delivered step {}",

@@ -88,10 +88,11 @@ pub fn start(state: &AppState, row: RoundRow) -> Result<()> {
         return Ok(());
     }
     let protocol = protocol(state, &row.protocol)?;
+    let round = protocol.start(row.id, &row.setup)?;
     let live = LiveRound {
-        state: protocol.start(row.id, &row.setup)?,
+        deadline: state.clock.now() + state.config.step_deadline(round.long_step()),
+        state: round,
         expected: row.setup.config.participants.iter().copied().collect(),
-        deadline: state.clock.now() + state.config.phase_deadline(),
         retry_at: std::time::UNIX_EPOCH,
         id: row.id,
         query_id: row.query_id,
@@ -190,9 +191,9 @@ async fn replay(state: &AppState, row: &RoundRow) -> std::result::Result<LiveRou
         query_id: row.query_id,
         protocol: protocol.name(),
         setup: row.setup.clone(),
+        deadline: state.clock.now() + state.config.step_deadline(round.long_step()),
         state: round,
         expected,
-        deadline: state.clock.now() + state.config.phase_deadline(),
         retry_at: std::time::UNIX_EPOCH,
         closing: false,
         declines: Default::default(),
@@ -275,9 +276,9 @@ async fn step(state: &AppState, id: i64) -> Result<()> {
                 Ok::<_, Error>(())
             })
             .await?;
+        r.deadline = now + state.config.step_deadline(next.long_step());
         r.state = next;
         r.expected = responded;
-        r.deadline = now + state.config.phase_deadline();
         tracing::info!(round = id, closed = closing, opened, took_ms, "step closed");
         return Ok(());
     }

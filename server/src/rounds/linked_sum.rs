@@ -5,16 +5,20 @@
 //! The coordinator is a relay here. Each join step, every partner still in the round posts
 //! one message whose envelopes are sealed end to end for other partners (X25519 keys signed
 //! by the identities the board's manifest lists, which agents check, never the coordinator).
-//! When the step closes each partner's inbox holds what was sealed for it. The coordinator
-//! checks only what it can see: the round and sender, one post per partner per step, at most
-//! one envelope per recipient, and recipients still in the round. It never learns which
-//! partner is on which side: agents read that from the board's policy.
+//! When the step closes each partner's inbox holds what was sealed for it, and who is still
+//! in the round. The coordinator checks only what it can see: the round and sender, one post
+//! per partner per step, and at most one envelope for each other participant. It takes no
+//! part in the sessions: which partner is on which side is the agents' to check, from the
+//! board's policy.
 //!
-//! A partner that misses a join step is out of the round: its pairs are dropped, and the
-//! release's receipt names them. Once the joins are done, a pair's two shares only add up
-//! to its table together, so every partner in a completed pair must be among the secure
-//! sum's contributors: if one drops out then, the round is aborted and refunded rather than
-//! release a sum with half a pair in it.
+//! A partner that misses a join step is out of the round: envelopes still addressed to it
+//! are dropped, its counterparts end their sessions with it, and the release's receipt names
+//! its pairs as dropped. The joins must leave at least one complete pair, among at least the
+//! round's survivor floor of partners, or the round is aborted. Once the joins are done, a
+//! pair's two shares only add up to its table together, so every partner in a completed pair
+//! must be among the secure sum's contributors: if one has not advertised its keys when that
+//! step closes (or drops out later), the round is aborted and refunded rather than release a
+//! sum with half a pair in it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -73,6 +77,10 @@ struct LinkedSumRound {
     /// Partners that answered every closed join step (at first, every participant): the
     /// ones still in the round.
     present: BTreeSet<PartnerId>,
+    /// Every participant.
+    participants: BTreeSet<PartnerId>,
+    /// The fewest partners the complete pairs must hold between them.
+    min_survivors: usize,
     /// What the last closed join step delivered to each partner, encoded once.
     delivered: Arc<HashMap<PartnerId, Bytes>>,
     nothing_new: Bytes,
@@ -106,6 +114,8 @@ impl LinkedSumRound {
                 posted: BTreeMap::new(),
             }),
             present: setup.config.participants.iter().copied().collect(),
+            participants: setup.config.participants.iter().copied().collect(),
+            min_survivors: setup.config.min_survivors,
             delivered: Arc::new(HashMap::new()),
             nothing_new: Bytes::from(encode_binary(&JoinInbox::Nothing)),
             pairs: Vec::new(),
@@ -185,9 +195,11 @@ impl LinkedSumRound {
         }
         let mut to = BTreeSet::new();
         for e in envelopes {
-            if e.to == partner || !self.present.contains(&e.to) {
+            // One addressed to a participant that has left is taken and dropped: the sender
+            // could not know it had left.
+            if e.to == partner || !self.participants.contains(&e.to) {
                 return Err(self.malformed(format!(
-                    "an envelope is addressed to partner {}, which is not another partner still in the round",
+                    "an envelope is addressed to partner {}, which is not another participant",
                     e.to
                 )));
             }
@@ -230,26 +242,44 @@ impl LinkedSumRound {
                 }
             }
         }
+        let listed: Vec<PartnerId> = present.iter().copied().collect();
+        if step == JoinStep::Sums {
+            // The matcher's sums one way and the holder's acknowledgement the other.
+            let pairs: Vec<(PartnerId, PartnerId)> = sent
+                .iter()
+                .filter(|(a, b)| a < b && sent.contains(&(*b, *a)))
+                .copied()
+                .collect();
+            let joined: BTreeSet<PartnerId> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+            if pairs.is_empty() || joined.len() < self.min_survivors {
+                return Err(self.refused(format!(
+                    "the joins completed {} pair(s) among {} partner(s); the round needs at \
+                     least one pair, among at least {} partners",
+                    pairs.len(),
+                    joined.len(),
+                    self.min_survivors
+                )));
+            }
+            self.pairs = pairs;
+        }
         self.delivered = Arc::new(
             inboxes
                 .into_iter()
                 .map(|(p, from)| {
-                    let inbox = JoinInbox::Delivered { step, from };
+                    let present = listed.clone();
+                    let inbox = JoinInbox::Delivered {
+                        step,
+                        from,
+                        present,
+                    };
                     (p, Bytes::from(encode_binary(&inbox)))
                 })
                 .collect(),
         );
         self.present = present;
-        if step == JoinStep::Sums {
-            // The matcher's sums one way and the holder's acknowledgement the other.
-            self.pairs = sent
-                .iter()
-                .filter(|(a, b)| a < b && sent.contains(&(*b, *a)))
-                .copied()
-                .collect();
-            self.join = None;
-        } else {
-            join.step += 1;
+        match self.join.as_mut() {
+            Some(join) if step != JoinStep::Sums => join.step += 1,
+            _ => self.join = None,
         }
         Ok(Closed::Next)
     }
@@ -316,6 +346,22 @@ impl ProtocolRound for LinkedSumRound {
         if self.join.is_some() {
             return self.close_join();
         }
+        if self.sum.step() == STEPS[4] {
+            // Nothing can complete a pair whose partner advertised no keys: stop now.
+            let advertised = self.sum.responded();
+            let missing: Vec<String> = self
+                .joined()
+                .difference(&advertised)
+                .map(ToString::to_string)
+                .collect();
+            if !missing.is_empty() {
+                return Err(self.refused(format!(
+                    "partner(s) {} completed joins but did not join the secure sum, so the \
+                     pairs they are in cannot add up; nothing was released",
+                    missing.join(", ")
+                )));
+            }
+        }
         match self.sum.close_step()? {
             Closed::Finished(mut output) => {
                 let contributors: BTreeSet<PartnerId> =
@@ -360,6 +406,10 @@ impl ProtocolRound for LinkedSumRound {
 
     fn box_clone(&self) -> Box<dyn ProtocolRound> {
         Box::new(self.clone())
+    }
+
+    fn long_step(&self) -> bool {
+        self.join.is_some()
     }
 }
 
@@ -435,12 +485,12 @@ mod tests {
             (
                 "to itself",
                 join(1, JoinStep::RelayKeys, &[1]),
-                "not another partner",
+                "not another participant",
             ),
             (
                 "to a stranger",
                 join(1, JoinStep::RelayKeys, &[9]),
-                "not another partner",
+                "not another participant",
             ),
             (
                 "twice to one",
@@ -479,32 +529,31 @@ mod tests {
             .unwrap();
         assert_eq!(r.close_step().unwrap(), Closed::Next);
         assert_eq!(r.step(), "offers");
+        let present = vec![PartnerId(1), PartnerId(2), PartnerId(3)];
         assert_eq!(
             delivered(&r, 3),
             JoinInbox::Delivered {
                 step: JoinStep::RelayKeys,
                 from: vec![(PartnerId(1), vec![1, 3]), (PartnerId(2), vec![2, 3])],
+                present: present.clone(),
             }
         );
         assert!(matches!(
             r.inbox(PartnerId(4)),
             Err(ProtocolError::NotForPartner { .. })
         ));
-        // Nobody may address the partner that left, and it may not post.
-        let e = r
-            .receive(PartnerId(1), &join(1, JoinStep::Offers, &[4]))
-            .unwrap_err();
-        assert!(e.to_string().contains("not another partner"), "{e}");
+        // The partner that left may not post.
         assert!(matches!(
             r.receive(PartnerId(4), &join(4, JoinStep::Offers, &[1])),
             Err(ProtocolError::NotForPartner { .. })
         ));
         // Through the steps: only pairs with the sums one way and the acknowledgement the
-        // other are complete (2 acknowledges nobody: its pair is dropped).
+        // other are complete (2 acknowledges nobody: its pair is dropped). An envelope still
+        // addressed to the partner that left is taken, and dropped.
         for (step, posts) in [
             (
                 JoinStep::Offers,
-                [(1, vec![3]), (2, vec![3]), (3, vec![1, 2])],
+                [(1, vec![3, 4]), (2, vec![3]), (3, vec![1, 2])],
             ),
             (JoinStep::Returns, [(1, vec![3]), (2, vec![3]), (3, vec![])]),
             (JoinStep::Sums, [(1, vec![3]), (2, vec![]), (3, vec![1, 2])]),
@@ -523,8 +572,34 @@ mod tests {
             JoinInbox::Delivered {
                 step: JoinStep::Sums,
                 from: vec![(PartnerId(3), vec![3, 2])],
+                present,
             }
         );
         assert_eq!(r.pairs, vec![(PartnerId(1), PartnerId(3))]);
+        // The secure sum's first step closes: partner 1 completed a join but advertised no
+        // keys, so nothing could add up.
+        let e = r.close_step().unwrap_err().to_string();
+        assert!(e.contains("did not join the secure sum"), "{e}");
+    }
+
+    #[test]
+    fn joins_that_complete_no_pair_end_the_round() {
+        let mut r = round();
+        for step in JoinStep::ALL {
+            for p in [1, 3] {
+                let to = match step {
+                    JoinStep::Sums => vec![],
+                    _ => vec![4 - p],
+                };
+                r.receive(PartnerId(p), &join(p, step, &to)).unwrap();
+            }
+            let closed = r.close_step();
+            if step == JoinStep::Sums {
+                let e = closed.unwrap_err().to_string();
+                assert!(e.contains("completed 0 pair(s)"), "{e}");
+            } else {
+                assert_eq!(closed.unwrap(), Closed::Next);
+            }
+        }
     }
 }

@@ -144,6 +144,12 @@ pub trait ProtocolRound: Send + Sync {
 
     /// A copy, to try a change on before storing it.
     fn box_clone(&self) -> Box<dyn ProtocolRound>;
+
+    /// Whether the open step is one whose work grows with public sizes (a linked round's
+    /// pairwise joins): it stays open for the configuration's `join_deadline_secs`.
+    fn long_step(&self) -> bool {
+        false
+    }
 }
 
 /// The protocols a coordinator can run, by name, and the one it runs a statistic's round

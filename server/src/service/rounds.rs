@@ -58,6 +58,7 @@ pub async fn check(
     query: &Query,
     priced: &Priced,
 ) -> Result<()> {
+    lifecycle::check_linked_posts(policy, query, state.config.binary_limit)?;
     let partners = partners(conn).await?;
     let manifest = manifests::latest(conn).await?.map(|s| s.manifest);
     lifecycle::round_setup(
@@ -84,6 +85,7 @@ pub async fn open(
     priced: &Priced,
     at: &str,
 ) -> Result<RoundRow> {
+    lifecycle::check_linked_posts(policy, request, state.config.binary_limit)?;
     let partners = partners(tx).await?;
     let manifest = manifests::latest(tx).await?.map(|s| s.manifest);
     let id = rounds::next_id(tx).await?;
