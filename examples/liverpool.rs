@@ -283,7 +283,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     }
     println!(
-        "board: datasets diabetes (5 GP federations), falls-housing (acute trust, community & mental-health trust, council adult social care) and housing-health, linked on NHS numbers (housing associations' homes beside the acute trust's admissions and the council's care packages); NHS disclosure control; projects diabetes-care (ρ 0.6), falls-prevention (ρ 0.45) and healthy-homes (ρ 0.3)\n"
+        "board: datasets diabetes (5 GP federations), falls-housing (falls and frailty, as the acute trust, community & mental-health trust and council adult social care record them) and housing-health, linked on NHS numbers (housing associations' homes beside the acute trust's admissions and the council's care packages); NHS disclosure control; projects diabetes-care (ρ 0.6), falls-prevention (ρ 0.45) and healthy-homes (ρ 0.3)\n"
     );
 
     // The board: three members, each with a key on their own machine (`civic-board keygen`).
@@ -301,24 +301,23 @@ async fn main() -> Result<(), Error> {
     for p in &partners {
         let dir = work.join(p);
         std::fs::create_dir_all(&dir)?;
-        let rows = if HOUSING_ASSOCIATIONS.contains(p) {
-            0
-        } else {
-            synth::write_extract(p, &people, &dir.join("extract.csv"))?
-        };
-        let linked_rows = if HOUSING_ASSOCIATIONS.contains(p) || LINKED_ALSO.contains(p) {
+        // Housing associations hold only the linked dataset's housing side.
+        let mut held = Vec::new();
+        if !HOUSING_ASSOCIATIONS.contains(p) {
+            let rows = synth::write_extract(p, &people, &dir.join("extract.csv"))?;
+            held.push(format!("{rows:>6} rows"));
+        }
+        if HOUSING_ASSOCIATIONS.contains(p) || LINKED_ALSO.contains(p) {
             let n = synth::write_linked_extract(p, &people, &dir.join("linked.csv"))?;
-            format!(", {n:>6} linked records")
-        } else {
-            String::new()
-        };
+            held.push(format!("{n:>6} linked records (with NHS numbers)"));
+        }
         write_private(&dir.join("token"), &tokens[p])?;
         let public = civic_client_sdk::identity::generate(&dir.join("identity.key"))?;
         std::fs::write(
             dir.join("partner.toml"),
             partner_config(p, &base, &board_keys),
         )?;
-        println!("  {p:<20} {rows:>6} rows{linked_rows}");
+        println!("  {p:<20} {}", held.join(", "));
         identities.push((*p, public));
     }
     println!();
@@ -602,9 +601,6 @@ fn own_dataset(partner: &str) -> String {
             "falls_admissions",
             "lives_alone",
             "home_adaptations",
-            "property_type",
-            "tenure",
-            "damp_mould_reports",
             "respiratory_admissions",
             "care_package",
         ]

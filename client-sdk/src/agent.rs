@@ -437,43 +437,17 @@ impl Agent {
             })?;
         }
         let (roster, me, names) = self.roster(&manifest, &policy, ann).await?;
-        if policy.linkage.is_some() {
+        // A linked round's vector starts empty: the joins add the pairs' shares to it.
+        let (mut vector, linked) = if policy.linkage.is_some() {
             let cells = checked.plan.cells;
             let part = linked::prepare(mapping, &policy, ann, &names, &roster, me, cells).await?;
-            let mut vector = vec![0; checked.plan.vector_len];
-            add_noise_share(&checked, &mut vector)?;
-            return Ok(Prepared {
-                dataset: ann.dataset.clone(),
-                cost: checked.cost,
-                vector,
-                requirements: checked.requirements,
-                roster,
-                me,
-                fingerprint,
-                linked: Some(part),
-            });
-        }
-        let (vector, counts) = aggregate(mapping, &policy, &checked.compiled).await?;
-        tracing::info!(
-            round = ann.round_id,
-            rows = counts.rows,
-            aggregated = counts.aggregated,
-            truncated = counts.truncated,
-            "aggregated locally"
-        );
-        let (mut vector, clamped) = fit_to_round(vector, checked.plan.max_slot_per_partner);
-        if clamped > 0 || counts.aggregated > ann.max_rows_per_partner {
-            // Never a refusal: whether this partner takes part must not depend on its data.
-            tracing::warn!(
-                round = ann.round_id,
-                aggregated = counts.aggregated,
-                bound = ann.max_rows_per_partner,
-                clamped,
-                "the extract holds more rows than the round's public bound per partner; \
-                 the slots beyond what the ring was sized for are clamped, so this release \
-                 is biased: raise the coordinator's max_rows_per_partner"
-            );
-        }
+            (vec![0; checked.plan.vector_len], Some(part))
+        } else {
+            (
+                local_aggregate(ann, mapping, &policy, &checked).await?,
+                None,
+            )
+        };
         add_noise_share(&checked, &mut vector)?;
         Ok(Prepared {
             dataset: ann.dataset.clone(),
@@ -483,7 +457,7 @@ impl Agent {
             roster,
             me,
             fingerprint,
-            linked: None,
+            linked,
         })
     }
 
@@ -738,6 +712,37 @@ impl Agent {
             Ok(())
         })
     }
+}
+
+/// This partner's local aggregate of a round's plan, fitted to the round's ring.
+async fn local_aggregate(
+    ann: &RoundAnnouncement,
+    mapping: &DatasetMapping,
+    policy: &DatasetPolicy,
+    checked: &CheckedRound,
+) -> Result<Vec<i64>, AgentError> {
+    let (vector, counts) = aggregate(mapping, policy, &checked.compiled).await?;
+    tracing::info!(
+        round = ann.round_id,
+        rows = counts.rows,
+        aggregated = counts.aggregated,
+        truncated = counts.truncated,
+        "aggregated locally"
+    );
+    let (vector, clamped) = fit_to_round(vector, checked.plan.max_slot_per_partner);
+    if clamped > 0 || counts.aggregated > ann.max_rows_per_partner {
+        // Never a refusal: whether this partner takes part must not depend on its data.
+        tracing::warn!(
+            round = ann.round_id,
+            aggregated = counts.aggregated,
+            bound = ann.max_rows_per_partner,
+            clamped,
+            "the extract holds more rows than the round's public bound per partner; \
+             the slots beyond what the ring was sized for are clamped, so this release \
+             is biased: raise the coordinator's max_rows_per_partner"
+        );
+    }
+    Ok(vector)
 }
 
 /// How a round's secure-sum messages travel: as they are, or wrapped in a linked round's.

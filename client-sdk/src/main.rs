@@ -57,7 +57,7 @@ enum Command {
     /// Writes a partner's extract of a synthetic city population as CSV, to rehearse with.
     Synth {
         /// The partner: gp-north, gp-central, gp-south, gp-east, gp-west (diabetes), or
-        /// acute-trust, community-mh-trust, council-asc (falls and housing).
+        /// acute-trust, community-mh-trust, council-asc (falls and frailty).
         #[arg(long)]
         partner: String,
         /// `housing-health` for the linked dataset's extracts (partners housing-north,

@@ -197,13 +197,14 @@ pub fn holds(partner: &str, r: &Resident) -> bool {
 }
 
 /// The CSV header of `partner`'s extract. GP federations hold the diabetes dataset; the
-/// trusts and the council the falls-and-housing one. gp-north codes sex as F/M and
+/// trusts and the council the falls one, with what they record of their own patients and
+/// clients (housing conditions are the housing associations', in `write_linked_extract`). gp-north codes sex as F/M and
 /// registers as Y/N, as a local system might; the others use the federated spellings.
 pub fn header(partner: &str) -> &'static str {
     if GP_FEDERATIONS.contains(&partner) {
         "patient_id,age,sex,deprivation_decile,has_diabetes,hba1c,copd"
     } else {
-        "person_id,age,decades_over_65,sex,deprivation_decile,falls_admissions,lives_alone,home_adaptations,property_type,tenure,damp_mould_reports,respiratory_admissions,care_package"
+        "person_id,age,decades_over_65,sex,deprivation_decile,falls_admissions,lives_alone,home_adaptations,respiratory_admissions,care_package"
     }
 }
 
@@ -245,7 +246,7 @@ pub fn write_extract(partner: &str, people: &[Resident], path: &Path) -> std::io
         } else {
             writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{}",
                 r.id,
                 r.age,
                 decades_over_65(r.age),
@@ -254,9 +255,6 @@ pub fn write_extract(partner: &str, people: &[Resident], path: &Path) -> std::io
                 r.falls_admissions,
                 u32::from(r.lives_alone),
                 r.home_adaptations,
-                r.property_type,
-                r.tenure,
-                r.damp_mould_reports,
                 r.respiratory_admissions,
                 yn(r.care_package)
             )?;

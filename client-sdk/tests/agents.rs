@@ -167,19 +167,6 @@ fell = {{ column = "{fell}", values = {{ "{yes}" = "true", "{no}" = "false" }} }
     }
 }
 
-/// A coordinator on its own thread with its own actix system, as in production, so the
-/// agents can run on this multi-threaded runtime.
-fn start_coordinator(config: civic_server::Config) -> Coordinator {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            tx.send(Coordinator::start_with(config).await).unwrap();
-            std::future::pending::<()>().await;
-        })
-    });
-    tokio::task::block_in_place(|| rx.recv().unwrap())
-}
-
 async fn setup(
     c: &mut Coordinator,
     root: &Path,
@@ -279,7 +266,7 @@ fn released_values(done: &Value) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("agents-happy")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("agents-happy")));
     let root = tempfile::tempdir().unwrap();
     let (sites, agents) = setup(&mut c, root.path(), [100.0; 4]).await;
     let truths: Vec<(i64, [i64; 3])> = sites.iter().map(|s| truth(&s.rows)).collect();
@@ -375,7 +362,7 @@ async fn four_csv_agents_release_a_count_and_a_histogram_whose_sum_is_exact() {
 /// entry from it rehashed, so that the chain verifies again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_distributed_noise_the_coordinator_only_ever_holds_a_noisy_sum() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("agents-distributed")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("agents-distributed")));
     let root = tempfile::tempdir().unwrap();
     let (sites, agents) = setup_with(&mut c, root.path(), [100.0; 4], false).await;
     let truths: Vec<(i64, [i64; 3])> = sites.iter().map(|s| truth(&s.rows)).collect();
@@ -460,7 +447,7 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
         phase_deadline_secs: 2.0,
         ..test_config(&fresh_store_url("agents-killed"))
     };
-    let mut c = start_coordinator(config);
+    let mut c = common::start_on_own_system(config);
     let root = tempfile::tempdir().unwrap();
     let (sites, agents) = setup(&mut c, root.path(), [100.0; 4]).await;
     let (id, round) = submit(&c, common::count_query(60.0)).await;
@@ -510,7 +497,7 @@ async fn an_agent_killed_mid_round_drops_out_and_never_rejoins_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("agents-refuse")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("agents-refuse")));
     let root = tempfile::tempdir().unwrap();
     // The third partner answers at most ε = 1 per query.
     let (sites, agents) = setup(&mut c, root.path(), [100.0, 100.0, 1.0, 100.0]).await;
@@ -559,7 +546,7 @@ async fn an_agent_declines_a_plan_over_its_local_limit_and_the_round_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_researcher_reads_why_a_round_did_not_release() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("agents-declined")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("agents-declined")));
     let root = tempfile::tempdir().unwrap();
     // Two of four partners answer at most ε = 1 per query: two are left, fewer than three.
     let (_sites, agents) = setup(&mut c, root.path(), [100.0, 1.0, 1.0, 100.0]).await;
@@ -580,7 +567,7 @@ async fn a_researcher_reads_why_a_round_did_not_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_refuses_a_round_under_a_policy_unlike_its_local_copy() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("agents-policy")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("agents-policy")));
     let root = tempfile::tempdir().unwrap();
     let (sites, mut agents) = setup(&mut c, root.path(), [100.0; 4]).await;
     // The third partner keeps its own copy of the board's policy, and it says K = 2.

@@ -188,18 +188,6 @@ id = "housing-health"
     Site { dir, key }
 }
 
-/// A coordinator on its own thread with its own actix system, as in production.
-fn start_coordinator(config: civic_server::Config) -> Coordinator {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            tx.send(Coordinator::start_with(config).await).unwrap();
-            std::future::pending::<()>().await;
-        })
-    });
-    tokio::task::block_in_place(|| rx.recv().unwrap())
-}
-
 /// The four linked partners' accounts, the linked policy, the board's manifest over both
 /// datasets, an allocation, and the agents (`max_rho` per partner), registered.
 async fn setup(
@@ -310,7 +298,7 @@ fn pairs_of(receipt: &Value, key: &str) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_linked_table_equals_the_plaintext_join_of_the_partners_extracts() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("linked-happy")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("linked-happy")));
     let root = tempfile::tempdir().unwrap();
     let people = residents(7, 400);
     let agents = setup(&mut c, root.path(), &people, [1.0; 4]).await;
@@ -355,7 +343,7 @@ async fn a_linked_table_equals_the_plaintext_join_of_the_partners_extracts() {
 /// receipt names them, and the table is the join over the pairs that remain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partner_that_declines_drops_its_pairs_and_the_receipt_names_them() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("linked-dropped")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("linked-dropped")));
     let root = tempfile::tempdir().unwrap();
     let people = residents(11, 300);
     // The second trust's local limit is below the query's cost: it declines.
@@ -386,7 +374,7 @@ async fn a_partner_that_declines_drops_its_pairs_and_the_receipt_names_them() {
 /// join's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_distributed_noise_the_coordinator_holds_only_a_noisy_join() {
-    let mut c = start_coordinator(test_config(&fresh_store_url("linked-distributed")));
+    let mut c = common::start_on_own_system(test_config(&fresh_store_url("linked-distributed")));
     let root = tempfile::tempdir().unwrap();
     let people = residents(13, 300);
     let policy = distributed_policy();
@@ -417,7 +405,7 @@ async fn a_partner_that_stops_mid_join_drops_its_pairs_and_the_round_goes_on() {
     let mut config = test_config(&fresh_store_url("linked-stopped"));
     // Long enough for a holder's Paillier keys on a busy machine; the stopped trust costs one.
     config.join_deadline_secs = 12.0;
-    let mut c = start_coordinator(config);
+    let mut c = common::start_on_own_system(config);
     let root = tempfile::tempdir().unwrap();
     let people = residents(17, 300);
     let agents = setup(&mut c, root.path(), &people, [1.0; 4]).await;

@@ -182,6 +182,19 @@ async fn create(state: &AppState, name: &str, role: Role) -> (String, Option<u32
     (c.token, c.partner_id)
 }
 
+/// A coordinator on its own thread with its own actix system, as in production, so that
+/// agents can run on the calling multi-threaded tokio runtime.
+pub fn start_on_own_system(config: Config) -> Coordinator {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            tx.send(Coordinator::start_with(config).await).unwrap();
+            std::future::pending::<()>().await;
+        })
+    });
+    tokio::task::block_in_place(|| rx.recv().unwrap())
+}
+
 impl Coordinator {
     /// A coordinator with an admin, two board members, a researcher in project "falls",
     /// a researcher in no project, three partners, and the "city" dataset with an allocation.
