@@ -32,7 +32,7 @@ struct Case {
 /// Residents 0..holder are the housing association's tenants; the trust holds every other
 /// one of 0..2·matcher, so half the tenants are its patients (for matcher ≥ holder).
 fn extracts(dir: &Path, case: &Case) -> (Vec<i64>, f64) {
-    let damp = |i: u32| i % 3 == 0;
+    let damp = |i: u32| i.is_multiple_of(3);
     let admissions = |i: u32| i64::from(i % 7).min(5);
     let mut housing = String::from("tenant_nhs_number,damp_mould\n");
     for i in 0..case.holder {
