@@ -179,6 +179,10 @@ async fn main() -> Result<(), Error> {
         phase_deadline_secs: 4.0,
         tick_millis: 20,
         max_rows_per_partner: u64::from(residents),
+        // A linked join's offers carry a padded list for each partner on the other side:
+        // the trust's, encrypted, at 200,000 residents are about 150 MB, over the default
+        // 64 MiB limit, which a submission would be refused over (`round.too_large`).
+        binary_limit: 512 << 20,
         ..Config::default()
     };
     let (base, admin) = start_coordinator(config)?;

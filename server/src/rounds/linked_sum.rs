@@ -96,7 +96,9 @@ struct Join {
     /// The open step's index in [`JoinStep::ALL`].
     step: usize,
     /// The open step's posts.
-    posted: BTreeMap<PartnerId, Vec<Envelope>>,
+    /// Shared, so that the copy the driver closes a step on does not copy every envelope
+    /// (a padded list is tens of megabytes).
+    posted: Arc<BTreeMap<PartnerId, Vec<Envelope>>>,
 }
 
 /// A decoded message, with what it belongs to.
@@ -111,7 +113,7 @@ impl LinkedSumRound {
             round,
             join: Some(Join {
                 step: 0,
-                posted: BTreeMap::new(),
+                posted: Arc::default(),
             }),
             present: setup.config.participants.iter().copied().collect(),
             participants: setup.config.participants.iter().copied().collect(),
@@ -234,14 +236,16 @@ impl LinkedSumRound {
         let mut inboxes: HashMap<PartnerId, Vec<(PartnerId, Vec<u8>)>> =
             present.iter().map(|p| (*p, Vec::new())).collect();
         let mut sent = BTreeSet::new();
-        for (from, envelopes) in std::mem::take(&mut join.posted) {
+        let posted = std::mem::take(&mut join.posted);
+        for (from, envelopes) in posted.iter() {
             for e in envelopes {
                 if let Some(inbox) = inboxes.get_mut(&e.to) {
-                    sent.insert((from, e.to));
-                    inbox.push((from, e.sealed));
+                    sent.insert((*from, e.to));
+                    inbox.push((*from, e.sealed.clone()));
                 }
             }
         }
+        drop(posted);
         let listed: Vec<PartnerId> = present.iter().copied().collect();
         if step == JoinStep::Sums {
             // The matcher's sums one way and the holder's acknowledgement the other.
@@ -303,7 +307,7 @@ impl ProtocolRound for LinkedSumRound {
         match self.decode(partner, body)?.1 {
             Message::Join(envelopes) => {
                 if let Some(join) = self.join.as_mut() {
-                    join.posted.insert(partner, envelopes);
+                    Arc::make_mut(&mut join.posted).insert(partner, envelopes);
                 }
                 Ok(())
             }
