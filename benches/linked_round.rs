@@ -21,7 +21,7 @@ use std::time::Instant;
 use civic_client_sdk::agent::{Agent, RoundOutcome};
 use civic_client_sdk::config::AgentConfig;
 use civic_client_sdk::synth::nhs_number;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 
 struct Case {
@@ -127,24 +127,8 @@ async fn run(case: &Case) -> f64 {
     for name in ["housing-north", "acute-trust"] {
         c.add_partner(name).await;
     }
-    let (s, body) = c
-        .call(
-            Method::PUT,
-            "/v1/datasets/housing-health",
-            Some(&c.board[0]),
-            Some(json!({ "policy": linked })),
-        )
+    c.add_dataset_for_falls("housing-health", &linked, 1.0)
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
-    let (s, body) = c
-        .call(
-            Method::PUT,
-            "/v1/projects/falls/allocations/housing-health",
-            Some(&c.board[0]),
-            Some(json!({ "cap": { "rho": 1.0 } })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
     let mut listed = Vec::new();
     let mut agents = Vec::new();
     for (name, housing) in [("housing-north", true), ("acute-trust", false)] {
@@ -158,14 +142,8 @@ async fn run(case: &Case) -> f64 {
         let key = civic_client_sdk::identity::generate(&dir.join("identity.key")).unwrap();
         listed.push((name.to_string(), key));
     }
-    let mut manifest = common::city_manifest(&listed, &c.city_toml());
-    let parsed = civic_policies::DatasetPolicy::from_toml(&linked, "housing-health").unwrap();
-    manifest
-        .datasets
-        .push(civic_policies::manifest::ManifestDataset {
-            id: "housing-health".into(),
-            policy_digest: civic_policies::manifest::policy_digest(&parsed.file),
-        });
+    let manifest = common::city_manifest(&listed, &c.city_toml());
+    let manifest = common::with_dataset(manifest, "housing-health", &linked);
     let (s, v) = c.publish(&common::signed(manifest, &[201, 203])).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     for (name, _) in &listed {

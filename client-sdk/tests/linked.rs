@@ -18,7 +18,7 @@ use civic_client_sdk::synth::nhs_number;
 use common::{Coordinator, fresh_store_url, test_config};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const HOUSING: [&str; 2] = ["housing-north", "housing-south"];
@@ -210,24 +210,7 @@ async fn setup_with(
     for name in HOUSING.iter().chain(&TRUSTS) {
         c.add_partner(name).await;
     }
-    let (s, body) = c
-        .call(
-            Method::PUT,
-            "/v1/datasets/housing-health",
-            Some(&c.board[0]),
-            Some(json!({ "policy": linked })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
-    let (s, body) = c
-        .call(
-            Method::PUT,
-            "/v1/projects/falls/allocations/housing-health",
-            Some(&c.board[0]),
-            Some(json!({ "cap": { "rho": 1.0 } })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    c.add_dataset_for_falls("housing-health", linked, 1.0).await;
     let mut sites = Vec::new();
     let mut listed = Vec::new();
     for (i, name) in HOUSING.iter().chain(&TRUSTS).enumerate() {
@@ -236,14 +219,8 @@ async fn setup_with(
         listed.push((name.to_string(), site.key.clone()));
         sites.push(site);
     }
-    let mut manifest = common::city_manifest(&listed, &c.city_toml());
-    let policy = civic_policies::DatasetPolicy::from_toml(linked, "housing-health").unwrap();
-    manifest
-        .datasets
-        .push(civic_policies::manifest::ManifestDataset {
-            id: "housing-health".into(),
-            policy_digest: civic_policies::manifest::policy_digest(&policy.file),
-        });
+    let manifest = common::city_manifest(&listed, &c.city_toml());
+    let manifest = common::with_dataset(manifest, "housing-health", linked);
     let (s, v) = c.publish(&common::signed(manifest, &[201, 203])).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let mut agents = Vec::new();

@@ -553,24 +553,7 @@ async fn a_wrong_share_is_named_in_the_audit_log_and_the_round_recovers_from_the
 async fn linked_queries_are_priced_with_the_match_counts_and_checked_before_reserving() {
     let c = Coordinator::start(&fresh_store_url("linked")).await;
     let policy = civic_policies::samples::HOUSING_HEALTH_TOML;
-    let (s, body) = c
-        .call(
-            Method::PUT,
-            "/v1/datasets/housing-health",
-            Some(&c.board[0]),
-            Some(json!({ "policy": policy })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
-    let (s, body) = c
-        .call(
-            Method::PUT,
-            "/v1/projects/falls/allocations/housing-health",
-            Some(&c.board[0]),
-            Some(json!({ "cap": { "rho": 0.5 } })),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    c.add_dataset_for_falls("housing-health", policy, 0.5).await;
     let query = json!({
         "project": "falls",
         "query": {

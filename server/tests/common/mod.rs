@@ -419,6 +419,22 @@ pub fn city_manifest(
     }
 }
 
+/// `manifest` with dataset `id`'s policy (TOML text) signed in too.
+pub fn with_dataset(
+    mut manifest: civic_policies::manifest::Manifest,
+    id: &str,
+    policy: &str,
+) -> civic_policies::manifest::Manifest {
+    let parsed = civic_policies::DatasetPolicy::from_toml(policy, id).unwrap();
+    manifest
+        .datasets
+        .push(civic_policies::manifest::ManifestDataset {
+            id: id.into(),
+            policy_digest: civic_policies::manifest::policy_digest(&parsed.file),
+        });
+    manifest
+}
+
 /// `manifest` with the signatures of the board members with these seeds.
 pub fn signed(
     manifest: civic_policies::manifest::Manifest,
@@ -459,6 +475,29 @@ impl Coordinator {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{body}");
+    }
+
+    /// Uploads `policy` as dataset `id` as board member 1, and gives project "falls" a cap
+    /// of `rho` on it.
+    pub async fn add_dataset_for_falls(&self, id: &str, policy: &str, rho: f64) {
+        let (s, body) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/datasets/{id}"),
+                Some(&self.board[0]),
+                Some(json!({ "policy": policy })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let (s, body) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/projects/falls/allocations/{id}"),
+                Some(&self.board[0]),
+                Some(json!({ "cap": { "rho": rho } })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
     }
 
     /// Publishes a signed manifest as board member 1; returns the status and body.
