@@ -450,7 +450,7 @@ fn linked_side<'p>(
     let kinds: Vec<&str> = linkage.sides.iter().map(|s| s.kind.as_str()).collect();
     let Some(declared) = &mapping.side else {
         report.problem(format!(
-            "dataset {} is linked: set side = one of {} in its [[datasets]] entry, and              resident_column to the local column holding the residents' linkage identifier",
+            "dataset {} is linked: set side = one of {} in its [[datasets]] entry, and resident_column to the local column holding the residents' linkage identifier",
             policy.id(),
             kinds.join(", ")
         ));
@@ -549,20 +549,20 @@ impl IdentifierHealth {
         ));
         if bad > 0 {
             report.problem(format!(
-                "{column}: {bad} row(s) have no usable linkage identifier ({}): they cannot be                  linked and are left out of every join; fix them at source",
+                "{column}: {bad} row(s) have no usable linkage identifier ({}): they cannot be linked and are left out of every join; fix them at source",
                 places(&self.first_bad, bad)
             ));
         }
         if self.duplicated_rows > 0 {
             report.problem(format!(
-                "{column}: {} row(s) repeat an identifier already seen ({}): a linked dataset                  holds one record per resident; merge each resident's rows in the extract",
+                "{column}: {} row(s) repeat an identifier already seen ({}): a linked dataset holds one record per resident, and only the first row is linked; merge each resident's rows in the extract",
                 self.duplicated_rows,
                 places(&self.first_duplicate, self.duplicated_rows)
             ));
         }
         if self.usable.len() as u64 > u64::from(side.capacity) {
             report.problem(format!(
-                "{column}: more residents than the {} side's capacity of {} in the policy:                  ask the board to raise it, as joins are refused until then",
+                "{column}: more residents than the {} side's capacity of {} in the policy: ask the board to raise it: until then the residents beyond it are left out of every join",
                 side.kind, side.capacity
             ));
         }

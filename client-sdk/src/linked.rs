@@ -7,8 +7,10 @@
 //!   left out, as a row that cannot count.
 //! - The linkage identifier is normalised by the policy's format. A row without a usable
 //!   identifier cannot be linked and is left out.
-//! - An identifier seen twice refuses the extract: a linked dataset holds one record per
-//!   resident, and `civic-agent check` names the lines.
+//! - A linked dataset holds one record per resident: of an identifier seen twice, the first
+//!   row is kept and the others are left out, as rows beyond the bound per resident are in
+//!   local aggregation (whether the partner takes part must not depend on its data).
+//!   `civic-agent check` names the lines, to merge them at source.
 //!
 //! The counts returned stay on this machine. A refusal sent to the coordinator carries only
 //! its code.
@@ -60,6 +62,8 @@ pub struct LinkedCounts {
     pub incomplete: u64,
     /// Rows without a usable linkage identifier.
     pub unusable_identifier: u64,
+    /// Rows whose identifier an earlier row had (left out).
+    pub repeated_identifier: u64,
 }
 
 /// The records for this side's pairwise sessions.
@@ -135,7 +139,8 @@ impl LinkedSide {
                 continue;
             };
             if !seen.insert(identifier.clone()) {
-                return Err(LinkError::DuplicateIdentifier);
+                counts.repeated_identifier += 1;
+                continue;
             }
             if self
                 .filter
@@ -253,7 +258,8 @@ mod tests {
                 kept: 1,
                 filtered_out: 1,
                 incomplete: 1,
-                unusable_identifier: 1
+                unusable_identifier: 1,
+                repeated_identifier: 0
             }
         );
         assert_eq!(
@@ -286,15 +292,20 @@ mod tests {
         );
         assert_eq!(counts.filtered_out, 1);
 
-        // The same resident twice refuses the extract.
+        // The same resident twice: the first row is kept, the second left out and counted.
         let twice = [
             (rows[0].0.as_slice(), b"9434765919".as_slice()),
-            (rows[0].0.as_slice(), b"943-476-5919".as_slice()),
+            (rows[1].0.as_slice(), b"943-476-5919".as_slice()),
         ];
+        let (records, counts) = trust.collect(&shape, twice).unwrap();
         assert_eq!(
-            trust.collect(&shape, twice).err(),
-            Some(LinkError::DuplicateIdentifier)
+            records,
+            LinkedRecords::Matcher(vec![MatcherRecord {
+                identifier: b"9434765919".to_vec(),
+                category: 2
+            }])
         );
+        assert_eq!((counts.kept, counts.repeated_identifier), (1, 1));
     }
 
     #[test]

@@ -146,8 +146,16 @@ async fn read_records(
         filtered_out = counts.filtered_out,
         incomplete = counts.incomplete,
         unusable_identifier = counts.unusable_identifier,
+        repeated_identifier = counts.repeated_identifier,
         "read the linked side's records"
     );
+    if counts.repeated_identifier > 0 {
+        tracing::warn!(
+            repeated = counts.repeated_identifier,
+            "rows repeat a linkage identifier an earlier row has: only the first is linked \
+             (`civic-agent check` names the lines; merge each resident's rows at source)"
+        );
+    }
     let cut = match &mut records {
         LinkedRecords::Holder(r) => truncate(r, capacity),
         LinkedRecords::Matcher(r) => truncate(r, capacity),
