@@ -214,6 +214,32 @@ impl LinkedSumRound {
         Ok(())
     }
 
+    /// Whether a decoded message may be taken now, changing nothing.
+    fn check_message(
+        &self,
+        partner: PartnerId,
+        step: &'static str,
+        message: &Message,
+    ) -> Result<(), ProtocolError> {
+        match message {
+            Message::Join(envelopes) => self.check_join(partner, step, envelopes),
+            Message::Sum(msg) => {
+                if self.join.is_some() {
+                    return Err(self.refused(format!(
+                        "a {step} message was posted before the joins are over"
+                    )));
+                }
+                if !self.present.contains(&partner) {
+                    return Err(ProtocolError::NotForPartner {
+                        round: self.round,
+                        partner,
+                    });
+                }
+                self.sum.check_message(partner, msg)
+            }
+        }
+    }
+
     fn refused(&self, why: String) -> ProtocolError {
         ProtocolError::Refused(format!("round {}: {why}", self.round))
     }
@@ -303,8 +329,10 @@ impl ProtocolRound for LinkedSumRound {
     }
 
     fn receive(&mut self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
-        self.check(partner, body)?;
-        match self.decode(partner, body)?.1 {
+        // Decoded once: a join post holds padded lists of tens of megabytes.
+        let (step, message) = self.decode(partner, body)?;
+        self.check_message(partner, step, &message)?;
+        match message {
             Message::Join(envelopes) => {
                 if let Some(join) = self.join.as_mut() {
                     Arc::make_mut(&mut join.posted).insert(partner, envelopes);
@@ -320,23 +348,8 @@ impl ProtocolRound for LinkedSumRound {
     }
 
     fn check(&self, partner: PartnerId, body: &[u8]) -> Result<(), ProtocolError> {
-        match self.decode(partner, body)? {
-            (step, Message::Join(envelopes)) => self.check_join(partner, step, &envelopes),
-            (step, Message::Sum(msg)) => {
-                if self.join.is_some() {
-                    return Err(self.refused(format!(
-                        "a {step} message was posted before the joins are over"
-                    )));
-                }
-                if !self.present.contains(&partner) {
-                    return Err(ProtocolError::NotForPartner {
-                        round: self.round,
-                        partner,
-                    });
-                }
-                self.sum.check_message(partner, &msg)
-            }
-        }
+        let (step, message) = self.decode(partner, body)?;
+        self.check_message(partner, step, &message)
     }
 
     fn responded(&self) -> BTreeSet<PartnerId> {
