@@ -215,4 +215,7 @@ pub struct AuditVerification {
     pub head: ChainHead,
     /// The first failure.
     pub error: Option<String>,
+    /// The position of the first entry that does not verify, if one does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<u64>,
 }

@@ -52,6 +52,8 @@ pub struct Config {
     /// How long a request may run before it is answered 503 with `Retry-After`, seconds.
     /// Shutdown waits this long (and five seconds more) for requests in flight.
     pub request_timeout_secs: u64,
+    /// How long a dashboard (`/ui`) login lasts, seconds; the browser then logs in again.
+    pub ui_session_secs: f64,
 }
 
 /// Certificate and key files.
@@ -83,11 +85,19 @@ impl Default for Config {
             driver_lease_secs: 10.0,
             store_wait_ms: 5_000,
             request_timeout_secs: 30,
+            ui_session_secs: 8.0 * 3600.0,
         }
     }
 }
 
 impl Config {
+    /// Whether the dashboard's session cookie is `Secure`: always, unless the coordinator
+    /// serves plain HTTP on a loopback address (a browser on the same machine), where a
+    /// `Secure` cookie would never come back.
+    pub fn ui_cookie_secure(&self) -> bool {
+        self.tls.is_some() || !self.bind.ip().is_loopback()
+    }
+
     /// Parses and checks a configuration file's text; errors name the file and the key.
     pub fn from_toml(text: &str, source: &str) -> Result<Self, String> {
         let config: Config = toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
@@ -117,6 +127,14 @@ impl Config {
             return Err(format!(
                 "join_deadline_secs must be from 0.05 to 86400, got {}",
                 self.join_deadline_secs
+            ));
+        }
+        if !(self.ui_session_secs.is_finite() && self.ui_session_secs >= 60.0)
+            || self.ui_session_secs > 30.0 * 86_400.0
+        {
+            return Err(format!(
+                "ui_session_secs must be from 60 to 2592000 (30 days), got {}",
+                self.ui_session_secs
             ));
         }
         if self.tick_millis == 0 || self.tick_millis > 10_000 {

@@ -40,6 +40,8 @@ pub enum Missing {
     Round(i64),
     /// An account.
     Account(String),
+    /// No public release answers this query.
+    Release(i64),
 }
 
 impl std::fmt::Display for Missing {
@@ -58,6 +60,7 @@ impl std::fmt::Display for Missing {
             Missing::Account(name) => write!(f, "no account {name:?}"),
             Missing::Budget(id) => write!(f, "no budget for dataset {id:?}"),
             Missing::Round(id) => write!(f, "round {id} is unknown"),
+            Missing::Release(id) => write!(f, "the register has no release for query {id}"),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod rounds;
 pub mod routes;
 pub mod service;
 pub mod store;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub protocols: rounds::Protocols,
     /// Failed authentications per address.
     pub auth_throttle: auth::AuthThrottle,
+    /// When each partner last polled for rounds (the board's partner page).
+    pub partner_polls: service::dashboard::PollLog,
 }
 
 /// What a coordinator is built with besides its configuration: the clock (the system's in
@@ -80,6 +83,7 @@ impl AppState {
             clock: parts.clock,
             protocols: parts.protocols,
             auth_throttle: auth::AuthThrottle::default(),
+            partner_polls: service::dashboard::PollLog::default(),
         }))
     }
 
@@ -120,6 +124,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
         cfg.app_data(state);
         routes::extractor_configs(cfg, json_limit);
         routes::routes(cfg);
+        ui::routes(cfg);
         cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
             let (method, path) = (req.method().to_string(), req.path().to_string());
             let allowed = openapi::methods_of(&path);

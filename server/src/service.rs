@@ -6,8 +6,10 @@
 //! - [`governance`]: accounts, datasets, projects, allocations, board decisions, the audit log.
 //! - [`rounds`]: what a round's end means for its query: release and charge, or abort and
 //!   refund; opening a query's round.
+//! - [`dashboard`]: what the dashboard's pages read, and its browser sessions.
 //! - [`partner`]: what partners' agents do: announcements, inboxes, messages, declines.
 
+pub mod dashboard;
 pub mod governance;
 pub mod partner;
 pub mod research;

@@ -31,6 +31,7 @@ pub mod queries;
 pub mod rounds;
 #[cfg(any(test, feature = "test-util"))]
 pub mod scratch;
+pub mod sessions;
 
 use std::time::Duration;
 

@@ -47,6 +47,7 @@ pub async fn register_identity(
 #[get("/v1/partner/rounds")]
 pub async fn list_rounds(s: web::Data<AppState>, c: Caller) -> Result<HttpResponse> {
     let me = PartnerId(c.partner_id()?);
+    s.partner_polls.seen(c.0.id, s.clock.now_ms());
     Ok(HttpResponse::Ok().json(PartnerRounds {
         rounds: svc::announcements(&s, me).await?,
     }))

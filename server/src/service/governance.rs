@@ -658,11 +658,16 @@ pub async fn verify_audit(state: &AppState) -> Result<AuditVerification> {
         match verify_audit_chain(&head, &page) {
             Ok(next) => head = next,
             Err(e) => {
+                let first_broken = match &e {
+                    civic_policies::PolicyError::Audit { seq, .. } => Some(*seq),
+                    _ => None,
+                };
                 return Ok(AuditVerification {
                     verified: false,
                     entries: head.seq,
                     head,
                     error: Some(e.to_string()),
+                    first_broken,
                 });
             }
         }
@@ -675,6 +680,7 @@ pub async fn verify_audit(state: &AppState) -> Result<AuditVerification> {
     });
     Ok(AuditVerification {
         verified: error.is_none(),
+        first_broken: error.is_some().then_some(head.seq + 1),
         entries: head.seq,
         head,
         error,

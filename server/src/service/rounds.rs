@@ -199,6 +199,7 @@ pub async fn release(
     let priced = calibration(state, &q, &policy, setup.max_rows_per_partner, honest).await?;
     state.rounds.record_unmasked_sum(query, &output.sum);
     let survivors = output.contributors.len();
+    let contributors: Vec<u32> = output.contributors.iter().map(|p| p.0).collect();
     let misbehaviour = output.misbehaviour.clone();
     for m in &misbehaviour {
         tracing::warn!(round, query, misbehaviour = %m, "a partner deviated; the round recovered");
@@ -284,6 +285,7 @@ pub async fn release(
                         "project": q.project,
                         "charged_rho": entry.amount.as_f64(),
                         "survivors": survivors,
+                        "contributors": contributors,
                         "misbehaviour": misbehaviour,
                         "names": view.names,
                         "values": view.rows,

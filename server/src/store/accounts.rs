@@ -62,7 +62,7 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
 }
 
-fn account(row: &sqlx::any::AnyRow) -> StoreResult<Account> {
+pub(super) fn account(row: &sqlx::any::AnyRow) -> StoreResult<Account> {
     let role: String = row.try_get("role")?;
     let key: Option<Vec<u8>> = row.try_get("identity_key")?;
     Ok(Account {

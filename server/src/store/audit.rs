@@ -68,18 +68,42 @@ pub async fn page(
     .bind(limit as i64)
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.try_get::<i64, _>("seq")? as u64,
-                at: r.try_get("at")?,
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                subject: r.try_get("subject")?,
-                details: r.try_get("details")?,
-                prev_hash: r.try_get("prev_hash")?,
-                hash: r.try_get("hash")?,
-            })
-        })
+    rows.iter().map(record).collect()
+}
+
+fn record(r: &sqlx::any::AnyRow) -> StoreResult<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        subject: r.try_get("subject")?,
+        details: r.try_get("details")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// The newest `limit` entries whose action is one of `actions`, newest first.
+pub async fn newest_of(
+    conn: &mut AnyConnection,
+    actions: &[&str],
+    limit: u64,
+) -> StoreResult<Vec<AuditRecord>> {
+    let placeholders: Vec<String> = (2..actions.len() + 2).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_log
+         WHERE action IN ({}) ORDER BY seq DESC LIMIT $1",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(&sql).bind(limit as i64);
+    for action in actions {
+        query = query.bind(*action);
+    }
+    query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(record)
         .collect()
 }

@@ -112,6 +112,23 @@ pub async fn entries(conn: &mut AnyConnection, dataset: &str) -> StoreResult<Vec
     entries_where(conn, "dataset = $1", dataset.to_string()).await
 }
 
+/// Every entry of a dataset with when it was made, in order (the board's chart over time).
+pub async fn timeline(
+    conn: &mut AnyConnection,
+    dataset: &str,
+) -> StoreResult<Vec<(String, LedgerEntry)>> {
+    let rows = sqlx::query(
+        "SELECT query_id, project, kind, amount_units, at FROM ledger_entries
+         WHERE dataset = $1 ORDER BY seq",
+    )
+    .bind(dataset)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("at")?, entry(r)?)))
+        .collect()
+}
+
 /// A query's budget, from its entries.
 pub async fn held(conn: &mut AnyConnection, query: i64) -> StoreResult<Option<Held>> {
     let entries = entries_where(conn, "query_id = $1", query).await?;

@@ -30,6 +30,13 @@ const MIGRATIONS: &[(i64, &str, &str, &str, Option<DataStep>)] = &[
         V4,
         None,
     ),
+    (
+        5,
+        "the dashboard's browser sessions",
+        V5_SQLITE,
+        V5_POSTGRES,
+        None,
+    ),
 ];
 
 /// Applies every migration not yet recorded.
@@ -149,6 +156,27 @@ const V4: &str = "CREATE TABLE manifests (
         published_at TEXT NOT NULL
     );
     ALTER TABLE approvals ADD COLUMN signature TEXT";
+
+/// Browser sessions of `/ui`, by the SHA-256 of the cookie's value.
+macro_rules! v5 {
+    ($blob:literal) => {
+        concat!(
+            "CREATE TABLE ui_sessions (
+                session_hash ",
+            $blob,
+            " PRIMARY KEY,
+                account_id BIGINT NOT NULL,
+                token_hash ",
+            $blob,
+            " NOT NULL,
+                expires_ms BIGINT NOT NULL
+            )"
+        )
+    };
+}
+
+const V5_SQLITE: &str = v5!("BLOB");
+const V5_POSTGRES: &str = v5!("BYTEA");
 
 /// Which coordinator drives rounds, until when (milliseconds since the Unix epoch).
 const V2: &str = "CREATE TABLE driver_lease (

@@ -72,3 +72,20 @@ pub async fn is_member(
             .await?;
     Ok(row.is_some())
 }
+
+/// The projects `account` belongs to, with their titles.
+pub async fn of_member(
+    conn: &mut AnyConnection,
+    account: &str,
+) -> StoreResult<Vec<(String, String)>> {
+    let rows = sqlx::query(
+        "SELECT p.id, p.title FROM projects p JOIN project_members m ON m.project = p.id
+         WHERE m.account = $1 ORDER BY p.id",
+    )
+    .bind(account)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("id")?, r.try_get("title")?)))
+        .collect()
+}

@@ -147,6 +147,41 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<QueryR
     row.as_ref().map(query_row).transpose()
 }
 
+/// The newest `limit` queries in `state`, newest first (the board's list of pending
+/// approvals).
+pub async fn in_state(
+    conn: &mut AnyConnection,
+    state: QueryState,
+    limit: i64,
+) -> StoreResult<Vec<QueryRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM queries WHERE state = $1 ORDER BY id DESC LIMIT $2"
+    ))
+    .bind(state.as_str())
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(query_row).collect()
+}
+
+/// The newest `limit` queries of the projects `account` belongs to, newest first.
+pub async fn of_member(
+    conn: &mut AnyConnection,
+    account: &str,
+    limit: i64,
+) -> StoreResult<Vec<QueryRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT q.{} FROM queries q JOIN project_members m ON m.project = q.project
+         WHERE m.account = $1 ORDER BY q.id DESC LIMIT $2",
+        COLUMNS.replace(", ", ", q.")
+    ))
+    .bind(account)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(query_row).collect()
+}
+
 /// Locks a query for the rest of the transaction (every change to a query's state starts
 /// here, so changes to one query queue and each sees the others') and returns it.
 pub async fn lock(conn: &mut AnyConnection, id: i64) -> StoreResult<Option<QueryRow>> {
