@@ -154,12 +154,20 @@ struct Args {
     /// Synthetic residents in the city region.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
     residents: u32,
+    /// After the demo, keep the coordinator, its dashboard and the agents running until
+    /// Ctrl-C, so a person can look around (logins are written beside the report).
+    #[arg(long)]
+    serve: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<(), Error> {
     // Parsed before anything runs: `--help` and a bad flag exit here, writing nothing.
-    let Args { out, residents } = clap::Parser::parse();
+    let Args {
+        out,
+        residents,
+        serve,
+    } = clap::Parser::parse();
     let started = Instant::now();
     std::fs::create_dir_all(&out)?;
     let work = std::env::temp_dir().join(format!("civic-liverpool-{}", std::process::id()));
@@ -190,7 +198,8 @@ async fn main() -> Result<(), Error> {
         base: base.clone(),
         http: reqwest::Client::new(),
     };
-    println!("coordinator on {base} (store: embedded SQLite)\n");
+    println!("coordinator on {base} (store: embedded SQLite)");
+    println!("dashboard: {base}/ui/ (the public register; board and researchers log in)\n");
 
     // Accounts: the board, researchers and partners, created by the administrator.
     let mut tokens: BTreeMap<&str, String> = BTreeMap::new();
@@ -409,6 +418,19 @@ async fn main() -> Result<(), Error> {
         out.join("report.html").display()
     );
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());
+    if serve {
+        let logins = out.join("dashboard-logins.txt");
+        write_private(
+            &logins,
+            &dashboard_logins(&base, &tokens, &work.join("board"))?,
+        )?;
+        println!(
+            "\nserving the dashboard at {base}/ui/ until Ctrl-C; log in with the tokens in {}",
+            logins.display()
+        );
+        tokio::signal::ctrl_c().await?;
+        let _ = std::fs::remove_file(&logins);
+    }
     for (_, a) in agents {
         a.abort();
     }
@@ -416,19 +438,47 @@ async fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// The board's three members: each signs with a key of their own (threshold 2).
-const BOARD: [&str; 3] = ["chair", "vice-chair", "resident-member"];
-
-/// Writes a secret file (a token) only its owner can read, as the agent requires.
-fn write_private(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+/// What a person needs to log in to the demo's dashboard: its address, the board's and the
+/// researchers' tokens, and the board members' key files (for signing approvals).
+fn dashboard_logins(
+    base: &str,
+    tokens: &BTreeMap<&str, String>,
+    board_dir: &Path,
+) -> Result<String, Error> {
+    let mut text = format!(
+        "Civic Liverpool demo: the dashboard at {base}/ui/\n\
+         Log in at {base}/ui/login with one of these tokens (synthetic data; this file is \
+         removed when the demo stops).\n\n"
+    );
+    for name in ["board-chair", "board-member", "dr-amara", "dr-ben"] {
+        let token = tokens
+            .get(name)
+            .ok_or_else(|| format!("no account {name}"))?;
+        text += &format!("{name:<14} {token}\n");
     }
+    text += "\nBoard members sign approvals with these key files (choose one on a query's page):\n";
+    for member in BOARD {
+        text += &format!("  {}\n", board_dir.join(format!("{member}.key")).display());
+    }
+    Ok(text)
+}
+
+/// Writes a secret file (a token) only its owner can read, as the agent requires: created
+/// with that mode, so it is never readable by others, even for a moment.
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options.open(path)?.write_all(text.as_bytes())?;
     Ok(())
 }
+
+/// The board's three members: each signs with a key of their own (threshold 2).
+const BOARD: [&str; 3] = ["chair", "vice-chair", "resident-member"];
 
 /// The organisation behind a demo partner, for the manifest.
 fn organisation(partner: &str) -> &'static str {

@@ -112,6 +112,8 @@ problem_codes! {
     DecisionReason = "decision.reason",
     /// An approval without a valid signature of a board member the manifest names.
     DecisionSignature = "decision.signature",
+    /// The query's author deciding on their own query (by account or board member name).
+    DecisionOwnQuery = "decision.own_query",
     /// A manifest that breaks the manifest's rules or lacks its board's signatures.
     ManifestInvalid = "manifest.invalid",
     /// A manifest that does not follow the newest one stored (version, previous digest).

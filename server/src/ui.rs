@@ -53,7 +53,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 DefaultHeaders::new()
                     .add((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
                     .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                    .add((header::REFERRER_POLICY, "no-referrer"))
+                    .add((header::REFERRER_POLICY, "same-origin"))
                     .add((header::X_FRAME_OPTIONS, "DENY"))
                     .add((header::CACHE_CONTROL, "no-store"))
                     .add(("Cross-Origin-Opener-Policy", "same-origin")),

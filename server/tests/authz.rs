@@ -354,3 +354,144 @@ async fn a_token_can_be_rotated_reissued_and_revoked_and_the_old_one_stops_worki
     );
     c.stop().await;
 }
+
+/// The dashboard's pages honour the same roles as the API: each page × each role, plus no
+/// session. A page outside a role's list answers 403 ("This page is for …"), a page behind
+/// a login sends a visitor without a session to log in, and a role inside the list is never
+/// refused. Partner tokens open no session at all.
+#[actix_web::test]
+async fn every_dashboard_page_admits_exactly_its_roles() {
+    let c = Coordinator::start(&fresh_store_url("authz-ui")).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = async |token: &str| -> (StatusCode, Option<String>) {
+        let res = http
+            .post(format!("{}/ui/login", c.base))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        let cookie = res
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap().to_string());
+        (res.status(), cookie)
+    };
+    let (s, cookie) = login(&c.partners[0].2).await;
+    assert_eq!(
+        (s, cookie),
+        (StatusCode::FORBIDDEN, None),
+        "partners open no session"
+    );
+    let mut sessions = Vec::new();
+    for (who, token) in [
+        (Admin, &c.admin),
+        (Governance, &c.board[0]),
+        (Researcher, &c.researcher),
+    ] {
+        let (s, cookie) = login(token).await;
+        assert_eq!(s, StatusCode::SEE_OTHER, "{who:?}");
+        sessions.push((who, cookie.unwrap()));
+    }
+    let all = vec![Admin, Governance, Researcher];
+    // (method, path, roles; None = public)
+    let pages: Vec<(Method, &str, Option<Vec<Who>>)> = vec![
+        (Method::GET, "/ui/", None),
+        (Method::GET, "/ui/federation", None),
+        (Method::GET, "/ui/login", None),
+        (Method::GET, "/ui/releases/1", None),
+        (Method::GET, "/ui/board/", Some(vec![Governance])),
+        (
+            Method::GET,
+            "/ui/board/budgets/city",
+            Some(vec![Governance]),
+        ),
+        (Method::GET, "/ui/board/approvals", Some(vec![Governance])),
+        (Method::GET, "/ui/board/queries/1", Some(vec![Governance])),
+        (
+            Method::POST,
+            "/ui/board/queries/1/decision",
+            Some(vec![Governance]),
+        ),
+        (
+            Method::GET,
+            "/ui/board/partners",
+            Some(vec![Governance, Admin]),
+        ),
+        (
+            Method::GET,
+            "/ui/board/audit",
+            Some(vec![Governance, Admin]),
+        ),
+        (Method::GET, "/ui/datasets/city/diff", Some(all.clone())),
+        (Method::GET, "/ui/research/", Some(vec![Researcher])),
+        (Method::GET, "/ui/research/new", Some(vec![Researcher])),
+        (
+            Method::GET,
+            "/ui/research/queries/1",
+            Some(vec![Researcher, Governance]),
+        ),
+        (Method::POST, "/ui/research/preview", Some(vec![Researcher])),
+        (Method::POST, "/ui/research/submit", Some(vec![Researcher])),
+    ];
+    let form = [
+        ("decision", "approve"),
+        ("reason", "x"),
+        ("request", "{}"),
+        ("csrf", ""),
+    ];
+    for (method, path, roles) in &pages {
+        let send = |cookie: Option<&str>| {
+            let mut req = http.request(method.clone(), format!("{}{path}", c.base));
+            if let Some(cookie) = cookie {
+                req = req.header("cookie", cookie);
+            }
+            if *method == Method::POST {
+                req = req.form(&form);
+            }
+            req.send()
+        };
+        let res = send(None).await.unwrap();
+        match roles {
+            None => assert!(
+                res.status().as_u16() < 500 && res.status() != StatusCode::SEE_OTHER,
+                "{method} {path} without a session: {}",
+                res.status()
+            ),
+            Some(_) => {
+                assert_eq!(res.status(), StatusCode::SEE_OTHER, "{method} {path}");
+                assert!(
+                    res.headers()["location"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("/ui/login?next="),
+                    "{method} {path}"
+                );
+            }
+        }
+        for (who, cookie) in &sessions {
+            let res = send(Some(cookie)).await.unwrap();
+            let status = res.status();
+            let body = res.text().await.unwrap();
+            let refused = status == StatusCode::FORBIDDEN && body.contains("This page is for");
+            let allowed = roles.as_ref().is_none_or(|r| r.contains(who));
+            assert_eq!(
+                refused, !allowed,
+                "{method} {path} as {who:?}: {status} {body}"
+            );
+            assert!(
+                status.as_u16() < 500,
+                "{method} {path} as {who:?}: {status}"
+            );
+            assert_ne!(
+                status,
+                StatusCode::SEE_OTHER,
+                "{method} {path} as {who:?}: a login loop"
+            );
+        }
+    }
+    c.stop().await;
+}

@@ -300,3 +300,38 @@ async fn rounds_need_the_manifests_partners_keys_and_policy() {
     );
     c.stop().await;
 }
+
+#[actix_web::test]
+async fn an_author_does_not_approve_their_own_query() {
+    let c = Coordinator::start(&fresh_store_url("manifest-own-query")).await;
+    // Board member 201 is the researcher who submits.
+    let mut m = city_manifest(&partner_keys(&c), common::CITY_TOML);
+    m.board.members[0].name = "rita".into();
+    let (s, v) = c.publish(&signed(m, &[201, 202])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    c.register_partners().await;
+    let (s, q) = c.submit(common::count_query(80.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let id = q["id"].as_i64().unwrap();
+    let head = c.call(Method::GET, "/v1/audit/head", None, None).await.1;
+    let (s, v) = c.approve_signed(id, 201, 0).await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::CONFLICT, &json!("decision.own_query")),
+        "{v}"
+    );
+    assert!(
+        v["detail"].as_str().unwrap().contains("rita submitted"),
+        "{v}"
+    );
+    assert_eq!(
+        c.call(Method::GET, "/v1/audit/head", None, None).await.1,
+        head
+    );
+    // Other members approve it.
+    let (s, v) = c.approve_signed(id, 202, 0).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = c.approve_signed(id, 203, 1).await;
+    assert_eq!((s, &v["state"]), (StatusCode::OK, &json!("running")), "{v}");
+    c.stop().await;
+}

@@ -496,6 +496,28 @@ fn deciding_member(
     q: &QueryRow,
     req: &Decision,
 ) -> Result<String> {
+    let member = signing_member(manifest, by, q, req)?;
+    // An author never decides on their own query: not through an account of the same
+    // name, nor as the board member of that name.
+    if by.name == q.submitted_by || member == format!("board:{}", q.submitted_by) {
+        return Err(Error::conflict(
+            ProblemCode::DecisionOwnQuery,
+            format!(
+                "{} submitted query {}: its author does not decide on it; other board members do",
+                q.submitted_by, q.id
+            ),
+        ));
+    }
+    Ok(member)
+}
+
+/// [`deciding_member`] before the author rule.
+fn signing_member(
+    manifest: Option<&Manifest>,
+    by: &Account,
+    q: &QueryRow,
+    req: &Decision,
+) -> Result<String> {
     let Some(m) = manifest else {
         return Ok(by.name.clone());
     };
@@ -664,7 +686,8 @@ pub async fn verify_audit(state: &AppState) -> Result<AuditVerification> {
                 };
                 return Ok(AuditVerification {
                     verified: false,
-                    entries: head.seq,
+                    // The entries before the broken one verify, even within this page.
+                    entries: first_broken.map_or(head.seq, |s| s.saturating_sub(1)),
                     head,
                     error: Some(e.to_string()),
                     first_broken,

@@ -36,10 +36,8 @@ pub async fn budgets(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpRes
 fn budget_table(b: &BudgetView, link: bool) -> Markup {
     let a = describe::amount;
     html! {
-        section aria-labelledby={ "budget-" (b.dataset) } {
-            h2 id={ "budget-" (b.dataset) } {
-                @if link { a href={ "/ui/board/budgets/" (b.dataset) } { (b.dataset) } } @else { (b.dataset) }
-            }
+        section aria-labelledby=[link.then(|| format!("budget-{}", b.dataset))] {
+            @if link { h2 id={ "budget-" (b.dataset) } { a href={ "/ui/board/budgets/" (b.dataset) } { (b.dataset) } } }
             div class="scroll" {
                 table {
                     caption { "Budget of " (b.dataset) ", in ρ" }
@@ -64,7 +62,7 @@ fn budget_table(b: &BudgetView, link: bool) -> Markup {
                     }
                 }
             }
-            p { "At most ρ " (a(b.per_query_rho)) " per query. Spent so far is ε = " (a(b.charged_approx_dp.0)) " at δ = " (describe::delta_text(b.charged_approx_dp.1)) "." }
+            p { "At most ρ " (a(b.per_query_rho)) " per query. Spent so far is ε = " (a(b.charged_approx_dp.0)) " at δ " (describe::with_equals(&describe::delta_text(b.charged_approx_dp.1))) "." }
         }
     }
 }
@@ -136,7 +134,7 @@ pub async fn approvals(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpR
                                 th scope="row" { a href={ "/ui/board/queries/" (q.id) } { "Query " (q.id) } }
                                 td { (describe::question(&q.request.query)) }
                                 td { (q.project) }
-                                td { (q.submitted_by) ", " (q.submitted_at) }
+                                td { (q.submitted_by) ", " (describe::when(&q.submitted_at)) }
                                 td { (describe::cost(&q.cost)) }
                                 td class="num" { (q.approvals.iter().filter(|a| a.approve).count()) " of " (q.approvals_required) }
                             }
@@ -259,7 +257,7 @@ async fn review(
             dt { "State" } dd { (layout::state(q.state)) @if let Some(r) = &q.reason { ": " (r) } }
             dt { "Dataset" } dd { (q.dataset) " (policy version " (q.dataset_version) ")" }
             dt { "Project" } dd { (q.project) }
-            dt { "Submitted by" } dd { (q.submitted_by) ", " (q.submitted_at) }
+            dt { "Submitted by" } dd { (q.submitted_by) ", " (describe::when(&q.submitted_at)) }
             dt { "Cost" } dd { (describe::cost(&q.cost)) }
             dt { "Fingerprint (what members sign)" } dd { code class="hash" id="fingerprint" { (q.fingerprint) } }
         }
@@ -304,7 +302,7 @@ async fn review(
                                 th scope="row" { (a.member) }
                                 td { @if a.approve { "approved" } @else { "rejected" } }
                                 td { (a.reason) }
-                                td { (a.at) }
+                                td { (describe::when(&a.at)) }
                                 td { @if let Some(sig) = &a.signature { "key " code { (sig.key.get(..16).unwrap_or(&sig.key)) "…" } } @else { "no" } }
                             }
                         }

@@ -48,12 +48,13 @@ const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 220.0;
 const LEFT: f64 = 64.0;
 const BOTTOM: f64 = 28.0;
+const TOP: f64 = 22.0;
 
 /// A step chart of spent and spent-plus-reserved against the total, one step per entry.
 /// Decorative for screen readers (`aria-hidden`): the table beside it carries the figures.
 pub fn svg(points: &[Point], total: f64) -> Markup {
     let plot_w = WIDTH - LEFT - 8.0;
-    let plot_h = HEIGHT - BOTTOM - 8.0;
+    let plot_h = HEIGHT - BOTTOM - TOP;
     let top = points
         .iter()
         .map(|p| p.charged + p.reserved)
@@ -61,7 +62,7 @@ pub fn svg(points: &[Point], total: f64) -> Markup {
         .max(f64::MIN_POSITIVE);
     let n = points.len().max(1) as f64;
     let x = |i: usize| LEFT + plot_w * i as f64 / n;
-    let y = |v: f64| 8.0 + plot_h * (1.0 - v / top);
+    let y = |v: f64| TOP + plot_h * (1.0 - v / top);
     let steps = |value: &dyn Fn(&Point) -> f64| {
         let mut d = format!("M{:.1},{:.1}", x(0), y(0.0));
         for (i, p) in points.iter().enumerate() {
@@ -74,7 +75,7 @@ pub fn svg(points: &[Point], total: f64) -> Markup {
         svg class="chart" viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } width=(WIDTH) height=(HEIGHT)
             aria-hidden="true" focusable="false" {
             line class="axis" x1=(LEFT) y1=(y(0.0)) x2=(WIDTH - 8.0) y2=(y(0.0)) {}
-            line class="axis" x1=(LEFT) y1="8" x2=(LEFT) y2=(y(0.0)) {}
+            line class="axis" x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(y(0.0)) {}
             line class="total" x1=(LEFT) y1=(y(total)) x2=(WIDTH - 8.0) y2=(y(total)) {}
             text class="label" x=(LEFT - 6.0) y=(y(total) + 4.0) text-anchor="end" { (amount(total)) }
             text class="label" x=(LEFT - 6.0) y=(y(0.0) + 4.0) text-anchor="end" { "0" }

@@ -11,11 +11,11 @@ use civic_policies::{DatasetPolicy, Query};
 pub fn question(query: &Query) -> String {
     let what = match &query.statistic {
         Statistic::Count => "How many people".to_string(),
-        Statistic::Sum { column } => format!("The total of {}", words(column)),
-        Statistic::Mean { column } => format!("The average {}", words(column)),
+        Statistic::Sum { column } => format!("The total of {}", named(column)),
+        Statistic::Mean { column } => format!("The average {}", named(column)),
         Statistic::Histogram { columns } => format!(
-            "How many people in each group of {}",
-            list(&columns.iter().map(|c| words(c)).collect::<Vec<_>>())
+            "How many people by {}",
+            list(&columns.iter().map(|c| named(c)).collect::<Vec<_>>())
         ),
         Statistic::Quantiles {
             column,
@@ -28,7 +28,7 @@ pub fn question(query: &Query) -> String {
                     .map(|&p| percentile(p))
                     .collect::<Vec<_>>()
             ),
-            words(column)
+            named(column)
         ),
         Statistic::LinearRegression { features, target } => format!(
             "How {} changes with {} (a linear model)",
@@ -39,13 +39,13 @@ pub fn question(query: &Query) -> String {
     let among = query
         .filter
         .as_ref()
-        .map(|f| format!(", among people whose {}", filter(f)))
+        .map(|f| format!(", among people for whom {}", filter(f)))
         .unwrap_or_default();
     let by = match query.group_by.as_slice() {
         [] => String::new(),
         cols => format!(
             ", broken down by {}",
-            list(&cols.iter().map(|c| words(c)).collect::<Vec<_>>())
+            list(&cols.iter().map(|c| named(c)).collect::<Vec<_>>())
         ),
     };
     format!("{what}{among}{by}?")
@@ -68,12 +68,38 @@ pub fn filter(f: &Filter) -> String {
                 "false" => "no".to_string(),
                 v => v.trim_matches('"').to_string(),
             };
-            format!("{} {op} {value}", words(column))
+            format!("{} {op} {value}", named(column))
         }
         Filter::And(parts) => join(parts, " and "),
-        Filter::Or(parts) => join(parts, " or "),
+        Filter::Or(parts) => one_of(parts).unwrap_or_else(|| join(parts, " or ")),
         Filter::Not(inner) => format!("not ({})", filter(inner)),
     }
+}
+
+/// `a = x or a = y or a = z` as "a is x, y or z".
+fn one_of(parts: &[Filter]) -> Option<String> {
+    let mut column = None;
+    let mut values = Vec::new();
+    for p in parts {
+        let Filter::Compare {
+            column: c,
+            op: CompareOp::Eq,
+            value,
+        } = p
+        else {
+            return None;
+        };
+        if column.is_some_and(|prev: &String| prev != c) {
+            return None;
+        }
+        column = Some(c);
+        values.push(value.to_string().trim_matches('"').to_string());
+    }
+    let column = column?;
+    (values.len() > 1).then(|| {
+        let last = values.pop().unwrap_or_default();
+        format!("{} is {} or {last}", named(column), values.join(", "))
+    })
 }
 
 fn join(parts: &[Filter], sep: &str) -> String {
@@ -90,6 +116,11 @@ fn join(parts: &[Filter], sep: &str) -> String {
 /// A column name as words: `lives_alone` → "lives alone".
 pub fn words(column: &str) -> String {
     column.replace(['_', '-'], " ")
+}
+
+/// A column named in a sentence: `lives_alone` → "“lives alone”".
+fn named(column: &str) -> String {
+    format!("“{}”", words(column))
 }
 
 fn percentile(p: f64) -> String {
@@ -132,17 +163,45 @@ pub fn cost(c: &CostView) -> String {
         .map(|e| format!("; pure ε = {}", amount(e)))
         .unwrap_or_default();
     format!(
-        "ρ = {} (ε = {} at δ = {}{pure})",
+        "ρ = {} (ε = {} at δ {}{pure})",
         amount(c.rho),
         amount(eps),
-        delta_text(delta)
+        with_equals(&delta_text(delta))
     )
 }
 
-/// δ as a power of ten where it is one: 1e-6 → "10⁻⁶".
+/// "= 10⁻⁶", or "≈ 10⁻⁶" as it stands.
+pub fn with_equals(text: &str) -> String {
+    match text.starts_with('≈') {
+        true => text.to_string(),
+        false => format!("= {text}"),
+    }
+}
+
+/// An RFC 3339 time for people: "4 Dec 2026, 18:36 UTC" (as stored if it does not parse).
+pub fn when(at: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parsed = (|| {
+        let (date, time) = at.split_once('T')?;
+        let mut d = date.split('-');
+        let (y, m, day) = (d.next()?, d.next()?, d.next()?);
+        let month = MONTHS.get(m.parse::<usize>().ok()?.checked_sub(1)?)?;
+        let day: u32 = day.parse().ok()?;
+        let hm = time.get(..5)?;
+        Some(format!("{day} {month} {y}, {hm} UTC"))
+    })();
+    parsed.unwrap_or_else(|| at.to_string())
+}
+
+/// δ as a power of ten where it is one: 1e-6 → "10⁻⁶"; "≈ 10⁻⁶" where it is within a
+/// ten-thousandth of one (δ composed over several releases: 1.000001e-6).
 pub fn delta_text(delta: f64) -> String {
     let exp = delta.log10();
-    if delta > 0.0 && (exp - exp.round()).abs() < 1e-9 {
+    let off = (exp - exp.round()).abs();
+    if delta > 0.0 && off < 1e-4 {
+        let approx = if off < 1e-9 { "" } else { "≈ " };
         let sup: String = format!("{}", exp.round() as i64)
             .chars()
             .map(|c| match c {
@@ -153,7 +212,7 @@ pub fn delta_text(delta: f64) -> String {
                     .unwrap_or(d),
             })
             .collect();
-        format!("10{sup}")
+        format!("{approx}10{sup}")
     } else {
         format!("{delta:e}")
     }
@@ -173,7 +232,11 @@ pub fn value(x: f64, whole: bool) -> String {
         trim(x)
     } else {
         let digits = (4 - x.abs().log10().floor() as i32 - 1).clamp(0, 10) as usize;
-        format!("{x:.digits$}")
+        let text = format!("{x:.digits$}");
+        match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.').to_string(),
+            false => text,
+        }
     }
 }
 
@@ -285,8 +348,8 @@ mod tests {
         }));
         assert_eq!(
             question(&q),
-            "How many people, among people whose age is at least 65 and fell is yes, \
-             broken down by sex and lives alone?"
+            "How many people, among people for whom “age” is at least 65 and “fell” is yes, \
+             broken down by “sex” and “lives alone”?"
         );
         let q = query(serde_json::json!({
             "dataset": "d", "statistic": { "quantiles": { "column": "hba1c", "probabilities": [0.5, 0.9] } },
@@ -296,7 +359,7 @@ mod tests {
         }));
         assert_eq!(
             question(&q),
-            "The median and 90th percentile of hba1c, among people whose not (site is north or age is below 18)?"
+            "The median and 90th percentile of “hba1c”, among people for whom not (“site” is north or “age” is below 18)?"
         );
     }
 
@@ -311,10 +374,26 @@ mod tests {
         assert_eq!(amount(3200.0), "3200");
         assert_eq!(amount(0.000123456), "0.000123");
         assert_eq!(delta_text(1e-9), "10⁻⁹");
+        assert_eq!(delta_text(1.000001e-6), "≈ 10⁻⁶");
+        assert_eq!(when("2026-12-04T18:36:00.229Z"), "4 Dec 2026, 18:36 UTC");
+        assert_eq!(when("(before migration 3)"), "(before migration 3)");
+        let bands = query(serde_json::json!({
+            "dataset": "d", "statistic": { "histogram": { "columns": ["damp"] } },
+            "filter": { "or": [
+                { "compare": { "column": "age_band", "op": "eq", "value": "65-74" } },
+                { "compare": { "column": "age_band", "op": "eq", "value": "75-84" } },
+                { "compare": { "column": "age_band", "op": "eq", "value": "85+" } } ] }
+        }));
+        assert_eq!(
+            question(&bands),
+            "How many people by “damp”, among people for whom “age band” is 65-74, 75-84 or 85+?"
+        );
         assert_eq!(delta_text(2.5e-7), "2.5e-7");
         assert_eq!(value(1234.5678, false), "1235");
         assert_eq!(value(0.012345, false), "0.01235");
         assert_eq!(value(15.0, true), "15");
+        assert_eq!(value(10.0, false), "10");
+        assert_eq!(value(55.80, false), "55.8");
     }
 
     #[test]

@@ -141,12 +141,22 @@ pub fn receipt(r: &serde_json::Value) -> Markup {
     };
     let linkage = r.get("linkage").filter(|l| !l.is_null());
     html! {
-        dl class="facts" {
+        dl class="facts receipt" {
             @if let Some(unit) = r["privacy_unit"].as_str() { dt { "Whom the privacy protects" } dd { (unit) } }
             @if let Some(n) = r["survivors"].as_u64() { dt { "Partner organisations whose data is in it" } dd { (n) } }
             @if let Some(c) = r["confidence"].as_f64() { dt { "Confidence of the intervals" } dd { (describe::trim(c * 100.0)) "%" } }
-            @let mechanisms = strings("mechanisms");
-            @if !mechanisms.is_empty() { dt { "Noise" } dd { (mechanisms.join(", ")) @if let Some(n) = r["noise"].as_str() { " (" (n) ")" } } }
+            dt { "Noise" }
+            dd {
+                @match r["noise"].as_str() {
+                    Some("distributed") => { "Each partner organisation added its share of the random noise before its figures left it, so no one ever saw the exact totals." }
+                    Some("central") => { "The coordinator added random noise to the combined totals before release: it saw the exact totals, but never any one partner's figures." }
+                    _ => { "Random noise was added before release." }
+                }
+                @let mechanisms = strings("mechanisms");
+                @if !mechanisms.is_empty() {
+                    details { summary { "Technical detail" } ul { @for m in &mechanisms { li { (m) } } } }
+                }
+            }
             @let bounds = strings("bounds");
             @if !bounds.is_empty() { dt { "Public bounds each person's values were clipped to" } dd { ul { @for b in &bounds { li { (b) } } } } }
             @let rules = strings("rules");

@@ -166,7 +166,7 @@ fn register_entry(e: &RegisterEntry) -> Markup {
             dl class="facts" {
                 dt { "Dataset" } dd { (e.dataset) }
                 dt { "Project" } dd { (e.project_title) " (" (e.project) ")" }
-                dt { "Released" } dd { (e.released_at) }
+                dt { "Released" } dd { (describe::when(&e.released_at)) }
                 dt { "Privacy cost" } dd { (describe::cost(&e.cost)) }
                 @if let Some(n) = partners { dt { "Partner organisations" } dd { (n) } }
             }
@@ -184,28 +184,29 @@ pub async fn release(
     let (q, release) = svc::public_release(&s, *id).await?;
     let title = svc::project_title(&s, &q.project).await?;
     let confidence = release.receipt["confidence"].as_f64().unwrap_or(0.95);
+    let withheld = release.rows.iter().flatten().any(|c| c.value.is_none());
     let body = html! {
-        p class="lead" { (describe::question(&q.request.query)) }
         dl class="facts" {
+            dt { "Release" } dd { "query " (q.id) }
             dt { "Dataset" } dd { (q.dataset) " (policy version " (q.dataset_version) ")" }
             dt { "Project" } dd { (title) " (" (q.project) ")" }
-            dt { "Asked" } dd { (q.submitted_at) }
-            dt { "Released" } dd { (release.released_at) }
+            dt { "Asked" } dd { (describe::when(&q.submitted_at)) }
+            dt { "Released" } dd { (describe::when(&release.released_at)) }
             dt { "Privacy cost" } dd { (describe::cost(&q.cost)) }
-            dt { "Board approvals" } dd { (q.approvals_required) " required" }
+            dt { "Board approvals" } dd { @if q.approvals_required == 0 { "none required (its cost is within what the policy allows without them)" } @else { (q.approvals_required) ", signed by distinct board members" } }
         }
         (layout::release_table(
             &format!("The released figures, each with its {}% interval", describe::trim(confidence * 100.0)),
             &release,
         ))
-        p { "“Withheld” means the dataset's disclosure rules held the cell back because its count was too small to publish safely." }
+        @if withheld { p { "“Withheld” means the dataset's disclosure rules held the cell back because its count was too small to publish safely." } }
         h2 { "How it was protected" }
         (layout::receipt(&release.receipt))
         p { a href="/ui/" { "Back to the register" } }
     };
     Ok(super::html(
         StatusCode::OK,
-        layout::page(&format!("Release {}", q.id), v.as_ref(), "", body),
+        layout::page(&describe::question(&q.request.query), v.as_ref(), "", body),
     ))
 }
 

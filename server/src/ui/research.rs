@@ -40,7 +40,7 @@ pub async fn queries(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpRes
                                 td { (q.project) }
                                 td { (layout::state(q.state)) }
                                 td { (describe::cost(&q.cost)) }
-                                td { (q.submitted_by) ", " (q.submitted_at) }
+                                td { (q.submitted_by) ", " (describe::when(&q.submitted_at)) }
                             }
                         }
                     }
@@ -71,7 +71,7 @@ pub async fn query(
             dt { "State" } dd id="query-state" { (layout::state(q.state)) @if let Some(r) = &q.reason { ": " (r) } }
             dt { "Dataset" } dd { (q.dataset) " (policy version " (q.dataset_version) ")" }
             dt { "Project" } dd { (q.project) }
-            dt { "Submitted by" } dd { (q.submitted_by) ", " (q.submitted_at) }
+            dt { "Submitted by" } dd { (q.submitted_by) ", " (describe::when(&q.submitted_at)) }
             dt { "Cost" } dd { (describe::cost(&q.cost)) }
             dt { "Approvals" } dd { (q.approvals.iter().filter(|a| a.approve).count()) " of " (q.approvals_required) " required" }
             @if let Some(r) = q.round_id { dt { "Round" } dd { (r) } }
