@@ -206,7 +206,7 @@ async fn require(req: &HttpRequest, state: &AppState, roles: &[Role]) -> Result<
                 v.account.name,
                 role_title(v.account.role)
             ),
-            viewer: Some(v),
+            viewer: Some(Box::new(v)),
         });
     }
     Ok(v)
@@ -297,7 +297,7 @@ pub enum UiError {
         /// What went wrong and what to do.
         detail: String,
         /// Who is looking, for the navigation.
-        viewer: Option<Viewer>,
+        viewer: Option<Box<Viewer>>,
     },
 }
 
@@ -352,7 +352,7 @@ impl ResponseError for UiError {
                 viewer,
             } => html(
                 *status,
-                layout::page(title, viewer.as_ref(), "", layout::problem(detail)),
+                layout::page(title, viewer.as_deref(), "", layout::problem(detail)),
             ),
         }
     }

@@ -143,6 +143,18 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
         "{}",
         b.url().await
     );
+    // The session cookie: HttpOnly (no script sees it) and SameSite=Strict.
+    let cookies = b.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "civic-session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_eq!(
+        (&session["httpOnly"], &session["sameSite"]),
+        (&json!(true), &json!("Strict")),
+        "{session}"
+    );
+    assert_eq!(b.execute("return document.cookie", json!([])).await, "");
     b.goto(&format!("{base}/ui/research/new")).await;
     accessible(&b, "the query form").await;
     b.fill(&b.find("#amount").await, "80").await;

@@ -186,22 +186,6 @@ impl Browser {
         }
     }
 
-    /// Every element `css` selects now.
-    pub async fn find_all(&self, css: &str) -> Vec<Element> {
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/elements",
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| Element(e[ELEMENT].as_str().unwrap().to_string()))
-            .collect()
-    }
-
     /// An element's rendered text.
     pub async fn text(&self, e: &Element) -> String {
         self.get(&format!("/element/{}/text", e.0))
@@ -281,14 +265,6 @@ impl Browser {
             Some(json!({ "text": text })),
         )
         .await;
-    }
-
-    /// Selects the option of `select` whose value is `value`.
-    pub async fn select(&self, select_css: &str, value: &str) {
-        let option = self
-            .find(&format!("{select_css} option[value=\"{value}\"]"))
-            .await;
-        self.click(&option).await;
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
