@@ -116,6 +116,55 @@ pub fn approve(key: &SigningKey, fingerprint: &str) -> Result<BoardSignature, Ag
     Ok(manifest::sign(key, &approval_message(&fingerprint)))
 }
 
+/// What a member approves, read from the query as the coordinator shows it (the JSON of
+/// `GET /v1/queries/{id}`, or the dashboard's download): the fingerprint is recomputed from
+/// the query's content rather than taken on the coordinator's word, so a page that shows
+/// one question cannot collect a signature for another. Returns the fingerprint and a
+/// summary of the question for the member to read.
+pub fn approval_of(view: &Path) -> Result<(String, String), AgentError> {
+    let text = std::fs::read_to_string(view)
+        .map_err(|e| AgentError::local(view, format!("cannot read the query: {e}")))?;
+    let q: civic_api::query::QueryView = serde_json::from_str(&text).map_err(|e| {
+        AgentError::local(
+            view,
+            format!("not a query as GET /v1/queries/{{id}} shows it: {e}"),
+        )
+    })?;
+    let confidence = q
+        .request
+        .confidence
+        .unwrap_or(civic_mechanisms::pricing::DEFAULT_CONFIDENCE);
+    let fingerprint = civic_api::query::fingerprint(
+        &q.dataset,
+        q.dataset_version,
+        &q.request.query,
+        &q.request.privacy,
+        confidence,
+    );
+    if !fingerprint.eq_ignore_ascii_case(q.fingerprint.trim()) {
+        return Err(AgentError::local(
+            view,
+            format!(
+                "the query's content has fingerprint {fingerprint}, not the {} it claims: \
+                 do not approve it",
+                q.fingerprint
+            ),
+        ));
+    }
+    let summary = format!(
+        "query {} for project {}, submitted by {}: dataset {} (policy version {})\n  \
+         query: {}\n  privacy: {}, confidence {confidence}",
+        q.id,
+        q.project,
+        q.submitted_by,
+        q.dataset,
+        q.dataset_version,
+        serde_json::to_string(&q.request.query).unwrap_or_default(),
+        serde_json::to_string(&q.request.privacy).unwrap_or_default(),
+    );
+    Ok((fingerprint, summary))
+}
+
 /// Verifies a signed manifest: against the board of the manifest before it, when given, or
 /// else against its own board (version 1). Returns a summary for people.
 pub fn verify(signed: &Path, previous: Option<&Path>) -> Result<String, AgentError> {
@@ -150,6 +199,53 @@ pub fn verify(signed: &Path, previous: Option<&Path>) -> Result<String, AgentErr
 mod tests {
     use super::*;
     use civic_policies::manifest::{Board, BoardMember, RoundRequirements};
+
+    #[test]
+    fn an_approval_is_of_the_query_read_not_of_the_fingerprint_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = serde_json::json!({
+            "project": "falls",
+            "query": { "dataset": "city", "statistic": "count", "group_by": ["sex"] },
+            "privacy": { "rho": 0.15 }
+        });
+        let fingerprint = civic_api::query::fingerprint(
+            "city",
+            2,
+            &serde_json::from_value(request["query"].clone()).unwrap(),
+            &serde_json::from_value(request["privacy"].clone()).unwrap(),
+            0.95,
+        );
+        let view = |request: &serde_json::Value, fingerprint: &str| {
+            serde_json::json!({
+                "id": 7, "fingerprint": fingerprint, "project": "falls", "dataset": "city",
+                "dataset_version": 2, "submitted_by": "rita", "submitted_at": "t",
+                "request": request, "state": "awaiting_approval", "reason": null,
+                "cost": { "rho": 0.15, "epsilon": null, "approx_dp": [2.0, 1e-6] },
+                "approvals_required": 2, "approvals": [], "round_id": null, "result": null
+            })
+        };
+        let path = dir.path().join("query.json");
+        std::fs::write(&path, view(&request, &fingerprint).to_string()).unwrap();
+        let (got, summary) = approval_of(&path).unwrap();
+        assert_eq!(got, fingerprint);
+        assert!(
+            summary.contains("\"group_by\":[\"sex\"]") && summary.contains("0.15"),
+            "{summary}"
+        );
+        // A page that shows one question and claims another's fingerprint is caught.
+        let mut cheaper = request.clone();
+        cheaper["privacy"] = serde_json::json!({ "rho": 0.01 });
+        std::fs::write(&path, view(&cheaper, &fingerprint).to_string()).unwrap();
+        let e = approval_of(&path).unwrap_err().to_string();
+        assert!(e.contains("do not approve it"), "{e}");
+        std::fs::write(&path, "{}").unwrap();
+        assert!(
+            approval_of(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a query")
+        );
+    }
 
     #[test]
     fn members_sign_one_manifest_file_and_it_verifies_at_their_threshold() {

@@ -52,12 +52,22 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Prints this member's approval of a query, as JSON for the decision's `signature`.
+    /// Give the query itself (`--query`, the JSON of `GET /v1/queries/{id}` or the
+    /// dashboard's download): its fingerprint is recomputed from what it asks and its
+    /// summary printed, so what is signed is what was read. Or give the fingerprint.
     Approve {
         /// The key file.
         #[arg(long, default_value = "board.key")]
         key: PathBuf,
+        /// The query, as JSON (`GET /v1/queries/{id}`).
+        #[arg(
+            long,
+            conflicts_with = "fingerprint",
+            required_unless_present = "fingerprint"
+        )]
+        query: Option<PathBuf>,
         /// The query's fingerprint (`GET /v1/queries/{id}` shows it).
-        fingerprint: String,
+        fingerprint: Option<String>,
     },
     /// Verifies a signed manifest against the manifest before it (or, for version 1, its own
     /// board); non-zero exit if it does not verify.
@@ -104,7 +114,26 @@ fn execute(command: Command) -> Result<(), AgentError> {
                 signed.signatures.len()
             );
         }
-        Command::Approve { key, fingerprint } => {
+        Command::Approve {
+            key,
+            query,
+            fingerprint,
+        } => {
+            let fingerprint = match (query, fingerprint) {
+                (Some(view), _) => {
+                    let (fingerprint, summary) = board::approval_of(&view)?;
+                    eprintln!("approving {summary}\n  fingerprint {fingerprint}");
+                    fingerprint
+                }
+                (None, Some(fingerprint)) => fingerprint,
+                (None, None) => {
+                    return Err(AgentError::Config {
+                        file: "command line".into(),
+                        field: "FINGERPRINT".into(),
+                        reason: "give the query (--query FILE) or its fingerprint".into(),
+                    });
+                }
+            };
             let signature = board::approve(&board::load(&key)?, &fingerprint)?;
             println!(
                 "{}",

@@ -54,6 +54,11 @@ pub struct Config {
     pub request_timeout_secs: u64,
     /// How long a dashboard (`/ui`) login lasts, seconds; the browser then logs in again.
     pub ui_session_secs: f64,
+    /// The origin people's browsers reach this coordinator at (`https://civic.example.org`),
+    /// where it differs from what it serves: behind a TLS-terminating proxy. Its scheme
+    /// decides whether the dashboard's cookie is `Secure`, and dashboard forms must come
+    /// from it.
+    pub public_url: Option<String>,
 }
 
 /// Certificate and key files.
@@ -86,6 +91,7 @@ impl Default for Config {
             store_wait_ms: 5_000,
             request_timeout_secs: 30,
             ui_session_secs: 8.0 * 3600.0,
+            public_url: None,
         }
     }
 }
@@ -95,7 +101,10 @@ impl Config {
     /// serves plain HTTP on a loopback address (a browser on the same machine), where a
     /// `Secure` cookie would never come back.
     pub fn ui_cookie_secure(&self) -> bool {
-        self.tls.is_some() || !self.bind.ip().is_loopback()
+        match &self.public_url {
+            Some(url) => url.starts_with("https://"),
+            None => self.tls.is_some() || !self.bind.ip().is_loopback(),
+        }
     }
 
     /// Parses and checks a configuration file's text; errors name the file and the key.
@@ -128,6 +137,17 @@ impl Config {
                 "join_deadline_secs must be from 0.05 to 86400, got {}",
                 self.join_deadline_secs
             ));
+        }
+        if let Some(url) = &self.public_url {
+            let origin = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if !origin.is_some_and(|o| !o.is_empty() && !o.contains(['/', '?', '#', '@', ' '])) {
+                return Err(format!(
+                    "public_url must be an origin such as \"https://civic.example.org\" (a \
+                     scheme and host, with a port if any, and no path), got {url:?}"
+                ));
+            }
         }
         if !(self.ui_session_secs.is_finite() && self.ui_session_secs >= 60.0)
             || self.ui_session_secs > 30.0 * 86_400.0

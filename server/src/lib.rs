@@ -121,10 +121,11 @@ impl AppState {
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let json_limit = state.config.json_limit;
+        let state_config = state.config.clone();
         cfg.app_data(state);
         routes::extractor_configs(cfg, json_limit);
         routes::routes(cfg);
-        ui::routes(cfg);
+        ui::routes(cfg, &state_config);
         cfg.default_service(web::to(|req: actix_web::HttpRequest| async move {
             let (method, path) = (req.method().to_string(), req.path().to_string());
             let allowed = openapi::methods_of(&path);

@@ -4,15 +4,17 @@
 //!
 //! Why server-rendered: every page shows what the API's services return, under the same
 //! roles, with nothing to build or serve besides the coordinator (no Node at build or run
-//! time). Pages work without JavaScript; one small script (`civic.js`, same origin) adds
-//! signing an approval in the browser with WebCrypto Ed25519, from the member's key file,
-//! which never leaves the browser.
+//! time). The pages run no script at all: a board member signs an approval with
+//! `civic-board approve` on their own machine, from the query they downloaded, never by
+//! handing their key to a page this coordinator serves (its operator is not trusted with
+//! the board's keys, which also sign the federation's manifest).
 //!
 //! Browser security: logging in with an account's API token opens a session whose cookie
 //! is HttpOnly, SameSite=Strict, `Secure` off loopback, and expires
 //! (`ui_session_secs`); the store keeps only its digest. Every state-changing form carries a
 //! CSRF token derived from the session, and a POST from another origin is refused. Every
-//! page is sent with a strict Content-Security-Policy (no inline script or style).
+//! page is sent with a strict Content-Security-Policy (no script; the coordinator's own
+//! stylesheet only).
 
 pub mod chart;
 pub mod describe;
@@ -37,90 +39,105 @@ use crate::error::Error;
 use crate::service::dashboard as svc;
 use crate::store::Account;
 
-/// No script or style but the coordinator's own files; no frames; forms post only here.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-    style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
-    frame-ancestors 'none'; base-uri 'none'";
+/// No script at all; no style but the coordinator's own stylesheet; no frames; forms post
+/// only here.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; \
+    img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("ui/assets/civic.css");
-const JS: &str = include_str!("ui/assets/civic.js");
 
-/// The dashboard's routes, and `/`, which sends a browser to the public register.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(root)).service(
-        web::scope("/ui")
-            .wrap(
-                DefaultHeaders::new()
-                    .add((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
-                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-                    .add((header::REFERRER_POLICY, "same-origin"))
-                    .add((header::X_FRAME_OPTIONS, "DENY"))
-                    .add((header::CACHE_CONTROL, "no-store"))
-                    .add(("Cross-Origin-Opener-Policy", "same-origin")),
-            )
-            .app_data(
-                web::FormConfig::default()
-                    .limit(64 * 1024)
-                    .error_handler(|err, _| {
-                        UiError::shown(
-                            StatusCode::BAD_REQUEST,
-                            "The form could not be read",
-                            format!("{err}"),
-                        )
-                        .into()
-                    }),
-            )
-            .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                UiError::shown(
-                    StatusCode::BAD_REQUEST,
-                    "The address is not valid",
-                    format!("the query string is not valid: {err}"),
+/// The dashboard's routes, and `/`, which sends a browser to the public register. Where the
+/// session cookie is `Secure`, pages also ask browsers to use HTTPS only (HSTS).
+pub fn routes(cfg: &mut web::ServiceConfig, config: &crate::Config) {
+    let mut headers = DefaultHeaders::new()
+        .add((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "same-origin"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::CACHE_CONTROL, "no-store"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"));
+    if config.ui_cookie_secure() {
+        headers = headers.add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"));
+    }
+    cfg.route("/", web::get().to(root))
+        .route("/ui", web::get().to(root))
+        .service(
+            web::scope("/ui")
+                .wrap(headers)
+                .app_data(
+                    web::FormConfig::default()
+                        .limit(64 * 1024)
+                        .error_handler(|err, _| {
+                            UiError::shown(
+                                StatusCode::BAD_REQUEST,
+                                "The form could not be read",
+                                format!("{err}"),
+                            )
+                            .into()
+                        }),
                 )
-                .into()
-            }))
-            .app_data(web::PathConfig::default().error_handler(|err, _| {
-                UiError::shown(
-                    StatusCode::NOT_FOUND,
-                    "No such page",
-                    format!("the address is not valid: {err}"),
+                .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                    UiError::shown(
+                        StatusCode::BAD_REQUEST,
+                        "The address is not valid",
+                        format!("the query string is not valid: {err}"),
+                    )
+                    .into()
+                }))
+                .app_data(web::PathConfig::default().error_handler(|err, _| {
+                    UiError::shown(
+                        StatusCode::NOT_FOUND,
+                        "No such page",
+                        format!("the address is not valid: {err}"),
+                    )
+                    .into()
+                }))
+                .route("/static/civic.css", web::get().to(css))
+                .route("/login", web::get().to(public::login_form))
+                .route("/login", web::post().to(public::login))
+                .route("/logout", web::post().to(public::logout))
+                .route("/", web::get().to(public::register))
+                .route("/releases/{id:\\d+}", web::get().to(public::release))
+                .route("/federation", web::get().to(public::federation))
+                .route(
+                    "/board",
+                    web::get().to(|| async { see_other("/ui/board/") }),
                 )
-                .into()
-            }))
-            .route("/static/civic.css", web::get().to(css))
-            .route("/static/civic.js", web::get().to(js))
-            .route("/login", web::get().to(public::login_form))
-            .route("/login", web::post().to(public::login))
-            .route("/logout", web::post().to(public::logout))
-            .route("/", web::get().to(public::register))
-            .route("/releases/{id:\\d+}", web::get().to(public::release))
-            .route("/federation", web::get().to(public::federation))
-            .route("/board/", web::get().to(board::budgets))
-            .route("/board/budgets/{dataset}", web::get().to(board::budget))
-            .route("/board/approvals", web::get().to(board::approvals))
-            .route("/board/queries/{id:\\d+}", web::get().to(board::query))
-            .route(
-                "/board/queries/{id:\\d+}/decision",
-                web::post().to(board::decide),
-            )
-            .route("/board/partners", web::get().to(board::partners))
-            .route("/board/audit", web::get().to(board::audit))
-            .route("/datasets/{id}/diff", web::get().to(board::policy_diff))
-            .route("/research/", web::get().to(research::queries))
-            .route(
-                "/research/queries/{id:\\d+}",
-                web::get().to(research::query),
-            )
-            .route("/research/new", web::get().to(research::new_form))
-            .route("/research/preview", web::post().to(research::preview))
-            .route("/research/submit", web::post().to(research::submit))
-            .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(UiError::shown(
-                    StatusCode::NOT_FOUND,
-                    "No such page",
-                    "There is no page at this address. The public register is at /ui/.",
-                ))
-            })),
-    );
+                .route(
+                    "/research",
+                    web::get().to(|| async { see_other("/ui/research/") }),
+                )
+                .route("/board/", web::get().to(board::budgets))
+                .route("/board/budgets/{dataset}", web::get().to(board::budget))
+                .route("/board/approvals", web::get().to(board::approvals))
+                .route("/board/queries/{id:\\d+}", web::get().to(board::query))
+                .route(
+                    "/board/queries/{id:\\d+}/query.json",
+                    web::get().to(board::query_json),
+                )
+                .route(
+                    "/board/queries/{id:\\d+}/decision",
+                    web::post().to(board::decide),
+                )
+                .route("/board/partners", web::get().to(board::partners))
+                .route("/board/audit", web::get().to(board::audit))
+                .route("/datasets/{id}/diff", web::get().to(board::policy_diff))
+                .route("/research/", web::get().to(research::queries))
+                .route(
+                    "/research/queries/{id:\\d+}",
+                    web::get().to(research::query),
+                )
+                .route("/research/new", web::get().to(research::new_form))
+                .route("/research/preview", web::post().to(research::preview))
+                .route("/research/submit", web::post().to(research::submit))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(UiError::shown(
+                        StatusCode::NOT_FOUND,
+                        "No such page",
+                        "There is no page at this address. The public register is at /ui/.",
+                    ))
+                })),
+        );
 }
 
 async fn root() -> HttpResponse {
@@ -130,13 +147,8 @@ async fn root() -> HttpResponse {
 async fn css() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
         .body(CSS)
-}
-
-async fn js() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/javascript; charset=utf-8")
-        .body(JS)
 }
 
 /// A 303 to `to`.
@@ -192,7 +204,7 @@ async fn viewer(req: &HttpRequest, state: &AppState) -> Result<Option<Viewer>, U
 async fn require(req: &HttpRequest, state: &AppState, roles: &[Role]) -> Result<Viewer, UiError> {
     let Some(v) = viewer(req, state).await? else {
         return Err(UiError::Login {
-            next: req.path().to_string(),
+            next: return_to(req),
         });
     };
     if !roles.contains(&v.account.role) {
@@ -212,6 +224,23 @@ async fn require(req: &HttpRequest, state: &AppState, roles: &[Role]) -> Result<
     Ok(v)
 }
 
+/// The page to come back to after logging in: this one (with its query string), or for a
+/// form sent after the session expired, the page the form was on.
+fn return_to(req: &HttpRequest) -> String {
+    let path = req.path();
+    if req.method() == actix_web::http::Method::POST {
+        return match path.strip_suffix("/decision") {
+            Some(query_page) => query_page.to_string(),
+            None if path.starts_with("/ui/research/") => "/ui/research/new".into(),
+            None => "/ui/".into(),
+        };
+    }
+    match req.query_string() {
+        "" => path.to_string(),
+        q => format!("{path}?{q}"),
+    }
+}
+
 /// How a role is named on pages.
 fn role_title(role: Role) -> &'static str {
     match role {
@@ -222,17 +251,26 @@ fn role_title(role: Role) -> &'static str {
     }
 }
 
-/// Refuses a POST from another origin (by `Origin` or `Sec-Fetch-Site`, where the browser
-/// sends them) and, for a session's forms, one without the session's CSRF token.
-fn check_post(req: &HttpRequest, viewer: Option<&Viewer>, csrf: &str) -> Result<(), UiError> {
-    let host = req.connection_info().host().to_string();
+/// Refuses a POST from another origin and, for a session's forms, one without the
+/// session's CSRF token. The browser's `Sec-Fetch-Site` says where a request came from;
+/// without it, `Origin` must be this coordinator's (`public_url`, or the `Host` asked for).
+fn check_post(
+    req: &HttpRequest,
+    config: &crate::Config,
+    viewer: Option<&Viewer>,
+    csrf: &str,
+) -> Result<(), UiError> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let cross_site = header("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none");
-    let foreign_origin = header("origin").is_some_and(|o| {
-        o.split_once("://")
-            .is_none_or(|(_, authority)| authority != host)
-    });
-    if cross_site || foreign_origin {
+    let foreign = match header("sec-fetch-site") {
+        Some(site) => site != "same-origin" && site != "none",
+        None => header("origin").is_some_and(|origin| match &config.public_url {
+            Some(url) => origin != url.trim_end_matches('/'),
+            None => origin
+                .split_once("://")
+                .is_none_or(|(_, authority)| Some(authority) != header("host")),
+        }),
+    };
+    if foreign {
         return Err(UiError::shown(
             StatusCode::FORBIDDEN,
             "Refused",

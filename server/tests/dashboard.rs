@@ -176,8 +176,9 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
     b.screenshot("05-submitted").await;
     log_out(&b).await;
 
-    // Board member 201 logs in, sees the pending query and approves, signing in the browser
-    // with the key file (WebCrypto Ed25519).
+    // Board member 201 logs in, sees the pending query, downloads it, and approves with what
+    // `civic-board approve --query` prints: a signature over the fingerprint recomputed from
+    // the downloaded query (the key never reaches the page).
     log_in(&b, base, &c.board[0]).await;
     b.wait_for_text(".notice", "1 query awaits").await;
     let budgets = b.wait_for_text("main", "The whole dataset").await;
@@ -196,39 +197,49 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
     let review = b
         .wait_for_text("main", "Accuracy of what it would release")
         .await;
-    assert!(
-        review.contains("0 of 2") || review.contains("needs 2 approvals"),
-        "{review}"
-    );
+    assert!(review.contains("needs 2 approvals"), "{review}");
     assert!(review.contains("no suppression or rounding"), "{review}");
+    b.wait_for_text(
+        "#approve-command",
+        &format!("civic-board approve --key YOUR.key --query query-{id}.json"),
+    )
+    .await;
     accessible(&b, "a query to decide on").await;
-    let fingerprint = b.text(&b.find("#fingerprint").await).await;
-    let key_dir = tempfile::tempdir().unwrap();
-    let key_file = key_dir.path().join("member-201.key");
-    std::fs::write(&key_file, hex::encode([201u8; 32])).unwrap();
+    let shown = b.text(&b.find("#fingerprint").await).await;
+    let cookie = b
+        .cookies()
+        .await
+        .into_iter()
+        .find(|c| c["name"] == "civic-session")
+        .map(|c| format!("civic-session={}", c["value"].as_str().unwrap()))
+        .unwrap();
+    let download: Value = reqwest::Client::new()
+        .get(format!("{base}/ui/board/queries/{id}/query.json"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request = &download["request"];
+    let fingerprint = civic_api::query::fingerprint(
+        download["dataset"].as_str().unwrap(),
+        download["dataset_version"].as_i64().unwrap(),
+        &serde_json::from_value(request["query"].clone()).unwrap(),
+        &serde_json::from_value(request["privacy"].clone()).unwrap(),
+        request["confidence"].as_f64().unwrap_or(0.95),
+    );
+    assert_eq!(fingerprint, shown, "the page's fingerprint is the query's");
+    let signature = sign(&common::board_key(201), &approval_message(&fingerprint));
     b.fill(&b.find("#reason").await, "proportionate for falls planning")
         .await;
-    b.fill(&b.find("#sign-key").await, key_file.to_str().unwrap())
-        .await;
-    b.click(&b.find("#sign-button").await).await;
-    b.wait_for_text("#sign-status", "Signed.").await;
-    let signature: Value = serde_json::from_str(
-        b.property(&b.find("#signature").await, "value")
-            .await
-            .as_str()
-            .unwrap(),
+    b.fill(
+        &b.find("#signature").await,
+        &serde_json::to_string(&signature).unwrap(),
     )
-    .unwrap();
-    assert_eq!(
-        signature,
-        serde_json::to_value(sign(
-            &common::board_key(201),
-            &approval_message(&fingerprint)
-        ))
-        .unwrap(),
-        "the browser's Ed25519 signature is the one civic-board approve makes"
-    );
-    b.screenshot("08-signed-in-browser").await;
+    .await;
+    b.screenshot("08-signature-pasted").await;
     b.click(&b.find("#approve").await).await;
     let decided = b.wait_for_text("main", "board:member-201").await;
     assert!(decided.contains("approved"), "{decided}");
@@ -244,7 +255,7 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
     b.wait_for_text(".problem", "query.already_decided").await;
     log_out(&b).await;
 
-    // Board member 203 approves with the command's output pasted in.
+    // Board member 203 approves the same way.
     log_in(&b, base, &c.board[1]).await;
     b.goto(&format!("{base}/ui/board/queries/{id}")).await;
     let pasted = sign(&common::board_key(203), &approval_message(&fingerprint));
@@ -375,18 +386,18 @@ async fn csrf_of(c: &Coordinator, cookie: &str, path: &str) -> String {
 async fn sessions_are_http_only_strict_and_end_with_their_token() {
     let c = Coordinator::start(&fresh_store_url("dashboard-session")).await;
     let http = no_redirects();
-    // Pages carry a strict CSP and no inline script.
+    // Pages carry a strict CSP and no script at all.
     let res = http.get(format!("{}/ui/", c.base)).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let csp = res.headers()["content-security-policy"].to_str().unwrap();
     assert!(
-        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
-        "{csp}"
+        csp.starts_with("default-src 'none'") && !csp.contains("script-src"),
+        "no script may run: {csp}"
     );
     assert_eq!(res.headers()["x-frame-options"], "DENY");
     let page = res.text().await.unwrap();
     assert!(
-        !page.contains("<script>") && !page.contains("style="),
+        !page.contains("<script") && !page.contains("style="),
         "{page}"
     );
     // A wrong token: 401 and no cookie; a partner's: 403.
@@ -431,6 +442,28 @@ async fn sessions_are_http_only_strict_and_end_with_their_token() {
             .send()
     };
     assert_eq!(page("/ui/board/").await.unwrap().status(), StatusCode::OK);
+    // Logging in again (as anyone) ends the session the browser held.
+    let res = http
+        .post(format!("{}/ui/login", c.base))
+        .header("cookie", &cookie)
+        .form(&[("token", c.researcher.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["location"], "/ui/research/");
+    let replaced = page("/ui/board/").await.unwrap();
+    assert_eq!(
+        replaced.status(),
+        StatusCode::SEE_OTHER,
+        "the old session ended"
+    );
+    let cookie = http_login(&c, &c.board[0]).await;
+    let page = |path: &str| {
+        http.get(format!("{}{path}", c.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(page("/ui/board/").await.unwrap().status(), StatusCode::OK);
     // The token is rotated: the session it opened ends with it.
     let (s, _) = c
         .call(Method::POST, "/v1/token/rotate", Some(&c.board[0]), None)
@@ -439,6 +472,22 @@ async fn sessions_are_http_only_strict_and_end_with_their_token() {
     let res = page("/ui/board/").await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()["location"], "/ui/login?next=/ui/board/");
+    // A form sent after the session ended comes back to its page after the login.
+    let res = http
+        .post(format!("{}/ui/board/queries/7/decision", c.base))
+        .form(&[("decision", "reject"), ("reason", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["location"],
+        "/ui/login?next=/ui/board/queries/7"
+    );
+    // The bare prefixes lead somewhere.
+    for (from, to) in [("/", "/ui/"), ("/ui", "/ui/"), ("/ui/board", "/ui/board/")] {
+        let res = http.get(format!("{}{from}", c.base)).send().await.unwrap();
+        assert_eq!(res.headers()["location"], to, "{from}");
+    }
     // Unknown dashboard pages are HTML 404s.
     let res = http
         .get(format!("{}/ui/nowhere", c.base))
@@ -511,5 +560,45 @@ async fn a_decision_without_the_sessions_csrf_token_or_from_another_site_changes
         .await;
     assert_eq!(v["state"], "rejected", "{v}");
     assert_eq!(v["approvals"][0]["member"], "board-1", "{v}");
+    c.stop().await;
+}
+
+#[actix_web::test]
+async fn a_policy_diff_shows_what_changed_and_refuses_versions_that_do_not_exist() {
+    let c = Coordinator::start(&fresh_store_url("dashboard-diff")).await;
+    let v2 = common::CITY_TOML.replace(
+        "per_query = { rho = 5000.0 }",
+        "per_query = { rho = 4000.0 }",
+    );
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            "/v1/datasets/city",
+            Some(&c.board[0]),
+            Some(serde_json::json!({ "policy": v2 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cookie = http_login(&c, &c.researcher).await;
+    let get = |query: &str| {
+        no_redirects()
+            .get(format!("{}/ui/datasets/city/diff{query}", c.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    let res = get("").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Version 1 against version 2"), "{page}");
+    assert!(page.contains("<del>− rho = 5000.0"), "{page}");
+    assert!(page.contains("<ins>+ rho = 4000.0"), "{page}");
+    for bad in ["?to=-9223372036854775808", "?from=0", "?to=3", "?to=x"] {
+        let res = get(bad).await.unwrap();
+        assert!(
+            [StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST].contains(&res.status()),
+            "{bad}: {}",
+            res.status()
+        );
+    }
     c.stop().await;
 }

@@ -59,7 +59,12 @@ pub fn csrf_token(cookie: &str) -> String {
 /// Logs in with an account's API token: a new session of `ttl_ms`. Unknown tokens count
 /// against the address as they do on the API; partner tokens are refused (an agent's token
 /// has no business in a browser).
-pub async fn login(state: &AppState, token: &str, ip: Option<IpAddr>) -> Result<NewSession> {
+pub async fn login(
+    state: &AppState,
+    token: &str,
+    ip: Option<IpAddr>,
+    replacing: Option<&str>,
+) -> Result<NewSession> {
     let now = state.clock.now_ms();
     if let Some(ip) = ip {
         state.auth_throttle.check(ip, now)?;
@@ -92,6 +97,10 @@ pub async fn login(state: &AppState, token: &str, ip: Option<IpAddr>) -> Result<
         .store
         .run_tx("open a dashboard session", async |tx| {
             sessions::purge_expired(tx, now).await?;
+            // A new login ends the session the browser held, whoever's it was.
+            if let Some(old) = replacing {
+                sessions::delete(tx, &session_hash(old)).await?;
+            }
             sessions::create(
                 tx,
                 &session_hash(&cookie),
@@ -189,37 +198,57 @@ pub async fn pending(state: &AppState) -> Result<Vec<QueryView>> {
 pub struct Review {
     /// The query.
     pub query: QueryView,
-    /// Cells in the release.
-    pub cells: usize,
-    /// The accuracy of each row of the release.
-    pub accuracy: Vec<StatisticAccuracy>,
-    /// The disclosure control, in sentences.
-    pub disclosure: Vec<String>,
+    /// The accuracy of each row of the release and its disclosure control, in sentences;
+    /// or why the query cannot be priced now (the page still shows it, to reject).
+    pub accuracy: std::result::Result<(Vec<StatisticAccuracy>, Vec<String>), String>,
+    /// Whether approving needs a board member's signature (once a manifest is published).
+    pub signatures_required: bool,
 }
 
 /// A query with its accuracy and disclosure control, as priced now under the newest manifest.
 pub async fn review(state: &AppState, id: i64) -> Result<Review> {
     let (q, policy) = super::rounds::query_and_policy(state, id).await?;
     let manifest = manifests::latest(&mut *state.store.read().await?).await?;
-    let priced = research::price(state, manifest.as_ref(), &policy, &q.request).await?;
-    let cells = priced.plan.cells;
-    let disclosure = crate::ui::describe::disclosure_summary(&policy, &q.request.query, cells);
+    let accuracy = match research::price(state, manifest.as_ref(), &policy, &q.request).await {
+        Ok(priced) => {
+            let disclosure = crate::ui::describe::disclosure_summary(
+                &policy,
+                &q.request.query,
+                priced.plan.cells,
+            );
+            Ok((
+                priced
+                    .accuracy
+                    .into_iter()
+                    .map(|a| StatisticAccuracy {
+                        name: a.name,
+                        half_width: a.half_width,
+                        half_width_at_rows: a.half_width_at_rows,
+                        confidence: a.confidence,
+                        note: a.note,
+                    })
+                    .collect(),
+                disclosure,
+            ))
+        }
+        Err(e) if e.body().status < 500 => Err(e.body().detail),
+        Err(e) => return Err(e),
+    };
     Ok(Review {
         query: research::view_of(state, id).await?,
-        cells,
-        accuracy: priced
-            .accuracy
-            .into_iter()
-            .map(|a| StatisticAccuracy {
-                name: a.name,
-                half_width: a.half_width,
-                half_width_at_rows: a.half_width_at_rows,
-                confidence: a.confidence,
-                note: a.note,
-            })
-            .collect(),
-        disclosure,
+        accuracy,
+        signatures_required: manifest.is_some(),
     })
+}
+
+/// How many queries await the board's decision (at most [`LIST_LIMIT`]).
+pub async fn pending_count(state: &AppState) -> Result<usize> {
+    let mut conn = state.store.read().await?;
+    Ok(
+        queries::in_state(&mut conn, QueryState::AwaitingApproval, LIST_LIMIT)
+            .await?
+            .len(),
+    )
 }
 
 /// When each partner last asked for rounds, since this coordinator started (kept in memory:
@@ -252,6 +281,9 @@ pub struct PartnerStatus {
     pub account: Account,
     /// Its organisation, from the newest manifest (none if it is not in it).
     pub organisation: Option<String>,
+    /// Whether its registered identity key is the one the newest manifest gives it (none if
+    /// it is not in the manifest or has registered none).
+    pub key_matches_manifest: Option<bool>,
     /// Its last poll, in milliseconds since the Unix epoch.
     pub last_poll_ms: Option<i64>,
     /// Releases its input went into, among the audit entries read.
@@ -260,8 +292,8 @@ pub struct PartnerStatus {
     pub declines: Vec<(String, i64, String, &'static str)>,
 }
 
-/// Audit entries read for the partners' page.
-const PARTNER_ENTRIES: u64 = 5000;
+/// Audit entries read for the partners' page (each release's entry holds its values).
+pub const PARTNER_ENTRIES: u64 = 1000;
 
 /// Every partner's status, from the accounts, the newest manifest, the polls seen and the
 /// newest releases and declines in the audit log.
@@ -298,18 +330,22 @@ pub async fn partners(state: &AppState) -> Result<Vec<PartnerStatus>> {
     }
     Ok(accounts
         .into_iter()
-        .map(|a| PartnerStatus {
-            organisation: manifest.as_ref().and_then(|m| {
-                m.manifest
-                    .partners
-                    .iter()
-                    .find(|p| p.name == a.name)
-                    .map(|p| p.organisation.clone())
-            }),
-            last_poll_ms: state.partner_polls.last(a.id),
-            releases: releases.get(&a.id).copied().unwrap_or(0),
-            declines: declines.remove(&a.id).unwrap_or_default(),
-            account: a,
+        .map(|a| {
+            let listed = manifest
+                .as_ref()
+                .and_then(|m| m.manifest.partners.iter().find(|p| p.name == a.name));
+            PartnerStatus {
+                organisation: listed.map(|p| p.organisation.clone()),
+                key_matches_manifest: listed.zip(a.identity_key).map(|(p, key)| {
+                    p.identity_key
+                        .trim()
+                        .eq_ignore_ascii_case(&hex::encode(key))
+                }),
+                last_poll_ms: state.partner_polls.last(a.id),
+                releases: releases.get(&a.id).copied().unwrap_or(0),
+                declines: declines.remove(&a.id).unwrap_or_default(),
+                account: a,
+            }
         })
         .collect())
 }

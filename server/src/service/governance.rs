@@ -497,9 +497,11 @@ fn deciding_member(
     req: &Decision,
 ) -> Result<String> {
     let member = signing_member(manifest, by, q, req)?;
-    // An author never decides on their own query: not through an account of the same
-    // name, nor as the board member of that name.
-    if by.name == q.submitted_by || member == format!("board:{}", q.submitted_by) {
+    // An author never decides on their own query. Only researchers submit and only board
+    // accounts decide, so an account cannot; a board member whose manifest name is the
+    // submitting researcher's account name is taken to be that person and refused too.
+    let author_member = format!("board:{}", q.submitted_by);
+    if member.eq_ignore_ascii_case(&author_member) {
         return Err(Error::conflict(
             ProblemCode::DecisionOwnQuery,
             format!(

@@ -21,7 +21,7 @@ fn page(title: &str, v: &Viewer, current: &str, body: Markup) -> HttpResponse {
 pub async fn budgets(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
     let budgets = svc::budgets(&s).await?;
-    let pending = svc::pending(&s).await?.len();
+    let pending = svc::pending_count(&s).await?;
     let body = html! {
         @if pending > 0 {
             p class="notice" { a href="/ui/board/approvals" { (pending) " quer" @if pending == 1 { "y awaits" } @else { "ies await" } " the board's decision" } }
@@ -37,7 +37,7 @@ fn budget_table(b: &BudgetView, link: bool) -> Markup {
     let a = describe::amount;
     html! {
         section aria-labelledby=[link.then(|| format!("budget-{}", b.dataset))] {
-            @if link { h2 id={ "budget-" (b.dataset) } { a href={ "/ui/board/budgets/" (b.dataset) } { (b.dataset) } } }
+            @if link { h2 id={ "budget-" (b.dataset) } { a href={ "/ui/board/budgets/" (layout::segment(&b.dataset)) } { (b.dataset) } } }
             div class="scroll" {
                 table {
                     caption { "Budget of " (b.dataset) ", in ρ" }
@@ -62,7 +62,7 @@ fn budget_table(b: &BudgetView, link: bool) -> Markup {
                     }
                 }
             }
-            p { "At most ρ " (a(b.per_query_rho)) " per query. Spent so far is ε = " (a(b.charged_approx_dp.0)) " at δ " (describe::with_equals(&describe::delta_text(b.charged_approx_dp.1))) "." }
+            p { "At most ρ " (a(b.per_query_rho)) " per query (" a href={ "/ui/datasets/" (layout::segment(&b.dataset)) "/diff" } { "policy changes" } "). Spent so far is ε = " (a(b.charged_approx_dp.0)) " at δ " (describe::with_equals(&describe::delta_text(b.charged_approx_dp.1))) "." }
         }
     }
 }
@@ -183,7 +183,7 @@ pub async fn decide(
     form: web::Form<DecisionForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
-    super::check_post(&req, Some(&v), &form.csrf)?;
+    super::check_post(&req, &s.config, Some(&v), &form.csrf)?;
     let decision = decision(&form);
     let outcome = match decision {
         Ok(d) => governance::decide(&s, &v.account, *id, d)
@@ -238,6 +238,23 @@ fn decision(form: &DecisionForm) -> Result<Decision, String> {
     })
 }
 
+/// The query as `GET /v1/queries/{id}` shows it, to download for `civic-board approve
+/// --query`, which recomputes its fingerprint from what it asks.
+pub async fn query_json(
+    req: HttpRequest,
+    s: web::Data<AppState>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, UiError> {
+    require(&req, &s, &[Governance]).await?;
+    let q = crate::service::research::view_of(&s, *id).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"query-{id}.json\""),
+        ))
+        .json(q))
+}
+
 /// The review of query `id`, with the decision form while it awaits approval.
 async fn review(
     s: &AppState,
@@ -249,7 +266,8 @@ async fn review(
     let r = svc::review(s, id).await?;
     let q = &r.query;
     let approvals = q.approvals.iter().filter(|a| a.approve).count();
-    let command = format!("civic-board approve --key YOUR.key {}", q.fingerprint);
+    let file = format!("query-{}.json", q.id);
+    let command = format!("civic-board approve --key YOUR.key --query {file}");
     Ok(html! {
         @if let Some(p) = problem { (layout::problem(p)) }
         p class="lead" { (describe::question(&q.request.query)) }
@@ -265,32 +283,35 @@ async fn review(
             summary { "The query as submitted (JSON)" }
             pre { (serde_json::to_string_pretty(&q.request).unwrap_or_default()) }
         }
-        h2 { "Accuracy of what it would release" }
-        div class="scroll" {
-            table {
-                caption { "Interval half-width of each row, known before any data" }
-                thead { tr { th scope="col" { "Row" } th scope="col" { "Half-width" } th scope="col" { "Confidence" } th scope="col" { "Notes" } } }
-                tbody {
-                    @for a in &r.accuracy {
-                        tr {
-                            th scope="row" { (a.name) }
-                            td class="num" {
-                                @if let Some(h) = a.half_width { "± " (describe::value(h, false)) }
-                                @else if !a.half_width_at_rows.is_empty() {
-                                    (a.half_width_at_rows.iter().map(|(n, h)| format!("± {} at {n} rows", describe::value(*h, false))).collect::<Vec<_>>().join("; "))
-                                } @else { "not stated" }
+        @match &r.accuracy {
+            Ok((accuracy, disclosure)) => {
+                h2 { "Accuracy of what it would release" }
+                div class="scroll" {
+                    table {
+                        caption { "Interval half-width of each row, known before any data" }
+                        thead { tr { th scope="col" { "Row" } th scope="col" { "Half-width" } th scope="col" { "Confidence" } th scope="col" { "Notes" } } }
+                        tbody {
+                            @for a in accuracy {
+                                tr {
+                                    th scope="row" { (a.name) }
+                                    td class="num" { (describe::half_width(a)) }
+                                    td class="num" { (describe::trim(a.confidence * 100.0)) "%" }
+                                    td { (a.note.as_deref().unwrap_or("")) }
+                                }
                             }
-                            td class="num" { (describe::trim(a.confidence * 100.0)) "%" }
-                            td { (a.note.as_deref().unwrap_or("")) }
                         }
                     }
                 }
+                h2 { "Disclosure control" }
+                ul { @for line in disclosure { li { (line) } } }
+            }
+            Err(why) => {
+                h2 { "Accuracy" }
+                p class="problem" { "This query cannot be priced under the current manifest and policy, so it could not run as it stands: " (why) }
             }
         }
-        h2 { "Disclosure control" }
-        ul { @for line in &r.disclosure { li { (line) } } }
         h2 { "Decisions" }
-        p { "It needs " (q.approvals_required) " approval" @if q.approvals_required != 1 { "s" } " from distinct board members, each signing the fingerprint with their own key; an author never approves their own request; one rejection ends it and returns its budget." }
+        p { "It needs " (q.approvals_required) " approval" @if q.approvals_required != 1 { "s" } " from distinct board members, each signing with their own key (one member's signature counts once, whichever account sends it). Only board accounts decide, and a board member whose name in the manifest is the submitting researcher's is refused. One rejection ends the query and returns its budget." }
         @if q.approvals.is_empty() { p { "No decision yet." } } @else {
             div class="scroll" {
                 table {
@@ -318,23 +339,21 @@ async fn review(
                     label for="reason" { "Reason (recorded in the audit log)" }
                     textarea id="reason" name="reason" rows="3" required { (reason) }
                 }
-                fieldset {
-                    legend { "Your signature (approving needs one)" }
-                    p { "Sign the fingerprint on your own machine with your board key:" }
-                    pre { code id="approve-command" { (command) } }
-                    div class="needs-js" hidden {
-                        p { "Or sign here: choose your key file. It is read by this browser only and never sent." }
+                @if r.signatures_required {
+                    fieldset {
+                        legend { "Your signature (approving needs one)" }
+                        p { "Sign on your own machine, with your board key, the query you read: "
+                            a href={ "/ui/board/queries/" (q.id) "/query.json" } download=(file) { "download it" }
+                            ", then run:" }
+                        pre { code id="approve-command" { (command) } }
+                        p { "The command recomputes the fingerprint from the query itself and prints what it asks, so you sign what you read, not what this page claims. Your key never comes here: this server is not trusted with it." }
                         div class="field" {
-                            label for="sign-key" { "Board key file" }
-                            input id="sign-key" type="file" accept=".key,text/plain";
+                            label for="signature" { "Signature (the command's output)" }
+                            textarea id="signature" name="signature" rows="3" spellcheck="false" {}
                         }
-                        button type="button" id="sign-button" data-fingerprint=(q.fingerprint) { "Sign in this browser" }
-                        p id="sign-status" role="status" aria-live="polite" {}
                     }
-                    div class="field" {
-                        label for="signature" { "Signature (the command's output)" }
-                        textarea id="signature" name="signature" rows="3" spellcheck="false" {}
-                    }
+                } @else {
+                    p { "The board has not published a manifest yet, so no signature is needed: the decision is recorded under your account." }
                 }
                 div class="buttons" {
                     button type="submit" name="decision" value="approve" id="approve" { "Approve" }
@@ -355,7 +374,7 @@ pub async fn partners(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpRe
     let now = s.clock.now_ms();
     let partners = svc::partners(&s).await?;
     let body = html! {
-        p { "Last poll is when the partner's agent last asked for rounds, since this coordinator started. Releases and declines are counted from the newest audit entries." }
+        p { "Last poll is when the partner's agent last asked for rounds, since this coordinator started. Releases and declines are counted over the newest " (svc::PARTNER_ENTRIES) " of those audit entries." }
         div class="scroll" {
             table {
                 caption { "Partner organisations" }
@@ -365,7 +384,14 @@ pub async fn partners(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpRe
                         tr {
                             th scope="row" { (p.account.name) " (id " (p.account.id) ")" }
                             td { (p.organisation.as_deref().unwrap_or("not in the manifest")) }
-                            td { @if let Some(k) = p.account.identity_key { code { (hex::encode(&k[..8])) "…" } } @else { "not registered" } }
+                            td {
+                                @if let Some(k) = p.account.identity_key { code { (hex::encode(&k[..8])) "…" } } @else { "not registered" }
+                                @match p.key_matches_manifest {
+                                    Some(true) => { " (the manifest's)" }
+                                    Some(false) => { " " strong class="bad" { "differs from the manifest's: rounds refuse it" } }
+                                    None => {}
+                                }
+                            }
                             td { @match p.last_poll_ms { Some(ms) => { (ago(now - ms)) }, None => { "not since this coordinator started" } } }
                             td class="num" { (p.releases) }
                             td {
@@ -410,6 +436,7 @@ pub async fn audit(
     let (check, head, records) = svc::audit(&s, q.after).await?;
     let first = records.first().map_or(0, |r| r.seq);
     let body = html! {
+        p { "This coordinator checks its own log here. That cannot prove it was not rewritten by whoever runs it: partners' agents check the log against the heads they recorded (" code { "civic-agent audit-check" } "), and anyone can check an export (" code { "GET /v1/audit" } ") with any SHA-256 tool." }
         @if check.verified {
             p class="ok" id="audit-status" { "Verified: all " (check.entries) " entries chain correctly up to the head." }
         } @else {
@@ -435,8 +462,9 @@ pub async fn audit(
                 tbody {
                     @for r in &records {
                         @let broken = check.first_broken == Some(r.seq);
-                        tr class=[broken.then_some("broken")] id={ "entry-" (r.seq) } {
-                            th scope="row" { (r.seq) @if broken { " (does not verify)" } }
+                        @let after = check.first_broken.is_some_and(|n| r.seq > n);
+                        tr class=[(broken || after).then_some("broken")] id={ "entry-" (r.seq) } {
+                            th scope="row" { (r.seq) @if broken { " (does not verify)" } @if after { " (after the break: unverified)" } }
                             td { (r.at) }
                             td { (r.actor) }
                             td { (r.action) }
@@ -478,7 +506,16 @@ pub async fn policy_diff(
     let v = require(&req, &s, &[Governance, Admin, Researcher]).await?;
     let latest = governance::dataset(&s, &id).await?.version;
     let to = q.to.unwrap_or(latest);
-    let from = q.from.unwrap_or((to - 1).max(1));
+    let from = q.from.unwrap_or(to.saturating_sub(1).max(1));
+    for (name, v) in [("from", from), ("to", to)] {
+        if !(1..=latest).contains(&v) {
+            return Err(UiError::shown(
+                StatusCode::NOT_FOUND,
+                "No such version",
+                format!("{name} must be a version of {id} from 1 to {latest}, got {v}"),
+            ));
+        }
+    }
     let (old, new) = svc::policy_versions(&s, &id, from, to).await?;
     let lines = diff::lines(&old, &new);
     let body = html! {
@@ -489,7 +526,7 @@ pub async fn policy_diff(
             button type="submit" { "Compare" }
         }
         @match &lines {
-            None => { p { "The policies are too long to compare here." } }
+            None => { p { "The versions differ in too many lines to compare here; compare the policies' TOML with a diff tool (" code { "GET /v1/datasets/ID/versions/N" } ")." } }
             Some(lines) => {
                 pre class="diff" {
                     @for l in lines {

@@ -1,7 +1,7 @@
 //! Plain-language descriptions of queries, costs and releases, for people who do not read
 //! JSON: residents on the public register, board members deciding on an approval. Pure.
 
-use civic_api::query::{CostView, ReleaseView};
+use civic_api::query::{CostView, ReleaseView, StatisticAccuracy};
 use civic_policies::disclosure::DisclosureProfile;
 use civic_policies::query::{CompareOp, Filter, Statistic};
 use civic_policies::{DatasetPolicy, Query};
@@ -237,6 +237,19 @@ pub fn value(x: f64, whole: bool) -> String {
             true => text.trim_end_matches('0').trim_end_matches('.').to_string(),
             false => text,
         }
+    }
+}
+
+/// A row's interval half-width, in words: "± 3.2", or for a mean by the cell's rows.
+pub fn half_width(a: &StatisticAccuracy) -> String {
+    match (a.half_width, a.half_width_at_rows.as_slice()) {
+        (Some(h), _) => format!("± {}", value(h, false)),
+        (None, []) => "not stated".into(),
+        (None, at) => at
+            .iter()
+            .map(|(n, h)| format!("± {} at {n} rows", value(*h, false)))
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 

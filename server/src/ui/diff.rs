@@ -1,8 +1,9 @@
-//! A line diff between two texts (policy versions), by longest common subsequence. Policies
-//! are a few hundred lines; past [`MAX_LINES`] the diff is not computed.
+//! A line diff between two texts (policy versions), by longest common subsequence over the
+//! lines between their common beginning and end. The table it needs grows with the product
+//! of the changed regions' lengths; past [`MAX_CELLS`] the diff is not computed.
 
-/// The most lines either side may have.
-pub const MAX_LINES: usize = 3000;
+/// The most (old lines × new lines) of the changed region compared (4 MB of table).
+pub const MAX_CELLS: usize = 1_000_000;
 
 /// One line of a diff.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,20 +16,38 @@ pub enum Line<'a> {
     Added(&'a str),
 }
 
-/// The lines of `old` and `new` in order, each marked; `None` if either is too long.
+/// The lines of `old` and `new` in order, each marked; `None` if the changed region is too
+/// large.
 pub fn lines<'a>(old: &'a str, new: &'a str) -> Option<Vec<Line<'a>>> {
     let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
-    if a.len() > MAX_LINES || b.len() > MAX_LINES {
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (am, bm) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
+    if (am.len() + 1).saturating_mul(bm.len() + 1) > MAX_CELLS {
         return None;
     }
+    let mut out: Vec<Line> = a[..head].iter().map(|l| Line::Same(l)).collect();
+    out.extend(middle(am, bm));
+    out.extend(a[a.len() - tail..].iter().map(|l| Line::Same(l)));
+    Some(out)
+}
+
+/// The diff of the changed region, by its LCS table.
+fn middle<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Line<'a>> {
     // lcs[i][j]: the longest common subsequence of a[i..] and b[j..].
-    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    let w = b.len() + 1;
+    let mut lcs = vec![0u32; (a.len() + 1) * w];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
+            lcs[i * w + j] = if a[i] == b[j] {
+                lcs[(i + 1) * w + j + 1] + 1
             } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
+                lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
             };
         }
     }
@@ -37,15 +56,16 @@ pub fn lines<'a>(old: &'a str, new: &'a str) -> Option<Vec<Line<'a>>> {
         if i < a.len() && j < b.len() && a[i] == b[j] {
             out.push(Line::Same(a[i]));
             (i, j) = (i + 1, j + 1);
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(Line::Added(b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
+            // Removals first, as diff tools show them.
             out.push(Line::Removed(a[i]));
             i += 1;
+        } else {
+            out.push(Line::Added(b[j]));
+            j += 1;
         }
     }
-    Some(out)
+    out
 }
 
 #[cfg(test)]
@@ -69,6 +89,14 @@ mod tests {
             ]
         );
         assert_eq!(lines("x", "x").unwrap(), vec![Same("x")]);
-        assert!(lines(&"l\n".repeat(MAX_LINES + 1), "").is_none());
+        // Long texts with a small change are compared; wholly different long ones are not.
+        let long: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        let changed = long.replace("line 2500\n", "line 2500 changed\n");
+        let d = lines(&long, &changed).unwrap();
+        assert_eq!(d.len(), 5001);
+        assert_eq!(d[2500], Removed("line 2500"));
+        assert_eq!(d[2501], Added("line 2500 changed"));
+        let other: String = (0..5000).map(|i| format!("other {i}\n")).collect();
+        assert!(lines(&long, &other).is_none());
     }
 }

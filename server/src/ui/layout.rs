@@ -42,7 +42,6 @@ pub fn page(title: &str, viewer: Option<&Viewer>, current: &str, body: Markup) -
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Civic" }
                 link rel="stylesheet" href="/ui/static/civic.css";
-                script src="/ui/static/civic.js" defer {}
             }
             body {
                 a class="skip" href="#main" { "Skip to the content" }
@@ -83,6 +82,21 @@ pub fn page(title: &str, viewer: Option<&Viewer>, current: &str, body: Markup) -
             }
         }
     }
+}
+
+/// A value as one segment of a URL path (ids come from policies and manifests: encoded so
+/// that no id can make a link point elsewhere).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~'
+                if s != "." && s != ".." =>
+            {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A message saying what went wrong.

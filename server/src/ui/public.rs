@@ -68,10 +68,13 @@ pub async fn login(
     s: web::Data<AppState>,
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, UiError> {
-    super::check_post(&req, None, "")?;
+    super::check_post(&req, &s.config, None, "")?;
     let next = super::safe_next(&form.next).unwrap_or_default();
     let ip = req.peer_addr().map(|a| a.ip());
-    match svc::login(&s, &form.token, ip).await {
+    let held = req
+        .cookie(super::cookie_name(&s))
+        .map(|c| zeroize::Zeroizing::new(c.value().to_string()));
+    match svc::login(&s, &form.token, ip, held.as_deref().map(String::as_str)).await {
         Ok(session) => {
             let to = if next.is_empty() {
                 super::home(session.account.role)
@@ -109,7 +112,7 @@ pub async fn logout(
     form: web::Form<LogoutForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = viewer(&req, &s).await?;
-    super::check_post(&req, v.as_ref(), &form.csrf)?;
+    super::check_post(&req, &s.config, v.as_ref(), &form.csrf)?;
     if let Some(v) = &v {
         svc::logout(&s, &v.cookie).await?;
     }
@@ -137,7 +140,11 @@ pub async fn register(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpRe
         @if entries.is_empty() {
             p { "Nothing has been released yet." }
         } @else {
-            p { (entries.len()) " release" @if entries.len() != 1 { "s" } ", newest first." }
+            @if entries.len() as i64 == REGISTER_PAGE {
+                p { "The newest " (REGISTER_PAGE) " releases, newest first (every release is in " code { "GET /v1/register?limit=1000" } ")." }
+            } @else {
+                p { (entries.len()) " release" @if entries.len() != 1 { "s" } ", newest first." }
+            }
             ol class="releases" {
                 @for e in &entries { li { (register_entry(e)) } }
             }
@@ -149,7 +156,7 @@ pub async fn register(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpRe
                 dt { "Entries in the audit log" } dd { (head.seq) }
                 dt { "Hash of the latest entry" } dd { code class="hash" { (head.hash) } }
             }
-            p { "Anyone can read the latest entry at " code { "GET /v1/audit/head" } ". Partner organisations' agents record it as they go and check the whole log against what they recorded (" code { "civic-agent audit-check" } "), so a rewritten log is caught. The board verifies the whole chain on its audit page." }
+            p { "Anyone can read the latest entry at " code { "GET /v1/audit/head" } ". Partner organisations' agents record it as they go and check the whole log against what they recorded (" code { "civic-agent audit-check" } "), so a log rewritten by whoever runs this server is caught by someone who does not have to trust it." }
         }
     };
     Ok(super::html(
@@ -190,7 +197,6 @@ pub async fn release(
             dt { "Release" } dd { "query " (q.id) }
             dt { "Dataset" } dd { (q.dataset) " (policy version " (q.dataset_version) ")" }
             dt { "Project" } dd { (title) " (" (q.project) ")" }
-            dt { "Asked" } dd { (describe::when(&q.submitted_at)) }
             dt { "Released" } dd { (describe::when(&release.released_at)) }
             dt { "Privacy cost" } dd { (describe::cost(&q.cost)) }
             dt { "Board approvals" } dd { @if q.approvals_required == 0 { "none required (its cost is within what the policy allows without them)" } @else { (q.approvals_required) ", signed by distinct board members" } }
@@ -258,7 +264,7 @@ fn manifest(s: &SignedManifest, previous: Option<&SignedManifest>) -> Markup {
                 dt { "Digest" } dd { code class="hash" { (m.digest()) } }
                 @if let Some(p) = &m.previous { dt { "Follows" } dd { code class="hash" { (p) } } }
                 dt { "Board" } dd { (m.board.threshold) " of " (m.board.members.len()) " members must sign: " (m.board.members.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ")) }
-                dt { "Signed by" } dd {
+                dt { "Signed by (as this coordinator checks it; " code { "civic-board verify" } " checks it on your own machine)" } dd {
                     ul { @for (name, valid) in &signers { li { (name) ": " @if *valid { "signature verifies" } @else { strong { "signature does not verify" } } } } }
                 }
             }
@@ -321,7 +327,7 @@ fn changes(old: &Manifest, new: &Manifest) -> Markup {
     html! {
         p { strong { "Changes from version " (old.version) ": " } @if lines.is_empty() { "none" } @else { (lines.join("; ")) "." } }
         @for d in new.datasets.iter().filter(|d| old.datasets.iter().any(|o| o.id == d.id && o.policy_digest != d.policy_digest)) {
-            p { a href={ "/ui/datasets/" (d.id) "/diff" } { "What changed in " (d.id) "'s policy" } " (for logged-in members)" }
+            p { a href={ "/ui/datasets/" (layout::segment(&d.id)) "/diff" } { "What changed in " (d.id) "'s policy" } " (for logged-in members)" }
         }
     }
 }

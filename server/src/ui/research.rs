@@ -305,7 +305,7 @@ pub async fn preview(
     f: web::Form<QueryForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Researcher]).await?;
-    super::check_post(&req, Some(&v), &f.csrf)?;
+    super::check_post(&req, &s.config, Some(&v), &f.csrf)?;
     let outcome = match request_of(&f) {
         Ok(request) => research::preview(&s, &v.account, request.clone())
             .await
@@ -368,12 +368,7 @@ fn preview_view(request: &QueryRequest, p: &Preview) -> Markup {
                     @for a in &p.accuracy {
                         tr {
                             th scope="row" { (a.name) }
-                            td class="num" {
-                                @if let Some(h) = a.half_width { "± " (describe::value(h, false)) }
-                                @else if !a.half_width_at_rows.is_empty() {
-                                    (a.half_width_at_rows.iter().map(|(n, h)| format!("± {} at {n} rows", describe::value(*h, false))).collect::<Vec<_>>().join("; "))
-                                } @else { "not stated" }
-                            }
+                            td class="num" { (describe::half_width(a)) }
                             td { (a.note.as_deref().unwrap_or("")) }
                         }
                     }
@@ -398,7 +393,7 @@ pub async fn submit(
     f: web::Form<SubmitForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Researcher]).await?;
-    super::check_post(&req, Some(&v), &f.csrf)?;
+    super::check_post(&req, &s.config, Some(&v), &f.csrf)?;
     let request: QueryRequest = serde_json::from_str(&f.request).map_err(|e| {
         UiError::shown(
             StatusCode::BAD_REQUEST,
