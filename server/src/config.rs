@@ -263,4 +263,25 @@ mod tests {
         let e = Config::from_toml("driver_lease_secs = 0.1", "c.toml").unwrap_err();
         assert!(e.contains("driver_lease_secs"), "{e}");
     }
+
+    #[test]
+    fn the_dashboard_cookie_is_secure_except_plain_http_on_loopback() {
+        let secure = |text: &str| Config::from_toml(text, "c").unwrap().ui_cookie_secure();
+        assert!(!secure(""));
+        assert!(secure("bind = \"0.0.0.0:8440\""));
+        // Behind a TLS-terminating proxy on loopback, the public origin decides.
+        assert!(secure("public_url = \"https://civic.example.org\""));
+        assert!(!secure("public_url = \"http://127.0.0.1:8440\""));
+        for bad in [
+            "civic.example.org",
+            "https://civic.example.org/ui",
+            "https://",
+            "ftp://x",
+        ] {
+            let e = Config::from_toml(&format!("public_url = {bad:?}"), "c.toml").unwrap_err();
+            assert!(e.contains("public_url"), "{bad}: {e}");
+        }
+        let e = Config::from_toml("ui_session_secs = 5", "c.toml").unwrap_err();
+        assert!(e.contains("ui_session_secs"), "{e}");
+    }
 }

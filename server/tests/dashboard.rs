@@ -602,3 +602,38 @@ async fn a_policy_diff_shows_what_changed_and_refuses_versions_that_do_not_exist
     }
     c.stop().await;
 }
+
+#[actix_web::test]
+async fn behind_a_tls_proxy_the_public_origin_decides_the_cookie_and_where_forms_come_from() {
+    let config = civic_server::Config {
+        public_url: Some("https://civic.example.org".into()),
+        ..common::test_config(&fresh_store_url("dashboard-proxy"))
+    };
+    let c = Coordinator::start_with(config).await;
+    let login = |origin: &str| {
+        no_redirects()
+            .post(format!("{}/ui/login", c.base))
+            .header("origin", origin.to_string())
+            .form(&[("token", c.board[0].as_str())])
+            .send()
+    };
+    let res = login("https://civic.example.org").await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let set = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        set.starts_with("__Host-civic-session=") && set.contains("; Secure"),
+        "{set}"
+    );
+    assert!(
+        res.headers()["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age="),
+        "HSTS where the cookie is Secure"
+    );
+    for other in [c.base.as_str(), "http://civic.example.org", "null"] {
+        let res = login(other).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{other}");
+    }
+    c.stop().await;
+}
