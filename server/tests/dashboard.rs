@@ -10,22 +10,10 @@ mod webdriver;
 
 use civic_policies::manifest::{approval_message, sign};
 use common::partner::{StopAt, TestPartner};
-use common::{Coordinator, city_manifest, fresh_store_url, signed};
+use common::{Coordinator, city_manifest, fresh_store_url, partner_keys, signed};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use webdriver::Browser;
-
-/// The three partners' test keys (seeds 1, 2, 3, as `register_partners` uses).
-fn partner_keys(c: &Coordinator) -> Vec<(String, String)> {
-    c.partners
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _, _))| {
-            let key = civic_secagg::IdentityKey::from_seed(&[i as u8 + 1; 32]);
-            (name.clone(), hex::encode(key.public().0))
-        })
-        .collect()
-}
 
 /// A coordinator with the test board's manifest published and its partners registered.
 async fn federation(tag: &str) -> (Coordinator, Vec<TestPartner>) {
@@ -41,9 +29,9 @@ async fn federation(tag: &str) -> (Coordinator, Vec<TestPartner>) {
     (c, ps)
 }
 
-/// Runs the partners through query `id`'s round and waits for its release.
-async fn run_round(c: &Coordinator, ps: &[TestPartner], id: i64, values: &[Vec<i64>]) -> Value {
-    let (_, q) = c
+/// Query `id` as the board sees it through the API.
+async fn query_view(c: &Coordinator, id: i64) -> Value {
+    let (s, v) = c
         .call(
             Method::GET,
             &format!("/v1/queries/{id}"),
@@ -51,7 +39,13 @@ async fn run_round(c: &Coordinator, ps: &[TestPartner], id: i64, values: &[Vec<i
             None,
         )
         .await;
-    let round = common::round_of(&q);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+/// Runs the partners through query `id`'s round and waits for its release.
+async fn run_round(c: &Coordinator, ps: &[TestPartner], id: i64, values: &[Vec<i64>]) -> Value {
+    let round = common::round_of(&query_view(c, id).await);
     let results = futures_util::future::join_all(
         ps.iter()
             .zip(values)
@@ -538,26 +532,12 @@ async fn a_decision_without_the_sessions_csrf_token_or_from_another_site_changes
         assert!(res.text().await.unwrap().contains("Refused"));
     }
     assert_eq!(head(&c).await, before, "nothing was recorded");
-    let (_, v) = c
-        .call(
-            Method::GET,
-            &format!("/v1/queries/{id}"),
-            Some(&c.board[0]),
-            None,
-        )
-        .await;
+    let v = query_view(&c, id).await;
     assert_eq!(v["state"], "awaiting_approval", "{v}");
     // With the token, from this site: the rejection is recorded.
     let res = post(&csrf, Some(&c.base)).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let (_, v) = c
-        .call(
-            Method::GET,
-            &format!("/v1/queries/{id}"),
-            Some(&c.board[0]),
-            None,
-        )
-        .await;
+    let v = query_view(&c, id).await;
     assert_eq!(v["state"], "rejected", "{v}");
     assert_eq!(v["approvals"][0]["member"], "board-1", "{v}");
     c.stop().await;

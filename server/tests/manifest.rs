@@ -7,21 +7,9 @@
 mod common;
 
 use civic_policies::manifest::{self, approval_message};
-use common::{Coordinator, city_manifest, fresh_store_url, signed};
+use common::{Coordinator, city_manifest, fresh_store_url, partner_keys, signed};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-/// The three partners' test keys (seeds 1, 2, 3, as `register_partners` uses).
-fn partner_keys(c: &Coordinator) -> Vec<(String, String)> {
-    c.partners
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _, _))| {
-            let key = civic_secagg::IdentityKey::from_seed(&[i as u8 + 1; 32]);
-            (name.clone(), hex::encode(key.public().0))
-        })
-        .collect()
-}
 
 #[actix_web::test]
 async fn only_manifests_signed_by_the_board_before_them_are_stored() {

@@ -216,20 +216,7 @@ pub async fn review(state: &AppState, id: i64) -> Result<Review> {
                 &q.request.query,
                 priced.plan.cells,
             );
-            Ok((
-                priced
-                    .accuracy
-                    .into_iter()
-                    .map(|a| StatisticAccuracy {
-                        name: a.name,
-                        half_width: a.half_width,
-                        half_width_at_rows: a.half_width_at_rows,
-                        confidence: a.confidence,
-                        note: a.note,
-                    })
-                    .collect(),
-                disclosure,
-            ))
+            Ok((research::accuracy_views(priced.accuracy), disclosure))
         }
         Err(e) if e.body().status < 500 => Err(e.body().detail),
         Err(e) => return Err(e),

@@ -174,18 +174,24 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
         reuses_release,
         blocks: priced.blocks,
         half_widths: priced.half_widths,
-        accuracy: priced
-            .accuracy
-            .into_iter()
-            .map(|a| StatisticAccuracy {
-                name: a.name,
-                half_width: a.half_width,
-                half_width_at_rows: a.half_width_at_rows,
-                confidence: a.confidence,
-                note: a.note,
-            })
-            .collect(),
+        accuracy: accuracy_views(priced.accuracy),
     })
+}
+
+/// The accuracy of a priced query's rows, as the API shows it.
+pub fn accuracy_views(
+    accuracy: Vec<civic_mechanisms::release::RowAccuracy>,
+) -> Vec<StatisticAccuracy> {
+    accuracy
+        .into_iter()
+        .map(|a| StatisticAccuracy {
+            name: a.name,
+            half_width: a.half_width,
+            half_width_at_rows: a.half_width_at_rows,
+            confidence: a.confidence,
+            note: a.note,
+        })
+        .collect()
 }
 
 /// Board approvals a query needs: the policy's count at its cost, raised to the board's

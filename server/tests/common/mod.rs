@@ -376,6 +376,19 @@ pub fn board_toml() -> String {
     format!("[board]\nthreshold = 2\nkeys = [{}]\n", keys.join(", "))
 }
 
+/// The partners' test identity keys (seeds 1, 2, 3, as `register_partners` uses): (name,
+/// public key hex), for a manifest.
+pub fn partner_keys(c: &Coordinator) -> Vec<(String, String)> {
+    c.partners
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _, _))| {
+            let key = civic_secagg::IdentityKey::from_seed(&[i as u8 + 1; 32]);
+            (name.clone(), hex::encode(key.public().0))
+        })
+        .collect()
+}
+
 /// Version 1 of the test federation's manifest: `partners` (name, identity key hex) and the
 /// "city" policy, signed by `signers` of the test board.
 pub fn city_manifest(

@@ -119,35 +119,43 @@ impl Browser {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    /// One WebDriver command: its `value`, or its error (`{"error": …, "message": …}`).
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.session));
-        req = req.json(&body.unwrap_or(json!({})));
-        let res: Value = req.send().await.unwrap().json().await.unwrap();
-        if let Some(e) = res["value"].get("error") {
-            panic!(
+        if method != reqwest::Method::GET {
+            req = req.json(&body.unwrap_or(json!({})));
+        }
+        let res: Value = req
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match res["value"].get("error") {
+            Some(e) => Err(format!(
                 "WebDriver {method} {path}: {e}: {}",
                 res["value"]["message"]
-            );
+            )),
+            None => Ok(res["value"].clone()),
         }
-        res["value"].clone()
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.command(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn get(&self, path: &str) -> Value {
-        let res: Value = self
-            .http
-            .get(format!("{}{path}", self.session))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(e) = res["value"].get("error") {
-            panic!("WebDriver GET {path}: {e}: {}", res["value"]["message"]);
-        }
-        res["value"].clone()
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     /// Opens `url`.
@@ -165,18 +173,8 @@ impl Browser {
     pub async fn find(&self, css: &str) -> Element {
         let started = Instant::now();
         loop {
-            let res: Value = self
-                .http
-                .post(format!("{}/element", self.session))
-                .json(&json!({ "using": "css selector", "value": css }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if let Some(id) = res["value"][ELEMENT].as_str() {
-                return Element(id.to_string());
+            if let Some(e) = self.find_now(css).await {
+                return e;
             }
             if started.elapsed() > Duration::from_secs(5) {
                 let text = self.text_of_page().await;
@@ -197,16 +195,15 @@ impl Browser {
 
     /// An element's text, or `None` if it has gone (the page changed).
     async fn try_text(&self, e: &Element) -> Option<String> {
-        let res: Value = self
-            .http
-            .get(format!("{}/element/{}/text", self.session, e.0))
-            .send()
-            .await
-            .ok()?
-            .json()
+        let v = self
+            .command(
+                reqwest::Method::GET,
+                &format!("/element/{}/text", e.0),
+                None,
+            )
             .await
             .ok()?;
-        res["value"].as_str().map(str::to_string)
+        v.as_str().map(str::to_string)
     }
 
     /// The rendered text of the whole page.
@@ -219,19 +216,15 @@ impl Browser {
     }
 
     async fn find_now(&self, css: &str) -> Option<Element> {
-        let res: Value = self
-            .http
-            .post(format!("{}/element", self.session))
-            .json(&json!({ "using": "css selector", "value": css }))
-            .send()
-            .await
-            .ok()?
-            .json()
+        let v = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
             .await
             .ok()?;
-        res["value"][ELEMENT]
-            .as_str()
-            .map(|id| Element(id.to_string()))
+        v[ELEMENT].as_str().map(|id| Element(id.to_string()))
     }
 
     /// An element's property (`value` of a form field, `checked`, …).
