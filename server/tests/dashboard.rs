@@ -108,6 +108,18 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
     b.wait_for_text("#chain + p + dl", "Entries in the audit log")
         .await;
     b.screenshot("01-register").await;
+    // From the keyboard: the first Tab reaches "Skip to the content", and following it puts
+    // the focus on the page's content.
+    b.press_tab().await;
+    let focused = b
+        .execute("return document.activeElement.textContent", json!([]))
+        .await;
+    assert_eq!(focused, "Skip to the content");
+    b.press_enter().await;
+    let focused = b
+        .execute("return document.activeElement.id", json!([]))
+        .await;
+    assert_eq!(focused, "main");
     accessible(&b, "the register").await;
     b.click(&b.find("ol.releases h2 a").await).await;
     let table = b.wait_for_text("table", "count: interval").await;
@@ -130,6 +142,8 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
     b.screenshot("03-federation").await;
     accessible(&b, "the federation").await;
 
+    b.goto(&format!("{base}/ui/login")).await;
+    accessible(&b, "the login page").await;
     // The researcher previews a query above the approval threshold, then submits it.
     log_in(&b, base, &c.researcher).await;
     assert!(

@@ -260,6 +260,24 @@ impl Browser {
         .await;
     }
 
+    /// Presses Tab on the page, as a keyboard user moves the focus.
+    pub async fn press_tab(&self) {
+        self.press("\u{E004}").await;
+    }
+
+    /// Presses Enter on the focused element.
+    pub async fn press_enter(&self) {
+        self.press("\u{E007}").await;
+    }
+
+    async fn press(&self, key: &str) {
+        let actions = json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+            { "type": "keyDown", "value": key }, { "type": "keyUp", "value": key }
+        ] }] });
+        self.call(reqwest::Method::POST, "/actions", Some(actions))
+            .await;
+    }
+
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
     pub async fn execute(&self, script: &str, args: Value) -> Value {
         self.call(
