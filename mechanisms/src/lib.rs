@@ -9,6 +9,8 @@
 //! - [`distributed`]: the partners' shares of discrete Gaussian noise, sized for a round's
 //!   honest survivors, so the coordinator only ever unmasks a noisy sum.
 //! - [`plan`], [`release`]: the vector layout of a query, and the calibrated release.
+//! - [`learning`]: logistic regression by Newton steps on noisy secure sums, with each
+//!   resident's contribution bounded by public feature bounds (the core of training jobs).
 //! - [`pricing`]: request → calibrated plan → cost and half-widths, the one function the
 //!   coordinator and every agent call.
 //!
@@ -21,6 +23,8 @@ pub mod accounting;
 pub mod accuracy;
 pub mod distributed;
 pub mod error;
+pub mod learning;
+mod linalg;
 pub mod noise;
 mod opendp_guard;
 pub mod plan;
