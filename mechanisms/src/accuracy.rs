@@ -357,7 +357,7 @@ fn tail_within(sigma: f64, t: f64, alpha: f64) -> bool {
 
 /// The smallest z (to f64 precision, rounded up) with 2·P[N(0, 1) ≥ z] ≤ α as certified by
 /// OpenDP's conservative tail; `None` when α is too small for it (below ~10⁻⁴⁰).
-fn standard_quantile(alpha: f64) -> Option<f64> {
+pub(crate) fn standard_quantile(alpha: f64) -> Option<f64> {
     let fits = |z: f64| tail_within(1.0, z, alpha);
     let (mut low, mut high) = (0.0f64, 40.0f64);
     if !fits(high) {
