@@ -5,8 +5,10 @@
 //! residents the sum of per-resident contributions to the log-likelihood's gradient
 //! `(y − p)·x` and to Newton's information matrix `p(1 − p)·x·xᵀ` (its upper triangle), where
 //! `x` is the resident's features scaled by their public bounds into [−1, 1] with an
-//! intercept 1, and `p = σ(βᵀx)`. Scaling clips: a resident's contribution is bounded
-//! whatever their data, `‖g‖₂ ≤ √d` and `‖H‖_F ≤ d/4` for `d` coefficients. The partners
+//! intercept 1, and `p = σ(βᵀx)`; a multinomial model has a block of each per class. Scaling
+//! clips: a resident's contribution is bounded whatever their data (for a binary outcome
+//! `‖g‖₂ ≤ √q` and `‖H‖_F ≤ q/4` with `q` inputs; [`LogisticPlan::gradient_l2`] and
+//! [`LogisticPlan::information_l2`] give the multinomial bounds). The partners
 //! encode their sums in fixed point, the secure sum adds them with noise, and the
 //! coordinator takes the Newton step `β ← β + (H + λI)⁻¹ g` on the noisy totals: every
 //! iterate is post-processing of noisy sums, and the job's ρ is the sum of its iterations'
@@ -26,11 +28,15 @@ pub struct FeatureBounds {
     pub hi: f64,
 }
 
-/// A logistic model's plan: public, the same at the coordinator and every partner.
+/// A logistic model's plan: public, the same at the coordinator and every partner. With
+/// `classes` K > 2 it is multinomial: class 0 is the reference, and each other class has its
+/// own coefficients (intercept first), class by class.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogisticPlan {
     /// Each feature's bounds, in order (the intercept is added first).
     pub features: Vec<FeatureBounds>,
+    /// Outcome classes: 2 for a binary outcome (class 1 is "yes").
+    pub classes: usize,
     /// Fractional bits of the fixed-point encoding of a partner's sums.
     pub frac_bits: u32,
     /// The ridge λ added to the information matrix's diagonal before each step (in the
@@ -40,12 +46,18 @@ pub struct LogisticPlan {
 }
 
 impl LogisticPlan {
-    /// Checks the bounds and the encoding.
+    /// Checks the bounds, the classes and the encoding.
     pub fn new(
         features: Vec<FeatureBounds>,
+        classes: usize,
         frac_bits: u32,
         ridge: f64,
     ) -> Result<Self, MechanismError> {
+        if !(2..=16).contains(&classes) {
+            return Err(invalid(format!(
+                "a logistic model has 2 to 16 outcome classes, got {classes}"
+            )));
+        }
         for (i, b) in features.iter().enumerate() {
             if !(b.lo.is_finite() && b.hi.is_finite() && b.lo < b.hi) {
                 return Err(invalid(format!(
@@ -54,9 +66,10 @@ impl LogisticPlan {
                 )));
             }
         }
-        if features.is_empty() || features.len() > 64 {
+        if features.is_empty() || (features.len() + 1) * (classes - 1) > 64 {
             return Err(invalid(format!(
-                "a logistic model has 1 to 64 features, got {}",
+                "a logistic model has 1 to 64 coefficients (features and an intercept, for each \
+                 class but the reference), got {} features and {classes} classes",
                 features.len()
             )));
         }
@@ -67,14 +80,20 @@ impl LogisticPlan {
         }
         Ok(Self {
             features,
+            classes,
             frac_bits,
             ridge,
         })
     }
 
-    /// Coefficients, with the intercept.
-    pub fn coefficients(&self) -> usize {
+    /// Inputs of one class's linear predictor: the intercept and the features.
+    pub fn inputs(&self) -> usize {
         self.features.len() + 1
+    }
+
+    /// Coefficients: the inputs for each class but the reference.
+    pub fn coefficients(&self) -> usize {
+        self.inputs() * (self.classes - 1)
     }
 
     /// The length of one iteration's vector: the gradient, then the information matrix's
@@ -98,28 +117,54 @@ impl LogisticPlan {
             .collect()
     }
 
-    /// One resident's contribution at `beta` (scaled coordinates): the gradient, then the
-    /// information matrix's upper triangle.
-    pub fn contribution(&self, beta: &[f64], raw: &[f64], outcome: bool) -> Vec<f64> {
+    /// One resident's contribution at `beta` (scaled coordinates), whose outcome is class
+    /// `outcome` (an outcome outside the classes counts as the reference): the gradient
+    /// `(yₖ − pₖ)·x`, then the upper triangle of the information matrix, whose (k, l) block
+    /// is `(pₖδₖₗ − pₖpₗ)·x·xᵀ`.
+    pub fn contribution(&self, beta: &[f64], raw: &[f64], outcome: usize) -> Vec<f64> {
         let x = self.scaled(raw);
-        let eta: f64 = x.iter().zip(beta).map(|(a, b)| a * b).sum();
-        let p = sigmoid(eta);
-        let y = if outcome { 1.0 } else { 0.0 };
-        let w = p * (1.0 - p);
-        let mut out: Vec<f64> = x.iter().map(|xi| (y - p) * xi).collect();
-        for i in 0..x.len() {
-            for j in i..x.len() {
-                out.push(w * x[i] * x[j]);
+        let q = x.len();
+        let p = self.probabilities(beta, &x);
+        let k_of = |a: usize| a / q;
+        let mut out: Vec<f64> = (0..self.coefficients())
+            .map(|a| {
+                let k = k_of(a);
+                (f64::from(u8::from(outcome == k + 1)) - p[k]) * x[a % q]
+            })
+            .collect();
+        for a in 0..self.coefficients() {
+            for b in a..self.coefficients() {
+                let (k, l) = (k_of(a), k_of(b));
+                let w = if k == l {
+                    p[k] * (1.0 - p[k])
+                } else {
+                    -p[k] * p[l]
+                };
+                out.push(w * x[a % q] * x[b % q]);
             }
         }
         out
+    }
+
+    /// The probabilities of the classes but the reference, at `beta` for scaled inputs `x`
+    /// (a softmax with the reference's predictor fixed at 0, without overflow).
+    pub fn probabilities(&self, beta: &[f64], x: &[f64]) -> Vec<f64> {
+        let eta: Vec<f64> = beta
+            .chunks(x.len())
+            .map(|b| b.iter().zip(x).map(|(b, x)| b * x).sum())
+            .collect();
+        let top = eta.iter().copied().fold(0.0f64, f64::max);
+        let reference = (-top).exp();
+        let exps: Vec<f64> = eta.iter().map(|e| (e - top).exp()).collect();
+        let total = reference + exps.iter().sum::<f64>();
+        exps.iter().map(|e| e / total).collect()
     }
 
     /// The sum of `rows`' contributions at `beta`: what a partner computes locally.
     pub fn partner_sum<'a>(
         &self,
         beta: &[f64],
-        rows: impl IntoIterator<Item = (&'a [f64], bool)>,
+        rows: impl IntoIterator<Item = (&'a [f64], usize)>,
     ) -> Vec<f64> {
         let mut sum = vec![0.0; self.dims()];
         for (raw, y) in rows {
@@ -130,15 +175,19 @@ impl LogisticPlan {
         sum
     }
 
-    /// The most one resident moves the gradient, in L2: `|y − p| ≤ 1` and `‖x‖₂ ≤ √d`.
+    /// The most one resident moves the gradient, in L2, with `q` inputs (`‖x‖₂ ≤ √q`):
+    /// `Σₖ(yₖ − pₖ)² ≤ 1` for a binary outcome and `≤ 2` for more classes.
     pub fn gradient_l2(&self) -> f64 {
-        (self.coefficients() as f64).sqrt()
+        let spread = if self.classes == 2 { 1.0 } else { 2.0 };
+        (spread * self.inputs() as f64).sqrt()
     }
 
     /// The most one resident moves the information matrix's upper triangle, in L2: at most
-    /// its Frobenius norm, `p(1 − p)‖x‖² ≤ d/4`.
+    /// its Frobenius norm, `‖W‖_F·‖x‖²` with `W = diag(p) − ppᵀ`, positive semi-definite, so
+    /// `‖W‖_F ≤ tr W = Σₖpₖ(1 − pₖ) ≤ min(1, (K − 1)/4)`.
     pub fn information_l2(&self) -> f64 {
-        self.coefficients() as f64 / 4.0
+        let trace = ((self.classes - 1) as f64 / 4.0).min(1.0);
+        trace * self.inputs() as f64
     }
 
     /// The L2 sensitivity of a partner's encoded vector: one resident's contribution in
@@ -260,13 +309,7 @@ impl LogisticPlan {
             .collect();
         // The scaling as a matrix T (raw = T·scaled), then each raw coefficient's
         // variance (T·σ²H⁻²·Tᵀ)ᵢᵢ = σ²‖(T·H⁻¹)ᵢ‖².
-        let mut t = vec![vec![0.0; d]; d];
-        t[0][0] = 1.0;
-        for (j, b) in self.features.iter().enumerate() {
-            let a = 2.0 / (b.hi - b.lo);
-            t[0][j + 1] = -1.0 - a * b.lo;
-            t[j + 1][j + 1] = a;
-        }
+        let t = self.scaling();
         Ok((0..d)
             .map(|i| {
                 let row_norm: f64 = (0..d)
@@ -308,19 +351,30 @@ impl LogisticPlan {
         None
     }
 
-    /// Coefficients in scaled coordinates as coefficients of the raw features (the
-    /// intercept first): `x_s = a·x + c` per feature with `a = 2/(hi − lo)`, `c = −1 − a·lo`.
+    /// Coefficients in scaled coordinates as coefficients of the raw features, class by
+    /// class (the intercept first): `x_s = a·x + c` per feature with `a = 2/(hi − lo)` and
+    /// `c = −1 − a·lo`.
     pub fn unscaled(&self, beta: &[f64]) -> Vec<f64> {
-        let mut intercept = beta[0];
-        let mut out = vec![0.0];
-        for (b, bounds) in beta[1..].iter().zip(&self.features) {
-            let a = 2.0 / (bounds.hi - bounds.lo);
-            let c = -1.0 - a * bounds.lo;
-            intercept += b * c;
-            out.push(b * a);
+        let t = self.scaling();
+        (0..beta.len())
+            .map(|i| (0..beta.len()).map(|j| t[i][j] * beta[j]).sum())
+            .collect()
+    }
+
+    /// The scaling as a matrix T over all coefficients (raw = T·scaled): one block a class.
+    fn scaling(&self) -> Vec<Vec<f64>> {
+        let (q, d) = (self.inputs(), self.coefficients());
+        let mut t = vec![vec![0.0; d]; d];
+        for k in 0..self.classes - 1 {
+            let o = k * q;
+            t[o][o] = 1.0;
+            for (j, b) in self.features.iter().enumerate() {
+                let a = 2.0 / (b.hi - b.lo);
+                t[o][o + j + 1] = -1.0 - a * b.lo;
+                t[o + j + 1][o + j + 1] = a;
+            }
         }
-        out[0] = intercept;
-        out
+        t
     }
 }
 
@@ -379,14 +433,15 @@ mod tests {
                 },
                 FeatureBounds { lo: 0.0, hi: 1.0 },
             ],
+            2,
             32,
             0.0,
         )
         .unwrap()
     }
 
-    fn rows(data: &[(Vec<f64>, bool)]) -> impl Iterator<Item = (&[f64], bool)> {
-        data.iter().map(|(x, y)| (x.as_slice(), *y))
+    fn rows(data: &[(Vec<f64>, bool)]) -> impl Iterator<Item = (&[f64], usize)> {
+        data.iter().map(|(x, y)| (x.as_slice(), usize::from(*y)))
     }
 
     #[test]
@@ -439,7 +494,7 @@ mod tests {
         ] {
             let base = plan.encode(&plan.partner_sum(&beta, rows(&data)));
             for (x, y) in &extremes {
-                let one = plan.contribution(&beta, x, *y);
+                let one = plan.contribution(&beta, x, usize::from(*y));
                 let (g, h) = one.split_at(plan.coefficients());
                 let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
                 assert!(norm(g) <= plan.gradient_l2() + 1e-12, "{g:?}");
@@ -464,7 +519,7 @@ mod tests {
         // noise on the encoded totals, fixed seeds. Tolerance: 0.05 per coefficient in
         // scaled coordinates (σ ≈ 3.5 per sum against an information matrix of order 10³:
         // a coefficient's noise is of order 10⁻³).
-        let plan = LogisticPlan::new(plan().features, 16, 0.0).unwrap();
+        let plan = LogisticPlan::new(plan().features, 2, 16, 0.0).unwrap();
         let data = cohort(20_000, 3);
         let sigma = plan.sigma_for_rho(0.2).unwrap();
         let noise = crate::sampler::GaussianScale::at_least(sigma).unwrap();
@@ -489,7 +544,7 @@ mod tests {
         // 300 noisy fits of one cohort of 3,000 at ρ 0.1 for the job (5 iterations), seeds
         // 0..300: each raw coefficient's 95% interval should hold the exact fit in about 95%
         // of them. Tolerance: 91% to 99% (three binomial standard deviations, 1.26% each).
-        let plan = LogisticPlan::new(plan().features, 16, 0.0).unwrap();
+        let plan = LogisticPlan::new(plan().features, 2, 16, 0.0).unwrap();
         let data = cohort(3_000, 5);
         let iterations = 5;
         let sigma_int = plan.sigma_for_rho(0.1 / f64::from(iterations)).unwrap();
@@ -555,6 +610,85 @@ mod tests {
         assert!(plan.share_sigma(0.05, fewer).unwrap() > share);
     }
 
+    /// Three outcome classes (say, the organism class a lab reports: 0 other, 1
+    /// gram-negative, 2 gram-positive) from a known multinomial model of two features.
+    fn three_classes(n: usize, seed: u64) -> Vec<(Vec<f64>, usize)> {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let age = 18.0 + 82.0 * uniform(&mut rng);
+                let catheter = f64::from(u8::from(uniform(&mut rng) < 0.2));
+                let eta = [0.0, -1.0 + 0.02 * age + 1.0 * catheter, 0.5 - 0.01 * age];
+                let top = eta.iter().copied().fold(f64::MIN, f64::max);
+                let w: Vec<f64> = eta.iter().map(|e| (e - top).exp()).collect();
+                let mut u = uniform(&mut rng) * w.iter().sum::<f64>();
+                let class = w
+                    .iter()
+                    .position(|wk| {
+                        u -= wk;
+                        u < 0.0
+                    })
+                    .unwrap_or(2);
+                (vec![age, catheter], class)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_multinomial_fit_from_partners_sums_is_the_pooled_one_and_stays_bounded() {
+        let plan = LogisticPlan::new(
+            vec![
+                FeatureBounds {
+                    lo: 18.0,
+                    hi: 100.0,
+                },
+                FeatureBounds { lo: 0.0, hi: 1.0 },
+            ],
+            3,
+            32,
+            0.0,
+        )
+        .unwrap();
+        assert_eq!((plan.coefficients(), plan.dims()), (6, 27));
+        let data = three_classes(30_000, 17);
+        let sum = |beta: &[f64], d: &[(Vec<f64>, usize)]| {
+            plan.partner_sum(beta, d.iter().map(|(x, y)| (x.as_slice(), *y)))
+        };
+        let (mut pooled, mut federated) = (vec![0.0; 6], vec![0.0; 6]);
+        for _ in 0..10 {
+            pooled = plan.newton_step(&pooled, &sum(&pooled, &data)).unwrap();
+            let mut total = vec![0i64; plan.dims()];
+            for part in data.chunks(3_750) {
+                let encoded = plan.encode(&sum(&federated, part));
+                total.iter_mut().zip(encoded).for_each(|(t, e)| *t += e);
+            }
+            federated = plan.newton_step(&federated, &plan.decode(&total)).unwrap();
+        }
+        for (a, b) in pooled.iter().zip(&federated) {
+            assert!((a - b).abs() < 1e-6, "{pooled:?} against {federated:?}");
+        }
+        // Near the model drawn from, class by class (raw coordinates).
+        let raw = plan.unscaled(&pooled);
+        let truth = [-1.0, 0.02, 1.0, 0.5, -0.01, 0.0];
+        for (b, t) in raw.iter().zip(truth) {
+            assert!((b - t).abs() < 0.2, "{raw:?}");
+        }
+        // One resident, however extreme, within the bounds at any coefficients.
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        for beta in [vec![0.0; 6], vec![9.0, -9.0, 9.0, -9.0, 9.0, -9.0]] {
+            for (x, y) in [
+                (vec![1e9, 5.0], 1),
+                (vec![-1e9, f64::NAN], 2),
+                (vec![50.0, 0.0], 0),
+            ] {
+                let one = plan.contribution(&beta, &x, y);
+                let (g, h) = one.split_at(plan.coefficients());
+                assert!(norm(g) <= plan.gradient_l2() + 1e-12, "{g:?}");
+                assert!(norm(h) <= plan.information_l2() + 1e-12, "{h:?}");
+            }
+        }
+    }
+
     #[test]
     fn bad_plans_and_steps_are_refused() {
         let b = FeatureBounds { lo: 0.0, hi: 1.0 };
@@ -572,7 +706,10 @@ mod tests {
             (vec![b], 4, 0.0),
             (vec![b], 32, -1.0),
         ] {
-            assert!(LogisticPlan::new(features, bits, ridge).is_err());
+            assert!(LogisticPlan::new(features, 2, bits, ridge).is_err());
+        }
+        for classes in [0, 1, 17] {
+            assert!(LogisticPlan::new(vec![b], classes, 32, 0.0).is_err());
         }
         let plan = plan();
         assert!(plan.newton_step(&[0.0; 4], &[0.0; 3]).is_err());
