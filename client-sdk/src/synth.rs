@@ -401,6 +401,126 @@ pub fn write_linked_extract(
     Ok(rows)
 }
 
+/// One synthetic antibiotic prescription in primary care, for a model of first-line
+/// treatment failure (issue 19's antibiotic example; the training job itself is not built
+/// yet). The invented model behind `failed` is [`FAILURE_MODEL`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prescription {
+    /// The GP federation (index into [`GP_FEDERATIONS`]).
+    pub gp: usize,
+    /// Age in years, 18 to 100.
+    pub age: u32,
+    /// "female" or "male".
+    pub sex: &'static str,
+    /// Renal function, eGFR in mL/min/1.73m², 10 to 120.
+    pub egfr: f64,
+    /// An antibiotic prescribed in the 90 days before.
+    pub recent_antibiotic: bool,
+    /// Lives in a care home.
+    pub care_home: bool,
+    /// The infection site: "urinary", "respiratory" or "skin".
+    pub site: &'static str,
+    /// The organism class the lab reported: "gram_negative", "gram_positive" or "other".
+    pub organism: &'static str,
+    /// The antibiotic given first.
+    pub antibiotic: &'static str,
+    /// The first-line treatment failed (a second antibiotic or an admission within 14 days).
+    pub failed: bool,
+}
+
+/// The invented logistic model of first-line failure: (term, coefficient), the intercept
+/// first. Recent antibiotics, care homes and a gram-negative organism treated with
+/// amoxicillin raise it; nitrofurantoin fails more at low eGFR.
+pub const FAILURE_MODEL: [(&str, f64); 7] = [
+    ("intercept", -2.4),
+    ("age per decade over 18", 0.12),
+    ("recent antibiotic", 0.9),
+    ("care home", 0.6),
+    ("nitrofurantoin with eGFR below 45", 1.1),
+    ("amoxicillin for a gram-negative organism", 1.3),
+    ("female", -0.2),
+];
+
+/// `n` prescriptions from `seed`.
+pub fn prescriptions(seed: u64, n: u32) -> Vec<Prescription> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xa57b_10c0);
+    (0..n).map(|_| prescription(&mut rng)).collect()
+}
+
+fn prescription(rng: &mut ChaCha20Rng) -> Prescription {
+    let age = 18 + (unit(rng).powf(0.8) * 82.0) as u32;
+    let sex = if chance(rng, 0.6) { "female" } else { "male" };
+    let decades = f64::from(age - 18) / 10.0;
+    let egfr = normal(rng, 105.0 - 0.8 * f64::from(age - 18), 15.0).clamp(10.0, 120.0);
+    let recent_antibiotic = chance(rng, 0.15 + 0.02 * decades);
+    let care_home = age >= 65 && chance(rng, 0.08);
+    let site = match unit(rng) {
+        u if u < 0.5 + if sex == "female" { 0.15 } else { 0.0 } => "urinary",
+        u if u < 0.85 => "respiratory",
+        _ => "skin",
+    };
+    let organism = match (site, unit(rng)) {
+        ("urinary", u) if u < 0.8 => "gram_negative",
+        ("skin", u) if u < 0.75 => "gram_positive",
+        ("respiratory", u) if u < 0.45 => "gram_positive",
+        (_, u) if u < 0.9 => "other",
+        _ => "gram_negative",
+    };
+    let antibiotic = match (site, unit(rng)) {
+        ("urinary", u) if u < 0.55 => "nitrofurantoin",
+        ("urinary", u) if u < 0.85 => "trimethoprim",
+        ("urinary", _) => "amoxicillin",
+        ("respiratory", u) if u < 0.6 => "amoxicillin",
+        ("respiratory", _) => "doxycycline",
+        (_, u) if u < 0.8 => "flucloxacillin",
+        _ => "doxycycline",
+    };
+    let [
+        _,
+        (_, b_age),
+        (_, b_recent),
+        (_, b_care),
+        (_, b_nitro),
+        (_, b_amox),
+        (_, b_female),
+    ] = FAILURE_MODEL;
+    let flag = |b: bool| f64::from(u8::from(b));
+    let eta = FAILURE_MODEL[0].1
+        + b_age * decades
+        + b_recent * flag(recent_antibiotic)
+        + b_care * flag(care_home)
+        + b_nitro * flag(antibiotic == "nitrofurantoin" && egfr < 45.0)
+        + b_amox * flag(antibiotic == "amoxicillin" && organism == "gram_negative")
+        + b_female * flag(sex == "female");
+    let failed = chance(rng, 1.0 / (1.0 + (-eta).exp()));
+    Prescription {
+        gp: (unit(rng) * GP_FEDERATIONS.len() as f64) as usize % GP_FEDERATIONS.len(),
+        age,
+        sex,
+        egfr: (egfr * 10.0).round() / 10.0,
+        recent_antibiotic,
+        care_home,
+        site,
+        organism,
+        antibiotic,
+        failed,
+    }
+}
+
+/// A prescription's terms in [`FAILURE_MODEL`]'s order, without the intercept: what a
+/// model of failure is fitted on.
+pub fn failure_terms(p: &Prescription) -> Vec<f64> {
+    let flag = |b: bool| f64::from(u8::from(b));
+    vec![
+        f64::from(p.age - 18) / 10.0,
+        flag(p.recent_antibiotic),
+        flag(p.care_home),
+        flag(p.antibiotic == "nitrofurantoin" && p.egfr < 45.0),
+        flag(p.antibiotic == "amoxicillin" && p.organism == "gram_negative"),
+        flag(p.sex == "female"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +623,53 @@ mod tests {
             assert!(text.starts_with(linked_header(partner)));
             assert_eq!(text.lines().count() as u64, rows + 1, "{partner}");
             assert!(rows > 50, "{partner}: {rows}");
+        }
+    }
+
+    #[test]
+    fn prescriptions_follow_their_failure_model() {
+        use civic_mechanisms::learning::{FeatureBounds, LogisticPlan};
+        let ps = prescriptions(2026, 40_000);
+        assert_eq!(
+            ps,
+            prescriptions(2026, 40_000),
+            "deterministic from the seed"
+        );
+        let failed = ps.iter().filter(|p| p.failed).count() as f64 / ps.len() as f64;
+        assert!((0.1..0.35).contains(&failed), "failure rate {failed}");
+        assert!(
+            ps.iter()
+                .all(|p| (10.0..=120.0).contains(&p.egfr) && p.age <= 100)
+        );
+        for gp in 0..GP_FEDERATIONS.len() {
+            assert!(ps.iter().filter(|p| p.gp == gp).count() > 6_000, "{gp}");
+        }
+        // A logistic fit of the terms recovers the model (the sample is large; ±0.2).
+        let bounds = [
+            (0.0, 8.2),
+            (0.0, 1.0),
+            (0.0, 1.0),
+            (0.0, 1.0),
+            (0.0, 1.0),
+            (0.0, 1.0),
+        ]
+        .map(|(lo, hi)| FeatureBounds { lo, hi })
+        .to_vec();
+        let plan = LogisticPlan::new(bounds, 2, 32, 0.0).unwrap();
+        let rows: Vec<(Vec<f64>, usize)> = ps
+            .iter()
+            .map(|p| (failure_terms(p), usize::from(p.failed)))
+            .collect();
+        let mut beta = vec![0.0; 7];
+        for _ in 0..10 {
+            let sum = plan.partner_sum(&beta, rows.iter().map(|(x, y)| (x.as_slice(), *y)));
+            beta = plan.newton_step(&beta, &sum).unwrap();
+        }
+        for ((term, truth), fitted) in FAILURE_MODEL.iter().zip(plan.unscaled(&beta)) {
+            assert!(
+                (fitted - truth).abs() < 0.2,
+                "{term}: {fitted} against {truth}"
+            );
         }
     }
 }

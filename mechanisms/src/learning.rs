@@ -378,6 +378,31 @@ impl LogisticPlan {
     }
 }
 
+/// The area under the ROC curve of `scores` for `outcomes`: the chance that a random
+/// positive scores above a random negative, ties counting a half (the Mann–Whitney
+/// statistic over ranks). `None` without both outcomes.
+pub fn auc(scores: &[f64], outcomes: &[bool]) -> Option<f64> {
+    let mut order: Vec<usize> = (0..scores.len().min(outcomes.len())).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let positives = order.iter().filter(|&&i| outcomes[i]).count() as f64;
+    let negatives = order.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Sum of the positives' ranks (1-based, ties given their mean rank).
+    let (mut rank_sum, mut start) = (0.0, 0);
+    while start < order.len() {
+        let mut end = start;
+        while end + 1 < order.len() && scores[order[end + 1]] == scores[order[start]] {
+            end += 1;
+        }
+        let mean_rank = (start + end) as f64 / 2.0 + 1.0;
+        rank_sum += order[start..=end].iter().filter(|&&i| outcomes[i]).count() as f64 * mean_rank;
+        start = end + 1;
+    }
+    Some((rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives))
+}
+
 fn invalid(reason: impl Into<String>) -> MechanismError {
     MechanismError::InvalidParameter {
         stage: "logistic regression",
@@ -687,6 +712,33 @@ mod tests {
                 assert!(norm(h) <= plan.information_l2() + 1e-12, "{h:?}");
             }
         }
+    }
+
+    #[test]
+    fn auc_is_the_chance_a_positive_outranks_a_negative() {
+        let y = [false, false, true, true];
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &y), Some(1.0));
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &y), Some(0.0));
+        assert_eq!(auc(&[0.5; 4], &y), Some(0.5));
+        // One positive below one negative of four pairs: 3/4.
+        assert_eq!(auc(&[0.1, 0.6, 0.5, 0.9], &y), Some(0.75));
+        assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
+        // The fitted model separates its own cohort better than chance.
+        let plan = plan();
+        let data = cohort(5_000, 21);
+        let mut beta = vec![0.0; 4];
+        for _ in 0..8 {
+            beta = plan
+                .newton_step(&beta, &plan.partner_sum(&beta, rows(&data)))
+                .unwrap();
+        }
+        let scores: Vec<f64> = data
+            .iter()
+            .map(|(x, _)| plan.probabilities(&beta, &plan.scaled(x))[0])
+            .collect();
+        let outcomes: Vec<bool> = data.iter().map(|(_, y)| *y).collect();
+        let a = auc(&scores, &outcomes).unwrap();
+        assert!((0.6..0.9).contains(&a), "{a}");
     }
 
     #[test]
