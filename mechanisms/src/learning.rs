@@ -378,6 +378,86 @@ impl LogisticPlan {
     }
 }
 
+/// Models Civic does not fit itself (the eye-photo path): a trainer command the partner
+/// configures locally returns the sum of its examples' gradients, each clipped to L2 norm
+/// `clip`, at the announced parameters (DP-SGD across partners). The agent checks what the
+/// trainer returned before any of it is noised, masked and sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClippedSumPlan {
+    /// The model's parameters: the vector's length.
+    pub params: usize,
+    /// Each example's gradient is clipped to this L2 norm.
+    pub clip: f64,
+    /// The most examples one partner may sum (public, as for every statistic).
+    pub max_rows: u64,
+    /// Fractional bits of the fixed-point encoding.
+    pub frac_bits: u32,
+}
+
+/// Why a trainer's output was refused: its code and what was wrong, naming no value of it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct TrainerRefusal {
+    /// `trainer.output_unreadable`, `trainer.output_length`, `trainer.output_not_finite` or
+    /// `trainer.output_norm`.
+    pub code: &'static str,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl ClippedSumPlan {
+    /// Reads a trainer's output: a JSON array of numbers, nothing else. Garbage, the wrong
+    /// length, a non-finite entry or a norm above `clip × max_rows` (no sum of clipped
+    /// gradients over at most `max_rows` examples can be longer) is refused.
+    pub fn check(&self, output: &[u8]) -> Result<Vec<f64>, TrainerRefusal> {
+        let refuse = |code, reason: String| TrainerRefusal { code, reason };
+        let values: Vec<serde_json::Value> = serde_json::from_slice(output).map_err(|e| {
+            refuse(
+                "trainer.output_unreadable",
+                format!("the trainer must print a JSON array of numbers ({e})"),
+            )
+        })?;
+        if values.len() != self.params {
+            return Err(refuse(
+                "trainer.output_length",
+                format!(
+                    "the trainer returned {} numbers for a model of {} parameters",
+                    values.len(),
+                    self.params
+                ),
+            ));
+        }
+        let sum: Vec<f64> = values
+            .iter()
+            .map(|v| v.as_f64().filter(|x| x.is_finite()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                refuse(
+                    "trainer.output_not_finite",
+                    "every entry must be a finite number".into(),
+                )
+            })?;
+        let bound = self.clip * self.max_rows as f64;
+        if sum.iter().map(|x| x * x).sum::<f64>().sqrt() > bound * (1.0 + 1e-12) {
+            return Err(refuse(
+                "trainer.output_norm",
+                format!(
+                    "the sum's L2 norm is above {bound} (the clip {} times at most {} examples): \
+                     the trainer does not clip its gradients",
+                    self.clip, self.max_rows
+                ),
+            ));
+        }
+        Ok(sum)
+    }
+
+    /// The L2 sensitivity of the encoded sum: one example's clipped gradient in fixed-point
+    /// units, plus a unit a coordinate for the rounding.
+    pub fn encoded_l2(&self) -> f64 {
+        self.clip * 2f64.powi(self.frac_bits as i32) + (self.params as f64).sqrt()
+    }
+}
+
 /// The area under the ROC curve of `scores` for `outcomes`: the chance that a random
 /// positive scores above a random negative, ties counting a half (the Mann–Whitney
 /// statistic over ranks). `None` without both outcomes.
@@ -739,6 +819,39 @@ mod tests {
         let outcomes: Vec<bool> = data.iter().map(|(_, y)| *y).collect();
         let a = auc(&scores, &outcomes).unwrap();
         assert!((0.6..0.9).contains(&a), "{a}");
+    }
+
+    #[test]
+    fn a_trainers_output_is_read_strictly_and_bounded() {
+        let plan = ClippedSumPlan {
+            params: 3,
+            clip: 1.0,
+            max_rows: 10,
+            frac_bits: 16,
+        };
+        assert_eq!(
+            plan.check(b"[1.5, -2, 0.25]").unwrap(),
+            vec![1.5, -2.0, 0.25]
+        );
+        for (output, code) in [
+            (&b"1.5 -2 0.25"[..], "trainer.output_unreadable"),
+            (b"", "trainer.output_unreadable"),
+            (b"[1, 2, \"three\"]", "trainer.output_not_finite"),
+            (b"[1, 2, null]", "trainer.output_not_finite"),
+            (b"[1, 2, 3, 4]", "trainer.output_length"),
+            (b"[1, 2]", "trainer.output_length"),
+            (b"[10, 0, 0.5]", "trainer.output_norm"),
+            (b"[1e308, 1e308, 1e308]", "trainer.output_norm"),
+        ] {
+            let e = plan.check(output).unwrap_err();
+            assert_eq!(e.code, code, "{}", String::from_utf8_lossy(output));
+        }
+        // No value of the output is in a refusal's reason.
+        let e = plan.check(b"[10, 0, 0.5]").unwrap_err();
+        assert!(
+            !e.reason.contains("10.0") && !e.reason.contains("0.5"),
+            "{e}"
+        );
     }
 
     #[test]
