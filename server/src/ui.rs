@@ -166,6 +166,7 @@ fn html(status: StatusCode, markup: Markup) -> HttpResponse {
 }
 
 /// Who is looking at a page: the account of the session, and the session's CSRF token.
+#[derive(Clone)]
 pub struct Viewer {
     /// The account.
     pub account: Account,
@@ -342,6 +343,31 @@ pub enum UiError {
 impl std::fmt::Debug for UiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{self}")
+    }
+}
+
+/// Failures of a page someone is logged in to: its error page keeps their navigation.
+trait SeenBy<T> {
+    /// The failure, shown to `viewer`.
+    fn seen_by(self, viewer: &Viewer) -> Result<T, UiError>;
+}
+
+impl<T, E: Into<UiError>> SeenBy<T> for Result<T, E> {
+    fn seen_by(self, viewer: &Viewer) -> Result<T, UiError> {
+        self.map_err(|e| match e.into() {
+            UiError::Shown {
+                status,
+                title,
+                detail,
+                viewer: None,
+            } => UiError::Shown {
+                status,
+                title,
+                detail,
+                viewer: Some(Box::new(viewer.clone())),
+            },
+            other => other,
+        })
     }
 }
 

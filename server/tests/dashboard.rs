@@ -308,6 +308,8 @@ async fn a_resident_two_board_members_and_a_researcher_use_the_dashboard() {
     log_in(&b, base, &c.outsider).await;
     b.goto(&format!("{base}/ui/research/queries/{id}")).await;
     b.wait_for_text("main", &format!("no query {id}")).await;
+    // An error page keeps the navigation of whoever is logged in.
+    b.wait_for_text("header .who", "oscar").await;
     b.goto(&format!("{base}/ui/board/queries/{id}")).await;
     b.wait_for_text("main", "This page is for board members")
         .await;

@@ -9,7 +9,7 @@ use civic_policies::manifest::BoardSignature;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{UiError, Viewer, chart, describe, diff, layout, require};
+use super::{SeenBy, UiError, Viewer, chart, describe, diff, layout, require};
 use crate::AppState;
 use crate::service::{dashboard as svc, governance};
 
@@ -20,8 +20,8 @@ fn page(title: &str, v: &Viewer, current: &str, body: Markup) -> HttpResponse {
 /// Every dataset's budget, per project.
 pub async fn budgets(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
-    let budgets = svc::budgets(&s).await?;
-    let pending = svc::pending_count(&s).await?;
+    let budgets = svc::budgets(&s).await.seen_by(&v)?;
+    let pending = svc::pending_count(&s).await.seen_by(&v)?;
     let body = html! {
         @if pending > 0 {
             p class="notice" { a href="/ui/board/approvals" { (pending) " quer" @if pending == 1 { "y awaits" } @else { "ies await" } " the board's decision" } }
@@ -74,7 +74,7 @@ pub async fn budget(
     dataset: web::Path<String>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
-    let (b, entries) = svc::budget_history(&s, &dataset).await?;
+    let (b, entries) = svc::budget_history(&s, &dataset).await.seen_by(&v)?;
     let points = chart::series(&entries);
     let moves: Vec<_> = entries
         .iter()
@@ -119,7 +119,7 @@ pub async fn budget(
 /// Queries awaiting the board's decision.
 pub async fn approvals(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
-    let pending = svc::pending(&s).await?;
+    let pending = svc::pending(&s).await.seen_by(&v)?;
     let body = html! {
         @if pending.is_empty() {
             p { "No query awaits a decision." }
@@ -166,7 +166,7 @@ pub async fn query(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
-    let body = review(&s, &v, *id, None, "").await?;
+    let body = review(&s, &v, *id, None, "").await.seen_by(&v)?;
     Ok(page(
         &format!("Query {id}"),
         &v,
@@ -183,7 +183,7 @@ pub async fn decide(
     form: web::Form<DecisionForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance]).await?;
-    super::check_post(&req, &s.config, Some(&v), &form.csrf)?;
+    super::check_post(&req, &s.config, Some(&v), &form.csrf).seen_by(&v)?;
     let decision = decision(&form);
     let outcome = match decision {
         Ok(d) => governance::decide(&s, &v.account, *id, d)
@@ -200,7 +200,9 @@ pub async fn decide(
     match outcome {
         Ok(_) => Ok(super::see_other(&format!("/ui/board/queries/{id}"))),
         Err((status, problem)) if !status.is_server_error() => {
-            let body = review(&s, &v, *id, Some(&problem), &form.reason).await?;
+            let body = review(&s, &v, *id, Some(&problem), &form.reason)
+                .await
+                .seen_by(&v)?;
             Ok(super::html(
                 status,
                 layout::page(
@@ -372,7 +374,7 @@ async fn review(
 pub async fn partners(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance, Admin]).await?;
     let now = s.clock.now_ms();
-    let partners = svc::partners(&s).await?;
+    let partners = svc::partners(&s).await.seen_by(&v)?;
     let body = html! {
         p { "Last poll is when the partner's agent last asked for rounds, since this coordinator started. Releases and declines are counted over the newest " (svc::PARTNER_ENTRIES) " of those audit entries." }
         div class="scroll" {
@@ -433,7 +435,7 @@ pub async fn audit(
     q: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance, Admin]).await?;
-    let (check, head, records) = svc::audit(&s, q.after).await?;
+    let (check, head, records) = svc::audit(&s, q.after).await.seen_by(&v)?;
     let first = records.first().map_or(0, |r| r.seq);
     let body = html! {
         p { "This coordinator checks its own log here. That cannot prove it was not rewritten by whoever runs it: partners' agents check the log against the heads they recorded (" code { "civic-agent audit-check" } "), and anyone can check an export (" code { "GET /v1/audit" } ") with any SHA-256 tool." }
@@ -504,19 +506,20 @@ pub async fn policy_diff(
     q: web::Query<DiffQuery>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Governance, Admin, Researcher]).await?;
-    let latest = governance::dataset(&s, &id).await?.version;
+    let latest = governance::dataset(&s, &id).await.seen_by(&v)?.version;
     let to = q.to.unwrap_or(latest);
     let from = q.from.unwrap_or(to.saturating_sub(1).max(1));
-    for (name, v) in [("from", from), ("to", to)] {
-        if !(1..=latest).contains(&v) {
-            return Err(UiError::shown(
+    for (name, version) in [("from", from), ("to", to)] {
+        if !(1..=latest).contains(&version) {
+            return Err::<HttpResponse, _>(UiError::shown(
                 StatusCode::NOT_FOUND,
                 "No such version",
-                format!("{name} must be a version of {id} from 1 to {latest}, got {v}"),
-            ));
+                format!("{name} must be a version of {id} from 1 to {latest}, got {version}"),
+            ))
+            .seen_by(&v);
         }
     }
-    let (old, new) = svc::policy_versions(&s, &id, from, to).await?;
+    let (old, new) = svc::policy_versions(&s, &id, from, to).await.seen_by(&v)?;
     let lines = diff::lines(&old, &new);
     let body = html! {
         p { "Version " (from) " against version " (to) " of " (id) "'s policy (of " (latest) "). Lines marked − are only in version " (from) ", lines marked + only in version " (to) "." }

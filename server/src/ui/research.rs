@@ -10,7 +10,7 @@ use civic_policies::query::Statistic;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::{UiError, Viewer, describe, layout, require};
+use super::{SeenBy, UiError, Viewer, describe, layout, require};
 use crate::AppState;
 use crate::service::{dashboard as svc, governance, research};
 
@@ -21,7 +21,7 @@ fn page(title: &str, v: &Viewer, current: &str, status: StatusCode, body: Markup
 /// The researcher's projects' queries, newest first.
 pub async fn queries(req: HttpRequest, s: web::Data<AppState>) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Researcher]).await?;
-    let (projects, queries) = svc::research(&s, &v.account).await?;
+    let (projects, queries) = svc::research(&s, &v.account).await.seen_by(&v)?;
     let body = html! {
         p { "Your projects: " @if projects.is_empty() { "none yet (the board adds researchers to projects)." } @else {
             (projects.iter().map(|(id, title)| format!("{title} ({id})")).collect::<Vec<_>>().join(", "))
@@ -64,7 +64,7 @@ pub async fn query(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Researcher, Governance]).await?;
-    let q = research::read(&s, &v.account, *id).await?;
+    let q = research::read(&s, &v.account, *id).await.seen_by(&v)?;
     let body = html! {
         p class="lead" { (describe::question(&q.request.query)) }
         dl class="facts" {
@@ -305,7 +305,7 @@ pub async fn preview(
     f: web::Form<QueryForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Researcher]).await?;
-    super::check_post(&req, &s.config, Some(&v), &f.csrf)?;
+    super::check_post(&req, &s.config, Some(&v), &f.csrf).seen_by(&v)?;
     let outcome = match request_of(&f) {
         Ok(request) => research::preview(&s, &v.account, request.clone())
             .await
@@ -393,15 +393,19 @@ pub async fn submit(
     f: web::Form<SubmitForm>,
 ) -> Result<HttpResponse, UiError> {
     let v = require(&req, &s, &[Researcher]).await?;
-    super::check_post(&req, &s.config, Some(&v), &f.csrf)?;
-    let request: QueryRequest = serde_json::from_str(&f.request).map_err(|e| {
-        UiError::shown(
-            StatusCode::BAD_REQUEST,
-            "The query could not be read",
-            format!("the submitted query is not a query request: {e}"),
-        )
-    })?;
-    let q = research::submit(&s, &v.account, request).await?;
+    super::check_post(&req, &s.config, Some(&v), &f.csrf).seen_by(&v)?;
+    let request: QueryRequest = serde_json::from_str(&f.request)
+        .map_err(|e| {
+            UiError::shown(
+                StatusCode::BAD_REQUEST,
+                "The query could not be read",
+                format!("the submitted query is not a query request: {e}"),
+            )
+        })
+        .seen_by(&v)?;
+    let q = research::submit(&s, &v.account, request)
+        .await
+        .seen_by(&v)?;
     Ok(super::see_other(&format!("/ui/research/queries/{}", q.id)))
 }
 
