@@ -628,7 +628,7 @@ mod tests {
 
     #[test]
     fn prescriptions_follow_their_failure_model() {
-        use civic_mechanisms::learning::{FeatureBounds, LogisticPlan};
+        use civic_mechanisms::learning::{FeatureBounds, LogisticPlan, ResidentBounds};
         let ps = prescriptions(2026, 40_000);
         assert_eq!(
             ps,
@@ -655,7 +655,12 @@ mod tests {
         ]
         .map(|(lo, hi)| FeatureBounds { lo, hi })
         .to_vec();
-        let plan = LogisticPlan::new(bounds, 2, 32, 0.0).unwrap();
+        let one = ResidentBounds {
+            rows_per_resident: 1,
+            partners_per_person: 1,
+            max_rows: 100_000,
+        };
+        let plan = LogisticPlan::new(bounds, 2, 24, 0.0, one).unwrap();
         let rows: Vec<(Vec<f64>, usize)> = ps
             .iter()
             .map(|p| (failure_terms(p), usize::from(p.failed)))

@@ -19,6 +19,43 @@
 use crate::distributed::ShareCount;
 use crate::error::MechanismError;
 
+/// How much of the data one resident can be, as a dataset policy bounds it (public): the
+/// sensitivity is of adding or removing one resident, not one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResidentBounds {
+    /// Rows one resident may have at one partner (the agent keeps no more).
+    pub rows_per_resident: u32,
+    /// Partners one resident may appear at.
+    pub partners_per_person: u32,
+    /// Rows one partner sums at most (the agent keeps no more).
+    pub max_rows: u64,
+}
+
+impl ResidentBounds {
+    fn check(&self) -> Result<(), MechanismError> {
+        if self.rows_per_resident == 0 || self.partners_per_person == 0 || self.max_rows == 0 {
+            return Err(invalid(format!(
+                "rows per resident, partners per person and rows per partner must be at least \
+                 1, got {self:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// How many rows one resident can be across the federation.
+    fn rows(&self) -> f64 {
+        f64::from(self.rows_per_resident) * f64::from(self.partners_per_person)
+    }
+}
+
+/// Partners a round may add up without its encoded sums leaving i64 (with the noise).
+const MAX_PARTNERS: u64 = 1 << 12;
+
+/// The largest Σ|β| a partner computes contributions at: coefficients from the coordinator
+/// are refused beyond it (a public check, before any data is read), so every predictor is
+/// finite. Far beyond any fitted model on scaled features.
+pub const BETA_CAP: f64 = 1e6;
+
 /// A feature's public bounds: values outside are clamped to them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FeatureBounds {
@@ -43,6 +80,8 @@ pub struct LogisticPlan {
     /// scaled coordinates), keeping the step defined when the noisy matrix is not
     /// positive definite.
     pub ridge: f64,
+    /// How much of the data one resident can be.
+    pub residents: ResidentBounds,
 }
 
 impl LogisticPlan {
@@ -52,14 +91,16 @@ impl LogisticPlan {
         classes: usize,
         frac_bits: u32,
         ridge: f64,
+        residents: ResidentBounds,
     ) -> Result<Self, MechanismError> {
+        residents.check()?;
         if !(2..=16).contains(&classes) {
             return Err(invalid(format!(
                 "a logistic model has 2 to 16 outcome classes, got {classes}"
             )));
         }
         for (i, b) in features.iter().enumerate() {
-            if !(b.lo.is_finite() && b.hi.is_finite() && b.lo < b.hi) {
+            if !(b.lo.is_finite() && b.hi.is_finite() && b.lo < b.hi && (b.hi - b.lo).is_finite()) {
                 return Err(invalid(format!(
                     "feature {i}: bounds must be finite with lo < hi, got [{}, {}]",
                     b.lo, b.hi
@@ -78,12 +119,38 @@ impl LogisticPlan {
                 "frac_bits must be 8 to 40 and ridge finite and non-negative, got {frac_bits} and {ridge}"
             )));
         }
+        // Every entry of a row's contribution is at most 1 in size, so a partner's encoded
+        // slot is at most max_rows·(unit + 1): with room for MAX_PARTNERS of them and the
+        // noise, no sum can overflow, whatever the data.
+        let unit = 2u128.pow(frac_bits);
+        let slot = u128::from(residents.max_rows).saturating_mul(unit + 1);
+        if slot.saturating_mul(u128::from(MAX_PARTNERS) * 2) > i64::MAX as u128 {
+            return Err(invalid(format!(
+                "{} rows per partner at {frac_bits} fractional bits could overflow the sum: \
+                 use fewer fractional bits",
+                residents.max_rows
+            )));
+        }
         Ok(Self {
             features,
             classes,
             frac_bits,
             ridge,
+            residents,
         })
+    }
+
+    /// Refuses coefficients a partner should not compute at: the wrong length, a value that
+    /// is not finite, or Σ|β| above [`BETA_CAP`]. Public: it reads no data.
+    pub fn check_beta(&self, beta: &[f64]) -> Result<(), MechanismError> {
+        let total: f64 = beta.iter().map(|b| b.abs()).sum();
+        if beta.len() != self.coefficients() || !(total.is_finite() && total <= BETA_CAP) {
+            return Err(invalid(format!(
+                "the announced coefficients must be {} finite numbers with Σ|β| at most {BETA_CAP}",
+                self.coefficients()
+            )));
+        }
+        Ok(())
     }
 
     /// Inputs of one class's linear predictor: the intercept and the features.
@@ -103,16 +170,14 @@ impl LogisticPlan {
         d + d * (d + 1) / 2
     }
 
-    /// A resident's features scaled into [−1, 1] by their bounds (clamped), intercept first.
+    /// A resident's features scaled into [−1, 1] by their bounds (clamped; a missing or
+    /// NaN value counts as the lower bound), intercept first.
     pub fn scaled(&self, raw: &[f64]) -> Vec<f64> {
         std::iter::once(1.0)
-            .chain(self.features.iter().zip(raw).map(|(b, &v)| {
-                let v = if v.is_nan() {
-                    b.lo
-                } else {
-                    v.clamp(b.lo, b.hi)
-                };
-                2.0 * (v - b.lo) / (b.hi - b.lo) - 1.0
+            .chain(self.features.iter().enumerate().map(|(i, b)| {
+                let v = raw.get(i).copied().filter(|v| !v.is_nan()).unwrap_or(b.lo);
+                let v = v.clamp(b.lo, b.hi);
+                (((v - b.lo) / (b.hi - b.lo)) * 2.0 - 1.0).clamp(-1.0, 1.0)
             }))
             .collect()
     }
@@ -120,10 +185,10 @@ impl LogisticPlan {
     /// One resident's contribution at `beta` (scaled coordinates), whose outcome is class
     /// `outcome` (an outcome outside the classes counts as the reference): the gradient
     /// `(yₖ − pₖ)·x`, then the upper triangle of the information matrix, whose (k, l) block
-    /// is `(pₖδₖₗ − pₖpₗ)·x·xᵀ`.
+    /// is `(pₖδₖₗ − pₖpₗ)·x·xᵀ`. `beta` must pass [`LogisticPlan::check_beta`].
     pub fn contribution(&self, beta: &[f64], raw: &[f64], outcome: usize) -> Vec<f64> {
         let x = self.scaled(raw);
-        let q = x.len();
+        let q = self.inputs();
         let p = self.probabilities(beta, &x);
         let k_of = |a: usize| a / q;
         let mut out: Vec<f64> = (0..self.coefficients())
@@ -160,7 +225,30 @@ impl LogisticPlan {
         exps.iter().map(|e| e / total).collect()
     }
 
-    /// The sum of `rows`' contributions at `beta`: what a partner computes locally.
+    /// What a partner sends into an iteration's secure sum (before its noise share): each
+    /// of `rows`' contributions at `beta` encoded in fixed point, then added exactly, so the
+    /// sum does not depend on the rows' order and one resident's rows move it by at most
+    /// [`LogisticPlan::encoded_l2`]. Rows beyond the plan's `max_rows` are left out (the
+    /// agent also keeps at most `rows_per_resident` of one resident's).
+    pub fn partner_sum_encoded<'a>(
+        &self,
+        beta: &[f64],
+        rows: impl IntoIterator<Item = (&'a [f64], usize)>,
+    ) -> Result<Vec<i64>, MechanismError> {
+        self.check_beta(beta)?;
+        let unit = self.unit();
+        let mut sum = vec![0i64; self.dims()];
+        for (raw, y) in rows.into_iter().take(self.residents.max_rows as usize) {
+            for (s, c) in sum.iter_mut().zip(self.contribution(beta, raw, y)) {
+                // |c| ≤ 1 and the plan's check bound the sum far inside i64.
+                *s += (c * unit).round() as i64;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The sum of `rows`' contributions at `beta` in floating point: the non-private fit a
+    /// release is compared with (the synthetic examples), not what a partner sends.
     pub fn partner_sum<'a>(
         &self,
         beta: &[f64],
@@ -190,12 +278,14 @@ impl LogisticPlan {
         trace * self.inputs() as f64
     }
 
-    /// The L2 sensitivity of a partner's encoded vector: one resident's contribution in
-    /// fixed-point units, plus the rounding of the sum, which can move each coordinate by
-    /// one unit more when one resident is added.
+    /// The L2 sensitivity of an iteration's encoded total to adding or removing one
+    /// resident: each of their rows (at most `rows_per_resident` at each of at most
+    /// `partners_per_person` partners) moves it by its contribution in fixed-point units
+    /// and its rounding (half a unit a coordinate); rounded up.
     pub fn encoded_l2(&self) -> f64 {
         let real = (self.gradient_l2().powi(2) + self.information_l2().powi(2)).sqrt();
-        real * self.unit() + (self.dims() as f64).sqrt()
+        let row = real * self.unit() + (self.dims() as f64).sqrt() / 2.0;
+        self.residents.rows() * row * (1.0 + 1e-12)
     }
 
     /// The L1 sensitivity of the encoded vector, from the L2 one (`‖v‖₁ ≤ √n‖v‖₂`).
@@ -205,13 +295,6 @@ impl LogisticPlan {
 
     fn unit(&self) -> f64 {
         2f64.powi(self.frac_bits as i32)
-    }
-
-    /// A partner's sum in fixed point, for the secure sum.
-    pub fn encode(&self, sum: &[f64]) -> Vec<i64> {
-        sum.iter()
-            .map(|v| (v * self.unit()).round() as i64)
-            .collect()
     }
 
     /// The secure sum's total back in real units.
@@ -268,7 +351,8 @@ impl LogisticPlan {
 
     /// Half-widths of intervals around each raw coefficient that hold the noise-free fit with
     /// probability `confidence`, from the last iteration's noisy `total` (real units) and the
-    /// noise's σ per slot on it (real units: the encoded σ over the unit). To first order the
+    /// total noise's σ per slot on it (real units: the encoded σ over the unit; with
+    /// distributed noise, the share σ times √contributors). To first order the
     /// last Newton step carries the gradient's noise `e` into the coefficients as `H⁻¹e`
     /// (the earlier iterations' errors are what the step corrects, and the matrix's own
     /// noise meets a gradient that is already near zero): the covariance is `σ²H⁻²` in
@@ -379,90 +463,175 @@ impl LogisticPlan {
 }
 
 /// Models Civic does not fit itself (the eye-photo path): a trainer command the partner
-/// configures locally returns the sum of its examples' gradients, each clipped to L2 norm
-/// `clip`, at the announced parameters (DP-SGD across partners). The agent checks what the
-/// trainer returned before any of it is noised, masked and sent.
+/// configures locally computes, at the announced parameters, each example's gradient, and
+/// the agent does the rest (DP-SGD across partners). The agent, not the trainer, keeps at
+/// most `rows_per_resident` examples of one resident and `max_rows` in all, clips each
+/// gradient to L2 norm `clip`, encodes it in fixed point and adds exactly, so the sum's
+/// sensitivity holds whatever the trainer does; a trainer that lies can only harm its own
+/// partner's residents, whose data it reads anyway. What went wrong with an example (not
+/// finite, too many) is counted for the partner's own operator and never sent: the agent
+/// takes part with what is left (zeros at worst), so whether it took part never depends on
+/// the data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClippedSumPlan {
-    /// The model's parameters: the vector's length.
+    /// The model's parameters: each gradient's length.
     pub params: usize,
     /// Each example's gradient is clipped to this L2 norm.
     pub clip: f64,
-    /// The most examples one partner may sum (public, as for every statistic).
-    pub max_rows: u64,
+    /// How much of the data one resident can be.
+    pub residents: ResidentBounds,
     /// Fractional bits of the fixed-point encoding.
     pub frac_bits: u32,
 }
 
-/// Why a trainer's output was refused: its code and what was wrong, naming no value of it.
+/// Why a trainer's output was refused: its shape, never its values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {reason}")]
 pub struct TrainerRefusal {
-    /// `trainer.output_unreadable`, `trainer.output_length`, `trainer.output_not_finite` or
-    /// `trainer.output_norm`.
+    /// `trainer.output_unreadable` or `trainer.output_length`.
     pub code: &'static str,
     /// What was wrong.
     pub reason: String,
 }
 
+/// One example's gradient as a trainer prints it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Example {
+    resident: String,
+    gradient: Vec<serde_json::Value>,
+}
+
+/// A partner's clipped, encoded sum, and what the agent tells its own operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainerSum {
+    /// The encoded sum, for the secure sum.
+    pub encoded: Vec<i64>,
+    /// Examples whose gradient had a value that is not a finite number (left out).
+    pub not_finite: u64,
+    /// Examples beyond a resident's or the partner's bound (left out).
+    pub over_bounds: u64,
+    /// Examples whose gradient was longer than the clip (scaled down to it).
+    pub clipped: u64,
+}
+
 impl ClippedSumPlan {
-    /// Reads a trainer's output: a JSON array of numbers, nothing else. Garbage, the wrong
-    /// length, a non-finite entry or a norm above `clip × max_rows` (no sum of clipped
-    /// gradients over at most `max_rows` examples can be longer) is refused.
-    pub fn check(&self, output: &[u8]) -> Result<Vec<f64>, TrainerRefusal> {
-        let refuse = |code, reason: String| TrainerRefusal { code, reason };
-        let values: Vec<serde_json::Value> = serde_json::from_slice(output).map_err(|e| {
-            refuse(
-                "trainer.output_unreadable",
-                format!("the trainer must print a JSON array of numbers ({e})"),
-            )
-        })?;
-        if values.len() != self.params {
-            return Err(refuse(
-                "trainer.output_length",
-                format!(
-                    "the trainer returned {} numbers for a model of {} parameters",
-                    values.len(),
+    /// Checks the plan: parameters, a finite positive clip, the bounds, and that no encoded
+    /// sum can overflow.
+    pub fn new(
+        params: usize,
+        clip: f64,
+        residents: ResidentBounds,
+        frac_bits: u32,
+    ) -> Result<Self, MechanismError> {
+        residents.check()?;
+        let slot = (clip * 2f64.powi(frac_bits as i32) + 1.0) * residents.max_rows as f64;
+        let usable = (1..=10_000_000).contains(&params)
+            && clip.is_finite()
+            && clip > 0.0
+            && (8..=40).contains(&frac_bits)
+            && slot * (MAX_PARTNERS * 2) as f64 <= i64::MAX as f64;
+        if !usable {
+            return Err(invalid(format!(
+                "a clipped sum needs 1 to 10^7 parameters, a finite positive clip and 8 to 40 \
+                 fractional bits within i64 for {} rows, got {params}, {clip} and {frac_bits}",
+                residents.max_rows
+            )));
+        }
+        Ok(Self {
+            params,
+            clip,
+            residents,
+            frac_bits,
+        })
+    }
+
+    /// Reads a trainer's output (a JSON array of `{"resident": ID, "gradient": [numbers]}`)
+    /// and sums it, clipped and encoded. Refused only for its shape: not that JSON, or a
+    /// gradient of the wrong length (a trainer for another model). A refusal is for the
+    /// partner's operator: the agent then takes part with zeros and its noise share rather
+    /// than declining, since a trainer may fail on some data and not on other.
+    pub fn clipped_sum(&self, output: &[u8]) -> Result<TrainerSum, TrainerRefusal> {
+        let examples: Vec<Example> =
+            serde_json::from_slice(output).map_err(|e| TrainerRefusal {
+                code: "trainer.output_unreadable",
+                // Where, not what: the message names no value of the output.
+                reason: format!(
+                    "the trainer must print a JSON array of {{\"resident\", \"gradient\"}} \
+                 objects ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            })?;
+        if let Some(bad) = examples.iter().find(|e| e.gradient.len() != self.params) {
+            return Err(TrainerRefusal {
+                code: "trainer.output_length",
+                reason: format!(
+                    "a gradient has {} numbers for a model of {} parameters",
+                    bad.gradient.len(),
                     self.params
                 ),
-            ));
+            });
         }
-        let sum: Vec<f64> = values
-            .iter()
-            .map(|v| v.as_f64().filter(|x| x.is_finite()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| {
-                refuse(
-                    "trainer.output_not_finite",
-                    "every entry must be a finite number".into(),
-                )
-            })?;
-        let bound = self.clip * self.max_rows as f64;
-        if sum.iter().map(|x| x * x).sum::<f64>().sqrt() > bound * (1.0 + 1e-12) {
-            return Err(refuse(
-                "trainer.output_norm",
-                format!(
-                    "the sum's L2 norm is above {bound} (the clip {} times at most {} examples): \
-                     the trainer does not clip its gradients",
-                    self.clip, self.max_rows
-                ),
-            ));
+        let unit = 2f64.powi(self.frac_bits as i32);
+        let mut sum = TrainerSum {
+            encoded: vec![0; self.params],
+            not_finite: 0,
+            over_bounds: 0,
+            clipped: 0,
+        };
+        let mut per_resident: std::collections::HashMap<&str, u32> = Default::default();
+        let mut kept = 0u64;
+        for e in &examples {
+            let seen = per_resident.entry(e.resident.as_str()).or_default();
+            if *seen >= self.residents.rows_per_resident || kept >= self.residents.max_rows {
+                sum.over_bounds += 1;
+                continue;
+            }
+            let Some(g) = e
+                .gradient
+                .iter()
+                .map(|v| v.as_f64().filter(|x| x.is_finite()))
+                .collect::<Option<Vec<f64>>>()
+            else {
+                sum.not_finite += 1;
+                continue;
+            };
+            *seen += 1;
+            kept += 1;
+            let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let scale = if norm > self.clip {
+                sum.clipped += 1;
+                self.clip / norm
+            } else {
+                1.0
+            };
+            for (s, x) in sum.encoded.iter_mut().zip(&g) {
+                *s += (x * scale * unit).round() as i64;
+            }
         }
         Ok(sum)
     }
 
-    /// The L2 sensitivity of the encoded sum: one example's clipped gradient in fixed-point
-    /// units, plus a unit a coordinate for the rounding.
+    /// The L2 sensitivity of the encoded total to adding or removing one resident: each of
+    /// their examples, clipped, in fixed-point units, and its rounding; rounded up.
     pub fn encoded_l2(&self) -> f64 {
-        self.clip * 2f64.powi(self.frac_bits as i32) + (self.params as f64).sqrt()
+        let row = self.clip * 2f64.powi(self.frac_bits as i32) + (self.params as f64).sqrt() / 2.0;
+        self.residents.rows() * row * (1.0 + 1e-12)
     }
 }
 
 /// The area under the ROC curve of `scores` for `outcomes`: the chance that a random
 /// positive scores above a random negative, ties counting a half (the Mann–Whitney
-/// statistic over ranks). `None` without both outcomes.
+/// statistic over ranks). `None` without both outcomes, with a NaN score, or with as many
+/// scores as outcomes. Exact: for synthetic or public data (a private cohort's AUC would
+/// need noise of its own).
 pub fn auc(scores: &[f64], outcomes: &[bool]) -> Option<f64> {
-    let mut order: Vec<usize> = (0..scores.len().min(outcomes.len())).collect();
+    if scores.len() != outcomes.len() || scores.iter().any(|s| s.is_nan()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     let positives = order.iter().filter(|&&i| outcomes[i]).count() as f64;
     let negatives = order.len() as f64 - positives;
@@ -525,6 +694,13 @@ mod tests {
             .collect()
     }
 
+    /// One row per resident at one partner, up to a million rows.
+    const ONE: ResidentBounds = ResidentBounds {
+        rows_per_resident: 1,
+        partners_per_person: 1,
+        max_rows: 1_000_000,
+    };
+
     fn plan() -> LogisticPlan {
         LogisticPlan::new(
             vec![
@@ -539,8 +715,9 @@ mod tests {
                 FeatureBounds { lo: 0.0, hi: 1.0 },
             ],
             2,
-            32,
+            24,
             0.0,
+            ONE,
         )
         .unwrap()
     }
@@ -563,7 +740,7 @@ mod tests {
             // Federated: each partner's sum in fixed point, added as the secure sum does.
             let mut total = vec![0i64; plan.dims()];
             for p in &partners {
-                let encoded = plan.encode(&plan.partner_sum(&federated, rows(p)));
+                let encoded = plan.partner_sum_encoded(&federated, rows(p)).unwrap();
                 total.iter_mut().zip(encoded).for_each(|(t, e)| *t += e);
             }
             federated = plan.newton_step(&federated, &plan.decode(&total)).unwrap();
@@ -597,7 +774,7 @@ mod tests {
             vec![5.0, -5.0, 5.0, -5.0],
             vec![-40.0, 40.0, 0.0, 1.0],
         ] {
-            let base = plan.encode(&plan.partner_sum(&beta, rows(&data)));
+            let base = plan.partner_sum_encoded(&beta, rows(&data)).unwrap();
             for (x, y) in &extremes {
                 let one = plan.contribution(&beta, x, usize::from(*y));
                 let (g, h) = one.split_at(plan.coefficients());
@@ -606,7 +783,7 @@ mod tests {
                 assert!(norm(h) <= plan.information_l2() + 1e-12, "{h:?}");
                 let mut with = data.clone();
                 with.push((x.clone(), *y));
-                let moved = plan.encode(&plan.partner_sum(&beta, rows(&with)));
+                let moved = plan.partner_sum_encoded(&beta, rows(&with)).unwrap();
                 let l2 = base
                     .iter()
                     .zip(&moved)
@@ -619,12 +796,40 @@ mod tests {
     }
 
     #[test]
+    fn a_resident_with_several_rows_moves_the_sum_by_all_of_them() {
+        let three = ResidentBounds {
+            rows_per_resident: 3,
+            ..ONE
+        };
+        let plan3 = LogisticPlan::new(plan().features, 2, 24, 0.0, three).unwrap();
+        let data = cohort(200, 13);
+        let beta = vec![-3.0, 2.0, -2.0, 1.0];
+        let base = plan3.partner_sum_encoded(&beta, rows(&data)).unwrap();
+        let mut with = data.clone();
+        for _ in 0..3 {
+            with.push((vec![100.0, 15.0, 1.0], false));
+        }
+        let moved = plan3.partner_sum_encoded(&beta, rows(&with)).unwrap();
+        let l2 = base
+            .iter()
+            .zip(&moved)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(l2 <= plan3.encoded_l2(), "{l2} > {}", plan3.encoded_l2());
+        assert!(
+            l2 > plan().encoded_l2() * 2.0,
+            "one row's bound would not hold for three rows: {l2}"
+        );
+    }
+
+    #[test]
     fn noisy_newton_at_rho_one_lands_near_the_non_private_fit() {
         // 20,000 residents, 5 iterations at ρ 0.2 each (ρ 1 for the job), discrete Gaussian
         // noise on the encoded totals, fixed seeds. Tolerance: 0.05 per coefficient in
         // scaled coordinates (σ ≈ 3.5 per sum against an information matrix of order 10³:
         // a coefficient's noise is of order 10⁻³).
-        let plan = LogisticPlan::new(plan().features, 2, 16, 0.0).unwrap();
+        let plan = LogisticPlan::new(plan().features, 2, 16, 0.0, ONE).unwrap();
         let data = cohort(20_000, 3);
         let sigma = plan.sigma_for_rho(0.2).unwrap();
         let noise = crate::sampler::GaussianScale::at_least(sigma).unwrap();
@@ -634,7 +839,7 @@ mod tests {
             exact = plan
                 .newton_step(&exact, &plan.partner_sum(&exact, rows(&data)))
                 .unwrap();
-            let mut total = plan.encode(&plan.partner_sum(&noisy, rows(&data)));
+            let mut total = plan.partner_sum_encoded(&noisy, rows(&data)).unwrap();
             total.iter_mut().for_each(|t| *t += noise.sample(&mut rng));
             noisy = plan.newton_step(&noisy, &plan.decode(&total)).unwrap();
         }
@@ -649,7 +854,7 @@ mod tests {
         // 300 noisy fits of one cohort of 3,000 at ρ 0.1 for the job (5 iterations), seeds
         // 0..300: each raw coefficient's 95% interval should hold the exact fit in about 95%
         // of them. Tolerance: 91% to 99% (three binomial standard deviations, 1.26% each).
-        let plan = LogisticPlan::new(plan().features, 2, 16, 0.0).unwrap();
+        let plan = LogisticPlan::new(plan().features, 2, 16, 0.0, ONE).unwrap();
         let data = cohort(3_000, 5);
         let iterations = 5;
         let sigma_int = plan.sigma_for_rho(0.1 / f64::from(iterations)).unwrap();
@@ -670,7 +875,7 @@ mod tests {
             let mut beta = vec![0.0; 4];
             let mut last = Vec::new();
             for _ in 0..iterations {
-                let mut total = plan.encode(&plan.partner_sum(&beta, rows(&data)));
+                let mut total = plan.partner_sum_encoded(&beta, rows(&data)).unwrap();
                 total.iter_mut().for_each(|t| *t += noise.sample(&mut rng));
                 last = plan.decode(&total);
                 beta = plan.newton_step(&beta, &last).unwrap();
@@ -750,8 +955,9 @@ mod tests {
                 FeatureBounds { lo: 0.0, hi: 1.0 },
             ],
             3,
-            32,
+            24,
             0.0,
+            ONE,
         )
         .unwrap();
         assert_eq!((plan.coefficients(), plan.dims()), (6, 27));
@@ -759,13 +965,17 @@ mod tests {
         let sum = |beta: &[f64], d: &[(Vec<f64>, usize)]| {
             plan.partner_sum(beta, d.iter().map(|(x, y)| (x.as_slice(), *y)))
         };
+        let encoded = |beta: &[f64], d: &[(Vec<f64>, usize)]| {
+            plan.partner_sum_encoded(beta, d.iter().map(|(x, y)| (x.as_slice(), *y)))
+                .unwrap()
+        };
         let (mut pooled, mut federated) = (vec![0.0; 6], vec![0.0; 6]);
         for _ in 0..10 {
             pooled = plan.newton_step(&pooled, &sum(&pooled, &data)).unwrap();
             let mut total = vec![0i64; plan.dims()];
             for part in data.chunks(3_750) {
-                let encoded = plan.encode(&sum(&federated, part));
-                total.iter_mut().zip(encoded).for_each(|(t, e)| *t += e);
+                let part = encoded(&federated, part);
+                total.iter_mut().zip(part).for_each(|(t, e)| *t += e);
             }
             federated = plan.newton_step(&federated, &plan.decode(&total)).unwrap();
         }
@@ -822,36 +1032,94 @@ mod tests {
     }
 
     #[test]
-    fn a_trainers_output_is_read_strictly_and_bounded() {
-        let plan = ClippedSumPlan {
-            params: 3,
-            clip: 1.0,
-            max_rows: 10,
-            frac_bits: 16,
+    fn a_trainers_gradients_are_bounded_by_the_agent_not_trusted() {
+        let bounds = ResidentBounds {
+            rows_per_resident: 2,
+            partners_per_person: 1,
+            max_rows: 5,
         };
+        let plan = ClippedSumPlan::new(3, 1.0, bounds, 16).unwrap();
+        let unit: f64 = 65536.0;
+        let out = |examples: &[(&str, &str)]| {
+            let items: Vec<String> = examples
+                .iter()
+                .map(|(r, g)| format!("{{\"resident\": \"{r}\", \"gradient\": {g}}}"))
+                .collect();
+            format!("[{}]", items.join(", ")).into_bytes()
+        };
+        // Within the clip: summed as given.
+        let s = plan
+            .clipped_sum(&out(&[("a", "[0.5, 0, 0]"), ("b", "[0, -0.25, 0.5]")]))
+            .unwrap();
         assert_eq!(
-            plan.check(b"[1.5, -2, 0.25]").unwrap(),
-            vec![1.5, -2.0, 0.25]
+            s.encoded,
+            vec![
+                (0.5 * unit) as i64,
+                (-0.25 * unit) as i64,
+                (0.5 * unit) as i64
+            ]
         );
-        for (output, code) in [
-            (&b"1.5 -2 0.25"[..], "trainer.output_unreadable"),
-            (b"", "trainer.output_unreadable"),
-            (b"[1, 2, \"three\"]", "trainer.output_not_finite"),
-            (b"[1, 2, null]", "trainer.output_not_finite"),
-            (b"[1, 2, 3, 4]", "trainer.output_length"),
-            (b"[1, 2]", "trainer.output_length"),
-            (b"[10, 0, 0.5]", "trainer.output_norm"),
-            (b"[1e308, 1e308, 1e308]", "trainer.output_norm"),
-        ] {
-            let e = plan.check(output).unwrap_err();
-            assert_eq!(e.code, code, "{}", String::from_utf8_lossy(output));
-        }
-        // No value of the output is in a refusal's reason.
-        let e = plan.check(b"[10, 0, 0.5]").unwrap_err();
+        // An unclipped gradient is scaled to the clip; a third example of one resident, one
+        // past the partner's bound and one with a NaN are left out, counted, not refused.
+        let s = plan
+            .clipped_sum(&out(&[
+                ("a", "[300, 400, 0]"),
+                ("a", "[0, 0, 1]"),
+                ("a", "[0, 0, 1]"),
+                ("b", "[1, 2, null]"),
+                ("c", "[0, 0, 0.5]"),
+                ("d", "[0, 0, 0.5]"),
+                ("e", "[0, 0, 0.5]"),
+                ("f", "[0, 0, 0.5]"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            s.encoded,
+            vec![
+                (0.6 * unit).round() as i64,
+                (0.8 * unit).round() as i64,
+                (2.5 * unit) as i64
+            ]
+        );
+        assert_eq!((s.clipped, s.over_bounds, s.not_finite), (1, 2, 1));
+        // One resident moves the sum by at most the sensitivity.
+        let without = plan.clipped_sum(&out(&[("b", "[0.1, 0.2, 0.3]")])).unwrap();
+        let with = plan
+            .clipped_sum(&out(&[
+                ("b", "[0.1, 0.2, 0.3]"),
+                ("x", "[9, 9, 9]"),
+                ("x", "[-9, 9, -9]"),
+            ]))
+            .unwrap();
+        let moved = with
+            .encoded
+            .iter()
+            .zip(&without.encoded)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         assert!(
-            !e.reason.contains("10.0") && !e.reason.contains("0.5"),
-            "{e}"
+            moved <= plan.encoded_l2(),
+            "{moved} > {}",
+            plan.encoded_l2()
         );
+        // Refused for its shape only, naming no value.
+        for (output, code) in [
+            (b"[0.1, 0.2, 0.3]".to_vec(), "trainer.output_unreadable"),
+            (b"".to_vec(), "trainer.output_unreadable"),
+            (out(&[("a", "[1, 2, 3, 4]")]), "trainer.output_length"),
+            (out(&[("a", "[1, 2]")]), "trainer.output_length"),
+        ] {
+            let e = plan.clipped_sum(&output).unwrap_err();
+            assert_eq!(e.code, code, "{}", String::from_utf8_lossy(&output));
+            assert!(
+                !e.reason.contains("0.1") && !e.reason.contains("0.2"),
+                "{e}"
+            );
+        }
+        for (params, clip) in [(0, 1.0), (3, f64::NAN), (3, 0.0), (3, f64::INFINITY)] {
+            assert!(ClippedSumPlan::new(params, clip, bounds, 16).is_err());
+        }
     }
 
     #[test]
@@ -871,12 +1139,37 @@ mod tests {
             (vec![b], 4, 0.0),
             (vec![b], 32, -1.0),
         ] {
-            assert!(LogisticPlan::new(features, 2, bits, ridge).is_err());
+            assert!(LogisticPlan::new(features, 2, bits, ridge, ONE).is_err());
         }
         for classes in [0, 1, 17] {
-            assert!(LogisticPlan::new(vec![b], classes, 32, 0.0).is_err());
+            assert!(LogisticPlan::new(vec![b], classes, 24, 0.0, ONE).is_err());
         }
+        // Bounds whose width overflows; a plan whose sums could overflow; no rows.
+        let wide = FeatureBounds {
+            lo: -1e308,
+            hi: 1e308,
+        };
+        assert!(LogisticPlan::new(vec![wide], 2, 24, 0.0, ONE).is_err());
+        assert!(LogisticPlan::new(vec![b], 2, 40, 0.0, ONE).is_err());
+        let none = ResidentBounds {
+            rows_per_resident: 0,
+            ..ONE
+        };
+        assert!(LogisticPlan::new(vec![b], 2, 24, 0.0, none).is_err());
+        // Coefficients from the coordinator that are not finite, too large or too few are
+        // refused before any row is read.
         let plan = plan();
+        let rows: [(&[f64], usize); 1] = [(&[50.0, 60.0, 1.0], 1)];
+        for beta in [
+            vec![f64::NAN, 0.0, 0.0, 0.0],
+            vec![1e308, 1e308, 0.0, 0.0],
+            vec![BETA_CAP, 1.0, 0.0, 0.0],
+            vec![0.0; 3],
+        ] {
+            assert!(plan.partner_sum_encoded(&beta, rows).is_err(), "{beta:?}");
+        }
+        // A short row counts its missing features at their lower bounds.
+        assert_eq!(plan.scaled(&[100.0]), vec![1.0, 1.0, -1.0, -1.0]);
         assert!(plan.newton_step(&[0.0; 4], &[0.0; 3]).is_err());
         assert!(plan.sigma_for_rho(0.0).is_err());
         // An all-zero (or non-positive-definite, noisy) matrix still steps, ridged.
