@@ -722,6 +722,15 @@ mod tests {
         .unwrap()
     }
 
+    /// The L2 distance between two encoded sums.
+    fn distance(a: &[i64], b: &[i64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    }
+
     fn rows(data: &[(Vec<f64>, bool)]) -> impl Iterator<Item = (&[f64], usize)> {
         data.iter().map(|(x, y)| (x.as_slice(), usize::from(*y)))
     }
@@ -784,12 +793,7 @@ mod tests {
                 let mut with = data.clone();
                 with.push((x.clone(), *y));
                 let moved = plan.partner_sum_encoded(&beta, rows(&with)).unwrap();
-                let l2 = base
-                    .iter()
-                    .zip(&moved)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
+                let l2 = distance(&base, &moved);
                 assert!(l2 <= plan.encoded_l2(), "{l2} > {}", plan.encoded_l2());
             }
         }
@@ -810,12 +814,7 @@ mod tests {
             with.push((vec![100.0, 15.0, 1.0], false));
         }
         let moved = plan3.partner_sum_encoded(&beta, rows(&with)).unwrap();
-        let l2 = base
-            .iter()
-            .zip(&moved)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let l2 = distance(&base, &moved);
         assert!(l2 <= plan3.encoded_l2(), "{l2} > {}", plan3.encoded_l2());
         assert!(
             l2 > plan().encoded_l2() * 2.0,
@@ -1091,13 +1090,7 @@ mod tests {
                 ("x", "[-9, 9, -9]"),
             ]))
             .unwrap();
-        let moved = with
-            .encoded
-            .iter()
-            .zip(&without.encoded)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let moved = distance(&with.encoded, &without.encoded);
         assert!(
             moved <= plan.encoded_l2(),
             "{moved} > {}",
