@@ -10,24 +10,10 @@ mod webdriver;
 
 use civic_policies::manifest::{approval_message, sign};
 use common::partner::{StopAt, TestPartner};
-use common::{Coordinator, city_manifest, fresh_store_url, partner_keys, signed};
+use common::{Coordinator, federation, fresh_store_url};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use webdriver::Browser;
-
-/// A coordinator with the test board's manifest published and its partners registered.
-async fn federation(tag: &str) -> (Coordinator, Vec<TestPartner>) {
-    let c = Coordinator::start(&fresh_store_url(tag)).await;
-    let (s, v) = c
-        .publish(&signed(
-            city_manifest(&partner_keys(&c), common::CITY_TOML),
-            &[201, 202],
-        ))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let ps = c.register_partners().await;
-    (c, ps)
-}
 
 /// Query `id` as the board sees it through the API.
 async fn query_view(c: &Coordinator, id: i64) -> Value {

@@ -80,15 +80,7 @@ async fn only_manifests_signed_by_the_board_before_them_are_stored() {
 
 #[actix_web::test]
 async fn under_a_manifest_approvals_are_signatures_of_distinct_members() {
-    let c = Coordinator::start(&fresh_store_url("manifest-approvals")).await;
-    let (s, v) = c
-        .publish(&signed(
-            city_manifest(&partner_keys(&c), common::CITY_TOML),
-            &[201, 202],
-        ))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    c.register_partners().await;
+    let (c, _) = common::federation("manifest-approvals").await;
     // ε = 80 costs ρ 3200, above the approval threshold (ρ 2500).
     let (s, q) = c.submit(common::count_query(80.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");

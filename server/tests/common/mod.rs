@@ -389,6 +389,21 @@ pub fn partner_keys(c: &Coordinator) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A coordinator with the test board's manifest (version 1, the three partners' test keys)
+/// published by members 201 and 202, and its partners registered.
+pub async fn federation(tag: &str) -> (Coordinator, Vec<partner::TestPartner>) {
+    let c = Coordinator::start(&fresh_store_url(tag)).await;
+    let (s, v) = c
+        .publish(&signed(
+            city_manifest(&partner_keys(&c), CITY_TOML),
+            &[201, 202],
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ps = c.register_partners().await;
+    (c, ps)
+}
+
 /// Version 1 of the test federation's manifest: `partners` (name, identity key hex) and the
 /// "city" policy, signed by `signers` of the test board.
 pub fn city_manifest(
