@@ -50,11 +50,15 @@ pub enum DeclineCode {
     ConfigurationMismatch,
     /// The query could not be evaluated on this partner's data (details in its log).
     DataUnavailable,
+    /// A training round's step is not one this partner computes: coefficients missing, of
+    /// the wrong length, not finite or beyond the model's cap, or an iteration out of range
+    /// or already answered.
+    TrainingStepInvalid,
 }
 
 impl DeclineCode {
     /// Every code.
-    pub const ALL: [DeclineCode; 19] = {
+    pub const ALL: [DeclineCode; 20] = {
         use DeclineCode::*;
         [
             ProtocolUnsupported,
@@ -76,6 +80,7 @@ impl DeclineCode {
             ThresholdTooLow,
             ConfigurationMismatch,
             DataUnavailable,
+            TrainingStepInvalid,
         ]
     };
 
@@ -109,6 +114,7 @@ impl DeclineCode {
             ThresholdTooLow => "round.threshold_too_low",
             ConfigurationMismatch => "round.configuration_mismatch",
             DataUnavailable => "data.unavailable",
+            TrainingStepInvalid => "training.step_invalid",
         }
     }
 
@@ -141,6 +147,10 @@ impl DeclineCode {
             DataUnavailable => {
                 "this partner could not evaluate the query on its data; its operators have the \
                  details in the agent's log"
+            }
+            TrainingStepInvalid => {
+                "the training round's iteration or coefficients are not a step this partner \
+                 computes"
             }
         }
     }

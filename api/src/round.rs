@@ -74,11 +74,27 @@ pub struct RoundAnnouncement {
     /// The secure-aggregation configuration: check it against local requirements.
     #[schema(value_type = Object)]
     pub config: RoundConfig,
+    /// For a round of a training job: which Newton step it computes and at which
+    /// coefficients (absent for every other statistic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingStep>,
     /// The step now open (for secure aggregation: `advertise_keys`, `share_keys`,
     /// `masked_input_collection`, `consistency_check`, `unmasking`).
     pub phase: String,
     /// When it closes (RFC 3339).
     pub phase_deadline: String,
+}
+
+/// One Newton step of a training job, as its round announces it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingStep {
+    /// The step, from 0 (at coefficients all zero) to the job's iterations − 1.
+    pub iteration: u32,
+    /// The coefficients each partner computes its contributions at, in the model's scaled
+    /// coordinates (features mapped to [−1, 1] by their public bounds), intercept first,
+    /// class by class: post-processing of the earlier steps' noisy sums.
+    pub coefficients: Vec<f64>,
 }
 
 fn secure_sum() -> String {

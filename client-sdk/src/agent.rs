@@ -395,6 +395,11 @@ impl Agent {
             confidence,
         );
         check_approvals(&manifest, &policy, checked.cost, &fingerprint, ann)?;
+        // A training job's rounds answer the same question, one iteration each.
+        let fingerprint = match checked.answer_key {
+            Some(iteration) => format!("{fingerprint}/iteration {iteration}"),
+            None => fingerprint,
+        };
         {
             // One lock for the checks and the day's mark: rounds prepared side by side count
             // each other against the daily limit.
@@ -427,7 +432,7 @@ impl Agent {
                 &self.config.limits,
                 &ann.dataset,
                 state.spent(&ann.dataset),
-                checked.cost,
+                checked.round_cost,
             )?;
             state.update(|s| {
                 if let Some(r) = s.rounds.get_mut(&ann.round_id) {
@@ -451,7 +456,7 @@ impl Agent {
         add_noise_share(&checked, &mut vector)?;
         Ok(Prepared {
             dataset: ann.dataset.clone(),
-            cost: checked.cost,
+            cost: checked.round_cost,
             vector,
             requirements: checked.requirements,
             roster,
@@ -882,7 +887,8 @@ pub async fn aggregate(
     compiled: &CompiledPlan,
 ) -> Result<(Vec<i64>, ScanCounts), AgentError> {
     let readers = readers(mapping, policy, &compiled.columns)?;
-    if mapping.pushdown {
+    // A training round's contributions are computed row by row here, never in SQL.
+    if mapping.pushdown && !compiled.trains() {
         return pushdown(mapping, compiled, &readers).await;
     }
     let mut aggregator = Aggregator::new(compiled);

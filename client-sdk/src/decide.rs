@@ -51,8 +51,15 @@ pub struct CheckedRound {
     pub noise: ReleasePlan,
     /// The plan against the row layout.
     pub compiled: CompiledPlan,
-    /// What the round costs, as this agent computes it.
+    /// What the query costs, as this agent computes it (for a training job, all its
+    /// iterations: what the per-query limits and the approvals are checked against).
     pub cost: Rho,
+    /// What this round charges this partner's ledger: the query's cost, or one iteration's
+    /// share of a training job's.
+    pub round_cost: Rho,
+    /// What this partner records as answered, so it never answers it twice: the question's
+    /// fingerprint, and for a training job the iteration.
+    pub answer_key: Option<u32>,
     /// What this partner requires of the round's secure aggregation.
     pub requirements: Requirements,
 }
@@ -66,6 +73,7 @@ pub fn statistic_name(s: &Statistic) -> &'static str {
         Statistic::Histogram { .. } => "histogram",
         Statistic::Quantiles { .. } => "quantiles",
         Statistic::LinearRegression { .. } => "linear_regression",
+        Statistic::LogisticRegression { .. } => "logistic_regression",
     }
 }
 
@@ -203,14 +211,51 @@ pub fn check_round(
     };
     c.check_requirements(&requirements)
         .map_err(|e| refuse(ThresholdTooLow)(e.to_string()))?;
-    let compiled = CompiledPlan::new(&validated, policy, &plan).map_err(refuse(QueryInvalid))?;
+    let mut compiled =
+        CompiledPlan::new(&validated, policy, &plan).map_err(refuse(QueryInvalid))?;
+    let iteration = check_training_step(ann, &plan, &mut compiled)?;
     Ok(CheckedRound {
+        cost,
+        round_cost: noise.iteration_cost(&plan),
         plan,
         noise,
         compiled,
-        cost,
         requirements,
+        answer_key: iteration,
     })
+}
+
+/// A training round's step, checked before any row is read: announced exactly when the plan
+/// trains a model, an iteration within the job's, and coefficients the model accepts (the
+/// right length, finite, Σ|β| within its cap), which are set on `compiled`. Returns the
+/// iteration.
+fn check_training_step(
+    ann: &RoundAnnouncement,
+    plan: &AggregationPlan,
+    compiled: &mut CompiledPlan,
+) -> Result<Option<u32>, AgentError> {
+    let refuse = |m: String| AgentError::Refused(DeclineCode::TrainingStepInvalid, m);
+    match (&plan.learning, &ann.training) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(refuse(
+            "the round announces a training step but its query trains no model".into(),
+        )),
+        (Some(_), None) => Err(refuse(
+            "the round trains a model but announces no step to compute".into(),
+        )),
+        (Some(spec), Some(step)) => {
+            if step.iteration >= spec.iterations {
+                return Err(refuse(format!(
+                    "the round announces iteration {} of a job of {} iterations",
+                    step.iteration, spec.iterations
+                )));
+            }
+            compiled
+                .set_coefficients(&step.coefficients)
+                .map_err(refuse)?;
+            Ok(Some(step.iteration))
+        }
+    }
 }
 
 /// What the coordinator is told when this partner declines: the code of a refusal and its

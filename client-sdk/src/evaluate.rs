@@ -91,6 +91,63 @@ pub struct CompiledPlan {
     pub(crate) cells_per_block: usize,
     /// K, the rows a resident may contribute at this partner.
     pub rows_per_resident: u32,
+    /// A training round's model, inputs and announced coefficients (None otherwise).
+    pub(crate) learning: Option<LearningRows>,
+}
+
+/// How a training round reads a row: its model's inputs and outcome by slot, and the
+/// coefficients the coordinator announced (checked by the plan before any row is read).
+#[derive(Clone, Debug)]
+pub(crate) struct LearningRows {
+    model: civic_mechanisms::learning::LogisticPlan,
+    beta: Vec<f64>,
+    /// Each input's slot, and for an indicator the value it indicates.
+    inputs: Vec<(usize, Option<u32>)>,
+    /// The outcome's slot.
+    outcome: usize,
+}
+
+impl LearningRows {
+    /// The row's raw inputs and outcome class, if every one has a value (complete cases).
+    fn read(&self, row: &[Cell], raw: &mut Vec<f64>) -> Option<usize> {
+        raw.clear();
+        for &(slot, level) in &self.inputs {
+            let Cell::Value(v) = row[slot] else {
+                return None;
+            };
+            raw.push(match (v, level) {
+                (Value::Int(x), None) => x as f64,
+                (Value::Dec(x), None) if !x.is_nan() => x,
+                (Value::Bool(b), Some(_)) => f64::from(u8::from(b)),
+                (Value::Cat(i), Some(l)) => f64::from(u8::from(i == l)),
+                _ => return None,
+            });
+        }
+        match row[self.outcome] {
+            Cell::Value(Value::Bool(b)) => Some(usize::from(b)),
+            Cell::Value(Value::Cat(i)) => Some(i as usize),
+            _ => None,
+        }
+    }
+}
+
+impl CompiledPlan {
+    /// Sets the coefficients a training round computes at, after the model's own check
+    /// (the right length, finite, Σ|β| within its cap): refused before any row is read.
+    pub fn set_coefficients(&mut self, beta: &[f64]) -> Result<(), String> {
+        let learning = self
+            .learning
+            .as_mut()
+            .ok_or("coefficients were announced for a round that trains no model")?;
+        learning.model.check_beta(beta).map_err(|e| e.to_string())?;
+        learning.beta = beta.to_vec();
+        Ok(())
+    }
+
+    /// Whether the plan is a training round's.
+    pub fn trains(&self) -> bool {
+        self.learning.is_some()
+    }
 }
 
 impl CompiledPlan {
@@ -128,6 +185,8 @@ impl CompiledPlan {
                 Ok(Term::Column(slot(name), encoding(&kind(name)?)?))
             };
             terms.push(match &block.kind {
+                // A training round's slots are filled by its model, not term by term.
+                BlockKind::Score { .. } | BlockKind::Information { .. } => continue,
                 BlockKind::Count => Term::One,
                 BlockKind::Sum { column } => term(column)?,
                 BlockKind::Cross { left, right } => {
@@ -138,6 +197,26 @@ impl CompiledPlan {
         let filter = match &q.filter {
             Some(f) => Some(compile_filter(f, policy, &mut slot)?),
             None => None,
+        };
+        let learning = match (&q.statistic, &plan.learning) {
+            (Statistic::LogisticRegression { outcome, .. }, Some(spec)) => {
+                let model = plan.logistic().map_err(|e| e.to_string())?;
+                let inputs = spec
+                    .inputs
+                    .iter()
+                    .map(|i| (slot(&i.column), i.level))
+                    .collect();
+                Some(LearningRows {
+                    beta: vec![0.0; model.coefficients()],
+                    model,
+                    inputs,
+                    outcome: slot(outcome),
+                })
+            }
+            (Statistic::LogisticRegression { .. }, None) => {
+                return Err("a logistic regression's plan has no learning spec".into());
+            }
+            _ => None,
         };
         let cells_per_block = cells.iter().map(|c| c.1).product::<usize>();
         if cells_per_block != plan.cells {
@@ -153,6 +232,7 @@ impl CompiledPlan {
             terms,
             cells_per_block,
             rows_per_resident: policy.rows_per_resident_per_partner(),
+            learning,
         })
     }
 
@@ -414,6 +494,8 @@ pub struct Aggregator<'p> {
     vector: Vec<i64>,
     per_resident: HashMap<u64, u32>,
     values: Vec<i64>,
+    /// A training row's raw inputs (reused).
+    raw: Vec<f64>,
     /// What was seen so far.
     pub counts: ScanCounts,
 }
@@ -423,9 +505,16 @@ impl<'p> Aggregator<'p> {
     pub fn new(plan: &'p CompiledPlan) -> Self {
         Self {
             plan,
-            vector: vec![0; plan.terms.len() * plan.cells_per_block],
+            vector: vec![
+                0;
+                match &plan.learning {
+                    Some(l) => l.model.dims(),
+                    None => plan.terms.len() * plan.cells_per_block,
+                }
+            ],
             per_resident: HashMap::new(),
             values: Vec::with_capacity(plan.terms.len()),
+            raw: Vec::new(),
             counts: ScanCounts::default(),
         }
     }
@@ -447,6 +536,13 @@ impl<'p> Aggregator<'p> {
                 None => return,
             }
         }
+        let outcome = match &self.plan.learning {
+            Some(l) => match l.read(row, &mut self.raw) {
+                Some(y) => Some(y),
+                None => return,
+            },
+            None => None,
+        };
         self.counts.eligible += 1;
         if let Some(id) = resident {
             // Keyed by a 64-bit hash rather than the id (about 40 bytes a resident in the
@@ -460,6 +556,16 @@ impl<'p> Aggregator<'p> {
                 return;
             }
             *seen += 1;
+        }
+        if let (Some(l), Some(y)) = (&self.plan.learning, outcome) {
+            // The rows beyond the plan's bound are left out, as the ring was sized for it.
+            if self.counts.aggregated >= l.model.residents.max_rows {
+                self.counts.truncated += 1;
+                return;
+            }
+            self.counts.aggregated += 1;
+            l.model.add_encoded(&l.beta, &self.raw, y, &mut self.vector);
+            return;
         }
         self.counts.aggregated += 1;
         let n = self.plan.cells_per_block;

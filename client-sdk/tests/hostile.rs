@@ -451,6 +451,7 @@ fn announcement(id: i64, privacy: PrivacyRequest, n: u32) -> RoundAnnouncement {
         reporting_delta: Some(1e-6),
         approvals: Vec::new(),
         config,
+        training: None,
         phase: "advertise_keys".into(),
         phase_deadline: "2026-12-02T00:00:00Z".into(),
     }

@@ -236,15 +236,23 @@ impl LogisticPlan {
         rows: impl IntoIterator<Item = (&'a [f64], usize)>,
     ) -> Result<Vec<i64>, MechanismError> {
         self.check_beta(beta)?;
-        let unit = self.unit();
         let mut sum = vec![0i64; self.dims()];
         for (raw, y) in rows.into_iter().take(self.residents.max_rows as usize) {
-            for (s, c) in sum.iter_mut().zip(self.contribution(beta, raw, y)) {
-                // |c| ≤ 1 and the plan's check bound the sum far inside i64.
-                *s += (c * unit).round() as i64;
-            }
+            self.add_encoded(beta, raw, y, &mut sum);
         }
         Ok(sum)
+    }
+
+    /// Adds one row's contribution at `beta`, encoded in fixed point, to `sum` (of
+    /// [`LogisticPlan::dims`] slots): what [`LogisticPlan::partner_sum_encoded`] does for each
+    /// row, for an agent that streams its rows. `beta` must pass
+    /// [`LogisticPlan::check_beta`], and at most `max_rows` rows may be added.
+    pub fn add_encoded(&self, beta: &[f64], raw: &[f64], outcome: usize, sum: &mut [i64]) {
+        let unit = self.unit();
+        for (s, c) in sum.iter_mut().zip(self.contribution(beta, raw, outcome)) {
+            // |c| ≤ 1 and the plan's check bound the sum far inside i64.
+            *s += (c * unit).round() as i64;
+        }
     }
 
     /// The sum of `rows`' contributions at `beta` in floating point: the non-private fit a
@@ -328,7 +336,8 @@ impl LogisticPlan {
     }
 
     /// The Newton step from `beta` on a total (real units): `β + (H + λI)⁻¹ g`, in scaled
-    /// coordinates. The ridge grows by tenfold steps until the matrix factors.
+    /// coordinates. The ridge grows by tenfold steps until the matrix factors; the result is
+    /// brought within Σ|β| ≤ [`BETA_CAP`], so that partners take the next round.
     pub fn newton_step(&self, beta: &[f64], total: &[f64]) -> Result<Vec<f64>, MechanismError> {
         let d = self.coefficients();
         if total.len() != self.dims() || beta.len() != d {
@@ -342,7 +351,8 @@ impl LogisticPlan {
         let (g, upper) = total.split_at(d);
         if let Some(l) = self.factor(upper) {
             let step = crate::linalg::cholesky_solve(&l, g);
-            return Ok(beta.iter().zip(step).map(|(b, s)| b + s).collect());
+            let next: Vec<f64> = beta.iter().zip(step).map(|(b, s)| b + s).collect();
+            return Ok(within_cap(next));
         }
         Err(invalid(
             "the information matrix is not finite: no Newton step",
@@ -407,6 +417,33 @@ impl LogisticPlan {
             .collect())
     }
 
+    /// [`LogisticPlan::noise_half_widths`] before any data, for `rows` residents whose
+    /// scaled features are spread evenly over [−1, 1] and independent (`E[x²] = 1/3`, no
+    /// correlation) and whose outcome classes are equally likely (`p = 1/K`): what a preview
+    /// states as a training job's expected accuracy.
+    pub fn indicative_half_widths(
+        &self,
+        rows: u64,
+        sigma: f64,
+        confidence: f64,
+    ) -> Result<Vec<f64>, MechanismError> {
+        let (d, q) = (self.coefficients(), self.inputs());
+        let p = 1.0 / self.classes as f64;
+        let mut total = vec![0.0; self.dims()];
+        let mut k = d;
+        for a in 0..d {
+            for b in a..d {
+                if a % q == b % q {
+                    let second_moment = if a % q == 0 { 1.0 } else { 1.0 / 3.0 };
+                    let w = if a / q == b / q { p - p * p } else { -p * p };
+                    total[k] = rows as f64 * second_moment * w;
+                }
+                k += 1;
+            }
+        }
+        self.noise_half_widths(&total, sigma, confidence)
+    }
+
     /// The Cholesky factor of the information matrix (packed upper triangle) with the
     /// plan's ridge, grown by tenfold steps until it factors.
     // Index loops read as the textbook formulas.
@@ -460,6 +497,21 @@ impl LogisticPlan {
         }
         t
     }
+}
+
+/// `beta` brought within what partners compute at ([`LogisticPlan::check_beta`]): a value
+/// that is not finite becomes 0, and the whole is scaled down to Σ|β| ≤ [`BETA_CAP`]. A step
+/// on very noisy sums can overshoot; the next round must still be one partners take.
+fn within_cap(mut beta: Vec<f64>) -> Vec<f64> {
+    beta.iter_mut()
+        .filter(|b| !b.is_finite())
+        .for_each(|b| *b = 0.0);
+    let total: f64 = beta.iter().map(|b| b.abs()).sum();
+    if total > BETA_CAP {
+        let shrink = BETA_CAP / total * (1.0 - 1e-9);
+        beta.iter_mut().for_each(|b| *b *= shrink);
+    }
+    beta
 }
 
 /// Models Civic does not fit itself (the eye-photo path): a trainer command the partner

@@ -47,6 +47,38 @@ pub enum BlockKind {
         /// Second factor.
         right: String,
     },
+    /// Σ of one coefficient's gradient contributions, in fixed point ([`crate::learning`]).
+    Score {
+        /// The coefficient ("intercept" or a feature, with the class for a multinomial model).
+        coefficient: String,
+    },
+    /// Σ of one entry of the information matrix's contributions, in fixed point.
+    Information {
+        /// Row coefficient.
+        left: String,
+        /// Column coefficient.
+        right: String,
+    },
+}
+
+/// What a training job's plan adds to the layout: the public values its Newton steps and
+/// their sensitivity follow from ([`crate::learning::LogisticPlan`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearningSpec {
+    /// The model's inputs after the intercept, in order.
+    pub inputs: Vec<LearningInput>,
+    /// Outcome classes (2 for a boolean outcome).
+    pub classes: usize,
+    /// The labels of the classes but the reference, in coefficient order.
+    pub class_labels: Vec<String>,
+    /// Fractional bits of the partners' fixed-point sums.
+    pub frac_bits: u32,
+    /// The ridge added to the information matrix before each step.
+    pub ridge: f64,
+    /// Newton steps, one round each.
+    pub iterations: u32,
+    /// The public bound on rows one partner sums (the round's).
+    pub max_rows: u64,
 }
 
 /// One block of the vector.
@@ -86,6 +118,9 @@ pub struct AggregationPlan {
     /// partners): the partners' shares are masked over the whole ring, but their sum is
     /// bounded so.
     pub max_slot_per_partner: u128,
+    /// For a training job, what its Newton steps need (None for every other statistic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<LearningSpec>,
 }
 
 impl AggregationPlan {
@@ -111,6 +146,7 @@ impl AggregationPlan {
     ) -> Result<Self, MechanismError> {
         let cells = query.cells();
         let mut blocks = Vec::new();
+        let mut learning = None;
         let mut push = |kind: BlockKind, units_per_value: f64, per_row_max: u64| {
             let offset = blocks.iter().map(|b: &Block| b.len).sum();
             blocks.push(Block {
@@ -171,6 +207,29 @@ impl AggregationPlan {
                     push(kind, u * uy, checked_product(m, my)?);
                 }
             }
+            Statistic::LogisticRegression { .. } => {
+                let spec = learning_spec(query, policy, max_rows_per_partner)?;
+                let unit = 2f64.powi(spec.frac_bits as i32);
+                // |each entry of a row's contribution| ≤ 1, so its encoding is at most a unit.
+                let per_row = 1u64 << spec.frac_bits;
+                let names = coefficient_names(&spec);
+                for name in &names {
+                    let kind = BlockKind::Score {
+                        coefficient: name.clone(),
+                    };
+                    push(kind, unit, per_row);
+                }
+                for i in 0..names.len() {
+                    for j in i..names.len() {
+                        let kind = BlockKind::Information {
+                            left: names[i].clone(),
+                            right: names[j].clone(),
+                        };
+                        push(kind, unit, per_row);
+                    }
+                }
+                learning = Some(spec);
+            }
         }
         let vector_len: usize = blocks.iter().map(|b| b.len).sum();
         let refuse = |reason: String| {
@@ -224,7 +283,12 @@ impl AggregationPlan {
             cells,
             rows_per_resident,
             max_slot_per_partner,
+            learning,
         };
+        if plan.learning.is_some() {
+            // The Newton steps' own checks (bounds, classes, the encoding's overflow margin).
+            plan.logistic()?;
+        }
         // Every sensitivity the release may need must be exact: refuse the plan now if not.
         plan.joint_sensitivity(&plan.blocks)?;
         Ok(plan)
@@ -243,6 +307,21 @@ impl AggregationPlan {
     /// The L1 and L2 sensitivities of a group of blocks released together (a regression's
     /// cross products, where one row touches a slot in every block).
     pub fn joint_sensitivity(&self, blocks: &[Block]) -> Result<(u64, f64), MechanismError> {
+        if self.learning.is_some() {
+            // One resident moves every slot of an iteration at once; the learning core bounds
+            // the whole vector's norms (much tighter than the blocks' sum).
+            let logistic = self.logistic()?;
+            let l1 = logistic.encoded_l1().ceil();
+            if blocks.len() != self.blocks.len() || l1 > MAX_SENSITIVITY as f64 {
+                return Err(MechanismError::InvalidParameter {
+                    stage: "plan",
+                    reason: "a training job's iteration is noised as one vector, whose \
+                             sensitivity must stay below 2^53"
+                        .into(),
+                });
+            }
+            return Ok((l1 as u64, logistic.encoded_l2()));
+        }
         let mut l1: u64 = 0;
         // Summed exactly: each square is below 2^106 and a query has fewer than 2^20 blocks.
         let mut squares: u128 = 0;
@@ -271,6 +350,17 @@ impl AggregationPlan {
                 let p = features.len() + 1;
                 p * (p + 1) / 2 + p
             }
+            Statistic::LogisticRegression { .. } => match &self.learning {
+                Some(spec) => {
+                    let d = (spec.inputs.len() + 1) * spec.classes.saturating_sub(1);
+                    d + d * (d + 1) / 2
+                }
+                None => {
+                    return Err(layout_error(
+                        "a logistic regression without its learning spec",
+                    ));
+                }
+            },
         };
         let mut offset = 0;
         for b in &self.blocks {
@@ -354,6 +444,145 @@ fn square_at_least(x: f64, q: u128) -> bool {
     } else {
         square >= (q << (-2 * e) as usize)
     }
+}
+
+impl AggregationPlan {
+    /// A training job's Newton steps, from the plan (None for other statistics is an error).
+    pub fn logistic(&self) -> Result<crate::learning::LogisticPlan, MechanismError> {
+        let spec = self
+            .learning
+            .as_ref()
+            .ok_or_else(|| layout_error("the plan is not a training job's"))?;
+        let rows_per_resident = u32::try_from(self.rows_per_resident)
+            .map_err(|_| layout_error("a training job needs fewer than 2^32 rows per resident"))?;
+        let max_rows = spec.max_rows;
+        crate::learning::LogisticPlan::new(
+            spec.inputs
+                .iter()
+                .map(|i| crate::learning::FeatureBounds { lo: i.lo, hi: i.hi })
+                .collect(),
+            spec.classes,
+            spec.frac_bits,
+            spec.ridge,
+            crate::learning::ResidentBounds {
+                rows_per_resident,
+                partners_per_person: 1,
+                max_rows,
+            },
+        )
+    }
+}
+
+/// The fractional bits of a training job's sums: as many as leave every partner's sum and the
+/// federation's total inside i64 for `max_rows` rows (see [`crate::learning::LogisticPlan`]),
+/// at most 30.
+fn learning_frac_bits(max_rows: u64) -> u32 {
+    let row_bits = 64 - max_rows.max(1).leading_zeros();
+    49u32.saturating_sub(row_bits).clamp(8, 30)
+}
+
+/// The ridge added before each Newton step, in scaled coordinates: small beside any
+/// information matrix of more than a handful of residents.
+const LEARNING_RIDGE: f64 = 1e-3;
+
+/// A logistic regression's public spec from its query and the schema's bounds.
+fn learning_spec(
+    query: &ValidatedQuery,
+    policy: &DatasetPolicy,
+    max_rows_per_partner: u64,
+) -> Result<LearningSpec, MechanismError> {
+    let Statistic::LogisticRegression {
+        features,
+        outcome,
+        iterations,
+    } = &query.query().statistic
+    else {
+        return Err(layout_error("not a logistic regression"));
+    };
+    let kind = |name: &str| {
+        policy
+            .column(name)
+            .map(|c| &c.kind)
+            .ok_or_else(|| MechanismError::InvalidParameter {
+                stage: "plan",
+                reason: format!("column \"{name}\" is not in dataset {}", policy.id()),
+            })
+    };
+    let mut inputs = Vec::new();
+    for f in features {
+        let indicator = |level: u32, name: String| LearningInput {
+            column: f.clone(),
+            name,
+            level: Some(level),
+            lo: 0.0,
+            hi: 1.0,
+        };
+        let numeric = |lo: f64, hi: f64| LearningInput {
+            column: f.clone(),
+            name: f.clone(),
+            level: None,
+            lo,
+            hi,
+        };
+        match kind(f)? {
+            ColumnType::Integer { min, max, .. } => inputs.push(numeric(*min as f64, *max as f64)),
+            ColumnType::Decimal { min, max, .. } => inputs.push(numeric(*min, *max)),
+            ColumnType::Boolean => inputs.push(indicator(1, f.clone())),
+            ColumnType::Category { domain } => {
+                for (i, value) in domain.iter().enumerate().skip(1) {
+                    inputs.push(indicator(i as u32, format!("{f}={value}")));
+                }
+            }
+        }
+    }
+    let labels: Vec<String> = match kind(outcome)? {
+        ColumnType::Boolean => vec!["false".into(), "true".into()],
+        ColumnType::Category { domain } => domain.clone(),
+        _ => return Err(layout_error("the outcome is not a boolean or category")),
+    };
+    Ok(LearningSpec {
+        inputs,
+        classes: labels.len(),
+        class_labels: labels[1..].to_vec(),
+        frac_bits: learning_frac_bits(max_rows_per_partner),
+        ridge: LEARNING_RIDGE,
+        iterations: *iterations,
+        max_rows: max_rows_per_partner,
+    })
+}
+
+/// One input of a logistic model: a numeric column clamped to its bounds, or an indicator of
+/// one value of a boolean or category column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearningInput {
+    /// The column it is read from.
+    pub column: String,
+    /// Its name among the coefficients: the column, or `column=value`.
+    pub name: String,
+    /// For an indicator, the value's index in the column's cells (`true` is 1); None for a
+    /// numeric column.
+    pub level: Option<u32>,
+    /// Public bounds (0 and 1 for an indicator).
+    pub lo: f64,
+    /// Upper bound.
+    pub hi: f64,
+}
+
+/// A training job's coefficients by name, in order: "intercept" and the features, for each
+/// class but the reference (named "… [class]" when there are several).
+pub fn coefficient_names(spec: &LearningSpec) -> Vec<String> {
+    let inputs: Vec<&str> = std::iter::once("intercept")
+        .chain(spec.inputs.iter().map(|i| i.name.as_str()))
+        .collect();
+    spec.class_labels
+        .iter()
+        .flat_map(|class| {
+            inputs.iter().map(move |i| match spec.classes {
+                2 => (*i).to_string(),
+                _ => format!("{i} [{class}]"),
+            })
+        })
+        .collect()
 }
 
 fn layout_error(reason: &str) -> MechanismError {

@@ -240,6 +240,15 @@ pub fn price(
             let r = within("rho", r, 0.0, civic_policies::privacy::MAX_RHO)?;
             ReleasePlan::calibrate(&plan, PrivacyChoice::Rho(r), alpha, setting)?
         }
+        PrivacyRequest::TargetHalfWidth { .. } if plan.learning.is_some() => {
+            return Err(PricingError::Mechanism(MechanismError::InvalidParameter {
+                stage: "pricing",
+                reason: "a training job cannot be priced by a target half-width (its accuracy \
+                         depends on the fitted model): ask in ρ and read the preview's expected \
+                         accuracy"
+                    .into(),
+            }));
+        }
         PrivacyRequest::TargetHalfWidth {
             half_width,
             mechanism,
@@ -305,6 +314,8 @@ pub fn price(
             BlockKind::Count => "count".to_string(),
             BlockKind::Sum { column } => format!("sum({column})"),
             BlockKind::Cross { left, right } => format!("{left}·{right}"),
+            BlockKind::Score { coefficient } => format!("score({coefficient})"),
+            BlockKind::Information { left, right } => format!("information({left}, {right})"),
         })
         .collect();
     Ok(Priced {

@@ -160,7 +160,32 @@ pub fn row_names(statistic: &Statistic) -> Vec<String> {
                 .chain(features.iter().map(|f| format!("beta({f})")))
                 .collect()
         }
+        // A multinomial model's rows are per class too: the plan's score blocks name them.
+        Statistic::LogisticRegression {
+            features, outcome, ..
+        } => std::iter::once(format!("beta(intercept) for {outcome}"))
+            .chain(features.iter().map(|f| format!("beta({f})")))
+            .collect(),
     }
+}
+
+/// A training job's coefficients' row names, from its plan's score blocks: "beta(age)",
+/// "beta(intercept) for failed", and "… [class]" per class of a multinomial model.
+pub fn coefficient_rows(plan: &AggregationPlan) -> Vec<String> {
+    let outcome = match &plan.statistic {
+        Statistic::LogisticRegression { outcome, .. } => outcome.as_str(),
+        _ => return Vec::new(),
+    };
+    plan.blocks
+        .iter()
+        .filter_map(|b| match &b.kind {
+            BlockKind::Score { coefficient } => Some(match coefficient.strip_prefix("intercept") {
+                Some(class) => format!("beta(intercept) for {outcome}{class}"),
+                None => format!("beta({coefficient})"),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How accurate one row of a release will be, as far as is known before any data: what a
@@ -252,6 +277,9 @@ impl ReleasePlan {
         setting: NoiseSetting,
     ) -> Result<Self, MechanismError> {
         plan.check_layout()?;
+        if let Some(spec) = &plan.learning {
+            return Self::calibrate_iterations(plan, spec.iterations, privacy, alpha, setting);
+        }
         let groups_of_blocks: Vec<Vec<usize>> = match plan.statistic {
             Statistic::Mean { .. } => vec![vec![0], vec![1]],
             _ => vec![(0..plan.blocks.len()).collect()],
@@ -292,6 +320,172 @@ impl ReleasePlan {
             groups,
             alpha,
             cost,
+        })
+    }
+
+    /// A training job's calibration: each iteration's whole vector is one noise group (one
+    /// resident moves every slot at once), charged an equal share of the request; the
+    /// plan's `cost` is the whole job's, the iterations' ρ added up (zCDP composition).
+    fn calibrate_iterations(
+        plan: &AggregationPlan,
+        iterations: u32,
+        privacy: PrivacyChoice,
+        alpha: f64,
+        setting: NoiseSetting,
+    ) -> Result<Self, MechanismError> {
+        let invalid = |reason: String| MechanismError::InvalidParameter {
+            stage: "calibrate",
+            reason,
+        };
+        let PrivacyChoice::Rho(rho) = privacy else {
+            return Err(invalid(
+                "a training job composes its rounds in zCDP: ask in ρ (ε = 1 is ρ = 0.5)".into(),
+            ));
+        };
+        let total = Rho::nearest(rho).map_err(|e| invalid(e.to_string()))?;
+        let per_iteration = Rho::from_units(total.units() / u64::from(iterations.max(1)));
+        if per_iteration == Rho::ZERO {
+            return Err(invalid(format!(
+                "ρ = {rho} cannot be shared between {iterations} iterations"
+            )));
+        }
+        let blocks: Vec<usize> = (0..plan.blocks.len()).collect();
+        let (l1, l2) = plan.joint_sensitivity(&plan.blocks)?;
+        let share = PrivacyChoice::Rho(per_iteration.as_f64());
+        let group = match setting {
+            NoiseSetting::Distributed(count) => {
+                distributed_group(blocks, &plan.blocks, share, per_iteration, count, l1, l2)?
+            }
+            NoiseSetting::Central => {
+                let spec = NoiseSpec::gaussian_for_rho(l2, per_iteration.as_f64())?;
+                let (spec, cost) = within_charge(spec, per_iteration)?;
+                NoiseGroup {
+                    blocks,
+                    spec,
+                    epsilon: None,
+                    rho: cost.rho.max(per_iteration),
+                    shares: None,
+                }
+            }
+        };
+        half_width(&group.spec, alpha)?;
+        let cost = group
+            .rho
+            .units()
+            .checked_mul(u64::from(iterations))
+            .map(Rho::from_units)
+            .ok_or_else(|| invalid("the job's cost overflows the ledger's range".into()))?;
+        Ok(Self {
+            groups: vec![group],
+            alpha,
+            cost,
+        })
+    }
+
+    /// What one round of a training job is charged (the whole release for other statistics).
+    pub fn iteration_cost(&self, plan: &AggregationPlan) -> Rho {
+        match plan.learning {
+            Some(_) => self.groups.first().map_or(Rho::ZERO, |g| g.rho),
+            None => self.cost,
+        }
+    }
+
+    /// The standard deviation of one slot's noise in a sum of `contributors` partners, in
+    /// fixed-point units: the central scale, or the partners' shares added up.
+    pub fn sum_sigma(&self, contributors: usize) -> f64 {
+        self.groups.first().map_or(0.0, |g| match g.shares {
+            Some(s) => s.sigma * (contributors as f64).sqrt(),
+            None => g.spec.scale,
+        })
+    }
+
+    /// One round of a training job: checks the sum against the calibration (as a release
+    /// does) and returns it noised, once: central noise sampled here, distributed noise as
+    /// it arrived from the partners' shares. Refuses, without sampling, if the iteration
+    /// costs more than `budget`.
+    pub fn noised_iteration(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+        summed: &[i64],
+        survivors: usize,
+        budget: Rho,
+    ) -> Result<Vec<i64>, MechanismError> {
+        let cost = self.iteration_cost(plan);
+        if plan.learning.is_none() || cost > budget {
+            return Err(MechanismError::OverBudget {
+                stage: "training iteration",
+                cost: cost.to_string(),
+                budget: budget.to_string(),
+            });
+        }
+        self.check_matches(plan, policy, survivors)?;
+        plan.decode(summed)?;
+        let g = &self.groups[0];
+        match g.shares {
+            Some(_) => Ok(summed.to_vec()),
+            None => g.spec.release(summed, g.rho),
+        }
+    }
+
+    /// A training job's release: the final coefficients (raw units, from the iterate
+    /// `beta` in scaled ones) with intervals from the last iteration's noisy `total` (real
+    /// units), and the receipt for the whole job.
+    pub fn training_release(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+        beta: &[f64],
+        total: &[f64],
+        survivors: usize,
+        reporting_delta: f64,
+    ) -> Result<Release, MechanismError> {
+        let logistic = plan.logistic()?;
+        logistic.check_beta(beta)?;
+        let spec = plan
+            .learning
+            .as_ref()
+            .ok_or_else(|| MechanismError::InvalidParameter {
+                stage: "release",
+                reason: "not a training job".into(),
+            })?;
+        let sigma = self.sum_sigma(survivors) / 2f64.powi(spec.frac_bits as i32);
+        let confidence = 1.0 - self.alpha;
+        let widths = logistic.noise_half_widths(total, sigma, confidence)?;
+        let rows = logistic
+            .unscaled(beta)
+            .into_iter()
+            .zip(widths)
+            .map(|(b, w)| {
+                vec![Cell {
+                    value: Some(b),
+                    interval: Some((b - w, b + w)),
+                }]
+            })
+            .collect();
+        let rules = vec![format!(
+            "{} Newton steps from zero on noisy sums (ridge {} in scaled coordinates); each \
+             iterate was announced to the partners",
+            spec.iterations, spec.ridge
+        )];
+        let caveats = vec![
+            "the intervals state the privacy noise's share of the error (to first order, from \
+             the last step), not the sampling error of the cohort"
+                .to_string(),
+            "residents with a missing feature or outcome are left out (complete cases)".into(),
+        ];
+        let receipt = self.receipt(
+            plan,
+            policy,
+            survivors,
+            (rules, caveats),
+            confidence,
+            reporting_delta,
+        )?;
+        Ok(Release {
+            names: coefficient_rows(plan),
+            rows,
+            receipt,
         })
     }
 
@@ -565,7 +759,43 @@ impl ReleasePlan {
                     row(name, None, Some(note.to_string()))
                 })
                 .collect(),
+            Statistic::LogisticRegression { .. } => self.coefficient_accuracy(plan)?,
         })
+    }
+
+    /// A training job's expected accuracy, before any data: each coefficient's interval
+    /// half-width at 1,000 to 100,000 residents, for features spread evenly over their bounds
+    /// and equally likely outcome classes, with every partner's noise share in the sum.
+    fn coefficient_accuracy(
+        &self,
+        plan: &AggregationPlan,
+    ) -> Result<Vec<RowAccuracy>, MechanismError> {
+        let logistic = plan.logistic()?;
+        let contributors = self.groups[0].shares.map_or(1, |s| s.count.partners);
+        let sigma = self.sum_sigma(contributors) / 2f64.powi(logistic.frac_bits as i32);
+        let confidence = 1.0 - self.alpha;
+        let at_rows = MEAN_ROWS[..3]
+            .iter()
+            .chain(&[1_000_000])
+            .map(|&n| Ok((n, logistic.indicative_half_widths(n, sigma, confidence)?)))
+            .collect::<Result<Vec<_>, MechanismError>>()?;
+        Ok(coefficient_rows(plan)
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| RowAccuracy {
+                name,
+                half_width: None,
+                half_width_at_rows: at_rows.iter().map(|(n, w)| (*n, w[i])).collect(),
+                confidence,
+                note: Some(
+                    "indicative: the privacy noise's share of the error once the Newton steps \
+                     have converged, for residents whose features spread evenly over their \
+                     bounds and whose outcome classes are equally likely; the release states \
+                     each coefficient's interval from the fitted model"
+                        .into(),
+                ),
+            })
+            .collect())
     }
 
     /// Samples the noise (once), post-processes and assembles the statistic. Refuses, without
@@ -665,6 +895,14 @@ impl ReleasePlan {
                 .collect()
         };
         let (names, rows) = match statistic {
+            Statistic::LogisticRegression { .. } => {
+                return Err(MechanismError::InvalidParameter {
+                    stage: "release",
+                    reason: "a training job releases round by round (noised_iteration, then \
+                             training_release)"
+                        .into(),
+                });
+            }
             Statistic::Count | Statistic::Histogram { .. } => {
                 rules.push(disclosure.describe());
                 (row_names(statistic), vec![counts(block(0), widths[0])])
@@ -752,6 +990,39 @@ impl ReleasePlan {
                 (row_names(statistic), rows)
             }
         };
+        // A mean's interval holds with at least 1 − 2α: the receipt says the true number.
+        let confidence = match statistic {
+            Statistic::Mean { .. } => ((1.0 - 2.0 * self.alpha) * 1e12).round() / 1e12,
+            _ => 1.0 - self.alpha,
+        };
+        let receipt = self.receipt(
+            plan,
+            policy,
+            survivors,
+            (rules, caveats),
+            confidence,
+            reporting_delta,
+        )?;
+        Ok(Release {
+            names,
+            rows,
+            receipt,
+        })
+    }
+}
+
+impl ReleasePlan {
+    /// The receipt of a release from this calibration: the mechanisms, the cost in every
+    /// form, the bounds the plan clamps to, and the rules and caveats the release applied.
+    fn receipt(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+        survivors: usize,
+        (rules, caveats): (Vec<String>, Vec<String>),
+        confidence: f64,
+        reporting_delta: f64,
+    ) -> Result<Receipt, MechanismError> {
         let epsilon = self.groups.iter().map(|g| g.epsilon).sum::<Option<f64>>();
         let mut bounds: Vec<String> = Vec::new();
         for b in &plan.blocks {
@@ -759,6 +1030,7 @@ impl ReleasePlan {
                 BlockKind::Count => Vec::new(),
                 BlockKind::Sum { column } => vec![column.as_str()],
                 BlockKind::Cross { left, right } => vec![left.as_str(), right.as_str()],
+                BlockKind::Score { .. } | BlockKind::Information { .. } => Vec::new(),
             };
             for c in columns.into_iter().filter(|c| *c != "1") {
                 let (lo, hi) = numeric_bounds(policy, c)?;
@@ -768,9 +1040,18 @@ impl ReleasePlan {
                 }
             }
         }
+        for input in plan.learning.iter().flat_map(|l| &l.inputs) {
+            bounds.push(match input.level {
+                None => format!(
+                    "{} clamped to [{}, {}] and scaled to [-1, 1]",
+                    input.name, input.lo, input.hi
+                ),
+                Some(_) => format!("{} as an indicator (0 or 1), scaled to [-1, 1]", input.name),
+            });
+        }
         let delta = reporting_delta;
         let distributed = self.groups.iter().find_map(|g| g.shares);
-        let receipt = Receipt {
+        Ok(Receipt {
             privacy_unit: "one resident".into(),
             rows_per_resident: plan.rows_per_resident,
             bounds,
@@ -778,11 +1059,20 @@ impl ReleasePlan {
                 .groups
                 .iter()
                 .map(|g| {
-                    let blocks: Vec<String> = g
-                        .blocks
-                        .iter()
-                        .map(|&b| describe(&plan.blocks[b].kind))
-                        .collect();
+                    let blocks: Vec<String> = match &plan.learning {
+                        // Hundreds of slots: say what they are rather than list them.
+                        Some(spec) => vec![format!(
+                            "each of {} iterations' {} sums (the gradient and the information \
+                             matrix's upper triangle)",
+                            spec.iterations,
+                            plan.blocks.len()
+                        )],
+                        None => g
+                            .blocks
+                            .iter()
+                            .map(|&b| describe(&plan.blocks[b].kind))
+                            .collect(),
+                    };
                     if let Some(s) = g.shares {
                         return format!(
                             "distributed discrete Gaussian on {}: {survivors} partners' shares of \
@@ -817,11 +1107,7 @@ impl ReleasePlan {
             approx_dp: (epsilon_at_delta(self.cost, delta)?, delta),
             survivors,
             rules,
-            // A mean's interval holds with at least 1 − 2α: the receipt says the true number.
-            confidence: match statistic {
-                Statistic::Mean { .. } => ((1.0 - 2.0 * self.alpha) * 1e12).round() / 1e12,
-                _ => 1.0 - self.alpha,
-            },
+            confidence,
             caveats,
             noise: if distributed.is_some() {
                 civic_policies::dataset::NoisePlacement::Distributed
@@ -829,16 +1115,9 @@ impl ReleasePlan {
                 civic_policies::dataset::NoisePlacement::Central
             },
             honest_shares: distributed.map(|s| s.count.honest),
-        };
-        Ok(Release {
-            names,
-            rows,
-            receipt,
         })
     }
-}
 
-impl ReleasePlan {
     /// The law of group `group`'s noise in a sum of `contributors` partners (None where too
     /// wide to tabulate): central discrete Laplace or Gaussian, or the partners' shares.
     fn noise_cdf(&self, group: usize, contributors: usize) -> Option<NoiseCdf> {
@@ -981,6 +1260,8 @@ fn describe(kind: &BlockKind) -> String {
         BlockKind::Count => "count".into(),
         BlockKind::Sum { column } => format!("sum({column})"),
         BlockKind::Cross { left, right } => format!("Σ {left}·{right}"),
+        BlockKind::Score { coefficient } => format!("score({coefficient})"),
+        BlockKind::Information { left, right } => format!("information({left}, {right})"),
     }
 }
 

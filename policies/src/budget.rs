@@ -29,8 +29,16 @@ pub type QueryId = u64;
 pub enum QueryBudget {
     /// Held against the caps while the query waits or runs.
     Reserved(Rho),
-    /// Spent: the release exists.
+    /// Spent: the release exists (for a training job that ended early, what its rounds
+    /// spent; the rest was refunded).
     Charged(Rho),
+    /// A training job's rounds so far are charged, the rest still held.
+    PartlyCharged {
+        /// Charged for the rounds released so far.
+        charged: Rho,
+        /// Still held for the rounds to come.
+        reserved: Rho,
+    },
     /// Returned: the query released nothing.
     Refunded(Rho),
 }
@@ -56,8 +64,10 @@ pub enum EntryKind {
     Allocate,
     /// A query's cost was reserved.
     Reserve,
-    /// A reservation became a charge.
+    /// A reservation (or what was left of it) became a charge.
     Charge,
+    /// One round of a training job charged part of its reservation; the rest stays held.
+    ChargeRound,
     /// A reservation was returned.
     Refund,
 }
@@ -69,15 +79,22 @@ impl EntryKind {
             EntryKind::Allocate => "allocate",
             EntryKind::Reserve => "reserve",
             EntryKind::Charge => "charge",
+            EntryKind::ChargeRound => "charge_round",
             EntryKind::Refund => "refund",
         }
     }
 
     /// Parses [`EntryKind::as_str`].
     pub fn parse(s: &str) -> Option<EntryKind> {
-        [Self::Allocate, Self::Reserve, Self::Charge, Self::Refund]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Allocate,
+            Self::Reserve,
+            Self::Charge,
+            Self::ChargeRound,
+            Self::Refund,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -109,24 +126,21 @@ impl Held {
             .iter()
             .filter(|e| e.query == query && e.kind != EntryKind::Allocate)
         {
-            held = Some(match (&held, e.kind) {
+            held = Some(match (held.as_ref().map(|h| h.state), e.kind) {
                 (None, EntryKind::Reserve) => Held {
                     query,
                     project: e.project.clone(),
                     state: QueryBudget::Reserved(e.amount),
                 },
-                (Some(h), kind @ (EntryKind::Charge | EntryKind::Refund)) => {
-                    if h.state != QueryBudget::Reserved(e.amount) || h.project != e.project {
-                        return Err(corrupt("a settlement that does not match its reservation"));
-                    }
-                    Held {
-                        state: if kind == EntryKind::Charge {
-                            QueryBudget::Charged(e.amount)
-                        } else {
-                            QueryBudget::Refunded(e.amount)
-                        },
-                        ..h.clone()
-                    }
+                (
+                    Some(state),
+                    kind @ (EntryKind::Charge | EntryKind::ChargeRound | EntryKind::Refund),
+                ) => {
+                    let h = held.as_ref().filter(|h| h.project == e.project);
+                    let (h, state) = h.zip(settled(state, kind, e.amount)).ok_or_else(|| {
+                        corrupt("a settlement that does not match its reservation")
+                    })?;
+                    Held { state, ..h.clone() }
                 }
                 _ => return Err(corrupt("an entry out of order")),
             });
@@ -353,33 +367,48 @@ impl Ledger {
         ))
     }
 
-    /// Turns a reservation into a charge (before the release leaves the coordinator).
+    /// Turns a reservation (what is left of it, for a training job) into a charge, before
+    /// the release leaves the coordinator.
     pub fn charge(&mut self, held: &Held) -> Result<(Held, LedgerEntry), PolicyError> {
-        self.settle(held, EntryKind::Charge)
+        let amount = still_reserved(held)?;
+        self.settle(held, EntryKind::Charge, amount)
     }
 
-    /// Returns a reservation whose query released nothing. A charged query is never refunded.
+    /// Charges `amount` of a training job's reservation for one round, before anything the
+    /// round computed leaves the coordinator; the rest stays held. Charging all that is left
+    /// is [`Ledger::charge`].
+    pub fn charge_part(
+        &mut self,
+        held: &Held,
+        amount: Rho,
+    ) -> Result<(Held, LedgerEntry), PolicyError> {
+        let left = still_reserved(held)?;
+        if amount >= left {
+            return Err(PolicyError::Ledger {
+                query: held.query,
+                reason: format!(
+                    "a round's charge of {amount} would not leave part of the {left} its \
+                     reservation still holds (the last round charges the rest)"
+                ),
+            });
+        }
+        self.settle(held, EntryKind::ChargeRound, amount)
+    }
+
+    /// Returns a reservation whose query released nothing, or what is left of a training
+    /// job's after the rounds it charged. A charged query is never refunded.
     pub fn refund(&mut self, held: &Held) -> Result<(Held, LedgerEntry), PolicyError> {
-        self.settle(held, EntryKind::Refund)
+        let amount = still_reserved(held)?;
+        self.settle(held, EntryKind::Refund, amount)
     }
 
-    fn settle(&mut self, held: &Held, kind: EntryKind) -> Result<(Held, LedgerEntry), PolicyError> {
+    fn settle(
+        &mut self,
+        held: &Held,
+        kind: EntryKind,
+        amount: Rho,
+    ) -> Result<(Held, LedgerEntry), PolicyError> {
         let query = held.query;
-        let amount = match held.state {
-            QueryBudget::Reserved(amount) => amount,
-            QueryBudget::Charged(_) => {
-                return Err(PolicyError::Ledger {
-                    query,
-                    reason: "is already charged: its release exists, so it can be neither charged again nor refunded".into(),
-                });
-            }
-            QueryBudget::Refunded(_) => {
-                return Err(PolicyError::Ledger {
-                    query,
-                    reason: "was refunded; it has no reservation left".into(),
-                });
-            }
-        };
         let project = &held.project;
         // A ledger whose totals do not cover the reservation is refused rather than trusted.
         let inconsistent = || PolicyError::Ledger {
@@ -388,17 +417,15 @@ impl Ledger {
                 "the ledger's record of project \"{project}\" does not cover this reservation"
             ),
         };
+        let state = settled(held.state, kind, amount).ok_or_else(inconsistent)?;
         let a = self.projects.get(project).ok_or_else(inconsistent)?;
         let reserved = a.reserved.checked_sub(amount).ok_or_else(inconsistent)?;
         let charged = a.charged.checked_add(amount).ok_or_else(inconsistent)?;
         let a = self.projects.get_mut(project).ok_or_else(inconsistent)?;
         a.reserved = reserved;
-        let state = if kind == EntryKind::Charge {
+        if kind != EntryKind::Refund {
             a.charged = charged;
-            QueryBudget::Charged(amount)
-        } else {
-            QueryBudget::Refunded(amount)
-        };
+        }
         Ok((
             Held {
                 state,
@@ -411,6 +438,56 @@ impl Ledger {
                 amount,
             },
         ))
+    }
+}
+
+/// What a query's reservation still holds, or why nothing can be settled.
+fn still_reserved(held: &Held) -> Result<Rho, PolicyError> {
+    match held.state {
+        QueryBudget::Reserved(amount)
+        | QueryBudget::PartlyCharged {
+            reserved: amount, ..
+        } => Ok(amount),
+        QueryBudget::Charged(_) => Err(PolicyError::Ledger {
+            query: held.query,
+            reason: "is already charged: its release exists, so it can be neither charged again \
+                     nor refunded"
+                .into(),
+        }),
+        QueryBudget::Refunded(_) => Err(PolicyError::Ledger {
+            query: held.query,
+            reason: "was refunded; it has no reservation left".into(),
+        }),
+    }
+}
+
+/// The state after settling `amount` of `state` as `kind` (a round's charge of part of it,
+/// a charge of all that is left, or a refund of all that is left), or None if that is not a
+/// valid step. A query has one final settlement (charge or refund) and any number of round
+/// charges before it.
+fn settled(state: QueryBudget, kind: EntryKind, amount: Rho) -> Option<QueryBudget> {
+    let (charged, reserved) = match state {
+        QueryBudget::Reserved(r) => (Rho::ZERO, r),
+        QueryBudget::PartlyCharged { charged, reserved } => (charged, reserved),
+        _ => return None,
+    };
+    let left = reserved.checked_sub(amount)?;
+    match kind {
+        EntryKind::Charge if left == Rho::ZERO => {
+            Some(QueryBudget::Charged(charged.checked_add(amount)?))
+        }
+        EntryKind::ChargeRound if amount > Rho::ZERO && left > Rho::ZERO => {
+            Some(QueryBudget::PartlyCharged {
+                charged: charged.checked_add(amount)?,
+                reserved: left,
+            })
+        }
+        EntryKind::Refund if left == Rho::ZERO && charged == Rho::ZERO => {
+            Some(QueryBudget::Refunded(amount))
+        }
+        // What a training job's rounds charged stays charged; the rest is returned.
+        EntryKind::Refund if left == Rho::ZERO => Some(QueryBudget::Charged(charged)),
+        _ => None,
     }
 }
 
@@ -442,6 +519,44 @@ mod tests {
         assert_eq!(l.project("p1").unwrap().reserved, Rho::ZERO);
         assert_eq!(l.remaining(), rho(0.7));
         assert_eq!(refunded.state, QueryBudget::Refunded(rho(0.3)));
+    }
+
+    #[test]
+    fn a_training_job_is_charged_round_by_round_and_refunds_only_what_is_left() {
+        let mut l = ledger();
+        let (held, reserve) = l.reserve(1, "p1", rho(0.3)).unwrap();
+        let mut entries = vec![reserve];
+        let (part, e) = l.charge_part(&held, rho(0.1)).unwrap();
+        entries.push(e);
+        assert_eq!(
+            part.state,
+            QueryBudget::PartlyCharged {
+                charged: rho(0.1),
+                reserved: rho(0.2)
+            }
+        );
+        assert_eq!(l.project("p1").unwrap().charged, rho(0.1));
+        assert_eq!(l.project("p1").unwrap().reserved, rho(0.2));
+        // More than is left is refused, and changes nothing.
+        let before = l.clone();
+        assert!(l.charge_part(&part, rho(0.25)).is_err());
+        assert_eq!(l, before);
+        // An abort now refunds the rest; what the round charged stays charged.
+        let mut aborted = l.clone();
+        let (ended, e) = aborted.refund(&part).unwrap();
+        assert_eq!((e.kind, e.amount), (EntryKind::Refund, rho(0.2)));
+        assert_eq!(ended.state, QueryBudget::Charged(rho(0.1)));
+        assert_eq!(aborted.project("p1").unwrap().charged, rho(0.1));
+        assert_eq!(aborted.remaining(), rho(0.9));
+        let mut history = entries.clone();
+        history.push(e);
+        assert_eq!(Held::from_entries(1, &history).unwrap().unwrap(), ended);
+        // Or the last round charges all that is left.
+        let (done, e) = l.charge(&part).unwrap();
+        entries.push(e);
+        assert_eq!(done.state, QueryBudget::Charged(rho(0.3)));
+        assert_eq!(Held::from_entries(1, &entries).unwrap().unwrap(), done);
+        assert!(l.refund(&done).is_err() && l.charge_part(&done, Rho::from_units(1)).is_err());
     }
 
     #[test]

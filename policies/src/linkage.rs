@@ -435,7 +435,9 @@ impl LinkedShape {
                 None
             }
             Statistic::Sum { column } | Statistic::Mean { column } => Some(column.clone()),
-            Statistic::Quantiles { .. } | Statistic::LinearRegression { .. } => {
+            Statistic::Quantiles { .. }
+            | Statistic::LinearRegression { .. }
+            | Statistic::LogisticRegression { .. } => {
                 return Err(err(
                     "statistic",
                     "quantiles and regressions are not yet available over linked datasets: ask for a histogram over the binned column, or a count, sum or mean".into(),

@@ -46,7 +46,28 @@ pub enum Statistic {
         /// The response.
         target: String,
     },
+    /// A logistic regression fitted by a training job: `iterations` rounds, each a Newton
+    /// step on the noisy sums of every resident's gradient and information contributions.
+    LogisticRegression {
+        /// The regressors (an intercept is added): numeric columns, scaled by their public
+        /// bounds; booleans as 0/1; a category as one indicator per value but its first.
+        #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 32))]
+        features: Vec<String>,
+        /// The outcome: a boolean column (`true` is the event) or a category column (its
+        /// first value is the reference class; more than two values is multinomial).
+        outcome: String,
+        /// Newton steps, one round each (1 to 20): the job's privacy is split evenly
+        /// between them.
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 20))]
+        iterations: u32,
+    },
 }
+
+/// The most Newton steps (rounds) one training job may take.
+pub const MAX_ITERATIONS: u32 = 20;
+/// The most coefficients a logistic model may have (features and intercept, per class but
+/// the reference).
+pub const MAX_COEFFICIENTS: usize = 64;
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,12 +389,78 @@ impl Query {
                 }
                 numeric("statistic.target", target)?;
             }
+            Statistic::LogisticRegression {
+                features,
+                outcome,
+                iterations,
+            } => {
+                if features.is_empty() || features.len() > 32 {
+                    return Err(err("statistic.features", "give 1 to 32 features".into()));
+                }
+                // Each feature is one input, or a category's values but its first, each an
+                // indicator (the first is the reference level).
+                let mut inputs = 0;
+                for (i, f) in features.iter().enumerate() {
+                    let field = format!("statistic.features[{i}]");
+                    inputs += match column(&field, f)? {
+                        ColumnType::Category { domain } => domain.len().saturating_sub(1),
+                        _ => 1,
+                    };
+                    if features[..i].contains(f) || f == outcome {
+                        return Err(err(
+                            &field,
+                            format!("column \"{f}\" is named twice among the features and outcome"),
+                        ));
+                    }
+                }
+                let classes = match column("statistic.outcome", outcome)? {
+                    ColumnType::Boolean => 2,
+                    ColumnType::Category { domain } => domain.len(),
+                    _ => {
+                        return Err(err(
+                            "statistic.outcome",
+                            format!(
+                                "column \"{outcome}\" is not a boolean or category column: a \
+                                 logistic model predicts an outcome class"
+                            ),
+                        ));
+                    }
+                };
+                if !(2..=16).contains(&classes) {
+                    return Err(err(
+                        "statistic.outcome",
+                        format!(
+                            "the outcome has {classes} classes; a logistic model takes 2 to 16"
+                        ),
+                    ));
+                }
+                if (inputs + 1) * (classes - 1) > MAX_COEFFICIENTS {
+                    return Err(err(
+                        "statistic.features",
+                        format!(
+                            "{inputs} inputs (a category counts its values but the first) and \
+                             {classes} outcome classes make {} coefficients; at most \
+                             {MAX_COEFFICIENTS} are fitted",
+                            (inputs + 1) * (classes - 1)
+                        ),
+                    ));
+                }
+                if !(1..=MAX_ITERATIONS).contains(iterations) {
+                    return Err(err(
+                        "statistic.iterations",
+                        format!("give 1 to {MAX_ITERATIONS} iterations, got {iterations}"),
+                    ));
+                }
+            }
         }
-        if matches!(self.statistic, Statistic::LinearRegression { .. }) && !self.group_by.is_empty()
+        if matches!(
+            self.statistic,
+            Statistic::LinearRegression { .. } | Statistic::LogisticRegression { .. }
+        ) && !self.group_by.is_empty()
         {
             return Err(err(
                 "group_by",
-                "a linear regression is fitted over all rows; filter instead of grouping".into(),
+                "a regression is fitted over all rows; filter instead of grouping".into(),
             ));
         }
         for (i, g) in self.group_by.iter().enumerate() {

@@ -128,7 +128,7 @@ fn bad_queries_are_refused_with_the_field_and_what_was_expected() {
         (
             &falls,
             r#"{"dataset":"falls-housing","statistic":{"linear_regression":{"features":["age"],"target":"falls_admissions"}},"group_by":["sex"]}"#,
-            "group_by: a linear regression is fitted over all rows",
+            "group_by: a regression is fitted over all rows",
         ),
         (
             &falls,

@@ -314,6 +314,24 @@ pub fn charge(
     Ok(ledger.charge(held)?)
 }
 
+/// The charge one round of a running training job makes before its iterate leaves the
+/// coordinator (announced to the partners for the next round): `amount` of the reservation.
+pub fn charge_round(
+    query: Current,
+    ledger: &mut Ledger,
+    held: Option<&Held>,
+    amount: civic_policies::Rho,
+) -> Result<(Held, LedgerEntry), LifecycleError> {
+    if query.state != QueryState::Running {
+        return Err(LifecycleError::NotRunning {
+            query: query.id,
+            state: query.state,
+        });
+    }
+    let held = held.ok_or(LifecycleError::NoReservation { query: query.id })?;
+    Ok(ledger.charge_part(held, amount)?)
+}
+
 /// What aborting a query's round does to the query: a running query ends aborted and its
 /// reservation is refunded; a query in any other state (released by another round, aborted
 /// already) is left as it is.
@@ -326,7 +344,14 @@ pub fn abort(
         return Ok(None);
     }
     match held {
-        Some(h) if matches!(h.state, QueryBudget::Reserved(_)) => Ok(Some(ledger.refund(h)?)),
+        Some(h)
+            if matches!(
+                h.state,
+                QueryBudget::Reserved(_) | QueryBudget::PartlyCharged { .. }
+            ) =>
+        {
+            Ok(Some(ledger.refund(h)?))
+        }
         // A running query whose reservation was settled cannot be refunded again.
         Some(h) => Err(PolicyError::Ledger {
             query: h.query,

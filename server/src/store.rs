@@ -32,6 +32,7 @@ pub mod rounds;
 #[cfg(any(test, feature = "test-util"))]
 pub mod scratch;
 pub mod sessions;
+pub mod training;
 
 use std::time::Duration;
 

@@ -96,6 +96,9 @@ pub struct Rounds {
     /// The sum each query's last round unmasked, for tests only (feature `test-util`).
     #[cfg(feature = "test-util")]
     unmasked_sums: SyncMutex<HashMap<i64, Vec<i64>>>,
+    /// Training steps taken on the exact sum, for tests only (feature `test-util`).
+    #[cfg(feature = "test-util")]
+    central_noise_off: AtomicBool,
 }
 
 impl Rounds {
@@ -110,6 +113,8 @@ impl Rounds {
             holds_lease: AtomicBool::default(),
             #[cfg(feature = "test-util")]
             unmasked_sums: SyncMutex::default(),
+            #[cfg(feature = "test-util")]
+            central_noise_off: AtomicBool::default(),
         }
     }
 
@@ -250,6 +255,25 @@ impl Rounds {
     #[cfg(feature = "test-util")]
     pub fn unmasked_sum(&self, query: i64) -> Option<Vec<i64>> {
         self.unmasked_sums.lock().ok()?.get(&query).cloned()
+    }
+}
+
+impl Rounds {
+    /// From now on, training jobs of datasets with central noise take their Newton steps on
+    /// the exact sums: the test hook (feature `test-util`) that checks a federated fit
+    /// against the pooled one. Nothing but a test's own code can call it.
+    #[cfg(feature = "test-util")]
+    pub fn switch_off_central_noise_for_tests(&self) {
+        self.central_noise_off.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Rounds::switch_off_central_noise_for_tests`] was called (never without
+    /// feature `test-util`).
+    pub(crate) fn central_noise_off(&self) -> bool {
+        #[cfg(feature = "test-util")]
+        return self.central_noise_off.load(Ordering::SeqCst);
+        #[cfg(not(feature = "test-util"))]
+        false
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix_web::web::Bytes;
 use civic_api::ProblemCode;
 use civic_api::decline::DeclineCode;
-use civic_api::round::{RosterEntry, RoundAnnouncement};
+use civic_api::round::{RosterEntry, RoundAnnouncement, TrainingStep};
 use civic_secagg::PartnerId;
 use serde_json::json;
 use tokio::sync::{Mutex, oneshot};
@@ -21,7 +21,7 @@ use crate::AppState;
 use crate::error::{Error, Missing, Result};
 use crate::rounds::{LiveRound, Pending, lease};
 use crate::store::rounds::{RoundState, Stored};
-use crate::store::{Account, StoreError, accounts, audit, manifests, queries, rounds};
+use crate::store::{Account, StoreError, accounts, audit, manifests, queries, rounds, training};
 
 /// Registers a partner's identity key: pinned once set (peers pin it too), audited.
 pub async fn register_identity(state: &AppState, partner: &Account, key: [u8; 32]) -> Result<()> {
@@ -129,7 +129,14 @@ pub async fn announcements(state: &AppState, partner: PartnerId) -> Result<Vec<R
             .filter(|a| a.approve)
             .filter_map(|a| a.signature)
             .collect();
+        let training = training::of_round(&mut conn, round_id)
+            .await?
+            .map(|t| TrainingStep {
+                iteration: t.iteration,
+                coefficients: t.coefficients,
+            });
         out.push(RoundAnnouncement {
+            training,
             approvals,
             round_id,
             query_id,

@@ -19,8 +19,10 @@ use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Current, Partner, RoundSettings};
 use crate::rounds::{RoundOutput, lease};
 use crate::store::rounds::RoundState;
+use crate::store::training::TrainingRound;
 use crate::store::{
     QueryRow, RoundRow, RoundSetup, accounts, audit, budgets, datasets, manifests, queries, rounds,
+    training,
 };
 
 /// The round settings of this coordinator's configuration.
@@ -85,6 +87,22 @@ pub async fn open(
     priced: &Priced,
     at: &str,
 ) -> Result<RoundRow> {
+    open_step(state, tx, query, policy, request, priced, None, at).await
+}
+
+/// [`open`], for a training job's round at `step` (its iteration and coefficients; None is
+/// the first, at zero).
+#[allow(clippy::too_many_arguments)]
+async fn open_step(
+    state: &AppState,
+    tx: &mut AnyConnection,
+    query: i64,
+    policy: &DatasetPolicy,
+    request: &Query,
+    priced: &Priced,
+    step: Option<(u32, Vec<f64>)>,
+    at: &str,
+) -> Result<RoundRow> {
     lifecycle::check_linked_posts(policy, request, state.config.binary_limit)?;
     let partners = partners(tx).await?;
     let manifest = manifests::latest(tx).await?.map(|s| s.manifest);
@@ -107,6 +125,22 @@ pub async fn open(
     };
     rounds::insert(tx, &row, at).await?;
     queries::set_round(tx, query, id).await?;
+    if let Some(spec) = &priced.plan.learning {
+        // A training job starts from coefficients all zero; later rounds are opened by
+        // `train`, at the iterate the round before it computed.
+        let (iteration, coefficients) = step.unwrap_or_else(|| {
+            let zeros = (spec.inputs.len() + 1) * spec.classes.saturating_sub(1);
+            (0, vec![0.0; zeros])
+        });
+        let round = TrainingRound {
+            round_id: id,
+            query_id: query,
+            iteration,
+            coefficients,
+            total: None,
+        };
+        training::insert(tx, &round, at).await?;
+    }
     Ok(row)
 }
 
@@ -162,7 +196,15 @@ pub async fn calibration(
         NoisePlacement::Central => 0,
     };
     let board_floor = match &q.calibration {
-        Some(p) if p.context.honest_survivors == honest => return Ok(p.clone()),
+        // A training job's fixed point follows the row bound: the partners encode with the
+        // round's, so the coordinator must decode with it too.
+        Some(p)
+            if p.context.honest_survivors == honest
+                && (p.plan.learning.is_none()
+                    || p.context.max_rows_per_partner == max_rows_per_partner) =>
+        {
+            return Ok(p.clone());
+        }
         Some(p) => p.context.board_floor,
         // Such queries were priced before the board's floor entered pricing.
         None => Rho::ZERO,
@@ -215,6 +257,9 @@ pub async fn release(
                  nothing was released"
             ),
         ));
+    }
+    if priced.plan.learning.is_some() {
+        return train(state, round, q, policy, priced, output).await;
     }
     let labels = q
         .request
@@ -301,6 +346,192 @@ pub async fn release(
     crate::metrics::RELEASES.inc();
     tracing::info!(round, query, release = release_id, survivors, "released");
     Ok(())
+}
+
+/// One round of training job `q` has finished: its sum is noised (central noise sampled
+/// once; distributed noise arrived in it), the Newton step taken, and in one transaction the
+/// round's share of the reservation charged before the new iterate leaves the coordinator,
+/// the round's noisy total stored, and either the next round opened at the new iterate or,
+/// after the last, the model released with its intervals and the job's whole charge.
+async fn train(
+    state: &AppState,
+    round: i64,
+    q: QueryRow,
+    policy: DatasetPolicy,
+    priced: Priced,
+    output: RoundOutput,
+) -> Result<()> {
+    let query = q.id;
+    let step = training::of_round(&mut *state.store.read().await?, round)
+        .await?
+        .ok_or_else(|| {
+            Error::internal(
+                "taking a Newton step",
+                format!("round {round} of training job {query} has no step"),
+            )
+        })?;
+    let iterations = priced.plan.learning.as_ref().map_or(0, |l| l.iterations);
+    let last = step.iteration + 1 >= iterations;
+    let survivors = output.contributors.len();
+    let contributors: Vec<u32> = output.contributors.iter().map(|p| p.0).collect();
+    let per_round = priced.release_plan.iteration_cost(&priced.plan);
+    let delta = state.config.reporting_delta;
+    let coefficients = step.coefficients.clone();
+    let exact = state.rounds.central_noise_off()
+        && priced
+            .release_plan
+            .groups
+            .iter()
+            .all(|g| g.shares.is_none());
+    let (priced, policy, total, next, release) = web::block(move || {
+        let noised = match exact {
+            // Only a test's own code switches this on (feature `test-util`).
+            true => output.sum.clone(),
+            false => priced.release_plan.noised_iteration(
+                &priced.plan,
+                &policy,
+                &output.sum,
+                survivors,
+                per_round,
+            )?,
+        };
+        let model = priced.plan.logistic()?;
+        let total = model.decode(&noised);
+        let next = model.newton_step(&coefficients, &total)?;
+        let release = match last {
+            true => Some(priced.release_plan.training_release(
+                &priced.plan,
+                &policy,
+                &next,
+                &total,
+                survivors,
+                delta,
+            )?),
+            false => None,
+        };
+        Ok::<_, civic_mechanisms::MechanismError>((priced, policy, total, next, release))
+    })
+    .await
+    .map_err(|e| Error::internal("taking a Newton step", e))?
+    .map_err(|e| Error::internal("taking a Newton step", e))?;
+    let at = state.clock.rfc3339();
+    let model = priced
+        .plan
+        .logistic()
+        .map_err(|e| Error::internal("taking a Newton step", e))?;
+    let mut iterates: Vec<serde_json::Value> = training::of_query(&mut *state.store.read().await?, query)
+        .await?
+        .iter()
+        .filter(|r| r.iteration > 0)
+        .map(|r| json!({ "iteration": r.iteration - 1, "coefficients": model.unscaled(&r.coefficients) }))
+        .collect();
+    iterates.push(json!({ "iteration": step.iteration, "coefficients": model.unscaled(&next), "contributors": survivors }));
+    let view = match release {
+        Some(release) => {
+            let mut view = release_view(release, CellLabels::default(), at.clone())?;
+            if let Some(receipt) = view.receipt.as_object_mut() {
+                receipt.insert(
+                    "training".into(),
+                    json!({
+                        "iterations": iterations,
+                        "rho_per_iteration": per_round.as_f64(),
+                        "iterates": iterates,
+                    }),
+                );
+            }
+            Some(view)
+        }
+        None => None,
+    };
+    let opened = state
+        .store
+        .run_tx("take a training job's step", async |tx| {
+            lease::fence(state, tx, round).await?;
+            let q = queries::lock(tx, query)
+                .await?
+                .ok_or(Error::NotFound(Missing::Query(query)))?;
+            if !rounds::close(tx, round, RoundState::Finished).await? {
+                return Err(Error::internal(
+                    "taking a Newton step",
+                    format!("round {round} is no longer open"),
+                ));
+            }
+            let mut ledger = budgets::lock(tx, &q.dataset)
+                .await?
+                .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
+            let held = budgets::held(tx, query).await?;
+            let (_, entry) = match last {
+                true => lifecycle::charge(current(&q), &mut ledger, held.as_ref())?,
+                false => {
+                    lifecycle::charge_round(current(&q), &mut ledger, held.as_ref(), per_round)?
+                }
+            };
+            budgets::record(tx, &ledger, &entry, &at).await?;
+            training::finish(tx, round, &total, survivors).await?;
+            let details = json!({
+                "round": round,
+                "iteration": step.iteration,
+                "dataset": q.dataset,
+                "project": q.project,
+                "charged_rho": entry.amount.as_f64(),
+                "survivors": survivors,
+                "contributors": contributors,
+                "coefficients": model.unscaled(&next),
+            });
+            if let Some(view) = &view {
+                let release_id = queries::insert_release(tx, &q, view).await?;
+                queries::set_state(tx, query, QueryState::Released, None).await?;
+                let mut details = details;
+                details["release"] = json!(release_id);
+                details["names"] = json!(view.names);
+                details["values"] = json!(view.rows);
+                let event = event(
+                    "coordinator",
+                    "query.release",
+                    format!("query:{query}"),
+                    details,
+                );
+                audit::append(tx, event, &at).await?;
+                return Ok::<_, Error>(None);
+            }
+            let row = open_step(
+                state,
+                tx,
+                query,
+                &policy,
+                &q.request.query,
+                &priced,
+                Some((step.iteration + 1, next.clone())),
+                &at,
+            )
+            .await?;
+            let event = event(
+                "coordinator",
+                "training.step",
+                format!("query:{query}"),
+                details,
+            );
+            audit::append(tx, event, &at).await?;
+            Ok(Some(row))
+        })
+        .await?;
+    match opened {
+        Some(row) => {
+            tracing::info!(
+                round,
+                query,
+                iteration = step.iteration,
+                next = row.id,
+                "training step taken"
+            );
+            crate::rounds::driver::start(state, row)
+        }
+        None => {
+            crate::metrics::RELEASES.inc();
+            tracing::info!(round, query, "training job released");
+            Ok(())
+        }
+    }
 }
 
 fn release_view(release: Release, labels: CellLabels, released_at: String) -> Result<ReleaseView> {

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str, Option<DataStep>)] = &[
         V5_POSTGRES,
         None,
     ),
+    (6, "training jobs' rounds and iterates", V6, V6, None),
 ];
 
 /// Applies every migration not yet recorded.
@@ -177,6 +178,19 @@ macro_rules! v5 {
 
 const V5_SQLITE: &str = v5!("BLOB");
 const V5_POSTGRES: &str = v5!("BYTEA");
+
+/// Each round of a training job: its iteration, the coefficients it computes at (JSON), and
+/// once it has finished, its noisy total in real units (JSON) and how many partners were in it.
+const V6: &str = "CREATE TABLE training_rounds (
+        round_id BIGINT PRIMARY KEY,
+        query_id BIGINT NOT NULL,
+        iteration BIGINT NOT NULL,
+        coefficients TEXT NOT NULL,
+        total TEXT,
+        contributors BIGINT,
+        opened_at TEXT NOT NULL,
+        UNIQUE (query_id, iteration)
+    )";
 
 /// Which coordinator drives rounds, until when (milliseconds since the Unix epoch).
 const V2: &str = "CREATE TABLE driver_lease (

@@ -28,7 +28,7 @@ pub fn series(entries: &[(String, LedgerEntry)]) -> Vec<Point> {
             let x = e.amount.as_f64();
             match e.kind {
                 EntryKind::Reserve => reserved += x,
-                EntryKind::Charge => {
+                EntryKind::Charge | EntryKind::ChargeRound => {
                     reserved = (reserved - x).max(0.0);
                     charged += x;
                 }

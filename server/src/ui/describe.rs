@@ -35,6 +35,15 @@ pub fn question(query: &Query) -> String {
             words(target),
             list(&features.iter().map(|c| words(c)).collect::<Vec<_>>())
         ),
+        Statistic::LogisticRegression {
+            features,
+            outcome,
+            iterations,
+        } => format!(
+            "How the chance of {} changes with {} (a logistic model trained in {iterations} rounds)",
+            words(outcome),
+            list(&features.iter().map(|c| words(c)).collect::<Vec<_>>())
+        ),
     };
     let among = query
         .filter
@@ -310,7 +319,9 @@ pub fn disclosure_summary(policy: &DatasetPolicy, query: &Query, cells: usize) -
         Statistic::Count | Statistic::Histogram { .. } => "its counts",
         Statistic::Mean { .. } => "the counts behind its averages",
         Statistic::Quantiles { .. } => "the histogram its percentiles come from",
-        Statistic::Sum { .. } | Statistic::LinearRegression { .. } => "no count it shows",
+        Statistic::Sum { .. }
+        | Statistic::LinearRegression { .. }
+        | Statistic::LogisticRegression { .. } => "no count it shows",
     };
     let mut out = vec![format!(
         "The release will have {cells} cell{}.",
