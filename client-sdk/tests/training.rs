@@ -134,7 +134,7 @@ struct Site {
 
 impl Site {
     /// A partner's extract of `n` prescriptions and its agent's configuration.
-    fn create(root: &Path, site: usize, n: u32, base: &str, token: &str) -> Site {
+    fn create(root: &Path, site: usize, n: u32, base: &str, token: &str, total_rho: f64) -> Site {
         let dir = root.join(format!("site-{site}"));
         std::fs::create_dir_all(&dir).unwrap();
         let rows = prescriptions(40 + site as u64, n);
@@ -171,7 +171,7 @@ poll_seconds = 0.2
 
 [limits]
 max_rho_per_query = 100000.0
-total_rho = 100000.0
+total_rho = {total_rho}
 min_survivors = 2
 
 [[datasets]]
@@ -201,15 +201,22 @@ failed = "failed"
         let config = AgentConfig::load(&self.dir.join("partner.toml")).unwrap();
         Arc::new(Agent::new(config).unwrap())
     }
+
+    fn journal(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.join("state/agent-state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
 }
 
 /// A coordinator with four partners serving "antibiotics" (noise `central` or at the
-/// partners), signed into the board's manifest, and their agents.
+/// partners), signed into the board's manifest, and their agents, whose local totals are
+/// `totals`.
 async fn federation(
     tag: &str,
     root: &Path,
     rows: u32,
     central: bool,
+    totals: [f64; 4],
 ) -> (Coordinator, Vec<Site>, Vec<Arc<Agent>>, DatasetPolicy) {
     let mut c = common::start_on_own_system(test_config(&fresh_store_url(tag)));
     c.add_partner("clinic-d").await;
@@ -219,7 +226,7 @@ async fn federation(
     let mut sites = Vec::new();
     let mut listed = Vec::new();
     for (i, (name, _, token)) in c.partners.iter().enumerate() {
-        let site = Site::create(root, i, rows + 100 * i as u32, &c.base, token);
+        let site = Site::create(root, i, rows + 100 * i as u32, &c.base, token, totals[i]);
         listed.push((name.clone(), site.key.clone()));
         sites.push(site);
     }
@@ -357,7 +364,8 @@ async fn with_the_noise_off_the_federated_fit_is_the_pooled_newton_fit() {
         .with_env_filter("civic_server=warn")
         .try_init();
     let root = tempfile::tempdir().unwrap();
-    let (c, sites, agents, policy) = federation("training-exact", root.path(), 500, true).await;
+    let (c, sites, agents, policy) =
+        federation("training-exact", root.path(), 500, true, [1e5; 4]).await;
     c.state.rounds.switch_off_central_noise_for_tests();
     let iterations = 6;
     let (s, q) = c.submit(job(iterations, 60.0)).await;
@@ -395,5 +403,164 @@ async fn with_the_noise_off_the_federated_fit_is_the_pooled_newton_fit() {
     assert_eq!(
         training["iterates"].as_array().unwrap().len(),
         iterations as usize
+    );
+}
+
+/// The audit log's entries with action `action`.
+async fn audited(c: &Coordinator, action: &str) -> Vec<Value> {
+    let (s, page) = c
+        .call(Method::GET, "/v1/audit?limit=1000", Some(&c.board[0]), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .map(|r| serde_json::from_str(r["details"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_partners_noise_the_model_lands_within_its_intervals_charged_round_by_round() {
+    let root = tempfile::tempdir().unwrap();
+    let (c, sites, agents, policy) =
+        federation("training-noisy", root.path(), 2000, false, [1e5; 4]).await;
+    let (iterations, rho) = (5, 50.0);
+    let (s, preview) = c
+        .call(
+            Method::POST,
+            "/v1/queries/preview",
+            Some(&c.researcher),
+            Some(job(iterations, rho)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{preview}");
+    // The preview states the expected accuracy per coefficient, narrowing with residents.
+    let rows = preview["accuracy"].as_array().unwrap();
+    assert_eq!(rows.len(), 10, "{preview}");
+    let at = &rows[1]["half_width_at_rows"];
+    assert!(
+        at[0][1].as_f64().unwrap() > at[2][1].as_f64().unwrap(),
+        "{preview}"
+    );
+
+    let (s, q) = c.submit(job(iterations, rho)).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let id = q["id"].as_i64().unwrap();
+    let (done, _) = train(&c, &agents, id).await;
+    assert_eq!(done["state"], "released", "{done}");
+    assert_eq!(done["result"]["receipt"]["noise"], "distributed", "{done}");
+
+    // The distributed noise moves the fit by its stated intervals at most: each coefficient
+    // within twice its 95% half-width of the same steps on the pooled rows (the chance
+    // that one of ten strays that far is about 10⁻³).
+    let expected = pooled_fit(&model(&policy, iterations), &sites, iterations);
+    for (i, ((value, (lo, hi)), want)) in coefficients(&done).iter().zip(&expected).enumerate() {
+        let half = (hi - lo) / 2.0;
+        assert!(
+            half > 0.0 && half.is_finite(),
+            "coefficient {i}: {lo}..{hi}"
+        );
+        assert!(
+            (value - want).abs() <= 2.0 * half,
+            "coefficient {i}: {value} ± {half}, pooled {want}"
+        );
+    }
+
+    // The reservation was charged round by round before each iterate left, the last round
+    // charging what was left: the whole job, once.
+    let steps = audited(&c, "training.step").await;
+    assert_eq!(steps.len(), iterations as usize - 1);
+    let per_round = rho / f64::from(iterations);
+    for (k, step) in steps.iter().enumerate() {
+        assert_eq!(step["iteration"], k, "{step}");
+        assert!(
+            (step["charged_rho"].as_f64().unwrap() - per_round).abs() < 1e-9,
+            "{step}"
+        );
+    }
+    let released = audited(&c, "query.release").await;
+    assert!((released[0]["charged_rho"].as_f64().unwrap() - per_round).abs() < 1e-9);
+    let (s, budget) = c
+        .call(
+            Method::GET,
+            "/v1/budgets/antibiotics",
+            Some(&c.board[0]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{budget}");
+    assert!(
+        (budget["charged_rho"].as_f64().unwrap() - rho).abs() < 1e-9,
+        "{budget}"
+    );
+    assert!(
+        (budget["used_rho"].as_f64().unwrap() - rho).abs() < 1e-9,
+        "{budget}"
+    );
+    // Each partner charged its own ledger the same, and answered each iteration once.
+    for site in &sites {
+        let j = site.journal();
+        let spent = j["spent"]["antibiotics"].as_u64().unwrap();
+        assert_eq!(
+            spent,
+            civic_policies::Rho::nearest(rho).unwrap().units(),
+            "{j}"
+        );
+        assert_eq!(
+            j["answered"].as_array().unwrap().len(),
+            iterations as usize,
+            "{j}"
+        );
+    }
+    // Asking again re-serves the model at no cost.
+    let (s, again) = c.submit(job(iterations, rho)).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    assert_eq!(again["cost"]["rho"], 0.0, "{again}");
+    assert_eq!(again["result"]["rows"], done["result"]["rows"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_partners_stop_mid_way_keeps_its_rounds_charges_and_refunds_the_rest() {
+    let root = tempfile::tempdir().unwrap();
+    // Two partners' local totals cover two of the four rounds (ρ = 2 each).
+    let (c, _sites, agents, _) = federation(
+        "training-abort",
+        root.path(),
+        300,
+        false,
+        [1e5, 5.0, 5.0, 1e5],
+    )
+    .await;
+    let (s, q) = c.submit(job(4, 8.0)).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let id = q["id"].as_i64().unwrap();
+    let (done, _) = train(&c, &agents, id).await;
+    assert_eq!(done["state"], "aborted", "{done}");
+    let reason = done["reason"].as_str().unwrap();
+    assert!(reason.contains("budget.local_total_exhausted"), "{reason}");
+    assert_eq!(audited(&c, "training.step").await.len(), 2);
+    let aborted = audited(&c, "round.abort").await;
+    assert!(
+        (aborted[0]["refunded_rho"].as_f64().unwrap() - 4.0).abs() < 1e-9,
+        "{aborted:?}"
+    );
+    let (_, budget) = c
+        .call(
+            Method::GET,
+            "/v1/budgets/antibiotics",
+            Some(&c.board[0]),
+            None,
+        )
+        .await;
+    // The two rounds that ran stay charged; nothing else is held.
+    assert!(
+        (budget["charged_rho"].as_f64().unwrap() - 4.0).abs() < 1e-9,
+        "{budget}"
+    );
+    assert!(
+        (budget["used_rho"].as_f64().unwrap() - 4.0).abs() < 1e-9,
+        "{budget}"
     );
 }

@@ -349,6 +349,9 @@ fn certifies(sigma: f64, a: f64, alpha: f64) -> bool {
 /// Whether 2·P[Y ≥ t] ≤ α for Y ~ N(0, σ²), by OpenDP's conservatively rounded tail (σ and t
 /// converted exactly to rationals; erfc rounded up).
 fn tail_within(sigma: f64, t: f64, alpha: f64) -> bool {
+    // OpenDP's tail swaps the panic hook: one caller at a time, whoever calls (the lock is
+    // re-entrant, `crate::opendp_guard`).
+    let _opendp = crate::opendp_guard::lock();
     let (Ok(scale), Ok(tail)) = (sigma.try_into(), t.try_into()) else {
         return false;
     };
