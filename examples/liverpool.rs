@@ -40,6 +40,9 @@ use civic_server::{AppState, Config};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// The antibiotic-choice model's data, job and comparison.
+#[path = "liverpool/antibiotics.rs"]
+mod antibiotics;
 /// The HTML report, shared with its browser test (`tests/report.rs`).
 #[path = "liverpool/report.rs"]
 mod report;
@@ -247,6 +250,7 @@ async fn main() -> Result<(), Error> {
         ("diabetes", policies.join("diabetes.toml")),
         ("falls-housing", policies.join("falls-housing.toml")),
         ("housing-health", linked_policy.clone()),
+        ("antibiotics", antibiotics::policy_path()),
     ] {
         let text = std::fs::read_to_string(path)?;
         api.ok(
@@ -279,6 +283,13 @@ async fn main() -> Result<(), Error> {
             "housing-health",
             0.3,
         ),
+        (
+            "antibiotic-choice",
+            "The right antibiotic for the right bug in the right patient",
+            "dr-amara",
+            "antibiotics",
+            0.4,
+        ),
     ] {
         api.ok(
             Method::POST,
@@ -296,7 +307,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     }
     println!(
-        "board: datasets diabetes (5 GP federations), falls-housing (falls and frailty, as the acute trust, community & mental-health trust and council adult social care record them) and housing-health, linked on NHS numbers (housing associations' homes beside the acute trust's admissions and the council's care packages); NHS disclosure control; projects diabetes-care (ρ 0.6), falls-prevention (ρ 0.45) and healthy-homes (ρ 0.3)\n"
+        "board: datasets diabetes and antibiotics (5 GP federations), falls-housing (falls and frailty, as the acute trust, community & mental-health trust and council adult social care record them) and housing-health, linked on NHS numbers (housing associations' homes beside the acute trust's admissions and the council's care packages); NHS disclosure control; projects diabetes-care (ρ 0.6), falls-prevention (ρ 0.45), healthy-homes (ρ 0.3) and antibiotic-choice (ρ 0.4)\n"
     );
 
     // The board: three members, each with a key on their own machine (`civic-board keygen`).
@@ -310,6 +321,7 @@ async fn main() -> Result<(), Error> {
 
     // The partners: each writes its extract and makes its identity key, whose public half it
     // gives the board.
+    let rx = antibiotics::population(SEED, residents);
     let mut identities = Vec::new();
     for p in &partners {
         let dir = work.join(p);
@@ -319,6 +331,10 @@ async fn main() -> Result<(), Error> {
         if !HOUSING_ASSOCIATIONS.contains(p) {
             let rows = synth::write_extract(p, &people, &dir.join("extract.csv"))?;
             held.push(format!("{rows:>6} rows"));
+        }
+        if GP_FEDERATIONS.contains(p) {
+            let n = antibiotics::write_extract(p, &rx, &dir.join("prescriptions.csv"))?;
+            held.push(format!("{n:>6} prescriptions"));
         }
         if HOUSING_ASSOCIATIONS.contains(p) || LINKED_ALSO.contains(p) {
             let n = synth::write_linked_extract(p, &people, &dir.join("linked.csv"))?;
@@ -369,6 +385,9 @@ async fn main() -> Result<(), Error> {
         report.push(entry);
     }
 
+    // The antibiotic-choice model: a training job of several rounds.
+    let model = train(&api, &tokens["dr-amara"], &rx, residents).await?;
+
     // A question the project can no longer afford.
     let over = json!({
         "project": "falls-prevention",
@@ -386,7 +405,7 @@ async fn main() -> Result<(), Error> {
     println!("  {}\n", refusal["detail"].as_str().unwrap_or(""));
 
     let mut budgets = Vec::new();
-    for d in ["diabetes", "falls-housing", "housing-health"] {
+    for d in ["diabetes", "falls-housing", "housing-health", "antibiotics"] {
         let b = api
             .ok(Method::GET, &format!("/v1/budgets/{d}"), &chair, None)
             .await?;
@@ -406,7 +425,7 @@ async fn main() -> Result<(), Error> {
         verify["entries"], verify["verified"]
     );
 
-    let json_report = json!({ "seed": SEED, "residents": residents, "questions": report, "over_budget": { "status": status, "refusal": refusal }, "budgets": budgets, "audit": verify });
+    let json_report = json!({ "seed": SEED, "residents": residents, "questions": report, "antibiotics": model, "over_budget": { "status": status, "refusal": refusal }, "budgets": budgets, "audit": verify });
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(&json_report)?,
@@ -436,6 +455,73 @@ async fn main() -> Result<(), Error> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// Trains the antibiotic-choice model as dr-amara: previews the job (its cost and expected
+/// accuracy), submits it, waits while the agents take part in each round, and compares the
+/// released model with the non-private fit.
+async fn train(
+    api: &Api,
+    token: &str,
+    rx: &[synth::Prescription],
+    residents: u32,
+) -> Result<Value, Error> {
+    println!(
+        "── The antibiotic-choice model: first-line failure, a logistic regression trained across the five GP federations"
+    );
+    let request = antibiotics::request("antibiotic-choice");
+    let preview = api
+        .ok(
+            Method::POST,
+            "/v1/queries/preview",
+            token,
+            Some(request.clone()),
+        )
+        .await?;
+    let widths = &preview["accuracy"][1]["half_width_at_rows"];
+    println!(
+        "   dr-amara previews the job: {} rounds, ρ = {} in all (ε = {:.2} at δ = 10⁻⁶); expected 95% half-width of the age coefficient at 10,000 prescriptions ± {:.4}",
+        antibiotics::ITERATIONS,
+        preview["cost"]["rho"],
+        preview["cost"]["approx_dp"][0].as_f64().unwrap_or(f64::NAN),
+        widths[1][1].as_f64().unwrap_or(f64::NAN)
+    );
+    let submitted = api
+        .ok(Method::POST, "/v1/queries", token, Some(request))
+        .await?;
+    let id = submitted["id"].as_i64().ok_or("no query id")?;
+    let started = Instant::now();
+    let done = loop {
+        let q = api
+            .ok(Method::GET, &format!("/v1/queries/{id}"), token, None)
+            .await?;
+        if q["state"] != "running" {
+            break q;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("training job {id} did not finish in 10 minutes").into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    if done["state"] != "released" {
+        return Err(format!(
+            "training job {id} ended {}: {}",
+            done["state"], done["reason"]
+        )
+        .into());
+    }
+    println!(
+        "   released after {} rounds in {:.1} s, each charged before its iterate went to the partners; noise {} (the coordinator never held an exact sum)",
+        antibiotics::ITERATIONS,
+        started.elapsed().as_secs_f64(),
+        done["result"]["receipt"]["noise"].as_str().unwrap_or("?")
+    );
+    let held = antibiotics::held_out(SEED);
+    let mut model = antibiotics::compare(&done, rx, &held, u64::from(residents))?;
+    model["query_id"] = json!(id);
+    model["cost"] = done["cost"].clone();
+    println!();
+    Ok(model)
 }
 
 /// What a person needs to log in to the demo's dashboard: its address, the board's and the
@@ -503,6 +589,7 @@ fn federation_manifest(
         ("diabetes", policies.join("diabetes.toml")),
         ("falls-housing", policies.join("falls-housing.toml")),
         ("housing-health", linked_policy.to_path_buf()),
+        ("antibiotics", antibiotics::policy_path()),
     ] {
         datasets.push(ManifestDataset {
             id: id.into(),
@@ -626,6 +713,9 @@ min_survivors = 3
     );
     if !HOUSING_ASSOCIATIONS.contains(&partner) {
         config.push_str(&own_dataset(partner));
+    }
+    if GP_FEDERATIONS.contains(&partner) {
+        config.push_str(&antibiotics::dataset_entry());
     }
     if let Some(linked) = linked_dataset(partner) {
         config.push_str(&linked);

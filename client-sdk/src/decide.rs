@@ -377,6 +377,57 @@ mod tests {
     }
 
     #[test]
+    fn a_training_round_is_costed_per_iteration_and_its_step_checked_before_any_row() {
+        let policy = diabetes();
+        let logistic = json!({ "dataset": "diabetes", "statistic": { "logistic_regression": {
+            "features": ["age", "hba1c", "sex"], "outcome": "has_diabetes", "iterations": 4
+        } } });
+        let with_step = |iteration: u32, coefficients: Vec<f64>| {
+            let mut ann = announcement(logistic.clone(), PrivacyRequest::Rho(0.08), 3);
+            ann.training = Some(civic_api::round::TrainingStep {
+                iteration,
+                coefficients,
+            });
+            ann
+        };
+        let checked =
+            check_round(&with_step(3, vec![0.5; 4]), &policy, &limits(), &floor()).unwrap();
+        // The job is checked against the per-query limits; a round charges its share.
+        assert!(
+            (checked.cost.as_f64() - 0.08).abs() < 1e-12,
+            "{}",
+            checked.cost
+        );
+        assert!((checked.round_cost.as_f64() - 0.02).abs() < 1e-12);
+        assert_eq!(checked.answer_key, Some(3));
+        assert!(checked.compiled.trains());
+        // Coefficients a hostile coordinator might announce are refused with one code.
+        for (iteration, beta) in [
+            (4, vec![0.0; 4]),
+            (0, vec![0.0; 5]),
+            (0, vec![f64::NAN, 0.0, 0.0, 0.0]),
+            (0, vec![f64::INFINITY, 0.0, 0.0, 0.0]),
+            (0, vec![1e6, 1.0, 0.0, 0.0]),
+        ] {
+            let e = refusal(check_round(
+                &with_step(iteration, beta),
+                &policy,
+                &limits(),
+                &floor(),
+            ));
+            assert!(e.starts_with("training.step_invalid"), "{e}");
+        }
+        let mut no_step = with_step(0, vec![0.0; 4]);
+        no_step.training = None;
+        let e = refusal(check_round(&no_step, &policy, &limits(), &floor()));
+        assert!(e.contains("announces no step"), "{e}");
+        let mut count_with_step = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);
+        count_with_step.training = with_step(0, vec![0.0; 4]).training;
+        let e = refusal(check_round(&count_with_step, &policy, &limits(), &floor()));
+        assert!(e.contains("trains no model"), "{e}");
+    }
+
+    #[test]
     fn a_round_within_the_local_limits_is_accepted_and_costed_here() {
         let policy = diabetes();
         let ann = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);

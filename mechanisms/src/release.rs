@@ -429,12 +429,14 @@ impl ReleasePlan {
     }
 
     /// A training job's release: the final coefficients (raw units, from the iterate
-    /// `beta` in scaled ones) with intervals from the last iteration's noisy `total` (real
-    /// units), and the receipt for the whole job.
+    /// `beta` in scaled ones, which the last step took from `previous`) with intervals from
+    /// the last iteration's noisy `total` (real units), and the receipt for the whole job.
+    #[allow(clippy::too_many_arguments)]
     pub fn training_release(
         &self,
         plan: &AggregationPlan,
         policy: &DatasetPolicy,
+        previous: &[f64],
         beta: &[f64],
         total: &[f64],
         survivors: usize,
@@ -451,15 +453,16 @@ impl ReleasePlan {
             })?;
         let sigma = self.sum_sigma(survivors) / 2f64.powi(spec.frac_bits as i32);
         let confidence = 1.0 - self.alpha;
-        let widths = logistic.noise_half_widths(total, sigma, confidence)?;
+        let step: Vec<f64> = beta.iter().zip(previous).map(|(b, p)| b - p).collect();
+        let widths = logistic.step_half_widths(total, sigma, confidence, &step)?;
         let rows = logistic
             .unscaled(beta)
             .into_iter()
-            .zip(widths)
-            .map(|(b, w)| {
+            .enumerate()
+            .map(|(i, b)| {
                 vec![Cell {
                     value: Some(b),
-                    interval: Some((b - w, b + w)),
+                    interval: widths.as_ref().map(|w| (b - w[i], b + w[i])),
                 }]
             })
             .collect();
@@ -469,9 +472,20 @@ impl ReleasePlan {
             spec.iterations, spec.ridge
         )];
         let caveats = vec![
-            "the intervals state the privacy noise's share of the error (to first order, from \
-             the last step), not the sampling error of the cohort"
-                .to_string(),
+            match widths {
+                Some(_) => {
+                    "the intervals state the privacy noise's share of the error (to first \
+                            order: the last step's gradient noise, and its matrix noise acting \
+                            on the step), not the sampling error of the cohort"
+                }
+                None => {
+                    "no intervals are stated: the privacy noise on the information matrix \
+                         is too large beside the data's own information for a first-order \
+                         interval to hold, so the noise may decide these coefficients; ask \
+                         with more privacy budget, fewer features or more residents"
+                }
+            }
+            .to_string(),
             "residents with a missing feature or outcome are left out (complete cases)".into(),
         ];
         let receipt = self.receipt(

@@ -402,6 +402,7 @@ async fn train(
             true => Some(priced.release_plan.training_release(
                 &priced.plan,
                 &policy,
+                &coefficients,
                 &next,
                 &total,
                 survivors,
