@@ -144,7 +144,7 @@ pub struct LocalLimits {
     /// The most ρ all queries together may spend on this partner's data, per dataset.
     pub total_rho: f64,
     /// Statistics this partner answers: `count`, `sum`, `mean`, `histogram`, `quantiles`,
-    /// `linear_regression` (all if absent).
+    /// `linear_regression`, `logistic_regression` (a training job; all if absent).
     #[serde(default)]
     pub allowed_statistics: Option<Vec<String>>,
     /// The fewest surviving partners whose sum this partner lets the coordinator learn
@@ -507,13 +507,14 @@ impl AgentConfig {
 }
 
 /// The statistics a query can ask for, as named in `allowed_statistics`.
-pub const STATISTICS: [&str; 6] = [
+pub const STATISTICS: [&str; 7] = [
     "count",
     "sum",
     "mean",
     "histogram",
     "quantiles",
     "linear_regression",
+    "logistic_regression",
 ];
 
 /// Whether an `http://` URL's host is this machine.

@@ -37,7 +37,7 @@ async fn migrations_apply_once_and_a_second_start_finds_them_done() {
                 .unwrap();
         assert_eq!(
             versions,
-            vec![1, 2, 3, 4, 5],
+            vec![1, 2, 3, 4, 5, 6],
             "each migration applied exactly once: {url}"
         );
         let lease: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM driver_lease")
