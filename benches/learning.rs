@@ -42,8 +42,13 @@ fn inputs(p: &Prescription) -> Vec<f64> {
     x.extend(["respiratory", "skin"].map(|s| flag(p.site == s)));
     x.extend(["gram_positive", "other"].map(|o| flag(p.organism == o)));
     x.extend(
-        ["trimethoprim", "amoxicillin", "doxycycline", "flucloxacillin"]
-            .map(|a| flag(p.antibiotic == a)),
+        [
+            "trimethoprim",
+            "amoxicillin",
+            "doxycycline",
+            "flucloxacillin",
+        ]
+        .map(|a| flag(p.antibiotic == a)),
     );
     x
 }
@@ -58,10 +63,19 @@ fn model(features: Vec<FeatureBounds>, max_rows: u64) -> LogisticPlan {
 }
 
 fn antibiotic_model(max_rows: u64) -> LogisticPlan {
-    let mut bounds = vec![(18.0, 100.0), (0.0, 1.0), (10.0, 120.0), (0.0, 1.0), (0.0, 1.0)];
+    let mut bounds = vec![
+        (18.0, 100.0),
+        (0.0, 1.0),
+        (10.0, 120.0),
+        (0.0, 1.0),
+        (0.0, 1.0),
+    ];
     bounds.extend([(0.0, 1.0); 8]);
     model(
-        bounds.into_iter().map(|(lo, hi)| FeatureBounds { lo, hi }).collect(),
+        bounds
+            .into_iter()
+            .map(|(lo, hi)| FeatureBounds { lo, hi })
+            .collect(),
         max_rows,
     )
 }
@@ -81,7 +95,10 @@ fn iteration(c: &mut Criterion) {
     bounds.extend([(0.0, 1.0); 10]);
     bounds.extend([(0.0, 100.0); 7]);
     let plan = model(
-        bounds.into_iter().map(|(lo, hi)| FeatureBounds { lo, hi }).collect(),
+        bounds
+            .into_iter()
+            .map(|(lo, hi)| FeatureBounds { lo, hi })
+            .collect(),
         1_000_000,
     );
     let beta: Vec<f64> = (0..plan.coefficients()).map(|i| 0.01 * i as f64).collect();
@@ -102,7 +119,7 @@ fn iteration(c: &mut Criterion) {
 
 /// ρ whose (ε, δ = 10⁻⁶) is `epsilon`, by bisection on OpenDP's conversion.
 fn rho_for(epsilon: f64) -> f64 {
-    let (mut low, mut high) = (1e-6, 10.0);
+    let (mut low, mut high) = (1e-6f64, 10.0f64);
     for _ in 0..60 {
         let mid = (low * high).sqrt();
         let e = epsilon_at_delta(Rho::cap(mid).expect("ρ"), 1e-6).expect("ε");
@@ -128,11 +145,9 @@ fn accuracy_report() {
                 .collect()
         })
         .collect();
-    let rows = |part: &[(Vec<f64>, usize)]| {
-        part.iter()
-            .map(|(x, y)| (x.as_slice(), *y))
-            .collect::<Vec<_>>()
-    };
+    fn rows(part: &[(Vec<f64>, usize)]) -> impl Iterator<Item = (&[f64], usize)> {
+        part.iter().map(|(x, y)| (x.as_slice(), *y))
+    }
     let pooled: Vec<(Vec<f64>, usize)> = parts.iter().flatten().cloned().collect();
     let mut exact = vec![0.0; plan.coefficients()];
     for _ in 0..25 {
@@ -143,7 +158,14 @@ fn accuracy_report() {
     let score = |beta: &[f64]| {
         let scores: Vec<f64> = held_out
             .iter()
-            .map(|p| beta[0] + beta[1..].iter().zip(inputs(p)).map(|(b, x)| b * x).sum::<f64>())
+            .map(|p| {
+                beta[0]
+                    + beta[1..]
+                        .iter()
+                        .zip(inputs(p))
+                        .map(|(b, x)| b * x)
+                        .sum::<f64>()
+            })
             .collect();
         let outcomes: Vec<bool> = held_out.iter().map(|p| p.failed).collect();
         auc(&scores, &outcomes).expect("an AUC")
@@ -189,12 +211,19 @@ fn accuracy_report() {
                 beta = plan.newton_step(&beta, &last).expect("a step");
             }
             let raw = plan.unscaled(&beta);
-            let errors: Vec<f64> = raw.iter().zip(&exact_raw).map(|(a, b)| (a - b).abs()).collect();
+            let errors: Vec<f64> = raw
+                .iter()
+                .zip(&exact_raw)
+                .map(|(a, b)| (a - b).abs())
+                .collect();
             mean_error += errors.iter().sum::<f64>() / errors.len() as f64 / seeds as f64;
             max_error = errors.iter().copied().fold(max_error, f64::max);
             gap += (exact_auc - score(&raw)) / seeds as f64;
             let step: Vec<f64> = beta.iter().zip(&previous).map(|(b, p)| b - p).collect();
-            if let Some(w) = plan.step_half_widths(&last, sigma, 0.95, &step).expect("widths") {
+            if let Some(w) = plan
+                .step_half_widths(&last, sigma, 0.95, &step)
+                .expect("widths")
+            {
                 stated += 1;
                 covered += errors.iter().zip(&w).filter(|(e, w)| e <= w).count();
                 cells += w.len();

@@ -514,6 +514,21 @@ async fn with_the_partners_noise_the_model_lands_within_its_intervals_charged_ro
             "{j}"
         );
     }
+    // The public register shows the model, coefficient by coefficient.
+    let release = done["result"]["release_id"].as_i64().unwrap();
+    let page = c
+        .http
+        .get(format!("{}/ui/releases/{release}", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("beta(antibiotic=amoxicillin)"), "{page}");
+    assert!(
+        page.contains("a logistic model trained in 5 rounds"),
+        "{page}"
+    );
     // Asking again re-serves the model at no cost.
     let (s, again) = c.submit(job(iterations, rho)).await;
     assert_eq!(s, StatusCode::CREATED, "{again}");
