@@ -22,6 +22,8 @@ const MEAN_CAVEAT: &str =
     "mean intervals combine the sum's and the count's intervals: confidence at least 90%";
 const REGRESSION_CAVEAT: &str = "regression coefficients are post-processed from noisy sufficient statistics; no intervals are stated";
 const DROPOUT: &str = "the demo stopped its agent mid-round, after it joined and before it sent its masked input; the round went on without it";
+const MODEL_CAVEAT: &str =
+    "residents with a missing feature or outcome are left out (complete cases)";
 const REFUSAL: &str = "the project falls-prevention has ρ 0.0120 left on falls-housing";
 
 /// A report as the demo writes it: a histogram in two panels (one cell suppressed, one
@@ -94,7 +96,16 @@ fn fixture() -> Value {
             }
         ],
         "over_budget": { "status": 409, "refusal": { "code": "budget.exhausted", "detail": REFUSAL } },
-        "audit": { "entries": 42, "verified": true }
+        "audit": { "entries": 42, "verified": true },
+        "antibiotics": {
+            "iterations": 5, "non_private_iterations": 25,
+            "auc": { "private": 0.6846, "non_private": 0.6853, "held_out": 20000 },
+            "coefficients": [
+                { "name": "beta(intercept) for failed", "private": -1.9655, "interval": [-3.1, -0.8], "non_private": -2.0041 },
+                { "name": "beta(antibiotic=amoxicillin)", "private": 0.8481, "interval": null, "non_private": 0.9246 }
+            ],
+            "receipt": { "caveats": [MODEL_CAVEAT] }
+        }
     })
 }
 
@@ -127,7 +138,21 @@ fn the_page_is_static_and_says_what_the_terminal_says() {
         assert!(page.contains(said), "the report does not say {said:?}");
     }
     assert_eq!(page.matches("<figure class=\"chart\"").count(), CHARTS);
-    assert_eq!(page.matches("<table>").count(), CHARTS, "a table per chart");
+    assert_eq!(
+        page.matches("<table>").count(),
+        CHARTS + 1,
+        "a table per chart, and the model's"
+    );
+    // The trained model beside the non-private fit, with its held-out AUC.
+    for said in [
+        "The antibiotic-choice model (a training job)",
+        "the private model's AUC is 0.6846",
+        "<th scope=\"row\">beta(antibiotic=amoxicillin)</th><td>0.8481</td><td>not stated</td><td>0.9246</td>",
+        "−3.1000 to −0.8000",
+        MODEL_CAVEAT,
+    ] {
+        assert!(page.contains(said), "the report does not say {said:?}");
+    }
     assert_eq!(page.matches("role=\"img\"").count(), CHARTS);
     assert_eq!(page.matches("<desc id=").count(), CHARTS);
     // The interval on a sub-pixel scale is widened, and the page says so.

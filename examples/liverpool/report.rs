@@ -77,6 +77,7 @@ pub fn html(report: &Value) -> String {
     for q in list(&report["questions"]) {
         page.push_str(&question(q, &mut ids));
     }
+    page.push_str(&model_section(&report["antibiotics"]));
     if let Some(detail) = report["over_budget"]["refusal"]["detail"].as_str() {
         let _ = write!(
             page,
@@ -106,6 +107,56 @@ pub fn html(report: &Value) -> String {
     }
     page.push_str("</body></html>\n");
     page
+}
+
+/// A training job's model: each coefficient as released (with its interval, where one was
+/// stated) beside the non-private fit of the same rows, and both models' held-out AUC.
+/// Nothing when the report has no model.
+fn model_section(model: &Value) -> String {
+    let rows = list(&model["coefficients"]);
+    let mut body = String::new();
+    for c in rows {
+        let interval = match (c["interval"][0].as_f64(), c["interval"][1].as_f64()) {
+            (Some(lo), Some(hi)) => format!("{} to {}", num(lo, 4), num(hi, 4)),
+            _ => "not stated".into(),
+        };
+        let _ = write!(
+            body,
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{interval}</td><td>{}</td></tr>",
+            escape(text(&c["name"])),
+            num(c["private"].as_f64().unwrap_or(f64::NAN), 4),
+            num(c["non_private"].as_f64().unwrap_or(f64::NAN), 4)
+        );
+    }
+    if body.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("<h2>The antibiotic-choice model (a training job)</h2>");
+    let _ = write!(
+        out,
+        "<p>A logistic model of first-line treatment failure, trained across the GP federations in {} rounds: each Newton step's sums were securely aggregated with the federations' noise and charged before the next step's coefficients were announced. Beside it, the same model fitted on the pooled rows without privacy ({} steps).</p>",
+        model["iterations"], model["non_private_iterations"]
+    );
+    if let (Some(private), Some(exact)) = (
+        model["auc"]["private"].as_f64(),
+        model["auc"]["non_private"].as_f64(),
+    ) {
+        let _ = write!(
+            out,
+            "<p>On {} held-out prescriptions no partner holds, the private model's AUC is {} and the non-private model's {}.</p>",
+            num(model["auc"]["held_out"].as_f64().unwrap_or(0.0), 0),
+            num(private, 4),
+            num(exact, 4)
+        );
+    }
+    let _ = write!(
+        out,
+        "<div class=\"table\"><table><caption>Coefficients (log-odds per unit; intervals state the privacy noise's share of the error)</caption><thead><tr><th scope=\"col\">coefficient</th><th scope=\"col\">private</th><th scope=\"col\">95% interval</th><th scope=\"col\">non-private</th></tr></thead><tbody>{body}</tbody></table></div>"
+    );
+    for caveat in list(&model["receipt"]["caveats"]) {
+        let _ = write!(out, "<p class=\"footnote\">{}</p>", escape(text(caveat)));
+    }
+    out
 }
 
 /// The partners that dropped out, and every question's caveats, before the charts.
