@@ -480,10 +480,11 @@ async fn train(
         .await?;
     let widths = &preview["accuracy"][1]["half_width_at_rows"];
     println!(
-        "   dr-amara previews the job: {} rounds, ρ = {} in all (ε = {:.2} at δ = 10⁻⁶); expected 95% half-width of the age coefficient at 10,000 prescriptions ± {:.4}",
+        "   dr-amara previews the job: {} rounds, ρ = {} in all (ε = {:.2} at δ = 10⁻⁶); expected 95% half-width of the age coefficient at {} prescriptions ± {:.4}",
         antibiotics::ITERATIONS,
         preview["cost"]["rho"],
         preview["cost"]["approx_dp"][0].as_f64().unwrap_or(f64::NAN),
+        widths[1][0],
         widths[1][1].as_f64().unwrap_or(f64::NAN)
     );
     let submitted = api

@@ -788,7 +788,7 @@ impl ReleasePlan {
         let contributors = self.groups[0].shares.map_or(1, |s| s.count.partners);
         let sigma = self.sum_sigma(contributors) / 2f64.powi(logistic.frac_bits as i32);
         let confidence = 1.0 - self.alpha;
-        let at_rows = MEAN_ROWS[..3]
+        let at_rows = MEAN_ROWS[1..]
             .iter()
             .chain(&[1_000_000])
             .map(|&n| Ok((n, logistic.indicative_half_widths(n, sigma, confidence)?)))
