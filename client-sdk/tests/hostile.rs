@@ -412,9 +412,23 @@ fn honest_script(v_key: &str) -> (Script, Manifest) {
 /// A count of "city" at `privacy` as round `id` over partners 1..=n, configured as an honest
 /// coordinator would.
 fn announcement(id: i64, privacy: PrivacyRequest, n: u32) -> RoundAnnouncement {
+    announcement_of(
+        id,
+        json!({ "dataset": "city", "statistic": "count" }),
+        privacy,
+        n,
+    )
+}
+
+/// A round of `query` (JSON), configured as an honest coordinator would.
+fn announcement_of(
+    id: i64,
+    query: serde_json::Value,
+    privacy: PrivacyRequest,
+    n: u32,
+) -> RoundAnnouncement {
     let policy = DatasetPolicy::from_toml(&four_partner_city(), "city").unwrap();
-    let query: Query =
-        serde_json::from_value(json!({ "dataset": "city", "statistic": "count" })).unwrap();
+    let query: Query = serde_json::from_value(query).unwrap();
     let context = PricingContext {
         max_rows_per_partner: 1000,
         reporting_delta: 1e-6,
@@ -703,6 +717,60 @@ async fn an_agent_refuses_every_deviation_of_a_hostile_coordinator_with_its_code
         )]))
         .await;
     h.assert_refused(&out, 51, DeclineCode::ManifestUnverified);
+}
+
+/// A round of a training job (falls on age, 3 iterations) at `step`.
+fn training_round(id: i64, step: Option<(u32, Vec<f64>)>) -> RoundAnnouncement {
+    let job = json!({ "dataset": "city", "statistic": { "logistic_regression": {
+        "features": ["age"], "outcome": "fell", "iterations": 3
+    } } });
+    let mut ann = announcement_of(id, job, PrivacyRequest::Rho(0.3), 4);
+    ann.training = step.map(|(iteration, coefficients)| civic_api::round::TrainingStep {
+        iteration,
+        coefficients,
+    });
+    ann
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_computes_a_training_step_only_at_coefficients_it_accepts() {
+    let h = Harness::new();
+    let (honest, _) = honest_script(&h.v_key);
+    let with = |rounds: Vec<RoundAnnouncement>| Script {
+        rounds,
+        ..honest.clone()
+    };
+    // Control: the first step, at zero, is joined (keys advertised).
+    let out = h
+        .pass(with(vec![training_round(1, Some((0, vec![0.0, 0.0])))]))
+        .await;
+    assert!(
+        matches!(out[..], [(1, RoundOutcome::Abandoned(_))]),
+        "{out:?}"
+    );
+    assert_eq!(h.messages(1), 1, "the control round's keys were advertised");
+    // Coefficients a hostile coordinator might announce to push the contributions past their
+    // bound, or to make the agent compute more steps than the job has: each refused before
+    // a row is read, with nothing sent but the decline. (JSON has no NaN or infinity: a
+    // `null` or a string where a number belongs makes the round list unreadable, and the
+    // agent takes part in nothing.)
+    let bad = [
+        Some((1, vec![1e300, 1e300])),
+        Some((1, vec![1e7, 0.0])),
+        Some((1, vec![0.0, 0.0, 0.0])),
+        Some((3, vec![0.0, 0.0])),
+        None,
+    ];
+    for (i, step) in bad.into_iter().enumerate() {
+        let id = 10 + i as i64;
+        let out = h.pass(with(vec![training_round(id, step)])).await;
+        h.assert_refused(&out, id, DeclineCode::TrainingStepInvalid);
+    }
+    // A step announced for a query that trains nothing.
+    let mut count = announcement(20, PrivacyRequest::Epsilon(1.0), 4);
+    count.training = training_round(0, Some((0, vec![0.0, 0.0]))).training;
+    let out = h.pass(with(vec![count])).await;
+    h.assert_refused(&out, 20, DeclineCode::TrainingStepInvalid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
