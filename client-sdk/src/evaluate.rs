@@ -496,6 +496,8 @@ pub struct Aggregator<'p> {
     values: Vec<i64>,
     /// A training row's raw inputs (reused).
     raw: Vec<f64>,
+    /// A training round's exact sums (clamped when finished).
+    learned: Vec<i128>,
     /// What was seen so far.
     pub counts: ScanCounts,
 }
@@ -515,6 +517,7 @@ impl<'p> Aggregator<'p> {
             per_resident: HashMap::new(),
             values: Vec::with_capacity(plan.terms.len()),
             raw: Vec::new(),
+            learned: vec![0; plan.learning.as_ref().map_or(0, |l| l.model.dims())],
             counts: ScanCounts::default(),
         }
     }
@@ -558,13 +561,9 @@ impl<'p> Aggregator<'p> {
             *seen += 1;
         }
         if let (Some(l), Some(y)) = (&self.plan.learning, outcome) {
-            // The rows beyond the plan's bound are left out, as the ring was sized for it.
-            if self.counts.aggregated >= l.model.residents.max_rows {
-                self.counts.truncated += 1;
-                return;
-            }
+            // Every row counts; the finished sum is clamped to what the ring was sized for.
             self.counts.aggregated += 1;
-            l.model.add_encoded(&l.beta, &self.raw, y, &mut self.vector);
+            l.model.add_encoded(&l.beta, &self.raw, y, &mut self.learned);
             return;
         }
         self.counts.aggregated += 1;
@@ -577,7 +576,10 @@ impl<'p> Aggregator<'p> {
 
     /// The partner's vector, in the plan's layout.
     pub fn finish(self) -> (Vec<i64>, ScanCounts) {
-        (self.vector, self.counts)
+        match &self.plan.learning {
+            Some(l) => (l.model.clamped(&self.learned), self.counts),
+            None => (self.vector, self.counts),
+        }
     }
 }
 

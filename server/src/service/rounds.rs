@@ -372,6 +372,23 @@ async fn train(
         })?;
     let iterations = priced.plan.learning.as_ref().map_or(0, |l| l.iterations);
     let last = step.iteration + 1 >= iterations;
+    // The calibration must cost what was reserved, and a round its share of it: a calibration
+    // made again (another honest count) that cost more would overspend the rounds.
+    if priced.cost.rho.units() != q.cost_units || iterations == 0 {
+        return Err(Error::internal(
+            "taking a Newton step",
+            format!("training job {query}'s calibration no longer costs its reservation"),
+        ));
+    }
+    let budget = Rho::from_units(q.cost_units / u64::from(iterations));
+    let model = priced
+        .plan
+        .logistic()
+        .map_err(|e| Error::internal("taking a Newton step", e))?;
+    // Stored coefficients are input like any other.
+    model
+        .check_beta(&step.coefficients)
+        .map_err(|e| Error::internal("taking a Newton step", e))?;
     let survivors = output.contributors.len();
     let contributors: Vec<u32> = output.contributors.iter().map(|p| p.0).collect();
     let per_round = priced.release_plan.iteration_cost(&priced.plan);
@@ -392,7 +409,7 @@ async fn train(
                 &policy,
                 &output.sum,
                 survivors,
-                per_round,
+                budget,
             )?,
         };
         let model = priced.plan.logistic()?;
@@ -416,14 +433,10 @@ async fn train(
     .map_err(|e| Error::internal("taking a Newton step", e))?
     .map_err(|e| Error::internal("taking a Newton step", e))?;
     let at = state.clock.rfc3339();
-    let model = priced
-        .plan
-        .logistic()
-        .map_err(|e| Error::internal("taking a Newton step", e))?;
     let mut iterates: Vec<serde_json::Value> = training::of_query(&mut *state.store.read().await?, query)
         .await?
         .iter()
-        .filter(|r| r.iteration > 0)
+        .filter(|r| r.iteration > 0 && model.check_beta(&r.coefficients).is_ok())
         .map(|r| json!({ "iteration": r.iteration - 1, "coefficients": model.unscaled(&r.coefficients) }))
         .collect();
     iterates.push(json!({ "iteration": step.iteration, "coefficients": model.unscaled(&next), "contributors": survivors }));

@@ -63,7 +63,10 @@ fn training_round(r: &sqlx::any::AnyRow) -> StoreResult<TrainingRound> {
             .map_err(|_| StoreError::corrupt("training round", iteration))?,
         coefficients: from_json("coefficients", &r.try_get::<String, _>("coefficients")?)?,
         total: match (total, contributors) {
-            (Some(t), Some(c)) => Some((from_json("total", &t)?, c as usize)),
+            (Some(t), Some(c)) => Some((
+                from_json("total", &t)?,
+                usize::try_from(c).map_err(|_| StoreError::corrupt("training round", c))?,
+            )),
             _ => None,
         },
     })
