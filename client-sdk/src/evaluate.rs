@@ -563,7 +563,8 @@ impl<'p> Aggregator<'p> {
         if let (Some(l), Some(y)) = (&self.plan.learning, outcome) {
             // Every row counts; the finished sum is clamped to what the ring was sized for.
             self.counts.aggregated += 1;
-            l.model.add_encoded(&l.beta, &self.raw, y, &mut self.learned);
+            l.model
+                .add_encoded(&l.beta, &self.raw, y, &mut self.learned);
             return;
         }
         self.counts.aggregated += 1;

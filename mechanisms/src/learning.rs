@@ -269,7 +269,9 @@ impl LogisticPlan {
     /// sends, whatever number of rows it holds.
     pub fn clamped(&self, sum: &[i128]) -> Vec<i64> {
         let bound = i128::from(self.slot_bound());
-        sum.iter().map(|s| (*s).clamp(-bound, bound) as i64).collect()
+        sum.iter()
+            .map(|s| (*s).clamp(-bound, bound) as i64)
+            .collect()
     }
 
     /// The sum of `rows`' contributions at `beta` in floating point: the non-private fit a
@@ -412,6 +414,26 @@ impl LogisticPlan {
             .collect())
     }
 
+    /// [`LogisticPlan::newton_step`] on a total whose slots carry noise of σ (real units),
+    /// damped by a ridge of at least `2σ√d`, about the spectral norm of the information
+    /// matrix's noise: where the noise could make a direction of the matrix look weaker than
+    /// it is (or negative), the step along it is shortened instead of thrown far. The fixed
+    /// point is the same (the gradient is zero there whatever the ridge): only the
+    /// approach is slower, which [`LogisticPlan::step_half_widths`] accounts for.
+    pub fn damped_step(
+        &self,
+        beta: &[f64],
+        total: &[f64],
+        sigma: f64,
+    ) -> Result<Vec<f64>, MechanismError> {
+        let damping = 2.0 * sigma * (self.coefficients() as f64).sqrt();
+        let damped = Self {
+            ridge: self.ridge.max(damping),
+            ..self.clone()
+        };
+        damped.newton_step(beta, total)
+    }
+
     /// Half-widths of intervals around each raw coefficient of an iterate that the last
     /// Newton step, of `step` (the iterate minus the one before, scaled coordinates), took
     /// from the noisy `total`, meant to hold the complete cases' maximum-likelihood fit with
@@ -490,7 +512,10 @@ impl LogisticPlan {
         if !factors(0.0) {
             return None;
         }
-        let (mut low, mut high) = (0.0f64, (0..d).map(|i| h[i][i]).fold(f64::INFINITY, f64::min));
+        let (mut low, mut high) = (
+            0.0f64,
+            (0..d).map(|i| h[i][i]).fold(f64::INFINITY, f64::min),
+        );
         for _ in 0..60 {
             let mid = low + (high - low) / 2.0;
             if factors(mid) {
@@ -1093,8 +1118,9 @@ mod tests {
     }
 
     /// 200 noisy fits (seeds 1000..1200) of a collinear cohort of `n` at ρ 0.1 for a job of
-    /// 5 iterations: how many fits stated step intervals, how many of those covered each
-    /// exact coefficient, and how many of the last step's gradient-noise intervals alone did.
+    /// 5 damped iterations, as the coordinator takes them: how many fits stated step
+    /// intervals, how many of those covered each exact coefficient, and how many of the last
+    /// step's gradient-noise intervals alone did.
     fn collinear_coverage(n: usize) -> (u32, [u32; 6], [u32; 6]) {
         let bounds = [
             (18.0, 100.0),
@@ -1129,7 +1155,7 @@ mod tests {
                 total.iter_mut().for_each(|t| *t += noise.sample(&mut rng));
                 last = plan.decode(&total);
                 previous = beta.clone();
-                beta = plan.newton_step(&beta, &last).unwrap();
+                beta = plan.damped_step(&beta, &last, sigma).unwrap();
             }
             let step: Vec<f64> = beta.iter().zip(&previous).map(|(b, p)| b - p).collect();
             let wide = plan.step_half_widths(&last, sigma, 0.95, &step).unwrap();

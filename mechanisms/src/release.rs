@@ -467,8 +467,9 @@ impl ReleasePlan {
             })
             .collect();
         let rules = vec![format!(
-            "{} Newton steps from zero on noisy sums (ridge {} in scaled coordinates); each \
-             iterate was announced to the partners",
+            "{} Newton steps from zero on noisy sums, damped by a ridge of twice the noise's σ \
+             × √(coefficients) (at least {} in scaled coordinates); each iterate was \
+             announced to the partners",
             spec.iterations, spec.ridge
         )];
         let caveats = vec![

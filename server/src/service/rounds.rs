@@ -414,7 +414,15 @@ async fn train(
         };
         let model = priced.plan.logistic()?;
         let total = model.decode(&noised);
-        let next = model.newton_step(&coefficients, &total)?;
+        // Damped by the noise the sums carry (none when a test switched it off).
+        let sigma = match exact {
+            true => 0.0,
+            false => {
+                let unit = 2f64.powi(model.frac_bits as i32);
+                priced.release_plan.sum_sigma(survivors) / unit
+            }
+        };
+        let next = model.damped_step(&coefficients, &total, sigma)?;
         let release = match last {
             true => Some(priced.release_plan.training_release(
                 &priced.plan,
