@@ -472,7 +472,7 @@ impl LogisticPlan {
         // ‖E‖²_F ≤ 2·Σ over the packed entries.
         let matrix = std::f64::consts::SQRT_2 * chi(m);
         let r = matrix / weakest;
-        if !(r < 0.75) {
+        if r.is_nan() || r >= 0.75 {
             return Ok(None);
         }
         let moved = step.iter().map(|s| s * s).sum::<f64>().sqrt() + chi(d as f64) / weakest;
