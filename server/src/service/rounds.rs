@@ -297,21 +297,7 @@ pub async fn release(
     let release_id = state
         .store
         .run_tx("release a query", async |tx| {
-            lease::fence(state, tx, round).await?;
-            let q = queries::lock(tx, query)
-                .await?
-                .ok_or(Error::NotFound(Missing::Query(query)))?;
-            // Closed already (by another coordinator, or an abort): nothing to release.
-            if !rounds::close(tx, round, RoundState::Finished).await? {
-                return Err(Error::internal(
-                    "releasing a round",
-                    format!("round {round} is no longer open"),
-                ));
-            }
-            let mut ledger = budgets::lock(tx, &q.dataset)
-                .await?
-                .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
-            let held = budgets::held(tx, query).await?;
+            let (q, mut ledger, held) = finish_round(state, tx, round, query).await?;
             let (_, entry) = lifecycle::charge(current(&q), &mut ledger, held.as_ref())?;
             budgets::record(tx, &ledger, &entry, &at).await?;
             let release_id = queries::insert_release(tx, &q, &view).await?;
@@ -346,6 +332,36 @@ pub async fn release(
     crate::metrics::RELEASES.inc();
     tracing::info!(round, query, release = release_id, survivors, "released");
     Ok(())
+}
+
+/// Inside a release's transaction: closes round `round` as finished (it must still be
+/// open: closed already, by another coordinator or an abort, there is nothing to release)
+/// and locks its query and its dataset's ledger, with the query's budget as it stands.
+async fn finish_round(
+    state: &AppState,
+    tx: &mut AnyConnection,
+    round: i64,
+    query: i64,
+) -> Result<(
+    QueryRow,
+    civic_policies::Ledger,
+    Option<civic_policies::budget::Held>,
+)> {
+    lease::fence(state, tx, round).await?;
+    let q = queries::lock(tx, query)
+        .await?
+        .ok_or(Error::NotFound(Missing::Query(query)))?;
+    if !rounds::close(tx, round, RoundState::Finished).await? {
+        return Err(Error::internal(
+            "releasing a round",
+            format!("round {round} is no longer open"),
+        ));
+    }
+    let ledger = budgets::lock(tx, &q.dataset)
+        .await?
+        .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
+    let held = budgets::held(tx, query).await?;
+    Ok((q, ledger, held))
 }
 
 /// One round of training job `q` has finished: its sum is noised (central noise sampled
@@ -468,20 +484,7 @@ async fn train(
     let opened = state
         .store
         .run_tx("take a training job's step", async |tx| {
-            lease::fence(state, tx, round).await?;
-            let q = queries::lock(tx, query)
-                .await?
-                .ok_or(Error::NotFound(Missing::Query(query)))?;
-            if !rounds::close(tx, round, RoundState::Finished).await? {
-                return Err(Error::internal(
-                    "taking a Newton step",
-                    format!("round {round} is no longer open"),
-                ));
-            }
-            let mut ledger = budgets::lock(tx, &q.dataset)
-                .await?
-                .ok_or_else(|| Error::NotFound(Missing::Budget(q.dataset.clone())))?;
-            let held = budgets::held(tx, query).await?;
+            let (q, mut ledger, held) = finish_round(state, tx, round, query).await?;
             let (_, entry) = match last {
                 true => lifecycle::charge(current(&q), &mut ledger, held.as_ref())?,
                 false => {
