@@ -104,7 +104,7 @@ pub struct Manifest {
 /// A whole number written as JSON's `2` or `2.0` alike (JSON Schema's integers include
 /// both, and a manifest may pass through tools that write either); a fraction, a negative
 /// or a number beyond the type is refused, naming it.
-fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64>,

@@ -59,6 +59,7 @@ pub enum Statistic {
         /// Newton steps, one round each (1 to 20): the job's privacy is split evenly
         /// between them.
         #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 20))]
+        #[serde(deserialize_with = "crate::manifest::whole_number")]
         iterations: u32,
     },
 }

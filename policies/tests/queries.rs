@@ -275,3 +275,57 @@ fn malformed_literals_and_privacy_requests_say_what_is_expected() {
     let e = request(r#"{"epsilom": 1}"#).unwrap_err().to_string();
     assert!(e.contains("unknown field `epsilom`"), "{e}");
 }
+
+#[test]
+fn a_training_job_names_its_inputs_outcome_and_iterations_or_is_refused_by_field() {
+    let diabetes = samples::diabetes();
+    // A whole number written as 5.0 is 5 (JSON Schema's integers include it).
+    let q = query(
+        r#"{"dataset":"diabetes","statistic":{"logistic_regression":
+            {"features":["age","hba1c","sex","deprivation_decile"],"outcome":"has_diabetes","iterations":5.0}}}"#,
+    );
+    q.validate(&diabetes).expect("a binary model");
+    // Ten outcome classes: 6 coefficients (intercept and 5 inputs) for each of 9 classes.
+    query(
+        r#"{"dataset":"diabetes","statistic":{"logistic_regression":
+            {"features":["age","hba1c","sex","has_diabetes","copd"],"outcome":"deprivation_decile","iterations":3}}}"#,
+    )
+    .validate(&diabetes)
+    .expect("a multinomial model of 54 coefficients");
+    for (json, says) in [
+        (
+            r#"{"dataset":"diabetes","statistic":{"logistic_regression":{"features":["age"],"outcome":"hba1c","iterations":5}}}"#,
+            "statistic.outcome: column \"hba1c\" is not a boolean or category column",
+        ),
+        (
+            r#"{"dataset":"diabetes","statistic":{"logistic_regression":{"features":["age","age"],"outcome":"copd","iterations":5}}}"#,
+            "statistic.features[1]: column \"age\" is named twice",
+        ),
+        (
+            r#"{"dataset":"diabetes","statistic":{"logistic_regression":{"features":["copd"],"outcome":"copd","iterations":5}}}"#,
+            "statistic.features[0]: column \"copd\" is named twice",
+        ),
+        (
+            r#"{"dataset":"diabetes","statistic":{"logistic_regression":{"features":["age"],"outcome":"copd","iterations":0}}}"#,
+            "statistic.iterations: give 1 to 20 iterations, got 0",
+        ),
+        (
+            r#"{"dataset":"diabetes","statistic":{"logistic_regression":{"features":["deprivation_decile","age"],"outcome":"deprivation_decile","iterations":3}}}"#,
+            "statistic.features[0]: column \"deprivation_decile\" is named twice",
+        ),
+        (
+            r#"{"dataset":"diabetes","statistic":{"logistic_regression":{"features":["age"],"outcome":"copd","iterations":3}},"group_by":["sex"]}"#,
+            "group_by: a regression is fitted over all rows",
+        ),
+    ] {
+        let e = refused(&diabetes, json);
+        assert!(e.contains(says), "{json}: {e}");
+    }
+    // A fraction or a negative is no number of iterations.
+    for iterations in ["2.5", "-1"] {
+        let json = format!(
+            r#"{{"dataset":"diabetes","statistic":{{"logistic_regression":{{"features":["age"],"outcome":"copd","iterations":{iterations}}}}}}}"#
+        );
+        assert!(serde_json::from_str::<Query>(&json).is_err(), "{json}");
+    }
+}
