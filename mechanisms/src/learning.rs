@@ -1177,8 +1177,8 @@ mod tests {
         // and the step intervals are withheld, but for at most 5% of fits. At 30,000 they
         // are stated in at least 90% of fits and cover at their 95% at least. Tolerance:
         // ≥ 91% of the fits that stated them (three binomial standard deviations). (They
-        // are conservative: in a scan they were first stated at 15,000, in 20 of 200 fits,
-        // and every one stated at 1,500 to 60,000 covered.)
+        // are conservative: in a scan before the steps were damped they were first stated at
+        // 15,000, in 20 of 200 fits, and every one stated at 1,500 to 60,000 covered.)
         let (stated, _, last) = collinear_coverage(1_500);
         assert!(stated <= 10, "stated in {stated} of 200 small fits");
         assert!(last.iter().any(|c| *c < 182), "{last:?}");
