@@ -212,13 +212,13 @@ failed = "failed"
 /// partners), signed into the board's manifest, and their agents, whose local totals are
 /// `totals`.
 async fn federation(
-    tag: &str,
+    store: &str,
     root: &Path,
     rows: u32,
     central: bool,
     totals: [f64; 4],
 ) -> (Coordinator, Vec<Site>, Vec<Arc<Agent>>, DatasetPolicy) {
-    let mut c = common::start_on_own_system(test_config(&fresh_store_url(tag)));
+    let mut c = common::start_on_own_system(test_config(store));
     c.add_partner("clinic-d").await;
     let names: Vec<String> = c.partners.iter().map(|p| p.0.clone()).collect();
     let text = policy(&names, central);
@@ -358,14 +358,18 @@ fn coefficients(q: &Value) -> Vec<(f64, (f64, f64))> {
         .collect()
 }
 
+/// On SQLite, and on PostgreSQL when `CIVIC_TEST_POSTGRES_URL` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_noise_off_the_federated_fit_is_the_pooled_newton_fit() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("civic_server=warn")
-        .try_init();
+    for store in common::backends("training-exact").await {
+        noise_off_fit_is_the_pooled_fit(&store).await;
+        common::drop_schema(&store).await;
+    }
+}
+
+async fn noise_off_fit_is_the_pooled_fit(store: &str) {
     let root = tempfile::tempdir().unwrap();
-    let (c, sites, agents, policy) =
-        federation("training-exact", root.path(), 500, true, [1e5; 4]).await;
+    let (c, sites, agents, policy) = federation(store, root.path(), 500, true, [1e5; 4]).await;
     c.state.rounds.switch_off_central_noise_for_tests();
     let iterations = 6;
     let (s, q) = c.submit(job(iterations, 60.0)).await;
@@ -424,8 +428,14 @@ async fn audited(c: &Coordinator, action: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_partners_noise_the_model_lands_within_its_intervals_charged_round_by_round() {
     let root = tempfile::tempdir().unwrap();
-    let (c, sites, agents, policy) =
-        federation("training-noisy", root.path(), 2000, false, [1e5; 4]).await;
+    let (c, sites, agents, policy) = federation(
+        &fresh_store_url("training-noisy"),
+        root.path(),
+        2000,
+        false,
+        [1e5; 4],
+    )
+    .await;
     let (iterations, rho) = (5, 50.0);
     let (s, preview) = c
         .call(
@@ -541,7 +551,7 @@ async fn a_job_whose_partners_stop_mid_way_keeps_its_rounds_charges_and_refunds_
     let root = tempfile::tempdir().unwrap();
     // Two partners' local totals cover two of the four rounds (ρ = 2 each).
     let (c, _sites, agents, _) = federation(
-        "training-abort",
+        &fresh_store_url("training-abort"),
         root.path(),
         300,
         false,
