@@ -507,13 +507,8 @@ impl<'p> Aggregator<'p> {
     pub fn new(plan: &'p CompiledPlan) -> Self {
         Self {
             plan,
-            vector: vec![
-                0;
-                match &plan.learning {
-                    Some(l) => l.model.dims(),
-                    None => plan.terms.len() * plan.cells_per_block,
-                }
-            ],
+            // Empty for a training round (no terms): its sums are `learned`.
+            vector: vec![0; plan.terms.len() * plan.cells_per_block],
             per_resident: HashMap::new(),
             values: Vec::with_capacity(plan.terms.len()),
             raw: Vec::new(),

@@ -270,8 +270,9 @@ async fn train(
     id: i64,
 ) -> (Value, Vec<Vec<(i64, RoundOutcome)>>) {
     let mut outcomes = Vec::new();
+    let mut q = Value::Null;
     for _ in 0..400 {
-        let (s, q) = c
+        let (s, view) = c
             .call(
                 Method::GET,
                 &format!("/v1/queries/{id}"),
@@ -279,21 +280,14 @@ async fn train(
                 None,
             )
             .await;
-        assert_eq!(s, StatusCode::OK, "{q}");
+        assert_eq!(s, StatusCode::OK, "{view}");
+        q = view;
         if q["state"] != "running" {
             return (q, outcomes);
         }
         outcomes.extend(all_once(agents).await.into_iter().filter(|o| !o.is_empty()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (_, q) = c
-        .call(
-            Method::GET,
-            &format!("/v1/queries/{id}"),
-            Some(&c.researcher),
-            None,
-        )
-        .await;
     panic!("training job {id} did not finish: {q}");
 }
 
