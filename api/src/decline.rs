@@ -54,11 +54,25 @@ pub enum DeclineCode {
     /// the wrong length, not finite or beyond the model's cap, or an iteration out of range
     /// or already answered.
     TrainingStepInvalid,
+    /// This partner has no trainer of the job's name for the dataset.
+    TrainerNotConfigured,
+    /// This partner's trainer command did not finish: it could not start, exited with an
+    /// error, ran past its time or printed more than its limit.
+    TrainerFailed,
+    /// The trainer's output is not the JSON object the interface asks for.
+    TrainerOutputUnreadable,
+    /// The trainer's gradient sum has the wrong number of values for the model.
+    TrainerOutputLength,
+    /// The trainer used more examples than the round's public bound per partner.
+    TrainerExamplesOverBound,
+    /// The trainer's gradient sum is longer (L2) than the clip times its examples: its
+    /// examples were not clipped.
+    TrainerNormExceeded,
 }
 
 impl DeclineCode {
     /// Every code.
-    pub const ALL: [DeclineCode; 20] = {
+    pub const ALL: [DeclineCode; 26] = {
         use DeclineCode::*;
         [
             ProtocolUnsupported,
@@ -81,6 +95,12 @@ impl DeclineCode {
             ConfigurationMismatch,
             DataUnavailable,
             TrainingStepInvalid,
+            TrainerNotConfigured,
+            TrainerFailed,
+            TrainerOutputUnreadable,
+            TrainerOutputLength,
+            TrainerExamplesOverBound,
+            TrainerNormExceeded,
         ]
     };
 
@@ -115,6 +135,12 @@ impl DeclineCode {
             ConfigurationMismatch => "round.configuration_mismatch",
             DataUnavailable => "data.unavailable",
             TrainingStepInvalid => "training.step_invalid",
+            TrainerNotConfigured => "trainer.not_configured",
+            TrainerFailed => "trainer.failed",
+            TrainerOutputUnreadable => "trainer.output_unreadable",
+            TrainerOutputLength => "trainer.output_length",
+            TrainerExamplesOverBound => "trainer.examples_over_bound",
+            TrainerNormExceeded => "trainer.norm_exceeded",
         }
     }
 
@@ -151,6 +177,20 @@ impl DeclineCode {
             TrainingStepInvalid => {
                 "the training round's iteration or coefficients are not a step this partner \
                  computes"
+            }
+            TrainerNotConfigured => "this partner has no trainer of that name for the dataset",
+            TrainerFailed => "this partner's trainer did not finish (details in the agent's log)",
+            TrainerOutputUnreadable => {
+                "this partner's trainer printed no {\"examples\", \"gradient_sum\"} object"
+            }
+            TrainerOutputLength => {
+                "this partner's trainer returned a gradient of the wrong length for the model"
+            }
+            TrainerExamplesOverBound => {
+                "this partner's trainer used more examples than the round's bound per partner"
+            }
+            TrainerNormExceeded => {
+                "this partner's trainer returned a gradient sum longer than the clip allows"
             }
         }
     }

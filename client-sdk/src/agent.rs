@@ -726,6 +726,15 @@ async fn local_aggregate(
     policy: &DatasetPolicy,
     checked: &CheckedRound,
 ) -> Result<Vec<i64>, AgentError> {
+    if let Some(sgd) = &checked.compiled.sgd {
+        // A DP-SGD round: the partner's own trainer, checked; its refusals are declines.
+        let iteration = checked.answer_key.unwrap_or(0);
+        let rows = checked.compiled.rows_per_resident;
+        let vector = crate::trainer::gradient_sum(mapping, sgd, iteration, rows).await?;
+        let (vector, _) = fit_to_round(vector, checked.plan.max_slot_per_partner);
+        tracing::info!(round = ann.round_id, trainer = %sgd.trainer, "trainer's gradient sum checked");
+        return Ok(vector);
+    }
     let (vector, counts) = aggregate(mapping, policy, &checked.compiled).await?;
     tracing::info!(
         round = ann.round_id,

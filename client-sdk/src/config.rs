@@ -210,6 +210,33 @@ pub struct DatasetMapping {
     pub pushdown: bool,
     /// Federated column → local column (a name, or `{ column, values }` with a value mapping).
     pub columns: BTreeMap<String, ColumnMapping>,
+    /// `[datasets.trainers.NAME]`: local commands that train models Civic does not fit
+    /// itself (DP-SGD jobs ask for one by name). Configured here only: a round names a
+    /// trainer, never a command.
+    #[serde(default)]
+    pub trainers: BTreeMap<String, TrainerConfig>,
+}
+
+/// A partner's trainer: a program and its arguments, run without a shell in the directory of
+/// `partner.toml`, given the round's parameters as JSON on standard input, printing the sum
+/// of its examples' clipped gradients as JSON on standard output
+/// (see `docs/training.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// The program, then its arguments (e.g. `["python3", "trainer.py", "--images",
+    /// "retina.npy"]`).
+    pub command: Vec<String>,
+    /// How long one round's run may take (default 600 s); it is killed after.
+    #[serde(default = "default_trainer_timeout")]
+    pub timeout_seconds: f64,
+    /// The directory it runs in: `partner.toml`'s.
+    #[serde(skip)]
+    pub directory: PathBuf,
+}
+
+fn default_trainer_timeout() -> f64 {
+    600.0
 }
 
 /// Where a federated column comes from: a local column's name, or
@@ -374,6 +401,9 @@ impl AgentConfig {
                 SourceConfig::Csv { path, .. } | SourceConfig::Sqlite { path, .. } => fix(path),
                 SourceConfig::Postgres { .. } => {}
             }
+            for t in d.trainers.values_mut() {
+                t.directory = base.to_path_buf();
+            }
         }
     }
 
@@ -486,6 +516,33 @@ impl AgentConfig {
                     "pushdown is for SQLite and PostgreSQL sources".into(),
                 );
             }
+            for (name, t) in &d.trainers {
+                let field = at(&format!("trainers.{name}"));
+                if !civic_policies::query::valid_trainer_name(name) {
+                    return bad(
+                        &field,
+                        "name a trainer in 1 to 64 lowercase letters, digits, - and _".into(),
+                    );
+                }
+                if t.command.first().is_none_or(|p| p.is_empty()) {
+                    return bad(
+                        &format!("{field}.command"),
+                        "give the program and its arguments, e.g. [\"python3\", \"trainer.py\"]"
+                            .into(),
+                    );
+                }
+                if !(t.timeout_seconds.is_finite() && (0.0..=86_400.0).contains(&t.timeout_seconds))
+                    || t.timeout_seconds == 0.0
+                {
+                    return bad(
+                        &format!("{field}.timeout_seconds"),
+                        format!(
+                            "must be above 0 and at most a day, got {}",
+                            t.timeout_seconds
+                        ),
+                    );
+                }
+            }
             if let SourceConfig::Csv {
                 delimiter: Some(c), ..
             } = d.source
@@ -507,7 +564,7 @@ impl AgentConfig {
 }
 
 /// The statistics a query can ask for, as named in `allowed_statistics`.
-pub const STATISTICS: [&str; 7] = [
+pub const STATISTICS: [&str; 8] = [
     "count",
     "sum",
     "mean",
@@ -515,6 +572,7 @@ pub const STATISTICS: [&str; 7] = [
     "quantiles",
     "linear_regression",
     "logistic_regression",
+    "dp_sgd",
 ];
 
 /// Whether an `http://` URL's host is this machine.

@@ -74,6 +74,7 @@ pub fn statistic_name(s: &Statistic) -> &'static str {
         Statistic::Quantiles { .. } => "quantiles",
         Statistic::LinearRegression { .. } => "linear_regression",
         Statistic::LogisticRegression { .. } => "logistic_regression",
+        Statistic::DpSgd { .. } => "dp_sgd",
     }
 }
 

@@ -93,6 +93,19 @@ pub struct CompiledPlan {
     pub rows_per_resident: u32,
     /// A training round's model, inputs and announced coefficients (None otherwise).
     pub(crate) learning: Option<LearningRows>,
+    /// A DP-SGD round's model, trainer and announced parameters (None otherwise).
+    pub sgd: Option<SgdRound>,
+}
+
+/// What a DP-SGD round asks of this partner's trainer.
+#[derive(Clone, Debug)]
+pub struct SgdRound {
+    /// The public model: parameters, clip, bounds and encoding.
+    pub model: civic_mechanisms::learning::SgdPlan,
+    /// The trainer's name, as configured in `partner.toml`.
+    pub trainer: String,
+    /// The parameters the coordinator announced (checked before the trainer sees them).
+    pub parameters: Vec<f64>,
 }
 
 /// How a training round reads a row: its model's inputs and outcome by slot, and the
@@ -135,6 +148,13 @@ impl CompiledPlan {
     /// Sets the coefficients a training round computes at, after the model's own check
     /// (the right length, finite, Σ|β| within its cap): refused before any row is read.
     pub fn set_coefficients(&mut self, beta: &[f64]) -> Result<(), String> {
+        if let Some(sgd) = self.sgd.as_mut() {
+            sgd.model
+                .check_parameters(beta)
+                .map_err(|e| e.to_string())?;
+            sgd.parameters = beta.to_vec();
+            return Ok(());
+        }
         let learning = self
             .learning
             .as_mut()
@@ -146,7 +166,7 @@ impl CompiledPlan {
 
     /// Whether the plan is a training round's.
     pub fn trains(&self) -> bool {
-        self.learning.is_some()
+        self.learning.is_some() || self.sgd.is_some()
     }
 }
 
@@ -186,7 +206,10 @@ impl CompiledPlan {
             };
             terms.push(match &block.kind {
                 // A training round's slots are filled by its model, not term by term.
-                BlockKind::Score { .. } | BlockKind::Information { .. } => continue,
+                // So are a DP-SGD round's, by the partner's trainer.
+                BlockKind::Score { .. } | BlockKind::Information { .. } | BlockKind::Gradient => {
+                    continue;
+                }
                 BlockKind::Count => Term::One,
                 BlockKind::Sum { column } => term(column)?,
                 BlockKind::Cross { left, right } => {
@@ -218,6 +241,17 @@ impl CompiledPlan {
             }
             _ => None,
         };
+        let sgd = match &q.statistic {
+            Statistic::DpSgd { trainer, .. } => {
+                let model = plan.sgd().map_err(|e| e.to_string())?;
+                Some(SgdRound {
+                    parameters: vec![0.0; model.params],
+                    model,
+                    trainer: trainer.clone(),
+                })
+            }
+            _ => None,
+        };
         let cells_per_block = cells.iter().map(|c| c.1).product::<usize>();
         if cells_per_block != plan.cells {
             return Err(format!(
@@ -233,6 +267,7 @@ impl CompiledPlan {
             cells_per_block,
             rows_per_resident: policy.rows_per_resident_per_partner(),
             learning,
+            sgd,
         })
     }
 

@@ -24,3 +24,4 @@ pub mod schema;
 pub mod source;
 pub mod state;
 pub mod synth;
+pub mod trainer;

@@ -1,5 +1,5 @@
-//! Logistic regression by Newton steps on noisy secure sums: the pure core of a training
-//! job (issue 19; the job's rounds, agents and examples are not built yet).
+//! Training jobs' pure cores: logistic regression by Newton steps on noisy secure sums, and
+//! DP-SGD steps on the clipped gradient sums of partners' own trainers ([`SgdPlan`]).
 //!
 //! Each iteration, every partner computes from the announced coefficients β and its own
 //! residents the sum of per-resident contributions to the log-likelihood's gradient
@@ -656,65 +656,64 @@ fn within_cap(mut beta: Vec<f64>) -> Vec<f64> {
     beta
 }
 
-/// Models Civic does not fit itself (the eye-photo path): a trainer command the partner
-/// configures locally computes, at the announced parameters, each example's gradient, and
-/// the agent does the rest (DP-SGD across partners). The agent, not the trainer, keeps at
-/// most `rows_per_resident` examples of one resident and `max_rows` in all, clips each
-/// gradient to L2 norm `clip`, encodes it in fixed point and adds exactly, so the sum's
-/// sensitivity holds whatever the trainer does; a trainer that lies can only harm its own
-/// partner's residents, whose data it reads anyway. What went wrong with an example (not
-/// finite, too many) is counted for the partner's own operator and never sent: the agent
-/// takes part with what is left (zeros at worst), so whether it took part never depends on
-/// the data.
+/// Models Civic does not fit itself (the eye-photo path), trained by DP-SGD across the
+/// partners (Abadi et al. 2016, with full batches and the noise added by the partners'
+/// shares). Each round, a trainer command the partner configures locally computes, at the
+/// announced parameters θ, the sum of its examples' gradients, each clipped to L2 norm
+/// `clip`, and how many examples it used; the agent checks that output
+/// ([`SgdPlan::encode_trainer_output`]), encodes it in fixed point with the examples as a
+/// last slot, and the secure sum adds the partners' vectors with noise. The coordinator steps
+/// `θ ← θ − η · G / max(n, 1)` on the noisy total `G` and noisy examples `n`.
+///
+/// The agent cannot see inside the sum: that each example was clipped and that a resident
+/// has at most the policy's rows is the trainer's contract with its own partner (as the
+/// extract's row bound is for a plain query). What the agent can check it does: the length,
+/// the examples against the round's bound, and the sum's norm against `clip` × examples,
+/// which an unclipped trainer fails for any gradient longer than the clip.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ClippedSumPlan {
+pub struct SgdPlan {
     /// The model's parameters: each gradient's length.
     pub params: usize,
     /// Each example's gradient is clipped to this L2 norm.
     pub clip: f64,
+    /// The gradient step's multiplier.
+    pub learning_rate: f64,
     /// How much of the data one resident can be.
     pub residents: ResidentBounds,
     /// Fractional bits of the fixed-point encoding.
     pub frac_bits: u32,
 }
 
+/// The largest parameter a DP-SGD step leaves (each is clamped to ±this): partners compute
+/// at finite, bounded parameters whatever the noise did.
+pub const PARAMETER_CAP: f64 = 1e6;
+
 /// Why a trainer's output was refused: its shape, never its values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {reason}")]
 pub struct TrainerRefusal {
-    /// `trainer.output_unreadable` or `trainer.output_length`.
+    /// `trainer.output_unreadable`, `trainer.output_length`, `trainer.examples_over_bound`
+    /// or `trainer.norm_exceeded` (the agent's decline codes).
     pub code: &'static str,
-    /// What was wrong.
+    /// What was wrong, for the partner's own log.
     pub reason: String,
 }
 
-/// One example's gradient as a trainer prints it.
+/// What a trainer prints.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Example {
-    resident: String,
-    gradient: Vec<serde_json::Value>,
+struct TrainerOutput {
+    examples: u64,
+    gradient_sum: Vec<f64>,
 }
 
-/// A partner's clipped, encoded sum, and what the agent tells its own operator.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TrainerSum {
-    /// The encoded sum, for the secure sum.
-    pub encoded: Vec<i64>,
-    /// Examples whose gradient had a value that is not a finite number (left out).
-    pub not_finite: u64,
-    /// Examples beyond a resident's or the partner's bound (left out).
-    pub over_bounds: u64,
-    /// Examples whose gradient was longer than the clip (scaled down to it).
-    pub clipped: u64,
-}
-
-impl ClippedSumPlan {
-    /// Checks the plan: parameters, a finite positive clip, the bounds, and that no encoded
-    /// sum can overflow.
+impl SgdPlan {
+    /// Checks the plan: parameters, a finite positive clip and learning rate, the bounds,
+    /// and that no encoded sum of `MAX_PARTNERS` partners can overflow.
     pub fn new(
         params: usize,
         clip: f64,
+        learning_rate: f64,
         residents: ResidentBounds,
         frac_bits: u32,
     ) -> Result<Self, MechanismError> {
@@ -723,96 +722,247 @@ impl ClippedSumPlan {
         let usable = (1..=10_000_000).contains(&params)
             && clip.is_finite()
             && clip > 0.0
+            && learning_rate.is_finite()
+            && learning_rate > 0.0
             && (8..=40).contains(&frac_bits)
             && slot * (MAX_PARTNERS * 2) as f64 <= i64::MAX as f64;
         if !usable {
             return Err(invalid(format!(
-                "a clipped sum needs 1 to 10^7 parameters, a finite positive clip and 8 to 40 \
-                 fractional bits within i64 for {} rows, got {params}, {clip} and {frac_bits}",
+                "a DP-SGD job needs 1 to 10^7 parameters, a finite positive clip and learning \
+                 rate, and 8 to 40 fractional bits within i64 for {} rows, got {params}, \
+                 {clip}, {learning_rate} and {frac_bits}",
                 residents.max_rows
             )));
         }
         Ok(Self {
             params,
             clip,
+            learning_rate,
             residents,
             frac_bits,
         })
     }
 
-    /// Reads a trainer's output (a JSON array of `{"resident": ID, "gradient": [numbers]}`)
-    /// and sums it, clipped and encoded. Refused only for its shape: not that JSON, or a
-    /// gradient of the wrong length (a trainer for another model). A refusal is for the
-    /// partner's operator: the agent then takes part with zeros and its noise share rather
-    /// than declining, since a trainer may fail on some data and not on other.
-    pub fn clipped_sum(&self, output: &[u8]) -> Result<TrainerSum, TrainerRefusal> {
-        let examples: Vec<Example> =
-            serde_json::from_slice(output).map_err(|e| TrainerRefusal {
-                code: "trainer.output_unreadable",
-                // Where, not what: the message names no value of the output.
-                reason: format!(
-                    "the trainer must print a JSON array of {{\"resident\", \"gradient\"}} \
-                 objects ({:?} error at line {} column {})",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                ),
-            })?;
-        if let Some(bad) = examples.iter().find(|e| e.gradient.len() != self.params) {
+    /// The most fractional bits (8 to 30) that keep `max_rows` clipped examples of a
+    /// partner, summed over `MAX_PARTNERS`, inside i64, and the sensitivity below 2^53;
+    /// None if even 8 do not.
+    pub fn frac_bits_for(
+        params: usize,
+        clip: f64,
+        rows_per_resident: u32,
+        max_rows: u64,
+    ) -> Option<u32> {
+        (8..=30u32).rev().find(|&bits| {
+            let unit = 2f64.powi(bits as i32);
+            let slot = (clip * unit + 1.0) * max_rows as f64 * (MAX_PARTNERS * 2) as f64;
+            let l1 = ((params + 1) as f64).sqrt()
+                * (f64::from(rows_per_resident) * 1.2 * clip * unit + (params as f64).sqrt());
+            slot <= i64::MAX as f64 && l1 < (1u64 << 53) as f64
+        })
+    }
+
+    fn unit(&self) -> f64 {
+        2f64.powi(self.frac_bits as i32)
+    }
+
+    /// What one example adds to the examples' slot: half the clip, in fixed point, so the
+    /// count costs a quarter of the gradient's privacy (its share of the L2 sensitivity).
+    pub fn count_unit(&self) -> i64 {
+        ((self.clip * self.unit() / 2.0).round() as i64).max(1)
+    }
+
+    /// The encoded vector's length: the gradient, then the examples.
+    pub fn dims(&self) -> usize {
+        self.params + 1
+    }
+
+    /// The most one example adds to a gradient slot, in fixed point (with its rounding).
+    pub fn per_row_max(&self) -> u64 {
+        (self.clip * self.unit()).ceil() as u64 + 1
+    }
+
+    /// Checks announced parameters before the trainer sees them: the model's length, finite,
+    /// within ±[`PARAMETER_CAP`]. Public: it reads no data.
+    pub fn check_parameters(&self, theta: &[f64]) -> Result<(), MechanismError> {
+        if theta.len() != self.params
+            || !theta
+                .iter()
+                .all(|t| t.is_finite() && t.abs() <= PARAMETER_CAP)
+        {
+            return Err(invalid(format!(
+                "the announced parameters must be {} finite numbers within ±{PARAMETER_CAP}",
+                self.params
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads a trainer's output, `{"examples": n, "gradient_sum": [numbers]}`, and encodes
+    /// it: each slot of the sum rounded to fixed point, then n × [`Self::count_unit`].
+    /// Refused for its shape, for more examples than `max_rows`, or for a sum longer than
+    /// `clip` × n (a trainer that did not clip); a refusal names no value of the output.
+    pub fn encode_trainer_output(&self, output: &[u8]) -> Result<Vec<i64>, TrainerRefusal> {
+        let out: TrainerOutput = serde_json::from_slice(output).map_err(|e| TrainerRefusal {
+            code: "trainer.output_unreadable",
+            // Where, not what.
+            reason: format!(
+                "the trainer must print one JSON object {{\"examples\": whole number, \
+                 \"gradient_sum\": [numbers]}} ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })?;
+        if out.gradient_sum.len() != self.params {
             return Err(TrainerRefusal {
                 code: "trainer.output_length",
                 reason: format!(
-                    "a gradient has {} numbers for a model of {} parameters",
-                    bad.gradient.len(),
+                    "the gradient sum has {} values for a model of {} parameters",
+                    out.gradient_sum.len(),
                     self.params
                 ),
             });
         }
-        let unit = 2f64.powi(self.frac_bits as i32);
-        let mut sum = TrainerSum {
-            encoded: vec![0; self.params],
-            not_finite: 0,
-            over_bounds: 0,
-            clipped: 0,
-        };
-        let mut per_resident: std::collections::HashMap<&str, u32> = Default::default();
-        let mut kept = 0u64;
-        for e in &examples {
-            let seen = per_resident.entry(e.resident.as_str()).or_default();
-            if *seen >= self.residents.rows_per_resident || kept >= self.residents.max_rows {
-                sum.over_bounds += 1;
-                continue;
-            }
-            let Some(g) = e
-                .gradient
-                .iter()
-                .map(|v| v.as_f64().filter(|x| x.is_finite()))
-                .collect::<Option<Vec<f64>>>()
-            else {
-                sum.not_finite += 1;
-                continue;
-            };
-            *seen += 1;
-            kept += 1;
-            let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
-            let scale = if norm > self.clip {
-                sum.clipped += 1;
-                self.clip / norm
-            } else {
-                1.0
-            };
-            for (s, x) in sum.encoded.iter_mut().zip(&g) {
-                *s += (x * scale * unit).round() as i64;
-            }
+        if out.examples > self.residents.max_rows {
+            return Err(TrainerRefusal {
+                code: "trainer.examples_over_bound",
+                reason: format!(
+                    "the trainer used more examples than the round's bound of {} per partner",
+                    self.residents.max_rows
+                ),
+            });
         }
-        Ok(sum)
+        let norm = out.gradient_sum.iter().map(|g| g * g).sum::<f64>().sqrt();
+        // A relative margin for the trainer's own floating-point sums.
+        if norm > self.clip * out.examples as f64 * (1.0 + 1e-9) {
+            return Err(TrainerRefusal {
+                code: "trainer.norm_exceeded",
+                reason: format!(
+                    "the gradient sum is longer than the clip {} times the examples: the \
+                     trainer must clip each example's gradient before summing",
+                    self.clip
+                ),
+            });
+        }
+        let unit = self.unit();
+        let mut encoded: Vec<i64> = out
+            .gradient_sum
+            .iter()
+            .map(|g| (g * unit).round() as i64)
+            .collect();
+        encoded.push(out.examples as i64 * self.count_unit());
+        Ok(encoded)
     }
 
-    /// The L2 sensitivity of the encoded total to adding or removing one resident: each of
-    /// their examples, clipped, in fixed-point units, and its rounding; rounded up.
+    /// The L2 sensitivity of the encoded total to adding or removing one resident: their
+    /// examples' clipped gradients and count, plus each slot's rounding (the sums with and
+    /// without them are rounded separately, at most a unit apart beyond their difference).
     pub fn encoded_l2(&self) -> f64 {
-        let row = self.clip * 2f64.powi(self.frac_bits as i32) + (self.params as f64).sqrt() / 2.0;
-        self.residents.rows() * row * (1.0 + 1e-12)
+        let rows = self.residents.rows();
+        let example = (self.clip * self.unit()).hypot(self.count_unit() as f64);
+        (rows * example + (self.params as f64).sqrt()) * (1.0 + 1e-12)
+    }
+
+    /// The L1 sensitivity, from the L2 one over the vector's slots.
+    pub fn encoded_l1(&self) -> f64 {
+        (self.dims() as f64).sqrt() * self.encoded_l2() * (1.0 + 1e-12)
+    }
+
+    /// The noisy total in real units: the gradient sum, then the examples.
+    pub fn decode(&self, total: &[i64]) -> Vec<f64> {
+        let unit = self.unit();
+        let mut out: Vec<f64> = total
+            .iter()
+            .take(self.params)
+            .map(|&g| g as f64 / unit)
+            .collect();
+        out.push(total.get(self.params).map_or(0.0, |&n| n as f64) / self.count_unit() as f64);
+        out
+    }
+
+    /// One gradient step from `theta` on the decoded noisy `total`: θ − η·G / max(n, 1),
+    /// each parameter brought within ±[`PARAMETER_CAP`] (a value that is not finite becomes
+    /// 0), so that partners take the next round.
+    pub fn step(&self, theta: &[f64], total: &[f64]) -> Vec<f64> {
+        let n = total.get(self.params).copied().unwrap_or(0.0).max(1.0);
+        theta
+            .iter()
+            .zip(total)
+            .map(|(t, g)| {
+                let next = t - self.learning_rate * g / n;
+                if next.is_finite() {
+                    next.clamp(-PARAMETER_CAP, PARAMETER_CAP)
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+}
+
+/// A training job's model, whichever kind: what the coordinator steps and the agents check.
+#[derive(Clone, Debug)]
+pub enum TrainingModel {
+    /// Newton steps on a logistic model's scores and information.
+    Logistic(LogisticPlan),
+    /// Gradient steps on partners' trainers' clipped sums.
+    Sgd(SgdPlan),
+}
+
+impl TrainingModel {
+    /// The iterate every job starts from: all zeros.
+    pub fn initial(&self) -> Vec<f64> {
+        match self {
+            Self::Logistic(m) => vec![0.0; m.coefficients()],
+            Self::Sgd(m) => vec![0.0; m.params],
+        }
+    }
+
+    /// Checks an iterate (announced, or read back from a store) before use.
+    pub fn check(&self, iterate: &[f64]) -> Result<(), MechanismError> {
+        match self {
+            Self::Logistic(m) => m.check_beta(iterate),
+            Self::Sgd(m) => m.check_parameters(iterate),
+        }
+    }
+
+    /// The fixed-point units of the summed vector.
+    pub fn frac_bits(&self) -> u32 {
+        match self {
+            Self::Logistic(m) => m.frac_bits,
+            Self::Sgd(m) => m.frac_bits,
+        }
+    }
+
+    /// The noisy summed vector in real units.
+    pub fn decode(&self, total: &[i64]) -> Vec<f64> {
+        match self {
+            Self::Logistic(m) => m.decode(total),
+            Self::Sgd(m) => m.decode(total),
+        }
+    }
+
+    /// The next iterate from `iterate` on the decoded `total`, whose slots carry noise of
+    /// `sigma` (real units; the logistic step is damped by it).
+    pub fn step(
+        &self,
+        iterate: &[f64],
+        total: &[f64],
+        sigma: f64,
+    ) -> Result<Vec<f64>, MechanismError> {
+        match self {
+            Self::Logistic(m) => m.damped_step(iterate, total, sigma),
+            Self::Sgd(m) => Ok(m.step(iterate, total)),
+        }
+    }
+
+    /// An iterate as a researcher reads it: a logistic model's coefficients in raw units; a
+    /// trained model's parameters as they are.
+    pub fn reported(&self, iterate: &[f64]) -> Vec<f64> {
+        match self {
+            Self::Logistic(m) => m.unscaled(iterate),
+            Self::Sgd(_) => iterate.to_vec(),
+        }
     }
 }
 
@@ -1328,87 +1478,88 @@ mod tests {
     }
 
     #[test]
-    fn a_trainers_gradients_are_bounded_by_the_agent_not_trusted() {
+    fn a_trainers_output_is_checked_encoded_and_bounded() {
         let bounds = ResidentBounds {
             rows_per_resident: 2,
             partners_per_person: 1,
             max_rows: 5,
         };
-        let plan = ClippedSumPlan::new(3, 1.0, bounds, 16).unwrap();
+        let plan = SgdPlan::new(3, 1.0, 0.5, bounds, 16).unwrap();
         let unit: f64 = 65536.0;
-        let out = |examples: &[(&str, &str)]| {
-            let items: Vec<String> = examples
-                .iter()
-                .map(|(r, g)| format!("{{\"resident\": \"{r}\", \"gradient\": {g}}}"))
-                .collect();
-            format!("[{}]", items.join(", ")).into_bytes()
+        let out = |examples: u64, sum: &str| {
+            format!("{{\"examples\": {examples}, \"gradient_sum\": {sum}}}").into_bytes()
         };
-        // Within the clip: summed as given.
-        let s = plan
-            .clipped_sum(&out(&[("a", "[0.5, 0, 0]"), ("b", "[0, -0.25, 0.5]")]))
+        // Within the clip: encoded as given, the examples in the last slot.
+        let v = plan
+            .encode_trainer_output(&out(2, "[0.5, -0.25, 0.5]"))
             .unwrap();
         assert_eq!(
-            s.encoded,
+            v,
             vec![
                 (0.5 * unit) as i64,
                 (-0.25 * unit) as i64,
-                (0.5 * unit) as i64
+                (0.5 * unit) as i64,
+                2 * plan.count_unit()
             ]
         );
-        // An unclipped gradient is scaled to the clip; a third example of one resident, one
-        // past the partner's bound and one with a NaN are left out, counted, not refused.
-        let s = plan
-            .clipped_sum(&out(&[
-                ("a", "[300, 400, 0]"),
-                ("a", "[0, 0, 1]"),
-                ("a", "[0, 0, 1]"),
-                ("b", "[1, 2, null]"),
-                ("c", "[0, 0, 0.5]"),
-                ("d", "[0, 0, 0.5]"),
-                ("e", "[0, 0, 0.5]"),
-                ("f", "[0, 0, 0.5]"),
-            ]))
+        assert_eq!(plan.count_unit(), 32768);
+        assert_eq!(plan.decode(&v), vec![0.5, -0.25, 0.5, 2.0]);
+        // One resident's two clipped examples and their count move the encoded vector by at
+        // most the sensitivity, rounding included.
+        let without = plan
+            .encode_trainer_output(&out(3, "[0.1, 0.2, 0.3]"))
             .unwrap();
-        assert_eq!(
-            s.encoded,
-            vec![
-                (0.6 * unit).round() as i64,
-                (0.8 * unit).round() as i64,
-                (2.5 * unit) as i64
-            ]
-        );
-        assert_eq!((s.clipped, s.over_bounds, s.not_finite), (1, 2, 1));
-        // One resident moves the sum by at most the sensitivity.
-        let without = plan.clipped_sum(&out(&[("b", "[0.1, 0.2, 0.3]")])).unwrap();
         let with = plan
-            .clipped_sum(&out(&[
-                ("b", "[0.1, 0.2, 0.3]"),
-                ("x", "[9, 9, 9]"),
-                ("x", "[-9, 9, -9]"),
-            ]))
+            .encode_trainer_output(&out(5, "[0.7, 0.2, -1.3]"))
             .unwrap();
-        let moved = distance(&with.encoded, &without.encoded);
+        let moved = distance(&with, &without);
+        let resident =
+            ((0.6f64.powi(2) + 1.6f64.powi(2)).sqrt() * unit).hypot(2.0 * plan.count_unit() as f64);
         assert!(
-            moved <= plan.encoded_l2(),
-            "{moved} > {}",
-            plan.encoded_l2()
+            moved <= plan.encoded_l2() && moved > resident - 2.0,
+            "{moved}"
         );
-        // Refused for its shape only, naming no value.
+        // Refused for its shape, its examples or an unclipped sum, naming no value.
         for (output, code) in [
             (b"[0.1, 0.2, 0.3]".to_vec(), "trainer.output_unreadable"),
             (b"".to_vec(), "trainer.output_unreadable"),
-            (out(&[("a", "[1, 2, 3, 4]")]), "trainer.output_length"),
-            (out(&[("a", "[1, 2]")]), "trainer.output_length"),
+            (b"{\"examples\": 1}".to_vec(), "trainer.output_unreadable"),
+            (out(1, "[0.1, null, 0.3]"), "trainer.output_unreadable"),
+            (out(1, "[0.1, 1e999, 0.3]"), "trainer.output_unreadable"),
+            (out(0, "[0.1, 0.2, 0.3, 0.4]"), "trainer.output_length"),
+            (out(6, "[0.1, 0.2, 0.3]"), "trainer.examples_over_bound"),
+            (out(1, "[0.9, 0.2, 0.7]"), "trainer.norm_exceeded"),
+            (out(0, "[0.1, 0.2, 0.3]"), "trainer.norm_exceeded"),
         ] {
-            let e = plan.clipped_sum(&output).unwrap_err();
+            let e = plan.encode_trainer_output(&output).unwrap_err();
             assert_eq!(e.code, code, "{}", String::from_utf8_lossy(&output));
             assert!(
-                !e.reason.contains("0.1") && !e.reason.contains("0.2"),
+                !e.reason.contains("0.1") && !e.reason.contains("0.9"),
                 "{e}"
             );
         }
-        for (params, clip) in [(0, 1.0), (3, f64::NAN), (3, 0.0), (3, f64::INFINITY)] {
-            assert!(ClippedSumPlan::new(params, clip, bounds, 16).is_err());
+        for (params, clip, rate) in [
+            (0, 1.0, 1.0),
+            (3, f64::NAN, 1.0),
+            (3, 0.0, 1.0),
+            (3, f64::INFINITY, 1.0),
+            (3, 1.0, 0.0),
+            (3, 1.0, f64::NAN),
+        ] {
+            assert!(SgdPlan::new(params, clip, rate, bounds, 16).is_err());
+        }
+        // Steps stay finite and capped; parameters the model cannot take are refused.
+        assert_eq!(
+            plan.step(&[0.0, 1.0, 2.0], &[2.0, -2.0, f64::NAN, 4.0]),
+            vec![-0.25, 1.25, 0.0]
+        );
+        assert_eq!(
+            plan.step(&[0.0; 3], &[1e300, 0.0, 0.0, -3.0])[0],
+            -PARAMETER_CAP
+        );
+        assert!(plan.check_parameters(&[0.0; 3]).is_ok());
+        for bad in [vec![0.0; 2], vec![f64::NAN, 0.0, 0.0], vec![2e6, 0.0, 0.0]] {
+            assert!(plan.check_parameters(&bad).is_err());
         }
     }
 

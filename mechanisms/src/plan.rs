@@ -59,6 +59,9 @@ pub enum BlockKind {
         /// Column coefficient.
         right: String,
     },
+    /// A DP-SGD job's clipped gradient sum, one slot per parameter, in fixed point
+    /// ([`crate::learning::SgdPlan`]); the examples follow in a count block.
+    Gradient,
 }
 
 /// What a training job's plan adds to the layout: the public values its Newton steps and
@@ -79,6 +82,22 @@ pub struct LearningSpec {
     pub iterations: u32,
     /// The public bound on rows one partner sums (the round's).
     pub max_rows: u64,
+    /// For a DP-SGD job, its trainer and step (the logistic fields are then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgd: Option<SgdSpec>,
+}
+
+/// A DP-SGD job's public values, as the researcher asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgdSpec {
+    /// The trainer's name, as partners configure it locally.
+    pub trainer: String,
+    /// The model's parameters.
+    pub parameters: u32,
+    /// Each example's gradient's L2 clip.
+    pub clip: f64,
+    /// The gradient step's multiplier.
+    pub learning_rate: f64,
 }
 
 /// One block of the vector.
@@ -230,6 +249,25 @@ impl AggregationPlan {
                 }
                 learning = Some(spec);
             }
+            Statistic::DpSgd { .. } => {
+                let (spec, sgd) = sgd_spec(query, policy, max_rows_per_partner)?;
+                let unit = 2f64.powi(spec.frac_bits as i32);
+                blocks.push(Block {
+                    kind: BlockKind::Gradient,
+                    offset: 0,
+                    len: sgd.params,
+                    units_per_value: unit,
+                    per_row_max: sgd.per_row_max(),
+                });
+                blocks.push(Block {
+                    kind: BlockKind::Count,
+                    offset: sgd.params,
+                    len: 1,
+                    units_per_value: sgd.count_unit() as f64,
+                    per_row_max: sgd.count_unit() as u64,
+                });
+                learning = Some(spec);
+            }
         }
         let vector_len: usize = blocks.iter().map(|b| b.len).sum();
         let refuse = |reason: String| {
@@ -285,9 +323,11 @@ impl AggregationPlan {
             max_slot_per_partner,
             learning,
         };
-        if plan.learning.is_some() {
+        match plan.learning.as_ref().map(|l| l.sgd.is_some()) {
             // The Newton steps' own checks (bounds, classes, the encoding's overflow margin).
-            plan.logistic()?;
+            Some(false) => drop(plan.logistic()?),
+            Some(true) => drop(plan.sgd()?),
+            None => {}
         }
         // Every sensitivity the release may need must be exact: refuse the plan now if not.
         plan.joint_sensitivity(&plan.blocks)?;
@@ -307,11 +347,20 @@ impl AggregationPlan {
     /// The L1 and L2 sensitivities of a group of blocks released together (a regression's
     /// cross products, where one row touches a slot in every block).
     pub fn joint_sensitivity(&self, blocks: &[Block]) -> Result<(u64, f64), MechanismError> {
-        if self.learning.is_some() {
+        if let Some(spec) = &self.learning {
             // One resident moves every slot of an iteration at once; the learning core bounds
             // the whole vector's norms (much tighter than the blocks' sum).
-            let logistic = self.logistic()?;
-            let l1 = logistic.encoded_l1().ceil();
+            let (l1, l2) = match spec.sgd {
+                Some(_) => {
+                    let sgd = self.sgd()?;
+                    (sgd.encoded_l1(), sgd.encoded_l2())
+                }
+                None => {
+                    let logistic = self.logistic()?;
+                    (logistic.encoded_l1(), logistic.encoded_l2())
+                }
+            };
+            let l1 = l1.ceil();
             if blocks.len() != self.blocks.len() || l1 > MAX_SENSITIVITY as f64 {
                 return Err(MechanismError::InvalidParameter {
                     stage: "plan",
@@ -320,7 +369,7 @@ impl AggregationPlan {
                         .into(),
                 });
             }
-            return Ok((l1 as u64, logistic.encoded_l2()));
+            return Ok((l1 as u64, l2));
         }
         let mut l1: u64 = 0;
         // Summed exactly: each square is below 2^106 and a query has fewer than 2^20 blocks.
@@ -361,6 +410,28 @@ impl AggregationPlan {
                     ));
                 }
             },
+            Statistic::DpSgd { parameters, .. } => {
+                // The gradient's slots, then the examples.
+                let params = *parameters as usize;
+                let expected = [(0, params), (params, 1)];
+                let laid: Vec<(usize, usize)> =
+                    self.blocks.iter().map(|b| (b.offset, b.len)).collect();
+                let kinds = self.blocks.iter().map(|b| &b.kind).collect::<Vec<_>>();
+                if laid != expected
+                    || kinds != [&BlockKind::Gradient, &BlockKind::Count]
+                    || self.vector_len != params + 1
+                    || self
+                        .learning
+                        .as_ref()
+                        .and_then(|l| l.sgd.as_ref())
+                        .is_none()
+                {
+                    return Err(layout_error(
+                        "a DP-SGD job is its gradient's slots and then its examples'",
+                    ));
+                }
+                return Ok(());
+            }
         };
         let mut offset = 0;
         for b in &self.blocks {
@@ -452,7 +523,8 @@ impl AggregationPlan {
         let spec = self
             .learning
             .as_ref()
-            .ok_or_else(|| layout_error("the plan is not a training job's"))?;
+            .filter(|l| l.sgd.is_none())
+            .ok_or_else(|| layout_error("the plan is not a logistic regression's"))?;
         let rows_per_resident = u32::try_from(self.rows_per_resident)
             .map_err(|_| layout_error("a training job needs fewer than 2^32 rows per resident"))?;
         let max_rows = spec.max_rows;
@@ -471,6 +543,106 @@ impl AggregationPlan {
             },
         )
     }
+}
+
+impl AggregationPlan {
+    /// A training job's model, whichever kind (an error for any other plan).
+    pub fn training_model(&self) -> Result<crate::learning::TrainingModel, MechanismError> {
+        use crate::learning::TrainingModel;
+        match self.learning.as_ref().map(|l| l.sgd.is_some()) {
+            Some(true) => self.sgd().map(TrainingModel::Sgd),
+            Some(false) => self.logistic().map(TrainingModel::Logistic),
+            None => Err(layout_error("the plan is not a training job's")),
+        }
+    }
+
+    /// A DP-SGD job's steps, from the plan (an error for any other plan).
+    pub fn sgd(&self) -> Result<crate::learning::SgdPlan, MechanismError> {
+        let spec = self
+            .learning
+            .as_ref()
+            .filter(|l| l.sgd.is_some())
+            .ok_or_else(|| layout_error("the plan is not a DP-SGD job's"))?;
+        let rows_per_resident = u32::try_from(self.rows_per_resident)
+            .map_err(|_| layout_error("a training job needs fewer than 2^32 rows per resident"))?;
+        spec_sgd_plan(spec, rows_per_resident)
+    }
+}
+
+/// The DP-SGD plan a spec describes, for `rows_per_resident` rows of one resident in all.
+fn spec_sgd_plan(
+    spec: &LearningSpec,
+    rows_per_resident: u32,
+) -> Result<crate::learning::SgdPlan, MechanismError> {
+    let sgd = spec
+        .sgd
+        .as_ref()
+        .ok_or_else(|| layout_error("the plan is not a DP-SGD job's"))?;
+    crate::learning::SgdPlan::new(
+        sgd.parameters as usize,
+        sgd.clip,
+        sgd.learning_rate,
+        crate::learning::ResidentBounds {
+            rows_per_resident,
+            partners_per_person: 1,
+            max_rows: spec.max_rows,
+        },
+        spec.frac_bits,
+    )
+}
+
+/// A DP-SGD job's public spec from its query, and its plan: the fixed point as fine as the
+/// clip, the parameters and the row bound allow.
+fn sgd_spec(
+    query: &ValidatedQuery,
+    policy: &DatasetPolicy,
+    max_rows_per_partner: u64,
+) -> Result<(LearningSpec, crate::learning::SgdPlan), MechanismError> {
+    let Statistic::DpSgd {
+        trainer,
+        parameters,
+        clip,
+        learning_rate,
+        iterations,
+    } = &query.query().statistic
+    else {
+        return Err(layout_error("not a DP-SGD job"));
+    };
+    let rows = u32::try_from(
+        u64::from(policy.rows_per_resident_per_partner())
+            * u64::from(policy.max_partners_per_person),
+    )
+    .map_err(|_| layout_error("a training job needs fewer than 2^32 rows per resident"))?;
+    let frac_bits = crate::learning::SgdPlan::frac_bits_for(
+        *parameters as usize,
+        *clip,
+        rows,
+        max_rows_per_partner,
+    )
+    .ok_or_else(|| MechanismError::InvalidParameter {
+        stage: "plan",
+        reason: format!(
+            "a clip of {clip} over {max_rows_per_partner} examples per partner leaves no room \
+             for a fixed-point sum: ask with a smaller clip"
+        ),
+    })?;
+    let spec = LearningSpec {
+        inputs: Vec::new(),
+        classes: 0,
+        class_labels: Vec::new(),
+        frac_bits,
+        ridge: 0.0,
+        iterations: *iterations,
+        max_rows: max_rows_per_partner,
+        sgd: Some(SgdSpec {
+            trainer: trainer.clone(),
+            parameters: *parameters,
+            clip: *clip,
+            learning_rate: *learning_rate,
+        }),
+    };
+    let sgd = spec_sgd_plan(&spec, rows)?;
+    Ok((spec, sgd))
 }
 
 /// The fractional bits of a training job's sums: as many as leave every partner's sum and the
@@ -548,6 +720,7 @@ fn learning_spec(
         ridge: LEARNING_RIDGE,
         iterations: *iterations,
         max_rows: max_rows_per_partner,
+        sgd: None,
     })
 }
 
@@ -571,6 +744,9 @@ pub struct LearningInput {
 /// A training job's coefficients by name, in order: "intercept" and the features, for each
 /// class but the reference (named "… [class]" when there are several).
 pub fn coefficient_names(spec: &LearningSpec) -> Vec<String> {
+    if let Some(sgd) = &spec.sgd {
+        return (0..sgd.parameters).map(|i| format!("theta[{i}]")).collect();
+    }
     let inputs: Vec<&str> = std::iter::once("intercept")
         .chain(spec.inputs.iter().map(|i| i.name.as_str()))
         .collect();

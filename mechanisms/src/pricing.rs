@@ -316,6 +316,7 @@ pub fn price(
             BlockKind::Cross { left, right } => format!("{left}·{right}"),
             BlockKind::Score { coefficient } => format!("score({coefficient})"),
             BlockKind::Information { left, right } => format!("information({left}, {right})"),
+            BlockKind::Gradient => "gradient".to_string(),
         })
         .collect();
     Ok(Priced {

@@ -166,6 +166,9 @@ pub fn row_names(statistic: &Statistic) -> Vec<String> {
         } => std::iter::once(format!("beta(intercept) for {outcome}"))
             .chain(features.iter().map(|f| format!("beta({f})")))
             .collect(),
+        Statistic::DpSgd { parameters, .. } => {
+            (0..*parameters).map(|i| format!("theta[{i}]")).collect()
+        }
     }
 }
 
@@ -174,6 +177,7 @@ pub fn row_names(statistic: &Statistic) -> Vec<String> {
 pub fn coefficient_rows(plan: &AggregationPlan) -> Vec<String> {
     let outcome = match &plan.statistic {
         Statistic::LogisticRegression { outcome, .. } => outcome.as_str(),
+        Statistic::DpSgd { .. } => return row_names(&plan.statistic),
         _ => return Vec::new(),
     };
     plan.blocks
@@ -442,6 +446,9 @@ impl ReleasePlan {
         survivors: usize,
         reporting_delta: f64,
     ) -> Result<Release, MechanismError> {
+        if plan.learning.as_ref().is_some_and(|l| l.sgd.is_some()) {
+            return self.sgd_release(plan, policy, beta, total, survivors, reporting_delta);
+        }
         let logistic = plan.logistic()?;
         logistic.check_beta(beta)?;
         let spec = plan
@@ -500,6 +507,73 @@ impl ReleasePlan {
         Ok(Release {
             names: coefficient_rows(plan),
             rows,
+            receipt,
+        })
+    }
+
+    /// A DP-SGD job's release: the final parameters `theta`, without intervals, and the
+    /// receipt for the whole job, stating the noise on the last round's averaged gradient
+    /// (from its noisy `total`: the gradient sum and the examples).
+    fn sgd_release(
+        &self,
+        plan: &AggregationPlan,
+        policy: &DatasetPolicy,
+        theta: &[f64],
+        total: &[f64],
+        survivors: usize,
+        reporting_delta: f64,
+    ) -> Result<Release, MechanismError> {
+        let sgd = plan.sgd()?;
+        sgd.check_parameters(theta)?;
+        let spec = plan.learning.as_ref().and_then(|l| l.sgd.as_ref());
+        let (iterations, trainer) = match (&plan.learning, spec) {
+            (Some(l), Some(s)) => (l.iterations, s.trainer.as_str()),
+            _ => {
+                return Err(MechanismError::InvalidParameter {
+                    stage: "release",
+                    reason: "not a DP-SGD job".into(),
+                });
+            }
+        };
+        let examples = total.get(sgd.params).copied().unwrap_or(0.0).max(1.0);
+        let sigma = self.sum_sigma(survivors) / 2f64.powi(sgd.frac_bits as i32) / examples;
+        let rules = vec![format!(
+            "{iterations} gradient steps of learning rate {} from zero, each on the noisy sum of \
+             the partners' \"{trainer}\" trainers' gradients, each example's clipped to L2 norm \
+             {}, over the noisy number of examples; each iterate was announced to the partners",
+            sgd.learning_rate, sgd.clip
+        )];
+        let caveats = vec![
+            format!(
+                "no intervals are stated: the parameters of a model trained by gradient steps \
+                 are not estimates with a known error; the last round's averaged gradient \
+                 carried privacy noise of standard deviation {sigma:.3e} per parameter over \
+                 about {examples:.0} examples (itself noisy)"
+            ),
+            "each partner's trainer is its own code: that it clipped every example and kept \
+             a resident's examples within the policy's rows is its contract with its partner; \
+             the agents checked each sum's length, examples and norm"
+                .into(),
+        ];
+        let receipt = self.receipt(
+            plan,
+            policy,
+            survivors,
+            (rules, caveats),
+            1.0 - self.alpha,
+            reporting_delta,
+        )?;
+        Ok(Release {
+            names: row_names(&plan.statistic),
+            rows: theta
+                .iter()
+                .map(|&t| {
+                    vec![Cell {
+                        value: Some(t),
+                        interval: None,
+                    }]
+                })
+                .collect(),
             receipt,
         })
     }
@@ -775,7 +849,48 @@ impl ReleasePlan {
                 })
                 .collect(),
             Statistic::LogisticRegression { .. } => self.coefficient_accuracy(plan)?,
+            Statistic::DpSgd { .. } => self.gradient_accuracy(plan)?,
         })
+    }
+
+    /// A DP-SGD job's expected accuracy, before any data: the noise on each parameter's
+    /// averaged gradient (the noisy gradient sum over the examples), at 1,000 to 1,000,000
+    /// examples in all, with every partner's noise share in the sum. Stated for the step's
+    /// input, not the parameters, which the model's own loss decides.
+    fn gradient_accuracy(
+        &self,
+        plan: &AggregationPlan,
+    ) -> Result<Vec<RowAccuracy>, MechanismError> {
+        let sgd = plan.sgd()?;
+        let contributors = self.groups[0].shares.map_or(1, |s| s.count.partners);
+        // The sum's noise is sub-Gaussian (a sum of the partners' discrete Gaussians).
+        let sum_width = crate::accuracy::discrete_gaussian_half_width_bound(
+            self.sum_sigma(contributors),
+            self.alpha,
+        )? / 2f64.powi(sgd.frac_bits as i32);
+        let confidence = 1.0 - self.alpha;
+        let at_rows: Vec<(u64, f64)> = MEAN_ROWS[1..]
+            .iter()
+            .chain(&[1_000_000])
+            .map(|&n| (n, sum_width / n as f64))
+            .collect();
+        let note = format!(
+            "the privacy noise on this parameter's averaged gradient in each of the {} \
+             rounds (a gradient clipped to {} per example), for the examples the partners \
+             hold in all; the release states the trained parameters without intervals",
+            plan.learning.as_ref().map_or(0, |l| l.iterations),
+            sgd.clip
+        );
+        Ok(row_names(&plan.statistic)
+            .into_iter()
+            .map(|name| RowAccuracy {
+                name,
+                half_width: None,
+                half_width_at_rows: at_rows.clone(),
+                confidence,
+                note: Some(note.clone()),
+            })
+            .collect())
     }
 
     /// A training job's expected accuracy, before any data: each coefficient's interval
@@ -910,7 +1025,7 @@ impl ReleasePlan {
                 .collect()
         };
         let (names, rows) = match statistic {
-            Statistic::LogisticRegression { .. } => {
+            Statistic::LogisticRegression { .. } | Statistic::DpSgd { .. } => {
                 return Err(MechanismError::InvalidParameter {
                     stage: "release",
                     reason: "a training job releases round by round (noised_iteration, then \
@@ -1045,7 +1160,9 @@ impl ReleasePlan {
                 BlockKind::Count => Vec::new(),
                 BlockKind::Sum { column } => vec![column.as_str()],
                 BlockKind::Cross { left, right } => vec![left.as_str(), right.as_str()],
-                BlockKind::Score { .. } | BlockKind::Information { .. } => Vec::new(),
+                BlockKind::Score { .. } | BlockKind::Information { .. } | BlockKind::Gradient => {
+                    Vec::new()
+                }
             };
             for c in columns.into_iter().filter(|c| *c != "1") {
                 let (lo, hi) = numeric_bounds(policy, c)?;
@@ -1277,6 +1394,7 @@ fn describe(kind: &BlockKind) -> String {
         BlockKind::Cross { left, right } => format!("Σ {left}·{right}"),
         BlockKind::Score { coefficient } => format!("score({coefficient})"),
         BlockKind::Information { left, right } => format!("information({left}, {right})"),
+        BlockKind::Gradient => "Σ clipped gradients".into(),
     }
 }
 

@@ -437,10 +437,11 @@ impl LinkedShape {
             Statistic::Sum { column } | Statistic::Mean { column } => Some(column.clone()),
             Statistic::Quantiles { .. }
             | Statistic::LinearRegression { .. }
-            | Statistic::LogisticRegression { .. } => {
+            | Statistic::LogisticRegression { .. }
+            | Statistic::DpSgd { .. } => {
                 return Err(err(
                     "statistic",
-                    "quantiles and regressions are not yet available over linked datasets: ask for a histogram over the binned column, or a count, sum or mean".into(),
+                    "quantiles, regressions and trained models are not yet available over linked datasets: ask for a histogram over the binned column, or a count, sum or mean".into(),
                 ));
             }
         };

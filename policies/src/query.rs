@@ -62,6 +62,42 @@ pub enum Statistic {
         #[serde(deserialize_with = "crate::manifest::whole_number")]
         iterations: u32,
     },
+    /// A model Civic does not fit itself, trained by DP-SGD across the partners: each round,
+    /// every partner's locally configured trainer computes the sum of its examples'
+    /// gradients, each clipped to L2 norm `clip`, at the announced parameters; the noisy
+    /// total over the partners, divided by the noisy number of examples, takes one gradient
+    /// step of `learning_rate`. The trainer reads the partner's own data (no filter applies).
+    DpSgd {
+        /// The trainer's name, as partners configure it locally (`[datasets.trainers]`).
+        trainer: String,
+        /// The model's parameters: each gradient's length (1 to 100,000).
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
+        #[serde(deserialize_with = "crate::manifest::whole_number")]
+        parameters: u32,
+        /// Each example's gradient is clipped to this L2 norm (public).
+        clip: f64,
+        /// The step: parameters − learning_rate × (noisy gradient sum / noisy examples).
+        learning_rate: f64,
+        /// Gradient steps, one round each (1 to 100): the job's privacy is split evenly
+        /// between them.
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+        #[serde(deserialize_with = "crate::manifest::whole_number")]
+        iterations: u32,
+    },
+}
+
+/// The most gradient steps (rounds) one DP-SGD job may take.
+pub const MAX_SGD_ITERATIONS: u32 = 100;
+/// The most parameters a DP-SGD model may have (every round announces them all).
+pub const MAX_SGD_PARAMETERS: u32 = 100_000;
+
+/// Whether `name` may name a partner's trainer: 1 to 64 lowercase letters, digits, `-` and
+/// `_` (it selects a local command; it is never run as text).
+pub fn valid_trainer_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// The most Newton steps (rounds) one training job may take.
@@ -453,10 +489,60 @@ impl Query {
                     ));
                 }
             }
+            Statistic::DpSgd {
+                trainer,
+                parameters,
+                clip,
+                learning_rate,
+                iterations,
+            } => {
+                if !valid_trainer_name(trainer) {
+                    return Err(err(
+                        "statistic.trainer",
+                        "name a trainer in 1 to 64 lowercase letters, digits, - and _".into(),
+                    ));
+                }
+                if !(1..=MAX_SGD_PARAMETERS).contains(parameters) {
+                    return Err(err(
+                        "statistic.parameters",
+                        format!("give 1 to {MAX_SGD_PARAMETERS} parameters, got {parameters}"),
+                    ));
+                }
+                if !(clip.is_finite() && *clip > 0.0 && *clip <= 1e6) {
+                    return Err(err(
+                        "statistic.clip",
+                        format!("the clip is an L2 norm above 0 and at most 10^6, got {clip}"),
+                    ));
+                }
+                if !(learning_rate.is_finite() && *learning_rate > 0.0 && *learning_rate <= 1e6) {
+                    return Err(err(
+                        "statistic.learning_rate",
+                        format!(
+                            "the learning rate is above 0 and at most 10^6, got {learning_rate}"
+                        ),
+                    ));
+                }
+                if !(1..=MAX_SGD_ITERATIONS).contains(iterations) {
+                    return Err(err(
+                        "statistic.iterations",
+                        format!("give 1 to {MAX_SGD_ITERATIONS} iterations, got {iterations}"),
+                    ));
+                }
+                if self.filter.is_some() {
+                    return Err(err(
+                        "filter",
+                        "a partner's trainer reads its own examples: a DP-SGD job takes no \
+                         filter"
+                            .into(),
+                    ));
+                }
+            }
         }
         if matches!(
             self.statistic,
-            Statistic::LinearRegression { .. } | Statistic::LogisticRegression { .. }
+            Statistic::LinearRegression { .. }
+                | Statistic::LogisticRegression { .. }
+                | Statistic::DpSgd { .. }
         ) && !self.group_by.is_empty()
         {
             return Err(err(

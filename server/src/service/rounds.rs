@@ -125,13 +125,13 @@ async fn open_step(
     };
     rounds::insert(tx, &row, at).await?;
     queries::set_round(tx, query, id).await?;
-    if let Some(spec) = &priced.plan.learning {
-        // A training job starts from coefficients all zero; later rounds are opened by
+    if priced.plan.learning.is_some() {
+        // A training job starts from an iterate all zero; later rounds are opened by
         // `train`, at the iterate the round before it computed.
-        let (iteration, coefficients) = step.unwrap_or_else(|| {
-            let zeros = (spec.inputs.len() + 1) * spec.classes.saturating_sub(1);
-            (0, vec![0.0; zeros])
-        });
+        let (iteration, coefficients) = match step {
+            Some(step) => step,
+            None => (0, training_model(priced)?.initial()),
+        };
         let round = TrainingRound {
             round_id: id,
             query_id: query,
@@ -334,6 +334,14 @@ pub async fn release(
     Ok(())
 }
 
+/// A training job's model from its stored calibration.
+fn training_model(priced: &Priced) -> Result<civic_mechanisms::learning::TrainingModel> {
+    priced
+        .plan
+        .training_model()
+        .map_err(|e| Error::internal("taking a training step", e))
+}
+
 /// Inside a release's transaction: closes round `round` as finished (it must still be
 /// open: closed already, by another coordinator or an abort, there is nothing to release)
 /// and locks its query and its dataset's ledger, with the query's budget as it stands.
@@ -365,7 +373,7 @@ async fn finish_round(
 }
 
 /// One round of training job `q` has finished: its sum is noised (central noise sampled
-/// once; distributed noise arrived in it), the Newton step taken, and in one transaction the
+/// once; distributed noise arrived in it), the step taken (Newton or gradient), and in one transaction the
 /// round's share of the reservation charged before the new iterate leaves the coordinator,
 /// the round's noisy total stored, and either the next round opened at the new iterate or,
 /// after the last, the model released with its intervals and the job's whole charge.
@@ -382,7 +390,7 @@ async fn train(
         .await?
         .ok_or_else(|| {
             Error::internal(
-                "taking a Newton step",
+                "taking a training step",
                 format!("round {round} of training job {query} has no step"),
             )
         })?;
@@ -392,19 +400,16 @@ async fn train(
     // made again (another honest count) that cost more would overspend the rounds.
     if priced.cost.rho.units() != q.cost_units || iterations == 0 {
         return Err(Error::internal(
-            "taking a Newton step",
+            "taking a training step",
             format!("training job {query}'s calibration no longer costs its reservation"),
         ));
     }
     let budget = Rho::from_units(q.cost_units / u64::from(iterations));
-    let model = priced
-        .plan
-        .logistic()
-        .map_err(|e| Error::internal("taking a Newton step", e))?;
+    let model = training_model(&priced)?;
     // Stored coefficients are input like any other.
     model
-        .check_beta(&step.coefficients)
-        .map_err(|e| Error::internal("taking a Newton step", e))?;
+        .check(&step.coefficients)
+        .map_err(|e| Error::internal("taking a training step", e))?;
     let survivors = output.contributors.len();
     let contributors: Vec<u32> = output.contributors.iter().map(|p| p.0).collect();
     let per_round = priced.release_plan.iteration_cost(&priced.plan);
@@ -428,17 +433,18 @@ async fn train(
                 budget,
             )?,
         };
-        let model = priced.plan.logistic()?;
+        let model = priced.plan.training_model()?;
         let total = model.decode(&noised);
-        // Damped by the noise the sums carry (none when a test switched it off).
+        // A Newton step is damped by the noise the sums carry (none when a test switched it
+        // off).
         let sigma = match exact {
             true => 0.0,
             false => {
-                let unit = 2f64.powi(model.frac_bits as i32);
+                let unit = 2f64.powi(model.frac_bits() as i32);
                 priced.release_plan.sum_sigma(survivors) / unit
             }
         };
-        let next = model.damped_step(&coefficients, &total, sigma)?;
+        let next = model.step(&coefficients, &total, sigma)?;
         let release = match last {
             true => Some(priced.release_plan.training_release(
                 &priced.plan,
@@ -454,16 +460,16 @@ async fn train(
         Ok::<_, civic_mechanisms::MechanismError>((priced, policy, total, next, release))
     })
     .await
-    .map_err(|e| Error::internal("taking a Newton step", e))?
-    .map_err(|e| Error::internal("taking a Newton step", e))?;
+    .map_err(|e| Error::internal("taking a training step", e))?
+    .map_err(|e| Error::internal("taking a training step", e))?;
     let at = state.clock.rfc3339();
     let mut iterates: Vec<serde_json::Value> = training::of_query(&mut *state.store.read().await?, query)
         .await?
         .iter()
-        .filter(|r| r.iteration > 0 && model.check_beta(&r.coefficients).is_ok())
-        .map(|r| json!({ "iteration": r.iteration - 1, "coefficients": model.unscaled(&r.coefficients) }))
+        .filter(|r| r.iteration > 0 && model.check(&r.coefficients).is_ok())
+        .map(|r| json!({ "iteration": r.iteration - 1, "coefficients": model.reported(&r.coefficients) }))
         .collect();
-    iterates.push(json!({ "iteration": step.iteration, "coefficients": model.unscaled(&next), "contributors": survivors }));
+    iterates.push(json!({ "iteration": step.iteration, "coefficients": model.reported(&next), "contributors": survivors }));
     let view = match release {
         Some(release) => {
             let mut view = release_view(release, CellLabels::default(), at.clone())?;
@@ -501,7 +507,7 @@ async fn train(
                 "charged_rho": entry.amount.as_f64(),
                 "survivors": survivors,
                 "contributors": contributors,
-                "coefficients": model.unscaled(&next),
+                "coefficients": model.reported(&next),
             });
             if let Some(view) = &view {
                 let release_id = queries::insert_release(tx, &q, view).await?;

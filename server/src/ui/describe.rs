@@ -44,6 +44,15 @@ pub fn question(query: &Query) -> String {
             words(outcome),
             list(&features.iter().map(|c| words(c)).collect::<Vec<_>>())
         ),
+        Statistic::DpSgd {
+            trainer,
+            parameters,
+            iterations,
+            ..
+        } => format!(
+            "A model of {parameters} parameters trained by the partners' \"{trainer}\" trainers \
+             (DP-SGD in {iterations} rounds)"
+        ),
     };
     let among = query
         .filter
@@ -321,7 +330,8 @@ pub fn disclosure_summary(policy: &DatasetPolicy, query: &Query, cells: usize) -
         Statistic::Quantiles { .. } => "the histogram its percentiles come from",
         Statistic::Sum { .. }
         | Statistic::LinearRegression { .. }
-        | Statistic::LogisticRegression { .. } => "no count it shows",
+        | Statistic::LogisticRegression { .. }
+        | Statistic::DpSgd { .. } => "no count it shows",
     };
     let mut out = vec![format!(
         "The release will have {cells} cell{}.",
