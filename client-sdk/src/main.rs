@@ -62,15 +62,18 @@ enum Command {
         partner: String,
         /// `housing-health` for the linked dataset's extracts (partners housing-north,
         /// housing-south, acute-trust, gp-fed-1 … gp-fed-5, council-asc, with NHS numbers in
-        /// the never-issued 999 range); without it, the partner's diabetes or falls extract.
+        /// the never-issued 999 range); `retina` for a GP federation's diabetic eye-screening
+        /// photographs (32×32 grey, as a NumPy array beside the CSV, for the example DP-SGD
+        /// trainer); without it, the partner's diabetes or falls extract.
         #[arg(long)]
         dataset: Option<String>,
         /// Where to write the CSV.
         #[arg(long)]
         out: PathBuf,
-        /// Residents in the whole population.
-        #[arg(long, default_value_t = 200_000)]
-        residents: u32,
+        /// Residents in the whole population (default 200,000); for `retina`, the
+        /// photographs this partner holds (default 2,000).
+        #[arg(long)]
+        residents: Option<u32>,
         /// The population's seed (the same seed gives the same people).
         #[arg(long, default_value_t = 2026)]
         seed: u64,
@@ -145,6 +148,28 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
             seed,
         } => {
             use civic_client_sdk::synth;
+            if dataset.as_deref() == Some("retina") {
+                let Some(index) = synth::GP_FEDERATIONS.iter().position(|p| *p == partner) else {
+                    return Err(AgentError::Config {
+                        file: "command line".into(),
+                        field: "--partner".into(),
+                        reason: format!(
+                            "unknown partner {partner:?} of retina: one of {}",
+                            synth::GP_FEDERATIONS.join(", ")
+                        ),
+                    });
+                };
+                let n = residents.unwrap_or(2_000);
+                let (rows, npy) = synth::write_retina(index, seed, n, &out)
+                    .map_err(|e| AgentError::local(&out, e))?;
+                println!(
+                    "{rows} screening photographs for {partner} (retina) written to {} and {}",
+                    out.display(),
+                    npy.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let residents = residents.unwrap_or(200_000);
             let people = || synth::population(seed, residents);
             if dataset.as_deref() == Some("housing-health") {
                 if !synth::LINKED_PARTNERS.contains(&partner.as_str()) {
@@ -173,7 +198,7 @@ async fn execute(command: Command) -> Result<ExitCode, AgentError> {
                     file: "command line".into(),
                     field: "--dataset".into(),
                     reason: format!(
-                        "unknown dataset {other:?}: diabetes, falls-housing or housing-health"
+                        "unknown dataset {other:?}: diabetes, falls-housing, housing-health or retina"
                     ),
                 });
             }

@@ -521,6 +521,169 @@ pub fn failure_terms(p: &Prescription) -> Vec<f64> {
     ]
 }
 
+/// One diabetic eye-screening photograph: a 32×32 grey (red-free) picture of the retina
+/// with the optic disc, vessels and, in an eye with referable retinopathy, several small
+/// lesion-like spots (dark microaneurysms and haemorrhages, bright exudates); an eye without
+/// may show one or two.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Photograph {
+    /// Age in years, 18 to 100.
+    pub age: u32,
+    /// "female" or "male".
+    pub sex: &'static str,
+    /// The grader's outcome: referable retinopathy.
+    pub referable: bool,
+    /// Row-major grey levels.
+    pub pixels: Vec<u8>,
+}
+
+/// The side of a screening photograph, in pixels.
+pub const RETINA_SIDE: usize = 32;
+
+/// `n` screening photographs from `seed` (each partner its own seed).
+pub fn photographs(seed: u64, n: u32) -> Vec<Photograph> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x0e7e_5ca4);
+    (0..n).map(|_| photograph(&mut rng)).collect()
+}
+
+fn photograph(rng: &mut ChaCha20Rng) -> Photograph {
+    let age = 18 + (unit(rng).powf(0.7) * 82.0) as u32;
+    let sex = if chance(rng, 0.45) { "female" } else { "male" };
+    let referable = chance(rng, 0.12 + 0.003 * f64::from(age - 18));
+    let side = RETINA_SIDE as f64;
+    let centre = (side - 1.0) / 2.0;
+    let mut image = vec![0.0f64; RETINA_SIDE * RETINA_SIDE];
+    // The fundus: brighter at the centre, black outside the camera's circle.
+    let brightness = normal(rng, 120.0, 10.0);
+    let (disc_x, disc_y) = (
+        centre + if chance(rng, 0.5) { 8.0 } else { -8.0 } + normal(rng, 0.0, 1.0),
+        centre + normal(rng, 0.0, 1.5),
+    );
+    for y in 0..RETINA_SIDE {
+        for x in 0..RETINA_SIDE {
+            let (dx, dy) = ((x as f64 - centre) / centre, (y as f64 - centre) / centre);
+            let r2 = dx * dx + dy * dy;
+            if r2 > 1.0 {
+                continue;
+            }
+            let disc = (x as f64 - disc_x).powi(2) + (y as f64 - disc_y).powi(2);
+            image[y * RETINA_SIDE + x] =
+                brightness * (1.0 - 0.45 * r2) + 70.0 * (-disc / 6.0).exp();
+        }
+    }
+    // Vessels: dark arcs leaving the disc up and down.
+    for arc in 0..4 {
+        let (up, bend) = (
+            if arc % 2 == 0 { -1.0 } else { 1.0 },
+            normal(rng, 0.25, 0.08),
+        );
+        let toward = if disc_x > centre { -1.0 } else { 1.0 };
+        for step in 0..40 {
+            let t = f64::from(step) / 40.0;
+            let x = disc_x + toward * t * 20.0;
+            let y = disc_y
+                + up * (t * 10.0 + bend * (t * 20.0).powi(2) / 4.0) * (0.5 + arc as f64 / 4.0);
+            darken(&mut image, x, y, 22.0);
+        }
+    }
+    // Lesion-like spots.
+    let spots = if referable {
+        4 + (unit(rng) * 7.0) as u32
+    } else {
+        u32::from(chance(rng, 0.3)) + u32::from(chance(rng, 0.1))
+    };
+    for _ in 0..spots {
+        let (angle, radius) = (unit(rng) * std::f64::consts::TAU, unit(rng).sqrt() * 0.8);
+        let (x, y) = (
+            centre + radius * centre * angle.cos(),
+            centre + radius * centre * angle.sin(),
+        );
+        let strength = if chance(rng, 0.6) { 45.0 } else { -55.0 };
+        darken(&mut image, x, y, strength);
+        for (ox, oy) in [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)] {
+            darken(&mut image, x + ox, y + oy, strength * 0.4);
+        }
+    }
+    let pixels = image
+        .iter()
+        .map(|v| {
+            if *v == 0.0 {
+                0
+            } else {
+                (v + normal(rng, 0.0, 5.0)).clamp(1.0, 255.0).round() as u8
+            }
+        })
+        .collect();
+    Photograph {
+        age,
+        sex,
+        referable,
+        pixels,
+    }
+}
+
+/// Lowers the pixel nearest (x, y) by `amount` (raises it for a negative amount), if it is
+/// inside the picture and the camera's circle.
+fn darken(image: &mut [f64], x: f64, y: f64, amount: f64) {
+    let (x, y) = (x.round(), y.round());
+    if !(0.0..RETINA_SIDE as f64).contains(&x) || !(0.0..RETINA_SIDE as f64).contains(&y) {
+        return;
+    }
+    let i = y as usize * RETINA_SIDE + x as usize;
+    if image[i] > 0.0 {
+        image[i] = (image[i] - amount).max(1.0);
+    }
+}
+
+/// Writes a partner's screening extract: `path` (CSV: pid, age, sex, referable, and the
+/// photograph's index) and the photographs beside it as a NumPy array of shape
+/// (n, 32, 32), unsigned bytes (`path` with the extension `.npy`). Returns the photographs
+/// written and the array's path.
+pub fn write_retina(
+    partner: usize,
+    seed: u64,
+    n: u32,
+    path: &Path,
+) -> std::io::Result<(usize, std::path::PathBuf)> {
+    let photos = photographs(seed.wrapping_mul(31).wrapping_add(partner as u64), n);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "pid,age,sex,referable,image")?;
+    for (i, p) in photos.iter().enumerate() {
+        writeln!(
+            out,
+            "p{partner}-{i},{},{},{},{i}",
+            p.age, p.sex, p.referable
+        )?;
+    }
+    out.flush()?;
+    let npy = path.with_extension("npy");
+    let mut array = std::io::BufWriter::new(std::fs::File::create(&npy)?);
+    array.write_all(&npy_header(&[photos.len(), RETINA_SIDE, RETINA_SIDE]))?;
+    for p in &photos {
+        array.write_all(&p.pixels)?;
+    }
+    array.flush()?;
+    Ok((photos.len(), npy))
+}
+
+/// The header of a version 1.0 `.npy` file of unsigned bytes in C order: the magic string,
+/// its length, and a dictionary padded with spaces to a multiple of 64 bytes.
+fn npy_header(shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut dict = format!(
+        "{{'descr': '|u1', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut header = b"\x93NUMPY\x01\x00".to_vec();
+    header.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    header.extend_from_slice(dict.as_bytes());
+    header
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

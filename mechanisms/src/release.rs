@@ -855,8 +855,9 @@ impl ReleasePlan {
 
     /// A DP-SGD job's expected accuracy, before any data: the noise on each parameter's
     /// averaged gradient (the noisy gradient sum over the examples), at 1,000 to 1,000,000
-    /// examples in all, with every partner's noise share in the sum. Stated for the step's
-    /// input, not the parameters, which the model's own loss decides.
+    /// examples in all, with every partner's noise share in the sum: one row, the same for
+    /// every parameter. Stated for the step's input, not the parameters, which the model's
+    /// own loss decides.
     fn gradient_accuracy(
         &self,
         plan: &AggregationPlan,
@@ -881,16 +882,14 @@ impl ReleasePlan {
             plan.learning.as_ref().map_or(0, |l| l.iterations),
             sgd.clip
         );
-        Ok(row_names(&plan.statistic)
-            .into_iter()
-            .map(|name| RowAccuracy {
-                name,
-                half_width: None,
-                half_width_at_rows: at_rows.clone(),
-                confidence,
-                note: Some(note.clone()),
-            })
-            .collect())
+        // The same for every parameter: one row says it for all.
+        Ok(vec![RowAccuracy {
+            name: format!("each of theta[0] … theta[{}]", sgd.params - 1),
+            half_width: None,
+            half_width_at_rows: at_rows,
+            confidence,
+            note: Some(note),
+        }])
     }
 
     /// A training job's expected accuracy, before any data: each coefficient's interval
