@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every `sh` block of docs/walkthrough.md and then of docs/queries.md (which continues
-# the walk-through's session: its coordinator, agents, tokens and project), in order, in one
+# Runs every `sh` block of docs/walkthrough.md, then of docs/queries.md (which continues
+# the walk-through's session: its coordinator, agents, tokens and project) and of
+# docs/training.md (a partner's trainer, by hand), in order, in one
 # shell, in a fresh directory, with the debug binaries on PATH; fails if any command fails.
 # Background processes are stopped at the end.
 #
@@ -9,7 +10,7 @@
 # built here if they are missing.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-docs=("$repo/docs/walkthrough.md" "$repo/docs/queries.md")
+docs=("$repo/docs/walkthrough.md" "$repo/docs/queries.md" "$repo/docs/training.md")
 have_bins() { [ -x "$1/civic-coordinator" ] && [ -x "$1/civic-agent" ] && [ -x "$1/civic-board" ]; }
 if [ -n "${CIVIC_BIN_DIR:-}" ]; then
     bin=$(cd "$CIVIC_BIN_DIR" && pwd)
@@ -48,4 +49,4 @@ script="$work/docs.sh"
 cd "$work"
 start=$SECONDS
 PATH="$bin:$PATH" timeout 300 bash "$script"
-echo "docs: every command of walkthrough.md and queries.md ran ($((SECONDS - start)) s)"
+echo "docs: every command of walkthrough.md, queries.md and training.md ran ($((SECONDS - start)) s)"
