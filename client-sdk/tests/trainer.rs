@@ -6,11 +6,12 @@
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
+#[path = "polling/mod.rs"]
+mod polling;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use civic_client_sdk::agent::{Agent, RoundOutcome};
 use civic_client_sdk::config::AgentConfig;
@@ -222,40 +223,13 @@ async fn federation(
     (c, sites, agents)
 }
 
-/// Runs the agents until query `id` leaves `running`; returns its view and each agent's
-/// outcomes, in order.
+/// Runs the agents until query `id` leaves `running`; its view and each agent's outcomes.
 async fn train(
     c: &Coordinator,
     agents: &[Arc<Agent>],
     id: i64,
 ) -> (Value, Vec<Vec<(i64, RoundOutcome)>>) {
-    let mut outcomes = vec![Vec::new(); agents.len()];
-    for _ in 0..600 {
-        let (s, q) = c
-            .call(
-                Method::GET,
-                &format!("/v1/queries/{id}"),
-                Some(&c.researcher),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{q}");
-        if q["state"] != "running" {
-            return (q, outcomes);
-        }
-        let tasks: Vec<_> = agents
-            .iter()
-            .map(|a| {
-                let a = Arc::clone(a);
-                tokio::spawn(async move { a.once().await.unwrap() })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            outcomes[i].extend(t.await.unwrap());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("DP-SGD job {id} did not finish");
+    polling::until_done(c, agents, id).await
 }
 
 /// Runs Python with numpy on `code`, the example trainer importable as `trainer`; its

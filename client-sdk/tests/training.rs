@@ -4,10 +4,11 @@
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
+#[path = "polling/mod.rs"]
+mod polling;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use civic_client_sdk::agent::{Agent, RoundOutcome};
 use civic_client_sdk::config::AgentConfig;
@@ -247,48 +248,13 @@ async fn federation(
     (c, sites, agents, policy)
 }
 
-async fn all_once(agents: &[Arc<Agent>]) -> Vec<Vec<(i64, RoundOutcome)>> {
-    let tasks: Vec<_> = agents
-        .iter()
-        .map(|a| {
-            let a = Arc::clone(a);
-            tokio::spawn(async move { a.once().await.unwrap() })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
-
-/// Runs the agents until query `id` leaves `running`; returns its view and every round's
-/// outcomes.
+/// Runs the agents until query `id` leaves `running`; its view and each agent's outcomes.
 async fn train(
     c: &Coordinator,
     agents: &[Arc<Agent>],
     id: i64,
 ) -> (Value, Vec<Vec<(i64, RoundOutcome)>>) {
-    let mut outcomes = Vec::new();
-    let mut q = Value::Null;
-    for _ in 0..400 {
-        let (s, view) = c
-            .call(
-                Method::GET,
-                &format!("/v1/queries/{id}"),
-                Some(&c.researcher),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{view}");
-        q = view;
-        if q["state"] != "running" {
-            return (q, outcomes);
-        }
-        outcomes.extend(all_once(agents).await.into_iter().filter(|o| !o.is_empty()));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("training job {id} did not finish: {q}");
+    polling::until_done(c, agents, id).await
 }
 
 /// Each row's raw model inputs (the features in the plan's order, a category as indicators
