@@ -323,11 +323,9 @@ impl AggregationPlan {
             max_slot_per_partner,
             learning,
         };
-        match plan.learning.as_ref().map(|l| l.sgd.is_some()) {
-            // The Newton steps' own checks (bounds, classes, the encoding's overflow margin).
-            Some(false) => drop(plan.logistic()?),
-            Some(true) => drop(plan.sgd()?),
-            None => {}
+        if plan.learning.is_some() {
+            // The model's own checks (bounds, classes, the encoding's overflow margin).
+            plan.training_model()?;
         }
         // Every sensitivity the release may need must be exact: refuse the plan now if not.
         plan.joint_sensitivity(&plan.blocks)?;
