@@ -332,6 +332,23 @@ async fn check_dataset(
 ) {
     let source = crate::source::source_name(&mapping.source);
     report.line(format!("  source: {source}"));
+    for (name, trainer) in &mapping.trainers {
+        let command = trainer.command.join(" ");
+        match crate::trainer::locate(trainer) {
+            Some(path) => report.line(format!(
+                "  trainer {name}: {command} (program {}; run in {}, at most {} s a round)",
+                path.display(),
+                trainer.directory.display(),
+                trainer.timeout_seconds
+            )),
+            None => report.problem(format!(
+                "trainers.{name}: program {:?} is not found (neither a file from {} nor on PATH): \
+                 DP-SGD rounds asking for it will be declined",
+                trainer.command[0],
+                trainer.directory.display()
+            )),
+        }
+    }
     for name in mapping.columns.keys() {
         if policy.column(name).is_none() {
             report.problem(format!(

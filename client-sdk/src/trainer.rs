@@ -166,6 +166,21 @@ pub async fn run(
     Ok(out)
 }
 
+/// Where `config`'s program is: a path (with a `/`) from its directory, or a name on
+/// `PATH`, as the run would find it; None if there is no such file.
+pub fn locate(config: &TrainerConfig) -> Option<std::path::PathBuf> {
+    let program = config.command.first()?;
+    if program.contains('/') {
+        let path = config.directory.join(program);
+        return path.is_file().then_some(path);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
 /// Reads `reader` to its end, keeping the first `cap` bytes and discarding the rest (so a
 /// chatty program never blocks on a full pipe).
 async fn read_capped(

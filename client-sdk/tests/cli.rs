@@ -340,3 +340,64 @@ fn check_reports_a_linked_partners_identifier_health_without_printing_one() {
         "{out}"
     );
 }
+
+#[test]
+fn check_names_each_trainer_and_fails_on_one_whose_program_is_missing() {
+    let (dir, config) = sample();
+    assert!(
+        agent(&["keygen", "--out", "identity.key"], dir.path())
+            .status
+            .success()
+    );
+    let original = std::fs::read_to_string(&config).unwrap();
+    let with = |trainers: &str| format!("{original}\n{trainers}");
+    let found = "[datasets.trainers.eye-photos]\ncommand = [\"sh\", \"-c\", \"exit 1\"]\n";
+    std::fs::write(&config, with(found)).unwrap();
+    let o = agent(
+        &["check", "--config", config.to_str().unwrap(), "--offline"],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("trainer eye-photos: sh -c exit 1 (program /") && out.contains("600 s"),
+        "{out}"
+    );
+    // Only located, never run by check: its `exit 1` did not fail it.
+    let missing = "[datasets.trainers.eye-photos]\ncommand = [\"./train-eyes.sh\"]\n";
+    std::fs::write(&config, with(missing)).unwrap();
+    let o = agent(
+        &["check", "--config", config.to_str().unwrap(), "--offline"],
+        dir.path(),
+    );
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("trainers.eye-photos: program \"./train-eyes.sh\" is not found"),
+        "{out}"
+    );
+    // A trainer's name and command are checked when the configuration is read.
+    for (bad, field) in [
+        (
+            "[datasets.trainers.Eye]\ncommand = [\"sh\"]\n",
+            "trainers.Eye",
+        ),
+        (
+            "[datasets.trainers.eye]\ncommand = []\n",
+            "trainers.eye.command",
+        ),
+        (
+            "[datasets.trainers.eye]\ncommand = [\"sh\"]\ntimeout_seconds = 0\n",
+            "trainers.eye.timeout_seconds",
+        ),
+        ("[datasets.trainers.eye]\nprogram = \"sh\"\n", "program"),
+    ] {
+        std::fs::write(&config, with(bad)).unwrap();
+        let o = agent(
+            &["check", "--config", config.to_str().unwrap(), "--offline"],
+            dir.path(),
+        );
+        let out = text(&o);
+        assert!(!o.status.success() && out.contains(field), "{field}: {out}");
+    }
+}
