@@ -63,8 +63,6 @@ pub enum DeclineCode {
     TrainerOutputUnreadable,
     /// The trainer's gradient sum has the wrong number of values for the model.
     TrainerOutputLength,
-    /// The trainer used more examples than the round's public bound per partner.
-    TrainerExamplesOverBound,
     /// The trainer's gradient sum is longer (L2) than the clip times its examples: its
     /// examples were not clipped.
     TrainerNormExceeded,
@@ -72,7 +70,7 @@ pub enum DeclineCode {
 
 impl DeclineCode {
     /// Every code.
-    pub const ALL: [DeclineCode; 26] = {
+    pub const ALL: [DeclineCode; 25] = {
         use DeclineCode::*;
         [
             ProtocolUnsupported,
@@ -99,7 +97,6 @@ impl DeclineCode {
             TrainerFailed,
             TrainerOutputUnreadable,
             TrainerOutputLength,
-            TrainerExamplesOverBound,
             TrainerNormExceeded,
         ]
     };
@@ -139,7 +136,6 @@ impl DeclineCode {
             TrainerFailed => "trainer.failed",
             TrainerOutputUnreadable => "trainer.output_unreadable",
             TrainerOutputLength => "trainer.output_length",
-            TrainerExamplesOverBound => "trainer.examples_over_bound",
             TrainerNormExceeded => "trainer.norm_exceeded",
         }
     }
@@ -185,9 +181,6 @@ impl DeclineCode {
             }
             TrainerOutputLength => {
                 "this partner's trainer returned a gradient of the wrong length for the model"
-            }
-            TrainerExamplesOverBound => {
-                "this partner's trainer used more examples than the round's bound per partner"
             }
             TrainerNormExceeded => {
                 "this partner's trainer returned a gradient sum longer than the clip allows"

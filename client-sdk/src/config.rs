@@ -227,7 +227,9 @@ pub struct TrainerConfig {
     /// The program, then its arguments (e.g. `["python3", "trainer.py", "--images",
     /// "retina.npy"]`).
     pub command: Vec<String>,
-    /// How long one round's run may take (default 600 s); it is killed after.
+    /// How long one round's run may take (default 50 s); it is killed after, with what it
+    /// started. The coordinator's `phase_deadline_secs` (60 s by default) must leave room
+    /// for it: the trainer runs before this partner's first message of the round.
     #[serde(default = "default_trainer_timeout")]
     pub timeout_seconds: f64,
     /// The directory it runs in: `partner.toml`'s.
@@ -236,7 +238,7 @@ pub struct TrainerConfig {
 }
 
 fn default_trainer_timeout() -> f64 {
-    600.0
+    50.0
 }
 
 /// Where a federated column comes from: a local column's name, or
@@ -373,7 +375,11 @@ impl AgentConfig {
         })?;
         let mut config: AgentConfig =
             toml::from_str(&text).map_err(|e| parse_error(&name, &text, &e))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // `partner.toml` alone has the parent "", where no command can run.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.check(&name)?;
         Ok(config)

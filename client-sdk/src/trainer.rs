@@ -29,8 +29,6 @@ pub struct TrainerInput<'a> {
     pub parameters: &'a [f64],
     /// Each example's gradient must be clipped to this L2 norm before summing.
     pub clip: f64,
-    /// The most examples the trainer may use (the round's bound per partner).
-    pub max_examples: u64,
     /// The most examples of one resident (the policy's rows per resident).
     pub examples_per_resident: u32,
 }
@@ -60,7 +58,6 @@ pub async fn gradient_sum(
         iteration,
         parameters: &round.parameters,
         clip: round.model.clip,
-        max_examples: round.model.residents.max_rows,
         examples_per_resident,
     };
     // Room for every number at full precision, and whitespace.
@@ -100,26 +97,30 @@ pub async fn run(
         .command
         .split_first()
         .ok_or_else(|| failed("its command is empty".into()))?;
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .current_dir(&config.directory)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            failed(format!(
-                "could not start {program:?} in {}: {e}",
-                config.directory.display()
-            ))
-        })?;
+        .kill_on_drop(true);
+    // Its own process group, so that a timeout stops the workers it started too.
+    #[cfg(unix)]
+    command.process_group(0);
+    let mut child = command.spawn().map_err(|e| {
+        failed(format!(
+            "could not start {program:?} in {}: {e}",
+            config.directory.display()
+        ))
+    })?;
     let json = serde_json::to_vec(input).map_err(|e| failed(e.to_string()))?;
     let (Some(mut stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         return Err(failed("its standard streams could not be opened".into()));
     };
+    let group = child.id();
     let run = async {
         // Written while the output is read, so neither side waits on a full pipe.
         let write = async move {
@@ -130,7 +131,7 @@ pub async fn run(
         let (_, out, err) = tokio::join!(
             write,
             read_capped(stdout, limit + 1),
-            read_capped(stderr, 64 * 1024)
+            read_tail(stderr, 64 * 1024)
         );
         let out = out.map_err(|e| failed(format!("reading its output: {e}")))?;
         let err = err.unwrap_or_default();
@@ -141,7 +142,12 @@ pub async fn run(
         Ok::<_, AgentError>((status, out, err))
     };
     let timeout = Duration::from_secs_f64(config.timeout_seconds);
-    let (status, out, err) = tokio::time::timeout(timeout, run).await.map_err(|_| {
+    let finished = tokio::time::timeout(timeout, run).await;
+    // Whatever it left running (workers, a wrapper's children) goes with it.
+    if let Some(group) = group {
+        kill_group(group).await;
+    }
+    let (status, out, err) = finished.map_err(|_| {
         failed(format!(
             "still running after {} s: killed",
             config.timeout_seconds
@@ -158,6 +164,7 @@ pub async fn run(
             last_lines()
         )));
     }
+    tracing::debug!(trainer = input.trainer, stderr = %last_lines(), "the trainer finished");
     if out.len() > limit {
         return Err(failed(format!(
             "printed more than {limit} bytes, more than a gradient sum of this model needs"
@@ -181,6 +188,40 @@ pub fn locate(config: &TrainerConfig) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Sends SIGKILL to process group `group` (the trainer's), by the system's `kill` (the agent
+/// has no unsafe code to call it directly); an empty group is no error.
+async fn kill_group(group: u32) {
+    #[cfg(unix)]
+    {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    #[cfg(not(unix))]
+    let _ = group;
+}
+
+/// Reads `reader` to its end, keeping the last `cap` bytes (where a traceback ends).
+async fn read_tail(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    cap: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut kept = std::collections::VecDeque::with_capacity(cap);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept.into());
+        }
+        kept.extend(&buf[..n]);
+        let over = kept.len().saturating_sub(cap);
+        kept.drain(..over);
+    }
+}
+
 /// Reads `reader` to its end, keeping the first `cap` bytes and discarding the rest (so a
 /// chatty program never blocks on a full pipe).
 async fn read_capped(
@@ -196,5 +237,88 @@ async fn read_capped(
         }
         let room = cap.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(script: &str, timeout_seconds: f64, dir: &std::path::Path) -> TrainerConfig {
+        TrainerConfig {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            timeout_seconds,
+            directory: dir.to_path_buf(),
+        }
+    }
+
+    const INPUT: TrainerInput<'static> = TrainerInput {
+        dataset: "retina",
+        trainer: "t",
+        iteration: 0,
+        parameters: &[0.0],
+        clip: 1.0,
+        examples_per_resident: 1,
+    };
+
+    fn code(e: AgentError) -> DeclineCode {
+        match e {
+            AgentError::Refused(code, _) => code,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trainer_reads_the_round_and_its_output_is_returned_whatever_it_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        // 200 KiB of log lines, then the round echoed back.
+        let script = "i=0; while [ $i -lt 4000 ]; do echo 'progress line of fifty bytes, more or less....' >&2; i=$((i+1)); done; cat";
+        let out = run(&config(script, 10.0, dir.path()), &INPUT, 1 << 20)
+            .await
+            .unwrap();
+        let echoed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(echoed["parameters"], serde_json::json!([0.0]));
+        assert_eq!(echoed["examples_per_resident"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_trainer_that_fails_overruns_or_outlives_its_time_is_refused_and_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |script: &'static str, timeout: f64| {
+            let config = config(script, timeout, dir.path());
+            async move { code(run(&config, &INPUT, 100).await.unwrap_err()) }
+        };
+        assert_eq!(refused("exit 3", 10.0).await, DeclineCode::TrainerFailed);
+        assert_eq!(
+            refused("head -c 1000 /dev/zero", 10.0).await,
+            DeclineCode::TrainerFailed
+        );
+        let missing = TrainerConfig {
+            command: vec!["./no-such-trainer".into()],
+            timeout_seconds: 1.0,
+            directory: dir.path().to_path_buf(),
+        };
+        assert_eq!(
+            code(run(&missing, &INPUT, 100).await.unwrap_err()),
+            DeclineCode::TrainerFailed
+        );
+        // A worker it left running, holding its output open, is stopped with it.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            refused("sleep 30 & echo $! > worker.pid; exit 0", 0.5).await,
+            DeclineCode::TrainerFailed
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let pid = std::fs::read_to_string(dir.path().join("worker.pid")).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Gone, or a zombie waiting for whoever adopted it to reap it.
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
+            .flatten();
+        assert!(
+            matches!(state, None | Some('Z')),
+            "worker {pid} outlived its trainer ({state:?})"
+        );
     }
 }

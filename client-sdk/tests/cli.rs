@@ -360,7 +360,7 @@ fn check_names_each_trainer_and_fails_on_one_whose_program_is_missing() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(
-        out.contains("trainer eye-photos: sh -c exit 1 (program /") && out.contains("600 s"),
+        out.contains("trainer eye-photos: sh -c exit 1 (program /") && out.contains("50 s"),
         "{out}"
     );
     // Only located, never run by check: its `exit 1` did not fail it.

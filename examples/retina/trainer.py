@@ -11,8 +11,7 @@ directory of partner.toml, without a shell:
 It reads the round on standard input, as JSON:
 
     {"dataset": "retina", "trainer": "retina-spots", "iteration": 0,
-     "parameters": [65 numbers], "clip": 1.0, "max_examples": 50000,
-     "examples_per_resident": 1}
+     "parameters": [65 numbers], "clip": 1.0, "examples_per_resident": 1}
 
 and prints the sum of its examples' gradients, each clipped to L2 norm `clip`, and how many
 examples it used:
@@ -109,10 +108,10 @@ def main():
     if theta.shape != (PARAMETERS,):
         print(f"this trainer's model has {PARAMETERS} parameters, not {theta.size}", file=sys.stderr)
         return 2
-    # One photograph per resident here; never more examples than the round allows.
-    n = min(len(outcome), int(round_["max_examples"]))
-    total = clipped_gradient_sum(x[:n], outcome[:n], theta, float(round_["clip"]))
-    json.dump({"examples": n, "gradient_sum": total.tolist()}, sys.stdout)
+    # One photograph per resident here, so every example is used: dropping some to make room
+    # for others would let one resident displace another.
+    total = clipped_gradient_sum(x, outcome, theta, float(round_["clip"]))
+    json.dump({"examples": len(outcome), "gradient_sum": total.tolist()}, sys.stdout)
     return 0
 
 

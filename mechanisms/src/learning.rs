@@ -667,9 +667,12 @@ fn within_cap(mut beta: Vec<f64>) -> Vec<f64> {
 ///
 /// The agent cannot see inside the sum: that each example was clipped and that a resident
 /// has at most the policy's rows is the trainer's contract with its own partner (as the
-/// extract's row bound is for a plain query). What the agent can check it does: the length,
-/// the examples against the round's bound, and the sum's norm against `clip` × examples,
-/// which an unclipped trainer fails for any gradient longer than the clip.
+/// extract's row bound is for a plain query). The agent checks what it can: the length, and
+/// the sum's norm against `clip` × examples, which a trainer that clipped nothing fails as
+/// soon as its examples' gradients, added up, are longer than that. A partner's examples
+/// are never truncated to the round's bound (dropping some to make room for others would
+/// let one resident displace another): slots beyond what the ring was sized for are clamped
+/// instead, as for every round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdPlan {
     /// The model's parameters: each gradient's length.
@@ -692,8 +695,8 @@ pub const PARAMETER_CAP: f64 = 1e6;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {reason}")]
 pub struct TrainerRefusal {
-    /// `trainer.output_unreadable`, `trainer.output_length`, `trainer.examples_over_bound`
-    /// or `trainer.norm_exceeded` (the agent's decline codes).
+    /// `trainer.output_unreadable`, `trainer.output_length` or `trainer.norm_exceeded` (the
+    /// agent's decline codes).
     pub code: &'static str,
     /// What was wrong, for the partner's own log.
     pub reason: String,
@@ -743,21 +746,18 @@ impl SgdPlan {
         })
     }
 
-    /// The most fractional bits (8 to 30) that keep `max_rows` clipped examples of a
-    /// partner, summed over `MAX_PARTNERS`, inside i64, and the sensitivity below 2^53;
-    /// None if even 8 do not.
+    /// The most fractional bits (8 to 30) that make a valid plan (each partner's slots and
+    /// `MAX_PARTNERS` of them inside i64) with an L1 sensitivity below 2^53; None if even 8
+    /// do not.
     pub fn frac_bits_for(
         params: usize,
         clip: f64,
-        rows_per_resident: u32,
-        max_rows: u64,
+        learning_rate: f64,
+        residents: ResidentBounds,
     ) -> Option<u32> {
         (8..=30u32).rev().find(|&bits| {
-            let unit = 2f64.powi(bits as i32);
-            let slot = (clip * unit + 1.0) * max_rows as f64 * (MAX_PARTNERS * 2) as f64;
-            let l1 = ((params + 1) as f64).sqrt()
-                * (f64::from(rows_per_resident) * 1.2 * clip * unit + (params as f64).sqrt());
-            slot <= i64::MAX as f64 && l1 < (1u64 << 53) as f64
+            Self::new(params, clip, learning_rate, residents, bits)
+                .is_ok_and(|plan| plan.encoded_l1().ceil() < (1u64 << 53) as f64)
         })
     }
 
@@ -799,8 +799,9 @@ impl SgdPlan {
 
     /// Reads a trainer's output, `{"examples": n, "gradient_sum": [numbers]}`, and encodes
     /// it: each slot of the sum rounded to fixed point, then n × [`Self::count_unit`].
-    /// Refused for its shape, for more examples than `max_rows`, or for a sum longer than
-    /// `clip` × n (a trainer that did not clip); a refusal names no value of the output.
+    /// Refused for its shape or for a sum longer than `clip` × n (a trainer that did not
+    /// clip); a refusal names no value of the output. Examples beyond the round's bound are
+    /// not refused: the round clamps the slots they overflow.
     pub fn encode_trainer_output(&self, output: &[u8]) -> Result<Vec<i64>, TrainerRefusal> {
         let out: TrainerOutput = serde_json::from_slice(output).map_err(|e| TrainerRefusal {
             code: "trainer.output_unreadable",
@@ -823,18 +824,11 @@ impl SgdPlan {
                 ),
             });
         }
-        if out.examples > self.residents.max_rows {
-            return Err(TrainerRefusal {
-                code: "trainer.examples_over_bound",
-                reason: format!(
-                    "the trainer used more examples than the round's bound of {} per partner",
-                    self.residents.max_rows
-                ),
-            });
-        }
+        // Beyond any count a partner holds; keeps the count's encoding inside i64.
+        let examples = out.examples.min(1 << 40);
         let norm = out.gradient_sum.iter().map(|g| g * g).sum::<f64>().sqrt();
         // A relative margin for the trainer's own floating-point sums.
-        if norm > self.clip * out.examples as f64 * (1.0 + 1e-9) {
+        if norm > self.clip * examples as f64 * (1.0 + 1e-9) {
             return Err(TrainerRefusal {
                 code: "trainer.norm_exceeded",
                 reason: format!(
@@ -850,17 +844,20 @@ impl SgdPlan {
             .iter()
             .map(|g| (g * unit).round() as i64)
             .collect();
-        encoded.push(out.examples as i64 * self.count_unit());
+        // Saturating: a partner's slots beyond the ring's bound are clamped by the round.
+        encoded.push((examples as i64).saturating_mul(self.count_unit()));
         Ok(encoded)
     }
 
     /// The L2 sensitivity of the encoded total to adding or removing one resident: their
-    /// examples' clipped gradients and count, plus each slot's rounding (the sums with and
-    /// without them are rounded separately, at most a unit apart beyond their difference).
+    /// examples' clipped gradients and count, plus each slot's rounding at each partner that
+    /// holds them (a partner's sums with and without them are rounded separately, at most a
+    /// unit apart beyond their difference; a resident at several partners has a row at each,
+    /// so `rows` counts those partners too).
     pub fn encoded_l2(&self) -> f64 {
         let rows = self.residents.rows();
         let example = (self.clip * self.unit()).hypot(self.count_unit() as f64);
-        (rows * example + (self.params as f64).sqrt()) * (1.0 + 1e-12)
+        rows * (example + (self.params as f64).sqrt()) * (1.0 + 1e-12)
     }
 
     /// The L1 sensitivity, from the L2 one over the vector's slots.
@@ -1519,7 +1516,12 @@ mod tests {
             moved <= plan.encoded_l2() && moved > resident - 2.0,
             "{moved}"
         );
-        // Refused for its shape, its examples or an unclipped sum, naming no value.
+        // More examples than the round's bound are not refused (the round clamps the slots).
+        assert!(
+            plan.encode_trainer_output(&out(6, "[0.1, 0.2, 0.3]"))
+                .is_ok()
+        );
+        // Refused for its shape or an unclipped sum, naming no value.
         for (output, code) in [
             (b"[0.1, 0.2, 0.3]".to_vec(), "trainer.output_unreadable"),
             (b"".to_vec(), "trainer.output_unreadable"),
@@ -1527,7 +1529,6 @@ mod tests {
             (out(1, "[0.1, null, 0.3]"), "trainer.output_unreadable"),
             (out(1, "[0.1, 1e999, 0.3]"), "trainer.output_unreadable"),
             (out(0, "[0.1, 0.2, 0.3, 0.4]"), "trainer.output_length"),
-            (out(6, "[0.1, 0.2, 0.3]"), "trainer.examples_over_bound"),
             (out(1, "[0.9, 0.2, 0.7]"), "trainer.norm_exceeded"),
             (out(0, "[0.1, 0.2, 0.3]"), "trainer.norm_exceeded"),
         ] {

@@ -408,8 +408,14 @@ impl AggregationPlan {
                     ));
                 }
             },
-            Statistic::DpSgd { parameters, .. } => {
-                // The gradient's slots, then the examples.
+            Statistic::DpSgd {
+                trainer,
+                parameters,
+                clip,
+                learning_rate,
+                ..
+            } => {
+                // The gradient's slots, then the examples, for the job asked.
                 let params = *parameters as usize;
                 let expected = [(0, params), (params, 1)];
                 let laid: Vec<(usize, usize)> =
@@ -418,11 +424,13 @@ impl AggregationPlan {
                 if laid != expected
                     || kinds != [&BlockKind::Gradient, &BlockKind::Count]
                     || self.vector_len != params + 1
-                    || self
-                        .learning
-                        .as_ref()
-                        .and_then(|l| l.sgd.as_ref())
-                        .is_none()
+                    || self.learning.as_ref().and_then(|l| l.sgd.as_ref())
+                        != Some(&SgdSpec {
+                            trainer: trainer.clone(),
+                            parameters: *parameters,
+                            clip: *clip,
+                            learning_rate: *learning_rate,
+                        })
                 {
                     return Err(layout_error(
                         "a DP-SGD job is its gradient's slots and then its examples'",
@@ -611,17 +619,23 @@ fn sgd_spec(
             * u64::from(policy.max_partners_per_person),
     )
     .map_err(|_| layout_error("a training job needs fewer than 2^32 rows per resident"))?;
+    let residents = crate::learning::ResidentBounds {
+        rows_per_resident: rows,
+        partners_per_person: 1,
+        max_rows: max_rows_per_partner,
+    };
     let frac_bits = crate::learning::SgdPlan::frac_bits_for(
         *parameters as usize,
         *clip,
-        rows,
-        max_rows_per_partner,
+        *learning_rate,
+        residents,
     )
     .ok_or_else(|| MechanismError::InvalidParameter {
         stage: "plan",
         reason: format!(
-            "a clip of {clip} over {max_rows_per_partner} examples per partner leaves no room \
-             for a fixed-point sum: ask with a smaller clip"
+            "a clip of {clip} for {parameters} parameters over {max_rows_per_partner} examples \
+             per partner leaves no room for a fixed-point sum: ask with a smaller clip or fewer \
+             parameters"
         ),
     })?;
     let spec = LearningSpec {
