@@ -373,10 +373,11 @@ async fn finish_round(
 }
 
 /// One round of training job `q` has finished: its sum is noised (central noise sampled
-/// once; distributed noise arrived in it), the step taken (Newton or gradient), and in one transaction the
-/// round's share of the reservation charged before the new iterate leaves the coordinator,
-/// the round's noisy total stored, and either the next round opened at the new iterate or,
-/// after the last, the model released with its intervals and the job's whole charge.
+/// once; distributed noise arrived in it), the step taken (Newton or gradient), and in one
+/// transaction the round's share of the reservation charged before the new iterate leaves
+/// the coordinator, the round's noisy total stored, and either the next round opened at the
+/// new iterate or, after the last, the model released with its receipt and the job's whole
+/// charge.
 async fn train(
     state: &AppState,
     round: i64,

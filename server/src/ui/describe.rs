@@ -50,8 +50,8 @@ pub fn question(query: &Query) -> String {
             iterations,
             ..
         } => format!(
-            "A model of {parameters} parameters trained by the partners' \"{trainer}\" trainers \
-             (DP-SGD in {iterations} rounds)"
+            "What model of {parameters} parameters do the partners' \"{trainer}\" trainers learn \
+             in {iterations} rounds of DP-SGD"
         ),
     };
     let among = query
