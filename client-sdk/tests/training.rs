@@ -549,3 +549,68 @@ async fn a_job_whose_partners_stop_mid_way_keeps_its_rounds_charges_and_refunds_
         "{budget}"
     );
 }
+
+/// A multinomial model through real rounds: the organism class of the lab result (three
+/// values, the first the reference) on the same features, noise off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_multinomial_model_through_the_rounds_is_the_pooled_newton_fit() {
+    let root = tempfile::tempdir().unwrap();
+    let (c, sites, agents, policy) = federation(
+        &fresh_store_url("training-multinomial"),
+        root.path(),
+        500,
+        true,
+        [1e5; 4],
+    )
+    .await;
+    c.state.rounds.switch_off_central_noise_for_tests();
+    let iterations = 4;
+    let mut body = job(iterations, 60.0);
+    body["query"]["statistic"]["logistic_regression"]["outcome"] = json!("organism");
+    let query: Query = serde_json::from_value(body["query"].clone()).unwrap();
+    let model = AggregationPlan::compile(&query.validate(&policy).unwrap(), &policy, 1_000_000)
+        .unwrap()
+        .logistic()
+        .unwrap();
+    let (s, q) = c.submit(body).await;
+    assert_eq!(s, StatusCode::CREATED, "{q}");
+    let (done, _) = train(&c, &agents, q["id"].as_i64().unwrap()).await;
+    assert_eq!(done["state"], "released", "{done}");
+
+    let classes = ["gram_negative", "gram_positive", "other"];
+    let rows: Vec<(Vec<f64>, usize)> = sites
+        .iter()
+        .flat_map(|s| s.rows.iter())
+        .map(|p| {
+            let class = classes.iter().position(|c| *c == p.organism).unwrap();
+            (inputs(p).0, class)
+        })
+        .collect();
+    let mut beta = vec![0.0; model.coefficients()];
+    for _ in 0..iterations {
+        let total = model.partner_sum(&beta, rows.iter().map(|(x, y)| (x.as_slice(), *y)));
+        beta = model.newton_step(&beta, &total).unwrap();
+    }
+    let expected = model.unscaled(&beta);
+    // Noise off, so no interval is stated (none is needed); the values only.
+    let got: Vec<f64> = done["result"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row[0]["value"].as_f64().unwrap())
+        .collect();
+    // Ten coefficients for each class but the reference.
+    assert_eq!((got.len(), expected.len()), (20, 20));
+    for (i, (value, want)) in got.iter().zip(&expected).enumerate() {
+        assert!(
+            (value - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "coefficient {i}: federated {value}, pooled {want}"
+        );
+    }
+    let names = done["result"]["names"].as_array().unwrap();
+    assert_eq!(
+        names[0], "beta(intercept) for organism [gram_positive]",
+        "{done}"
+    );
+    assert!(names.contains(&json!("beta(age [other])")), "{done}");
+}
