@@ -118,6 +118,10 @@ pub struct Preview {
     pub approvals_required: u32,
     /// An identical release already exists and would be re-served at no cost.
     pub reuses_release: Option<i64>,
+    /// What else a submission would meet: for a training job, its rounds against the
+    /// partners' rounds per dataset per day.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Where a query is.

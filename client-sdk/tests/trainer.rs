@@ -355,6 +355,12 @@ async fn a_trainer_that_returns_a_bad_sum_is_declined_with_its_code_and_the_job_
     let rows = preview["accuracy"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{preview}");
     assert_eq!(rows[0]["name"], "each of theta[0] … theta[64]", "{preview}");
+    // And that the job's rounds count against the partners' rounds a day.
+    let note = preview["notes"][0].as_str().unwrap();
+    assert!(
+        note.starts_with("this job takes 8 rounds") && note.contains("allows 1000"),
+        "{preview}"
+    );
     let at = &rows[0]["half_width_at_rows"];
     assert!(
         at[0][1].as_f64().unwrap() > at[2][1].as_f64().unwrap(),

@@ -149,6 +149,7 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
             .err()
             .map(|e| e.to_string()),
     };
+    let notes = training_notes(&priced, &dataset.id, manifest.as_ref());
     Ok(Preview {
         dataset: dataset.id,
         dataset_version: dataset.version,
@@ -171,11 +172,39 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
         } else {
             approvals_needed(&dataset.policy, &priced, manifest.as_ref())
         },
+        notes,
         reuses_release,
         blocks: priced.blocks,
         half_widths: priced.half_widths,
         accuracy: accuracy_views(priced.accuracy),
     })
+}
+
+/// For a training job, what its rounds meet: one round per iteration, each counted against
+/// every partner's rounds of the dataset per day, which the board's manifest caps.
+fn training_notes(
+    priced: &Priced,
+    dataset: &str,
+    manifest: Option<&SignedManifest>,
+) -> Vec<String> {
+    let Some(iterations) = priced.plan.learning.as_ref().map(|l| l.iterations) else {
+        return Vec::new();
+    };
+    let cap = manifest.map(|m| m.manifest.requirements.max_rounds_per_dataset_per_day);
+    vec![match cap {
+        Some(cap) if iterations > cap => format!(
+            "this job takes {iterations} rounds, one per iteration, but the board's manifest lets \
+             a partner join at most {cap} rounds of {dataset} a day: partners will decline the \
+             rest and the job will stop part-way, keeping the charges of the rounds it ran; ask \
+             for at most {cap} iterations"
+        ),
+        Some(cap) => format!(
+            "this job takes {iterations} rounds, one per iteration, each counted against every \
+             partner's rounds of {dataset} a day (the board's manifest allows {cap}; a partner \
+             may allow fewer)"
+        ),
+        None => format!("this job takes {iterations} rounds, one per iteration"),
+    }]
 }
 
 /// The accuracy of a priced query's rows, as the API shows it.

@@ -37,7 +37,8 @@ class Preview:
     row the release will name (``name``, ``half_width``, ``half_width_at_rows`` for a mean,
     ``confidence``, ``note``): the accuracy of the statistic asked for. ``half_widths[i]`` is
     the confidence-interval half-width of every cell of ``blocks[i]`` (``"count"``,
-    ``"sum(hba1c)"``, ...), at ``confidence``.
+    ``"sum(hba1c)"``, ...), at ``confidence``. ``notes`` says what else a submission would
+    meet (a training job's rounds against the partners' rounds a day).
     """
 
     dataset: str
@@ -53,6 +54,7 @@ class Preview:
     refusal: str | None
     approvals_required: int
     reuses_release: int | None
+    notes: list[str]
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -71,6 +73,7 @@ class Preview:
             refusal=d.get("refusal"),
             approvals_required=int(d.get("approvals_required") or 0),
             reuses_release=d.get("reuses_release"),
+            notes=list(d.get("notes") or []),
             raw=d,
         )
 
