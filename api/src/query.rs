@@ -249,6 +249,25 @@ pub struct QueryView {
     pub round_id: Option<i64>,
     /// The result, once released.
     pub result: Option<ReleaseView>,
+    /// For a training job: how far it got, and the latest iterate announced to the partners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingView>,
+}
+
+/// A training job's progress. Every iterate was charged to the budget before the coordinator
+/// announced it to the partners, so it is the researcher's while the job runs and after it
+/// stops, whether it was released or aborted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrainingView {
+    /// The iterations the job asked for.
+    pub iterations: u32,
+    /// The rounds finished so far (each produced one iterate).
+    pub finished: u32,
+    /// The coefficients' or parameters' names, as the release names its rows.
+    pub names: Vec<String>,
+    /// The latest iterate announced to the partners, in the release's units (none before
+    /// the first round finished; a released job's final iterate is its result).
+    pub latest_announced: Option<Vec<f64>>,
 }
 
 /// One line of the public register.

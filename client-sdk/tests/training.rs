@@ -525,7 +525,23 @@ async fn a_job_whose_partners_stop_mid_way_keeps_its_rounds_charges_and_refunds_
     assert_eq!(done["state"], "aborted", "{done}");
     let reason = done["reason"].as_str().unwrap();
     assert!(reason.contains("budget.local_total_exhausted"), "{reason}");
-    assert_eq!(audited(&c, "training.step").await.len(), 2);
+    let steps = audited(&c, "training.step").await;
+    assert_eq!(steps.len(), 2);
+    // The researcher sees what the two charged rounds produced: the iterate announced last.
+    let training = &done["training"];
+    assert_eq!(
+        (
+            training["iterations"].as_u64(),
+            training["finished"].as_u64()
+        ),
+        (Some(4), Some(2)),
+        "{done}"
+    );
+    assert_eq!(
+        training["latest_announced"], steps[1]["coefficients"],
+        "{done}"
+    );
+    assert_eq!(training["names"][0], "beta(intercept) for failed", "{done}");
     let aborted = audited(&c, "round.abort").await;
     assert!(
         (aborted[0]["refunded_rho"].as_f64().unwrap() - 4.0).abs() < 1e-9,

@@ -3,7 +3,7 @@
 use actix_web::web;
 use civic_api::query::{
     CostView, Preview, QueryRequest, QueryState, QueryView, RegisterEntry, RemainingView,
-    StatisticAccuracy,
+    StatisticAccuracy, TrainingView,
 };
 use civic_api::{ProblemCode, Role};
 use civic_mechanisms::{Priced, PricingContext};
@@ -412,8 +412,39 @@ pub async fn view(conn: &mut AnyConnection, q: QueryRow) -> Result<QueryView> {
         approvals_required: q.approvals_required,
         approvals,
         round_id: q.round_id,
+        training: training_view(conn, q.id, q.calibration.as_ref()).await?,
         result,
     })
+}
+
+/// A training job's progress from its rounds (None for any other query).
+async fn training_view(
+    conn: &mut AnyConnection,
+    query: i64,
+    calibration: Option<&Priced>,
+) -> Result<Option<TrainingView>> {
+    let Some(priced) = calibration.filter(|p| p.plan.learning.is_some()) else {
+        return Ok(None);
+    };
+    let model = priced
+        .plan
+        .training_model()
+        .map_err(|e| Error::internal("reading a training job", e))?;
+    let rounds = crate::store::training::of_query(conn, query).await?;
+    // Each round after the first starts from the iterate the one before produced; the last
+    // round's is the release.
+    let finished = rounds.iter().filter(|r| r.total.is_some()).count() as u32;
+    let latest_announced = rounds
+        .iter()
+        .filter(|r| r.iteration > 0 && model.check(&r.coefficients).is_ok())
+        .max_by_key(|r| r.iteration)
+        .map(|r| model.reported(&r.coefficients));
+    Ok(Some(TrainingView {
+        iterations: priced.plan.learning.as_ref().map_or(0, |l| l.iterations),
+        finished,
+        names: civic_mechanisms::release::coefficient_rows(&priced.plan),
+        latest_announced,
+    }))
 }
 
 /// The most releases one page of the register holds.

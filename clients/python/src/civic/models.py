@@ -244,6 +244,9 @@ class Query:
     ``state`` is one of :data:`STATES`; ``reason`` says why it was aborted or rejected;
     ``release`` is its :class:`Release` once released (else ``None``). ``cost`` is a dict
     (``rho``, ``epsilon``, ``approx_dp``; 0 when re-served from an identical release).
+    ``training`` is a training job's progress (``iterations``, ``finished``, ``names``,
+    ``latest_announced``: the iterate the partners were last sent, charged whatever the job's
+    end), else ``None``.
     """
 
     id: int
@@ -260,6 +263,7 @@ class Query:
     approvals: list[dict[str, Any]]
     round_id: int | None
     release: Release | None
+    training: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -280,6 +284,7 @@ class Query:
             approvals=list(d.get("approvals") or []),
             round_id=d.get("round_id"),
             release=Release.from_json(result, query_id=d["id"]) if result else None,
+            training=d.get("training"),
             raw=d,
         )
 
