@@ -429,6 +429,51 @@ mod tests {
     }
 
     #[test]
+    fn a_dp_sgd_round_checks_its_parameters_before_the_trainer_runs() {
+        let policy = diabetes();
+        let sgd = json!({ "dataset": "diabetes", "statistic": { "dp_sgd": {
+            "trainer": "eye-photos", "parameters": 3, "clip": 1.0, "learning_rate": 2.0,
+            "iterations": 5
+        } } });
+        let with_step = |iteration: u32, coefficients: Vec<f64>| {
+            let mut ann = announcement(sgd.clone(), PrivacyRequest::Rho(0.1), 3);
+            ann.training = Some(civic_api::round::TrainingStep {
+                iteration,
+                coefficients,
+            });
+            ann
+        };
+        let checked = check_round(
+            &with_step(2, vec![0.5, -1.0, 3.0]),
+            &policy,
+            &limits(),
+            &floor(),
+        )
+        .unwrap();
+        assert!((checked.round_cost.as_f64() - 0.02).abs() < 1e-12);
+        assert_eq!(checked.answer_key, Some(2));
+        let sgd_round = checked.compiled.sgd.as_ref().unwrap();
+        assert_eq!(
+            (sgd_round.trainer.as_str(), sgd_round.parameters.as_slice()),
+            ("eye-photos", [0.5, -1.0, 3.0].as_slice())
+        );
+        for (iteration, theta) in [
+            (5, vec![0.0; 3]),
+            (0, vec![0.0; 4]),
+            (0, vec![f64::NAN, 0.0, 0.0]),
+            (0, vec![2e6, 0.0, 0.0]),
+        ] {
+            let e = refusal(check_round(
+                &with_step(iteration, theta),
+                &policy,
+                &limits(),
+                &floor(),
+            ));
+            assert!(e.starts_with("training.step_invalid"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_round_within_the_local_limits_is_accepted_and_costed_here() {
         let policy = diabetes();
         let ann = announcement(count(), PrivacyRequest::Epsilon(0.4), 3);
