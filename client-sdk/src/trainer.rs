@@ -60,12 +60,20 @@ pub async fn gradient_sum(
         clip: round.model.clip,
         examples_per_resident,
     };
-    // Room for every number at full precision, and whitespace.
-    let limit = (1 << 20) + 64 * round.model.params;
+    // Room for every number at full precision, and whitespace: the per-example form's, up to
+    // 256 MiB.
+    let examples = round.model.residents.max_rows.saturating_add(1) as usize;
+    let limit = round
+        .model
+        .params
+        .saturating_mul(examples)
+        .saturating_mul(64)
+        .saturating_add(1 << 20)
+        .min(256 << 20);
     let output = run(config, &input, limit).await?;
     round
         .model
-        .encode_trainer_output(&output)
+        .encode_trainer_output(&output, examples_per_resident)
         .map_err(refusal(&round.trainer))
 }
 

@@ -115,7 +115,8 @@ struct Site {
 
 impl Site {
     /// A partner's screening extract of `n` photographs and its agent's configuration;
-    /// `hostile` wraps the example trainer in [`HOSTILE`].
+    /// `hostile` wraps the example trainer in [`HOSTILE`]; the first site's trainer prints
+    /// each example's gradient for the agent to clip, the others their clipped sums.
     fn create(root: &Path, site: usize, n: u32, base: &str, token: &str, hostile: bool) -> Site {
         let dir = root.join(format!("site-{site}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -132,6 +133,14 @@ impl Site {
         let command = if hostile {
             std::fs::write(dir.join("hostile.py"), HOSTILE).unwrap();
             json!(["python3", "hostile.py", script, "--extract", "retina.csv"])
+        } else if site == 0 {
+            json!([
+                "python3",
+                script,
+                "--extract",
+                "retina.csv",
+                "--per-example"
+            ])
         } else {
             json!(["python3", script, "--extract", "retina.csv"])
         };

@@ -18,8 +18,11 @@ examples it used:
 
     {"examples": 1800, "gradient_sum": [65 numbers]}
 
-The agent checks the output (length, examples, norm), encodes it, adds its share of the
-noise and masks it; nothing else leaves the partner. The extract is a CSV (pid, age, sex,
+The agent checks the output (length, norm), encodes it, adds its share of the noise and
+masks it; nothing else leaves the partner. With `--per-example` it prints each example's
+gradient instead, unclipped, with its resident, and the agent clips them itself:
+
+    {"gradients": [{"resident": "p0-17", "gradient": [65 numbers]}, ...]} The extract is a CSV (pid, age, sex,
 referable, image) with the photographs beside it as a NumPy array of shape (n, 32, 32),
 written by `civic-agent synth --dataset retina`.
 
@@ -42,14 +45,16 @@ BLOCK = 4
 PARAMETERS = (SIDE // BLOCK) ** 2 + 1
 
 
-def load(extract):
-    """The photographs (n, 32, 32) as floats in [0, 1], and the outcomes (n,) as 0/1."""
+def load(extract, with_residents=False):
+    """The photographs (n, 32, 32) as floats in [0, 1], the outcomes (n,) as 0/1, and with
+    `with_residents` the residents' pseudonyms."""
     with open(extract, newline="") as f:
         rows = list(csv.DictReader(f))
     images = np.load(extract.rsplit(".", 1)[0] + ".npy")
     order = [int(r["image"]) for r in rows]
     outcome = np.array([1.0 if r["referable"] == "true" else 0.0 for r in rows])
-    return images[order].astype(np.float64) / 255.0, outcome
+    loaded = (images[order].astype(np.float64) / 255.0, outcome)
+    return loaded + ([r["pid"] for r in rows],) if with_residents else loaded
 
 
 def features(images):
@@ -71,10 +76,15 @@ def features(images):
     return np.hstack([np.ones((n, 1)), blocks.reshape(n, -1)])
 
 
-def clipped_gradient_sum(x, y, theta, clip):
-    """The sum over examples of the log-loss gradient (p - y) x, each clipped to `clip`."""
+def gradients(x, y, theta):
+    """Each example's log-loss gradient (p - y) x: (n, 65)."""
     p = 1.0 / (1.0 + np.exp(-np.clip(x @ theta, -30.0, 30.0)))
-    per_example = (p - y)[:, None] * x
+    return (p - y)[:, None] * x
+
+
+def clipped_gradient_sum(x, y, theta, clip):
+    """The sum over examples of the log-loss gradient, each clipped to `clip`."""
+    per_example = gradients(x, y, theta)
     norms = np.linalg.norm(per_example, axis=1)
     scale = np.minimum(1.0, clip / np.maximum(norms, 1e-300))
     return (per_example * scale[:, None]).sum(axis=0)
@@ -93,8 +103,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--extract", required=True, help="the screening CSV")
     parser.add_argument("--evaluate", help="a JSON file of parameters to score instead")
+    parser.add_argument(
+        "--per-example",
+        action="store_true",
+        help="print each example's gradient and resident for the agent to clip",
+    )
     args = parser.parse_args()
-    images, outcome = load(args.extract)
+    images, outcome, residents = load(args.extract, with_residents=True)
     x = features(images)
     if args.evaluate:
         with open(args.evaluate) as f:
@@ -108,8 +123,13 @@ def main():
     if theta.shape != (PARAMETERS,):
         print(f"this trainer's model has {PARAMETERS} parameters, not {theta.size}", file=sys.stderr)
         return 2
-    # One photograph per resident here, so every example is used: dropping some to make room
+    # Every example is used (one photograph per resident here): dropping some to make room
     # for others would let one resident displace another.
+    if args.per_example:
+        each = gradients(x, outcome, theta)
+        out = [{"resident": r, "gradient": g.tolist()} for r, g in zip(residents, each)]
+        json.dump({"gradients": out}, sys.stdout)
+        return 0
     total = clipped_gradient_sum(x, outcome, theta, float(round_["clip"]))
     json.dump({"examples": len(outcome), "gradient_sum": total.tolist()}, sys.stdout)
     return 0

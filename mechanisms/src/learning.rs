@@ -665,11 +665,12 @@ fn within_cap(mut beta: Vec<f64>) -> Vec<f64> {
 /// last slot, and the secure sum adds the partners' vectors with noise. The coordinator steps
 /// `θ ← θ − η · G / max(n, 1)` on the noisy total `G` and noisy examples `n`.
 ///
-/// The agent cannot see inside the sum: that each example was clipped and that a resident
-/// has at most the policy's rows is the trainer's contract with its own partner (as the
+/// The agent cannot see inside a sum: that each example was clipped and that a resident has
+/// at most the policy's rows is then the trainer's contract with its own partner (as the
 /// extract's row bound is for a plain query). The agent checks what it can: the length, and
 /// the sum's norm against `clip` × examples, which a trainer that clipped nothing fails as
-/// soon as its examples' gradients, added up, are longer than that. A partner's examples
+/// soon as its examples' gradients, added up, are longer than that. A trainer may instead
+/// print each example's gradient with its resident, and the agent bounds and clips them. A partner's examples
 /// are never truncated to the round's bound (dropping some to make room for others would
 /// let one resident displace another): slots beyond what the ring was sized for are clamped
 /// instead, as for every round.
@@ -702,12 +703,28 @@ pub struct TrainerRefusal {
     pub reason: String,
 }
 
-/// What a trainer prints.
+/// What a trainer prints: its clipped sum and examples, or each example's gradient with
+/// its resident for the agent to bound and clip.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TrainerOutput {
-    examples: u64,
-    gradient_sum: Vec<f64>,
+    examples: Option<u64>,
+    gradient_sum: Option<Vec<f64>>,
+    gradients: Option<Vec<ExampleGradient>>,
+}
+
+/// One example's gradient, unclipped, and whose it is (a pseudonym local to the partner).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExampleGradient {
+    resident: String,
+    gradient: Vec<f64>,
+}
+
+/// The output's two forms, told apart.
+enum TrainerSum {
+    Clipped { examples: u64, sum: Vec<f64> },
+    PerExample(Vec<ExampleGradient>),
 }
 
 impl SgdPlan {
@@ -797,55 +814,116 @@ impl SgdPlan {
         Ok(())
     }
 
-    /// Reads a trainer's output, `{"examples": n, "gradient_sum": [numbers]}`, and encodes
-    /// it: each slot of the sum rounded to fixed point, then n × [`Self::count_unit`].
-    /// Refused for its shape or for a sum longer than `clip` × n (a trainer that did not
-    /// clip); a refusal names no value of the output. Examples beyond the round's bound are
-    /// not refused: the round clamps the slots they overflow.
-    pub fn encode_trainer_output(&self, output: &[u8]) -> Result<Vec<i64>, TrainerRefusal> {
-        let out: TrainerOutput = serde_json::from_slice(output).map_err(|e| TrainerRefusal {
+    /// Reads a trainer's output and encodes it: the gradient's slots in fixed point, then the
+    /// examples × [`Self::count_unit`]. Two forms:
+    ///
+    /// - `{"examples": n, "gradient_sum": [numbers]}`: the trainer clipped each example;
+    ///   refused if the sum is longer than `clip` × n (a trainer that clipped nothing);
+    /// - `{"gradients": [{"resident": id, "gradient": [numbers]}, …]}`: each example's
+    ///   gradient, which the agent clips to `clip` and rounds, keeping at most
+    ///   `examples_per_resident` of one resident (the first), and adds exactly. Nothing is
+    ///   then the trainer's word but which resident an example is.
+    ///
+    /// Refused for its shape too; a refusal names no value of the output. Examples beyond the
+    /// round's bound are not refused: the round clamps the slots they overflow.
+    pub fn encode_trainer_output(
+        &self,
+        output: &[u8],
+        examples_per_resident: u32,
+    ) -> Result<Vec<i64>, TrainerRefusal> {
+        let unreadable = |detail: String| TrainerRefusal {
             code: "trainer.output_unreadable",
-            // Where, not what.
             reason: format!(
-                "the trainer must print one JSON object {{\"examples\": whole number, \
-                 \"gradient_sum\": [numbers]}} ({:?} error at line {} column {})",
+                "the trainer must print one JSON object, {{\"examples\": whole number, \
+                 \"gradient_sum\": [numbers]}} or {{\"gradients\": [{{\"resident\": text, \
+                 \"gradient\": [numbers]}}, …]}} ({detail})"
+            ),
+        };
+        let out: TrainerOutput = serde_json::from_slice(output).map_err(|e| {
+            // Where, not what.
+            unreadable(format!(
+                "{:?} error at line {} column {}",
                 e.classify(),
                 e.line(),
                 e.column()
-            ),
+            ))
         })?;
-        if out.gradient_sum.len() != self.params {
-            return Err(TrainerRefusal {
-                code: "trainer.output_length",
-                reason: format!(
-                    "the gradient sum has {} values for a model of {} parameters",
-                    out.gradient_sum.len(),
-                    self.params
-                ),
-            });
-        }
-        // Beyond any count a partner holds; keeps the count's encoding inside i64.
-        let examples = out.examples.min(1 << 40);
-        let norm = out.gradient_sum.iter().map(|g| g * g).sum::<f64>().sqrt();
-        // A relative margin for the trainer's own floating-point sums.
-        if norm > self.clip * examples as f64 * (1.0 + 1e-9) {
-            return Err(TrainerRefusal {
-                code: "trainer.norm_exceeded",
-                reason: format!(
-                    "the gradient sum is longer than the clip {} times the examples: the \
-                     trainer must clip each example's gradient before summing",
-                    self.clip
-                ),
-            });
-        }
+        let form = match out {
+            TrainerOutput {
+                examples: Some(examples),
+                gradient_sum: Some(sum),
+                gradients: None,
+            } => TrainerSum::Clipped { examples, sum },
+            TrainerOutput {
+                examples: None,
+                gradient_sum: None,
+                gradients: Some(g),
+            } => TrainerSum::PerExample(g),
+            _ => {
+                return Err(unreadable(
+                    "it printed neither form, or parts of both".into(),
+                ));
+            }
+        };
+        let wrong_length = |len: usize| TrainerRefusal {
+            code: "trainer.output_length",
+            reason: format!(
+                "a gradient has {len} values for a model of {} parameters",
+                self.params
+            ),
+        };
         let unit = self.unit();
-        let mut encoded: Vec<i64> = out
-            .gradient_sum
-            .iter()
-            .map(|g| (g * unit).round() as i64)
-            .collect();
+        let (mut encoded, examples) = match form {
+            TrainerSum::Clipped { examples, sum } => {
+                if sum.len() != self.params {
+                    return Err(wrong_length(sum.len()));
+                }
+                // Beyond any count a partner holds; keeps the count's encoding inside i64.
+                let examples = examples.min(1 << 40);
+                let norm = sum.iter().map(|g| g * g).sum::<f64>().sqrt();
+                // A relative margin for the trainer's own floating-point sums.
+                if norm > self.clip * examples as f64 * (1.0 + 1e-9) {
+                    return Err(TrainerRefusal {
+                        code: "trainer.norm_exceeded",
+                        reason: format!(
+                            "the gradient sum is longer than the clip {} times the examples: \
+                             the trainer must clip each example's gradient before summing",
+                            self.clip
+                        ),
+                    });
+                }
+                let encoded = sum.iter().map(|g| (g * unit).round() as i64).collect();
+                (encoded, examples)
+            }
+            TrainerSum::PerExample(gradients) => {
+                if let Some(bad) = gradients.iter().find(|e| e.gradient.len() != self.params) {
+                    return Err(wrong_length(bad.gradient.len()));
+                }
+                let mut encoded = vec![0i64; self.params];
+                let mut per_resident: std::collections::HashMap<&str, u32> = Default::default();
+                let mut kept = 0u64;
+                for e in &gradients {
+                    let seen = per_resident.entry(e.resident.as_str()).or_default();
+                    if *seen >= examples_per_resident {
+                        continue;
+                    }
+                    *seen += 1;
+                    kept += 1;
+                    let norm = e.gradient.iter().map(|g| g * g).sum::<f64>().sqrt();
+                    let scale = if norm > self.clip {
+                        self.clip / norm
+                    } else {
+                        1.0
+                    };
+                    for (slot, g) in encoded.iter_mut().zip(&e.gradient) {
+                        *slot = slot.saturating_add((g * scale * unit).round() as i64);
+                    }
+                }
+                (encoded, kept)
+            }
+        };
         // Saturating: a partner's slots beyond the ring's bound are clamped by the round.
-        encoded.push((examples as i64).saturating_mul(self.count_unit()));
+        encoded.push((examples.min(1 << 40) as i64).saturating_mul(self.count_unit()));
         Ok(encoded)
     }
 
@@ -1488,7 +1566,7 @@ mod tests {
         };
         // Within the clip: encoded as given, the examples in the last slot.
         let v = plan
-            .encode_trainer_output(&out(2, "[0.5, -0.25, 0.5]"))
+            .encode_trainer_output(&out(2, "[0.5, -0.25, 0.5]"), 2)
             .unwrap();
         assert_eq!(
             v,
@@ -1504,10 +1582,10 @@ mod tests {
         // One resident's two clipped examples and their count move the encoded vector by at
         // most the sensitivity, rounding included.
         let without = plan
-            .encode_trainer_output(&out(3, "[0.1, 0.2, 0.3]"))
+            .encode_trainer_output(&out(3, "[0.1, 0.2, 0.3]"), 2)
             .unwrap();
         let with = plan
-            .encode_trainer_output(&out(5, "[0.7, 0.2, -1.3]"))
+            .encode_trainer_output(&out(5, "[0.7, 0.2, -1.3]"), 2)
             .unwrap();
         let moved = distance(&with, &without);
         let resident =
@@ -1518,7 +1596,7 @@ mod tests {
         );
         // More examples than the round's bound are not refused (the round clamps the slots).
         assert!(
-            plan.encode_trainer_output(&out(6, "[0.1, 0.2, 0.3]"))
+            plan.encode_trainer_output(&out(6, "[0.1, 0.2, 0.3]"), 2)
                 .is_ok()
         );
         // Refused for its shape or an unclipped sum, naming no value.
@@ -1532,12 +1610,74 @@ mod tests {
             (out(1, "[0.9, 0.2, 0.7]"), "trainer.norm_exceeded"),
             (out(0, "[0.1, 0.2, 0.3]"), "trainer.norm_exceeded"),
         ] {
-            let e = plan.encode_trainer_output(&output).unwrap_err();
+            let e = plan.encode_trainer_output(&output, 2).unwrap_err();
             assert_eq!(e.code, code, "{}", String::from_utf8_lossy(&output));
             assert!(
                 !e.reason.contains("0.1") && !e.reason.contains("0.9"),
                 "{e}"
             );
+        }
+        // Each example's gradient, for the agent to clip: a resident's third example is left
+        // out (two per resident here), a long one scaled to the clip, each rounded and added
+        // exactly.
+        let each = |examples: &[(&str, &str)]| {
+            let items: Vec<String> = examples
+                .iter()
+                .map(|(r, g)| format!("{{\"resident\": \"{r}\", \"gradient\": {g}}}"))
+                .collect();
+            format!("{{\"gradients\": [{}]}}", items.join(", ")).into_bytes()
+        };
+        let v = plan
+            .encode_trainer_output(
+                &each(&[
+                    ("a", "[300, 400, 0]"),
+                    ("a", "[0, 0, 0.5]"),
+                    ("a", "[0, 0, 1]"),
+                    ("b", "[0.1, 0.2, 0.3]"),
+                ]),
+                2,
+            )
+            .unwrap();
+        let enc = |x: f64| (x * unit).round() as i64;
+        assert_eq!(
+            v,
+            vec![
+                enc(0.6) + enc(0.1),
+                enc(0.8) + enc(0.2),
+                enc(0.5) + enc(0.3),
+                3 * plan.count_unit()
+            ]
+        );
+        // One resident with long gradients moves the vector by at most the sensitivity.
+        let base = [("b", "[0.1, 0.2, 0.3]")];
+        let without = plan.encode_trainer_output(&each(&base), 2).unwrap();
+        let with = plan
+            .encode_trainer_output(
+                &each(&[
+                    base[0],
+                    ("x", "[9, 9, 9]"),
+                    ("x", "[-9, 9, -9]"),
+                    ("x", "[9, 9, 9]"),
+                ]),
+                2,
+            )
+            .unwrap();
+        let moved = distance(&with, &without);
+        assert!(moved <= plan.encoded_l2(), "{moved}");
+        for (output, code) in [
+            (each(&[("a", "[1, 2]")]), "trainer.output_length"),
+            (
+                b"{\"examples\": 1, \"gradient_sum\": [0, 0, 0], \"gradients\": []}".to_vec(),
+                "trainer.output_unreadable",
+            ),
+            (b"{}".to_vec(), "trainer.output_unreadable"),
+            (
+                b"{\"gradients\": [{\"gradient\": [0, 0, 0]}]}".to_vec(),
+                "trainer.output_unreadable",
+            ),
+        ] {
+            let e = plan.encode_trainer_output(&output, 2).unwrap_err();
+            assert_eq!(e.code, code, "{}", String::from_utf8_lossy(&output));
         }
         for (params, clip, rate) in [
             (0, 1.0, 1.0),
