@@ -6,8 +6,8 @@
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
-#[path = "polling/mod.rs"]
-mod polling;
+#[path = "federation/mod.rs"]
+mod federation;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,18 +28,7 @@ fn trainer_script() -> PathBuf {
 
 /// The screening dataset for partners `{partners}`; noise at the partners unless `central`.
 fn policy(partners: &[String], central: bool) -> String {
-    let names: Vec<String> = partners.iter().map(|p| format!("{p:?}")).collect();
-    format!(
-        r#"
-[dataset]
-id = "retina"
-title = "Diabetic eye screening photographs"
-partners = [{}]
-
-[contribution]
-rows_per_resident_per_partner = 1
-max_partners_per_person = 1
-
+    let columns = r#"
 [[columns]]
 name = "age"
 type = "integer"
@@ -54,25 +43,9 @@ domain = ["female", "male"]
 [[columns]]
 name = "referable"
 type = "boolean"
-
-[budget]
-total = {{ rho = 10000.0 }}
-per_query = {{ rho = 5000.0 }}
-min_per_query = {{ rho = 0.0001 }}
-
-[governance]
-min_partners = 2
-{}
-[governance.approval]
-above = {{ rho = 2500.0 }}
-approvals_required = 2
-
-[disclosure]
-profile = "none"
-"#,
-        names.join(", "),
-        if central { "noise = \"central\"\n" } else { "" }
-    )
+"#;
+    let title = "Diabetic eye screening photographs";
+    federation::policy("retina", title, partners, central, columns)
 }
 
 /// The job: the example trainer's 65 parameters, `iterations` steps of 8, at `rho`.
@@ -121,14 +94,6 @@ impl Site {
         let dir = root.join(format!("site-{site}"));
         std::fs::create_dir_all(&dir).unwrap();
         civic_client_sdk::synth::write_retina(site, 2026, n, &dir.join("retina.csv")).unwrap();
-        std::fs::write(dir.join("token"), token).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let private = std::fs::Permissions::from_mode(0o600);
-            std::fs::set_permissions(dir.join("token"), private).unwrap();
-        }
-        let key = civic_client_sdk::identity::generate(&dir.join("identity.key")).unwrap();
         let script = trainer_script();
         let command = if hostile {
             std::fs::write(dir.join("hostile.py"), HOSTILE).unwrap();
@@ -144,23 +109,8 @@ impl Site {
         } else {
             json!(["python3", script, "--extract", "retina.csv"])
         };
-        let board = common::board_toml();
-        let config = format!(
+        let datasets = format!(
             r#"
-identity_key = "identity.key"
-state_dir = "state"
-
-{board}
-[coordinator]
-url = "{base}"
-token_file = "token"
-poll_seconds = 0.2
-
-[limits]
-max_rho_per_query = 100000.0
-total_rho = 100000.0
-min_survivors = 2
-
 [[datasets]]
 id = "retina"
 resident_column = "pid"
@@ -176,10 +126,10 @@ referable = "referable"
 
 [datasets.trainers.retina-spots]
 command = {command}
-timeout_seconds = 60
+timeout_seconds = 50
 "#
         );
-        std::fs::write(dir.join("partner.toml"), config).unwrap();
+        let key = federation::partner(&dir, base, token, 100_000.0, &datasets);
         Site { dir, key }
     }
 
@@ -238,7 +188,7 @@ async fn train(
     agents: &[Arc<Agent>],
     id: i64,
 ) -> (Value, Vec<Vec<(i64, RoundOutcome)>>) {
-    polling::until_done(c, agents, id).await
+    federation::until_done(c, agents, id).await
 }
 
 /// Runs Python with numpy on `code`, the example trainer importable as `trainer`; its

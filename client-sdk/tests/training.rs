@@ -4,8 +4,8 @@
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
-#[path = "polling/mod.rs"]
-mod polling;
+#[path = "federation/mod.rs"]
+mod federation;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,18 +23,7 @@ use serde_json::{Value, json};
 /// The prescribing dataset, for partners `{partners}`; noise at the partners unless
 /// `central`.
 fn policy(partners: &[String], central: bool) -> String {
-    let names: Vec<String> = partners.iter().map(|p| format!("{p:?}")).collect();
-    format!(
-        r#"
-[dataset]
-id = "antibiotics"
-title = "First-line antibiotic failure in primary care"
-partners = [{}]
-
-[contribution]
-rows_per_resident_per_partner = 1
-max_partners_per_person = 1
-
+    let columns = r#"
 [[columns]]
 name = "age"
 type = "integer"
@@ -74,25 +63,9 @@ domain = ["gram_negative", "gram_positive", "other"]
 [[columns]]
 name = "failed"
 type = "boolean"
-
-[budget]
-total = {{ rho = 10000.0 }}
-per_query = {{ rho = 5000.0 }}
-min_per_query = {{ rho = 0.0001 }}
-
-[governance]
-min_partners = 2
-{}
-[governance.approval]
-above = {{ rho = 2500.0 }}
-approvals_required = 2
-
-[disclosure]
-profile = "none"
-"#,
-        names.join(", "),
-        if central { "noise = \"central\"\n" } else { "" }
-    )
+"#;
+    let title = "First-line antibiotic failure in primary care";
+    federation::policy("antibiotics", title, partners, central, columns)
 }
 
 const FEATURES: [&str; 6] = [
@@ -116,15 +89,6 @@ fn job(iterations: u32, rho: f64) -> Value {
         },
         "privacy": { "rho": rho }
     })
-}
-
-fn write_private(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
 }
 
 struct Site {
@@ -156,25 +120,7 @@ impl Site {
             ));
         }
         std::fs::write(dir.join("prescriptions.csv"), csv).unwrap();
-        write_private(&dir.join("token"), token);
-        let key = civic_client_sdk::identity::generate(&dir.join("identity.key")).unwrap();
-        let board = common::board_toml();
-        let config = format!(
-            r#"
-identity_key = "identity.key"
-state_dir = "state"
-
-{board}
-[coordinator]
-url = "{base}"
-token_file = "token"
-poll_seconds = 0.2
-
-[limits]
-max_rho_per_query = 100000.0
-total_rho = {total_rho}
-min_survivors = 2
-
+        let datasets = r#"
 [[datasets]]
 id = "antibiotics"
 resident_column = "pid"
@@ -187,14 +133,13 @@ path = "prescriptions.csv"
 age = "age"
 sex = "sex"
 egfr = "egfr"
-recent_antibiotic = {{ column = "recent_abx", values = {{ "Y" = "true", "N" = "false" }} }}
+recent_antibiotic = { column = "recent_abx", values = { "Y" = "true", "N" = "false" } }
 care_home = "care_home"
 antibiotic = "antibiotic"
 organism = "organism"
 failed = "failed"
-"#
-        );
-        std::fs::write(dir.join("partner.toml"), config).unwrap();
+"#;
+        let key = federation::partner(&dir, base, token, total_rho, datasets);
         Site { dir, rows, key }
     }
 
@@ -254,7 +199,7 @@ async fn train(
     agents: &[Arc<Agent>],
     id: i64,
 ) -> (Value, Vec<Vec<(i64, RoundOutcome)>>) {
-    polling::until_done(c, agents, id).await
+    federation::until_done(c, agents, id).await
 }
 
 /// Each row's raw model inputs (the features in the plan's order, a category as indicators
