@@ -525,16 +525,12 @@ impl ReleasePlan {
     ) -> Result<Release, MechanismError> {
         let sgd = plan.sgd()?;
         sgd.check_parameters(theta)?;
-        let spec = plan.learning.as_ref().and_then(|l| l.sgd.as_ref());
-        let (iterations, trainer) = match (&plan.learning, spec) {
-            (Some(l), Some(s)) => (l.iterations, s.trainer.as_str()),
-            _ => {
-                return Err(MechanismError::InvalidParameter {
-                    stage: "release",
-                    reason: "not a DP-SGD job".into(),
-                });
-            }
-        };
+        // Both are there: `sgd()` refuses any other plan.
+        let learning = plan.learning.as_ref();
+        let iterations = learning.map_or(0, |l| l.iterations);
+        let trainer = learning
+            .and_then(|l| l.sgd.as_ref())
+            .map_or("", |s| s.trainer.as_str());
         let examples = total.get(sgd.params).copied().unwrap_or(0.0).max(1.0);
         let sigma = self.sum_sigma(survivors) / 2f64.powi(sgd.frac_bits as i32) / examples;
         let rules = vec![format!(
@@ -550,9 +546,11 @@ impl ReleasePlan {
                  carried privacy noise of standard deviation {sigma:.3e} per parameter over \
                  about {examples:.0} examples (itself noisy)"
             ),
-            "each partner's trainer is its own code: that it clipped every example and kept \
-             a resident's examples within the policy's rows is its contract with its partner; \
-             the agents checked each sum's length, examples and norm"
+            "each partner's trainer is its own code: one that printed each example's gradient \
+             had them bounded per resident and clipped by its agent; for one that printed its \
+             clipped sum, that it clipped every example and kept a resident's examples within \
+             the policy's rows is its contract with its partner (the agent checked the sum's \
+             length and norm)"
                 .into(),
         ];
         let receipt = self.receipt(
@@ -1170,6 +1168,12 @@ impl ReleasePlan {
                     bounds.push(line);
                 }
             }
+        }
+        if let Some(sgd) = plan.learning.as_ref().and_then(|l| l.sgd.as_ref()) {
+            bounds.push(format!(
+                "each example's gradient clipped to L2 norm {}, and counted at half that weight",
+                sgd.clip
+            ));
         }
         for input in plan.learning.iter().flat_map(|l| &l.inputs) {
             bounds.push(match input.level {

@@ -334,6 +334,9 @@ pub async fn release(
     Ok(())
 }
 
+/// The most numbers a training job's receipt lists its iterates with.
+const MAX_RECEIPT_ITERATE_NUMBERS: usize = 1_000_000;
+
 /// A training job's model from its stored calibration.
 fn training_model(priced: &Priced) -> Result<civic_mechanisms::learning::TrainingModel> {
     priced
@@ -471,6 +474,14 @@ async fn train(
         .map(|r| json!({ "iteration": r.iteration - 1, "coefficients": model.reported(&r.coefficients) }))
         .collect();
     iterates.push(json!({ "iteration": step.iteration, "coefficients": model.reported(&next), "contributors": survivors }));
+    // A large model's every iterate would make the release hundreds of megabytes: beyond a
+    // million numbers the receipt counts them, and the audit log's steps hold them.
+    let numbers = iterates.len() * next.len();
+    if numbers > MAX_RECEIPT_ITERATE_NUMBERS {
+        for it in &mut iterates {
+            it["coefficients"] = json!("in the audit log's training.step entries");
+        }
+    }
     let view = match release {
         Some(release) => {
             let mut view = release_view(release, CellLabels::default(), at.clone())?;
