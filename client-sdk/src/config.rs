@@ -219,13 +219,13 @@ pub struct DatasetMapping {
 
 /// A partner's trainer: a program and its arguments, run without a shell in the directory of
 /// `partner.toml`, given the round's parameters as JSON on standard input, printing the sum
-/// of its examples' clipped gradients as JSON on standard output
-/// (see `docs/training.md`).
+/// of its examples' clipped gradients, or each example's gradient, as JSON on standard
+/// output (see `docs/training.md`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerConfig {
-    /// The program, then its arguments (e.g. `["python3", "trainer.py", "--images",
-    /// "retina.npy"]`).
+    /// The program, then its arguments (e.g. `["python3", "trainer.py", "--extract",
+    /// "retina.csv"]`).
     pub command: Vec<String>,
     /// How long one round's run may take (default 50 s); it is killed after, with what it
     /// started. The coordinator's `phase_deadline_secs` (60 s by default) must leave room
@@ -537,9 +537,8 @@ impl AgentConfig {
                             .into(),
                     );
                 }
-                if !(t.timeout_seconds.is_finite() && (0.0..=86_400.0).contains(&t.timeout_seconds))
-                    || t.timeout_seconds == 0.0
-                {
+                // Not NaN, above 0, at most a day.
+                if !(t.timeout_seconds > 0.0 && t.timeout_seconds <= 86_400.0) {
                     return bad(
                         &format!("{field}.timeout_seconds"),
                         format!(

@@ -670,10 +670,10 @@ fn within_cap(mut beta: Vec<f64>) -> Vec<f64> {
 /// extract's row bound is for a plain query). The agent checks what it can: the length, and
 /// the sum's norm against `clip` × examples, which a trainer that clipped nothing fails as
 /// soon as its examples' gradients, added up, are longer than that. A trainer may instead
-/// print each example's gradient with its resident, and the agent bounds and clips them. A partner's examples
-/// are never truncated to the round's bound (dropping some to make room for others would
-/// let one resident displace another): slots beyond what the ring was sized for are clamped
-/// instead, as for every round.
+/// print each example's gradient with its resident, and the agent bounds and clips them.
+/// A partner's examples are never truncated to the round's bound (dropping some to make
+/// room for others would let one resident displace another): slots beyond what the ring was
+/// sized for are clamped instead, as for every round.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdPlan {
     /// The model's parameters: each gradient's length.
