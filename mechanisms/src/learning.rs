@@ -494,16 +494,8 @@ impl LogisticPlan {
     #[allow(clippy::needless_range_loop)]
     fn weakest_eigenvalue(&self, upper: &[f64]) -> Option<f64> {
         let d = self.coefficients();
-        let mut h = vec![vec![0.0; d]; d];
-        let mut k = 0;
-        for i in 0..d {
-            for j in i..d {
-                h[i][j] = upper[k];
-                h[j][i] = upper[k];
-                k += 1;
-            }
-            h[i][i] += self.ridge;
-        }
+        let mut h = symmetric(upper, d);
+        (0..d).for_each(|i| h[i][i] += self.ridge);
         let factors = |mu: f64| {
             let mut a = h.clone();
             (0..d).for_each(|i| a[i][i] -= mu);
@@ -592,15 +584,7 @@ impl LogisticPlan {
     #[allow(clippy::needless_range_loop)]
     fn factor(&self, upper: &[f64]) -> Option<Vec<Vec<f64>>> {
         let d = self.coefficients();
-        let mut h = vec![vec![0.0; d]; d];
-        let mut k = 0;
-        for i in 0..d {
-            for j in i..d {
-                h[i][j] = upper[k];
-                h[j][i] = upper[k];
-                k += 1;
-            }
-        }
+        let h = symmetric(upper, d);
         let scale = (0..d).map(|i| h[i][i].abs()).sum::<f64>() / d as f64;
         let ridges = std::iter::once(self.ridge)
             .chain((-8..=4).map(|e| self.ridge.max(10f64.powi(e) * scale.max(1.0))));
@@ -639,6 +623,22 @@ impl LogisticPlan {
         }
         t
     }
+}
+
+/// The d × d symmetric matrix whose upper triangle, row by row, is `upper`.
+// Index loops read as the textbook formula.
+#[allow(clippy::needless_range_loop)]
+fn symmetric(upper: &[f64], d: usize) -> Vec<Vec<f64>> {
+    let mut h = vec![vec![0.0; d]; d];
+    let mut k = 0;
+    for i in 0..d {
+        for j in i..d {
+            h[i][j] = upper[k];
+            h[j][i] = upper[k];
+            k += 1;
+        }
+    }
+    h
 }
 
 /// `beta` brought within what partners compute at ([`LogisticPlan::check_beta`]): a value
