@@ -168,7 +168,7 @@ async fn past_this_partner(state: &AppState, round: i64) -> bool {
         return live.lock().await.closing;
     }
     let mut conn = state.store.read().await.unwrap();
-    rounds::state(&mut *conn, round).await.unwrap() != Some(RoundState::Open)
+    rounds::state(&mut conn, round).await.unwrap() != Some(RoundState::Open)
 }
 
 #[actix_web::test]
