@@ -119,7 +119,8 @@ pub struct Preview {
     /// An identical release already exists and would be re-served at no cost.
     pub reuses_release: Option<i64>,
     /// What else a submission would meet: for a training job, its rounds against the
-    /// partners' rounds per dataset per day.
+    /// partners' rounds per dataset per day, and an earlier job that asked the same question
+    /// and stopped part-way (its partners will not answer those iterations again).
     #[serde(default)]
     pub notes: Vec<String>,
 }

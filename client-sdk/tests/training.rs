@@ -451,18 +451,20 @@ async fn with_the_partners_noise_the_model_lands_within_its_intervals_charged_ro
     assert_eq!(again["result"]["rows"], done["result"]["rows"]);
 }
 
+/// On SQLite, and on PostgreSQL when `CIVIC_TEST_POSTGRES_URL` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_whose_partners_stop_mid_way_keeps_its_rounds_charges_and_refunds_the_rest() {
+    for store in common::backends("training-abort").await {
+        partners_stop_mid_way(&store).await;
+        common::drop_schema(&store).await;
+    }
+}
+
+async fn partners_stop_mid_way(store: &str) {
     let root = tempfile::tempdir().unwrap();
     // Two partners' local totals cover two of the four rounds (ρ = 2 each).
-    let (c, _sites, agents, _) = federation(
-        &fresh_store_url("training-abort"),
-        root.path(),
-        300,
-        false,
-        [1e5, 5.0, 5.0, 1e5],
-    )
-    .await;
+    let (c, _sites, agents, _) =
+        federation(store, root.path(), 300, false, [1e5, 5.0, 5.0, 1e5]).await;
     let (s, q) = c.submit(job(4, 8.0)).await;
     assert_eq!(s, StatusCode::CREATED, "{q}");
     let id = q["id"].as_i64().unwrap();
@@ -509,6 +511,30 @@ async fn a_job_whose_partners_stop_mid_way_keeps_its_rounds_charges_and_refunds_
         (budget["used_rho"].as_f64().unwrap() - 4.0).abs() < 1e-9,
         "{budget}"
     );
+    // Asking the same question again is foretold to stop: the partners answered two of its
+    // iterations. Another question is not.
+    let c = &c;
+    let notes = |job: Value| async move {
+        let (s, v) = c
+            .call(
+                Method::POST,
+                "/v1/queries/preview",
+                Some(&c.researcher),
+                Some(job),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["notes"].to_string()
+    };
+    let again = notes(job(4, 8.0)).await;
+    assert!(
+        again.contains(&format!(
+            "training job {id} asked this same question and stopped after 2 iterations"
+        )),
+        "{again}"
+    );
+    let other = notes(job(3, 8.0)).await;
+    assert!(!other.contains("asked this same question"), "{other}");
 }
 
 /// A multinomial model through real rounds: the organism class of the lab result (three

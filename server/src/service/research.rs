@@ -133,6 +133,7 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let mut conn = state.store.read().await?;
     let reuses_release = queries::release_by_fingerprint(&mut conn, &fingerprint).await?;
+    let stopped = crate::store::training::stopped_with_answers(&mut conn, &fingerprint).await?;
     let ledger = budgets::read(&mut conn, &dataset.id)
         .await?
         .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
@@ -149,7 +150,8 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
             .err()
             .map(|e| e.to_string()),
     };
-    let notes = training_notes(&priced, &dataset.id, manifest.as_ref());
+    let mut notes = training_notes(&priced, &dataset.id, manifest.as_ref());
+    notes.extend(stopped.map(asked_before));
     Ok(Preview {
         dataset: dataset.id,
         dataset_version: dataset.version,
@@ -205,6 +207,23 @@ fn training_notes(
         ),
         None => format!("this job takes {iterations} rounds, one per iteration"),
     }]
+}
+
+/// For a training job asking the same question as job `query`, which stopped after
+/// `finished` iterations: the partners who answered those will decline them now.
+fn asked_before((query, finished): (i64, u32)) -> String {
+    let noun = if finished == 1 {
+        "iteration"
+    } else {
+        "iterations"
+    };
+    format!(
+        "training job {query} asked this same question and stopped after {finished} {noun}: \
+         the partners who sent their inputs for those will not answer them again (an agent \
+         answers each iteration of a question once), so this job is likely to stop at its \
+         first round, its reservation refunded; job {query}'s view shows the iterate it \
+         reached; to train again, change the question (its iterations, budget or features)"
+    )
 }
 
 /// The accuracy of a priced query's rows, as the API shows it.
