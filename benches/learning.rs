@@ -10,8 +10,9 @@
 //!   non-private fit, the AUC gap on a held-out set, and how often the intervals were stated
 //!   and covered.
 //!
-//! `cargo bench --bench learning`; figures in `benches/README.md`. Masking is the secure
-//! sum's, measured in `benches/round.rs`; the job over loopback runs in the Liverpool demo.
+//! `cargo bench --bench learning`; figures in `benches/README.md`. One iteration end to end
+//! over loopback (8 agents of 50,000 residents, masked and noised beside plain) and a whole
+//! job's wall time are `benches/training_round.rs`, which needs the `bench-unmasked` feature.
 
 use std::hint::black_box;
 
