@@ -19,6 +19,7 @@ use crate::error::{Error, Missing, Result};
 use crate::lifecycle::{self, Admission, Submission};
 use crate::rounds::driver;
 use crate::store::datasets::DatasetVersion;
+use crate::store::training::{self, StoppedJob};
 use crate::store::{
     Account, NewQuery, QueryRow, audit, budgets, datasets, manifests, projects, queries,
 };
@@ -133,7 +134,7 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
     let fingerprint = lifecycle::fingerprint(&dataset.id, dataset.version, &req, priced.confidence);
     let mut conn = state.store.read().await?;
     let reuses_release = queries::release_by_fingerprint(&mut conn, &fingerprint).await?;
-    let stopped = crate::store::training::stopped_with_answers(&mut conn, &fingerprint).await?;
+    let stopped = training::stopped_with_answers(&mut conn, &fingerprint).await?;
     let ledger = budgets::read(&mut conn, &dataset.id)
         .await?
         .ok_or_else(|| Error::NotFound(Missing::Budget(dataset.id.clone())))?;
@@ -151,7 +152,7 @@ pub async fn preview(state: &AppState, who: &Account, req: QueryRequest) -> Resu
             .map(|e| e.to_string()),
     };
     let mut notes = training_notes(&priced, &dataset.id, manifest.as_ref());
-    notes.extend(stopped.map(asked_before));
+    notes.extend(stopped.map(|job| asked_before(&job, &req.project)));
     Ok(Preview {
         dataset: dataset.id,
         dataset_version: dataset.version,
@@ -209,20 +210,32 @@ fn training_notes(
     }]
 }
 
-/// For a training job asking the same question as job `query`, which stopped after
-/// `finished` iterations: the partners who answered those will decline them now.
-fn asked_before((query, finished): (i64, u32)) -> String {
+/// For a training job asking the same question as `job`, which stopped part-way: the
+/// partners who answered its iterations will decline them now. Another project's job is not
+/// named, as a submission does not name another project's query in flight.
+fn asked_before(job: &StoppedJob, project: &str) -> String {
+    let finished = job.finished;
     let noun = if finished == 1 {
         "iteration"
     } else {
         "iterations"
     };
+    let (which, view) = match job.project == project {
+        true => (
+            format!("training job {}", job.query_id),
+            format!("; job {}'s view shows the iterate it reached", job.query_id),
+        ),
+        false => (
+            "a training job of another project".to_string(),
+            String::new(),
+        ),
+    };
     format!(
-        "training job {query} asked this same question and stopped after {finished} {noun}: \
-         the partners who sent their inputs for those will not answer them again (an agent \
-         answers each iteration of a question once), so this job is likely to stop at its \
-         first round, its reservation refunded; job {query}'s view shows the iterate it \
-         reached; to train again, change the question (its iterations, budget or features)"
+        "{which} asked this same question and stopped after {finished} {noun}: the partners \
+         who sent their inputs for those will not answer them again (an agent answers each \
+         iteration of a question once), so this job is likely to stop at its first round, its \
+         reservation refunded{view}; to train again, change the question (its iterations, \
+         budget or features)"
     )
 }
 
@@ -449,7 +462,7 @@ async fn training_view(
         .plan
         .training_model()
         .map_err(|e| Error::internal("reading a training job", e))?;
-    let rounds = crate::store::training::of_query(conn, query).await?;
+    let rounds = training::of_query(conn, query).await?;
     // Each round after the first starts from the iterate the one before produced; the last
     // round's is the release.
     let finished = rounds.iter().filter(|r| r.total.is_some()).count() as u32;
@@ -491,4 +504,32 @@ pub async fn register(state: &AppState, limit: i64) -> Result<Vec<RegisterEntry>
             release,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_job_is_named_only_to_its_own_project() {
+        let job = StoppedJob {
+            query_id: 17,
+            project: "falls".into(),
+            finished: 1,
+        };
+        let own = asked_before(&job, "falls");
+        assert!(
+            own.starts_with(
+                "training job 17 asked this same question and stopped after 1 iteration:"
+            ),
+            "{own}"
+        );
+        assert!(own.contains("job 17's view shows"), "{own}");
+        let other = asked_before(&job, "diabetes");
+        assert!(!other.contains("17"), "{other}");
+        assert!(
+            other.starts_with("a training job of another project asked this same question"),
+            "{other}"
+        );
+    }
 }

@@ -92,26 +92,40 @@ pub async fn of_query(conn: &mut AnyConnection, query: i64) -> StoreResult<Vec<T
     rows.iter().map(training_round).collect()
 }
 
+/// A stopped job that asked the question `fingerprint` and finished some of its iterations:
+/// its partners sent their inputs for those, and an agent never answers an iteration of the
+/// same question twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoppedJob {
+    /// The job.
+    pub query_id: i64,
+    /// Its project.
+    pub project: String,
+    /// Its iterations that finished.
+    pub finished: u32,
+}
+
 /// Of the stopped jobs that asked the question `fingerprint`, the one that finished the most
-/// iterations, with that number: its partners sent their inputs for those iterations, and an
-/// agent never answers an iteration of the same question twice.
+/// iterations.
 pub async fn stopped_with_answers(
     conn: &mut AnyConnection,
     fingerprint: &str,
-) -> StoreResult<Option<(i64, u32)>> {
+) -> StoreResult<Option<StoppedJob>> {
     let row = sqlx::query(
-        "SELECT t.query_id AS query_id, COUNT(*) AS finished
+        "SELECT t.query_id AS query_id, q.project AS project, COUNT(*) AS finished
          FROM training_rounds t JOIN queries q ON q.id = t.query_id
          WHERE q.fingerprint = $1 AND q.state = 'aborted' AND t.total IS NOT NULL
-         GROUP BY t.query_id ORDER BY finished DESC, t.query_id LIMIT 1",
+         GROUP BY t.query_id, q.project ORDER BY finished DESC, t.query_id LIMIT 1",
     )
     .bind(fingerprint)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let finished: i64 = row.try_get("finished")?;
-    Ok(Some((
-        row.try_get("query_id")?,
-        u32::try_from(finished).map_err(|_| StoreError::corrupt("training rounds", finished))?,
-    )))
+    Ok(Some(StoppedJob {
+        query_id: row.try_get("query_id")?,
+        project: row.try_get("project")?,
+        finished: u32::try_from(finished)
+            .map_err(|_| StoreError::corrupt("training rounds", finished))?,
+    }))
 }
