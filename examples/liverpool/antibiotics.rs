@@ -216,6 +216,10 @@ pub fn compare(
             "name": name, "private": private[i], "interval": interval, "non_private": exact[i]
         }));
     }
+    // Why the intervals mean what they do, or why there are none (the release's own words).
+    if let Some(caveat) = released["result"]["receipt"]["caveats"][0].as_str() {
+        println!("   {caveat}");
+    }
     let (auc_private, auc_exact) = (
         held_out_auc(&private, &spec, held),
         held_out_auc(&exact, &spec, held),
