@@ -441,9 +441,9 @@ impl LogisticPlan {
     /// events, each allowed a third of the error probability: the gradient noise `e` along
     /// each coefficient (a Gaussian tail), `‖E‖` of the matrix's noise
     /// ([`matrix_noise_bound`]) and `‖e‖` (a χ² tail of Laurent and Massart 2000). With λ the
-    /// noisy matrix's weakest eigenvalue (by bisection on positive definiteness) and
-    /// `r = ‖E‖/λ`, the true matrix's is at least `(1 − r)λ` (Weyl); from `r = 3/4` on, or where the noisy matrix was not
-    /// positive definite, no interval is stated. Otherwise each half-width is, to first
+    /// noisy matrix's weakest eigenvalue (by bisection on positive definiteness) and `r` the
+    /// bound on `‖E‖` over λ, the true matrix's is at least `(1 − r)λ` (Weyl); from `r = 3/4`
+    /// on, or where the noisy matrix was not positive definite, no interval is stated. Otherwise each half-width is, to first
     /// order in the noise, the gradient noise carried through `H̃⁻¹` and the matrix noise
     /// acting on the noise-free step (at most `‖step‖ + ‖e‖/λ`), both widened by `1/(1 − r)`,
     /// plus the step itself in raw units: how far the fit may still be from settling (Newton
@@ -640,14 +640,14 @@ fn symmetric(upper: &[f64], d: usize) -> Vec<Vec<f64>> {
     h
 }
 
-/// A bound on the spectral norm of a d × d symmetric noise matrix whose `m` packed entries
-/// are independent N(0, σ²), exceeded with probability at most `p`: the smaller of two bounds
-/// fixed by σ, d and p alone (so choosing one does not look at the noise). One is its
-/// Frobenius norm, `‖E‖²_F ≤ 2·Σ` over the packed entries, given `chi` (a χ² tail of that
-/// sum). The other: `E λ_max(E) ≤ 2σ√d` (Sudakov–Fernique against `2σ⟨g, u⟩`, whose increments
-/// dominate those of `uᵀEu`), and `λ_max`, `−λ_min` are each `√2σ`-Lipschitz in the standard
-/// entries, so each exceeds `2σ(√d + √ln(2/p))` with probability at most p/2 (Gaussian
-/// concentration). For 14 coefficients the second is about 1.5 times tighter.
+/// A bound on the spectral norm of a d × d symmetric noise matrix whose entries on and above
+/// the diagonal are independent N(0, σ²), exceeded with probability at most `p`: the smaller
+/// of two bounds fixed by σ, d and p alone (so choosing one does not look at the noise). One
+/// is its Frobenius norm, `‖E‖²_F ≤ 2·Σ` over those entries, given `chi` (a χ² tail of that
+/// sum). The other: `E λ_max(E) ≤ 2σ√d` (Sudakov–Fernique against `2σ⟨g, u⟩`, whose
+/// increments dominate those of `uᵀEu`), and `λ_max`, `−λ_min` are each `√2σ`-Lipschitz in
+/// the standard entries, so each exceeds `2σ(√d + √ln(2/p))` with probability at most p/2
+/// (Gaussian concentration). For 14 coefficients the second is about 1.5 times tighter.
 fn matrix_noise_bound(sigma: f64, d: usize, chi: f64, p: f64) -> f64 {
     let frobenius = std::f64::consts::SQRT_2 * chi;
     let spectral = 2.0 * sigma * ((d as f64).sqrt() + (2.0 / p).ln().sqrt());
