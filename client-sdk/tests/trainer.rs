@@ -382,15 +382,7 @@ async fn a_trainer_that_returns_a_bad_sum_is_declined_with_its_code_and_the_job_
         "held-out AUC {private}, non-private {pooled}"
     );
     // The public register shows the job in words and its parameters by name.
-    let release = done["result"]["release_id"].as_i64().unwrap();
-    let page = c
-        .http
-        .get(format!("{}/ui/releases/{release}", c.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let page = page.text().await.unwrap();
+    let page = federation::register_page(&c, &done).await;
     assert!(page.contains("in 8 rounds of DP-SGD"), "{page}");
     assert!(page.contains("theta[64]"), "{page}");
     // The receipt says what was trained, and that the trainers' clipping is theirs.

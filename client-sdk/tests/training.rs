@@ -430,15 +430,7 @@ async fn with_the_partners_noise_the_model_lands_within_its_intervals_charged_ro
         );
     }
     // The public register shows the model, coefficient by coefficient.
-    let release = done["result"]["release_id"].as_i64().unwrap();
-    let page = c
-        .http
-        .get(format!("{}/ui/releases/{release}", c.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK);
-    let page = page.text().await.unwrap();
+    let page = federation::register_page(&c, &done).await;
     assert!(page.contains("beta(antibiotic=amoxicillin)"), "{page}");
     assert!(
         page.contains("a logistic model trained in 5 rounds"),

@@ -140,3 +140,16 @@ pub async fn until_done(
     let outcomes = outcomes.lock().unwrap().clone();
     (q, outcomes)
 }
+
+/// The public register's page of the release a finished query `done` made.
+pub async fn register_page(c: &Coordinator, done: &Value) -> String {
+    let release = done["result"]["release_id"].as_i64().unwrap();
+    let page = c
+        .http
+        .get(format!("{}/ui/releases/{release}", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    page.text().await.unwrap()
+}
